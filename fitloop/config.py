@@ -1,0 +1,162 @@
+"""Training settings as one dataclass: keyword arguments, TOML files and CLI flags resolve to it."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a `Trainer` that is plain data (so it can be saved, hashed and compared).
+
+    Objects (the model, a loss callable, an optimizer instance, callbacks, metric objects) are
+    passed to the `Trainer` directly; everything here can also be given as a keyword argument.
+
+    Attributes:
+        epochs: number of passes over the training data.
+        batch_size: rows per step; `None` trains on the full batch.
+        lr: learning rate; `None` keeps the optimizer's own default.
+        seed: seeds the data order, dropout and noise (everything fitloop controls).
+        device: `"auto"` (cuda, then mps, then cpu), or any torch device string.
+        task: `"regression"`, `"binary"`, `"multiclass"` (or `"classification"`); inferred from
+            the loss when `None`.
+        quiet: print nothing.
+        print_every: print epochs 1-3, every `print_every`-th and the last; `None` picks about ten lines.
+        optimizer_kwargs: extra keyword arguments for an optimizer given by name.
+        weight_decay: weight decay passed to the optimizer (decoupled for AdamW).
+        fused: use torch's fused optimizer kernels; `None` decides by model size.
+        scheduler_interval: `"step"` or `"epoch"`; `None` uses the scheduler's natural interval.
+        accumulate: gradient accumulation: micro-batches per optimizer step.
+        clip_grad_norm: clip the global gradient norm to this value (the norm is logged).
+        clip_grad_value: clip each gradient element to `[-v, v]`.
+        precision: `"fp32"`, `"bf16"` (autocast on CPU and CUDA) or `"fp16"` (CUDA, with GradScaler).
+        compile: run the model through `torch.compile`.
+        penalty: `("l1" | "l2", strength)` added to the training loss, or `None`.
+        input_noise: standard deviation of Gaussian noise added to float inputs in training only.
+        train_metrics: compute task metrics on the training batches each epoch; `None` = on,
+            except for full-batch training (one step per epoch) where it would cost more than the step.
+        shuffle: reshuffle the training data every epoch.
+        num_workers: DataLoader workers for the Dataset path.
+        threads: torch intra-op threads; `None` leaves torch's default, except small models on
+            CPU which use 1 thread (see BENCHMARKS.md); an int sets it.
+        deterministic: `torch.use_deterministic_algorithms(True)`.
+        run_dir: directory for the run (config, history, checkpoints, model bundle).
+        checkpoint_every_steps: also checkpoint every N optimizer steps (mid-epoch).
+        checkpoint_every_epochs: checkpoint every N epochs (0 for never).
+        keep_last: how many recent checkpoints to keep (the best one is kept as well).
+        monitor: logged value that decides the best checkpoint.
+        mode: `"min"` or `"max"` for `monitor`.
+        on_nonfinite: `"stop"` (raise, naming the step) or `"skip"` the step.
+    """
+
+    epochs: int = 10
+    batch_size: int | None = 64
+    lr: float | None = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    task: str | None = None
+    quiet: bool = False
+    print_every: int | None = None
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    weight_decay: float = 0.0
+    fused: bool | None = None
+    scheduler_interval: str | None = None
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    penalty: tuple[str, float] | None = None
+    input_noise: float = 0.0
+    train_metrics: bool | None = None
+    shuffle: bool = True
+    num_workers: int = 0
+    threads: int | None = None
+    deterministic: bool = False
+    run_dir: str | None = None
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_epochs: int = 1
+    keep_last: int = 2
+    monitor: str = "val_loss"
+    mode: str = "min"
+    on_nonfinite: str = "stop"
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def from_kwargs(cls, base: TrainConfig | None = None, **kwargs) -> TrainConfig:
+        """A config from `base` (or the defaults) with `kwargs` applied; unknown names get a
+        suggestion."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for k in kwargs:
+            if k not in names:
+                close = difflib.get_close_matches(k, names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(f"Trainer got an unknown setting {k!r}.{hint} "
+                                f"Valid settings: {', '.join(sorted(names))}.")
+        d = dataclasses.asdict(base) if base is not None else {}
+        d.update(kwargs)
+        return cls(**d)
+
+    def validate(self) -> None:
+        def bad(name: str, value, fix: str):
+            raise ValueError(f"{name}: got {value!r}; {fix}")
+
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            bad("epochs", self.epochs, "pass a whole number >= 0.")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            bad("batch_size", self.batch_size, "pass a whole number >= 1, or None for full-batch training.")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            bad("lr", self.lr, "pass a learning rate > 0, e.g. lr=1e-3.")
+        if not isinstance(self.accumulate, int) or self.accumulate < 1:
+            bad("accumulate", self.accumulate, "pass a whole number >= 1 (micro-batches per optimizer step).")
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, f"choose one of {PRECISIONS}.")
+        if self.task is not None and self.task not in ("regression", "binary", "multiclass", "classification"):
+            bad("task", self.task, "choose 'regression', 'binary', 'multiclass' or 'classification'.")
+        if self.penalty is not None:
+            pen = tuple(self.penalty)
+            if len(pen) != 2 or pen[0] not in ("l1", "l2") or not float(pen[1]) >= 0:
+                bad("penalty", self.penalty, "pass ('l1', strength) or ('l2', strength), e.g. ('l2', 1e-4).")
+            self.penalty = (pen[0], float(pen[1]))
+        if self.input_noise < 0:
+            bad("input_noise", self.input_noise, "pass a standard deviation >= 0.")
+        for name in ("clip_grad_norm", "clip_grad_value"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                bad(name, v, "pass a value > 0, or None to turn clipping off.")
+        if self.mode not in ("min", "max"):
+            bad("mode", self.mode, "choose 'min' or 'max'.")
+        if self.on_nonfinite not in ("stop", "skip"):
+            bad("on_nonfinite", self.on_nonfinite, "choose 'stop' or 'skip'.")
+        if self.scheduler_interval not in (None, "step", "epoch"):
+            bad("scheduler_interval", self.scheduler_interval, "choose 'step' or 'epoch'.")
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
+            bad("checkpoint_every_steps", self.checkpoint_every_steps, "pass a whole number >= 1 or None.")
+        if self.keep_last < 1:
+            bad("keep_last", self.keep_last, "keep at least 1 checkpoint.")
+        if self.threads is not None and self.threads < 1:
+            bad("threads", self.threads, "pass a whole number >= 1 or None.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["penalty"] is not None:
+            d["penalty"] = list(d["penalty"])
+        return d
+
+    def fingerprint(self, ignore: tuple[str, ...] = ("quiet", "print_every", "run_dir", "device",
+                                                    "num_workers", "epochs")) -> str:
+        """A short hash of the settings that change the training result (used to refuse a resume
+        with a different config)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

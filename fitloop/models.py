@@ -1,0 +1,119 @@
+"""Models: an MLP built from a dataclass spec, and a wrapper for plain functions with parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["MLPSpec", "build_mlp", "FunctionModel", "ACTIVATIONS"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "identity": nn.Identity,
+}
+
+
+@dataclass
+class MLPSpec:
+    """Everything needed to rebuild an MLP; stored next to its weights.
+
+    Args:
+        in_features: number of input features.
+        hidden: sizes of the hidden layers, e.g. `[64, 32]`; empty for a linear model.
+        out_features: number of outputs (1 for regression or binary, the class count otherwise).
+        activation: one of `ACTIVATIONS` (`relu`, `gelu`, `silu`, `tanh`, `sigmoid`, ...).
+        dropout: dropout probability after each hidden activation (0 for none).
+
+    Example:
+        >>> model = fl.build_mlp(fl.MLPSpec(64, hidden=[128], out_features=10))
+    """
+
+    in_features: int
+    hidden: list[int] = field(default_factory=list)
+    out_features: int = 1
+    activation: str = "relu"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.hidden = [int(h) for h in self.hidden]
+        if self.in_features < 1 or self.out_features < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"MLPSpec: layer sizes must be >= 1, got in_features={self.in_features}, "
+                             f"hidden={self.hidden}, out_features={self.out_features}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"MLPSpec: unknown activation {self.activation!r}; "
+                             f"choose one of {sorted(ACTIVATIONS)}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MLPSpec: dropout must be in [0, 1), got {self.dropout}.")
+
+    def to_dict(self) -> dict:
+        return {"kind": "mlp", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MLPSpec:
+        d = {k: v for k, v in d.items() if k != "kind"}
+        return cls(**d)
+
+
+def build_mlp(spec: MLPSpec) -> nn.Sequential:
+    """Build an `nn.Sequential` MLP from `spec`; the spec is attached as `model.spec`.
+
+    Layer names are the usual Sequential indices, so the state dict is what users expect.
+    """
+    layers: list[nn.Module] = []
+    width = spec.in_features
+    for h in spec.hidden:
+        layers += [nn.Linear(width, h), ACTIVATIONS[spec.activation]()]
+        if spec.dropout > 0:
+            layers.append(nn.Dropout(spec.dropout))
+        width = h
+    layers.append(nn.Linear(width, spec.out_features))
+    model = nn.Sequential(*layers)
+    model.spec = spec  # type: ignore[attr-defined]
+    return model
+
+
+class FunctionModel(nn.Module):
+    """A plain function with parameter tensors, as in the autograd-style tutorial.
+
+    `fn(x, *params)` is called on each batch. A single parameter tensor is unpacked along its
+    first dimension, so `params = torch.tensor([1.0, 0.0], requires_grad=True)` with
+    `fn = lambda x, w, b: w * x + b` works as written in the tutorial. The user's tensors are
+    updated in place, so they show the trained values afterwards.
+
+    Example:
+        >>> params = torch.tensor([1.0, 0.0], requires_grad=True)
+        >>> model = fl.FunctionModel(lambda t_u, w, b: w * t_u + b, params)
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], params: torch.Tensor | Sequence[torch.Tensor]):
+        super().__init__()
+        if not callable(fn):
+            raise TypeError(f"FunctionModel: fn must be callable, got {type(fn).__name__}.")
+        self.fn = fn
+        tensors = [params] if isinstance(params, torch.Tensor) else list(params)
+        if not tensors or not all(isinstance(p, torch.Tensor) for p in tensors):
+            raise TypeError("FunctionModel: params must be a tensor or a list of tensors, "
+                            f"got {type(params).__name__}.")
+        self.unpack = isinstance(params, torch.Tensor)
+        # nn.Parameter shares storage with the user's tensor: optimizer updates show up there too.
+        self.params = nn.ParameterList([p if isinstance(p, nn.Parameter)
+                                        else nn.Parameter(p, requires_grad=p.requires_grad)
+                                        for p in tensors])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unpack:
+            return self.fn(x, *self.params[0])
+        return self.fn(x, *self.params)
+
+    def extra_repr(self) -> str:
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return f"fn={name}, params={[tuple(p.shape) for p in self.params]}"

@@ -1,0 +1,217 @@
+"""Losses, optimizers and learning-rate schedulers by name or by object."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["LOSSES", "make_loss", "make_optimizer", "optimizer_names", "make_scheduler", "task_of_loss"]
+
+LOSSES: dict[str, Callable[[], nn.Module]] = {
+    "mse": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "mae": nn.L1Loss,
+    "huber": nn.HuberLoss,
+    "smooth_l1": nn.SmoothL1Loss,
+    "cross_entropy": nn.CrossEntropyLoss,
+    "bce_with_logits": nn.BCEWithLogitsLoss,
+}
+
+_TASK_OF_LOSS = {
+    nn.MSELoss: "regression", nn.L1Loss: "regression", nn.HuberLoss: "regression",
+    nn.SmoothL1Loss: "regression", nn.CrossEntropyLoss: "multiclass", nn.NLLLoss: "multiclass",
+    nn.BCEWithLogitsLoss: "binary",
+}
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def make_loss(loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A loss from a name in `LOSSES` or any callable `(output, target) -> scalar tensor`."""
+    if isinstance(loss, str):
+        key = loss.lower()
+        if key not in LOSSES:
+            raise ValueError(f"loss: unknown name {loss!r}.{_suggest(key, LOSSES)} "
+                             f"Valid names: {', '.join(LOSSES)}; or pass any callable(output, target).")
+        return LOSSES[key]()
+    if callable(loss):
+        return loss
+    raise TypeError(f"loss: expected a name or a callable, got {type(loss).__name__}.")
+
+
+def task_of_loss(loss_fn) -> str | None:
+    """'regression', 'binary' or 'multiclass' for the built-in losses; None when it can't tell."""
+    for cls, task in _TASK_OF_LOSS.items():
+        if isinstance(loss_fn, cls):
+            return task
+    return None
+
+
+def optimizer_names() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer class in `torch.optim`, by lower-case name."""
+    out = {}
+    for name, obj in vars(torch.optim).items():
+        if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
+            out[name.lower()] = obj
+    return out
+
+
+# Optimizers whose `fused=True` implementation runs on the device (torch >= 2.4 on CPU and CUDA).
+_FUSED = {"adam", "adamw", "sgd", "adagrad"}
+# Below this many parameters a fused kernel is not worth its fixed cost (see BENCHMARKS.md).
+FUSED_MIN_PARAMS = 1000
+
+
+def make_optimizer(optimizer, params: list[nn.Parameter], lr: float | None,
+                   kwargs: dict | None = None, fused: bool | None = None) -> torch.optim.Optimizer:
+    """Build an optimizer.
+
+    Args:
+        optimizer: a name (any `torch.optim` class, case-insensitive: `"adam"`, `"sgd"`, `"lbfgs"`),
+            a `(name, kwargs)` pair, an `Optimizer` instance (used as it is), or a callable
+            `params -> Optimizer`.
+        params: the parameters to optimize.
+        lr: learning rate; `None` keeps the optimizer's default (or the instance's own lr).
+        kwargs: extra keyword arguments for the optimizer class.
+        fused: use torch's fused implementation; `None` chooses: on for Adam/AdamW/SGD/Adagrad with
+            at least `FUSED_MIN_PARAMS` parameters, when the user did not choose `foreach`/`fused`.
+    """
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if lr is not None:
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+                if "initial_lr" in g:
+                    g["initial_lr"] = lr
+        return optimizer
+    kwargs = dict(kwargs or {})
+    if isinstance(optimizer, tuple) and len(optimizer) == 2 and isinstance(optimizer[0], str):
+        optimizer, extra = optimizer
+        kwargs.update(extra)
+    if isinstance(optimizer, str):
+        names = optimizer_names()
+        key = optimizer.lower().replace("_", "")
+        if key not in names:
+            raise ValueError(f"optimizer: unknown name {optimizer!r}.{_suggest(key, names)} "
+                             f"Valid names: {', '.join(sorted(names))}; or pass an Optimizer instance.")
+        cls = names[key]
+        if lr is not None:
+            kwargs["lr"] = lr
+        n_params = sum(p.numel() for p in params)
+        wants_fused = fused if fused is not None else n_params >= FUSED_MIN_PARAMS
+        if (key in _FUSED and wants_fused and "fused" not in kwargs and "foreach" not in kwargs
+                and all(p.is_floating_point() for p in params)):
+            kwargs["fused"] = True
+        try:
+            return cls(params, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"optimizer {optimizer!r}: {e}. Check the keyword arguments "
+                            f"{sorted(kwargs)} against torch.optim.{cls.__name__}.") from None
+    if callable(optimizer):
+        opt = optimizer(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"optimizer: the factory returned {type(opt).__name__}, not a torch Optimizer.")
+        return make_optimizer(opt, params, lr)
+    raise TypeError(f"optimizer: expected a name, a (name, kwargs) pair, an Optimizer or a factory, "
+                    f"got {type(optimizer).__name__}.")
+
+
+# --------------------------------------------------------------------------- schedulers
+
+SCHEDULER_NAMES = ("step", "multistep", "exponential", "cosine", "plateau", "onecycle", "warmup_cosine",
+                   "linear", "constant")
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 to the base lr over `warmup_steps`, then cosine decay to
+    `min_lr_ratio * lr` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
+                   interval: str | None):
+    """Build a scheduler and decide how often it steps.
+
+    Args:
+        scheduler: an `LRScheduler` (or `ReduceLROnPlateau`) instance, a name from `SCHEDULER_NAMES`,
+            a `(name, kwargs)` pair, or a callable `optimizer -> scheduler`.
+        steps_per_epoch, epochs: used for schedules given in steps (`onecycle`, `warmup_cosine`).
+        interval: `"step"` or `"epoch"`; `None` takes the scheduler's natural interval (per step for
+            `onecycle` and `warmup_cosine`, per epoch otherwise). Always declared, never guessed
+            from the schedule's progress.
+
+    Returns:
+        `(scheduler, interval)`.
+    """
+    sched_mod = torch.optim.lr_scheduler
+    natural = "epoch"
+    if isinstance(scheduler, tuple) and len(scheduler) == 2 and isinstance(scheduler[0], str):
+        name, kw = scheduler[0], dict(scheduler[1])
+    elif isinstance(scheduler, str):
+        name, kw = scheduler, {}
+    else:
+        name, kw = None, {}
+    if name is not None:
+        key = name.lower()
+        per_step = interval == "step"
+        total = epochs * steps_per_epoch if per_step else epochs
+        if key == "step":
+            sched = sched_mod.StepLR(optimizer, **{"step_size": 30, "gamma": 0.1, **kw})
+        elif key == "multistep":
+            sched = sched_mod.MultiStepLR(optimizer, **kw)
+        elif key == "exponential":
+            sched = sched_mod.ExponentialLR(optimizer, **{"gamma": 0.95, **kw})
+        elif key == "cosine":
+            sched = sched_mod.CosineAnnealingLR(optimizer, **{"T_max": total, **kw})
+        elif key == "linear":
+            sched = sched_mod.LinearLR(optimizer, **{"start_factor": 1.0, "end_factor": 0.0,
+                                                     "total_iters": total, **kw})
+        elif key == "constant":
+            sched = sched_mod.ConstantLR(optimizer, **{"factor": 1.0, **kw})
+        elif key == "plateau":
+            sched = sched_mod.ReduceLROnPlateau(optimizer, **kw)
+        elif key == "onecycle":
+            max_lr = kw.pop("max_lr", [g["lr"] for g in optimizer.param_groups])
+            sched = sched_mod.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs,
+                                         steps_per_epoch=steps_per_epoch, **kw)
+            natural = "step"
+        elif key == "warmup_cosine":
+            if "warmup_epochs" in kw:
+                kw["warmup_steps"] = kw.pop("warmup_epochs") * steps_per_epoch
+            kw.setdefault("warmup_steps", max(1, epochs * steps_per_epoch // 20))
+            sched = warmup_cosine(optimizer, total_steps=epochs * steps_per_epoch, **kw)
+            natural = "step"
+        else:
+            raise ValueError(f"scheduler: unknown name {name!r}.{_suggest(key, SCHEDULER_NAMES)} "
+                             f"Valid names: {', '.join(SCHEDULER_NAMES)}; or pass a scheduler instance.")
+    elif isinstance(scheduler, (sched_mod.LRScheduler, sched_mod.ReduceLROnPlateau)):
+        sched = scheduler
+        if isinstance(sched, sched_mod.OneCycleLR):
+            natural = "step"
+    elif callable(scheduler):
+        sched = scheduler(optimizer)
+    else:
+        raise TypeError(f"scheduler: expected a name, a (name, kwargs) pair, a scheduler or a factory, "
+                        f"got {type(scheduler).__name__}.")
+    interval = interval or natural
+    if interval not in ("step", "epoch"):
+        raise ValueError(f"scheduler_interval: expected 'step' or 'epoch', got {interval!r}.")
+    if isinstance(sched, sched_mod.ReduceLROnPlateau) and interval != "epoch":
+        raise ValueError("scheduler: ReduceLROnPlateau steps on a monitored metric once per epoch; "
+                         "use scheduler_interval='epoch'.")
+    return sched, interval

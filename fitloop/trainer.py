@@ -1,0 +1,597 @@
+"""The Trainer: fit, evaluate, predict, save; `train_step` and `eval_step` for customisation.
+
+The Trainer owns its state explicitly (`TrainState`): the data-order generator and the position
+in the epoch's permutation, the step counters, the device. Nothing lives in hidden iterators, so a
+checkpoint of that state plus the RNGs resumes a run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import callbacks as cbmod
+from .callbacks import Callback, ProgressPrinter
+from .config import TrainConfig
+from .data import LoaderBatches, Split, TensorBatches, as_tensor
+from .metrics import MetricSet, normalize_task, to_python
+from .models import FunctionModel
+from .optim import make_loss, make_optimizer, make_scheduler, task_of_loss
+
+__all__ = ["Trainer", "TrainState", "seed_everything", "pick_device", "NonFiniteError"]
+
+# Models with fewer parameters than this run with one intra-op thread on CPU (see BENCHMARKS.md).
+SMALL_MODEL_PARAMS = 100_000
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """`"auto"` picks cuda, then mps, then cpu; anything else is passed to `torch.device`."""
+    if str(device) != "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: got {device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class TrainState:
+    """Where a run is. Saved in every checkpoint; restoring it (with the RNGs) resumes exactly."""
+
+    epoch: int = 0                 # completed epochs
+    batch: int = 0                 # next batch index within the current epoch
+    step: int = 0                  # optimizer steps taken in total
+    target_epochs: int = 0         # fit() trains until `epoch == target_epochs`
+    epoch_generator_state: torch.Tensor | None = None  # data generator at the start of this epoch
+    skipped_steps: int = 0         # steps skipped with on_nonfinite="skip"
+    epoch_losses: list = field(default_factory=list)   # losses of this epoch's steps so far
+    epoch_sizes: list = field(default_factory=list)    # rows of each of those steps
+    epoch_time: float = 0.0        # seconds spent in this epoch before a resume
+
+
+class Trainer:
+    """Trains any `nn.Module` (or a plain function with parameters) the way PyTorch intends.
+
+    Args:
+        model: an `nn.Module`/`nn.Sequential`, or a callable `fn(x, *params)` together with
+            `params=` (see `FunctionModel`).
+        loss: a name (`"mse"`, `"l1"`, `"huber"`, `"cross_entropy"`, `"bce_with_logits"`) or any
+            callable `(output, target) -> scalar`.
+        optimizer: any `torch.optim` name (`"adam"`, `"sgd"`, `"lbfgs"`, ...), a `(name, kwargs)`
+            pair, an `Optimizer` instance or a factory `params -> Optimizer`.
+        scheduler: an LR scheduler instance, a name (`"cosine"`, `"plateau"`, `"onecycle"`,
+            `"warmup_cosine"`, ...), a `(name, kwargs)` pair or a factory `optimizer -> scheduler`.
+        callbacks: `Callback` objects, called in this order after the Trainer's own bookkeeping.
+        metrics: extra metrics (callables or torchmetrics objects), as a list or a dict.
+        params: the parameter tensors of a plain-function model.
+        config: a `TrainConfig`; keyword settings below override it.
+        **settings: any `TrainConfig` field: `epochs`, `batch_size`, `lr`, `seed`, `device`,
+            `quiet`, `task`, `accumulate`, `precision`, `run_dir`, ...
+
+    Example:
+        >>> trainer = fl.Trainer(model, loss="mse", optimizer="adam", lr=1e-3, epochs=100)
+        >>> history = trainer.fit(train, val)
+        >>> trainer.evaluate(test)
+        {'loss': 0.021, 'mse': 0.021, 'rmse': 0.145, 'mae': 0.11, 'r2': 0.93}
+    """
+
+    def __init__(self, model: nn.Module | Callable, loss="mse", optimizer="adam", *, scheduler=None,
+                 callbacks: Sequence[Callback] | None = None, metrics=None, params=None,
+                 config: TrainConfig | None = None, **settings):
+        self.config = cfg = TrainConfig.from_kwargs(config, **settings)
+        if not isinstance(model, nn.Module):
+            if params is None or not callable(model):
+                raise TypeError(f"model: expected an nn.Module, or a function together with params=[...], "
+                                f"got {type(model).__name__}.")
+            model = FunctionModel(model, params)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            n = sum(1 for _ in model.parameters())
+            raise ValueError(f"model: none of the {n} parameters of {type(model).__name__} requires grad, "
+                             "so there is nothing to train. Create them with requires_grad=True "
+                             "(or call p.requires_grad_() on each).")
+        self.device = pick_device(cfg.device)
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision: got 'fp16' on device {self.device.type!r}; fp16 training needs "
+                             "CUDA (GradScaler). Use precision='bf16' on CPU, or 'fp32'.")
+        self.model = model.to(self.device)
+        self.loss_fn = make_loss(loss)
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn = self.loss_fn.to(self.device)
+        self.task = cfg.task or task_of_loss(self.loss_fn) or "regression"
+        kwargs = dict(cfg.optimizer_kwargs)
+        if cfg.weight_decay:
+            kwargs["weight_decay"] = cfg.weight_decay
+        lr = cfg.lr if (not isinstance(optimizer, torch.optim.Optimizer) or "lr" in settings) else None
+        self.optimizer = make_optimizer(optimizer, trainable, lr, kwargs, fused=cfg.fused)
+        self._needs_closure = isinstance(self.optimizer, torch.optim.LBFGS)
+        self._scheduler_arg = scheduler
+        self.scheduler = None
+        self.scheduler_interval = "epoch"
+        self._user_metrics = metrics
+        self.callbacks: list[Callback] = list(callbacks or [])
+        if not cfg.quiet:
+            self.callbacks.append(ProgressPrinter(cfg.print_every))
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # data order, on the CPU
+        self.state = TrainState()
+        self.history: list[dict[str, Any]] = []
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self._forward = torch.compile(self.model) if cfg.compile else self.model
+        self._params = trainable
+        self._seeded = False
+        self._metric_set: MetricSet | None = None
+        self._grad_norms: list[torch.Tensor] = []
+        self.checkpointer = None  # set by the run-directory machinery (fitloop.checkpoint)
+        self._set_threads()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs."""
+        return self.state.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.state.step
+
+    @property
+    def target_epochs(self) -> int:
+        return self.state.target_epochs
+
+    def log(self, msg: str) -> None:
+        """Print a message unless the trainer is quiet."""
+        if not self.config.quiet:
+            print(msg, file=sys.stdout, flush=True)
+
+    def _set_threads(self) -> None:
+        if self.device.type != "cpu":
+            return
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+        elif sum(p.numel() for p in self._params) < SMALL_MODEL_PARAMS and torch.get_num_threads() > 1:
+            # Small ops split across threads mostly wait on each other (and on a busy machine on a
+            # descheduled thread); one thread is faster for small models. Override with threads=.
+            torch.set_num_threads(1)
+
+    # ------------------------------------------------------------------ data
+
+    def _batches(self, data, *, train: bool):
+        """A batch source for `data`: in-memory tensors go to the device once."""
+        cfg = self.config
+        bs = cfg.batch_size
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            data = Split(data[0], data[1])
+        if isinstance(data, Split):
+            if len(data) == 0:
+                raise ValueError("data: the dataset is empty (0 rows); nothing to train or evaluate on.")
+            X = data.X.to(self.device)
+            y = None if data.y is None else self._prepare_target(data.y).to(self.device)
+            if X.is_floating_point():
+                X = X.to(self._param_dtype())
+            return TensorBatches(X, y, bs if train else _eval_batch_size(bs, len(X)), shuffle=train and cfg.shuffle)
+        if isinstance(data, (Dataset, DataLoader)):
+            n = len(data.dataset if isinstance(data, DataLoader) else data)  # type: ignore[arg-type]
+            if n == 0:
+                raise ValueError("data: the dataset is empty (0 rows); nothing to train or evaluate on.")
+            return LoaderBatches(data, bs if train else _eval_batch_size(bs, n), shuffle=train and cfg.shuffle,
+                                 num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        if isinstance(data, (torch.Tensor, np.ndarray)):
+            raise TypeError("data: got a bare tensor/array; pass (X, y), a Split from fl.split, or a Dataset.")
+        raise TypeError(f"data: expected (X, y), a Split, a Dataset or a DataLoader, got {type(data).__name__}.")
+
+    def _param_dtype(self) -> torch.dtype:
+        return self._params[0].dtype if self._params[0].is_floating_point() else torch.float32
+
+    def _prepare_target(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets in the dtype the loss expects, converted once (not per step)."""
+        task = normalize_task(self.task, 2)
+        if task == "multiclass" and y.is_floating_point() and y.ndim == 1:
+            if not torch.equal(y, y.round()):
+                raise ValueError("y: cross-entropy needs class indices (0..C-1) but y has fractional values; "
+                                 "use a regression loss, or pass integer labels.")
+            return y.long()
+        if task in ("regression", "binary") and not y.is_floating_point():
+            return y.to(self._param_dtype())
+        return y
+
+    def _to_device(self, batch):
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True), None
+        if isinstance(batch, (tuple, list)):
+            x = batch[0].to(self.device, non_blocking=True)
+            y = batch[1].to(self.device, non_blocking=True) if len(batch) > 1 else None
+            return x, y
+        raise TypeError(f"batch: expected a tensor or an (x, y) tuple from the DataLoader, got "
+                        f"{type(batch).__name__}; override Trainer.train_step for other batch types.")
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, train, val=None) -> list[dict[str, Any]]:
+        """Train for `epochs` epochs, validating after each one when `val` is given.
+
+        Args:
+            train: `(X, y)` tensors or arrays, a `Split` from `fl.split`, a `Dataset` or a `DataLoader`.
+            val: the same kinds, or `None` for no validation.
+
+        Returns:
+            The history: one dict per epoch with `epoch`, `loss`, the train metrics, `val_loss` and
+            `val_` metrics when validating, `lr` and `time` (seconds).
+        """
+        cfg, st = self.config, self.state
+        train_batches = self._batches(train, train=True)
+        val_batches = None if val is None else self._batches(val, train=False)
+        self._setup_fit(train_batches)
+        self.should_stop, self.stop_reason = False, None
+        self._emit("on_fit_start")
+        while st.epoch < st.target_epochs and not self.should_stop:
+            t0 = time.perf_counter()
+            if st.batch == 0:
+                self._emit("on_epoch_start", st.epoch + 1)
+            logs = self._train_epoch(train_batches)
+            if self.should_stop and st.batch != 0:  # interrupted mid-epoch (signal): no epoch record
+                break
+            if val_batches is not None:
+                logs.update(self._evaluate_batches(val_batches, prefix="val_"))
+            self._step_scheduler_epoch(logs)
+            logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            logs = {"epoch": st.epoch, **{k: to_python(v) for k, v in logs.items()}}
+            logs["time"] = st.epoch_time + time.perf_counter() - t0
+            st.epoch_time = 0.0
+            self.history.append(logs)
+            self._emit("on_validation_end", logs)
+            self._emit("on_epoch_end", st.epoch, logs)
+            if self.checkpointer is not None:
+                self.checkpointer.on_epoch_end(self, logs)
+        if self.checkpointer is not None:
+            self.checkpointer.on_fit_end(self)
+        self._emit("on_fit_end")
+        if self.stop_reason and not self.config.quiet:
+            self.log(f"Stopped: {self.stop_reason}.")
+        return self.history
+
+    def _setup_fit(self, train_batches) -> None:
+        """Per-fit set-up: seeds (on a fresh start), scheduler, epoch target, metric choice."""
+        cfg, st = self.config, self.state
+        self.steps_per_epoch = len(train_batches)
+        if not self._seeded:
+            seed_everything(cfg.seed)
+            self._seeded = True
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if st.target_epochs <= st.epoch and st.batch == 0:
+            st.target_epochs = st.epoch + cfg.epochs
+        if self._scheduler_arg is not None and self.scheduler is None:
+            self.scheduler, self.scheduler_interval = make_scheduler(
+                self._scheduler_arg, self.optimizer, steps_per_epoch=math.ceil(self.steps_per_epoch / cfg.accumulate),
+                epochs=cfg.epochs, interval=cfg.scheduler_interval)
+        tm = cfg.train_metrics
+        self._keep_outputs = tm if tm is not None else self.steps_per_epoch > 1
+        self._metric_set = None
+        self._check_on_cpu = self.device.type == "cpu"
+
+    def _train_epoch(self, batches) -> dict[str, Any]:
+        """Run the steps of one epoch from `state.batch` on; return the train logs (tensors)."""
+        st = self.state
+        if st.batch == 0:
+            st.epoch_generator_state = self.generator.get_state()
+            st.epoch_losses, st.epoch_sizes = [], []
+            self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        else:  # resuming mid-epoch: replay the epoch's permutation from its start
+            self.generator.set_state(st.epoch_generator_state)
+            self._outputs = getattr(self, "_outputs", [])
+        self.model.train()
+        n_batches = len(batches)
+        batch_end = [cb for cb in self.callbacks if cbmod.overrides(cb, "on_train_batch_end")]
+        ckpt = self.checkpointer
+        for batch in batches.epoch(self.generator, st.batch):
+            x, y = batch if isinstance(batches, TensorBatches) else self._to_device(batch)
+            self._last_micro = self.config.accumulate == 1 or (st.batch + 1) % self.config.accumulate == 0 \
+                or st.batch + 1 == n_batches
+            self._accum_divisor = min(self.config.accumulate, n_batches - st.batch + st.batch % self.config.accumulate)
+            loss, out = self.train_step((x, y))
+            st.epoch_losses.append(loss)
+            st.epoch_sizes.append(len(x))
+            if self._keep_outputs:
+                self._outputs.append((out, y))
+            st.batch += 1
+            for cb in batch_end:
+                cb.on_train_batch_end(self, st.step, loss)
+            if ckpt is not None and ckpt.on_step_end(self):
+                break  # a stop was requested (signal): leave with the position saved
+            if self.should_stop and st.batch < n_batches:
+                return {}
+        st.epoch += 1
+        st.batch = 0
+        losses = torch.stack(st.epoch_losses)
+        sizes = torch.tensor(st.epoch_sizes, dtype=losses.dtype, device=losses.device)
+        logs: dict[str, Any] = {"loss": (losses * sizes).sum() / sizes.sum()}
+        if self._keep_outputs and self._outputs and self._outputs[0][1] is not None:
+            out = torch.cat([o for o, _ in self._outputs])
+            y = torch.cat([t for _, t in self._outputs])
+            logs.update(self._metrics().compute(out, y))
+        if st.skipped_steps:
+            logs["skipped_steps"] = st.skipped_steps
+        if self._grad_norms:
+            logs["grad_norm"] = torch.stack(self._grad_norms).mean()
+            self._grad_norms = []
+        self._outputs = []
+        return logs
+
+    # ------------------------------------------------------------------ steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's forward pass, under autocast when `precision` asks for it."""
+        if self._autocast_dtype is None:
+            return self._forward(x)
+        with torch.autocast(self.device.type, dtype=self._autocast_dtype):
+            return self._forward(x)
+
+    def compute_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss in fp32. A target of shape (N,) against an output of shape (N, 1) is viewed
+        as (N, 1) rather than broadcast to (N, N), the classic silent bug."""
+        if out.dtype != torch.float32 and out.is_floating_point() and self._autocast_dtype is not None:
+            out = out.float()
+        if y is not None and out.shape != y.shape and y.is_floating_point() and out.numel() == y.numel():
+            y = y.view_as(out)
+        elif y is not None and out.shape != y.shape and y.is_floating_point() and out.ndim != y.ndim \
+                and not self._is_multiclass():
+            raise ValueError(f"loss: model output has shape {tuple(out.shape)} but the target has shape "
+                             f"{tuple(y.shape)}; they would broadcast silently. Make the model return one "
+                             "value per target (e.g. out_features matching y's columns).")
+        return self.loss_fn(out, y)
+
+    def _is_multiclass(self) -> bool:
+        return normalize_task(self.task, 2) == "multiclass"
+
+    def _penalty(self) -> torch.Tensor:
+        kind, strength = self.config.penalty  # type: ignore[misc]
+        if kind == "l2":
+            return strength * sum(p.pow(2).sum() for p in self._params)
+        return strength * sum(p.abs().sum() for p in self._params)
+
+    def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step: forward, loss, zero_grad, backward, optimizer step.
+
+        Override to customise. Returns the detached loss and output (tensors: no `.item()`).
+        """
+        x, y = batch
+        cfg = self.config
+        if cfg.input_noise and x.is_floating_point():
+            x = x + cfg.input_noise * torch.randn_like(x)
+        if self._needs_closure:
+            return self._closure_step(x, y)
+        out = self.forward(x)
+        loss = self.compute_loss(out, y)
+        total = loss + self._penalty() if cfg.penalty is not None else loss
+        first_micro = cfg.accumulate == 1 or self.state.batch % cfg.accumulate == 0
+        if first_micro:
+            self.optimizer.zero_grad(set_to_none=True)
+        if cfg.accumulate > 1:
+            total = total / self._accum_divisor
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+        else:
+            total.backward()
+        if self._last_micro:
+            self._optimizer_step(loss)
+        return loss.detach(), out.detach()
+
+    def _closure_step(self, x, y):
+        """Optimizers such as LBFGS re-evaluate the loss several times per step."""
+        outs = []
+
+        def closure():
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.forward(x)
+            loss = self.compute_loss(out, y)
+            total = loss + self._penalty() if self.config.penalty is not None else loss
+            total.backward()
+            if not outs:
+                outs.append((loss.detach(), out.detach()))
+            return total
+
+        self.optimizer.step(closure)
+        self.state.step += 1
+        self._step_scheduler_batch()
+        return outs[0]
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        cfg = self.config
+        if self.scaler is not None and (cfg.clip_grad_norm or cfg.clip_grad_value):
+            self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.clip_grad_norm)
+            self._grad_norms.append(norm.detach())
+        if cfg.clip_grad_value:
+            torch.nn.utils.clip_grad_value_(self._params, cfg.clip_grad_value)
+        if not self._check_finite(loss):
+            return  # step skipped (on_nonfinite="skip")
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.state.step += 1
+        self._step_scheduler_batch()
+
+    def _check_finite(self, loss: torch.Tensor) -> bool:
+        """Stop (or skip the step) when the loss or a gradient is NaN/inf.
+
+        On the CPU reading the loss costs no device sync; the gradients are inspected only when
+        `on_nonfinite="skip"` (the update must be prevented) or when the loss already went bad.
+        Returns False when the step must be skipped.
+        """
+        skip = self.config.on_nonfinite == "skip"
+        if not skip and not self._check_on_cpu:
+            return True  # accelerators: no per-step sync; the epoch-end check catches it
+        loss_ok = math.isfinite(loss.item())
+        bad_param = None
+        if skip or not loss_ok:
+            bad_param = next((n for n, p in self.model.named_parameters()
+                              if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+        if loss_ok and bad_param is None:
+            return True
+        st = self.state
+        what = (f"the loss is {loss.item()}" if not loss_ok
+                else f"the gradient of parameter {bad_param!r} is not finite")
+        if skip:
+            st.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        where = f"epoch {st.epoch + 1}, step {st.batch + 1} of the epoch (global step {st.step + 1})"
+        grad_note = f"; the gradient of {bad_param!r} is not finite too" if bad_param and not loss_ok else ""
+        raise NonFiniteError(f"Training stopped at {where}: {what}{grad_note}. The last good checkpoint was "
+                             f"kept. Try a lower learning rate (lr is {self.optimizer.param_groups[0]['lr']:g}), "
+                             "check the data for NaN/inf, or pass on_nonfinite='skip'.")
+
+    def _step_scheduler_batch(self) -> None:
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+
+    def _step_scheduler_epoch(self, logs: dict[str, Any]) -> None:
+        if self.scheduler is None or self.scheduler_interval != "epoch":
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            key = self.config.monitor if self.config.monitor in logs else "loss"
+            self.scheduler.step(float(logs[key]))
+        else:
+            self.scheduler.step()
+
+    def eval_step(self, batch) -> torch.Tensor:
+        """The model's output for one batch, in eval mode (the caller sets no_grad/inference mode)."""
+        x, _ = batch
+        return self.forward(x)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _metrics(self) -> MetricSet:
+        if self._metric_set is None:
+            self._metric_set = MetricSet(self._resolved_task(), self._user_metrics)
+        return self._metric_set
+
+    def _resolved_task(self, out: torch.Tensor | None = None) -> str:
+        if self.task != "classification":
+            return self.task
+        width = out.shape[-1] if out is not None and out.ndim > 1 else 1
+        return normalize_task(self.task, width)  # type: ignore[return-value]
+
+    def _run_eval(self, batches, *, inference: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        was_training = self.model.training
+        self.model.eval()
+        outs, ys = [], []
+        ctx = torch.inference_mode() if inference else torch.no_grad()
+        try:
+            with ctx:
+                for batch in batches.epoch(None):
+                    x, y = batch if isinstance(batches, TensorBatches) else self._to_device(batch)
+                    outs.append(self.eval_step((x, y)))
+                    if y is not None:
+                        ys.append(y)
+        finally:
+            self.model.train(was_training)
+        out = torch.cat(outs)
+        return out, (torch.cat(ys) if ys else None)
+
+    def _evaluate_batches(self, batches, prefix: str = "") -> dict[str, Any]:
+        out, y = self._run_eval(batches)
+        if y is None:
+            raise ValueError("evaluate: the data has no targets (y); use predict() for unlabelled data.")
+        with torch.no_grad():
+            res: dict[str, Any] = {"loss": self.compute_loss(out, y)}
+            res.update(self._metrics().compute(out, y))
+        return {prefix + k: v for k, v in res.items()}
+
+    def evaluate(self, data) -> dict[str, Any]:
+        """Loss and task metrics on labelled data (e.g. the held-out test split).
+
+        Returns:
+            A dict of floats: `loss` plus accuracy/F1/precision/recall (and `confusion_matrix`, a
+            nested list) for classification, or MSE/RMSE/MAE/R2 for regression.
+        """
+        logs = self._evaluate_batches(self._batches(data, train=False))
+        self.last_metrics = {k: to_python(v) for k, v in logs.items()}
+        return self.last_metrics
+
+    def predict(self, X, *, output: str = "raw") -> torch.Tensor:
+        """Predictions for new inputs, in eval mode under `torch.inference_mode()`.
+
+        Args:
+            X: a tensor or array of inputs, a `Split`, a `Dataset` or a `DataLoader`.
+            output: `"raw"` (the model's output), `"class"` (class indices) or `"proba"`
+                (class probabilities) for classification.
+
+        Returns:
+            A tensor on the CPU with one row per input row.
+        """
+        if output not in ("raw", "class", "proba"):
+            raise ValueError(f"predict: output must be 'raw', 'class' or 'proba', got {output!r}.")
+        if isinstance(X, (torch.Tensor, np.ndarray, list)):
+            X = Split(as_tensor(X, "X"), None)
+        out, _ = self._run_eval(self._batches(X, train=False), inference=True)
+        out = out.float()
+        if output == "raw":
+            return out.cpu()
+        task = self._resolved_task(out)
+        if task == "regression":
+            raise ValueError("predict: output='class'/'proba' is for classification; this model does regression.")
+        if task == "binary":
+            p = torch.sigmoid(out.reshape(-1))
+            return (p > 0.5).long().cpu() if output == "class" else torch.stack([1 - p, p], 1).cpu()
+        return out.argmax(-1).cpu() if output == "class" else out.softmax(-1).cpu()
+
+    # ------------------------------------------------------------------ save
+
+    def save(self, path: str, *, extra: Mapping[str, Any] | None = None) -> str:
+        """Save the model as a bundle: `model.safetensors` + `fitloop.json` (spec, task, metrics,
+        versions). Never a pickle. Returns the directory."""
+        from .io import save_bundle
+
+        meta = {"task": self.task, "history_tail": self.history[-1:] if self.history else [],
+                "metrics": getattr(self, "last_metrics", None), "config": self.config.to_dict()}
+        if extra:
+            meta.update(extra)
+        return save_bundle(self.model, path, meta)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _emit(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            if cbmod.overrides(cb, event):
+                getattr(cb, event)(self, *args)
+
+
+def _eval_batch_size(batch_size: int | None, n: int) -> int | None:
+    """Evaluation has no backward pass: bigger batches are fine, bounded to keep memory modest."""
+    return None if batch_size is None else max(batch_size, min(n, 8192))
