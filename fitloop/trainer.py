@@ -249,7 +249,7 @@ class Trainer:
             The history: one dict per epoch with `epoch`, `loss`, the train metrics, `val_loss` and
             `val_` metrics when validating, `lr` and `time` (seconds).
         """
-        cfg, st = self.config, self.state
+        st = self.state
         train_batches = self._batches(train, train=True)
         val_batches = None if val is None else self._batches(val, train=False)
         self._setup_fit(train_batches)
