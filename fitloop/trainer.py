@@ -334,9 +334,7 @@ class Trainer:
                 return {}
         st.epoch += 1
         st.batch = 0
-        losses = torch.stack(st.epoch_losses)
-        sizes = torch.tensor(st.epoch_sizes, dtype=losses.dtype, device=losses.device)
-        logs: dict[str, Any] = {"loss": (losses * sizes).sum() / sizes.sum()}
+        logs: dict[str, Any] = {"loss": _mean_loss(st.epoch_losses, st.epoch_sizes)}
         if self._keep_outputs and self._outputs and self._outputs[0][1] is not None:
             out = torch.cat([o for o, _ in self._outputs])
             y = torch.cat([t for _, t in self._outputs])
@@ -590,6 +588,17 @@ class Trainer:
         for cb in self.callbacks:
             if cbmod.overrides(cb, event):
                 getattr(cb, event)(self, *args)
+
+
+def _mean_loss(losses: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
+    """The epoch's loss: the mean of the step losses weighted by rows (one reduction per epoch)."""
+    if len(losses) == 1:
+        return losses[0]
+    stacked = torch.stack(losses)
+    if sizes[-1] == sizes[0]:
+        return stacked.mean()
+    w = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
+    return (stacked * w).sum() / sum(sizes)
 
 
 def _eval_batch_size(batch_size: int | None, n: int) -> int | None:
