@@ -96,9 +96,17 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
             raise TableError(f"{path}: cannot read Parquet file: {e}") from e
 
     sep = delimiter or ("\t" if ext.startswith(".tsv") else ",")
-    read_opts = pcsv.ReadOptions(encoding=encoding)
+    read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
+    parse_opts = pcsv.ParseOptions(delimiter=sep)
     try:
-        table = pcsv.read_csv(path, read_options=read_opts, parse_options=pcsv.ParseOptions(delimiter=sep))
+        try:
+            # Streaming keeps peak memory near the final table size, but infers types from the first
+            # block only; if a later block disagrees, fall back to the whole-file reader (unifies types).
+            table = pcsv.open_csv(path, read_options=read_opts, parse_options=parse_opts).read_all()
+        except pa.ArrowInvalid as e:
+            if "conversion error" not in str(e):
+                raise
+            table = pcsv.read_csv(path, read_options=read_opts, parse_options=parse_opts)
     except UnicodeDecodeError as e:
         raise _encoding_error(path, encoding, "the header row") from e
     except LookupError as e:
@@ -116,7 +124,24 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     return table
 
 
+def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+    """1-based line number of the first line that does not decode (error path only)."""
+    import codecs
+    import gzip
+
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
 def _encoding_error(path: Path, encoding: str, where: str) -> TableError:
+    line = _first_undecodable_line(path, encoding)
+    where += f" (first at line {line})" if line else ""
     return TableError(
         f"{path}: {where} contains bytes that are not valid {encoding}. If the file is in another "
         f"encoding, pass it explicitly: `--encoding latin-1` on the command line or `encoding=\"latin-1\"` "
@@ -673,8 +698,10 @@ class Table:
             rows[name] = a
         if rows["train"].size == 0:
             raise TableError("the train split is empty.")
+        in_train = np.zeros(len(self), dtype=bool)
+        in_train[rows["train"]] = True
         for name, a in rows.items():
-            if name != "train" and np.intersect1d(a, rows["train"]).size:
+            if name != "train" and in_train[a].any():
                 raise TableError(f"split {name!r} shares rows with 'train' (leakage); use disjoint indices.")
         kinds = {c: self.kinds[c] for c in self.feature_columns}
         pre = Preprocessor.fit(self.data, target=self.target, task=self.task, kinds=kinds, rows=rows["train"],
