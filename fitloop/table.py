@@ -107,6 +107,7 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
             if "conversion error" not in str(e):
                 raise
             table = pcsv.read_csv(path, read_options=read_opts, parse_options=parse_opts)
+        names = table.column_names  # decodes the header: raises UnicodeDecodeError on bad bytes
     except UnicodeDecodeError as e:
         raise _encoding_error(path, encoding, "the header row") from e
     except LookupError as e:
@@ -118,7 +119,7 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         if "Expected" in msg and "columns" in msg:
             raise _ragged_error(path, sep, encoding, msg) from e
         raise TableError(f"{path}: cannot parse as delimited text ({msg}).") from e
-    for name, col in zip(table.column_names, table.columns):
+    for name, col in zip(names, table.columns):
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
             raise _encoding_error(path, encoding, f"column {name!r}")
     return table
