@@ -98,15 +98,19 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     sep = delimiter or ("\t" if ext.startswith(".tsv") else ",")
     read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
     parse_opts = pcsv.ParseOptions(delimiter=sep)
+    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True)  # empty text cells are missing values
     try:
         try:
             # Streaming keeps peak memory near the final table size, but infers types from the first
             # block only; if a later block disagrees, fall back to the whole-file reader (unifies types).
-            table = pcsv.open_csv(path, read_options=read_opts, parse_options=parse_opts).read_all()
+            reader = pcsv.open_csv(path, read_options=read_opts, parse_options=parse_opts,
+                                   convert_options=conv_opts)
+            table = reader.read_all()
         except pa.ArrowInvalid as e:
             if "conversion error" not in str(e):
                 raise
-            table = pcsv.read_csv(path, read_options=read_opts, parse_options=parse_opts)
+            table = pcsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
+                                  convert_options=conv_opts)
         names = table.column_names  # decodes the header: raises UnicodeDecodeError on bad bytes
     except UnicodeDecodeError as e:
         raise _encoding_error(path, encoding, "the header row") from e
@@ -587,6 +591,8 @@ class Table:
             self.notes.append(f"dropped columns as requested: {list(self.drop)}")
         self.feature_columns = [c for c, k in self.kinds.items()
                                 if c != target and k in ("numeric", "bool", "categorical")]
+        if self.kinds[target] == "other":
+            raise TableError(f"{source}: target {target!r} has unsupported type {data.column(target).type}.")
         tcol = data.column(target)
         valid = pc.is_valid(tcol)
         if self.kinds[target] == "numeric":
@@ -712,6 +718,9 @@ class Table:
             notes: list[str] = []
             X = torch.from_numpy(pre.transform(self.data, a, notes))
             y = torch.from_numpy(pre.encode_target(self.data, a))
+            if name == "train" and self.task == "classification" and y.numel() and bool((y == y[0]).all()):
+                raise TableError(f"the train split has a single class ({self.classes[int(y[0])]!r}) for "
+                                 f"target {self.target!r}; use a stratified or larger split.")
             ids = self.data.column(self.id).take(a).to_pylist() if self.id else None
             out[name] = TableSplit(X, y, ids, a, notes)
         return Prepared(pre, out, self.notes + pre.notes)
