@@ -1,0 +1,775 @@
+"""Tabular data pipeline: read CSV/TSV/Parquet, infer types and task, preprocess without leakage.
+
+Typical use::
+
+    tab = Table.read("data.csv", target="price", drop=["notes"], id="row_id")
+    prep = tab.prepare({"train": train_idx, "val": val_idx})  # or tab.prepare(fractions=(0.8, 0.2))
+    X, y = prep.train.X, prep.train.y                          # float32 / (float32 | int64) tensors
+    state = prep.preprocessor.to_dict()                        # JSON-able, no pickle
+    new = transform_table(Preprocessor.from_dict(state), "new.csv")
+
+The preprocessor is fitted on the training rows only. Everything is vectorised (pyarrow compute and
+numpy); the float32 feature matrix is preallocated and filled column by column.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+    import torch
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "Prepared",
+    "Preprocessor",
+    "Table",
+    "TableError",
+    "TableSplit",
+    "read_table",
+    "transform_table",
+]
+
+SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
+MAX_CLASSES_FOR_INT_TARGET = 20
+JUNK_NUMERIC_FRACTION = 0.9
+_NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
+
+
+class TableError(ValueError):
+    """Bad tabular input; the message says what is wrong, where, and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    longest_first = sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True)
+    return next((ext for ext in longest_first if name.endswith(ext)), "")
+
+
+def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | None = None) -> pa.Table:
+    """Read a `.csv`, `.tsv`, `.csv.gz`, `.tsv.gz` or `.parquet` file with pyarrow.
+
+    Args:
+        path: File to read.
+        encoding: Text encoding of CSV/TSV files (e.g. ``"latin-1"``).
+        delimiter: Field separator; default ``","`` (``"\\t"`` for `.tsv`).
+
+    Returns:
+        The file as a ``pyarrow.Table`` (column types inferred by pyarrow).
+
+    Raises:
+        TableError: Missing/empty file, unsupported extension, bad encoding or ragged rows.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file not found (check the path; cwd is {Path.cwd()}).")
+    ext = _extension(path)
+    if not ext:
+        raise TableError(
+            f"{path}: unsupported file extension {''.join(path.suffixes) or '(none)'!r}; "
+            f"supported: {', '.join(SUPPORTED_EXTENSIONS)}."
+        )
+    if path.stat().st_size == 0:
+        raise TableError(f"{path}: the file is empty; it needs a header row and at least one data row.")
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise TableError(f"{path}: cannot read Parquet file: {e}") from e
+
+    sep = delimiter or ("\t" if ext.startswith(".tsv") else ",")
+    read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
+    parse_opts = pcsv.ParseOptions(delimiter=sep)
+    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True)  # empty text cells are missing values
+    try:
+        try:
+            # Streaming keeps peak memory near the final table size, but infers types from the first
+            # block only; if a later block disagrees, fall back to the whole-file reader (unifies types).
+            reader = pcsv.open_csv(path, read_options=read_opts, parse_options=parse_opts,
+                                   convert_options=conv_opts)
+            table = reader.read_all()
+        except pa.ArrowInvalid as e:
+            if "conversion error" not in str(e):
+                raise
+            table = pcsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
+                                  convert_options=conv_opts)
+        names = table.column_names  # decodes the header: raises UnicodeDecodeError on bad bytes
+    except UnicodeDecodeError as e:
+        raise _encoding_error(path, encoding, "the header row") from e
+    except LookupError as e:
+        raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
+    except pa.ArrowInvalid as e:
+        msg = str(e)
+        if "Empty CSV file" in msg:
+            raise TableError(f"{path}: the file is empty; it needs a header row and data rows.") from e
+        if "Expected" in msg and "columns" in msg:
+            raise _ragged_error(path, sep, encoding, msg) from e
+        raise TableError(f"{path}: cannot parse as delimited text ({msg}).") from e
+    for name, col in zip(names, table.columns):
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            raise _encoding_error(path, encoding, f"column {name!r}")
+    return table
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+    """1-based line number of the first line that does not decode (error path only)."""
+    import codecs
+    import gzip
+
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def _encoding_error(path: Path, encoding: str, where: str) -> TableError:
+    line = _first_undecodable_line(path, encoding)
+    where += f" (first at line {line})" if line else ""
+    return TableError(
+        f"{path}: {where} contains bytes that are not valid {encoding}. If the file is in another "
+        f"encoding, pass it explicitly: `--encoding latin-1` on the command line or `encoding=\"latin-1\"` "
+        f"in Python (cp1252 is also common for Excel exports)."
+    )
+
+
+def _ragged_error(path: Path, sep: str, encoding: str, msg: str) -> TableError:
+    """Re-parse single-threaded to learn the line number of the first ragged row (error path only)."""
+    import pyarrow.csv as pcsv
+
+    bad: list[Any] = []
+
+    def handler(row: Any) -> str:
+        bad.append(row)
+        return "error"
+
+    try:
+        pcsv.read_csv(
+            path,
+            read_options=pcsv.ReadOptions(encoding=encoding, use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=sep, invalid_row_handler=handler),
+        )
+    except Exception:  # noqa: BLE001 - we only want the recorded row
+        pass
+    if not bad:
+        return TableError(f"{path}: rows have inconsistent column counts ({msg}).")
+    row = bad[0]
+    line = f"line {row.number}" if row.number is not None else "a row"
+    return TableError(
+        f"{path}: {line} has {row.actual_columns} fields but the header has {row.expected_columns} "
+        f"(row text: {row.text[:80]!r}). Fix that line: quote fields that contain {sep!r}, or pass the "
+        f"right delimiter (`--delimiter` / `delimiter=`)."
+    )
+
+
+# ----------------------------------------------------------------------------------- column helpers
+
+
+def _is_string(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
+
+
+def _as_strings(col: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+
+
+def _junk_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) -> TableError:
+    import pyarrow.compute as pc
+
+    i = int(pc.index(bad, True).as_py())
+    value = col[i].as_py()
+    row = int(rows[i]) if rows is not None else i
+    n_bad = int(pc.sum(bad).as_py() or 0)
+    return TableError(
+        f"column {name!r} is numeric but has {n_bad} non-numeric value(s); first at data row {row + 1} "
+        f"(line {row + 2} of the file, counting the header): {value!r}. Fix or blank out those cells "
+        f"(empty cells are treated as missing and imputed), or `--drop {name}`."
+    )
+
+
+def _numeric_mask(col: Any) -> Any:
+    """Boolean array: value looks like a number (null for missing)."""
+    import pyarrow.compute as pc
+
+    return pc.match_substring_regex(_as_strings(col), _NUMBER_RE)
+
+
+def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Column as float64 numpy (NaN = missing); numeric strings are parsed, junk raises TableError."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if rows is not None:
+        col = col.take(rows)
+    t = col.type
+    if pa.types.is_null(t):
+        return np.full(len(col), np.nan)
+    if _is_string(t):
+        ok = _numeric_mask(col)
+        bad = pc.invert(pc.fill_null(ok, True))
+        if pc.any(bad).as_py():
+            raise _junk_error(name, col, bad, rows)
+        col = pc.utf8_trim_whitespace(_as_strings(col))
+    elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        raise TableError(f"column {name!r} has type {t}, which cannot be used as a number; `--drop {name}`.")
+    out = pc.fill_null(pc.cast(col, pa.float64()), math.nan).to_numpy()
+    return np.array(out, dtype=np.float64, copy=True) if not out.flags.writeable else out
+
+
+def _infer_kind(name: str, col: Any) -> str:
+    """One of 'numeric', 'bool', 'categorical', 'empty', 'other'. Mostly-numeric text raises TableError."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = col.type
+    n_valid = len(col) - col.null_count
+    if pa.types.is_floating(t):
+        n_valid -= int(pc.sum(pc.is_nan(col)).as_py() or 0)
+    if n_valid == 0 or pa.types.is_null(t):
+        return "empty"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return "numeric"
+    if _is_string(t):
+        n_num = int(pc.sum(_numeric_mask(col)).as_py() or 0)
+        if n_num == n_valid:
+            return "numeric"
+        if n_num >= JUNK_NUMERIC_FRACTION * n_valid:
+            ok = _numeric_mask(col)
+            raise _junk_error(name, col, pc.invert(pc.fill_null(ok, True)), None)
+        return "categorical"
+    return "other"
+
+
+def _closest(name: str, options: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _sorted_unique(col: Any) -> list[Any]:
+    import pyarrow.compute as pc
+
+    return sorted(v for v in pc.unique(col).to_pylist() if v is not None and v == v)
+
+
+# ------------------------------------------------------------------------------------- preprocessor
+
+
+class Preprocessor:
+    """Feature/target encoder fitted on training rows; JSON-serialisable via `to_dict`/`from_dict`.
+
+    Attributes:
+        target: Target column name.
+        task: ``"classification"`` or ``"regression"``.
+        features: One spec dict per used input column (kind, statistics, categories).
+        classes: Sorted original class labels (classification), else None.
+        id: Optional id column (kept for output, never a feature).
+        notes: Human-readable notes from fitting (dropped columns, imputations).
+    """
+
+    VERSION = 1
+
+    def __init__(self, target: str, task: str, features: list[dict[str, Any]],
+                 classes: list[Any] | None = None, id: str | None = None,
+                 notes: list[str] | None = None) -> None:
+        self.target, self.task, self.features = target, task, features
+        self.classes, self.id, self.notes = classes, id, list(notes or [])
+
+    @classmethod
+    def fit(cls, data: pa.Table, *, target: str, task: str, kinds: Mapping[str, str],
+            rows: np.ndarray | None = None, classes: list[Any] | None = None, id: str | None = None,
+            max_categories: int = 50) -> Preprocessor:
+        """Fit on ``data`` restricted to ``rows`` (the training rows).
+
+        Args:
+            data: Full table (only ``rows`` are looked at).
+            target: Target column name.
+            task: ``"classification"`` or ``"regression"``.
+            kinds: Feature column name -> kind (``numeric``/``bool``/``categorical``), in output order.
+            rows: Training row indices (all rows if None).
+            classes: Class labels for classification; default: sorted labels seen in ``rows``.
+            id: Id column name (excluded from features).
+            max_categories: Categorical columns with more distinct training values are dropped.
+        """
+        import pyarrow.compute as pc
+
+        features: list[dict[str, Any]] = []
+        notes: list[str] = []
+        imputed: list[str] = []
+        for name, kind in kinds.items():
+            col = data.column(name)
+            if kind in ("numeric", "bool"):
+                v = _float64(col, name, rows)
+                ok = np.isfinite(v)
+                n_missing = int(v.size - np.count_nonzero(ok))
+                valid = v[ok] if n_missing else v
+                if valid.size == 0:
+                    notes.append(f"dropped column {name!r}: all values missing in the training rows")
+                    continue
+                if valid.min() == valid.max():
+                    notes.append(f"dropped column {name!r}: constant ({valid[0]:g}) in the training rows")
+                    continue
+                spec = {"name": name, "kind": "numeric", "mean": float(valid.mean()),
+                        "std": float(valid.std()), "median": float(np.median(valid)),
+                        "missing": n_missing > 0}
+                if n_missing:
+                    imputed.append(f"{name}: {n_missing} (median {spec['median']:g})")
+                features.append(spec)
+            else:
+                s = _as_strings(col.take(rows) if rows is not None else col)
+                cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
+                has_null = s.null_count > 0
+                if len(cats) > max_categories:
+                    notes.append(f"dropped column {name!r}: {len(cats)} distinct values in the training "
+                                 f"rows > max_categories={max_categories} (text/ID-like); raise the limit "
+                                 f"to keep it")
+                    continue
+                if len(cats) + has_null <= 1:
+                    notes.append(f"dropped column {name!r}: constant ({cats[0] if cats else None!r}) "
+                                 f"in the training rows")
+                    continue
+                features.append({"name": name, "kind": "categorical", "categories": cats,
+                                 "missing": has_null})
+        if imputed:
+            notes.append("imputed missing numeric values with the train median (+ COL__missing indicator): "
+                         + ", ".join(imputed))
+        if task == "classification" and classes is None:
+            tcol = data.column(target)
+            classes = _sorted_unique(tcol.take(rows) if rows is not None else tcol)
+        if task == "classification" and classes is not None and len(classes) < 2:
+            raise TableError(f"target {target!r} has a single class ({classes!r}) in the training rows; "
+                             f"classification needs at least 2. Check the split or use --task regression.")
+        return cls(target, task, features, classes, id, notes)
+
+    # --------------------------------------------------------------------------------- properties
+    @property
+    def input_columns(self) -> list[str]:
+        """Columns a table must have at transform time."""
+        return [f["name"] for f in self.features]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the output feature-matrix columns, in order."""
+        names: list[str] = []
+        for f in self.features:
+            if f["kind"] == "numeric":
+                names += [f["name"]] + ([f"{f['name']}__missing"] if f["missing"] else [])
+            else:
+                names += [f"{f['name']}={c}" for c in f["categories"]] + [f"{f['name']}=<unknown>"]
+                names += [f"{f['name']}=<missing>"] if f["missing"] else []
+        return names
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) if self.classes is not None else None
+
+    # --------------------------------------------------------------------------------- transform
+    def transform(self, data: pa.Table, rows: np.ndarray | None = None,
+                  notes: list[str] | None = None) -> np.ndarray:
+        """Encode features as a C-contiguous float32 matrix ``(n_rows, len(feature_names))``.
+
+        Unknown categories go to the column's ``<unknown>`` slot, with a warning (counts per column)
+        that is also appended to ``notes``.
+
+        Raises:
+            TableError: Required columns are missing, or a numeric column contains junk.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        missing = [c for c in self.input_columns if c not in data.column_names]
+        if missing:
+            raise TableError(f"the table lacks {len(missing)} column(s) the model needs: {missing}. "
+                             f"Add them (cells may be empty, which are imputed).")
+        n = data.num_rows if rows is None else len(rows)
+        out = np.empty((n, len(self.feature_names)), dtype=np.float32)
+        unknown: list[str] = []
+        j = 0
+        for f in self.features:
+            col = data.column(f["name"])
+            if f["kind"] == "numeric":
+                v = _float64(col, f["name"], rows)
+                miss = ~np.isfinite(v)
+                v[miss] = f["median"]
+                v -= f["mean"]
+                v /= f["std"]
+                out[:, j] = v
+                j += 1
+                if f["missing"]:
+                    out[:, j] = miss
+                    j += 1
+                continue
+            cats = f["categories"]
+            k = len(cats) + 1 + f["missing"]
+            s = _as_strings(col.take(rows) if rows is not None else col)
+            idx = pc.fill_null(pc.index_in(s, value_set=pa.array(cats, pa.string())), -1)
+            idx = np.asarray(idx.to_numpy(), dtype=np.int64)
+            isnull = np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool)
+            slot = np.where(idx >= 0, idx, len(cats))  # unknown slot
+            if f["missing"]:
+                slot[isnull] = len(cats) + 1
+            n_unknown = int(np.count_nonzero(idx < 0) - (np.count_nonzero(isnull) if f["missing"] else 0))
+            if n_unknown:
+                unknown.append(f"{f['name']}: {n_unknown}")
+            block = out[:, j:j + k]
+            block[...] = 0.0
+            block[np.arange(n), slot] = 1.0
+            j += k
+        if unknown:
+            msg = "unseen (or missing) categories mapped to the <unknown> slot (rows per column): "
+            msg += ", ".join(unknown)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            if notes is not None:
+                notes.append(msg)
+        return out
+
+    def encode_target(self, data: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
+        """Target as float32 (regression) or int64 class indices (classification).
+
+        Raises:
+            TableError: Missing target values, or labels not seen when fitting.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        col = data.column(self.target)
+        if rows is not None:
+            col = col.take(rows)
+        if self.task == "regression":
+            y = _float64(col, self.target).astype(np.float32)
+            if not np.isfinite(y).all():
+                n_bad = int((~np.isfinite(y)).sum())
+                raise TableError(f"target {self.target!r} has {n_bad} missing value(s); drop those rows.")
+            return y
+        assert self.classes is not None
+        s = _as_strings(col)
+        idx = pc.index_in(s, value_set=pc.cast(pa.array(self.classes), pa.string()))
+        if idx.null_count:
+            bad = sorted({str(v) for v in pc.filter(s, pc.is_null(idx)).to_pylist()})
+            raise TableError(f"target {self.target!r} has {idx.null_count} value(s) that are missing or not "
+                             f"among the known classes {self.classes}: {bad[:10]}. Remove those rows.")
+        return np.asarray(idx.to_numpy(), dtype=np.int64)
+
+    def decode(self, indices: Any) -> list[Any]:
+        """Map class indices (array/tensor/list) back to the original labels (int/bool/str kept)."""
+        if self.classes is None:
+            raise TableError("decode() is only for classification targets.")
+        idx = np.asarray(indices.cpu() if hasattr(indices, "cpu") else indices, dtype=np.int64)
+        return np.array(self.classes, dtype=object)[idx].tolist()
+
+    # --------------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able state (plain dicts/lists/str/float/int/bool)."""
+        return {"version": self.VERSION, "target": self.target, "task": self.task, "id": self.id,
+                "classes": self.classes, "features": [dict(f) for f in self.features], "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> Preprocessor:
+        """Inverse of `to_dict`."""
+        if state.get("version") != cls.VERSION:
+            raise TableError(f"unsupported preprocessor state version {state.get('version')!r}")
+        return cls(state["target"], state["task"], [dict(f) for f in state["features"]],
+                   state.get("classes"), state.get("id"), state.get("notes"))
+
+    def __repr__(self) -> str:
+        return (f"Preprocessor(target={self.target!r}, task={self.task!r}, inputs={len(self.features)}, "
+                f"features={len(self.feature_names)}, classes={self.num_classes})")
+
+
+# --------------------------------------------------------------------------------------------- Table
+
+
+@dataclass
+class TableSplit:
+    """Encoded rows: ``X`` float32 ``(n, d)``; ``y`` float32 or int64 (None if no target column)."""
+
+    X: torch.Tensor
+    y: torch.Tensor | None
+    ids: list[Any] | None = None
+    rows: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """Result of `Table.prepare`: the fitted preprocessor and one `TableSplit` per split name."""
+
+    preprocessor: Preprocessor
+    splits: dict[str, TableSplit]
+    notes: list[str]
+
+    def __getitem__(self, name: str) -> TableSplit:
+        return self.splits[name]
+
+    @property
+    def train(self) -> TableSplit:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> TableSplit | None:
+        return self.splits.get("val")
+
+    @property
+    def test(self) -> TableSplit | None:
+        return self.splits.get("test")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessor.feature_names
+
+
+class Table:
+    """A loaded table with inferred column kinds and task. Build with `Table.read` or `Table.from_arrow`.
+
+    Attributes:
+        data: The rows (rows with a missing target already removed); row indices refer to this.
+        columns: All column names of the file.
+        target, task, id, drop: As given / inferred.
+        kinds: Column -> ``numeric``/``bool``/``categorical``/``empty``/``other``.
+        feature_columns: Columns used as features (before fit-time drops).
+        classes: Sorted class labels over all rows (classification), else None.
+        notes: Human-readable notes (dropped columns, dropped rows...).
+        load_seconds: Time spent reading the file.
+    """
+
+    def __init__(self, data: pa.Table, *, target: str, task: str | None = None, drop: Sequence[str] = (),
+                 id: str | None = None, max_categories: int = 50, source: str = "table",
+                 load_seconds: float = 0.0) -> None:
+        import pyarrow.compute as pc
+
+        self.source, self.load_seconds, self.max_categories = source, load_seconds, max_categories
+        self.columns: list[str] = list(data.column_names)
+        self.notes: list[str] = []
+        if data.num_rows == 0:
+            raise TableError(f"{source}: no data rows (only a header: {self.columns}); add rows to the file.")
+        for what, name in [("target", target), ("id", id), *(("--drop", d) for d in drop)]:
+            if name is not None and name not in self.columns:
+                raise TableError(f"{source}: {what} column {name!r} not found.{_closest(name, self.columns)} "
+                                 f"Columns are: {self.columns}.")
+        if target == id or target in drop:
+            raise TableError(f"{source}: the target {target!r} cannot also be the id or a --drop column.")
+        self.target, self.id, self.drop = target, id, tuple(drop)
+        self.kinds: dict[str, str] = {}
+        for name in self.columns:
+            if name == id or name in self.drop:
+                continue
+            self.kinds[name] = kind = _infer_kind(name, data.column(name))
+            if kind == "empty":
+                if name == target:
+                    raise TableError(f"{source}: target column {name!r} has no values (all missing).")
+                self.notes.append(f"dropped column {name!r}: all values missing")
+            elif kind == "other":
+                self.notes.append(f"dropped column {name!r}: unsupported type {data.column(name).type}")
+        if self.drop:
+            self.notes.append(f"dropped columns as requested: {list(self.drop)}")
+        self.feature_columns = [c for c, k in self.kinds.items()
+                                if c != target and k in ("numeric", "bool", "categorical")]
+        if self.kinds[target] == "other":
+            raise TableError(f"{source}: target {target!r} has unsupported type {data.column(target).type}.")
+        tcol = data.column(target)
+        valid = pc.is_valid(tcol)
+        if self.kinds[target] == "numeric":
+            valid = pc.and_(valid, pc.invert(pc.is_nan(_float64_arrow(tcol))))
+        n_missing = data.num_rows - int(pc.sum(valid).as_py() or 0)
+        if n_missing:
+            data = data.filter(valid)
+            self.notes.append(f"dropped {n_missing} row(s) with a missing target {target!r}")
+        self.data = data
+        self.task = self._infer_task(task)
+        self.classes: list[Any] | None = None
+        if self.task == "classification":
+            self.classes = _sorted_unique(data.column(target))
+            if len(self.classes) < 2:
+                raise TableError(f"{source}: target {target!r} has a single class ({self.classes[0]!r}); "
+                                 f"classification needs at least 2 distinct values.")
+
+    def _infer_task(self, task: str | None) -> str:
+        kind, col = self.kinds[self.target], self.data.column(self.target)
+        if task is not None:
+            if task not in ("classification", "regression"):
+                raise TableError(f"task must be 'classification' or 'regression', got {task!r}.")
+            if task == "regression" and kind != "numeric":
+                raise TableError(f"{self.source}: target {self.target!r} is {kind}, not numeric; it cannot "
+                                 f"be used for regression. Use --task classification.")
+            return task
+        if kind != "numeric":
+            return "classification"
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if pa.types.is_floating(col.type) or _is_string(col.type):
+            v = _float64(col, self.target)
+            if not np.array_equal(v, np.round(v)):
+                return "regression"
+        return "classification" if len(pc.unique(col)) <= MAX_CLASSES_FOR_INT_TARGET else "regression"
+
+    @classmethod
+    def read(cls, path: str | Path, target: str, task: str | None = None, drop: Sequence[str] = (),
+             id: str | None = None, encoding: str = "utf-8", max_categories: int = 50,
+             delimiter: str | None = None) -> Table:
+        """Read a file (see `read_table`) and infer column kinds and the task.
+
+        Args:
+            path: CSV/TSV(.gz)/Parquet file.
+            target: Target column.
+            task: ``"classification"``/``"regression"``; inferred if None.
+            drop: Columns to exclude from the features.
+            id: Row-id column, excluded from features but returned with each split.
+            encoding: Text encoding for CSV/TSV.
+            max_categories: Categorical columns with more distinct values are dropped.
+            delimiter: Field separator override.
+        """
+        t0 = time.perf_counter()
+        data = read_table(path, encoding=encoding, delimiter=delimiter)
+        return cls(data, target=target, task=task, drop=drop, id=id, max_categories=max_categories,
+                   source=str(path), load_seconds=time.perf_counter() - t0)
+
+    @classmethod
+    def from_arrow(cls, data: pa.Table, target: str, **kwargs: Any) -> Table:
+        """Build from an in-memory ``pyarrow.Table`` (same keyword arguments as `read`, minus I/O)."""
+        return cls(data, target=target, **kwargs)
+
+    def __len__(self) -> int:
+        return self.data.num_rows
+
+    def __repr__(self) -> str:
+        return (f"Table({self.source!r}, rows={len(self)}, target={self.target!r}, task={self.task!r}, "
+                f"features={len(self.feature_columns)})")
+
+    def split_indices(self, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                      seed: int = 0) -> dict[str, np.ndarray]:
+        """Random train/val(/test) row indices with the given fractions."""
+        if not 2 <= len(fractions) <= 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+            raise TableError(f"fractions must be 2 or 3 non-negative numbers, got {tuple(fractions)}.")
+        perm = np.random.default_rng(seed).permutation(len(self))
+        cuts = np.round(np.cumsum(fractions) / sum(fractions) * len(self)).astype(int)
+        parts = np.split(perm, cuts[:-1])
+        return {name: np.sort(p) for name, p in zip(("train", "val", "test"), parts)}
+
+    def prepare(self, splits: Mapping[str, Any] | Sequence[Any] | None = None, *,
+                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Prepared:
+        """Fit a `Preprocessor` on the train rows only and encode every split.
+
+        Args:
+            splits: Row indices per split, as ``{"train": idx, "val": idx, ...}`` or a sequence
+                ``(train_idx, val_idx[, test_idx])``. Indices refer to ``self.data`` (rows with a missing
+                target removed; ``len(table)`` rows). If None, a random split by ``fractions``/``seed``.
+            fractions: Train/val(/test) fractions when ``splits`` is None.
+            seed: Seed of the random split.
+
+        Returns:
+            `Prepared` with the fitted preprocessor and one `TableSplit` (X, y, ids) per split.
+        """
+        import torch
+
+        if splits is None:
+            named = self.split_indices(fractions, seed)
+        elif isinstance(splits, Mapping):
+            named = dict(splits)
+        else:
+            named = dict(zip(("train", "val", "test"), splits))
+        if "train" not in named:
+            raise TableError(f"splits need a 'train' entry; got {list(named)}.")
+        rows = {}
+        for name, idx in named.items():
+            a = np.asarray(idx, dtype=np.int64).reshape(-1)
+            if a.size and (a.min() < 0 or a.max() >= len(self)):
+                raise TableError(f"split {name!r} has row indices outside [0, {len(self)}).")
+            rows[name] = a
+        if rows["train"].size == 0:
+            raise TableError("the train split is empty.")
+        in_train = np.zeros(len(self), dtype=bool)
+        in_train[rows["train"]] = True
+        for name, a in rows.items():
+            if name != "train" and in_train[a].any():
+                raise TableError(f"split {name!r} shares rows with 'train' (leakage); use disjoint indices.")
+        kinds = {c: self.kinds[c] for c in self.feature_columns}
+        pre = Preprocessor.fit(self.data, target=self.target, task=self.task, kinds=kinds, rows=rows["train"],
+                               classes=self.classes, id=self.id, max_categories=self.max_categories)
+        out: dict[str, TableSplit] = {}
+        for name, a in rows.items():
+            notes: list[str] = []
+            X = torch.from_numpy(pre.transform(self.data, a, notes))
+            y = torch.from_numpy(pre.encode_target(self.data, a))
+            if name == "train" and self.task == "classification" and y.numel() and bool((y == y[0]).all()):
+                raise TableError(f"the train split has a single class ({self.classes[int(y[0])]!r}) for "
+                                 f"target {self.target!r}; use a stratified or larger split.")
+            ids = self.data.column(self.id).take(a).to_pylist() if self.id else None
+            out[name] = TableSplit(X, y, ids, a, notes)
+        return Prepared(pre, out, self.notes + pre.notes)
+
+
+def _float64_arrow(col: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if _is_string(col.type):
+        col = pc.utf8_trim_whitespace(_as_strings(col))
+    return pc.cast(col, pa.float64())
+
+
+def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | Table, *,
+                    encoding: str = "utf-8", delimiter: str | None = None) -> TableSplit:
+    """Encode a new table (predict/evaluate time) with a fitted preprocessor.
+
+    Args:
+        preprocessor: Fitted (or `from_dict`-restored) preprocessor.
+        table: Path, ``pyarrow.Table`` or `Table`.
+        encoding: Text encoding when ``table`` is a path.
+        delimiter: Field separator when ``table`` is a path.
+
+    Returns:
+        `TableSplit` with ``X``, ``y`` (None unless the target column is present and not all missing),
+        ``ids`` (if the id column is present) and ``notes`` (ignored extra columns, unknown categories).
+
+    Raises:
+        TableError: Columns the model needs are missing, junk in numeric columns, unknown target labels.
+    """
+    import torch
+
+    if isinstance(table, Table):
+        data = table.data
+    elif isinstance(table, (str, Path)):
+        data = read_table(table, encoding=encoding, delimiter=delimiter)
+    else:
+        data = table
+    notes: list[str] = []
+    known = set(preprocessor.input_columns) | {preprocessor.target, preprocessor.id}
+    extra = [c for c in data.column_names if c not in known]
+    if extra:
+        notes.append(f"ignored {len(extra)} column(s) the model does not use: {extra}")
+    X = torch.from_numpy(preprocessor.transform(data, None, notes))
+    y = None
+    if preprocessor.target in data.column_names:
+        col = data.column(preprocessor.target)
+        if col.null_count < len(col):
+            y = torch.from_numpy(preprocessor.encode_target(data))
+    ids = data.column(preprocessor.id).to_pylist() if preprocessor.id in data.column_names else None
+    return TableSplit(X, y, ids, None, notes)
