@@ -124,8 +124,8 @@ class EarlyStopping(Callback):
             if self.wait >= self.patience:
                 self.stopped_epoch = epoch
                 self.reason = (f"early stopping at epoch {epoch}: {self.monitor} did not improve by more "
-                               f"than {self.min_delta:g} for {self.wait} epochs; best {self.best:.6g} at epoch "
-                               f"{self.best_epoch}")
+                               f"than {self.min_delta:g} for {self.wait} epochs; best {self.best:.6g} "
+                               f"at epoch {self.best_epoch}")
                 trainer.should_stop = True
                 trainer.stop_reason = self.reason
 

@@ -59,7 +59,8 @@ def optimizer_names() -> dict[str, type[torch.optim.Optimizer]]:
     """Every optimizer class in `torch.optim`, by lower-case name."""
     out = {}
     for name, obj in vars(torch.optim).items():
-        if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
+        base = torch.optim.Optimizer
+        if inspect.isclass(obj) and issubclass(obj, base) and obj is not base:
             out[name.lower()] = obj
     return out
 
