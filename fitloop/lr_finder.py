@@ -115,6 +115,9 @@ def lr_find(trainer: Trainer, train, *, start_lr: float = 1e-7, end_lr: float = 
     Returns:
         An `LRFinderResult` with `lrs`, smoothed `losses` and `suggested_lr`.
 
+    Each sweep step is one batch and one optimizer step (`accumulate` is not applied); the
+    penalty, input noise, clipping and precision settings are.
+
     Example:
         >>> res = trainer.lr_find(train, plot="lr_find.png")
         >>> trainer2 = fl.Trainer(model, loss="cross_entropy", lr=res.suggested_lr)
