@@ -2,18 +2,22 @@
 
 Events, in the order a run fires them::
 
-    on_fit_start
+    on_fit_start(trainer)
     for each epoch:
-        on_epoch_start
-        on_train_batch_end      (after every optimizer step)
-        on_validation_end       (logs complete: train and val_ keys)
-        on_epoch_end            (same logs, plus anything validation callbacks added)
-        on_checkpoint           (when a checkpoint was written)
-    on_fit_end
+        on_epoch_start(trainer, epoch)              epoch counts from 1
+        on_train_batch_end(trainer, step, loss)     after every training batch; loss is a tensor
+        on_validation_end(trainer, logs)            only when fit() was given validation data
+        on_epoch_end(trainer, epoch, logs)          the same logs dict
+        on_checkpoint(trainer, path)                when a checkpoint was written this epoch
+    on_fit_end(trainer)                             also after an early stop
 
-Callbacks run in the order they were given, after the Trainer's own bookkeeping: the `logs`
-dict every callback sees is complete before the first one runs. A callback asks the run to stop
-by setting `trainer.should_stop = True` (and `trainer.stop_reason`), never by raising.
+For each event the Trainer calls the callbacks in the order they were given (its own
+`ProgressPrinter` last). The epoch's `logs` dict is complete before the first callback runs:
+`epoch`, `loss` and train metrics, `val_loss` and `val_` metrics when validating, `lr`, `time`,
+and `grad_norm` when clipping. It is the dict stored in `trainer.history`.
+
+A callback asks the run to stop by setting `trainer.should_stop = True` (and `trainer.stop_reason`),
+never by raising: the Trainer finishes the current epoch's events, then `on_fit_end` runs.
 """
 
 from __future__ import annotations
@@ -65,17 +69,22 @@ def overrides(cb: Callback, event: str) -> bool:
 
 
 class EarlyStopping(Callback):
-    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs.
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs.
 
     Args:
         monitor: a key of the epoch logs, e.g. `"val_loss"` or `"val_accuracy"`.
         mode: `"min"` or `"max"`; `None` picks `"max"` for accuracy/F1/precision/recall/R2.
-        patience: epochs without improvement before stopping.
+        patience: epochs in a row without improvement after which the run stops.
         min_delta: smallest change that counts as an improvement.
-        restore_best_weights: load the best epoch's weights at the end (on by default).
+        restore_best_weights: at the end of `fit`, load the weights of the best epoch (on by
+            default), whether the run stopped early or not.
 
-    The reason is printed (unless the trainer is quiet) and kept in `trainer.stop_reason`, and the
-    best epoch in `best_epoch`.
+    The reason is printed (unless the trainer is quiet) and recorded in `trainer.stop_reason` and
+    in `self.reason`; the best epoch and value are in `best_epoch` and `best`.
+
+    Example:
+        >>> stopper = fl.EarlyStopping("val_loss", patience=5, min_delta=1e-4)
+        >>> trainer = fl.Trainer(model, loss="cross_entropy", callbacks=[stopper], epochs=200)
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str | None = None, patience: int = 10,
@@ -93,6 +102,7 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.wait = 0
         self.stopped_epoch = 0
+        self.reason: str | None = None
         self._best_weights: dict | None = None
 
     def _improved(self, value: float) -> bool:
@@ -111,11 +121,13 @@ class EarlyStopping(Callback):
                 self._best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         else:
             self.wait += 1
-            if self.wait > self.patience:
+            if self.wait >= self.patience:
                 self.stopped_epoch = epoch
+                self.reason = (f"early stopping at epoch {epoch}: {self.monitor} did not improve by more "
+                               f"than {self.min_delta:g} for {self.wait} epochs; best {self.best:.6g} "
+                               f"at epoch {self.best_epoch}")
                 trainer.should_stop = True
-                trainer.stop_reason = (f"early stopping: {self.monitor} did not improve for {self.patience} "
-                                       f"epochs; best {self.best:.6g} at epoch {self.best_epoch}")
+                trainer.stop_reason = self.reason
 
     def on_fit_end(self, trainer):
         if self.restore_best_weights and self._best_weights is not None and self.best_epoch != trainer.epoch:
@@ -124,12 +136,13 @@ class EarlyStopping(Callback):
 
     def state_dict(self):
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "stopped_epoch": self.stopped_epoch,
+                "stopped_epoch": self.stopped_epoch, "reason": self.reason,
                 "best_weights": copy.copy(self._best_weights)}
 
     def load_state_dict(self, state):
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.reason = state.get("reason")
         self._best_weights = state.get("best_weights")
 
 

@@ -59,7 +59,8 @@ def optimizer_names() -> dict[str, type[torch.optim.Optimizer]]:
     """Every optimizer class in `torch.optim`, by lower-case name."""
     out = {}
     for name, obj in vars(torch.optim).items():
-        if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
+        base = torch.optim.Optimizer
+        if inspect.isclass(obj) and issubclass(obj, base) and obj is not base:
             out[name.lower()] = obj
     return out
 
@@ -152,24 +153,34 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
             a `(name, kwargs)` pair, or a callable `optimizer -> scheduler`.
         steps_per_epoch, epochs: used for schedules given in steps (`onecycle`, `warmup_cosine`).
         interval: `"step"` or `"epoch"`; `None` takes the scheduler's natural interval (per step for
-            `onecycle` and `warmup_cosine`, per epoch otherwise). Always declared, never guessed
-            from the schedule's progress.
+            `onecycle` and `warmup_cosine`, also given as a `OneCycleLR` instance; per epoch otherwise).
+            Always declared, never guessed from the schedule's progress. Schedules given by name
+            count their length in that unit.
+
+    `("plateau", {"monitor": "val_accuracy", "mode": "max", "patience": 3})` steps
+    `ReduceLROnPlateau` on a logged value once per epoch (default: the config's `monitor`).
 
     Returns:
         `(scheduler, interval)`.
     """
     sched_mod = torch.optim.lr_scheduler
     natural = "epoch"
+    if interval not in (None, "step", "epoch"):
+        raise ValueError(f"scheduler_interval: expected 'step' or 'epoch', got {interval!r}.")
     if isinstance(scheduler, tuple) and len(scheduler) == 2 and isinstance(scheduler[0], str):
         name, kw = scheduler[0], dict(scheduler[1])
     elif isinstance(scheduler, str):
         name, kw = scheduler, {}
     else:
         name, kw = None, {}
+    monitor = kw.pop("monitor", None)
     if name is not None:
         key = name.lower()
-        per_step = interval == "step"
-        total = epochs * steps_per_epoch if per_step else epochs
+        natural = "step" if key in ("onecycle", "warmup_cosine") else "epoch"
+        per_step = (interval or natural) == "step"
+        # Schedules are counted in the unit they step in: optimizer steps, or epochs.
+        units_per_epoch = steps_per_epoch if per_step else 1
+        total = epochs * units_per_epoch
         if key == "step":
             sched = sched_mod.StepLR(optimizer, **{"step_size": 30, "gamma": 0.1, **kw})
         elif key == "multistep":
@@ -188,29 +199,33 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
         elif key == "onecycle":
             max_lr = kw.pop("max_lr", [g["lr"] for g in optimizer.param_groups])
             sched = sched_mod.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs,
-                                         steps_per_epoch=steps_per_epoch, **kw)
-            natural = "step"
+                                         steps_per_epoch=units_per_epoch, **kw)
         elif key == "warmup_cosine":
             if "warmup_epochs" in kw:
-                kw["warmup_steps"] = kw.pop("warmup_epochs") * steps_per_epoch
-            kw.setdefault("warmup_steps", max(1, epochs * steps_per_epoch // 20))
-            sched = warmup_cosine(optimizer, total_steps=epochs * steps_per_epoch, **kw)
-            natural = "step"
+                kw["warmup_steps"] = kw.pop("warmup_epochs") * units_per_epoch
+            kw.setdefault("warmup_steps", max(1, total // 20))
+            kw.setdefault("total_steps", total)
+            sched = warmup_cosine(optimizer, **kw)
         else:
             raise ValueError(f"scheduler: unknown name {name!r}.{_suggest(key, SCHEDULER_NAMES)} "
                              f"Valid names: {', '.join(SCHEDULER_NAMES)}; or pass a scheduler instance.")
     elif isinstance(scheduler, (sched_mod.LRScheduler, sched_mod.ReduceLROnPlateau)):
         sched = scheduler
-        if isinstance(sched, sched_mod.OneCycleLR):
-            natural = "step"
     elif callable(scheduler):
         sched = scheduler(optimizer)
+        if not isinstance(sched, (sched_mod.LRScheduler, sched_mod.ReduceLROnPlateau)):
+            raise TypeError(f"scheduler: the factory returned {type(sched).__name__}, "
+                            "not a torch LR scheduler.")
     else:
         raise TypeError(f"scheduler: expected a name, a (name, kwargs) pair, a scheduler or a factory, "
                         f"got {type(scheduler).__name__}.")
+    if name is None and isinstance(sched, sched_mod.OneCycleLR):
+        natural = "step"  # OneCycleLR is defined in steps
     interval = interval or natural
-    if interval not in ("step", "epoch"):
-        raise ValueError(f"scheduler_interval: expected 'step' or 'epoch', got {interval!r}.")
+    if monitor is not None:
+        if not isinstance(sched, sched_mod.ReduceLROnPlateau):
+            raise ValueError("scheduler: 'monitor' is an option of 'plateau' (ReduceLROnPlateau) only.")
+        sched.monitor = monitor  # read by the Trainer when it steps the scheduler
     if isinstance(sched, sched_mod.ReduceLROnPlateau) and interval != "epoch":
         raise ValueError("scheduler: ReduceLROnPlateau steps on a monitored metric once per epoch; "
                          "use scheduler_interval='epoch'.")

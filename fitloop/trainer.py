@@ -152,6 +152,7 @@ class Trainer:
         self._seeded = False
         self._metric_set: MetricSet | None = None
         self._grad_norms: list[torch.Tensor] = []
+        self._epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         self.checkpointer = None  # set by the run-directory machinery (fitloop.checkpoint)
         self._set_threads()
 
@@ -264,21 +265,23 @@ class Trainer:
                 break
             if val_batches is not None:
                 logs.update(self._evaluate_batches(val_batches, prefix="val_"))
+            logs["lr"] = float(self._epoch_lr)  # the lr of the epoch's last step (before an epoch schedule)
             self._step_scheduler_epoch(logs)
-            logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
             logs = {"epoch": st.epoch, **{k: to_python(v) for k, v in logs.items()}}
             logs["time"] = st.epoch_time + time.perf_counter() - t0
             st.epoch_time = 0.0
             self.history.append(logs)
-            self._emit("on_validation_end", logs)
+            # Every callback sees the same, complete logs: train keys, val_ keys, lr and time.
+            if val_batches is not None:
+                self._emit("on_validation_end", logs)
             self._emit("on_epoch_end", st.epoch, logs)
             if self.checkpointer is not None:
                 self.checkpointer.on_epoch_end(self, logs)
+        if self.stop_reason:
+            self.log(f"Stopped: {self.stop_reason}.")
         if self.checkpointer is not None:
             self.checkpointer.on_fit_end(self)
         self._emit("on_fit_end")
-        if self.stop_reason and not self.config.quiet:
-            self.log(f"Stopped: {self.stop_reason}.")
         return self.history
 
     def _setup_fit(self, train_batches) -> None:
@@ -296,6 +299,7 @@ class Trainer:
             self.scheduler, self.scheduler_interval = make_scheduler(
                 self._scheduler_arg, self.optimizer, steps_per_epoch=math.ceil(self.steps_per_epoch / cfg.accumulate),
                 epochs=cfg.epochs, interval=cfg.scheduler_interval)
+        self._epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         tm = cfg.train_metrics
         self._keep_outputs = tm if tm is not None else self.steps_per_epoch > 1
         self._metric_set = None
@@ -319,7 +323,7 @@ class Trainer:
             x, y = batch if isinstance(batches, TensorBatches) else self._to_device(batch)
             self._last_micro = self.config.accumulate == 1 or (st.batch + 1) % self.config.accumulate == 0 \
                 or st.batch + 1 == n_batches
-            self._accum_divisor = min(self.config.accumulate, n_batches - st.batch + st.batch % self.config.accumulate)
+            self._accum_weight = self._accum_share(batches, st.batch, len(x))
             loss, out = self.train_step((x, y))
             st.epoch_losses.append(loss)
             st.epoch_sizes.append(len(x))
@@ -397,7 +401,7 @@ class Trainer:
         if first_micro:
             self.optimizer.zero_grad(set_to_none=True)
         if cfg.accumulate > 1:
-            total = total / self._accum_divisor
+            total = total * self._accum_weight
         if self.scaler is not None:
             self.scaler.scale(total).backward()
         else:
@@ -405,6 +409,21 @@ class Trainer:
         if self._last_micro:
             self._optimizer_step(loss)
         return loss.detach(), out.detach()
+
+    def _accum_share(self, batches, i: int, rows: int) -> float:
+        """The weight of micro-batch `i` in its accumulation group: its share of the group's rows, so
+        that k micro-batches of a mean-reduced loss give the gradient of one batch of all their rows
+        (also when the epoch's last group is short or its last batch smaller)."""
+        k = self.config.accumulate
+        if k == 1:
+            return 1.0
+        first = i - i % k
+        n_micro = min(k, len(batches) - first)
+        b = getattr(batches, "batch_size", None)
+        n = getattr(batches, "n", None)
+        if isinstance(b, int) and isinstance(n, int):  # in-memory batches: sizes are known
+            return rows / (min(first * b + n_micro * b, n) - first * b)
+        return 1.0 / n_micro  # loaders: assume equal batch sizes
 
     def _closure_step(self, x, y):
         """Optimizers such as LBFGS re-evaluate the loss several times per step."""
@@ -422,6 +441,7 @@ class Trainer:
 
         self.optimizer.step(closure)
         self.state.step += 1
+        self._epoch_lr = self.optimizer.param_groups[0]["lr"]
         self._step_scheduler_batch()
         return outs[0]
 
@@ -430,8 +450,12 @@ class Trainer:
         if self.scaler is not None and (cfg.clip_grad_norm or cfg.clip_grad_value):
             self.scaler.unscale_(self.optimizer)
         if cfg.clip_grad_norm:
+            # The total norm before clipping, kept as a tensor (no sync) and averaged per epoch.
             norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.clip_grad_norm)
             self._grad_norms.append(norm.detach())
+        elif cfg.clip_grad_value:
+            self._grad_norms.append(torch.nn.utils.get_total_norm(
+                [p.grad for p in self._params if p.grad is not None]).detach())
         if cfg.clip_grad_value:
             torch.nn.utils.clip_grad_value_(self._params, cfg.clip_grad_value)
         if not self._check_finite(loss):
@@ -442,6 +466,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.state.step += 1
+        self._epoch_lr = self.optimizer.param_groups[0]["lr"]
         self._step_scheduler_batch()
 
     def _check_finite(self, loss: torch.Tensor) -> bool:
@@ -482,7 +507,12 @@ class Trainer:
         if self.scheduler is None or self.scheduler_interval != "epoch":
             return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            key = self.config.monitor if self.config.monitor in logs else "loss"
+            key = getattr(self.scheduler, "monitor", None) or self.config.monitor
+            if key == "val_loss" and key not in logs:
+                key = "loss"  # no validation set: the default monitor falls back to the train loss
+            if key not in logs:
+                raise KeyError(f"scheduler: ReduceLROnPlateau monitors {key!r}, which is not in the epoch "
+                               f"logs {sorted(logs)}. Pass a validation set or another monitor.")
             self.scheduler.step(float(logs[key]))
         else:
             self.scheduler.step()
@@ -569,6 +599,20 @@ class Trainer:
             return (p > 0.5).long().cpu() if output == "class" else torch.stack([1 - p, p], 1).cpu()
         return out.argmax(-1).cpu() if output == "class" else out.softmax(-1).cpu()
 
+    # ------------------------------------------------------------------ lr finder
+
+    def lr_find(self, train, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+                smooth: float = 0.98, diverge: float = 4.0, plot=None):
+        """Sweep the learning rate exponentially and suggest one; see `fitloop.lr_finder.lr_find`.
+
+        The model, optimizer, scheduler, data generator and all RNG states are left exactly as
+        they were.
+        """
+        from .lr_finder import lr_find
+
+        return lr_find(self, train, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, smooth=smooth,
+                       diverge=diverge, plot=plot)
+
     # ------------------------------------------------------------------ save
 
     def save(self, path: str, *, extra: Mapping[str, Any] | None = None) -> str:
@@ -584,7 +628,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ callbacks
 
+    def notify_checkpoint(self, path: str) -> None:
+        """Fire `on_checkpoint(trainer, path)`; called by whatever has just written a checkpoint."""
+        self._emit("on_checkpoint", str(path))
+
     def _emit(self, event: str, *args) -> None:
+        """Call `event` on every callback that implements it, in the order they were given."""
         for cb in self.callbacks:
             if cbmod.overrides(cb, event):
                 getattr(cb, event)(self, *args)
