@@ -427,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fitloop: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fitloop predict ... | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except _user_errors() as e:
         if debug:
             traceback.print_exc()
