@@ -50,7 +50,7 @@ def main() -> None:
         t0 = time.perf_counter()
         write_csv(path, args.rows)
         gen_s = time.perf_counter() - t0
-        _, base_rss, _ = child_peak_mib([sys.executable, "-c", "import fitloop, fitloop.cli, torch, pyarrow"], env)
+        _, base_rss, _ = child_peak_mib([sys.executable, "-c", "import fitloop.pipeline, torch, pyarrow.csv, pyarrow.compute, torchmetrics.functional, rich.table"], env)
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "fitloop", "train", str(path), "--target", "target", "--id", "id",
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--out", str(out)]
@@ -68,7 +68,7 @@ def main() -> None:
     print(f"rows per split: {run['rows']}, features: {n_feat}, parameters: {run['parameters']}")
     print(f"timings (run.json): load {t['load']:.2f}s, preprocess {t['preprocess']:.2f}s, "
           f"train {t['train']:.2f}s, total in-process {t['total']:.2f}s; wall incl. startup {wall:.2f}s")
-    print(f"float32 X: {x_mib:.0f} MiB; torch+fitloop import baseline RSS: {base_rss:.0f} MiB")
+    print(f"float32 X: {x_mib:.0f} MiB; import baseline RSS (torch, pyarrow, torchmetrics, rich): {base_rss:.0f} MiB")
     print(f"peak RSS {peak_rss:.0f} MiB = baseline + {peak_rss - base_rss:.0f} MiB "
           f"= baseline + {(peak_rss - base_rss) / x_mib:.2f}x X (target: <= 3x)")
     print(f"test: {json.dumps({k: round(v, 4) for k, v in metrics['metrics'].items()})}")

@@ -184,7 +184,10 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     prep = table.prepare(rows)
     task, classes, n_inputs = table.task, table.classes, len(table.feature_columns)
     notes = list(prep.notes)
-    del table  # the Arrow table is no longer needed: free it before training
+    del table  # the Arrow table is no longer needed: free it before training, and hand the pages back
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
     pre = prep.preprocessor
     n_features = len(pre.feature_names)
     if n_features == 0:
