@@ -50,7 +50,8 @@ def main() -> None:
         t0 = time.perf_counter()
         write_csv(path, args.rows)
         gen_s = time.perf_counter() - t0
-        _, base_rss, _ = child_peak_mib([sys.executable, "-c", "import fitloop.pipeline, torch, pyarrow.csv, pyarrow.compute, torchmetrics.functional, rich.table"], env)
+        libs = "import fitloop.pipeline, torch, pyarrow.csv, pyarrow.compute, torchmetrics.functional, rich.table"
+        _, base_rss, _ = child_peak_mib([sys.executable, "-c", libs], env)
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "fitloop", "train", str(path), "--target", "target", "--id", "id",
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--out", str(out)]
