@@ -15,10 +15,11 @@ from .config import TrainConfig
 from .data import Split, split
 from .io import load
 from .models import FunctionModel, MLPSpec, build_mlp
+from .table import Preprocessor, Table, TableError, transform_table
 from .trainer import NonFiniteError, Trainer, TrainState, pick_device, seed_everything
 
 __all__ = [
     "__version__", "Callback", "EarlyStopping", "ProgressPrinter", "TrainConfig", "Split", "split", "load",
     "FunctionModel", "MLPSpec", "build_mlp", "NonFiniteError", "Trainer", "TrainState", "pick_device",
-    "seed_everything",
+    "seed_everything", "Table", "TableError", "Preprocessor", "transform_table",
 ]

@@ -1,0 +1,7 @@
+"""`python -m fitloop ...` runs the command line (see `fitloop.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

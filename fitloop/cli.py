@@ -1,0 +1,448 @@
+"""The `fitloop` command: train on a CSV/Parquet table, then predict and evaluate with the run directory.
+
+    fitloop train data.csv --target price --epochs 50 --out runs/price
+    fitloop predict runs/price new.csv -o preds.csv
+    fitloop evaluate runs/price labelled.csv --json
+
+Heavy modules (torch, pyarrow, rich, torchmetrics) are imported inside the commands. Bad input is
+reported as one line on stderr (`fitloop: error: ...`) with exit code 2; `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+TRAIN_EXAMPLES = """\
+examples:
+  fitloop train data.csv --target price
+  fitloop train data.parquet --target species --hidden 128,64 --epochs 100 --lr 3e-3 --out runs/species
+  fitloop train data.csv --target y --drop notes --id row_id --split 0.8,0.1,0.1 --early-stopping 5
+  fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
+
+run.toml holds the same settings as the flags, in three sections:
+  [data]   path, target, task, drop, id, split, seed, encoding, delimiter, max_categories
+  [model]  hidden, activation, dropout
+  [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, seed, device, ... (any TrainConfig field)
+precedence: defaults < --config file < flags < --set. The resolved config is saved as RUN_DIR/config.toml.
+"""
+
+PREDICT_EXAMPLES = """\
+examples:
+  fitloop predict runs/price new.csv -o preds.csv
+  fitloop predict runs/species new.parquet -o preds.csv --proba
+  fitloop predict runs/price new.csv            # CSV to stdout
+"""
+
+EVALUATE_EXAMPLES = """\
+examples:
+  fitloop evaluate runs/price labelled.csv
+  fitloop evaluate runs/price labelled.csv --json > metrics.json
+"""
+
+RESUME_EXAMPLES = """\
+examples:
+  fitloop resume runs/price
+"""
+
+DEMO_EXAMPLES = """\
+examples:
+  fitloop demo                 # = fitloop train <package>/datasets/wine.csv --target cultivar --out runs/demo
+  fitloop demo --epochs 20
+"""
+
+REPORT_EXAMPLES = """\
+examples:
+  fitloop report runs/price
+"""
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                   help="print nothing but errors (train still prints the run directory)")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback on errors")
+
+
+def _read_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoding", default=None, help="text encoding of CSV/TSV files (default utf-8)")
+    p.add_argument("--delimiter", default=None, help="field separator (default ',' or tab for .tsv)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="fitloop", formatter_class=fmt,
+        description="Train a PyTorch MLP on a CSV/Parquet table; predict and evaluate with the saved run.",
+        epilog="examples:\n  fitloop train data.csv --target price\n  fitloop predict runs/price-... new.csv "
+               "-o preds.csv\n  fitloop evaluate runs/price-... labelled.csv --json\n  fitloop demo\n\n"
+               "`fitloop COMMAND --help` shows each command's options and examples.")
+    parser.add_argument("--version", action="version", version=f"fitloop {_version()}")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train on a table and write a run directory", formatter_class=fmt,
+                       description="Train an MLP on a CSV/TSV(.gz)/Parquet table, evaluate it on held-out "
+                                   "rows and write a run directory.", epilog=TRAIN_EXAMPLES)
+    t.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
+    _train_options(t)
+    t.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="predictions for a new file", formatter_class=fmt, epilog=PREDICT_EXAMPLES,
+                       description="Apply a run's saved preprocessing and model to a new file.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("-o", "--output", default=None, help="output file (.csv, .tsv or .parquet); default stdout")
+    p.add_argument("--proba", action="store_true", help="also write one probability column per class")
+    _read_opts(p)
+    _common(p)
+    p.set_defaults(func=_cmd_predict)
+
+    e = sub.add_parser("evaluate", help="metrics on a new labelled file", formatter_class=fmt,
+                       epilog=EVALUATE_EXAMPLES, description="Metrics of a run's model on a labelled file.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("data", metavar="DATA")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _read_opts(e)
+    _common(e)
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("resume", help="resume an interrupted run", formatter_class=fmt, epilog=RESUME_EXAMPLES,
+                       description="Resume an interrupted run from its last checkpoint.")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    _common(r)
+    r.set_defaults(func=_cmd_resume)
+
+    rp = sub.add_parser("report", help="show a finished run's summary", formatter_class=fmt,
+                        epilog=REPORT_EXAMPLES, description="Print the summary of a run directory.")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    _common(rp)
+    rp.set_defaults(func=_cmd_report)
+
+    dm = sub.add_parser("demo", help="train on the bundled wine dataset", formatter_class=fmt,
+                        epilog=DEMO_EXAMPLES, description="`fitloop train` on the wine table shipped with fitloop.")
+    dm.add_argument("--epochs", type=int, default=None)
+    dm.add_argument("--out", default="runs/demo")
+    _common(dm)
+    dm.set_defaults(func=_cmd_demo)
+    return parser
+
+
+# flag dest -> dotted config key: every flag is an override on the same resolver as --set and TOML
+FLAG_KEYS = {
+    "data": "data.path", "target": "data.target", "task": "data.task", "drop": "data.drop", "id": "data.id",
+    "split": "data.split", "encoding": "data.encoding", "delimiter": "data.delimiter",
+    "max_categories": "data.max_categories",
+    "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
+    "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
+    "device": "train.device",
+}
+
+
+def _train_options(t: argparse.ArgumentParser) -> None:
+    d = t.add_argument_group("data")
+    d.add_argument("--target", "-t", metavar="COL", help="column to predict")
+    d.add_argument("--task", choices=("classification", "regression"),
+                   help="override the inferred task (text/bool/few integer classes -> classification)")
+    d.add_argument("--drop", nargs="+", action="extend", metavar="COL", help="columns to leave out (repeatable)")
+    d.add_argument("--id", metavar="COL", help="row-id column: not a feature, copied into predictions")
+    d.add_argument("--split", metavar="F,F,F", help="train,val,test fractions (default 0.7,0.15,0.15)")
+    d.add_argument("--max-categories", type=int, metavar="N",
+                   help="drop text columns with more distinct values (default 50)")
+    _read_opts(d)
+    m = t.add_argument_group("model")
+    m.add_argument("--hidden", metavar="N,N", help="hidden layer sizes (default 64,32; '' for linear)")
+    m.add_argument("--activation", help="relu, gelu, silu, tanh, ... (default relu)")
+    m.add_argument("--dropout", type=float)
+    tr = t.add_argument_group("training")
+    tr.add_argument("--epochs", type=int, help="maximum epochs (default 50)")
+    tr.add_argument("--batch-size", metavar="N", help="rows per step (default 64; 'none' = full batch)")
+    tr.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    tr.add_argument("--optimizer", help="any torch.optim name (default adam)")
+    tr.add_argument("--loss", help="default cross_entropy (classification) or mse (regression)")
+    tr.add_argument("--seed", type=int, help="seeds the split, the initialisation and the data order (default 0)")
+    tr.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                    help="stop after PATIENCE epochs without a better val_loss (default 10; 0 = off)")
+    tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    c = t.add_argument_group("config and output")
+    c.add_argument("--config", "-c", metavar="TOML", help="a config file with [data], [model], [train] sections")
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any setting, e.g. --set train.weight_decay=1e-4 (repeatable)")
+    c.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<target>-<timestamp>)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    _common(t)
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dest, key in FLAG_KEYS.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if dest == "drop":
+            v = [c for item in v for c in item.split(",") if c]
+        elif dest == "hidden" and v.strip() == "":
+            v = []
+        elif dest == "batch_size":
+            from .config import parse_value
+
+            v = parse_value(v)
+        out[key] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .config import load_toml, parse_set, resolve_run_config
+    from .pipeline import train_table
+
+    quiet = getattr(args, "quiet", False)
+    layers = [load_toml(args.config)] if args.config else []
+    flags = _flag_overrides(args)
+    if quiet:
+        flags["train.quiet"] = True
+    layers += [flags, parse_set(args.set)]
+    cfg = resolve_run_config(*layers)
+    console = _console()
+    log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
+    result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv)
+    if quiet:
+        print(result.run_dir)
+    else:
+        _print_summary(console, result)
+    return EXIT_OK
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _print_summary(console, r) -> None:
+    from rich.table import Table as RichTable
+
+    t = RichTable(title=f"fitloop train: {r.task}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("rows", ", ".join(f"{k} {v}" for k, v in r.rows.items()))
+    t.add_row("features", f"{r.inputs} columns -> {r.features} encoded")
+    t.add_row("parameters", f"{r.parameters:,}")
+    t.add_row("epochs", f"{r.epochs_run} of {r.max_epochs}" + (f" ({r.stop_reason})" if r.stop_reason else ""))
+    t.add_row("best epoch", _fmt(r.best_epoch))
+    tm = r.timings
+    t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
+                      f"total {tm['total']:.2f}s")
+    console.print(t)
+    _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")
+    for note in r.notes:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"run directory: {r.run_dir}", markup=False)
+
+
+def _print_metrics(console, metrics: dict, baseline: dict, baseline_kind: str | None, title: str) -> None:
+    from rich.table import Table as RichTable
+
+    if not metrics:
+        console.print("no held-out rows to evaluate on (the split has no val/test part).")
+        return
+    m = RichTable(title=title, title_justify="left")
+    m.add_column("metric")
+    m.add_column("model", justify="right")
+    m.add_column(f"baseline ({baseline_kind})", justify="right")
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)):
+            m.add_row(k, _fmt(v), _fmt(baseline.get(k, "")))
+    console.print(m)
+
+
+def _note(msg: str) -> None:
+    print(f"fitloop: note: {msg}", file=sys.stderr)
+
+
+def _cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .pipeline import load_run, predict_file
+
+    run = load_run(args.run_dir)
+    table, notes = predict_file(run, args.data, proba=args.proba, encoding=args.encoding or "utf-8",
+                                delimiter=args.delimiter)
+    for n in notes:
+        _note(n)
+    if args.output is None:
+        import pyarrow.csv as pcsv
+
+        buf = _csv_bytes(table, pcsv)
+        sys.stdout.write(buf.decode("utf-8"))
+        sys.stdout.flush()
+        return EXIT_OK
+    _write_table(table, Path(args.output))
+    if not getattr(args, "quiet", False):
+        print(f"wrote {table.num_rows} predictions to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _csv_bytes(table, pcsv, delimiter: str = ",") -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(delimiter=delimiter))
+    return sink.getvalue().to_pybytes()
+
+
+def _write_table(table, path: Path) -> None:
+    """Write atomically by extension (.csv, .tsv, .parquet): a temporary file renamed at the end."""
+    import pyarrow.csv as pcsv
+
+    from .io import atomic_write_bytes
+
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+    elif name.endswith((".csv", ".tsv")):
+        data = _csv_bytes(table, pcsv, "\t" if name.endswith(".tsv") else ",")
+    else:
+        raise ValueError(f"-o {path}: unsupported output extension; use .csv, .tsv or .parquet.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"-o {path}: the directory {path.parent} does not exist.")
+    atomic_write_bytes(path, data)
+
+
+def _cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    import json
+
+    from .pipeline import evaluate_file, load_run
+
+    run = load_run(args.run_dir)
+    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter)
+    for n in rep["notes"]:
+        _note(n)
+    if args.json:
+        print(json.dumps({k: v for k, v in rep.items() if k != "notes"}, indent=2))
+    elif not getattr(args, "quiet", False):
+        _print_metrics(_console(), rep["metrics"], rep["baseline"], rep["baseline_kind"],
+                       f"{args.data}: {rep['rows']} rows")
+    return EXIT_OK
+
+
+def _cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .pipeline import check_run
+    from .trainer import Trainer
+
+    if not Path(args.run_dir).is_dir():
+        check_run(args.run_dir)  # raises the not-a-run error
+    if not hasattr(Trainer, "resume"):
+        raise UsageError(f"resume needs checkpoints (not available in this build); {args.run_dir} cannot be "
+                         f"resumed. Rerun it with `fitloop train --config {Path(args.run_dir) / 'config.toml'}`.")
+    raise UsageError("resume: this build's Trainer.resume is not wired to the command line yet; rerun with "
+                     f"`fitloop train --config {Path(args.run_dir) / 'config.toml'}`.")
+
+
+def _cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    import json
+
+    from .pipeline import check_run
+
+    meta = check_run(args.run_dir)
+    m = json.loads((Path(args.run_dir) / "metrics.json").read_text())
+    console = _console()
+    console.print(f"run {args.run_dir}: {meta.get('task')} on {meta.get('data')} (target {meta.get('target')!r}), "
+                  f"{meta.get('epochs')} epochs, best {meta.get('best_epoch')}, status {meta.get('status')}",
+                  markup=False)
+    _print_metrics(console, m["metrics"], m["baseline"], m.get("baseline_kind"), f"{m.get('split')} metrics")
+    return EXIT_OK
+
+
+def demo_data_path() -> str:
+    return str(Path(__file__).resolve().parent / "datasets" / "wine.csv")
+
+
+def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    train_argv = ["train", demo_data_path(), "--target", "cultivar", "--out", args.out, "--overwrite"]
+    if args.epochs is not None:
+        train_argv += ["--epochs", str(args.epochs)]
+    if getattr(args, "quiet", False):
+        train_argv.append("--quiet")
+    if getattr(args, "debug", False):
+        train_argv.append("--debug")
+    return main(train_argv)
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class UsageError(Exception):
+    """A user-facing error raised by the CLI itself."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Exceptions whose message is written for the user: bad files, settings and data. Loaded lazily.
+    errs: list[type[BaseException]] = [UsageError, FileNotFoundError, NotADirectoryError, ValueError, TypeError,
+                                       FloatingPointError, PermissionError, IsADirectoryError]
+    return tuple(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input or usage, 1 internal error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors (argparse prints them)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    debug = getattr(args, "debug", False) or os.environ.get("FITLOOP_DEBUG") == "1"
+    try:
+        return args.func(args, argv)
+    except KeyboardInterrupt:
+        print("fitloop: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `fitloop predict ... | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except _user_errors() as e:
+        if debug:
+            traceback.print_exc()
+        print(f"fitloop: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - a bug: say so, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        print(f"fitloop: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

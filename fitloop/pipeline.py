@@ -1,0 +1,413 @@
+"""Table to run directory: what `fitloop train`, `predict` and `evaluate` do, usable from Python too.
+
+    cfg = resolve_run_config({"data.path": "wine.csv", "data.target": "cultivar"})
+    result = train_table(cfg, out="runs/wine")          # writes the run directory atomically
+    run = load_run("runs/wine")
+    preds, notes = predict_file(run, "new.csv")         # a pyarrow.Table: [id], prediction[, proba_*]
+    report = evaluate_file(run, "labelled.csv")         # {"metrics": ..., "baseline": ...}
+
+Run directory layout (everything JSON/TOML/safetensors, no pickle)::
+
+    RUN_DIR/
+      run.json        status, versions, timings, rows per split, epochs, notes
+      config.toml     the resolved configuration (`fitloop train --config RUN_DIR/config.toml` reruns it)
+      metrics.json    held-out metrics next to a trivial baseline (majority class / train mean)
+      history.jsonl   one line per epoch
+      splits.json     row indices of each split
+      model/          the bundle: model.safetensors + fitloop.json (spec, preprocessor, target info)
+
+The directory is built under a hidden temporary sibling and renamed into place at the end, so a
+failed run never leaves a half-written RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError, RunConfig
+
+__all__ = ["RunResult", "LoadedRun", "train_table", "load_run", "predict_file", "evaluate_file",
+           "RUN_FORMAT", "NotARunError"]
+
+RUN_FORMAT = "fitloop-run"
+RUN_FORMAT_VERSION = 1
+PREDICT_BATCH = 65536
+
+
+class NotARunError(FileNotFoundError):
+    """A path given as RUN_DIR is not a fitloop run directory."""
+
+
+@dataclass
+class RunResult:
+    """What `train_table` did: where the run went and the numbers the summary shows."""
+
+    run_dir: Path
+    task: str
+    rows: dict[str, int]
+    inputs: int
+    features: int
+    parameters: int
+    epochs_run: int
+    max_epochs: int
+    best_epoch: int | None
+    timings: dict[str, float]
+    eval_split: str | None
+    metrics: dict[str, Any]
+    baseline: dict[str, Any]
+    baseline_kind: str
+    notes: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def score(task: str, out, y, scaling: dict[str, float] | None = None) -> dict[str, Any]:
+    """Metrics of raw model outputs `out` against `y` (class indices, or values in original units).
+
+    Regression outputs are in standardized units; `scaling` (`mean`, `std`) maps them back first.
+    """
+    import torch
+
+    from .metrics import MetricSet, to_python
+
+    out = out.detach().float()
+    if task == "classification":
+        res: dict[str, Any] = {"loss": torch.nn.functional.cross_entropy(out, y.long())}
+        res.update(MetricSet("multiclass").compute(out, y))
+    else:
+        pred = unscale(out.reshape(-1), scaling)
+        res = dict(MetricSet("regression").compute(pred, y.float().reshape(-1)))
+    return {k: to_python(v) for k, v in res.items()}
+
+
+def unscale(pred, scaling: dict[str, float] | None):
+    return pred if not scaling else pred * scaling["std"] + scaling["mean"]
+
+
+def baseline_outputs(task: str, info: dict[str, Any], n: int):
+    """The trivial model's raw outputs for `n` rows: log class priors (majority class) or the train mean."""
+    import torch
+
+    if task == "classification":
+        prior = torch.tensor(info["class_prior"], dtype=torch.float32)
+        return torch.log(prior.clamp_min(1e-12)).expand(n, -1)
+    return torch.zeros(n)  # the standardized train mean; unscale() maps it to the mean
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def _default_out(target: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("._") or "run"
+    return Path("runs") / f"{safe}-{stamp}"
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out}: the directory exists and is not empty; pass --overwrite to replace "
+                          f"it, or choose another --out.")
+
+
+def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
+    """Seeded train/val/test row indices, stratified by class for classification."""
+    import torch
+
+    from .data import _split_indices
+    from .table import Preprocessor
+
+    fr = tuple(cfg.data.split)
+    seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
+    labels = None
+    if table.task == "classification":
+        enc = Preprocessor(table.target, "classification", [], table.classes)
+        labels = torch.from_numpy(enc.encode_target(table.data))
+    names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
+    parts = _split_indices(len(table), fr, seed, labels)
+    return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0 and len(p)}
+
+
+def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
+                log: Callable[[str], None] | None = None, argv: list[str] | None = None) -> RunResult:
+    """Read `cfg.data.path`, split, fit the preprocessing on train, train an MLP, evaluate, write the run.
+
+    Args:
+        cfg: the resolved configuration (`resolve_run_config`).
+        out: run directory; default `runs/<target>-<timestamp>`.
+        overwrite: replace an existing non-empty `out`.
+        log: where progress lines go (default: nowhere).
+        argv: the command line, recorded in `run.json`.
+
+    Raises:
+        ConfigError, TableError, ValueError: bad settings or data (nothing is written).
+    """
+    import torch
+
+    from . import __version__
+    from .callbacks import EarlyStopping
+    from .models import MLPSpec, build_mlp
+    from .table import Table, TableError
+    from .trainer import Trainer
+
+    log = log or (lambda msg: None)
+    d = cfg.data
+    if not d.path:
+        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
+    if not d.target:
+        raise ConfigError("no target column: pass --target COL or set data.target.")
+    out_dir = Path(out) if out is not None else _default_out(d.target)
+    _check_out(out_dir, overwrite)
+    t_start = time.perf_counter()
+
+    table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
+                       max_categories=d.max_categories, delimiter=d.delimiter)
+    load_s = table.load_seconds
+    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({load_s:.2f}s); task: {table.task}.")
+    t0 = time.perf_counter()
+    rows = _split_rows(table, cfg)
+    prep = table.prepare(rows)
+    task, classes, n_inputs = table.task, table.classes, len(table.feature_columns)
+    notes = list(prep.notes)
+    del table  # the Arrow table is no longer needed: free it before training, and hand the pages back
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    pre = prep.preprocessor
+    n_features = len(pre.feature_names)
+    if n_features == 0:
+        raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
+                         f"the model needs at least one input.")
+    splits = {name: (s.X, s.y) for name, s in prep.splits.items()}
+    del prep
+    info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
+                            "feature_names": pre.feature_names}
+    if task == "classification":
+        counts = torch.bincount(splits["train"][1], minlength=len(classes)).double()
+        info["class_prior"] = (counts / counts.sum()).tolist()
+        info["target_scaling"] = None
+    else:
+        ytr = splits["train"][1].double()
+        std = float(ytr.std(unbiased=False))
+        info["target_scaling"] = scaling = {"mean": float(ytr.mean()), "std": std if std > 0 else 1.0}
+        splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
+    preprocess_s = time.perf_counter() - t0
+
+    spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
+                   activation=cfg.model.activation, dropout=cfg.model.dropout)
+    model = build_mlp(spec)
+    n_params = sum(p.numel() for p in model.parameters())
+    loss = cfg.train.loss or ("cross_entropy" if task == "classification" else "mse")
+    has_val = "val" in splits
+    callbacks = []
+    if cfg.train.early_stopping and has_val:
+        callbacks.append(EarlyStopping(patience=cfg.train.early_stopping))
+    elif cfg.train.early_stopping and not has_val:
+        notes.append("early stopping is off: there is no validation split")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        tcfg = cfg.train.trainer_config()
+        tcfg.run_dir = str(staging)  # checkpointing (when available) writes into the staged run directory
+        trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, callbacks=callbacks, config=tcfg)
+        t0 = time.perf_counter()
+        history = trainer.fit(splits["train"], splits.get("val"))
+        train_s = time.perf_counter() - t0
+
+        eval_split = "test" if "test" in splits else ("val" if has_val else None)
+        metrics: dict[str, Any] = {}
+        baseline: dict[str, Any] = {}
+        if eval_split is not None:
+            X, y = splits[eval_split]
+            raw = trainer.predict(X, output="raw")
+            y_true = y if task == "classification" else unscale(y, info["target_scaling"])
+            metrics = score(task, raw, y_true, info["target_scaling"])
+            baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
+        baseline_kind = "majority class" if task == "classification" else "train mean"
+        info["baseline_kind"] = baseline_kind
+        best_epoch = None
+        if callbacks and callbacks[0].best_epoch:
+            best_epoch = callbacks[0].best_epoch
+        elif history and "val_loss" in history[0]:
+            best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
+        elif history:
+            best_epoch = history[-1]["epoch"]
+
+        trainer.save(str(staging / "model"), extra={"preprocessor": pre.to_dict(), "table": info})
+        (staging / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        _write_json(staging / "metrics.json", {"split": eval_split, "rows": len(splits[eval_split][0])
+                                               if eval_split else 0, "metrics": metrics, "baseline": baseline,
+                                               "baseline_kind": baseline_kind})
+        with open(staging / "history.jsonl", "w", encoding="utf-8") as f:
+            for h in history:
+                f.write(json.dumps(h) + "\n")
+        _write_json(staging / "splits.json", {
+            "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
+                    "rows whose target is missing",
+            "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
+            **{k: v.tolist() for k, v in rows.items()}}, indent=None)
+        timings = {"load": load_s, "preprocess": preprocess_s, "train": train_s,
+                   "total": time.perf_counter() - t_start}
+        result = RunResult(out_dir, task, {k: len(v[0]) for k, v in splits.items()}, n_inputs, n_features,
+                           n_params, trainer.epoch, cfg.train.epochs, best_epoch, timings, eval_split, metrics,
+                           baseline, baseline_kind, notes, trainer.stop_reason)
+        _write_json(staging / "run.json", {
+            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "status": "completed",
+            "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": argv, "data": str(Path(d.path).resolve()), "target": d.target, "task": task,
+            "rows": result.rows, "inputs": n_inputs, "features": n_features, "parameters": n_params,
+            "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
+            "device": str(trainer.device), "timings": timings, "notes": notes,
+            "versions": {"fitloop": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()}})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    path.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------- predict / evaluate
+
+
+@dataclass
+class LoadedRun:
+    """A run directory opened for predict/evaluate: the model, its preprocessor and the target info."""
+
+    path: Path
+    model: Any
+    preprocessor: Any
+    info: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.info["task"]
+
+    def outputs(self, X):
+        """Raw model outputs for `X`, in batches, under inference mode."""
+        import torch
+
+        with torch.inference_mode():
+            outs = [self.model(X[i:i + PREDICT_BATCH]) for i in range(0, len(X), PREDICT_BATCH)]
+        return torch.cat(outs).float() if outs else torch.zeros(0, self.model.spec.out_features)
+
+
+def check_run(path: str | os.PathLike) -> dict[str, Any]:
+    """`run.json` of a run directory, or a clear error if `path` is not one."""
+    p = Path(path)
+    what = "does not exist" if not p.exists() else ("is not a directory" if not p.is_dir() else None)
+    run_json = p / "run.json"
+    if what is None and not run_json.is_file():
+        what = "has no run.json"
+    meta: dict[str, Any] = {}
+    if what is None:
+        try:
+            meta = json.loads(run_json.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            what = "has an unreadable run.json"
+        else:
+            if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+                what = "has a run.json that is not a fitloop run's"
+    if what is None and not (p / "model" / "fitloop.json").is_file():
+        what = "has no model/ bundle (the run did not finish)"
+    if what is not None:
+        raise NotARunError(f"{path} is not a fitloop run directory: it {what}. Pass the directory that "
+                           f"`fitloop train` printed (e.g. runs/<target>-<timestamp>, or your --out).")
+    return meta
+
+
+def load_run(path: str | os.PathLike) -> LoadedRun:
+    """Open a run directory written by `train_table` (weights as safetensors, the rest JSON)."""
+    from .io import load
+    from .table import Preprocessor
+
+    check_run(path)
+    model = load(Path(path) / "model")
+    meta = model.fitloop_meta
+    if "preprocessor" not in meta or "table" not in meta:
+        raise NotARunError(f"{path}: the model bundle has no preprocessing; it was not written by fitloop train.")
+    return LoadedRun(Path(path), model, Preprocessor.from_dict(meta["preprocessor"]), meta["table"])
+
+
+def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "utf-8",
+                 delimiter: str | None = None):
+    """Predictions for a new file (or `pyarrow.Table`): returns `(pyarrow.Table, notes)`.
+
+    Columns: the id column (when the run has one and the file has it), `prediction` (original class
+    labels or values in the target's units) and, with `proba`, one `proba_<class>` column per class.
+    """
+    import warnings
+
+    import pyarrow as pa
+    import torch
+
+    from .table import transform_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
+        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter)
+    out = run.outputs(enc.X)
+    cols: dict[str, Any] = {}
+    if run.info.get("id") and enc.ids is not None:
+        cols[run.info["id"]] = pa.array(enc.ids)
+    if run.task == "classification":
+        cols["prediction"] = pa.array(run.preprocessor.decode(out.argmax(-1)))
+        if proba:
+            p = torch.softmax(out, -1).numpy()
+            for j, c in enumerate(run.info["classes"]):
+                cols[f"proba_{c}"] = pa.array(p[:, j])
+    else:
+        if proba:
+            raise ValueError("--proba is for classification runs; this run does regression.")
+        cols["prediction"] = pa.array(unscale(out.reshape(-1), run.info["target_scaling"]).double().numpy())
+    return pa.table(cols), enc.notes
+
+
+def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None) -> dict:
+    """Metrics of the run's model on a labelled file, next to the trivial baseline of the training data."""
+    import warnings
+
+    from .table import TableError, read_table, transform_table
+
+    if not hasattr(data, "column_names"):
+        data = read_table(data, encoding=encoding, delimiter=delimiter)
+    target = run.info["target"]
+    if target not in data.column_names:
+        raise TableError(f"the file has no target column {target!r}, so there is nothing to evaluate against; "
+                         f"use `fitloop predict` for unlabelled data. Columns are: {data.column_names}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        enc = transform_table(run.preprocessor, data)
+    if enc.y is None:
+        raise TableError(f"target column {target!r} is empty in this file; evaluate needs labels.")
+    y = enc.y
+    out = run.outputs(enc.X)
+    scaling = run.info.get("target_scaling")
+    return {"rows": len(y), "metrics": score(run.task, out, y, scaling),
+            "baseline": score(run.task, baseline_outputs(run.task, run.info, len(y)), y, scaling),
+            "baseline_kind": run.info.get("baseline_kind"), "notes": enc.notes}
