@@ -6,20 +6,50 @@
     >>> history = trainer.fit(train, val)
     >>> trainer.evaluate(test)
     >>> trainer.save("model_dir"); model = fl.load("model_dir")
+
+The public names are imported on first use (PEP 562), so `import fitloop` and `fitloop --help`
+stay fast; torch is imported when the first name that needs it is touched.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .callbacks import Callback, EarlyStopping, ProgressPrinter
-from .config import TrainConfig
-from .data import Split, split
-from .io import load
-from .models import FunctionModel, MLPSpec, build_mlp
-from .table import Preprocessor, Table, TableError, transform_table
-from .trainer import NonFiniteError, Trainer, TrainState, pick_device, seed_everything
+_EXPORTS = {
+    "Callback": "callbacks", "EarlyStopping": "callbacks", "ProgressPrinter": "callbacks",
+    "TrainConfig": "config", "RunConfig": "config",
+    "Split": "data", "split": "data",
+    "load": "io",
+    "FunctionModel": "models", "MLPSpec": "models", "build_mlp": "models",
+    "Table": "table", "TableError": "table", "Preprocessor": "table", "transform_table": "table",
+    "NonFiniteError": "trainer", "Trainer": "trainer", "TrainState": "trainer", "pick_device": "trainer",
+    "seed_everything": "trainer",
+}
 
-__all__ = [
-    "__version__", "Callback", "EarlyStopping", "ProgressPrinter", "TrainConfig", "Split", "split", "load",
-    "FunctionModel", "MLPSpec", "build_mlp", "NonFiniteError", "Trainer", "TrainState", "pick_device",
-    "seed_everything", "Table", "TableError", "Preprocessor", "transform_table",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fitloop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .callbacks import Callback, EarlyStopping, ProgressPrinter
+    from .config import RunConfig, TrainConfig
+    from .data import Split, split
+    from .io import load
+    from .models import FunctionModel, MLPSpec, build_mlp
+    from .table import Preprocessor, Table, TableError, transform_table
+    from .trainer import NonFiniteError, Trainer, TrainState, pick_device, seed_everything
