@@ -153,6 +153,10 @@ class Trainer:
         self._metric_set: MetricSet | None = None
         self._grad_norms: list[torch.Tensor] = []
         self.checkpointer = None  # set by the run-directory machinery (fitloop.checkpoint)
+        if cfg.run_dir:
+            from .checkpoint import Checkpointer
+
+            self.checkpointer = Checkpointer(cfg.run_dir, cfg)
         self._set_threads()
 
     # ------------------------------------------------------------------ properties
@@ -249,11 +253,26 @@ class Trainer:
             The history: one dict per epoch with `epoch`, `loss`, the train metrics, `val_loss` and
             `val_` metrics when validating, `lr` and `time` (seconds).
         """
+        if self.checkpointer is not None:  # run directory: status, signals, final bundle
+            with self.checkpointer.guard(self):
+                return self._fit(train, val)
+        return self._fit(train, val)
+
+    def resume(self, train, val=None, *, run_dir: str | None = None, checkpoint: str | None = None,
+               force: bool = False) -> list[dict[str, Any]]:
+        """Continue a run from its latest good checkpoint; see `fitloop.checkpoint.resume`."""
+        from .checkpoint import resume
+
+        return resume(self, train, val, run_dir=run_dir, checkpoint=checkpoint, force=force)
+
+    def _fit(self, train, val=None) -> list[dict[str, Any]]:
         cfg, st = self.config, self.state
         train_batches = self._batches(train, train=True)
         val_batches = None if val is None else self._batches(val, train=False)
         self._setup_fit(train_batches)
         self.should_stop, self.stop_reason = False, None
+        if self.checkpointer is not None:  # fresh run: write the run dir; resume: restore the state
+            self.checkpointer.on_fit_start(self, train, val)
         self._emit("on_fit_start")
         while st.epoch < st.target_epochs and not self.should_stop:
             t0 = time.perf_counter()
@@ -449,18 +468,15 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor) -> bool:
         """Stop (or skip the step) when the loss or a gradient is NaN/inf.
 
-        On the CPU reading the loss costs no device sync; the gradients are inspected only when
-        `on_nonfinite="skip"` (the update must be prevented) or when the loss already went bad.
+        On the CPU reading the loss costs no device sync, and the gradients are checked with one
+        fused norm (a bad gradient with a finite loss must stop the step before the update).
         Returns False when the step must be skipped.
         """
         skip = self.config.on_nonfinite == "skip"
         if not skip and not self._check_on_cpu:
             return True  # accelerators: no per-step sync; the epoch-end check catches it
         loss_ok = math.isfinite(loss.item())
-        bad_param = None
-        if skip or not loss_ok:
-            bad_param = next((n for n, p in self.model.named_parameters()
-                              if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+        bad_param = _nonfinite_grad(self.model)
         if loss_ok and bad_param is None:
             return True
         st = self.state
@@ -590,6 +606,16 @@ class Trainer:
         for cb in self.callbacks:
             if cbmod.overrides(cb, event):
                 getattr(cb, event)(self, *args)
+
+
+def _nonfinite_grad(model: nn.Module) -> str | None:
+    """The name of the first parameter whose gradient holds NaN/inf, or None. One fused norm
+    over all gradients first (cheap); the per-parameter search runs only when that is not finite."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads or math.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).item()):
+        return None
+    return next((n for n, p in model.named_parameters()
+                 if p.grad is not None and not torch.isfinite(p.grad).all()), None)
 
 
 def _eval_batch_size(batch_size: int | None, n: int) -> int | None:
