@@ -372,7 +372,8 @@ def capture(trainer: Trainer, extra: dict[str, Any] | None = None) -> dict[str, 
                         "target_epochs": st.target_epochs, "skipped_steps": st.skipped_steps,
                         "epoch_generator_state": st.epoch_generator_state if mid_epoch else None,
                         "epoch_losses": list(st.epoch_losses) if mid_epoch else [],
-                        "epoch_sizes": list(st.epoch_sizes) if mid_epoch else [], "epoch_time": st.epoch_time},
+                        "epoch_sizes": list(st.epoch_sizes) if mid_epoch else [],
+                        "epoch_time": st.epoch_time},
         "outputs": [list(o) for o in getattr(trainer, "_outputs", [])] if mid_epoch else [],
         "grad_norms": list(trainer._grad_norms) if mid_epoch else [],
         "rng": rng,
@@ -399,6 +400,9 @@ def restore(trainer: Trainer, ck: dict[str, Any], *, force: bool = False) -> Non
                                   f"this trainer has {'one' if trainer.scheduler is not None else 'none'}.")
     if trainer.scheduler is not None:
         trainer.scheduler.load_state_dict(ck["scheduler"])
+        # The optimizer did step before this checkpoint: tell torch's order check (which would
+        # otherwise warn "lr_scheduler.step() before optimizer.step()" on an epoch-end resume).
+        trainer.optimizer._opt_called = ck["train_state"]["step"] > 0  # type: ignore[attr-defined]
     if trainer.scaler is not None and ck["scaler"] is not None:
         trainer.scaler.load_state_dict(ck["scaler"])
     s, st = ck["train_state"], trainer.state

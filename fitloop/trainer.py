@@ -348,7 +348,7 @@ class Trainer:
             for cb in batch_end:
                 cb.on_train_batch_end(self, st.step, loss)
             if ckpt is not None and ckpt.on_step_end(self):
-                break  # a stop was requested (signal): leave with the position saved
+                return {}  # a stop was requested (signal): leave with the position saved
             if self.should_stop and st.batch < n_batches:
                 return {}
         st.epoch += 1
