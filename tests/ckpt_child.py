@@ -8,11 +8,20 @@ KILL makes the process kill itself at a deterministic point:
   write:N   SIGKILL halfway through writing the checkpoint of step N
   epoch:N   SIGKILL at the end of epoch N, before its checkpoint
   term:N    SIGTERM to itself at step N (graceful: checkpoint, exit 143)
+
+    python tests/ckpt_child.py --serve
+
+is a fork server for speed: it imports torch and torchmetrics once (without running any torch op),
+then for each JSON line {"argv": [...], "log": PATH} on stdin forks a fresh process that runs one
+training as above (stdout/stderr to PATH), waits for it and answers {"rc": exit code}. Each run is
+still a separate OS process, killed for real.
 """
 
+import json
 import os
 import signal
 import sys
+import traceback
 
 import torch
 
@@ -49,9 +58,9 @@ class Killer(fl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main():
-    run_dir, mode, action = sys.argv[1:4]
-    kill = sys.argv[4] if len(sys.argv) > 4 else None
+def main(argv):
+    run_dir, mode, action = argv[:3]
+    kill = argv[3] if len(argv) > 3 else None
     train, val = data()
     if mode == "loader":  # the Dataset path: a Subset-like Dataset through fitloop's DataLoader
         train = torch.utils.data.TensorDataset(train.X, train.y)
@@ -69,5 +78,35 @@ def main():
         trainer.resume(train, val)
 
 
+def serve():
+    import torch._dynamo  # noqa: F401  (what Adam's first use imports)
+    import torchmetrics  # noqa: F401
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            code = 0
+            try:
+                main(req["argv"])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+                print(e, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        main(sys.argv[1:])

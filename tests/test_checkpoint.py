@@ -10,6 +10,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Queue
 
 import pytest
 import torch
@@ -391,6 +392,40 @@ def _child(run_dir, mode, action, kill=None):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+class ForkServer:
+    """tests/ckpt_child.py --serve: one warm interpreter that forks a fresh process per run."""
+
+    def __init__(self):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, str(CHILD), "--serve"], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert json.loads(self.proc.stdout.readline())["ready"]
+
+    def run(self, run_dir, mode, action, kill=None):
+        log = Path(f"{run_dir}.{action}.{kill}.log")
+        argv = [str(run_dir), mode, action] + ([kill] if kill else [])
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        rc = json.loads(self.proc.stdout.readline())["rc"]
+        return subprocess.CompletedProcess(argv, rc, "", log.read_text())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def fork_servers():
+    with ThreadPoolExecutor(2) as pool:
+        servers = list(pool.map(lambda _: ForkServer(), range(2)))
+    queue = Queue()
+    for s in servers:
+        queue.put(s)
+    yield queue
+    for s in servers:
+        s.close()
+
+
 def _final(run_dir):
     ck = load_checkpoint(find_checkpoints(run_dir)[0])
     bundle = load_file(str(Path(run_dir) / "model" / "model.safetensors"))
@@ -398,39 +433,54 @@ def _final(run_dir):
     return ck["model"], bundle, _strip(hist)
 
 
-def _chain(run_dir, mode, kills):
+def _chain(servers, run_dir, mode, kills):
     """Start a run, kill it at each point in turn (resuming in between), then let it finish."""
-    log = []
-    for i, kill in enumerate(kills + [None]):
-        r = _child(run_dir, mode, "fit" if i == 0 else "resume", kill)
-        log.append((kill, r.returncode, r.stderr[-2000:]))
-        expected = 0 if kill is None else (EXIT_SIGTERM if kill.startswith("term") else -signal.SIGKILL)
-        assert r.returncode == expected, log
-        if kill and kill.startswith("term"):
-            assert "resume" in r.stderr and "Exit code 143" in r.stderr
-            assert json.loads((Path(run_dir) / "run.json").read_text())["status"] == "interrupted"
-        if kill and kill.startswith("write"):
-            assert list((Path(run_dir) / "checkpoints").glob(".*.tmp")), "the write was not interrupted"
-    return log
+    server = servers.get()
+    try:
+        log = []
+        for i, kill in enumerate(kills + [None]):
+            r = server.run(run_dir, mode, "fit" if i == 0 else "resume", kill)
+            log.append((kill, r.returncode, r.stderr[-2000:]))
+            expected = 0 if kill is None else (EXIT_SIGTERM if kill.startswith("term") else -signal.SIGKILL)
+            assert r.returncode == expected, log
+            if kill and kill.startswith("term"):
+                assert "resume" in r.stderr and "Exit code 143" in r.stderr
+                assert json.loads((Path(run_dir) / "run.json").read_text())["status"] == "interrupted"
+            if kill and kill.startswith("write"):
+                assert list((Path(run_dir) / "checkpoints").glob(".*.tmp")), "the write was not interrupted"
+            if kill and not kill.startswith("term"):
+                assert json.loads((Path(run_dir) / "run.json").read_text())["status"] == "running"
+        return log
+    finally:
+        servers.put(server)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["tensor", "loader"])
-def test_sigkill_matrix_resumes_exactly(tmp_path, mode):
-    # 5 batches per epoch, 4 epochs, a checkpoint every 4 steps and at every epoch end.
+def test_sigkill_matrix_resumes_exactly(tmp_path, mode, fork_servers):
+    # 5 batches per epoch, 4 epochs (20 steps), a checkpoint every 4 steps and at every epoch end.
     chains = {
         "ref": [],
         "a": ["batch:6", "ckpt:8", "epoch:3"],       # mid-epoch; just after a step checkpoint; epoch end
         "b": ["write:12", "term:14", "batch:18"],    # during a checkpoint write; SIGTERM; late mid-epoch
-    }
-    with ThreadPoolExecutor(3) as pool:
-        futures = {k: pool.submit(_chain, tmp_path / k, mode, v) for k, v in chains.items()}
+        "c": ["ckpt:5", "batch:7", "batch:7", "ckpt:20"],  # right after an epoch-end checkpoint; twice
+    }                                                      # at one step; after the last checkpoint
+    with ThreadPoolExecutor(2) as pool:
+        futures = {k: pool.submit(_chain, fork_servers, tmp_path / k, mode, v) for k, v in chains.items()}
         logs = {k: f.result() for k, f in futures.items()}
     ref = _final(tmp_path / "ref")
     assert len(ref[2]) == 4
-    for k in ("a", "b"):
+    for k in chains:
         got = _final(tmp_path / k)
         assert _equal(got[0], ref[0]), (k, logs[k])
         assert _equal(got[1], ref[1]), (k, logs[k])
         assert got[2] == ref[2], (k, logs[k])
-        assert json.loads((tmp_path / k / "run.json").read_text())["sessions"] == 4
+        assert json.loads((tmp_path / k / "run.json").read_text())["sessions"] == len(chains[k]) + 1
+
+
+def test_sigterm_real_process_exit_code(tmp_path):
+    r = _child(tmp_path / "run", "tensor", "fit", "term:3")
+    assert r.returncode == EXIT_SIGTERM, r.stderr
+    assert "SIGTERM received" in r.stderr and "trainer.resume(train, val)" in r.stderr
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["exit_code"] == 143 and info["step"] == 3
