@@ -631,7 +631,8 @@ class Checkpointer:
         self._prune()
         self._write_info(epoch=st.epoch, step=st.step, last_checkpoint=name,
                          elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0)
-        trainer._emit("on_checkpoint", str(path))
+        notify = getattr(trainer, "notify_checkpoint", None)  # the Trainer's name for it, when present
+        notify(str(path)) if notify is not None else trainer._emit("on_checkpoint", str(path))
         return path
 
     def _prune(self) -> None:

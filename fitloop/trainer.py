@@ -253,8 +253,9 @@ class Trainer:
             The history: one dict per epoch with `epoch`, `loss`, the train metrics, `val_loss` and
             `val_` metrics when validating, `lr` and `time` (seconds).
         """
-        if self.checkpointer is not None:  # run directory: status, signals, final bundle
-            with self.checkpointer.guard(self):
+        guard = getattr(self.checkpointer, "guard", None)  # run directory: status, signals, bundle
+        if guard is not None:
+            with guard(self):
                 return self._fit(train, val)
         return self._fit(train, val)
 
@@ -271,7 +272,7 @@ class Trainer:
         val_batches = None if val is None else self._batches(val, train=False)
         self._setup_fit(train_batches)
         self.should_stop, self.stop_reason = False, None
-        if self.checkpointer is not None:  # fresh run: write the run dir; resume: restore the state
+        if hasattr(self.checkpointer, "on_fit_start"):  # fresh: write the run dir; resume: restore
             self.checkpointer.on_fit_start(self, train, val)
         self._emit("on_fit_start")
         while st.epoch < st.target_epochs and not self.should_stop:
@@ -611,11 +612,12 @@ class Trainer:
 def _nonfinite_grad(model: nn.Module) -> str | None:
     """The name of the first parameter whose gradient holds NaN/inf, or None. One fused norm
     over all gradients first (cheap); the per-parameter search runs only when that is not finite."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    values = lambda g: g._values() if g.is_sparse else g  # sparse grads (SparseAdam): check the values
+    grads = [values(p.grad) for p in model.parameters() if p.grad is not None]
     if not grads or math.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).item()):
         return None
     return next((n for n, p in model.named_parameters()
-                 if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+                 if p.grad is not None and not torch.isfinite(values(p.grad)).all()), None)
 
 
 def _eval_batch_size(batch_size: int | None, n: int) -> int | None:

@@ -47,7 +47,11 @@ class Killer(fl.Callback):
         if self.kind == "term" and step == self.n:
             os.kill(os.getpid(), signal.SIGTERM)
         if self.kind == "write" and step == self.n - 1:  # arm: the next checkpoint write dies halfway
-            ck._on_partial_write = lambda tmp: trainer.state.step == self.n and os.kill(os.getpid(), signal.SIGKILL)
+            def die_halfway(tmp):
+                if trainer.state.step == self.n:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            ck._on_partial_write = die_halfway
 
     def on_checkpoint(self, trainer, path):
         if self.kind == "ckpt" and trainer.state.step == self.n:

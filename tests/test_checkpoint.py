@@ -47,11 +47,13 @@ def _data(n=80, nan_row=None):
 def _trainer(run_dir, *, callbacks=(), model_seed=1, hidden=8, **kw):
     torch.manual_seed(model_seed)
     model = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.Dropout(0.1), torch.nn.Linear(hidden, 1))
-    settings = dict(lr=1e-2, epochs=3, batch_size=16, quiet=True, run_dir=None if run_dir is None else str(run_dir),
+    settings = dict(lr=1e-2, epochs=3, batch_size=16, quiet=True,
+                    run_dir=None if run_dir is None else str(run_dir),
                     checkpoint_every_steps=2, scheduler=("step", {"step_size": 1, "gamma": 0.5}))
     settings.update(kw)
     optimizer = settings.pop("optimizer", "adam")
-    return fl.Trainer(model, "mse", optimizer, callbacks=[fl.EarlyStopping(patience=10), *callbacks], **settings)
+    callbacks = [fl.EarlyStopping(patience=10), *callbacks]
+    return fl.Trainer(model, "mse", optimizer, callbacks=callbacks, **settings)
 
 
 class Crash(fl.Callback):
@@ -107,7 +109,8 @@ def test_run_dir_contents(tmp_path, reference):
     lines = (run / "history.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == hist and len(hist) == 3
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "finished" and info["exit_code"] == 0 and info["versions"]["torch"] == torch.__version__
+    assert info["status"] == "finished" and info["exit_code"] == 0
+    assert info["versions"]["torch"] == torch.__version__
     assert info["ended"] and info["elapsed_s"] > 0
     splits = json.loads((run / "splits.json").read_text())
     assert splits["train"] == train.indices.tolist() and splits["val"] == val.indices.tolist()
@@ -312,7 +315,8 @@ def test_nan_in_data_stops_and_keeps_last_good_checkpoint(tmp_path):
     X = train.X.clone()
     X[40, 0] = float("nan")  # reached at some step of epoch 1 or 2 (shuffled)
     t = _trainer(tmp_path / "run", checkpoint_every_steps=1)
-    with pytest.raises(fl.NonFiniteError, match=r"epoch \d+, step \d+ of the epoch.*the loss is nan.*lower learning"):
+    pattern = r"epoch \d+, step \d+ of the epoch.*the loss is nan.*lower learning"
+    with pytest.raises(fl.NonFiniteError, match=pattern):
         t.fit((X, train.y), val)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "failed" and "NonFiniteError" in info["message"]
@@ -383,7 +387,7 @@ def test_deterministic_flag_turns_on_deterministic_algorithms():
     assert seen == [True]
 
 
-# --------------------------------------------------------------------------- the SIGKILL matrix (subprocesses)
+# --------------------------------------------------------------------------- SIGKILL matrix (subprocesses)
 
 
 def _child(run_dir, mode, action, kill=None):
@@ -484,3 +488,13 @@ def test_sigterm_real_process_exit_code(tmp_path):
     assert "SIGTERM received" in r.stderr and "trainer.resume(train, val)" in r.stderr
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "interrupted" and info["exit_code"] == 143 and info["step"] == 3
+
+
+def test_sparse_gradients_pass_the_finite_check(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 1, sparse=True), torch.nn.Flatten())
+    t = fl.Trainer(model, "mse", "sparseadam", lr=1e-2, epochs=1, quiet=True, batch_size=8,
+                   run_dir=str(tmp_path / "run"))
+    x = torch.randint(0, 10, (32, 1))
+    t.fit((x, torch.randn(32, 1)))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
