@@ -687,7 +687,7 @@ class Checkpointer:
             yield
         except BaseException as e:
             if self._started:
-                status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
                 self._finish(trainer, status, message=f"{type(e).__name__}: {e}")
             raise
         finally:
@@ -700,7 +700,7 @@ class Checkpointer:
                    f"{st.batch} (global step {st.step}); checkpoint written to {self.last_path}. Resume with "
                    "the same Trainer arguments and data: trainer.resume(train, val) "
                    f"(run_dir={str(self.dir)!r}), "
-                   f"or `fitloop resume {self.dir}`. Exit code {code}.")
+                   f"or (with the CLI) `fitloop resume {self.dir}`. Exit code {code}.")
             self._finish(trainer, "interrupted", message=msg, exit_code=code)
             print(msg, file=sys.stderr, flush=True)
             raise RunInterrupted(code, msg)
