@@ -46,10 +46,10 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .callbacks import Callback, EarlyStopping, ProgressPrinter
-    from .config import RunConfig, TrainConfig
-    from .data import Split, split
-    from .io import load
-    from .models import FunctionModel, MLPSpec, build_mlp
-    from .table import Preprocessor, Table, TableError, transform_table
-    from .trainer import NonFiniteError, Trainer, TrainState, pick_device, seed_everything
+    from .callbacks import Callback, EarlyStopping, ProgressPrinter  # noqa: F401
+    from .config import RunConfig, TrainConfig  # noqa: F401
+    from .data import Split, split  # noqa: F401
+    from .io import load  # noqa: F401
+    from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
+    from .table import Preprocessor, Table, TableError, transform_table  # noqa: F401
+    from .trainer import NonFiniteError, Trainer, TrainState, pick_device, seed_everything  # noqa: F401

@@ -14,6 +14,7 @@ the index of the next batch is enough to reproduce the rest of the epoch exactly
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -280,7 +281,8 @@ class LoaderBatches:
             self.loader = DataLoader(data, batch_size=n if batch_size is None else batch_size,
                                      sampler=self.sampler, num_workers=num_workers,
                                      pin_memory=pin_memory, drop_last=drop_last,
-                                     persistent_workers=False)
+                                     persistent_workers=False,
+                                     generator=torch.Generator())
         self._len = len(self.loader)
 
     def __len__(self) -> int:
@@ -294,6 +296,13 @@ class LoaderBatches:
             yield from it
             return
         self.sampler.generator = generator
+        if generator is not None:
+            # The DataLoader draws its workers' base seed from its own generator; seed that from the
+            # epoch's start state so it never consumes the global RNG (which dropout uses) and a
+            # mid-epoch resume sees the same seed.
+            digest = hashlib.sha256(generator.get_state().numpy().tobytes()).digest()
+            epoch_seed = int.from_bytes(digest[:8], "little")
+            self.loader.generator.manual_seed(epoch_seed & (2**63 - 1))
         self.sampler.start_index = start * self.loader.batch_size
         yield from self.loader
         self.sampler.start_index = 0

@@ -154,6 +154,10 @@ class Trainer:
         self._grad_norms: list[torch.Tensor] = []
         self._epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         self.checkpointer = None  # set by the run-directory machinery (fitloop.checkpoint)
+        if cfg.run_dir:
+            from .checkpoint import Checkpointer
+
+            self.checkpointer = Checkpointer(cfg.run_dir, cfg)
         self._set_threads()
 
     # ------------------------------------------------------------------ properties
@@ -250,11 +254,27 @@ class Trainer:
             The history: one dict per epoch with `epoch`, `loss`, the train metrics, `val_loss` and
             `val_` metrics when validating, `lr` and `time` (seconds).
         """
+        guard = getattr(self.checkpointer, "guard", None)  # run directory: status, signals, bundle
+        if guard is not None:
+            with guard(self):
+                return self._fit(train, val)
+        return self._fit(train, val)
+
+    def resume(self, train, val=None, *, run_dir: str | None = None, checkpoint: str | None = None,
+               force: bool = False) -> list[dict[str, Any]]:
+        """Continue a run from its latest good checkpoint; see `fitloop.checkpoint.resume`."""
+        from .checkpoint import resume
+
+        return resume(self, train, val, run_dir=run_dir, checkpoint=checkpoint, force=force)
+
+    def _fit(self, train, val=None) -> list[dict[str, Any]]:
         st = self.state
         train_batches = self._batches(train, train=True)
         val_batches = None if val is None else self._batches(val, train=False)
         self._setup_fit(train_batches)
         self.should_stop, self.stop_reason = False, None
+        if hasattr(self.checkpointer, "on_fit_start"):  # fresh: write the run dir; resume: restore
+            self.checkpointer.on_fit_start(self, train, val)
         self._emit("on_fit_start")
         while st.epoch < st.target_epochs and not self.should_stop:
             t0 = time.perf_counter()
@@ -304,6 +324,7 @@ class Trainer:
         self._keep_outputs = tm if tm is not None else self.steps_per_epoch > 1
         self._metric_set = None
         self._check_on_cpu = self.device.type == "cpu"
+        self._finite_buffers = (torch.zeros(1, device=self.device), torch.ones(1, device=self.device))
 
     def _train_epoch(self, batches) -> dict[str, Any]:
         """Run the steps of one epoch from `state.batch` on; return the train logs (tensors)."""
@@ -333,7 +354,7 @@ class Trainer:
             for cb in batch_end:
                 cb.on_train_batch_end(self, st.step, loss)
             if ckpt is not None and ckpt.on_step_end(self):
-                break  # a stop was requested (signal): leave with the position saved
+                return {}  # a stop was requested (signal): leave with the position saved
             if self.should_stop and st.batch < n_batches:
                 return {}
         st.epoch += 1
@@ -472,18 +493,15 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor) -> bool:
         """Stop (or skip the step) when the loss or a gradient is NaN/inf.
 
-        On the CPU reading the loss costs no device sync; the gradients are inspected only when
-        `on_nonfinite="skip"` (the update must be prevented) or when the loss already went bad.
+        On the CPU reading the loss costs no device sync, and the gradients are checked through
+        their sum (a bad gradient with a finite loss must stop the step before the update).
         Returns False when the step must be skipped.
         """
         skip = self.config.on_nonfinite == "skip"
         if not skip and not self._check_on_cpu:
             return True  # accelerators: no per-step sync; the epoch-end check catches it
         loss_ok = math.isfinite(loss.item())
-        bad_param = None
-        if skip or not loss_ok:
-            bad_param = next((n for n, p in self.model.named_parameters()
-                              if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+        bad_param = _nonfinite_grad(self.model, *self._finite_buffers)
         if loss_ok and bad_param is None:
             return True
         st = self.state
@@ -648,6 +666,25 @@ def _mean_loss(losses: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
         return stacked.mean()
     w = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
     return (stacked * w).sum() / sum(sizes)
+
+
+def _nonfinite_grad(model: nn.Module, found: torch.Tensor, one: torch.Tensor) -> str | None:
+    """The name of the first parameter whose gradient holds NaN/inf, or None.
+
+    One fused check over all dense gradients first (torch's AMP non-finite check, ~6 us for a small
+    model on CPU, with a scale of 1 so the gradients are unchanged); the per-parameter search runs
+    only on a hit. Sparse gradients (SparseAdam) are checked through their values.
+    """
+    dense = [p.grad for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
+    sparse = [p.grad._values() for p in model.parameters() if p.grad is not None and p.grad.is_sparse]
+    found.zero_()
+    if dense:
+        torch._amp_foreach_non_finite_check_and_unscale_(dense, found, one)
+    if found.item() == 0 and all(torch.isfinite(v).all() for v in sparse):
+        return None
+    values = lambda g: g._values() if g.is_sparse else g
+    return next((n for n, p in model.named_parameters()
+                 if p.grad is not None and not torch.isfinite(values(p.grad)).all()), None)
 
 
 def _eval_batch_size(batch_size: int | None, n: int) -> int | None:
