@@ -373,7 +373,8 @@ def capture(trainer: Trainer, extra: dict[str, Any] | None = None) -> dict[str, 
                         "epoch_generator_state": st.epoch_generator_state if mid_epoch else None,
                         "epoch_losses": list(st.epoch_losses) if mid_epoch else [],
                         "epoch_sizes": list(st.epoch_sizes) if mid_epoch else [],
-                        "epoch_time": st.epoch_time},
+                        "epoch_time": st.epoch_time,
+                        "epoch_lr": float(trainer._epoch_lr)},
         "outputs": [list(o) for o in getattr(trainer, "_outputs", [])] if mid_epoch else [],
         "grad_norms": list(trainer._grad_norms) if mid_epoch else [],
         "rng": rng,
@@ -409,6 +410,7 @@ def restore(trainer: Trainer, ck: dict[str, Any], *, force: bool = False) -> Non
     for k in ("epoch", "batch", "step", "target_epochs", "skipped_steps", "epoch_time"):
         setattr(st, k, s[k])
     st.epoch_generator_state = s["epoch_generator_state"]
+    trainer._epoch_lr = s["epoch_lr"]  # the lr of the last step taken (history records it)
     st.epoch_losses, st.epoch_sizes = list(s["epoch_losses"]), list(s["epoch_sizes"])
     dev = trainer.device
     st.epoch_losses = [t.to(dev) for t in st.epoch_losses]
