@@ -65,6 +65,9 @@ os.umask(_UMASK)
 _on_partial_write = None
 
 
+RUN_FORMAT = "fitloop-run"  # run.json's "format": what `fitloop predict/evaluate/resume/report` look for
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, is not a fitloop checkpoint, or is truncated/corrupted."""
 
@@ -542,7 +545,8 @@ class Checkpointer:
             if splits:
                 _write_json(self.dir / "splits.json", splits)
             (self.dir / "history.jsonl").write_text("")
-            self._info = {"created": _now(), "sessions": 1, "elapsed_s": 0.0}
+            self._info = {"format": RUN_FORMAT, "format_version": 1, "created": _now(), "sessions": 1,
+                          "elapsed_s": 0.0}
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self._data_fp = fp
         self._session_t0 = time.perf_counter()

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="resume an interrupted run", formatter_class=fmt, epilog=RESUME_EXAMPLES,
                        description="Resume an interrupted run from its last checkpoint.")
     r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--force", action="store_true",
+                   help="resume even if the data file or the settings changed since the checkpoint")
     _common(r)
     r.set_defaults(func=_cmd_resume)
 
@@ -354,16 +356,17 @@ def _cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> in
 
 
 def _cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import check_run
-    from .trainer import Trainer
+    from .pipeline import resume_run
 
-    if not Path(args.run_dir).is_dir():
-        check_run(args.run_dir)  # raises the not-a-run error
-    if not hasattr(Trainer, "resume"):
-        raise UsageError(f"resume needs checkpoints (not available in this build); {args.run_dir} cannot be "
-                         f"resumed. Rerun it with `fitloop train --config {Path(args.run_dir) / 'config.toml'}`.")
-    raise UsageError("resume: this build's Trainer.resume is not wired to the command line yet; rerun with "
-                     f"`fitloop train --config {Path(args.run_dir) / 'config.toml'}`.")
+    quiet = getattr(args, "quiet", False)
+    console = _console()
+    log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
+    result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet or None)
+    if quiet:
+        print(result.run_dir)
+    else:
+        _print_summary(console, result)
+    return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:

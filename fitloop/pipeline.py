@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import time
@@ -41,7 +40,7 @@ from .config import ConfigError, RunConfig
 __all__ = ["RunResult", "LoadedRun", "train_table", "load_run", "predict_file", "evaluate_file",
            "RUN_FORMAT", "NotARunError"]
 
-RUN_FORMAT = "fitloop-run"
+RUN_FORMAT = "fitloop-run"  # the same string as checkpoint.RUN_FORMAT (kept here so the CLI need not import torch)
 RUN_FORMAT_VERSION = 1
 PREDICT_BATCH = 65536
 
@@ -143,38 +142,36 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
     return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0 and len(p)}
 
 
-def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
-                log: Callable[[str], None] | None = None, argv: list[str] | None = None) -> RunResult:
-    """Read `cfg.data.path`, split, fit the preprocessing on train, train an MLP, evaluate, write the run.
+@dataclass
+class _Prepared:
+    """Everything a run needs before training: splits as tensors, the fitted preprocessor, the model."""
 
-    Args:
-        cfg: the resolved configuration (`resolve_run_config`).
-        out: run directory; default `runs/<target>-<timestamp>`.
-        overwrite: replace an existing non-empty `out`.
-        log: where progress lines go (default: nowhere).
-        argv: the command line, recorded in `run.json`.
+    splits: dict[str, Any]
+    rows: dict[str, np.ndarray]
+    pre: Any
+    info: dict[str, Any]
+    task: str
+    n_inputs: int
+    n_features: int
+    notes: list[str]
+    timings: dict[str, float]
+    trainer: Any = None
+    callbacks: list = field(default_factory=list)
+    run_fields: dict[str, Any] = field(default_factory=dict)
 
-    Raises:
-        ConfigError, TableError, ValueError: bad settings or data (nothing is written).
-    """
+
+def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _Prepared:
+    """Read the table, split it, fit the preprocessing on the training rows: deterministic for a config,
+    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written."""
     import torch
 
-    from . import __version__
-    from .callbacks import EarlyStopping
-    from .models import MLPSpec, build_mlp
     from .table import Table, TableError
-    from .trainer import Trainer
 
-    log = log or (lambda msg: None)
     d = cfg.data
     if not d.path:
         raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
     if not d.target:
         raise ConfigError("no target column: pass --target COL or set data.target.")
-    out_dir = Path(out) if out is not None else _default_out(d.target)
-    _check_out(out_dir, overwrite)
-    t_start = time.perf_counter()
-
     table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
                        max_categories=d.max_categories, delimiter=d.delimiter)
     load_s = table.load_seconds
@@ -206,86 +203,151 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
         std = float(ytr.std(unbiased=False))
         info["target_scaling"] = scaling = {"mean": float(ytr.mean()), "std": std if std > 0 else 1.0}
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
-    preprocess_s = time.perf_counter() - t0
+    info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
+    timings = {"load": load_s, "preprocess": time.perf_counter() - t0}
+    return _Prepared(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
 
-    spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
+
+def _build_trainer(cfg: RunConfig, p: _Prepared, run_dir: Path) -> None:
+    """The model and Trainer of a run, checkpointing into `run_dir`."""
+    from .callbacks import EarlyStopping
+    from .models import MLPSpec, build_mlp
+    from .trainer import Trainer, seed_everything
+
+    classes = p.info["classes"]
+    seed_everything(cfg.train.seed)  # the initial weights follow the seed too
+    spec = MLPSpec(p.n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
                    activation=cfg.model.activation, dropout=cfg.model.dropout)
     model = build_mlp(spec)
-    n_params = sum(p.numel() for p in model.parameters())
-    loss = cfg.train.loss or ("cross_entropy" if task == "classification" else "mse")
-    has_val = "val" in splits
-    callbacks = []
+    loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
+    has_val = "val" in p.splits
     if cfg.train.early_stopping and has_val:
-        callbacks.append(EarlyStopping(patience=cfg.train.early_stopping))
+        p.callbacks.append(EarlyStopping(patience=cfg.train.early_stopping))
     elif cfg.train.early_stopping and not has_val:
-        notes.append("early stopping is off: there is no validation split")
+        p.notes.append("early stopping is off: there is no validation split")
+    tcfg = cfg.train.trainer_config()
+    tcfg.run_dir = str(run_dir)
+    p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, callbacks=p.callbacks, config=tcfg)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+
+def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
+                log: Callable[[str], None] | None = None, argv: list[str] | None = None) -> RunResult:
+    """Read `cfg.data.path`, split, fit the preprocessing on train, train an MLP, evaluate, write the run.
+
+    Bad settings or data raise before the run directory is created. Once training starts the run
+    directory holds checkpoints, so an interrupted or failed run can be resumed (`resume_run`);
+    its `run.json` says which state it is in.
+
+    Args:
+        cfg: the resolved configuration (`resolve_run_config`).
+        out: run directory; default `runs/<target>-<timestamp>`.
+        overwrite: replace an existing non-empty `out`.
+        log: where progress lines go (default: nowhere).
+        argv: the command line, recorded in `run.json`.
+
+    Raises:
+        ConfigError, TableError, ValueError: bad settings or data (nothing is written).
+    """
+    log = log or (lambda msg: None)
+    out_dir = Path(out) if out is not None else _default_out(cfg.data.target or "run")
+    _check_out(out_dir, overwrite)
+    t_start = time.perf_counter()
+    p = _prepare(cfg, log)
+    cfg.data.path = str(Path(cfg.data.path).resolve())  # `resume` finds the data from any directory
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
     try:
-        tcfg = cfg.train.trainer_config()
-        tcfg.run_dir = str(staging)  # checkpointing (when available) writes into the staged run directory
-        trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, callbacks=callbacks, config=tcfg)
-        t0 = time.perf_counter()
-        history = trainer.fit(splits["train"], splits.get("val"))
-        train_s = time.perf_counter() - t0
-
-        eval_split = "test" if "test" in splits else ("val" if has_val else None)
-        metrics: dict[str, Any] = {}
-        baseline: dict[str, Any] = {}
-        if eval_split is not None:
-            X, y = splits[eval_split]
-            raw = trainer.predict(X, output="raw")
-            y_true = y if task == "classification" else unscale(y, info["target_scaling"])
-            metrics = score(task, raw, y_true, info["target_scaling"])
-            baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
-        baseline_kind = "majority class" if task == "classification" else "train mean"
-        info["baseline_kind"] = baseline_kind
-        best_epoch = None
-        if callbacks and callbacks[0].best_epoch:
-            best_epoch = callbacks[0].best_epoch
-        elif history and "val_loss" in history[0]:
-            best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
-        elif history:
-            best_epoch = history[-1]["epoch"]
-
-        trainer.save(str(staging / "model"), extra={"preprocessor": pre.to_dict(), "table": info})
-        (staging / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-        _write_json(staging / "metrics.json", {"split": eval_split, "rows": len(splits[eval_split][0])
-                                               if eval_split else 0, "metrics": metrics, "baseline": baseline,
-                                               "baseline_kind": baseline_kind})
-        with open(staging / "history.jsonl", "w", encoding="utf-8") as f:
-            for h in history:
-                f.write(json.dumps(h) + "\n")
-        _write_json(staging / "splits.json", {
+        (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        _write_json(out_dir / "splits.json", {
             "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
                     "rows whose target is missing",
             "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
-            **{k: v.tolist() for k, v in rows.items()}}, indent=None)
-        timings = {"load": load_s, "preprocess": preprocess_s, "train": train_s,
-                   "total": time.perf_counter() - t_start}
-        result = RunResult(out_dir, task, {k: len(v[0]) for k, v in splits.items()}, n_inputs, n_features,
-                           n_params, trainer.epoch, cfg.train.epochs, best_epoch, timings, eval_split, metrics,
-                           baseline, baseline_kind, notes, trainer.stop_reason)
-        _write_json(staging / "run.json", {
-            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "status": "completed",
-            "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": argv, "data": str(Path(d.path).resolve()), "target": d.target, "task": task,
-            "rows": result.rows, "inputs": n_inputs, "features": n_features, "parameters": n_params,
-            "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
-            "device": str(trainer.device), "timings": timings, "notes": notes,
-            "versions": {"fitloop": __version__, "torch": torch.__version__,
-                         "python": platform.python_version()}})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+            **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
+        _build_trainer(cfg, p, out_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)  # nothing trained yet: leave nothing behind
         raise
+    p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task}
+    t0 = time.perf_counter()
+    p.trainer.fit(p.splits["train"], p.splits.get("val"))
+    p.timings["train"] = time.perf_counter() - t0
+    return _finish(cfg, p, out_dir, t_start)
+
+
+def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] | None = None,
+               quiet: bool | None = None) -> RunResult:
+    """Resume an interrupted `fitloop train` run from its latest good checkpoint, then evaluate it.
+
+    The data is read again from the path in `config.toml` and prepared exactly as before; the
+    checkpoint refuses it when the data or the settings changed, unless `force`.
+    """
+    from .config import load_toml, resolve_run_config
+
+    log = log or (lambda msg: None)
+    run_dir = Path(path)
+    info = check_run(run_dir, finished=False)
+    if info.get("status") == "finished" and (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"{run_dir}: this run already finished; nothing to resume. "
+                          f"Use `fitloop report {run_dir}` to see it.")
+    cfg = resolve_run_config(load_toml(str(run_dir / "config.toml")))
+    if quiet is not None:
+        cfg.train.quiet = quiet
+    t_start = time.perf_counter()
+    p = _prepare(cfg, log)
+    _build_trainer(cfg, p, run_dir)
+    t0 = time.perf_counter()
+    p.trainer.resume(p.splits["train"], p.splits.get("val"), force=force)
+    p.timings["train"] = time.perf_counter() - t0
+    return _finish(cfg, p, run_dir, t_start)
+
+
+def _finish(cfg: RunConfig, p: _Prepared, out_dir: Path, t_start: float) -> RunResult:
+    """Evaluate on the held-out rows, write the bundle (with the preprocessor), metrics and summary."""
+    trainer, task, info = p.trainer, p.task, p.info
+    history = trainer.history
+    has_val = "val" in p.splits
+    eval_split = "test" if "test" in p.splits else ("val" if has_val else None)
+    metrics: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}
+    if eval_split is not None:
+        X, y = p.splits[eval_split]
+        raw = trainer.predict(X, output="raw")
+        y_true = y if task == "classification" else unscale(y, info["target_scaling"])
+        metrics = score(task, raw, y_true, info["target_scaling"])
+        baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
+    best_epoch = None
+    if p.callbacks and p.callbacks[0].best_epoch:
+        best_epoch = p.callbacks[0].best_epoch
+    elif history and "val_loss" in history[0]:
+        best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
+    elif history:
+        best_epoch = history[-1]["epoch"]
+    trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})
+    _write_json(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
+                                           if eval_split else 0, "metrics": metrics, "baseline": baseline,
+                                           "baseline_kind": info["baseline_kind"]})
+    p.timings["total"] = time.perf_counter() - t_start
+    rows = {k: len(v[0]) for k, v in p.splits.items()}
+    n_params = sum(q.numel() for q in trainer.model.parameters())
+    result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
+                       best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
+                       trainer.stop_reason)
+    _merge_run_json(out_dir, {
+        **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
+        "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
+        "device": str(trainer.device), "timings": p.timings, "notes": p.notes})
     return result
+
+
+def _merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:
+    """Add the table run's fields to `run.json` (the checkpointer owns its status fields)."""
+    from .io import atomic_write_bytes
+
+    path = run_dir / "run.json"
+    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    info.update(fields)
+    atomic_write_bytes(path, (json.dumps(info, indent=2) + "\n").encode())
 
 
 def _write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
@@ -317,8 +379,9 @@ class LoadedRun:
         return torch.cat(outs).float() if outs else torch.zeros(0, self.model.spec.out_features)
 
 
-def check_run(path: str | os.PathLike) -> dict[str, Any]:
-    """`run.json` of a run directory, or a clear error if `path` is not one."""
+def check_run(path: str | os.PathLike, *, finished: bool = True) -> dict[str, Any]:
+    """`run.json` of a run directory, or a clear error if `path` is not one (or, with `finished`,
+    if the run has no final model yet)."""
     p = Path(path)
     what = "does not exist" if not p.exists() else ("is not a directory" if not p.is_dir() else None)
     run_json = p / "run.json"
@@ -333,8 +396,11 @@ def check_run(path: str | os.PathLike) -> dict[str, Any]:
         else:
             if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
                 what = "has a run.json that is not a fitloop run's"
-    if what is None and not (p / "model" / "fitloop.json").is_file():
-        what = "has no model/ bundle (the run did not finish)"
+    if what is None and finished and not (p / "model" / "fitloop.json").is_file():
+        raise NotARunError(f"{path}: the run did not finish (status: {meta.get('status', 'unknown')}), so it has "
+                           f"no model yet. Continue it with `fitloop resume {path}`.")
+    if what is None and not finished and not (p / "config.toml").is_file():
+        what = "has no config.toml (it was not written by `fitloop train`)"
     if what is not None:
         raise NotARunError(f"{path} is not a fitloop run directory: it {what}. Pass the directory that "
                            f"`fitloop train` printed (e.g. runs/<target>-<timestamp>, or your --out).")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import fitloop
 from fitloop.cli import main
 from fitloop.config import ConfigError, _tomllib, load_toml, parse_set, resolve_run_config
 
@@ -85,7 +86,7 @@ def test_train_classification_beats_baseline(tmp_path, capsys, name):
     assert m["split"] == "test" and m["metrics"]["accuracy"] > m["baseline"]["accuracy"] + 0.3
     assert m["metrics"]["accuracy"] > 0.85
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "completed" and run["task"] == "classification"
+    assert run["status"] == "finished" and run["task"] == "classification"
     n = sum(run["rows"].values())
     splits = json.loads((out / "splits.json").read_text())
     assert sorted(splits["train"] + splits["val"] + splits["test"]) == list(range(n))
@@ -271,6 +272,11 @@ def test_train_bad_input(tmp_path, capsys, monkeypatch, case):
     if case == "out_exists":
         assert (tmp_path / "runs" / "keep" / "mine.txt").read_text() == "x"
         assert not [p for p in (tmp_path / "runs").iterdir() if p.name != "keep"]
+    elif case == "diverges":  # training had started: the run directory stays, marked failed, for inspection
+        (run,) = (tmp_path / "runs").iterdir()
+        info = json.loads((run / "run.json").read_text())
+        assert info["status"] == "failed" and "NonFiniteError" in info["message"]
+        assert not (run / "model").exists()
     else:
         assert no_run_dirs(tmp_path)
 
@@ -343,3 +349,43 @@ def test_subprocess_train_predict_and_version(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fitloop", "train", str(tmp_path / "nope.csv"), "--target", "y"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("fitloop: error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
+    """`fitloop train` stopped by SIGTERM mid-run, then `fitloop resume`: the same weights as a run
+    never interrupted."""
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    wine = Path(fitloop.__file__).parent / "datasets" / "wine.csv"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    common = ["--target", "cultivar", "--epochs", "60", "--batch-size", "16", "--set",
+              "train.checkpoint_every_steps=3", "--quiet"]
+    ref = subprocess.run([sys.executable, "-m", "fitloop", "train", str(wine), "--out", str(tmp_path / "ref"),
+                          *common], env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fitloop", "train", str(wine), "--out", str(run), *common],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((run / "checkpoints").glob("ckpt-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "fitloop resume" in err or "resume" in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    res = subprocess.run([sys.executable, "-m", "fitloop", "resume", str(run), "--quiet"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    a = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
+    b = load_file(str(run / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    again = subprocess.run([sys.executable, "-m", "fitloop", "resume", str(run)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and "already finished" in again.stderr
