@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+_T_START = time.perf_counter()  # reset when main() starts: the time to the first step is measured from it
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -231,7 +233,7 @@ def _cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     cfg = resolve_run_config(*layers)
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv)
+    result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv, t_command=_T_START)
     if quiet:
         print(result.run_dir)
     else:
@@ -258,7 +260,8 @@ def _print_summary(console, r) -> None:
     t.add_row("best epoch", _fmt(r.best_epoch))
     tm = r.timings
     t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
-                      f"total {tm['total']:.2f}s")
+                      f"total {tm['total']:.2f}s"
+                      + (f"; first step {tm['to_first_step']:.2f}s after start" if "to_first_step" in tm else ""))
     console.print(t)
     _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")
     for note in r.notes:
@@ -415,6 +418,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input or usage, 1 internal error)."""
+    global _T_START
+    _T_START = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
