@@ -168,11 +168,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-studies", action="store_true", help="skip threads/fused/micro/compile studies")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile study and arm")
     ap.add_argument("--compile-arm", action="store_true", help="also run fitloop with compile=True")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="pin every arm to N intra-op threads (default: torch's default, as a user gets it)")
     ap.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="markdown report path")
     ap.add_argument("--json", default=None, help="also dump raw results as JSON here")
     args = ap.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from . import report, studies
     from .workloads import ARMS, WORKLOADS, fitloop_available, fitloop_compile_loop
@@ -206,10 +211,11 @@ def main(argv=None) -> int:
     if not args.no_studies:
         log("threads study ...")
         results["threads"] = studies.threads_study(rounds=2 if args.quick else 3, quick=args.quick, log=log)
+        results["thread_sweep"] = studies.thread_sweep(rounds=2 if args.quick else 3, quick=args.quick, log=log)
         log("fused study ...")
         results["fused"] = studies.fused_study(rounds=3 if args.quick else 5, quick=args.quick, log=log)
         log("micro study ...")
-        results["micro"] = studies.micro_study(rounds=2 if args.quick else 3, quick=args.quick, log=log)
+        results["micro"] = studies.micro_study(rounds=2 if args.quick else 5, quick=args.quick, log=log)
         if not args.no_compile:
             log("compile study ...")
             results["compile"] = studies.compile_study(steps=500 if args.quick else 1500,

@@ -85,7 +85,10 @@ def render(res) -> str:
     L.append("Arms: `tutorial` = DataLoader(TensorDataset, shuffle=True) + per-step `loss.item()`; "
              "`hand` = randperm (seeded generator) + index slicing, no DataLoader, no per-step `.item()`, "
              "torch's default optimizer (on CPU that is the single-tensor for-loop implementation); "
-             "`hand_fused` = same with `fused=True`; `fitloop` = `fl.Trainer(...)` with default settings. "
+             "`hand_fused` = same with `fused=True`; `hand_best` = the defaults proposed for fitloop written by hand "
+             "(1 intra-op thread below 100k params, fused Adam / for-loop SGD below 1k params, one shuffled copy "
+             "of the data per epoch + slice views, in-place loss accumulation): it shows what the Trainer's "
+             "default path can reach; `fitloop` = `fl.Trainer(...)` with default settings. "
              "Time covers optimizer construction, all training steps and per-epoch validation (not data "
              "generation/model init). *ratio* = arm/hand within each round, median [min–max] over rounds. "
              "*overhead* = (arm − hand)/steps, median over rounds (negative = faster than hand). The "
@@ -154,11 +157,21 @@ def render(res) -> str:
         L.append(_table(["workload", "params", "idle 1 thr", f"idle {d} thr", "idle 1/default",
                          "busy 1 thr", f"busy {d} thr", "busy 1/default"], rows))
         L.append("\n(ratio < 1: one thread is faster.)\n")
+    sw = res.get("thread_sweep")
+    if sw:
+        d = sw["default_threads"]
+        L.append(f"**Size sweep, idle machine** (MLP 784-h-h-10, batch 64, fused Adam): from which size do "
+                 f"{d} threads pay off?\n")
+        L.append(_table(["hidden", "params", "MFLOP/step (fwd+bwd)", "1 thr µs", f"{d} thr µs", "1/default"],
+                        [(r["hidden"], f"{r['params']:,}", _f(r["mflop_step"], 1), _f(r["t1"], 1),
+                          _f(r.get(f"t{d}"), 1), _f(r["t1"] / r[f"t{d}"], 2)) for r in sw["rows"]]))
+        L.append("")
 
     fu = res.get("fused")
     if fu:
         L.append("## Optimizer implementation by parameter count\n")
-        L.append("`optimizer.step()` alone (grads preset), µs per step, median of rounds; params split over "
+        L.append(f"`optimizer.step()` alone (grads preset), {fu.get('threads', '?')} intra-op thread(s), µs per step, "
+                 "median of rounds; params split over "
                  "3 weights + 3 biases like a 3-layer MLP (2 params: one weight + one bias). `default` is "
                  "what `torch.optim.Adam(params)` picks on CPU (single-tensor for-loop).\n")
         rows = []
@@ -174,12 +187,14 @@ def render(res) -> str:
     mi = res.get("micro")
     if mi:
         L.append("## Training-loop details (µs per step)\n")
-        L.append("Variants of the hand loop (shortened workloads, no validation). Δ = variant − baseline "
-                 "within each round, median over rounds.\n")
+        L.append(f"Variants of the hand loop (shortened workloads, no validation, {mi.get('threads', '?')} "
+                 "intra-op thread(s)); *Δ of minima* = min(variant) − min(baseline) over rounds, the least "
+                 "disturbed runs; *median of Δ* = variant − baseline within each round, median over rounds.\n")
         for name, w in mi["workloads"].items():
-            L.append(f"**{name}** ({w['steps']} steps, baseline {w['base_us']:.1f} µs/step)\n")
-            L.append(_table(["variant", "µs/step", "Δ µs/step"],
-                            [(r["variant"], _f(r["us_step"], 1), f"{r['delta_us']:+.1f}") for r in w["rows"]]))
+            L.append(f"**{name}** ({w['steps']} steps/run, baseline min {w['base_us']:.1f} µs/step)\n")
+            L.append(_table(["variant", "median µs/step", "min µs/step", "Δ of minima", "median of Δ per round"],
+                            [(r["variant"], _f(r["us_step"], 1), _f(r["min_us"], 1), f"{r['delta_us']:+.1f}",
+                              f"{r['delta_med_us']:+.1f}") for r in w["rows"]]))
             L.append("")
 
     co = res.get("compile")
@@ -188,8 +203,9 @@ def render(res) -> str:
         if "error" in co:
             L.append(f"compile failed: `{co['error']}`\n")
         else:
-            L.append(f"Compile time (first steps, includes tracing + Inductor C++ codegen): model fwd+bwd "
-                     f"{co['compile_s_model']:.1f} s; model + optimizer step {co['compile_s_model_plus_opt']:.1f} s. "
+            L.append(f"{co.get('threads', '?')} intra-op thread(s). Compile time (first steps, includes tracing + Inductor C++ codegen): model fwd+bwd "
+                     f"{co['compile_s_model']:.1f} s (cold process); then model + optimizer step for a second model "
+                     f"{co['compile_s_model_plus_opt']:.1f} s (reuses the warm in-process caches). "
                      f"Steady state over {co['steps']} steps:\n")
             base = co["rows"][0]["us_step"]
             L.append(_table(["variant", "µs/step", "ratio to eager"],

@@ -256,6 +256,48 @@ def hand_fused_loop(wl: Workload, model: nn.Module) -> dict:
     return hand_loop(wl, model, fused=True)
 
 
+# Proposed fitloop defaults, as a hand-written loop (what the Trainer's default path should cost):
+SMALL_MODEL_PARAMS = 100_000  # below this: 1 intra-op thread (see the threads study in BENCHMARKS.md)
+
+
+def hand_best_loop(wl: Workload, model: nn.Module) -> dict:
+    """Recommended defaults: 1 thread for small models, fused Adam (SGD: for-loop below 1k params),
+    one shuffled copy of the data per epoch + contiguous slice views, in-place loss accumulation."""
+    n_params = sum(p.numel() for p in model.parameters())
+    old_threads = torch.get_num_threads()
+    if n_params < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+    try:
+        (Xtr, ytr), val = wl.data()
+        lf = loss_fn(wl.loss)
+        n, bs = len(Xtr), wl.bs
+        t0 = time.perf_counter()
+        fused = wl.optimizer != "sgd" or n_params >= 1000
+        opt = make_optimizer(wl, model.parameters(), fused=fused)
+        g = torch.Generator().manual_seed(SEED)
+        model.train()
+        for _ in range(wl.epochs):
+            total = torch.zeros(())
+            if bs >= n:
+                Xs, ys = Xtr, ytr
+            else:
+                perm = torch.randperm(n, generator=g)
+                Xs, ys = Xtr[perm], ytr[perm]
+            for i in range(0, n, bs):
+                xb, yb = Xs[i : i + bs], ys[i : i + bs]
+                loss = lf(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total.add_(loss.detach(), alpha=len(xb))
+            if val is not None:
+                _validate(model, val, lf)
+        epoch_loss = float(total) / n
+        return {"time": time.perf_counter() - t0, "epoch_loss": epoch_loss}
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def fitloop_available() -> tuple[bool, str]:
     try:
         import fitloop as fl
@@ -299,5 +341,6 @@ ARMS: dict[str, Callable] = {
     "tutorial": tutorial_loop,
     "hand": hand_loop,
     "hand_fused": hand_fused_loop,
+    "hand_best": hand_best_loop,
     "fitloop": fitloop_loop,
 }
