@@ -172,7 +172,15 @@ def main(argv=None) -> int:
                     help="pin every arm to N intra-op threads (default: torch's default, as a user gets it)")
     ap.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="markdown report path")
     ap.add_argument("--json", default=None, help="also dump raw results as JSON here")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="only re-render the markdown from a --json dump of an earlier run")
     args = ap.parse_args(argv)
+    if args.render:
+        from . import report
+
+        Path(args.output).write_text(report.render(json.loads(Path(args.render).read_text())))
+        log(f"wrote {args.output}")
+        return 0
 
     import torch
 

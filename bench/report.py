@@ -218,6 +218,11 @@ def render(res) -> str:
                     be = co["compile_s_model"] / (gain * 1e-6)
             L.append(f"Break-even: {'%.0f steps' % be if be else 'never (no steady-state gain)'} to pay back "
                      "the model compile time.\n")
+    f = findings(res)
+    if f:
+        L.append("## Findings → proposed fitloop defaults (computed from the numbers above)\n")
+        L += [f"- {x}" for x in f]
+        L.append("")
     L.append("## Method notes\n")
     L.append("- All arms of a workload run in one process, interleaved: round r runs every arm back to back "
              "(start arm rotated each round), after an untimed warm-up of every arm on a short version. "
@@ -249,3 +254,52 @@ def crossover(rows, opt) -> str:
 
 def _load(x):
     return "—" if not x else " ".join(f"{v:.2f}" for v in x)
+
+
+def findings(res) -> list[str]:
+    out = []
+    th = res.get("threads")
+    if th:
+        d = th["default_threads"]
+        parts = []
+        for r in th["rows"]:
+            if r.get(f"busy_t{d}") and r.get(f"idle_t{d}"):
+                parts.append(f"{r['workload']} ({r['params']:,} params): idle {r['idle_t1'] / r[f'idle_t{d}']:.2f}, "
+                             f"busy {r['busy_t1'] / r[f'busy_t{d}']:.2f}")
+        out.append(f"**Threads.** 1-thread / {d}-thread step time (<1 = one thread faster): " + "; ".join(parts)
+                   + ". With one competing CPU-bound process, the default thread count makes every step wait "
+                   "for a descheduled OpenMP worker; one thread is immune to it.")
+    sw = res.get("thread_sweep")
+    if sw:
+        d = sw["default_threads"]
+        win = [r for r in sw["rows"] if r["t1"] / r[f"t{d}"] > 1.15]
+        if win:
+            r0 = win[0]
+            out.append(f"On an idle machine {d} threads beat 1 thread by >15% from hidden={r0['hidden']} "
+                       f"({r0['params']:,} params, {r0['mflop_step']:.0f} MFLOP/step) in the size sweep.")
+        else:
+            out.append(f"On an idle machine {d} threads never beat 1 thread by >15% in the size sweep.")
+    out.append("**Proposed thread policy:** `threads=\"auto\"`: `torch.set_num_threads(1)` while training when the "
+               "model has < 100k parameters (restore the previous value after `fit`), leave torch's default above; "
+               "`Trainer(threads=N)` overrides. Small models lose little or nothing on an idle box and win "
+               "several-fold on a busy one.")
+    fu = res.get("fused")
+    if fu:
+        out.append(f"**Fused optimizers** (step alone): Adam — {crossover(fu['rows'], 'Adam')}; "
+                   f"SGD — {crossover(fu['rows'], 'SGD')}. Proposed: fused Adam/AdamW always on CPU; SGD fused "
+                   "only from ~1k params (gains are small either way, the for-loop is fine for 1-2 params). "
+                   "`foreach=True` is not a win on CPU.")
+    mi = res.get("micro")
+    if mi:
+        for name, w in mi["workloads"].items():
+            d = {r["variant"]: r["delta_us"] for r in w["rows"]}
+            out.append(f"**Loop details, {name}** (Δ µs/step vs baseline {w['base_us']:.0f}, min over rounds): " +
+                       "; ".join(f"{k}: {v:+.0f}" for k, v in d.items() if not k.startswith("baseline")))
+    co = res.get("compile")
+    if co and "rows" in co:
+        base = co["rows"][0]["us_step"]
+        best = min(co["rows"][1:], key=lambda r: r["us_step"])
+        out.append(f"**torch.compile** on W2: best compiled variant ({best['variant']}) runs at "
+                   f"{best['us_step'] / base:.2f}x eager per step after {co['compile_s_model']:.0f} s of compilation "
+                   "— keep it opt-in (`compile=True`), never a default for small models.")
+    return out
