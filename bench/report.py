@@ -124,11 +124,12 @@ def render(res) -> str:
     mem = res.get("memory")
     if mem:
         L.append("## Peak memory (W2)\n")
-        L.append("Each arm runs alone in a fresh subprocess (`python -m bench.memprobe W2 <arm>`). "
-                 "`resource.getrusage(RUSAGE_SELF).ru_maxrss` (high-water RSS) is read after building data "
-                 "and model (*base*) and after training (*peak*); *training* = peak − base is what the loop "
-                 "added (DataLoader/collate buffers, optimizer state, shuffled copies, autograd). "
-                 "Min over repetitions.\n")
+        L.append("Each arm runs alone in a fresh subprocess (`python -m bench.memprobe W2 <arm>`). After data "
+                 "and model are built, the current RSS is *base* and the kernel's high-water mark is reset "
+                 "(`echo 5 > /proc/self/clear_refs`); after training, `VmHWM` from /proc/self/status is *peak*; "
+                 "*training* = peak − base is what the loop added (DataLoader/collate buffers, optimizer state, "
+                 "shuffled copies, autograd, allocator caches). Min over repetitions. (`ru_maxrss` is not used: "
+                 "Linux carries the parent's high-water mark into a fork+exec'd child.)\n")
         hand_peak = mem.get("hand", {}).get("peak_kib")
         rows = []
         for arm, r in mem.items():
