@@ -86,7 +86,7 @@ def render(res) -> str:
              "`hand` = randperm (seeded generator) + index slicing, no DataLoader, no per-step `.item()`, "
              "torch's default optimizer (on CPU that is the single-tensor for-loop implementation); "
              "`hand_fused` = same with `fused=True`; `hand_best` = the defaults proposed for fitloop written by hand "
-             "(1 intra-op thread below 100k params, fused Adam / for-loop SGD below 1k params, one shuffled copy "
+             "(1 intra-op thread below 100k params, fused Adam, default SGD, one shuffled copy "
              "of the data per epoch + slice views, in-place loss accumulation): it shows what the Trainer's "
              "default path can reach; `fitloop` = `fl.Trainer(...)` with default settings. "
              "Time covers optimizer construction, all training steps and per-epoch validation (not data "
@@ -157,12 +157,19 @@ def render(res) -> str:
                          _f(b1, 1), _f(bdf, 1), _f(b1 / bdf if bdf else None, 2)))
         L.append(_table(["workload", "params", "idle 1 thr", f"idle {d} thr", "idle 1/default",
                          "busy 1 thr", f"busy {d} thr", "busy 1/default"], rows))
-        L.append("\n(ratio < 1: one thread is faster.)\n")
+        la = th.get("loadavg")
+        if la:
+            L.append(f"\n(ratio < 1: one thread is faster.) Mean 1-min load average when the blocks started "
+                     f"(our own burner included in *busy*, other tenants in both): idle {la.get('idle', 0):.2f}, "
+                     f"busy {la.get('busy', 0):.2f} on {res['machine']['cores']} cores — an *idle* block is only "
+                     "idle if that number is well below 1.\n")
+        else:
+            L.append("\n(ratio < 1: one thread is faster.)\n")
     sw = res.get("thread_sweep")
     if sw:
         d = sw["default_threads"]
-        L.append(f"**Size sweep, idle machine** (MLP 784-h-h-10, batch 64, fused Adam): from which size do "
-                 f"{d} threads pay off?\n")
+        L.append(f"**Size sweep, no burner** (MLP 784-h-h-10, batch 64, fused Adam; mean 1-min load average "
+                 f"{sw.get('loadavg', float('nan')):.2f}): from which size do {d} threads pay off?\n")
         L.append(_table(["hidden", "params", "MFLOP/step (fwd+bwd)", "1 thr µs", f"{d} thr µs", "1/default"],
                         [(r["hidden"], f"{r['params']:,}", _f(r["mflop_step"], 1), _f(r["t1"], 1),
                           _f(r.get(f"t{d}"), 1), _f(r["t1"] / r[f"t{d}"], 2)) for r in sw["rows"]]))
@@ -276,25 +283,32 @@ def findings(res) -> list[str]:
         win = [r for r in sw["rows"] if r["t1"] / r[f"t{d}"] > 1.15]
         if win:
             r0 = win[0]
-            out.append(f"On an idle machine {d} threads beat 1 thread by >15% from hidden={r0['hidden']} "
+            out.append(f"With no burner of ours (load average {sw.get('loadavg', float('nan')):.2f}), {d} threads beat 1 thread by >15% from hidden={r0['hidden']} "
                        f"({r0['params']:,} params, {r0['mflop_step']:.0f} MFLOP/step) in the size sweep.")
         else:
-            out.append(f"On an idle machine {d} threads never beat 1 thread by >15% in the size sweep.")
+            out.append(f"With no burner of ours (load average {sw.get('loadavg', float('nan')):.2f}), {d} threads "
+                       "never beat 1 thread by >15% in the size sweep.")
     out.append("**Proposed thread policy:** `threads=\"auto\"`: `torch.set_num_threads(1)` while training when the "
                "model has < 100k parameters (restore the previous value after `fit`), leave torch's default above; "
                "`Trainer(threads=N)` overrides. Small models lose little or nothing on an idle box and win "
                "several-fold on a busy one.")
     fu = res.get("fused")
     if fu:
-        out.append(f"**Fused optimizers** (step alone): Adam — {crossover(fu['rows'], 'Adam')}; "
-                   f"SGD — {crossover(fu['rows'], 'SGD')}. Proposed: fused Adam/AdamW always on CPU; SGD fused "
-                   "only from ~1k params (gains are small either way, the for-loop is fine for 1-2 params). "
-                   "`foreach=True` is not a win on CPU.")
+        def rng(opt):
+            v = [r["fused"] / r["default"] for r in fu["rows"] if r["optimizer"] == opt]
+            return f"{min(v):.2f}–{max(v):.2f}"
+
+        out.append(f"**Fused optimizers** (step alone, fused/default {rng('Adam')} for Adam, {rng('SGD')} for SGD): "
+                   f"Adam — {crossover(fu['rows'], 'Adam')}; SGD — {crossover(fu['rows'], 'SGD')}. Proposed: fused "
+                   "Adam/AdamW at every size on CPU (no crossover: even 2 params win); SGD: keep torch's default "
+                   "for-loop (fused SGD is within about ±15% and loses on the largest sizes at 1 thread). "
+                   "`foreach=True` does not pay on CPU.")
     mi = res.get("micro")
     if mi:
         for name, w in mi["workloads"].items():
             d = {r["variant"]: r["delta_us"] for r in w["rows"]}
-            out.append(f"**Loop details, {name}** (Δ µs/step vs baseline {w['base_us']:.0f}, min over rounds): " +
+            out.append(f"**Loop details, {name}** (Δ µs/step vs baseline {w['base_us']:.0f}, min over rounds; "
+                       "on this shared box differences under ~50 µs are noise): " +
                        "; ".join(f"{k}: {v:+.0f}" for k, v in d.items() if not k.startswith("baseline")))
     co = res.get("compile")
     if co and "rows" in co:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics as st
 import subprocess
 import sys
@@ -76,9 +77,11 @@ def threads_study(rounds: int = 3, quick: bool = False, log=print) -> dict:
     counts = sorted({1, default})
     wls = _study_workloads(quick)
     res: dict = {}
+    loads: dict = {}  # 1-min load average when each block starts: other tenants' load shows up here
     for r in range(rounds):  # idle and busy blocks alternate every round, so drift hits both alike
         for cond in (("idle", "busy") if r % 2 == 0 else ("busy", "idle")):
             ctx = cpu_burner(1) if cond == "busy" else contextlib.nullcontext()
+            loads.setdefault(cond, []).append(os.getloadavg()[0])
             with ctx:
                 for name, wl in wls.items():
                     for t in (counts if r % 2 == 0 else counts[::-1]):
@@ -87,7 +90,7 @@ def threads_study(rounds: int = 3, quick: bool = False, log=print) -> dict:
                             res_ = hand_loop(wl, m)
                         res.setdefault((name, cond, t), []).append(res_["time"] / wl.steps * 1e6)
         log(f"  threads study: round {r + 1}/{rounds} done")
-    out = {"default_threads": default, "rows": []}
+    out = {"default_threads": default, "rows": [], "loadavg": {k: st.mean(v) for k, v in loads.items()}}
     for name, wl in wls.items():
         row = {"workload": name, "params": wl.n_params(), "steps": wl.steps}
         for cond in ("idle", "busy"):
@@ -109,7 +112,9 @@ def thread_sweep(rounds: int = 3, quick: bool = False, log=print) -> dict:
     for h in widths:
         torch.manual_seed(SEED)
         models[h] = nn.Sequential(nn.Linear(784, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10))
+    loads = []
     for _ in range(rounds):
+        loads.append(os.getloadavg()[0])
         for h, m in models.items():
             steps = max(20, int(2_000_000 / (h * 784 + h * h)))
             if quick:
@@ -133,7 +138,7 @@ def thread_sweep(rounds: int = 3, quick: bool = False, log=print) -> dict:
             row[f"t{t}"] = st.median(res[(h, t)])
         rows.append(row)
     log("  thread sweep done")
-    return {"default_threads": default, "rows": rows}
+    return {"default_threads": default, "rows": rows, "loadavg": st.mean(loads)}
 
 
 # -------------------------------------------------------------------------------------------- fused
