@@ -108,8 +108,8 @@ def memory_probe(wname: str, arms: list[str], reps: int) -> dict:
 def run_workload(wl, arms: dict, rounds: int) -> dict:
     import torch
 
-    from .workloads import score
     from .studies import _sub
+    from .workloads import score
 
     default_threads = torch.get_num_threads()
     wl.data()
@@ -219,7 +219,8 @@ def main(argv=None) -> int:
     if not args.no_studies:
         log("threads study ...")
         results["threads"] = studies.threads_study(rounds=2 if args.quick else 3, quick=args.quick, log=log)
-        results["thread_sweep"] = studies.thread_sweep(rounds=2 if args.quick else 3, quick=args.quick, log=log)
+        results["thread_sweep"] = studies.thread_sweep(rounds=2 if args.quick else 3, quick=args.quick,
+                                                       log=log)
         log("fused study ...")
         results["fused"] = studies.fused_study(rounds=3 if args.quick else 5, quick=args.quick, log=log)
         log("micro study ...")

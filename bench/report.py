@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (markdown prose)
 """Render the benchmark results dict as BENCHMARKS.md."""
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def render(res) -> str:
                 gain = base - min(r["us_step"] for r in co["rows"][1:])
                 if gain > 0:
                     be = co["compile_s_model"] / (gain * 1e-6)
-            L.append(f"Break-even: {'%.0f steps' % be if be else 'never (no steady-state gain)'} to pay back "
+            L.append(f"Break-even: {f'{be:.0f} steps' if be else 'never (no steady-state gain)'} to pay back "
                      "the model compile time.\n")
     f = findings(res)
     if f:

@@ -171,7 +171,8 @@ def _fused_study(rounds, quick, log):
     sizes = [2, 325, 9_610, 100_000, 1_000_000, 1_863_690]
     impls = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     out = {"rows": []}
-    for opt_name, cls, kw in (("Adam", torch.optim.Adam, {"lr": 1e-3}), ("SGD", torch.optim.SGD, {"lr": 1e-2})):
+    cases = (("Adam", torch.optim.Adam, {"lr": 1e-3}), ("SGD", torch.optim.SGD, {"lr": 1e-2}))
+    for opt_name, cls, kw in cases:
         for n in sizes:
             ps = _fake_params(n)
             real_n = sum(p.numel() for p in ps)
@@ -253,7 +254,8 @@ MICRO_VARIANTS = {
 }
 
 
-def micro_study(rounds: int = 3, quick: bool = False, log=print, workloads=("W2", "W3"), threads: int = 1) -> dict:
+def micro_study(rounds: int = 3, quick: bool = False, log=print, workloads=("W2", "W3"),
+                threads: int = 1) -> dict:
     with num_threads(threads):
         out = _micro_study(rounds, quick, log, workloads)
     out["threads"] = threads

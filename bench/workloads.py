@@ -9,8 +9,8 @@ up in the tables.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ def w2_data(n_train: int = 180_000, n_val: int = 20_000, seed: int = SEED):
     X = torch.randn(n, 8, generator=g)
     w = torch.randn(8, 1, generator=g)
     y = torch.tanh(X @ w) + 0.5 * torch.sin(X[:, :1] * X[:, 1:2]) + 0.1 * torch.randn(n, 1, generator=g)
-    return (X[:n_train].contiguous(), y[:n_train].contiguous()), (X[n_train:].contiguous(), y[n_train:].contiguous())
+    tr = (X[:n_train].contiguous(), y[:n_train].contiguous())
+    return tr, (X[n_train:].contiguous(), y[n_train:].contiguous())
 
 
 def w3_data():
@@ -63,7 +64,8 @@ def w4_data(n_train: int = 4096, n_val: int = 1024, seed: int = SEED):
     X = torch.randn(n, 784, generator=g)
     teacher = torch.randn(784, 10, generator=g)
     y = (X @ teacher).argmax(1)
-    return (X[:n_train].contiguous(), y[:n_train].contiguous()), (X[n_train:].contiguous(), y[n_train:].contiguous())
+    tr = (X[:n_train].contiguous(), y[:n_train].contiguous())
+    return tr, (X[n_train:].contiguous(), y[n_train:].contiguous())
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -82,7 +84,8 @@ def w3_model():
 
 
 def w4_model():
-    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                         nn.Linear(1024, 10))
 
 
 # -------------------------------------------------------------------------------------------- specs
