@@ -166,6 +166,15 @@ def render(res) -> str:
                      "idle if that number is well below 1.\n")
         else:
             L.append("\n(ratio < 1: one thread is faster.)\n")
+    for ex in res.get("threads_extra", []):
+        d = ex["default_threads"]
+        L.append(f"Same table, {ex.get('label', 'another run')}:\n")
+        L.append(_table(["workload", "params", "idle 1 thr", f"idle {d} thr", "idle 1/default",
+                         "busy 1 thr", f"busy {d} thr", "busy 1/default"],
+                        [(r["workload"], f"{r['params']:,}", _f(r["idle_t1"], 1), _f(r[f"idle_t{d}"], 1),
+                          _f(r["idle_t1"] / r[f"idle_t{d}"], 2), _f(r["busy_t1"], 1), _f(r[f"busy_t{d}"], 1),
+                          _f(r["busy_t1"] / r[f"busy_t{d}"], 2)) for r in ex["rows"]]))
+        L.append("")
     sw = res.get("thread_sweep")
     if sw:
         d = sw["default_threads"]
@@ -289,10 +298,15 @@ def findings(res) -> list[str]:
         else:
             out.append(f"With no burner of ours (load average {sw.get('loadavg', float('nan')):.2f}), {d} threads "
                        "never beat 1 thread by >15% in the size sweep.")
+    for ex in res.get("threads_extra", []):
+        d = ex["default_threads"]
+        out.append("Quieter run (" + ex.get("label", "") + "): " + "; ".join(
+            f"{r['workload']}: idle {r['idle_t1'] / r[f'idle_t{d}']:.2f}, busy {r['busy_t1'] / r[f'busy_t{d}']:.2f}"
+            for r in ex["rows"]) + ". Only the 1.9M-param W4 gains from 2 threads on a quiet box.")
     out.append("**Proposed thread policy:** `threads=\"auto\"`: `torch.set_num_threads(1)` while training when the "
                "model has < 100k parameters (restore the previous value after `fit`), leave torch's default above; "
-               "`Trainer(threads=N)` overrides. Small models lose little or nothing on an idle box and win "
-               "several-fold on a busy one.")
+               "`Trainer(threads=N)` overrides. Small models lose 5-20% on a quiet box and win "
+               "5-10x as soon as anything else competes for a core (the common case on laptops, CI and shared boxes).")
     fu = res.get("fused")
     if fu:
         def rng(opt):
