@@ -7,6 +7,7 @@ checkpoint of that state plus the RNGs resumes a run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -158,7 +159,6 @@ class Trainer:
             from .checkpoint import Checkpointer
 
             self.checkpointer = Checkpointer(cfg.run_dir, cfg)
-        self._set_threads()
 
     # ------------------------------------------------------------------ properties
 
@@ -180,15 +180,27 @@ class Trainer:
         if not self.config.quiet:
             print(msg, file=sys.stdout, flush=True)
 
-    def _set_threads(self) -> None:
-        if self.device.type != "cpu":
+    @contextlib.contextmanager
+    def _threads(self):
+        """The intra-op thread policy, applied while fitloop computes and restored afterwards.
+
+        Small models (< `SMALL_MODEL_PARAMS` parameters) on the CPU run with one thread: their ops
+        are too small to split, and on a busy machine a split op waits for a descheduled thread
+        (measured 5-12x slower per step on 2 shared cores; BENCHMARKS.md). `threads=N` overrides.
+        """
+        prev = torch.get_num_threads()
+        want = self.config.threads
+        if want is None and self.device.type == "cpu" and prev > 1 \
+                and sum(p.numel() for p in self._params) < SMALL_MODEL_PARAMS:
+            want = 1
+        if want is None or want == prev:
+            yield
             return
-        if self.config.threads is not None:
-            torch.set_num_threads(self.config.threads)
-        elif sum(p.numel() for p in self._params) < SMALL_MODEL_PARAMS and torch.get_num_threads() > 1:
-            # Small ops split across threads mostly wait on each other (and on a busy machine on a
-            # descheduled thread); one thread is faster for small models. Override with threads=.
-            torch.set_num_threads(1)
+        torch.set_num_threads(want)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(prev)
 
     # ------------------------------------------------------------------ data
 
@@ -255,10 +267,8 @@ class Trainer:
             `val_` metrics when validating, `lr` and `time` (seconds).
         """
         guard = getattr(self.checkpointer, "guard", None)  # run directory: status, signals, bundle
-        if guard is not None:
-            with guard(self):
-                return self._fit(train, val)
-        return self._fit(train, val)
+        with self._threads(), (guard(self) if guard is not None else contextlib.nullcontext()):
+            return self._fit(train, val)
 
     def resume(self, train, val=None, *, run_dir: str | None = None, checkpoint: str | None = None,
                force: bool = False) -> list[dict[str, Any]]:
@@ -586,7 +596,8 @@ class Trainer:
             A dict of floats: `loss` plus accuracy/F1/precision/recall (and `confusion_matrix`, a
             nested list) for classification, or MSE/RMSE/MAE/R2 for regression.
         """
-        logs = self._evaluate_batches(self._batches(data, train=False))
+        with self._threads():
+            logs = self._evaluate_batches(self._batches(data, train=False))
         self.last_metrics = {k: to_python(v) for k, v in logs.items()}
         return self.last_metrics
 
@@ -605,7 +616,8 @@ class Trainer:
             raise ValueError(f"predict: output must be 'raw', 'class' or 'proba', got {output!r}.")
         if isinstance(X, (torch.Tensor, np.ndarray, list)):
             X = Split(as_tensor(X, "X"), None)
-        out, _ = self._run_eval(self._batches(X, train=False), inference=True)
+        with self._threads():
+            out, _ = self._run_eval(self._batches(X, train=False), inference=True)
         out = out.float()
         if output == "raw":
             return out.cpu()

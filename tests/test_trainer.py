@@ -267,3 +267,26 @@ def test_sparse_adam_and_muon_with_models_that_fit_them():
     tr = fl.Trainer(nn.Linear(8, 4, bias=False), optimizer="muon", lr=0.05, epochs=30, batch_size=64, quiet=True)
     hist = tr.fit((X, X @ W.T))
     assert hist[-1]["loss"] < hist[0]["loss"] * 0.5
+
+
+def test_small_models_train_with_one_thread_and_the_setting_is_restored(regression_data):
+    X, y = regression_data
+    seen = []
+
+    class Threads(fl.Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append(torch.get_num_threads())
+
+    torch.set_num_threads(2)
+    fl.Trainer(nn.Linear(3, 1), epochs=1, quiet=True, callbacks=[Threads()]).fit((X, y))
+    fl.Trainer(nn.Linear(3, 1), epochs=1, quiet=True, threads=2, callbacks=[Threads()]).fit((X, y))
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == 2  # the user's setting is back after fit
+
+
+def test_adam_is_fused_by_default_sgd_is_not():
+    m = nn.Linear(3, 1)
+    assert fl.Trainer(m, optimizer="adam", quiet=True).optimizer.defaults["fused"] is True
+    assert fl.Trainer(m, optimizer="adamw", fused=False, quiet=True).optimizer.defaults["fused"] in (None, False)
+    assert fl.Trainer(m, optimizer="sgd", quiet=True).optimizer.defaults["fused"] in (None, False)
+    assert fl.Trainer(m, optimizer=("adam", {"foreach": True}), quiet=True).optimizer.defaults["foreach"] is True
