@@ -118,7 +118,8 @@ def render(res) -> str:
                  f"(cwd = repo root). `import fitloop` pulls in torch: {imp['fitloop_imports_torch']}.\n")
         L.append(_table(["command", "median s"], [
             ("`python -c pass`", _f(imp["python"])), ("`import torch`", _f(imp["torch"])),
-            ("`import fitloop`", _f(imp["fitloop"])),
+            ("`import fitloop` (lazy: torch not imported yet)", _f(imp.get("fitloop_lazy", float("nan")))),
+            ("`import fitloop; fitloop.Trainer; fitloop.split; fitloop.load` (imports torch)", _f(imp["fitloop"])),
             ("fitloop − torch (paired median; target <= 0.15)", _f(imp["fitloop_minus_torch"]))]))
         L.append("")
 

@@ -61,7 +61,7 @@ class MetricSet:
             # Logits, not probabilities: threshold 0.5 on sigmoid(logit) == logit > 0.
             preds = (logits > 0).long()
             res["accuracy"] = (preds == target).float().mean()
-            kw = {"task": "binary"}
+            kw = {"task": "binary", "validate_args": False}  # our own tensors: skip the checks (2x faster)
             res["f1"] = F.f1_score(preds, target, **kw)
             res["precision"] = F.precision(preds, target, **kw)
             res["recall"] = F.recall(preds, target, **kw)
@@ -70,7 +70,7 @@ class MetricSet:
             nc = out.shape[-1]
             target = y.argmax(-1) if y.shape == out.shape and y.is_floating_point() else y.long()
             preds = out.argmax(-1)
-            kw = {"task": "multiclass", "num_classes": nc}
+            kw = {"task": "multiclass", "num_classes": nc, "validate_args": False}
             res["accuracy"] = (preds == target).float().mean()
             res["f1"] = F.f1_score(preds, target, average="macro", **kw)
             res["precision"] = F.precision(preds, target, average="macro", **kw)

@@ -335,6 +335,7 @@ class Trainer:
         self._metric_set = None
         self._check_on_cpu = self.device.type == "cpu"
         self._finite_buffers = (torch.zeros(1, device=self.device), torch.ones(1, device=self.device))
+        self._named_params = list(self.model.named_parameters())  # once per fit: the check runs every step
 
     def _train_epoch(self, batches) -> dict[str, Any]:
         """Run the steps of one epoch from `state.batch` on; return the train logs (tensors)."""
@@ -511,7 +512,7 @@ class Trainer:
         if not skip and not self._check_on_cpu:
             return True  # accelerators: no per-step sync; the epoch-end check catches it
         loss_ok = math.isfinite(loss.item())
-        bad_param = _nonfinite_grad(self.model, *self._finite_buffers)
+        bad_param = _nonfinite_grad(self._named_params, *self._finite_buffers)
         if loss_ok and bad_param is None:
             return True
         st = self.state
@@ -680,23 +681,25 @@ def _mean_loss(losses: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
     return (stacked * w).sum() / sum(sizes)
 
 
-def _nonfinite_grad(model: nn.Module, found: torch.Tensor, one: torch.Tensor) -> str | None:
+def _nonfinite_grad(named_params: list[tuple[str, nn.Parameter]], found: torch.Tensor,
+                    one: torch.Tensor) -> str | None:
     """The name of the first parameter whose gradient holds NaN/inf, or None.
 
     One fused check over all dense gradients first (torch's AMP non-finite check, ~6 us for a small
     model on CPU, with a scale of 1 so the gradients are unchanged); the per-parameter search runs
     only on a hit. Sparse gradients (SparseAdam) are checked through their values.
     """
-    dense = [p.grad for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
-    sparse = [p.grad._values() for p in model.parameters() if p.grad is not None and p.grad.is_sparse]
+    grads = [p.grad for _, p in named_params if p.grad is not None]
+    dense = [g for g in grads if not g.is_sparse]
+    sparse = [g._values() for g in grads if g.is_sparse]
     found.zero_()
     if dense:
         torch._amp_foreach_non_finite_check_and_unscale_(dense, found, one)
     if found.item() == 0 and all(torch.isfinite(v).all() for v in sparse):
         return None
     values = lambda g: g._values() if g.is_sparse else g
-    return next((n for n, p in model.named_parameters()
-                 if p.grad is not None and not torch.isfinite(values(p.grad)).all()), None)
+    return next((n for n, p in named_params if p.grad is not None and not torch.isfinite(values(p.grad)).all()),
+                None)
 
 
 def _eval_batch_size(batch_size: int | None, n: int) -> int | None:
