@@ -351,11 +351,14 @@ class Trainer:
         n_batches = len(batches)
         batch_end = [cb for cb in self.callbacks if cbmod.overrides(cb, "on_train_batch_end")]
         ckpt = self.checkpointer
+        in_memory = isinstance(batches, TensorBatches)
+        k = self.config.accumulate
+        self._last_micro, self._accum_weight = True, 1.0
         for batch in batches.epoch(self.generator, st.batch):
-            x, y = batch if isinstance(batches, TensorBatches) else self._to_device(batch)
-            self._last_micro = self.config.accumulate == 1 or (st.batch + 1) % self.config.accumulate == 0 \
-                or st.batch + 1 == n_batches
-            self._accum_weight = self._accum_share(batches, st.batch, len(x))
+            x, y = batch if in_memory else self._to_device(batch)
+            if k > 1:
+                self._last_micro = (st.batch + 1) % k == 0 or st.batch + 1 == n_batches
+                self._accum_weight = self._accum_share(batches, st.batch, len(x))
             loss, out = self.train_step((x, y))
             st.epoch_losses.append(loss)
             st.epoch_sizes.append(len(x))
