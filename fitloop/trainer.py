@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import sys
 import time
@@ -270,11 +271,31 @@ class Trainer:
         with self._threads(), (guard(self) if guard is not None else contextlib.nullcontext()):
             return self._fit(train, val)
 
-    def resume(self, train, val=None, *, run_dir: str | None = None, checkpoint: str | None = None,
+    def resume(self, *args, run_dir: str | None = None, checkpoint: str | None = None,
                force: bool = False) -> list[dict[str, Any]]:
-        """Continue a run from its latest good checkpoint; see `fitloop.checkpoint.resume`."""
+        """Continue a run from its latest good checkpoint and finish it.
+
+        Call it on a Trainer built with the same model, loss, optimizer, callbacks and settings, with
+        the same data as `fit`: `trainer.resume(train, val)` (the run directory is the Trainer's
+        `run_dir`) or `trainer.resume("runs/exp1", train, val)`.
+
+        Args:
+            *args: `[run_dir,] train[, val]`.
+            run_dir: the run directory, when not the Trainer's own.
+            checkpoint: a specific checkpoint file instead of the latest good one.
+            force: resume even when the config or the data changed since the checkpoint.
+
+        Returns:
+            The full history, the epochs before the interruption included.
+        """
         from .checkpoint import resume
 
+        if args and isinstance(args[0], (str, os.PathLike)):
+            run_dir, args = str(args[0]), args[1:]
+        if not 1 <= len(args) <= 2:
+            raise TypeError("resume: pass the training data (and the validation data) as to fit(): "
+                            "trainer.resume(train, val) or trainer.resume('runs/exp1', train, val).")
+        train, val = args[0], (args[1] if len(args) > 1 else None)
         return resume(self, train, val, run_dir=run_dir, checkpoint=checkpoint, force=force)
 
     def _fit(self, train, val=None) -> list[dict[str, Any]]:

@@ -498,3 +498,13 @@ def test_sparse_gradients_pass_the_finite_check(tmp_path):
     x = torch.randint(0, 10, (32, 1))
     t.fit((x, torch.randn(32, 1)))
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_takes_the_run_directory_first(tmp_path):
+    train, val = _data()
+    _trainer(tmp_path / "run", epochs=2).fit(train, val)
+    t = _trainer(None, epochs=2)  # no run_dir of its own: the path names the run
+    hist = t.resume(str(tmp_path / "run"), train, val)  # a finished run: restored, nothing left to train
+    assert [h["epoch"] for h in hist] == [1, 2] and t.state.epoch == 2
+    with pytest.raises(TypeError, match=r"trainer.resume\(train, val\)"):
+        t.resume()
