@@ -290,3 +290,18 @@ def test_adam_is_fused_by_default_sgd_is_not():
     assert fl.Trainer(m, optimizer="adamw", fused=False, quiet=True).optimizer.defaults["fused"] in (None, False)
     assert fl.Trainer(m, optimizer="sgd", quiet=True).optimizer.defaults["fused"] in (None, False)
     assert fl.Trainer(m, optimizer=("adam", {"foreach": True}), quiet=True).optimizer.defaults["foreach"] is True
+
+
+def test_training_with_metrics_imports_neither_torchmetrics_nor_scipy():
+    """The built-in metrics are plain reductions: a run does not pay torchmetrics' ~2 s / 100 MB import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, fitloop as fl\n"
+            "X = torch.randn(64, 3); y = torch.randint(0, 3, (64,))\n"
+            "t = fl.Trainer(torch.nn.Linear(3, 3), loss='cross_entropy', epochs=2, quiet=True)\n"
+            "t.fit((X, y), (X, y)); t.evaluate((X, y))\n"
+            "print(sorted(m for m in ('torchmetrics', 'scipy', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
