@@ -4,7 +4,7 @@
     fitloop predict runs/price new.csv -o preds.csv
     fitloop evaluate runs/price labelled.csv --json
 
-Heavy modules (torch, pyarrow, rich, torchmetrics) are imported inside the commands. Bad input is
+Heavy modules (torch, pyarrow, rich) are imported inside the commands. Bad input is
 reported as one line on stderr (`fitloop: error: ...`) with exit code 2; `--debug` adds the traceback.
 """
 
