@@ -368,7 +368,8 @@ class Trainer:
         else:  # resuming mid-epoch: replay the epoch's permutation from its start
             self.generator.set_state(st.epoch_generator_state)
             self._outputs = getattr(self, "_outputs", [])
-        self.model.train()
+        if not self.model.training:  # validation puts it back after itself; this is for a first fit
+            self.model.train()
         n_batches = len(batches)
         batch_end = [cb for cb in self.callbacks if cbmod.overrides(cb, "on_train_batch_end")]
         ckpt = self.checkpointer
@@ -382,7 +383,7 @@ class Trainer:
                 self._accum_weight = self._accum_share(batches, st.batch, len(x))
             loss, out = self.train_step((x, y))
             st.epoch_losses.append(loss)
-            st.epoch_sizes.append(len(x))
+            st.epoch_sizes.append(x.shape[0])
             if self._keep_outputs:
                 self._outputs.append((out, y))
             st.batch += 1
