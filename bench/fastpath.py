@@ -439,8 +439,9 @@ def render(res, second, warm1, graphs, prof, args) -> str:
         f"Unprofiled: {prof['unprofiled_us']:.1f} us/step; under the profiler: {prof['profiled_wall_us']:.1f} "
         f"us/step (the profiler roughly doubles per-op cost, so read the split as proportions). Per step, per "
         f"phase: ATen self = time inside `aten::` ops (kernel + per-op dispatch); torch ranges = self time of "
-        f"torch's own non-ATen ranges (`Optimizer.step` Python, autograd engine/node bookkeeping); Python = time "
-        f"in the phase but in no op or range (user-level Python, module __call__, hooks checks)."
+        f"torch's own non-ATen ranges (`Optimizer.step` Python, autograd engine/node bookkeeping); outside ops = "
+        f"time in the phase but in no op or range (user Python, nn.Module __call__; in backward mostly the C++ "
+        f"autograd engine)."
     )
     L.append("")
     L.append("| phase | wall us | ATen self us | torch ranges us | outside ops us | aten ops/step |")
