@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (markdown prose in f-strings)
 """Fast-path study on W2 (``python -m bench.fastpath``): how close can a compiled step get to 0.5x the hand loop?
 
 W2 = MLP 8-16-10-1, batch 64, Adam lr 1e-3, MSE, at 1 intra-op thread.  Every candidate trains its own copy of
@@ -361,7 +362,6 @@ def profile_eager(steps=200):
         wall = (time.perf_counter() - t0) / steps * 1e6
     evs = prof.events()
     phases = {}
-    nops = {}
     top_ops = {}
 
     def phase_of(e):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def _f(x, nd=3):
     if x is None:
@@ -242,6 +244,10 @@ def render(res) -> str:
         L.append("## Findings → proposed fitloop defaults (computed from the numbers above)\n")
         L += [f"- {x}" for x in f]
         L.append("")
+    for extra in ("ANALYSIS.md", "FASTPATH.md"):  # hand-written analysis and the fast-path study
+        path = Path(__file__).parent / extra
+        if path.is_file():
+            L.append(path.read_text().rstrip() + "\n")
     L.append("## Method notes\n")
     L.append("- All arms of a workload run in one process, interleaved: round r runs every arm back to back "
              "(start arm rotated each round), after an untimed warm-up of every arm on a short version. "
