@@ -28,8 +28,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
+# A few minutes: 3 interleaved rounds of W1-W4 (+ compile arm), import time, memory. The slower side studies
+# (threads, fused optimizers, loop details) run with `$(PY) -m bench`; their last results are kept.
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench --rounds 3 --no-studies --compile-arm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -232,6 +232,13 @@ def main(argv=None) -> int:
             log("compile study ...")
             results["compile"] = studies.compile_study(steps=500 if args.quick else 1500,
                                                        rounds=2 if args.quick else 3, log=log)
+    else:  # keep the studies of the last full run, so BENCHMARKS.md stays complete
+        last = ROOT / "bench" / "last_results.json"
+        if last.is_file():
+            previous = json.loads(last.read_text())
+            for key in ("threads", "threads_extra", "thread_sweep", "fused", "micro", "compile"):
+                if key in previous:
+                    results[key] = previous[key]
     torch.set_num_threads(results["machine"]["torch_threads"])
     try:
         results["machine"]["loadavg_end"] = os.getloadavg()
@@ -240,6 +247,7 @@ def main(argv=None) -> int:
     results["elapsed_s"] = time.perf_counter() - t_start
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    (ROOT / "bench" / "last_results.json").write_text(json.dumps(results, indent=1, default=str))
     Path(args.output).write_text(report.render(results))
     log(f"wrote {args.output} in {results['elapsed_s']:.0f}s")
     return 0
