@@ -219,6 +219,12 @@ def main(argv=None) -> int:
         log("memory (W2, one subprocess per arm) ...")
         results["memory"] = memory_probe("W2", [a for a in arms if a != "compile"], 1 if args.quick else 2)
 
+    if torch.cuda.is_available():
+        from . import gpu
+
+        log("GPU section (W2, W4 on the device) ...")
+        results["gpu"] = gpu.run(rounds, log)
+
     if not args.no_studies:
         log("threads study ...")
         results["threads"] = studies.threads_study(rounds=2 if args.quick else 3, quick=args.quick, log=log)

@@ -244,6 +244,15 @@ def render(res) -> str:
         L.append("## Findings → proposed fitloop defaults (computed from the numbers above)\n")
         L += [f"- {x}" for x in f]
         L.append("")
+    if res.get("gpu"):
+        from .gpu import render as render_gpu
+
+        L += render_gpu(res["gpu"])
+    else:
+        L.append("## GPU\n")
+        L.append("No CUDA device was present for this run, so the GPU section (W2 and W4 with the data resident on "
+                 "the device: `hand`, `hand_fused`, `fitloop`) did not run. `python -m bench` runs it "
+                 "automatically when `torch.cuda.is_available()`.\n")
     for extra in ("ANALYSIS.md", "FASTPATH.md"):  # hand-written analysis and the fast-path study
         path = Path(__file__).parent / extra
         if path.is_file():
