@@ -319,6 +319,12 @@ class Trainer:
             logs["lr"] = float(self._epoch_lr)  # the lr of the epoch's last step (before an epoch schedule)
             self._step_scheduler_epoch(logs)
             logs = {"epoch": st.epoch, **{k: to_python(v) for k, v in logs.items()}}
+            if not self._check_on_cpu and not math.isfinite(logs["loss"]) and self.config.on_nonfinite == "stop":
+                raise NonFiniteError(
+                    f"Training stopped after epoch {st.epoch}: the epoch's loss is {logs['loss']}. On "
+                    f"{self.device.type} the loss is checked once per epoch (a per-step check would sync the "
+                    "device every step); pass on_nonfinite='skip' to check and skip every step. The last good "
+                    "checkpoint was kept. Try a lower learning rate, or check the data for NaN/inf.")
             logs["time"] = st.epoch_time + time.perf_counter() - t0
             st.epoch_time = 0.0
             self.history.append(logs)
@@ -535,7 +541,7 @@ class Trainer:
         """
         skip = self.config.on_nonfinite == "skip"
         if not skip and not self._check_on_cpu:
-            return True  # accelerators: no per-step sync; the epoch-end check catches it
+            return True  # accelerators: no per-step sync; `_fit` checks the epoch's loss instead
         loss_ok = math.isfinite(loss.item())
         bad_param = _nonfinite_grad(self._named_params, *self._finite_buffers)
         if loss_ok and bad_param is None:

@@ -305,3 +305,19 @@ def test_training_with_metrics_imports_neither_torchmetrics_nor_scipy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_on_accelerators_a_nonfinite_loss_stops_at_the_epoch_end():
+    """Off the CPU there is no per-step check (it would sync the device); the epoch's loss is checked."""
+
+    class AcceleratorLike(fl.Trainer):
+        def _setup_fit(self, batches):
+            super()._setup_fit(batches)
+            self._check_on_cpu = False  # behave as on CUDA
+
+    X = torch.randn(32, 2)
+    X[5, 0] = float("nan")
+    t = AcceleratorLike(nn.Linear(2, 1), epochs=3, batch_size=8, quiet=True)
+    with pytest.raises(fl.NonFiniteError, match=r"after epoch 1: the epoch's loss is nan.*once per epoch"):
+        t.fit((X, torch.randn(32)))
+    assert t.history == []
