@@ -319,12 +319,13 @@ class Trainer:
             logs["lr"] = float(self._epoch_lr)  # the lr of the epoch's last step (before an epoch schedule)
             self._step_scheduler_epoch(logs)
             logs = {"epoch": st.epoch, **{k: to_python(v) for k, v in logs.items()}}
-            if not self._check_on_cpu and not math.isfinite(logs["loss"]) and self.config.on_nonfinite == "stop":
+            per_step_checked = self._check_on_cpu and not self._needs_closure
+            if not per_step_checked and not math.isfinite(logs["loss"]) and self.config.on_nonfinite == "stop":
                 raise NonFiniteError(
                     f"Training stopped after epoch {st.epoch}: the epoch's loss is {logs['loss']}. On "
-                    f"{self.device.type} the loss is checked once per epoch (a per-step check would sync the "
-                    "device every step); pass on_nonfinite='skip' to check and skip every step. The last good "
-                    "checkpoint was kept. Try a lower learning rate, or check the data for NaN/inf.")
+                    f"{self.device.type} (or with a closure optimizer such as LBFGS) the loss is checked once per "
+                    "epoch (a per-step check would sync the device every step). The last good checkpoint was "
+                    "kept. Try a lower learning rate, or check the data for NaN/inf.")
             logs["time"] = st.epoch_time + time.perf_counter() - t0
             st.epoch_time = 0.0
             self.history.append(logs)

@@ -321,3 +321,11 @@ def test_on_accelerators_a_nonfinite_loss_stops_at_the_epoch_end():
     with pytest.raises(fl.NonFiniteError, match=r"after epoch 1: the epoch's loss is nan.*once per epoch"):
         t.fit((X, torch.randn(32)))
     assert t.history == []
+
+
+def test_lbfgs_nonfinite_loss_is_caught_at_the_epoch_end():
+    X = torch.randn(16, 2)
+    X[3, 1] = float("inf")
+    t = fl.Trainer(nn.Linear(2, 1), optimizer="lbfgs", lr=0.5, epochs=2, batch_size=None, quiet=True)
+    with pytest.raises(fl.NonFiniteError, match=r"after epoch 1: the epoch's loss is (nan|inf).*LBFGS"):
+        t.fit((X, torch.randn(16)))
