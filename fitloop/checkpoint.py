@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .io import _unwrap, _versions, check_state_shapes
+from .config import RUN_FORMAT
+from .io import _unwrap, _versions, atomic_write_bytes, check_state_shapes, write_json_atomic
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -59,13 +60,6 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM
 RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs")
 _CKPT_RE = re.compile(r"^ckpt-(\d{6,})-e(\d+)-s(\d+)\.safetensors$")
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-# Test hook: called with the temporary path after the first part of a checkpoint is written.
-_on_partial_write = None
-
-
-RUN_FORMAT = "fitloop-run"  # run.json's "format": what `fitloop predict/evaluate/resume/report` look for
 
 
 class CheckpointError(RuntimeError):
@@ -95,44 +89,9 @@ class RunInterrupted(SystemExit):
         return self.message
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory (`.NAME.<random>.tmp`), fsync, rename, fsync the directory."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            if _on_partial_write is not None:
-                f.flush()
-                _on_partial_write(tmp)
-            f.write(data[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+# Atomic files: one implementation, in fitloop.io (its `_on_partial_write` hook is what tests use).
+atomic_write = atomic_write_bytes
+_write_json = write_json_atomic
 
 
 def _now() -> str:

@@ -14,6 +14,8 @@ __all__ = ["TrainConfig", "RunConfig", "DataSection", "ModelSection", "TrainSect
            "resolve_run_config", "load_toml", "parse_set"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# run.json's "format": what `fitloop predict/evaluate/resume/report` look for (here: no torch import needed).
+RUN_FORMAT = "fitloop-run"
 
 
 @dataclass

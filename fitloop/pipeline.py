@@ -35,12 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, RunConfig
+from .config import RUN_FORMAT, ConfigError, RunConfig
 
 __all__ = ["RunResult", "LoadedRun", "train_table", "load_run", "predict_file", "evaluate_file",
            "RUN_FORMAT", "NotARunError"]
 
-RUN_FORMAT = "fitloop-run"  # the same string as checkpoint.RUN_FORMAT (kept here so the CLI need not import torch)
 RUN_FORMAT_VERSION = 1
 PREDICT_BATCH = 65536
 
@@ -379,7 +378,9 @@ def _merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
-    path.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+    from .io import write_json_atomic
+
+    write_json_atomic(path, obj, indent)
 
 
 # ------------------------------------------------------------------------------- predict / evaluate
