@@ -43,7 +43,9 @@ class TrainConfig:
         clip_grad_norm: clip the global gradient norm to this value (the norm is logged).
         clip_grad_value: clip each gradient element to `[-v, v]`.
         precision: `"fp32"`, `"bf16"` (autocast on CPU and CUDA) or `"fp16"` (CUDA, with GradScaler).
-        compile: run the model through `torch.compile`.
+        compile: `True` (or `"model"`) runs the model through `torch.compile`; `"step"` compiles
+            the whole training step (forward, loss, gradients, clipping, Adam/AdamW/SGD update)
+            into one graph, the fast path for small models (see `fitloop.compiled_step`).
         penalty: `("l1" | "l2", strength)` added to the training loss, or `None`.
         input_noise: standard deviation of Gaussian noise added to float inputs in training only.
         train_metrics: compute task metrics on the training batches each epoch; `None` = on,
@@ -78,7 +80,7 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = False
     penalty: tuple[str, float] | None = None
     input_noise: float = 0.0
     train_metrics: bool | None = None
@@ -149,6 +151,9 @@ class TrainConfig:
             bad("checkpoint_every_steps", self.checkpoint_every_steps, "pass a whole number >= 1 or None.")
         if self.keep_last < 1:
             bad("keep_last", self.keep_last, "keep at least 1 checkpoint.")
+        if self.compile not in (False, True, "model", "step"):
+            bad("compile", self.compile, "pass True or 'model' (compile the model), 'step' (compile the whole "
+                "training step) or False.")
         if self.threads is not None and self.threads < 1:
             bad("threads", self.threads, "pass a whole number >= 1 or None.")
 

@@ -149,7 +149,8 @@ class Trainer:
         self.stop_reason: str | None = None
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self._forward = torch.compile(self.model) if cfg.compile else self.model
+        self._forward = torch.compile(self.model) if cfg.compile in (True, "model") else self.model
+        self._compiled_step = None  # compile="step": built by _setup_fit (fitloop.compiled_step)
         self._params = trainable
         self._seeded = False
         self._metric_set: MetricSet | None = None
@@ -364,6 +365,15 @@ class Trainer:
         self._check_on_cpu = self.device.type == "cpu"
         self._finite_buffers = (torch.zeros(1, device=self.device), torch.ones(1, device=self.device))
         self._named_params = list(self.model.named_parameters())  # once per fit: the check runs every step
+        if cfg.compile == "step":
+            from .compiled_step import CompiledStep, unsupported
+
+            reason = unsupported(self, train_batches)
+            if reason:
+                raise ValueError(f"compile='step': {reason}. Use compile=True (compiles the model only) or "
+                                 "compile=False for this run.")
+            if self._compiled_step is None:
+                self._compiled_step = CompiledStep(self)
 
     def _train_epoch(self, batches) -> dict[str, Any]:
         """Run the steps of one epoch from `state.batch` on; return the train logs (tensors)."""
@@ -454,6 +464,8 @@ class Trainer:
         """
         x, y = batch
         cfg = self.config
+        if self._compiled_step is not None and self._compiled_step.ready():
+            return self._compiled_train_step(x, y)
         if cfg.input_noise and x.is_floating_point():
             x = x + cfg.input_noise * torch.randn_like(x)
         if self._needs_closure:
@@ -473,6 +485,22 @@ class Trainer:
         if self._last_micro:
             self._optimizer_step(loss)
         return loss.detach(), out.detach()
+
+    def _compiled_train_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same step as one compiled graph (`compile="step"`, see fitloop.compiled_step)."""
+        loss, out, finite, norm = self._compiled_step(x, y)
+        if norm is not None:
+            self._grad_norms.append(norm.detach())
+        if (self._check_on_cpu or self.config.on_nonfinite == "skip") and not finite.all().item():
+            # the graph changed nothing: report it as the eager step would
+            flags = finite.tolist()
+            bad = next((n for n, f in zip(self._compiled_step.all_names, flags) if not f), None)
+            self._nonfinite(loss, flags[-1], bad)
+            return loss, out
+        self.state.step += 1
+        self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        self._step_scheduler_batch()
+        return loss, out
 
     def _accum_share(self, batches, i: int, rows: int) -> float:
         """The weight of micro-batch `i` in its accumulation group: its share of the group's rows, so
@@ -547,13 +575,19 @@ class Trainer:
         bad_param = _nonfinite_grad(self._named_params, *self._finite_buffers)
         if loss_ok and bad_param is None:
             return True
+        self.optimizer.zero_grad(set_to_none=True)
+        self._nonfinite(loss, loss_ok, bad_param)
+        return False
+
+    def _nonfinite(self, loss: torch.Tensor, loss_ok: bool, bad_param: str | None) -> None:
+        """A step with a NaN/inf loss or gradient: count it (on_nonfinite="skip") or raise."""
         st = self.state
+        skip = self.config.on_nonfinite == "skip"
         what = (f"the loss is {loss.item()}" if not loss_ok
                 else f"the gradient of parameter {bad_param!r} is not finite")
         if skip:
             st.skipped_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
+            return
         where = f"epoch {st.epoch + 1}, step {st.batch + 1} of the epoch (global step {st.step + 1})"
         grad_note = f"; the gradient of {bad_param!r} is not finite too" if bad_param and not loss_ok else ""
         raise NonFiniteError(f"Training stopped at {where}: {what}{grad_note}. The last good checkpoint was "

@@ -1,0 +1,281 @@
+"""`compile="step"`: the whole training step as one `torch.compile` graph.
+
+`torch.compile(model)` (`compile=True`) only fuses the forward and backward kernels; on small
+models the step's time is framework glue around them: the autograd engine, `Optimizer.step`'s
+Python, per-op dispatch (bench/FASTPATH.md has the profile). This module compiles forward, loss,
+gradients (`torch.func.grad`), gradient clipping, the NaN/inf check and the optimizer update
+(Adam, AdamW or SGD written as tensor ops, torch's formulas) into ONE graph, called once per step.
+
+The optimizer stays the user's `torch.optim` object: its `param_groups` (lr, betas, weight decay,
+momentum...) are read before every step, so schedulers work, and its state tensors (`step`,
+`exp_avg`, `exp_avg_sq`, `momentum_buffer`) are updated in place, so checkpoints, exact resume and
+`optimizer.state_dict()` are unchanged. State that does not exist yet is created by one ordinary
+eager step (the run's first), exactly as torch creates it.
+
+A step with a NaN/inf loss or gradient changes nothing (every update is masked inside the graph);
+the Trainer then raises or counts the skipped step as in eager mode.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import torch
+
+__all__ = ["CompiledStep", "unsupported"]
+
+_KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
+
+
+def unsupported(trainer, batches) -> str | None:
+    """Why `compile="step"` cannot run this configuration, or None when it can."""
+    from .data import TensorBatches
+
+    cfg = trainer.config
+    opt = trainer.optimizer
+    if type(opt) not in _KINDS:
+        return (f"the optimizer is {type(opt).__name__}; the compiled step implements Adam, AdamW and SGD "
+                "(by name or instance)")
+    for g in opt.param_groups:
+        if g.get("differentiable") or g.get("capturable"):
+            return "the optimizer was created with differentiable=True or capturable=True"
+    if not isinstance(batches, TensorBatches):
+        return ("the training data is a Dataset/DataLoader; the compiled step needs in-memory tensors "
+                "((X, y) or a Split)")
+    if cfg.accumulate > 1:
+        return "accumulate > 1 (gradient accumulation)"
+    if trainer.scaler is not None:
+        return "precision='fp16' (GradScaler)"
+    if any(not p.is_floating_point() or p.is_sparse for p in trainer._params):
+        return "a parameter is sparse or not floating point"
+    norms = [type(m).__name__ for m in trainer.model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats]
+    if norms:
+        return (f"the model has a {norms[0]} layer, whose running statistics change in training; the "
+                "compiled step does not update module buffers")
+    if type(trainer).train_step is not _base_train_step():
+        return "Trainer.train_step is overridden (the compiled step would bypass the override)"
+    return None
+
+
+def _base_train_step():
+    from .trainer import Trainer
+
+    return Trainer.train_step
+
+
+class CompiledStep:
+    """One training step (forward, loss, gradients, clipping, update) compiled as one graph.
+
+    Call `ready()` before each step: False means the optimizer state does not exist yet and the
+    Trainer takes an eager step instead. Calling it with a batch returns `(loss, output, finite,
+    grad_norm)`: `finite` is a bool tensor, one per parameter and the loss's last; `grad_norm` is
+    None unless clipping is on.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.opt = opt = trainer.optimizer
+        self.kind = _KINDS[type(opt)]
+        by_id = {id(p): n for n, p in trainer.model.named_parameters()}
+        self.groups = [[p for p in g["params"] if p.requires_grad] for g in opt.param_groups]
+        self.names = [[by_id[id(p)] for p in ps] for ps in self.groups]
+        self.all_names = [n for ns in self.names for n in ns]
+        self._hp_key = self._flags = self._state_key = self._fn = None
+        self.steps = 0  # compiled steps taken
+
+    # ------------------------------------------------------------------ optimizer state
+
+    def _group_hp(self, g) -> tuple:
+        lr = float(g["lr"])
+        if self.kind == "adam":
+            b1, b2 = (float(b) for b in g["betas"])
+            return (lr, b1, b2, float(g["eps"]), float(g["weight_decay"]))
+        return (lr, float(g["momentum"]), float(g["dampening"]), float(g["weight_decay"]))
+
+    def _group_flags(self, g) -> tuple:
+        """The settings that change the graph's structure (a change recompiles)."""
+        if self.kind == "adam":
+            decoupled = bool(g.get("decoupled_weight_decay", isinstance(self.opt, torch.optim.AdamW)))
+            return (bool(g["amsgrad"]), bool(g["maximize"]), decoupled, g["weight_decay"] != 0)
+        return (bool(g["nesterov"]), bool(g["maximize"]), g["momentum"] != 0, g["weight_decay"] != 0)
+
+    def ready(self) -> bool:
+        """True when every state tensor the update needs exists (after torch's first eager step)."""
+        st = self.opt.state
+        for g, ps in zip(self.opt.param_groups, self.groups):
+            for p in ps:
+                s = st.get(p)
+                if self.kind == "adam":
+                    if not s or "exp_avg" not in s or (g["amsgrad"] and "max_exp_avg_sq" not in s):
+                        return False
+                elif g["momentum"] != 0 and (not s or s.get("momentum_buffer") is None):
+                    return False
+        return True
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """The graph's inputs besides the batch: per group its parameters, their optimizer state
+        and one float64 vector of hyperparameters. Rebuilt only when something changed."""
+        groups = self.opt.param_groups
+        hp_key = tuple(self._group_hp(g) + self._group_flags(g) for g in groups)
+        st = self.opt.state
+        # load_state_dict (resume, lr_find) replaces the state tensors: follow their identity
+        state_key = tuple(id(st[p].get("exp_avg", st[p].get("momentum_buffer"))) if p in st else 0
+                          for ps in self.groups for p in ps)
+        if hp_key == self._hp_key and state_key == self._state_key:
+            return self._inputs
+        flags = tuple(self._group_flags(g) for g in groups)
+        if flags != self._flags:
+            self._fn = torch.compile(_own_code(self._graph(flags)), fullgraph=True, dynamic=False)
+            self._flags = flags
+        dev = self.groups[0][0].device
+        inputs = []
+        for g, ps, fl in zip(groups, self.groups, flags):
+            inputs += [p.detach() for p in ps]  # aliases: the in-place update reaches the model
+            for p in ps:
+                inputs += _state_tensors(st.get(p, {}), self.kind, fl)
+            # float64, as torch computes lr and the bias corrections in Python floats
+            inputs.append(torch.tensor(self._group_hp(g), dtype=torch.float64, device=dev))
+        self._inputs, self._hp_key, self._state_key = inputs, hp_key, state_key
+        return inputs
+
+    # ------------------------------------------------------------------ the step
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None):
+        tensors = self._tensors()  # first: it (re)builds the compiled function when needed
+        try:
+            out = self._fn(tensors, x, y)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"compile='step': torch.compile could not compile the training step as one graph "
+                               f"({reason}). Use compile=True (the model only) or compile=False; "
+                               "TORCH_LOGS=graph_breaks shows where it broke.") from e
+        self.steps += 1
+        return out
+
+    def _graph(self, flags):
+        """The step function for these structural settings; only constants are closed over, so
+        the compiled graph guards on little besides its tensor inputs."""
+        t = self.trainer
+        cfg = t.config
+        model, compute_loss = t.model, t.compute_loss
+        noise, penalty = cfg.input_noise, cfg.penalty
+        autocast = t._autocast_dtype
+        device_type = t.device.type
+        clip_norm, clip_value = cfg.clip_grad_norm, cfg.clip_grad_value
+        names, kind = self.names, self.kind
+        n_state = [len(_state_tensors(None, kind, fl)) for fl in flags]
+        update = _adam if kind == "adam" else _sgd
+
+        def loss_of(pd, x, y):
+            if noise and x.is_floating_point():
+                x = x + noise * torch.randn_like(x)
+            if autocast is not None:
+                with torch.autocast(device_type, dtype=autocast):
+                    out = torch.func.functional_call(model, pd, (x,))
+            else:
+                out = torch.func.functional_call(model, pd, (x,))
+            loss = compute_loss(out, y)
+            total = loss
+            if penalty is not None:
+                kind_, strength = penalty
+                terms = [p.pow(2).sum() if kind_ == "l2" else p.abs().sum() for p in pd.values()]
+                total = loss + strength * sum(terms)
+            return total, (loss.detach(), out.detach())
+
+        def step(tensors, x, y):
+            params, states, hps, i = [], [], [], 0
+            for ns, k in zip(names, n_state):
+                params.append(tensors[i:i + len(ns)])
+                i += len(ns)
+                states.append([tensors[i + j * k: i + (j + 1) * k] for j in range(len(ns))])
+                i += k * len(ns)
+                hps.append(tensors[i])
+                i += 1
+            flat = {n: p for ns, ps in zip(names, params) for n, p in zip(ns, ps)}
+            grads, (loss, out) = torch.func.grad(loss_of, has_aux=True)(flat, x, y)
+            grad_list = [[grads[n] for n in ns] for ns in names]
+            flat_grads = [g for gs in grad_list for g in gs]
+            finite = torch.stack([torch.isfinite(g).all() for g in flat_grads] + [torch.isfinite(loss)])
+            ok = finite.all()
+            norm = None
+            if clip_norm or clip_value:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in flat_grads]))
+            if clip_norm:  # torch.nn.utils.clip_grad_norm_'s formula
+                coef = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)
+                grad_list = [[g * coef for g in gs] for gs in grad_list]
+            if clip_value:
+                grad_list = [[g.clamp(-clip_value, clip_value) for g in gs] for gs in grad_list]
+            okf = ok.to(torch.float64)
+            for ps, gs, ss, hp, fl in zip(params, grad_list, states, hps, flags):
+                # a NaN/inf step changes nothing: zero gradients and zero-weight updates
+                gs = [torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in gs]
+                update(ps, gs, ss, hp, fl, ok, okf)
+            return loss, out, finite, norm
+
+        return step
+
+
+def _own_code(fn):
+    """`fn` with a private copy of its code object. Dynamo caches compiled graphs per code object
+    (at most `recompile_limit` = 8, then it silently runs the function eagerly); a private copy gives
+    every Trainer its own cache, however many Trainers a process builds."""
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_counter)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+_counter = itertools.count()
+
+
+def _state_tensors(s: dict | None, kind: str, flags: tuple) -> list:
+    """The state tensors the update uses, in a fixed order (`s=None`: placeholders, to count them)."""
+    s = s if s is not None else {}
+    if kind == "adam":
+        names = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if flags[0] else ())
+    else:
+        names = ("momentum_buffer",) if flags[2] else ()
+    return [s.get(n) for n in names]
+
+
+def _adam(params, grads, states, hp, flags, ok, okf):
+    """torch.optim.Adam/AdamW's update (the single-tensor formula); no change at all when not `ok`."""
+    lr, b1, b2, eps, wd = hp.unbind()
+    amsgrad, maximize, decoupled, has_wd = flags
+    keep_b2 = torch.where(ok, b2, torch.ones_like(b2))
+    for p, g, (step, m, v, *vmax) in zip(params, grads, states):
+        if maximize:
+            g = -g
+        step.add_(okf.to(step.dtype))
+        if has_wd:
+            if decoupled:
+                p.mul_((1 - lr * wd * okf).to(p.dtype))
+            else:
+                g = g + wd.to(g.dtype) * p
+        m.lerp_(g, ((1 - b1) * okf).to(m.dtype))
+        v.mul_(keep_b2.to(v.dtype)).add_(((1 - b2) * okf).to(v.dtype) * g * g)
+        stepd = step.to(torch.float64)
+        bc1 = 1 - b1 ** stepd
+        bc2_sqrt = torch.sqrt(1 - b2 ** stepd)
+        if amsgrad:
+            torch.maximum(vmax[0], v, out=vmax[0])
+            v = vmax[0]
+        denom = v.sqrt() / bc2_sqrt.to(v.dtype) + eps.to(v.dtype)
+        p.sub_((lr / bc1 * okf).to(p.dtype) * m / denom)
+
+
+def _sgd(params, grads, states, hp, flags, ok, okf):
+    """torch.optim.SGD's update (the single-tensor formula); no change at all when not `ok`."""
+    lr, momentum, dampening, wd = hp.unbind()
+    nesterov, maximize, has_momentum, has_wd = flags
+    keep_mom = torch.where(ok, momentum, torch.ones_like(momentum))
+    for p, g, bufs in zip(params, grads, states):
+        if maximize:
+            g = -g
+        if has_wd:
+            g = g + wd.to(g.dtype) * p
+        if has_momentum:
+            buf = bufs[0]
+            buf.mul_(keep_mom.to(buf.dtype)).add_(((1 - dampening) * okf).to(buf.dtype) * g)
+            g = g + momentum.to(g.dtype) * buf if nesterov else buf
+        p.sub_((lr * okf).to(p.dtype) * g)
