@@ -28,9 +28,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-# A few minutes: 3 interleaved rounds of W1-W4 (+ compile arm), import time, memory. The slower side studies
-# (threads, fused optimizers, loop details) run with `$(PY) -m bench`; their last results are kept.
+# A few minutes: the compiled-step study (bench/COMPILED.md), then 3 interleaved rounds of W1-W4 (+ compile
+# arm), import time, memory. The slower side studies (threads, fused optimizers, loop details) run with
+# `$(PY) -m bench`; their last results are kept. `$(PY) -m bench.fastpath` reruns the fast-path study.
 bench: $(STAMP)
+	$(PY) -m bench.compiled --rounds 3
 	$(PY) -m bench --rounds 3 --no-studies --compile-arm
 
 lint: $(STAMP)

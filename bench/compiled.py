@@ -94,6 +94,11 @@ def study(name: str, rounds: int) -> dict:
     }
 
 
+def _loss(score: dict) -> str:
+    """The validation loss, or the training loss for a workload without validation data (W1)."""
+    return f"{score['val_loss']:.6f}" if "val_loss" in score else f"{score['train_loss']:.6f} (train)"
+
+
 def render(res: dict, second: dict, rounds: int) -> str:
     L = ["## The compiled step in the Trainer (`compile=\"step\"`)", ""]
     L.append(
@@ -115,7 +120,7 @@ def render(res: dict, second: dict, rounds: int) -> str:
             f"[{rg['fitloop'][0]:.2f}-{rg['fitloop'][1]:.2f}] | **{rr['fitloop_step']:.2f}x** "
             f"[{rg['fitloop_step'][0]:.2f}-{rg['fitloop_step'][1]:.2f}] | {r['us_per_step']['fitloop_step']:.0f} | "
             f"{r['compile_s']:.1f} | {'-' if s2 is None else f'{s2:.1f}'} | "
-            f"{r['score_eager']['val_loss']:.6f} / {r['score_step']['val_loss']:.6f} |")
+            f"{_loss(r['score_eager'])} / {_loss(r['score_step'])} |")
     L.append("")
     L.append("Per-round seconds: " + "; ".join(
         f"{name} " + ", ".join(f"{n} {[round(x, 3) for x in v]}" for n, v in r["times"].items())
@@ -143,6 +148,7 @@ def main(argv=None):
         print("JSON:" + json.dumps(out))
         return
     res = {n: study(n, args.rounds) for n in names}
+    print("JSON:" + json.dumps({"res": res}, default=str), flush=True)
     p = subprocess.run([sys.executable, "-m", "bench.compiled", "--cold-only", "--only", ",".join(names)],
                        capture_output=True, text=True, env=os.environ.copy())
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("JSON:")]

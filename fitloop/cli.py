@@ -156,6 +156,7 @@ FLAG_KEYS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
     "device": "train.device",
+    "compile": "train.compile",
 }
 
 
@@ -184,6 +185,9 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     tr.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                     help="stop after PATIENCE epochs without a better val_loss (default 10; 0 = off)")
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    tr.add_argument("--compile", choices=("model", "step"),
+                    help="torch.compile the model, or the whole training step (the fast path for small "
+                         "models; costs seconds of compilation up front)")
     c = t.add_argument_group("config and output")
     c.add_argument("--config", "-c", metavar="TOML", help="a config file with [data], [model], [train] sections")
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

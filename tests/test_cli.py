@@ -389,3 +389,17 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
     again = subprocess.run([sys.executable, "-m", "fitloop", "resume", str(run)], env=env, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 2 and "already finished" in again.stderr
+
+
+@pytest.mark.slow
+def test_train_with_the_compiled_step(tmp_path, capsys):
+    data = sklearn_csv(tmp_path, "wine")
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", data, "--target", "target", "--epochs", "15", "--lr", "0.01",
+                                "--compile", "step", "--out", out)
+    assert code == 0, err
+    assert 'compile = "step"' in (out / "config.toml").read_text()
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"] > 0.85
+    code, _, err = run_cli(capsys, "train", data, "--target", "target", "--set", "train.compile=fast",
+                           "--out", tmp_path / "bad")
+    assert code == 2 and "compile: got 'fast'" in err and not (tmp_path / "bad").exists()

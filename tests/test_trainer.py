@@ -110,6 +110,31 @@ def test_step_order_is_forward_loss_zero_grad_backward_step():
     assert calls == ["forward", "loss", "zero_grad", "backward", "step"]
 
 
+def test_steps_equal_a_hand_written_loop_bit_for_bit():
+    """Gradients are cleared before every backward (the Trainer sets them to None itself unless the
+    optimizer overrides zero_grad): the weights equal a hand loop's exactly."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(40, 3, generator=g), torch.randn(40, 1, generator=g)
+
+    def model():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1))
+
+    hand = model()
+    opt = torch.optim.SGD(hand.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for i in range(0, 40, 8):
+            loss = nn.functional.mse_loss(hand(X[i:i + 8]), y[i:i + 8])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    tr = fl.Trainer(model(), "mse", ("sgd", {"momentum": 0.9}), lr=0.05, epochs=3, batch_size=8, shuffle=False,
+                    quiet=True)
+    tr.fit((X, y))
+    for p, q in zip(tr.model.parameters(), hand.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_classification_accuracy_from_argmax_and_predict_outputs():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(300, 2, generator=g)
