@@ -19,6 +19,7 @@ the Trainer then raises or counts the skipped step as in eager mode.
 from __future__ import annotations
 
 import itertools
+import time
 import types
 
 import torch
@@ -84,6 +85,8 @@ class CompiledStep:
         self.all_names = [n for ns in self.names for n in ns]
         self._hp_key = self._flags = self._state_key = self._fn = None
         self.steps = 0  # compiled steps taken
+        self.compile_seconds = 0.0  # wall time of the calls that compiled (one per batch shape)
+        self._compiled: set = set()
 
     # ------------------------------------------------------------------ optimizer state
 
@@ -144,6 +147,9 @@ class CompiledStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None):
         tensors = self._tensors()  # first: it (re)builds the compiled function when needed
+        key = (self._fn, x.shape)
+        first = key not in self._compiled  # a new function or batch shape: this call compiles
+        t0 = time.perf_counter() if first else 0.0
         try:
             out = self._fn(tensors, x, y)
         except torch._dynamo.exc.TorchDynamoException as e:
@@ -151,6 +157,9 @@ class CompiledStep:
             raise RuntimeError(f"compile='step': torch.compile could not compile the training step as one graph "
                                f"({reason}). Use compile=True (the model only) or compile=False; "
                                "TORCH_LOGS=graph_breaks shows where it broke.") from e
+        if first:
+            self._compiled.add(key)
+            self.compile_seconds += time.perf_counter() - t0
         self.steps += 1
         return out
 

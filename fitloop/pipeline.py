@@ -355,6 +355,8 @@ def _finish(cfg: RunConfig, p: _Prepared, out_dir: Path, t_start: float) -> RunR
     p.timings["total"] = time.perf_counter() - t_start
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds
+    if trainer._compiled_step is not None:  # compile="step": reported apart from training
+        p.timings["compile"] = trainer._compiled_step.compile_seconds
     rows = {k: len(v[0]) for k, v in p.splits.items()}
     n_params = sum(q.numel() for q in trainer.model.parameters())
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,

@@ -491,7 +491,12 @@ class Trainer:
 
     def _compiled_train_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         """The same step as one compiled graph (`compile="step"`, see fitloop.compiled_step)."""
-        loss, out, finite, norm = self._compiled_step(x, y)
+        cs = self._compiled_step
+        compiled_before = cs.compile_seconds
+        loss, out, finite, norm = cs(x, y)
+        if cs.compile_seconds != compiled_before:
+            self.log(f"compile='step': compiled the training step for batches of {x.shape[0]} rows in "
+                     f"{cs.compile_seconds - compiled_before:.1f} s.")
         if norm is not None:
             self._grad_norms.append(norm.detach())
         if (self._check_on_cpu or self.config.on_nonfinite == "skip") and not finite.all().item():

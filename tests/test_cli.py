@@ -399,6 +399,8 @@ def test_train_with_the_compiled_step(tmp_path, capsys):
                                 "--compile", "step", "--out", out)
     assert code == 0, err
     assert 'compile = "step"' in (out / "config.toml").read_text()
+    assert "compiled the training step for batches of 64 rows in" in stdout and "compiling the step" in stdout
+    assert json.loads((out / "run.json").read_text())["timings"]["compile"] > 0
     assert json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"] > 0.85
     code, _, err = run_cli(capsys, "train", data, "--target", "target", "--set", "train.compile=fast",
                            "--out", tmp_path / "bad")
