@@ -230,3 +230,39 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
         raise ValueError("scheduler: ReduceLROnPlateau steps on a monitored metric once per epoch; "
                          "use scheduler_interval='epoch'.")
     return sched, interval
+
+
+def unhooked_step(optimizer: torch.optim.Optimizer) -> Callable[[], bool] | None:
+    """A faster `optimizer.step()` for the training loop, or None when there is none.
+
+    torch wraps every optimizer's `step` in a profiler range and a loop over step hooks, which costs
+    ~10 us per call (40% of an SGD step on a 2-parameter model). When nothing is there to notice,
+    calling the step underneath is the same computation. The returned function checks that on every
+    call (no step hooks, global or on this optimizer; no profiler running; no step override on the
+    instance other than an LR scheduler's call tracker) and returns False, having done nothing, when
+    the caller must use `optimizer.step()`. None when this torch has no such wrapper.
+    """
+    from torch.optim import optimizer as optmod
+
+    cls_step = type(optimizer).step
+    inner = getattr(cls_step, "__wrapped__", None)
+    global_pre = getattr(optmod, "_global_optimizer_pre_hooks", None)
+    global_post = getattr(optmod, "_global_optimizer_post_hooks", None)
+    pre = getattr(optimizer, "_optimizer_step_pre_hooks", None)
+    post = getattr(optimizer, "_optimizer_step_post_hooks", None)
+    profiling = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", None)
+    if not getattr(cls_step, "hooked", False) or inner is None or profiling is None \
+            or any(not isinstance(h, dict) for h in (global_pre, global_post, pre, post)):
+        return None
+    opt_dict = optimizer.__dict__
+
+    def step() -> bool:
+        override = opt_dict.get("step")
+        if (global_pre or global_post or pre or post or profiling()
+                or (override is not None and not getattr(override, "_wrapped_by_lr_sched", False))):
+            return False
+        inner(optimizer)
+        optimizer._opt_called = True  # what an LR scheduler's tracker records
+        return True
+
+    return step

@@ -110,9 +110,11 @@ def test_step_order_is_forward_loss_zero_grad_backward_step():
     assert calls == ["forward", "loss", "zero_grad", "backward", "step"]
 
 
-def test_steps_equal_a_hand_written_loop_bit_for_bit():
-    """Gradients are cleared before every backward (the Trainer sets them to None itself unless the
-    optimizer overrides zero_grad): the weights equal a hand loop's exactly."""
+@pytest.mark.parametrize("opt", [("sgd", {"momentum": 0.9}), ("adam", {})])
+def test_steps_equal_a_hand_written_loop_bit_for_bit(opt):
+    """Gradients are cleared before every backward and the optimizer steps after it (the Trainer
+    clears them itself and skips torch's hook wrapper when nothing is hooked): the weights equal a
+    hand loop's exactly."""
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(40, 3, generator=g), torch.randn(40, 1, generator=g)
 
@@ -121,18 +123,43 @@ def test_steps_equal_a_hand_written_loop_bit_for_bit():
         return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1))
 
     hand = model()
-    opt = torch.optim.SGD(hand.parameters(), lr=0.05, momentum=0.9)
+    name, kw = opt
+    opt = (torch.optim.SGD(hand.parameters(), lr=0.05, **kw) if name == "sgd"
+           else torch.optim.Adam(hand.parameters(), lr=0.05, fused=True))  # fitloop's default Adam is fused
     for _ in range(3):
         for i in range(0, 40, 8):
             loss = nn.functional.mse_loss(hand(X[i:i + 8]), y[i:i + 8])
             opt.zero_grad()
             loss.backward()
             opt.step()
-    tr = fl.Trainer(model(), "mse", ("sgd", {"momentum": 0.9}), lr=0.05, epochs=3, batch_size=8, shuffle=False,
-                    quiet=True)
+    tr = fl.Trainer(model(), "mse", (name, kw), lr=0.05, epochs=3, batch_size=8, shuffle=False, quiet=True)
     tr.fit((X, y))
     for p, q in zip(tr.model.parameters(), hand.parameters()):
         assert torch.equal(p, q)
+
+
+def test_optimizer_step_hooks_schedulers_and_the_profiler_still_see_every_step(recwarn):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    X, y = torch.randn(32, 2), torch.randn(32, 1)
+    tr = fl.Trainer(nn.Linear(2, 1), "mse", "sgd", lr=0.1, epochs=2, batch_size=8, quiet=True)
+    seen = []
+    tr.optimizer.register_step_pre_hook(lambda opt, a, k: seen.append("pre"))
+    tr.optimizer.register_step_post_hook(lambda opt, a, k: seen.append("post"))
+    handle = register_optimizer_step_post_hook(lambda opt, a, k: seen.append("global"))
+    try:
+        tr.fit((X, y))
+    finally:
+        handle.remove()
+    assert seen == ["pre", "post", "global"] * 8
+    tr2 = fl.Trainer(nn.Linear(2, 1), "mse", "sgd", scheduler=("step", {"step_size": 1}), lr=0.1, epochs=2,
+                     batch_size=8, quiet=True)
+    tr2.fit((X, y))
+    assert tr2._raw_step is not None and tr2.optimizer._opt_called  # the fast path ran, and was tracked:
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]  # no scheduler warning
+    with torch.profiler.profile() as prof:
+        tr2.fit((X, y))
+    assert sum(e.name == "Optimizer.step#SGD.step" for e in prof.events()) == 8  # it stands aside for the profiler
 
 
 def test_classification_accuracy_from_argmax_and_predict_outputs():
