@@ -41,6 +41,10 @@ def unsupported(trainer, batches) -> str | None:
     for g in opt.param_groups:
         if g.get("differentiable") or g.get("capturable"):
             return "the optimizer was created with differentiable=True or capturable=True"
+        if trainer.device.type != "cpu" and _KINDS[type(opt)] == "adam" and not g.get("fused"):
+            # unfused Adam keeps its step counter on the CPU, which one device graph cannot update
+            return (f"on {trainer.device.type} it needs the fused Adam/AdamW (fitloop's default); this one was "
+                    "created with fused=False")
     if not isinstance(batches, TensorBatches):
         return ("the training data is a Dataset/DataLoader; the compiled step needs in-memory tensors "
                 "((X, y) or a Split)")

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 import fitloop as fl
+from fitloop.compiled_step import unsupported
+from fitloop.data import TensorBatches
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +121,10 @@ def test_compiled_step_refuses_what_it_cannot_compile():
     with pytest.raises(ValueError, match=r"compile='step': the optimizer is LBFGS; the compiled step implements "
                                          r"Adam, AdamW and SGD.*Use compile=True"):
         fl.Trainer(model, "mse", "lbfgs", quiet=True, compile="step").fit(train)
+    unfused = fl.Trainer(model, "mse", ("adam", {"fused": False}), quiet=True, compile="step", device="cpu")
+    unfused.device = torch.device("cuda")  # as on a GPU, where unfused Adam keeps its step count on the CPU
+    reason = unsupported(unfused, TensorBatches(train.X, train.y, 16, shuffle=True))
+    assert reason.startswith("on cuda it needs the fused Adam/AdamW (fitloop's default)")
     with pytest.raises(ValueError, match=r"compile='step': accumulate > 1"):
         fl.Trainer(model, "mse", "adam", quiet=True, compile="step", accumulate=2).fit(train)
     ds = torch.utils.data.TensorDataset(train.X, train.y)

@@ -46,3 +46,33 @@ def test_compile_on_cuda_matches_eager_to_tolerance():
                        device="cuda", compile=compile, quiet=True)
         results.append(t.fit((X, y))[-1]["loss"])
     assert results[1] == pytest.approx(results[0], rel=1e-3)
+
+
+@pytest.mark.parametrize("kw", [{}, {"scheduler": "onecycle", "clip_grad_norm": 1.0}])
+def test_compiled_step_on_cuda_matches_eager_without_a_sync_per_step(kw, monkeypatch):
+    """compile="step" on the GPU: every compiled call after the one that compiles runs under
+    set_sync_debug_mode("error"), and the result matches the eager Trainer to tolerance."""
+    from fitloop.compiled_step import CompiledStep
+
+    original = CompiledStep.__call__
+
+    def no_sync(self, x, y):
+        if self._fn is None or (self._fn, x.shape) not in self._compiled:
+            return original(self, x, y)  # this call compiles
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original(self, x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    monkeypatch.setattr(CompiledStep, "__call__", no_sync)
+    X = torch.randn(1000, 8)
+    y = X.sum(1, keepdim=True)
+    results = []
+    for compile in (False, "step"):
+        fl.seed_everything(0)
+        t = fl.Trainer(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)), epochs=3, batch_size=64,
+                       device="cuda", compile=compile, quiet=True, **kw)
+        results.append([h["loss"] for h in t.fit((X, y))])
+    assert t._compiled_step.steps == t.global_step - 1
+    assert results[1] == pytest.approx(results[0], rel=1e-3)
