@@ -168,8 +168,9 @@ class CompiledStep:
         return out
 
     def _graph(self, flags):
-        """The step function for these structural settings; only constants are closed over, so
-        the compiled graph guards on little besides its tensor inputs."""
+        """The step function for these structural settings. It closes over the model, the loss and
+        Python constants (dynamo guards on them: a change recompiles); every tensor it updates is an
+        input, so resumed or reloaded state tensors need no recompile."""
         t = self.trainer
         cfg = t.config
         model, compute_loss = t.model, t.compute_loss
