@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tablefiles import write_rows
 
 import fitloop
 from fitloop.cli import main
@@ -22,14 +23,6 @@ FAST = ["--epochs", "3", "--quiet"]
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def write_rows(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def sklearn_csv(tmp_path: Path, name: str) -> Path:

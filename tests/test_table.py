@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import warnings
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tablefiles import write_rows
 
 from fitloop.table import Preprocessor, Table, TableError, read_table, transform_table
 
@@ -19,14 +19,6 @@ from fitloop.table import Preprocessor, Table, TableError, read_table, transform
 
 def write(path: Path, text: str | bytes) -> Path:
     (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
-    return path
-
-
-def write_rows(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
     return path
 
 
