@@ -54,11 +54,6 @@ def unsupported(trainer, batches) -> str | None:
         return "precision='fp16' (GradScaler)"
     if any(not p.is_floating_point() or p.is_sparse for p in trainer._params):
         return "a parameter is sparse or not floating point"
-    norms = [type(m).__name__ for m in trainer.model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats]
-    if norms:
-        return (f"the model has a {norms[0]} layer, whose running statistics change in training; the "
-                "compiled step does not update module buffers")
     if type(trainer).train_step is not _base_train_step():
         return "Trainer.train_step is overridden (the compiled step would bypass the override)"
     return None
@@ -87,6 +82,8 @@ class CompiledStep:
         self.groups = [[p for p in g["params"] if p.requires_grad] for g in opt.param_groups]
         self.names = [[by_id[id(p)] for p in ps] for ps in self.groups]
         self.all_names = [n for ns in self.names for n in ns]
+        # module buffers (BatchNorm's running statistics) are graph inputs too, updated in place
+        self.buffer_names = [n for n, _ in trainer.model.named_buffers()]
         self._hp_key = self._flags = self._state_key = self._fn = None
         self.steps = 0  # compiled steps taken
         self.compile_seconds = 0.0  # wall time of the calls that compiled (one per batch shape)
@@ -144,6 +141,7 @@ class CompiledStep:
                 inputs += _state_tensors(st.get(p, {}), self.kind, fl)
             # float64, as torch computes lr and the bias corrections in Python floats
             inputs.append(torch.tensor(self._group_hp(g), dtype=torch.float64, device=dev))
+        inputs += [b for _, b in self.trainer.model.named_buffers()]
         self._inputs, self._hp_key, self._state_key = inputs, hp_key, state_key
         return inputs
 
@@ -178,18 +176,18 @@ class CompiledStep:
         autocast = t._autocast_dtype
         device_type = t.device.type
         clip_norm, clip_value = cfg.clip_grad_norm, cfg.clip_grad_value
-        names, kind = self.names, self.kind
+        names, kind, buffer_names = self.names, self.kind, self.buffer_names
         n_state = [len(_state_tensors(None, kind, fl)) for fl in flags]
         update = _adam if kind == "adam" else _sgd
 
-        def loss_of(pd, x, y):
+        def loss_of(pd, bd, x, y):
             if noise and x.is_floating_point():
                 x = x + noise * torch.randn_like(x)
             if autocast is not None:
                 with torch.autocast(device_type, dtype=autocast):
-                    out = torch.func.functional_call(model, pd, (x,))
+                    out = torch.func.functional_call(model, (pd, bd), (x,))
             else:
-                out = torch.func.functional_call(model, pd, (x,))
+                out = torch.func.functional_call(model, (pd, bd), (x,))
             loss = compute_loss(out, y)
             total = loss
             if penalty is not None:
@@ -208,7 +206,8 @@ class CompiledStep:
                 hps.append(tensors[i])
                 i += 1
             flat = {n: p for ns, ps in zip(names, params) for n, p in zip(ns, ps)}
-            grads, (loss, out) = torch.func.grad(loss_of, has_aux=True)(flat, x, y)
+            buffers = dict(zip(buffer_names, tensors[i:]))
+            grads, (loss, out) = torch.func.grad(loss_of, has_aux=True)(flat, buffers, x, y)
             grad_list = [[grads[n] for n in ns] for ns in names]
             flat_grads = [g for gs in grad_list for g in gs]
             finite = torch.stack([torch.isfinite(g).all() for g in flat_grads] + [torch.isfinite(loss)])
