@@ -69,9 +69,9 @@ class CompiledStep:
     """One training step (forward, loss, gradients, clipping, update) compiled as one graph.
 
     Call `ready()` before each step: False means the optimizer state does not exist yet and the
-    Trainer takes an eager step instead. Calling it with a batch returns `(loss, output, finite,
-    grad_norm)`: `finite` is a bool tensor, one per parameter and the loss's last; `grad_norm` is
-    None unless clipping is on.
+    Trainer takes an eager step instead. Calling it with a batch returns `(loss, output, finite, ok,
+    grad_norm)`: `finite` is a bool tensor, one per parameter and the loss's last, `ok` their
+    conjunction (the step was applied); `grad_norm` is None unless clipping is on.
     """
 
     def __init__(self, trainer):
@@ -225,7 +225,7 @@ class CompiledStep:
                 # a NaN/inf step changes nothing: zero gradients and zero-weight updates
                 gs = [torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in gs]
                 update(ps, gs, ss, hp, fl, ok, okf)
-            return loss, out, finite, norm
+            return loss, out, finite, ok, norm
 
         return step
 

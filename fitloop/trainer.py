@@ -495,13 +495,13 @@ class Trainer:
         """The same step as one compiled graph (`compile="step"`, see fitloop.compiled_step)."""
         cs = self._compiled_step
         compiled_before = cs.compile_seconds
-        loss, out, finite, norm = cs(x, y)
+        loss, out, finite, ok, norm = cs(x, y)
         if cs.compile_seconds != compiled_before:
             self.log(f"compile='step': compiled the training step for batches of {x.shape[0]} rows in "
                      f"{cs.compile_seconds - compiled_before:.1f} s.")
         if norm is not None:
             self._grad_norms.append(norm.detach())
-        if (self._check_on_cpu or self.config.on_nonfinite == "skip") and not finite.all().item():
+        if (self._check_on_cpu or self.config.on_nonfinite == "skip") and not ok.item():
             # the graph changed nothing: report it as the eager step would
             flags = finite.tolist()
             bad = next((n for n, f in zip(self._compiled_step.all_names, flags) if not f), None)
