@@ -13,10 +13,29 @@ torchmetrics `Metric` objects still work as user metrics.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeGuard, cast
 
 import torch
 
 __all__ = ["MetricSet", "normalize_task"]
+
+
+class StatefulMetric(Protocol):
+    """What fitloop uses of a torchmetrics `Metric` (checked by duck typing: torchmetrics is never imported)."""
+
+    def to(self, device: torch.device) -> StatefulMetric: ...
+
+    def reset(self) -> None: ...
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None: ...
+
+    def compute(self) -> Any: ...
+
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MetricCallable = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
+# A user metric: a callable `(output, target) -> tensor | float`, or a torchmetrics-like stateful object.
+UserMetric = MetricCallable | StatefulMetric
 
 
 def normalize_task(task: str | None, out_features: int | None = None) -> str | None:
@@ -38,13 +57,13 @@ class MetricSet:
             `Metric` objects, as a list or a `{name: metric}` dict.
     """
 
-    def __init__(self, task: str, user: Sequence | Mapping[str, object] | None = None):
+    def __init__(self, task: str, user: Sequence[UserMetric] | Mapping[str, UserMetric] | None = None) -> None:
         self.task = task
         if user is None:
             user = {}
         elif not isinstance(user, Mapping):
             user = {_metric_name(m): m for m in user}
-        self.user: dict[str, object] = dict(user)
+        self.user: dict[str, UserMetric] = dict(user)
 
     def compute(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Metrics of `out` against `y` as 0-d tensors (the confusion matrix as a 2-d tensor)."""
@@ -109,28 +128,30 @@ def classification_metrics(preds: torch.Tensor, target: torch.Tensor, num_classe
             "confusion_matrix": cm}
 
 
-def _metric_name(m) -> str:
+def _metric_name(m: object) -> str:
     name = getattr(m, "__name__", None) or type(m).__name__
     return name.lower()
 
 
-def _user_metric(m, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if hasattr(m, "update") and hasattr(m, "compute") and hasattr(m, "reset"):  # torchmetrics Metric
+def _is_stateful(m: object) -> TypeGuard[StatefulMetric]:
+    return hasattr(m, "update") and hasattr(m, "compute") and hasattr(m, "reset")  # torchmetrics Metric
+
+
+def _user_metric(m: UserMetric, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    v: Any
+    if _is_stateful(m):
         m = m.to(out.device)
         m.reset()
         m.update(out, y)
         v = m.compute()
         m.reset()
     else:
-        v = m(out, y)
+        v = cast(MetricCallable, m)(out, y)
     return torch.as_tensor(v, dtype=torch.float32) if not isinstance(v, torch.Tensor) else v.detach()
 
 
-def to_python(v):
+def to_python(v: torch.Tensor | float) -> float | list[Any]:
     """A metric value as a float, or a nested list for a matrix (JSON-friendly)."""
     if isinstance(v, torch.Tensor):
         return v.item() if v.ndim == 0 else v.tolist()
     return v
-
-
-MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

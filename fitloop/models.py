@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class MLPSpec:
     activation: str = "relu"
     dropout: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.hidden = [int(h) for h in self.hidden]
         if self.in_features < 1 or self.out_features < 1 or any(h < 1 for h in self.hidden):
             raise ValueError(f"MLPSpec: layer sizes must be >= 1, got in_features={self.in_features}, "
@@ -54,13 +55,12 @@ class MLPSpec:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"MLPSpec: dropout must be in [0, 1), got {self.dropout}.")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": "mlp", **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> MLPSpec:
-        d = {k: v for k, v in d.items() if k != "kind"}
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> MLPSpec:
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
 
 
 def build_mlp(spec: MLPSpec) -> nn.Sequential:
@@ -77,7 +77,8 @@ def build_mlp(spec: MLPSpec) -> nn.Sequential:
         width = h
     layers.append(nn.Linear(width, spec.out_features))
     model = nn.Sequential(*layers)
-    model.spec = spec  # type: ignore[attr-defined]
+    # torch types Module.__setattr__'s value as Tensor | Module; a plain attribute is fine at run time.
+    model.spec = spec  # type: ignore[assignment]
     return model
 
 
@@ -94,7 +95,7 @@ class FunctionModel(nn.Module):
         >>> model = fl.FunctionModel(lambda t_u, w, b: w * t_u + b, params)
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], params: torch.Tensor | Sequence[torch.Tensor]):
+    def __init__(self, fn: Callable[..., torch.Tensor], params: torch.Tensor | Sequence[torch.Tensor]) -> None:
         super().__init__()
         if not callable(fn):
             raise TypeError(f"FunctionModel: fn must be callable, got {type(fn).__name__}.")
