@@ -1,4 +1,4 @@
-"""Scale check for fitloop.table: 1,000,000 rows x 20 columns (numeric + categorical, some missing).
+"""Scale check for fitloop.data.table: 1,000,000 rows x 20 columns (numeric + categorical, some missing).
 
 Run: python bench/table_scale.py [--rows N]. Prints load time, preprocess time and peak RSS vs the
 size of the float32 feature matrix. Not a test.
@@ -60,7 +60,7 @@ def main() -> None:
 
     import torch  # noqa: F401  (import cost is part of the baseline, not of the pipeline)
 
-    from fitloop.table import Table
+    from fitloop.data import Table
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scale.csv"

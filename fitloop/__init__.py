@@ -22,11 +22,14 @@ _EXPORTS = {
     "Callback": "callbacks", "EarlyStopping": "callbacks", "ProgressPrinter": "callbacks",
     "TrainConfig": "config", "RunConfig": "config",
     "Split": "data", "split": "data",
-    "load": "io",
+    "Table": "data", "TableError": "data", "Preprocessor": "data", "transform_table": "data",
+    "load": "bundle",
+    "CheckpointError": "checkpoint_format", "ResumeMismatchError": "checkpoint_format",
+    "RunInterrupted": "callbacks", "Checkpointer": "callbacks",
     "FunctionModel": "models", "MLPSpec": "models", "build_mlp": "models",
-    "Table": "table", "TableError": "table", "Preprocessor": "table", "transform_table": "table",
-    "NonFiniteError": "trainer", "Trainer": "trainer", "TrainState": "trainer", "pick_device": "trainer",
-    "seed_everything": "trainer",
+    "NonFiniteError": "step", "TrainingStep": "step",
+    "Trainer": "trainer", "pick_device": "trainer",
+    "TrainState": "state", "seed_everything": "state",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -46,10 +49,12 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .callbacks import Callback, EarlyStopping, ProgressPrinter  # noqa: F401
+    from .bundle import load  # noqa: F401
+    from .callbacks import Callback, Checkpointer, EarlyStopping, ProgressPrinter, RunInterrupted  # noqa: F401
+    from .checkpoint_format import CheckpointError, ResumeMismatchError  # noqa: F401
     from .config import RunConfig, TrainConfig  # noqa: F401
-    from .data import Split, split  # noqa: F401
-    from .io import load  # noqa: F401
+    from .data import Preprocessor, Split, Table, TableError, split, transform_table  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
-    from .table import Preprocessor, Table, TableError, transform_table  # noqa: F401
-    from .trainer import NonFiniteError, Trainer, TrainState, pick_device, seed_everything  # noqa: F401
+    from .state import TrainState, seed_everything  # noqa: F401
+    from .step import NonFiniteError, TrainingStep  # noqa: F401
+    from .trainer import Trainer, pick_device  # noqa: F401

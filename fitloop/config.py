@@ -16,6 +16,9 @@ __all__ = ["TrainConfig", "RunConfig", "DataSection", "ModelSection", "TrainSect
 PRECISIONS = ("fp32", "bf16", "fp16")
 # run.json's "format": what `fitloop predict/evaluate/resume/report` look for (here: no torch import needed).
 RUN_FORMAT = "fitloop-run"
+# Settings that may differ on resume (they do not change the numbers a run produces): left out of
+# the config fingerprint and of the resume check. The one list both use.
+RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs")
 
 
 @dataclass
@@ -163,10 +166,9 @@ class TrainConfig:
             d["penalty"] = list(d["penalty"])
         return d
 
-    def fingerprint(self, ignore: tuple[str, ...] = ("quiet", "print_every", "run_dir", "device",
-                                                    "num_workers", "epochs")) -> str:
+    def fingerprint(self, ignore: tuple[str, ...] = RESUME_IGNORED) -> str:
         """A short hash of the settings that change the training result (used to refuse a resume
-        with a different config)."""
+        with a different config); `RESUME_IGNORED` settings are left out."""
         d = {k: v for k, v in self.to_dict().items() if k not in ignore}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

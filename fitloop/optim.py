@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["LOSSES", "make_loss", "make_optimizer", "optimizer_names", "make_scheduler", "task_of_loss"]
+__all__ = ["LOSSES", "make_loss", "make_optimizer", "optimizer_names", "make_scheduler", "task_of_loss",
+           "step_scheduler_epoch"]
 
 LOSSES: dict[str, Callable[[], nn.Module]] = {
     "mse": nn.MSELoss,
@@ -232,37 +233,19 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
     return sched, interval
 
 
-def unhooked_step(optimizer: torch.optim.Optimizer) -> Callable[[], bool] | None:
-    """A faster `optimizer.step()` for the training loop, or None when there is none.
-
-    torch wraps every optimizer's `step` in a profiler range and a loop over step hooks, which costs
-    ~10 us per call (40% of an SGD step on a 2-parameter model). When nothing is there to notice,
-    calling the step underneath is the same computation. The returned function checks that on every
-    call (no step hooks, global or on this optimizer; no profiler running; no step override on the
-    instance other than an LR scheduler's call tracker) and returns False, having done nothing, when
-    the caller must use `optimizer.step()`. None when this torch has no such wrapper.
-    """
-    from torch.optim import optimizer as optmod
-
-    cls_step = type(optimizer).step
-    inner = getattr(cls_step, "__wrapped__", None)
-    global_pre = getattr(optmod, "_global_optimizer_pre_hooks", None)
-    global_post = getattr(optmod, "_global_optimizer_post_hooks", None)
-    pre = getattr(optimizer, "_optimizer_step_pre_hooks", None)
-    post = getattr(optimizer, "_optimizer_step_post_hooks", None)
-    profiling = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", None)
-    if not getattr(cls_step, "hooked", False) or inner is None or profiling is None \
-            or any(not isinstance(h, dict) for h in (global_pre, global_post, pre, post)):
-        return None
-    opt_dict = optimizer.__dict__
-
-    def step() -> bool:
-        override = opt_dict.get("step")
-        if (global_pre or global_post or pre or post or profiling()
-                or (override is not None and not getattr(override, "_wrapped_by_lr_sched", False))):
-            return False
-        inner(optimizer)
-        optimizer._opt_called = True  # what an LR scheduler's tracker records
-        return True
-
-    return step
+def step_scheduler_epoch(scheduler: object, interval: str, logs: dict, default_monitor: str = "val_loss") -> None:
+    """The end-of-epoch scheduler step: `ReduceLROnPlateau` on its monitored value from `logs`
+    (the train loss when `val_loss` is monitored without validation data); others plainly."""
+    sched_mod = torch.optim.lr_scheduler
+    if scheduler is None or interval != "epoch":
+        return
+    if isinstance(scheduler, sched_mod.ReduceLROnPlateau):
+        key = getattr(scheduler, "monitor", None) or default_monitor
+        if key == "val_loss" and key not in logs:
+            key = "loss"  # no validation set: the default monitor falls back to the train loss
+        if key not in logs:
+            raise KeyError(f"scheduler: ReduceLROnPlateau monitors {key!r}, which is not in the epoch "
+                           f"logs {sorted(logs)}. Pass a validation set or another monitor.")
+        scheduler.step(float(logs[key]))
+    else:
+        scheduler.step()  # type: ignore[attr-defined]

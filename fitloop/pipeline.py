@@ -127,8 +127,8 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
     """Seeded train/val/test row indices, stratified by class for classification."""
     import torch
 
-    from .data import _split_indices
-    from .table import Preprocessor
+    from .data import Preprocessor
+    from .data.splitting import split_indices
 
     fr = tuple(cfg.data.split)
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
@@ -137,12 +137,12 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
         enc = Preprocessor(table.target, "classification", [], table.classes)
         labels = torch.from_numpy(enc.encode_target(table.data))
     names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
-    parts = _split_indices(len(table), fr, seed, labels)
+    parts = split_indices(len(table), fr, seed, labels)
     return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0 and len(p)}
 
 
 @dataclass
-class _Prepared:
+class _PreparedRun:
     """Everything a run needs before training: splits as tensors, the fitted preprocessor, the model."""
 
     splits: dict[str, Any]
@@ -161,12 +161,12 @@ class _Prepared:
     first_step: Any = None
 
 
-def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _Prepared:
+def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     """Read the table, split it, fit the preprocessing on the training rows: deterministic for a config,
     so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written."""
     import torch
 
-    from .table import Table, TableError
+    from .data import Table, TableError
 
     d = cfg.data
     if not d.path:
@@ -206,10 +206,10 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _Prepared:
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
     timings = {"load": load_s, "preprocess": time.perf_counter() - t0}
-    return _Prepared(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
+    return _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
 
 
-def _build_trainer(cfg: RunConfig, p: _Prepared, run_dir: Path) -> None:
+def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run, checkpointing into `run_dir`."""
     from .callbacks import EarlyStopping
     from .models import MLPSpec, build_mlp
@@ -327,7 +327,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     return _finish(cfg, p, run_dir, t_start)
 
 
-def _finish(cfg: RunConfig, p: _Prepared, out_dir: Path, t_start: float) -> RunResult:
+def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> RunResult:
     """Evaluate on the held-out rows, write the bundle (with the preprocessor), metrics and summary."""
     trainer, task, info = p.trainer, p.task, p.info
     history = trainer.history
@@ -440,8 +440,8 @@ def check_run(path: str | os.PathLike, *, finished: bool = True) -> dict[str, An
 
 def load_run(path: str | os.PathLike) -> LoadedRun:
     """Open a run directory written by `train_table` (weights as safetensors, the rest JSON)."""
+    from .data import Preprocessor
     from .io import load
-    from .table import Preprocessor
 
     check_run(path)
     model = load(Path(path) / "model")
@@ -463,7 +463,7 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
     import pyarrow as pa
     import torch
 
-    from .table import transform_table
+    from .data import transform_table
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
@@ -489,7 +489,7 @@ def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: s
     """Metrics of the run's model on a labelled file, next to the trivial baseline of the training data."""
     import warnings
 
-    from .table import TableError, read_table, transform_table
+    from .data import TableError, read_table, transform_table
 
     if not hasattr(data, "column_names"):
         data = read_table(data, encoding=encoding, delimiter=delimiter)

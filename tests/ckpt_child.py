@@ -26,7 +26,7 @@ import traceback
 import torch
 
 import fitloop as fl
-import fitloop.io
+import fitloop.files
 
 
 def data():
@@ -51,7 +51,7 @@ class Killer(fl.Callback):
                 if trainer.state.step == self.n:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-            fitloop.io._on_partial_write = die_halfway
+            fitloop.files._on_partial_write = die_halfway
 
     def on_checkpoint(self, trainer, path):
         if self.kind == "ckpt" and trainer.state.step == self.n:

@@ -31,6 +31,9 @@ class Recorder(fl.Callback):
         assert isinstance(loss, torch.Tensor)
         self.events.append(("on_train_batch_end", step))
 
+    def on_optimizer_step(self, trainer, step):
+        self.events.append(("on_optimizer_step", step))
+
     def on_validation_end(self, trainer, logs):
         self.events.append(("on_validation_end", logs["epoch"]))
         self.seen_logs.append(("validation", dict(logs)))
@@ -46,17 +49,11 @@ class Recorder(fl.Callback):
         self.events.append(("on_fit_end",))
 
 
-class FakeCheckpointer:
-    """Stands in for fitloop.checkpoint: writes nothing, announces a checkpoint each epoch."""
+class FakeCheckpointer(fl.Callback):
+    """Stands in for the run-directory callback: writes nothing, announces a checkpoint each epoch."""
 
-    def on_step_end(self, trainer):
-        return False
-
-    def on_epoch_end(self, trainer, logs):
-        trainer.notify_checkpoint(f"ckpt/epoch-{trainer.epoch}")
-
-    def on_fit_end(self, trainer):
-        pass
+    def on_epoch_end(self, trainer, epoch, logs):
+        trainer.notify_checkpoint(f"ckpt/epoch-{epoch}")
 
 
 def make_trainer(callbacks, **kw):
@@ -68,21 +65,24 @@ def make_trainer(callbacks, **kw):
 
 def test_exact_event_order_two_epochs():
     rec = Recorder()
-    trainer = make_trainer([rec])
-    trainer.checkpointer = FakeCheckpointer()
+    trainer = make_trainer([rec, FakeCheckpointer()])
     X, y = regression_data(64)
     trainer.fit((X, y), regression_data(32, seed=1))
     assert rec.events == [
         ("on_fit_start",),
         ("on_epoch_start", 1),
         ("on_train_batch_end", 1),
+        ("on_optimizer_step", 1),
         ("on_train_batch_end", 2),
+        ("on_optimizer_step", 2),
         ("on_validation_end", 1),
         ("on_epoch_end", 1),
         ("on_checkpoint", "ckpt/epoch-1"),
         ("on_epoch_start", 2),
         ("on_train_batch_end", 3),
+        ("on_optimizer_step", 3),
         ("on_train_batch_end", 4),
+        ("on_optimizer_step", 4),
         ("on_validation_end", 2),
         ("on_epoch_end", 2),
         ("on_checkpoint", "ckpt/epoch-2"),
@@ -95,8 +95,8 @@ def test_no_validation_end_without_validation_data():
     make_trainer([rec], epochs=1).fit(regression_data(64))
     names = [e[0] for e in rec.events]
     assert "on_validation_end" not in names
-    assert names == ["on_fit_start", "on_epoch_start", "on_train_batch_end", "on_train_batch_end",
-                     "on_epoch_end", "on_fit_end"]
+    assert names == ["on_fit_start", "on_epoch_start", "on_train_batch_end", "on_optimizer_step",
+                     "on_train_batch_end", "on_optimizer_step", "on_epoch_end", "on_fit_end"]
 
 
 def test_logs_complete_before_first_callback_and_shared():

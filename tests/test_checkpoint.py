@@ -1,4 +1,4 @@
-"""Run directories, checkpoints, exact resume, faults and safe loading (fitloop.checkpoint)."""
+"""Run directories, checkpoints, exact resume, faults and safe loading (fitloop.callbacks.checkpoint, fitloop.checkpoint_format)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 import fitloop as fl
-from fitloop.checkpoint import (
-    EXIT_SIGINT,
-    EXIT_SIGTERM,
+from fitloop.callbacks.checkpoint import EXIT_SIGINT, EXIT_SIGTERM, RunInterrupted
+from fitloop.checkpoint_format import (
     CheckpointError,
     CheckpointWarning,
     ResumeMismatchError,
-    RunInterrupted,
     find_checkpoints,
     load_checkpoint,
 )

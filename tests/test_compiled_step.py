@@ -1,4 +1,4 @@
-"""compile="step": the whole training step as one torch.compile graph (fitloop.compiled_step).
+"""compile="step": the whole training step as one torch.compile graph (fitloop.compiled).
 
 Each compile costs seconds on a small CPU, so the cases are combined: every test compiles once or
 twice. The compiled update is torch's formula in a different kernel, so it matches the eager
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import fitloop as fl
-from fitloop.compiled_step import unsupported
+from fitloop.compiled import unsupported
 from fitloop.data import TensorBatches
 
 pytestmark = pytest.mark.slow

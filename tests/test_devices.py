@@ -31,15 +31,15 @@ def test_cuda_requested_without_cuda_is_a_clear_error(monkeypatch):
 def test_in_memory_data_moved_once_and_loader_pins_on_cuda():
     trainer = trainer_for(nn.Linear(3, 1))
     X, y = regression_data()
-    batches = trainer._batches((X, y), train=True)
+    batches = trainer.batches((X, y), train=True)
     assert isinstance(batches, TensorBatches) and batches.X.device == trainer.device
-    loader = trainer._batches(Split(X, y), train=True)
+    loader = trainer.batches(Split(X, y), train=True)
     assert isinstance(loader, TensorBatches)  # a Split is in-memory too
     ds = torch.utils.data.TensorDataset(X, y)
-    assert isinstance(trainer._batches(ds, train=True), LoaderBatches)
-    assert trainer._batches(ds, train=True).loader.pin_memory is False
+    assert isinstance(trainer.batches(ds, train=True), LoaderBatches)
+    assert trainer.batches(ds, train=True).loader.pin_memory is False
     trainer.device = torch.device("cuda")  # no CUDA needed to build the loader
-    assert trainer._batches(ds, train=True).loader.pin_memory is True
+    assert trainer.batches(ds, train=True).loader.pin_memory is True
 
 
 @needs_cuda

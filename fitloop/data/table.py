@@ -1,4 +1,4 @@
-"""Tabular data pipeline: read CSV/TSV/Parquet, infer types and task, preprocess without leakage.
+"""Tabular data: read CSV/TSV/Parquet, infer column kinds and the task, encode train/val/test splits.
 
 Typical use::
 
@@ -6,10 +6,9 @@ Typical use::
     prep = tab.prepare({"train": train_idx, "val": val_idx})  # or tab.prepare(fractions=(0.8, 0.2))
     X, y = prep.train.X, prep.train.y                          # float32 / (float32 | int64) tensors
     state = prep.preprocessor.to_dict()                        # JSON-able, no pickle
-    new = transform_table(Preprocessor.from_dict(state), "new.csv")
 
-The preprocessor is fitted on the training rows only. Everything is vectorised (pyarrow compute and
-numpy); the float32 feature matrix is preallocated and filled column by column.
+The preprocessing itself (`Preprocessor`, fitted on the training rows only, and `transform_table`
+for new files) is in `fitloop.data.preprocess`. Everything is vectorised (pyarrow compute and numpy).
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,18 +24,10 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
-    import torch
 
-__all__ = [
-    "SUPPORTED_EXTENSIONS",
-    "Prepared",
-    "Preprocessor",
-    "Table",
-    "TableError",
-    "TableSplit",
-    "read_table",
-    "transform_table",
-]
+    from .preprocess import PreparedTable
+
+__all__ = ["SUPPORTED_EXTENSIONS", "Table", "TableError", "read_table"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 MAX_CLASSES_FOR_INT_TARGET = 20
@@ -279,270 +268,7 @@ def _sorted_unique(col: Any) -> list[Any]:
     return sorted(v for v in pc.unique(col).to_pylist() if v is not None and v == v)
 
 
-# ------------------------------------------------------------------------------------- preprocessor
-
-
-class Preprocessor:
-    """Feature/target encoder fitted on training rows; JSON-serialisable via `to_dict`/`from_dict`.
-
-    Attributes:
-        target: Target column name.
-        task: ``"classification"`` or ``"regression"``.
-        features: One spec dict per used input column (kind, statistics, categories).
-        classes: Sorted original class labels (classification), else None.
-        id: Optional id column (kept for output, never a feature).
-        notes: Human-readable notes from fitting (dropped columns, imputations).
-    """
-
-    VERSION = 1
-
-    def __init__(self, target: str, task: str, features: list[dict[str, Any]],
-                 classes: list[Any] | None = None, id: str | None = None,
-                 notes: list[str] | None = None) -> None:
-        self.target, self.task, self.features = target, task, features
-        self.classes, self.id, self.notes = classes, id, list(notes or [])
-
-    @classmethod
-    def fit(cls, data: pa.Table, *, target: str, task: str, kinds: Mapping[str, str],
-            rows: np.ndarray | None = None, classes: list[Any] | None = None, id: str | None = None,
-            max_categories: int = 50) -> Preprocessor:
-        """Fit on ``data`` restricted to ``rows`` (the training rows).
-
-        Args:
-            data: Full table (only ``rows`` are looked at).
-            target: Target column name.
-            task: ``"classification"`` or ``"regression"``.
-            kinds: Feature column name -> kind (``numeric``/``bool``/``categorical``), in output order.
-            rows: Training row indices (all rows if None).
-            classes: Class labels for classification; default: sorted labels seen in ``rows``.
-            id: Id column name (excluded from features).
-            max_categories: Categorical columns with more distinct training values are dropped.
-        """
-        import pyarrow.compute as pc
-
-        features: list[dict[str, Any]] = []
-        notes: list[str] = []
-        imputed: list[str] = []
-        for name, kind in kinds.items():
-            col = data.column(name)
-            if kind in ("numeric", "bool"):
-                v = _float64(col, name, rows)
-                ok = np.isfinite(v)
-                n_missing = int(v.size - np.count_nonzero(ok))
-                valid = v[ok] if n_missing else v
-                if valid.size == 0:
-                    notes.append(f"dropped column {name!r}: all values missing in the training rows")
-                    continue
-                if valid.min() == valid.max():
-                    notes.append(f"dropped column {name!r}: constant ({valid[0]:g}) in the training rows")
-                    continue
-                spec = {"name": name, "kind": "numeric", "mean": float(valid.mean()),
-                        "std": float(valid.std()), "median": float(np.median(valid)),
-                        "missing": n_missing > 0}
-                if n_missing:
-                    imputed.append(f"{name}: {n_missing} (median {spec['median']:g})")
-                features.append(spec)
-            else:
-                s = _as_strings(col.take(rows) if rows is not None else col)
-                cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
-                has_null = s.null_count > 0
-                if len(cats) > max_categories:
-                    notes.append(f"dropped column {name!r}: {len(cats)} distinct values in the training "
-                                 f"rows > max_categories={max_categories} (text/ID-like); raise the limit "
-                                 f"to keep it")
-                    continue
-                if len(cats) + has_null <= 1:
-                    notes.append(f"dropped column {name!r}: constant ({cats[0] if cats else None!r}) "
-                                 f"in the training rows")
-                    continue
-                features.append({"name": name, "kind": "categorical", "categories": cats,
-                                 "missing": has_null})
-        if imputed:
-            notes.append("imputed missing numeric values with the train median (+ COL__missing indicator): "
-                         + ", ".join(imputed))
-        if task == "classification" and classes is None:
-            tcol = data.column(target)
-            classes = _sorted_unique(tcol.take(rows) if rows is not None else tcol)
-        if task == "classification" and classes is not None and len(classes) < 2:
-            raise TableError(f"target {target!r} has a single class ({classes!r}) in the training rows; "
-                             f"classification needs at least 2. Check the split or use --task regression.")
-        return cls(target, task, features, classes, id, notes)
-
-    # --------------------------------------------------------------------------------- properties
-    @property
-    def input_columns(self) -> list[str]:
-        """Columns a table must have at transform time."""
-        return [f["name"] for f in self.features]
-
-    @property
-    def feature_names(self) -> list[str]:
-        """Names of the output feature-matrix columns, in order."""
-        names: list[str] = []
-        for f in self.features:
-            if f["kind"] == "numeric":
-                names += [f["name"]] + ([f"{f['name']}__missing"] if f["missing"] else [])
-            else:
-                names += [f"{f['name']}={c}" for c in f["categories"]] + [f"{f['name']}=<unknown>"]
-                names += [f"{f['name']}=<missing>"] if f["missing"] else []
-        return names
-
-    @property
-    def num_classes(self) -> int | None:
-        return len(self.classes) if self.classes is not None else None
-
-    # --------------------------------------------------------------------------------- transform
-    def transform(self, data: pa.Table, rows: np.ndarray | None = None,
-                  notes: list[str] | None = None) -> np.ndarray:
-        """Encode features as a C-contiguous float32 matrix ``(n_rows, len(feature_names))``.
-
-        Unknown categories go to the column's ``<unknown>`` slot, with a warning (counts per column)
-        that is also appended to ``notes``.
-
-        Raises:
-            TableError: Required columns are missing, or a numeric column contains junk.
-        """
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        missing = [c for c in self.input_columns if c not in data.column_names]
-        if missing:
-            raise TableError(f"the table lacks {len(missing)} column(s) the model needs: {missing}. "
-                             f"Add them (cells may be empty, which are imputed).")
-        n = data.num_rows if rows is None else len(rows)
-        out = np.empty((n, len(self.feature_names)), dtype=np.float32)
-        unknown: list[str] = []
-        j = 0
-        for f in self.features:
-            col = data.column(f["name"])
-            if f["kind"] == "numeric":
-                v = _float64(col, f["name"], rows)
-                miss = ~np.isfinite(v)
-                v[miss] = f["median"]
-                v -= f["mean"]
-                v /= f["std"]
-                out[:, j] = v
-                j += 1
-                if f["missing"]:
-                    out[:, j] = miss
-                    j += 1
-                continue
-            cats = f["categories"]
-            k = len(cats) + 1 + f["missing"]
-            s = _as_strings(col.take(rows) if rows is not None else col)
-            idx = pc.fill_null(pc.index_in(s, value_set=pa.array(cats, pa.string())), -1)
-            idx = np.asarray(idx.to_numpy(), dtype=np.int64)
-            isnull = np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool)
-            slot = np.where(idx >= 0, idx, len(cats))  # unknown slot
-            if f["missing"]:
-                slot[isnull] = len(cats) + 1
-            n_unknown = int(np.count_nonzero(idx < 0) - (np.count_nonzero(isnull) if f["missing"] else 0))
-            if n_unknown:
-                unknown.append(f"{f['name']}: {n_unknown}")
-            block = out[:, j:j + k]
-            block[...] = 0.0
-            block[np.arange(n), slot] = 1.0
-            j += k
-        if unknown:
-            msg = "unseen (or missing) categories mapped to the <unknown> slot (rows per column): "
-            msg += ", ".join(unknown)
-            warnings.warn(msg, UserWarning, stacklevel=2)
-            if notes is not None:
-                notes.append(msg)
-        return out
-
-    def encode_target(self, data: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
-        """Target as float32 (regression) or int64 class indices (classification).
-
-        Raises:
-            TableError: Missing target values, or labels not seen when fitting.
-        """
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        col = data.column(self.target)
-        if rows is not None:
-            col = col.take(rows)
-        if self.task == "regression":
-            y = _float64(col, self.target).astype(np.float32)
-            if not np.isfinite(y).all():
-                n_bad = int((~np.isfinite(y)).sum())
-                raise TableError(f"target {self.target!r} has {n_bad} missing value(s); drop those rows.")
-            return y
-        assert self.classes is not None
-        s = _as_strings(col)
-        idx = pc.index_in(s, value_set=pc.cast(pa.array(self.classes), pa.string()))
-        if idx.null_count:
-            bad = sorted({str(v) for v in pc.filter(s, pc.is_null(idx)).to_pylist()})
-            raise TableError(f"target {self.target!r} has {idx.null_count} value(s) that are missing or not "
-                             f"among the known classes {self.classes}: {bad[:10]}. Remove those rows.")
-        return np.asarray(idx.to_numpy(), dtype=np.int64)
-
-    def decode(self, indices: Any) -> list[Any]:
-        """Map class indices (array/tensor/list) back to the original labels (int/bool/str kept)."""
-        if self.classes is None:
-            raise TableError("decode() is only for classification targets.")
-        idx = np.asarray(indices.cpu() if hasattr(indices, "cpu") else indices, dtype=np.int64)
-        return np.array(self.classes, dtype=object)[idx].tolist()
-
-    # --------------------------------------------------------------------------------- serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able state (plain dicts/lists/str/float/int/bool)."""
-        return {"version": self.VERSION, "target": self.target, "task": self.task, "id": self.id,
-                "classes": self.classes, "features": [dict(f) for f in self.features], "notes": self.notes}
-
-    @classmethod
-    def from_dict(cls, state: Mapping[str, Any]) -> Preprocessor:
-        """Inverse of `to_dict`."""
-        if state.get("version") != cls.VERSION:
-            raise TableError(f"unsupported preprocessor state version {state.get('version')!r}")
-        return cls(state["target"], state["task"], [dict(f) for f in state["features"]],
-                   state.get("classes"), state.get("id"), state.get("notes"))
-
-    def __repr__(self) -> str:
-        return (f"Preprocessor(target={self.target!r}, task={self.task!r}, inputs={len(self.features)}, "
-                f"features={len(self.feature_names)}, classes={self.num_classes})")
-
-
 # --------------------------------------------------------------------------------------------- Table
-
-
-@dataclass
-class TableSplit:
-    """Encoded rows: ``X`` float32 ``(n, d)``; ``y`` float32 or int64 (None if no target column)."""
-
-    X: torch.Tensor
-    y: torch.Tensor | None
-    ids: list[Any] | None = None
-    rows: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Prepared:
-    """Result of `Table.prepare`: the fitted preprocessor and one `TableSplit` per split name."""
-
-    preprocessor: Preprocessor
-    splits: dict[str, TableSplit]
-    notes: list[str]
-
-    def __getitem__(self, name: str) -> TableSplit:
-        return self.splits[name]
-
-    @property
-    def train(self) -> TableSplit:
-        return self.splits["train"]
-
-    @property
-    def val(self) -> TableSplit | None:
-        return self.splits.get("val")
-
-    @property
-    def test(self) -> TableSplit | None:
-        return self.splits.get("test")
-
-    @property
-    def feature_names(self) -> list[str]:
-        return self.preprocessor.feature_names
 
 
 class Table:
@@ -674,7 +400,7 @@ class Table:
         return {name: np.sort(p) for name, p in zip(("train", "val", "test"), parts)}
 
     def prepare(self, splits: Mapping[str, Any] | Sequence[Any] | None = None, *,
-                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Prepared:
+                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> PreparedTable:
         """Fit a `Preprocessor` on the train rows only and encode every split.
 
         Args:
@@ -685,9 +411,11 @@ class Table:
             seed: Seed of the random split.
 
         Returns:
-            `Prepared` with the fitted preprocessor and one `TableSplit` (X, y, ids) per split.
+            `PreparedTable` with the fitted preprocessor and one `TableSplit` (X, y, ids) per split.
         """
         import torch
+
+        from .preprocess import PreparedTable, Preprocessor, TableSplit
 
         if splits is None:
             named = self.split_indices(fractions, seed)
@@ -723,7 +451,7 @@ class Table:
                                  f"target {self.target!r}; use a stratified or larger split.")
             ids = self.data.column(self.id).take(a).to_pylist() if self.id else None
             out[name] = TableSplit(X, y, ids, a, notes)
-        return Prepared(pre, out, self.notes + pre.notes)
+        return PreparedTable(pre, out, self.notes + pre.notes)
 
 
 def _float64_arrow(col: Any) -> Any:
@@ -733,43 +461,3 @@ def _float64_arrow(col: Any) -> Any:
     if _is_string(col.type):
         col = pc.utf8_trim_whitespace(_as_strings(col))
     return pc.cast(col, pa.float64())
-
-
-def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | Table, *,
-                    encoding: str = "utf-8", delimiter: str | None = None) -> TableSplit:
-    """Encode a new table (predict/evaluate time) with a fitted preprocessor.
-
-    Args:
-        preprocessor: Fitted (or `from_dict`-restored) preprocessor.
-        table: Path, ``pyarrow.Table`` or `Table`.
-        encoding: Text encoding when ``table`` is a path.
-        delimiter: Field separator when ``table`` is a path.
-
-    Returns:
-        `TableSplit` with ``X``, ``y`` (None unless the target column is present and not all missing),
-        ``ids`` (if the id column is present) and ``notes`` (ignored extra columns, unknown categories).
-
-    Raises:
-        TableError: Columns the model needs are missing, junk in numeric columns, unknown target labels.
-    """
-    import torch
-
-    if isinstance(table, Table):
-        data = table.data
-    elif isinstance(table, (str, Path)):
-        data = read_table(table, encoding=encoding, delimiter=delimiter)
-    else:
-        data = table
-    notes: list[str] = []
-    known = set(preprocessor.input_columns) | {preprocessor.target, preprocessor.id}
-    extra = [c for c in data.column_names if c not in known]
-    if extra:
-        notes.append(f"ignored {len(extra)} column(s) the model does not use: {extra}")
-    X = torch.from_numpy(preprocessor.transform(data, None, notes))
-    y = None
-    if preprocessor.target in data.column_names:
-        col = data.column(preprocessor.target)
-        if col.null_count < len(col):
-            y = torch.from_numpy(preprocessor.encode_target(data))
-    ids = data.column(preprocessor.id).to_pylist() if preprocessor.id in data.column_names else None
-    return TableSplit(X, y, ids, None, notes)

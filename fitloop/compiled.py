@@ -18,21 +18,25 @@ the Trainer then raises or counts the skipped step as in eager mode.
 
 from __future__ import annotations
 
-import itertools
 import time
-import types
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from . import _fastpath
+from .data import TensorBatches
+from .step import add_input_noise, penalty
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 __all__ = ["CompiledStep", "unsupported"]
 
 _KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
 
 
-def unsupported(trainer, batches) -> str | None:
+def unsupported(trainer: Trainer, batches: Any) -> str | None:
     """Why `compile="step"` cannot run this configuration, or None when it can."""
-    from .data import TensorBatches
-
     cfg = trainer.config
     opt = trainer.optimizer
     if type(opt) not in _KINDS:
@@ -52,17 +56,9 @@ def unsupported(trainer, batches) -> str | None:
         return "accumulate > 1 (gradient accumulation)"
     if trainer.scaler is not None:
         return "precision='fp16' (GradScaler)"
-    if any(not p.is_floating_point() or p.is_sparse for p in trainer._params):
+    if any(not p.is_floating_point() or p.is_sparse for p in trainer.params):
         return "a parameter is sparse or not floating point"
-    if type(trainer).train_step is not _base_train_step():
-        return "Trainer.train_step is overridden (the compiled step would bypass the override)"
     return None
-
-
-def _base_train_step():
-    from .trainer import Trainer
-
-    return Trainer.train_step
 
 
 class CompiledStep:
@@ -74,7 +70,7 @@ class CompiledStep:
     conjunction (the step was applied); `grad_norm` is None unless clipping is on.
     """
 
-    def __init__(self, trainer):
+    def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.opt = opt = trainer.optimizer
         self.kind = _KINDS[type(opt)]
@@ -131,7 +127,7 @@ class CompiledStep:
             return self._inputs
         flags = tuple(self._group_flags(g) for g in groups)
         if flags != self._flags:
-            self._fn = torch.compile(_own_code(self._graph(flags)), fullgraph=True, dynamic=False)
+            self._fn = torch.compile(_fastpath.private_code(self._graph(flags)), fullgraph=True, dynamic=False)
             self._flags = flags
         dev = self.groups[0][0].device
         inputs = []
@@ -154,7 +150,7 @@ class CompiledStep:
         t0 = time.perf_counter() if first else 0.0
         try:
             out = self._fn(tensors, x, y)
-        except torch._dynamo.exc.TorchDynamoException as e:
+        except _fastpath.compile_errors() as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeError(f"compile='step': torch.compile could not compile the training step as one graph "
                                f"({reason}). Use compile=True (the model only) or compile=False; "
@@ -172,28 +168,23 @@ class CompiledStep:
         t = self.trainer
         cfg = t.config
         model, compute_loss = t.model, t.compute_loss
-        noise, penalty = cfg.input_noise, cfg.penalty
-        autocast = t._autocast_dtype
+        noise, pen = cfg.input_noise, cfg.penalty
+        autocast = t.autocast_dtype
         device_type = t.device.type
         clip_norm, clip_value = cfg.clip_grad_norm, cfg.clip_grad_value
         names, kind, buffer_names = self.names, self.kind, self.buffer_names
         n_state = [len(_state_tensors(None, kind, fl)) for fl in flags]
         update = _adam if kind == "adam" else _sgd
 
-        def loss_of(pd, bd, x, y):
-            if noise and x.is_floating_point():
-                x = x + noise * torch.randn_like(x)
+        def loss_of(pd, bd, x, y):  # TrainingStep.loss, on functional parameters
+            x = add_input_noise(x, noise)
             if autocast is not None:
                 with torch.autocast(device_type, dtype=autocast):
                     out = torch.func.functional_call(model, (pd, bd), (x,))
             else:
                 out = torch.func.functional_call(model, (pd, bd), (x,))
             loss = compute_loss(out, y)
-            total = loss
-            if penalty is not None:
-                kind_, strength = penalty
-                terms = [p.pow(2).sum() if kind_ == "l2" else p.abs().sum() for p in pd.values()]
-                total = loss + strength * sum(terms)
+            total = loss + penalty(pd.values(), *pen) if pen is not None else loss
             return total, (loss.detach(), out.detach())
 
         def step(tensors, x, y):
@@ -228,17 +219,6 @@ class CompiledStep:
             return loss, out, finite, ok, norm
 
         return step
-
-
-def _own_code(fn):
-    """`fn` with a private copy of its code object. Dynamo caches compiled graphs per code object
-    (at most `recompile_limit` = 8, then it silently runs the function eagerly); a private copy gives
-    every Trainer its own cache, however many Trainers a process builds."""
-    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_counter)}")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-
-
-_counter = itertools.count()
 
 
 def _state_tensors(s: dict | None, kind: str, flags: tuple) -> list:

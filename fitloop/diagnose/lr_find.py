@@ -10,17 +10,15 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .data import TensorBatches
+from ..step import TrainingStep
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ..trainer import Trainer
 
 __all__ = ["LRFinderResult", "lr_find"]
 
@@ -80,24 +78,7 @@ def suggest_lr(lrs: list[float], losses: list[float], skip_start: int = 3, skip_
     return float(lrs[lo + int(np.argmin(slope))])
 
 
-def _rng_state(trainer: Trainer) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "generator": trainer.generator.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(trainer: Trainer, state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    trainer.generator.set_state(state["generator"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def lr_find(trainer: Trainer, train, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+def lr_find(trainer: Trainer, train: Any, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
             smooth: float = 0.98, diverge: float = 4.0, plot: str | os.PathLike | bool | None = None
             ) -> LRFinderResult:
     """Train `num_steps` steps with the lr growing exponentially from `start_lr` to `end_lr`.
@@ -126,63 +107,45 @@ def lr_find(trainer: Trainer, train, *, start_lr: float = 1e-7, end_lr: float = 
         raise ValueError(f"lr_find: need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
     if num_steps < 2:
         raise ValueError(f"lr_find: num_steps must be >= 2, got {num_steps}.")
-    if trainer._needs_closure:
-        raise ValueError("lr_find: not supported for closure optimizers such as LBFGS.")
     # Everything the sweep touches, copied so it can be put back exactly.
-    saved = {
-        "model": copy.deepcopy(trainer.model.state_dict()),
-        "training": {name: m.training for name, m in trainer.model.named_modules()},
-        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
-        "scheduler": None if trainer.scheduler is None else copy.deepcopy(trainer.scheduler.state_dict()),
-        "scaler": None if trainer.scaler is None else copy.deepcopy(trainer.scaler.state_dict()),
-        "rng": _rng_state(trainer),
-        "state": copy.deepcopy(trainer.state),
-        "grad_norms": list(trainer._grad_norms),
-        "grads": [None if p.grad is None else p.grad.detach().clone() for p in trainer._params],
-    }
+    saved = copy.deepcopy(trainer.state_dict())
+    training = {name: m.training for name, m in trainer.model.named_modules()}
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in trainer.params]
     lrs: list[float] = []
     losses: list[float] = []
     raw: list[float] = []
     stopped = False
     try:
-        batches = trainer._batches(train, train=True)
+        batches = trainer.batches(train, train=True)
+        # the one training step, one batch per optimizer step, no scheduler; a NaN/inf step is skipped
+        # (not applied) and ends the sweep
+        step = TrainingStep(trainer, schedule=False, on_nonfinite="skip")
         trainer.model.train()
         gamma = (end_lr / start_lr) ** (1 / (num_steps - 1))
         avg, best = 0.0, math.inf
-        step = 0
-        while step < num_steps and not stopped:
-            for batch in batches.epoch(trainer.generator):
-                lr = start_lr * gamma**step
+        while len(lrs) < num_steps and not stopped:
+            for x, y in batches.epoch(trainer.generator):
+                lr = start_lr * gamma ** len(lrs)
                 for g in trainer.optimizer.param_groups:
                     g["lr"] = lr
-                x, y = batch if isinstance(batches, TensorBatches) else trainer._to_device(batch)
-                loss = _sweep_step(trainer, x, y)
+                loss, _ = step(x, y)
                 value = loss.item()  # one sync per step: the sweep must watch the loss to stop
                 avg = smooth * avg + (1 - smooth) * value
-                smoothed = avg / (1 - smooth ** (step + 1)) if smooth else value
+                smoothed = avg / (1 - smooth ** (len(lrs) + 1)) if smooth else value
                 lrs.append(lr)
                 raw.append(value)
                 losses.append(smoothed)
-                step += 1
-                if not math.isfinite(smoothed) or (step > 1 and smoothed > diverge * best):
+                if not math.isfinite(smoothed) or (len(lrs) > 1 and smoothed > diverge * best):
                     stopped = True
                     break
                 best = min(best, smoothed)
-                if step >= num_steps:
+                if len(lrs) >= num_steps:
                     break
     finally:
-        trainer.model.load_state_dict(saved["model"])
+        trainer.load_state_dict(saved)
         for name, m in trainer.model.named_modules():
-            m.train(saved["training"][name])
-        trainer.optimizer.load_state_dict(saved["optimizer"])
-        if saved["scheduler"] is not None:
-            trainer.scheduler.load_state_dict(saved["scheduler"])
-        if saved["scaler"] is not None:
-            trainer.scaler.load_state_dict(saved["scaler"])
-        _set_rng_state(trainer, saved["rng"])
-        vars(trainer.state).update(vars(saved["state"]))  # in place: others may hold trainer.state
-        trainer._grad_norms = saved["grad_norms"]
-        for p, g in zip(trainer._params, saved["grads"]):
+            m.train(training[name])
+        for p, g in zip(trainer.params, grads):
             p.grad = g
     finite = [(lr, v) for lr, v in zip(lrs, losses) if math.isfinite(v)]
     result = LRFinderResult(lrs=lrs, losses=losses, raw_losses=raw, stopped_early=stopped,
@@ -190,29 +153,3 @@ def lr_find(trainer: Trainer, train, *, start_lr: float = 1e-7, end_lr: float = 
     if plot:
         result.figure = result.plot(None if plot is True else plot)  # type: ignore[attr-defined]
     return result
-
-
-def _sweep_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """A plain training step (no accumulation, no scheduler, no step counting)."""
-    cfg = trainer.config
-    if cfg.input_noise and x.is_floating_point():
-        x = x + cfg.input_noise * torch.randn_like(x)
-    trainer.optimizer.zero_grad(set_to_none=True)
-    out = trainer.forward(x)
-    loss = trainer.compute_loss(out, y)
-    total = loss + trainer._penalty() if cfg.penalty is not None else loss
-    if trainer.scaler is not None:
-        trainer.scaler.scale(total).backward()
-        trainer.scaler.unscale_(trainer.optimizer)
-    else:
-        total.backward()
-    if cfg.clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(trainer._params, cfg.clip_grad_norm)
-    if cfg.clip_grad_value:
-        torch.nn.utils.clip_grad_value_(trainer._params, cfg.clip_grad_value)
-    if trainer.scaler is not None:
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-    else:
-        trainer.optimizer.step()
-    return loss.detach()

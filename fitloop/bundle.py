@@ -2,86 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._fastpath import unwrap_model
+from .files import atomic_write_bytes, versions
 from .models import MLPSpec, build_mlp
 
-__all__ = ["save_bundle", "load", "read_meta", "atomic_write_bytes", "FORMAT_VERSION"]
+__all__ = ["save_bundle", "load", "read_meta", "check_state_shapes", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "fitloop.json"
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-# Test hook: called with the temporary path after the first half of a file is written (tests kill the
-# process there to prove a partial write is never picked up).
-_on_partial_write = None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same directory (`.NAME.<random>.tmp`),
-    fsync, rename, fsync the directory. A crash leaves either the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            if _on_partial_write is not None:
-                f.flush()
-                _on_partial_write(tmp)
-            f.write(data[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """`obj` as JSON, written with `atomic_write_bytes`."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=indent, default=str) + "\n").encode())
-
-
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    return {"fitloop": __version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module whose weights are saved: no torch.compile `_orig_mod.`, no DDP `module.` prefix."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> str:
@@ -92,7 +29,7 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] 
     """
     from safetensors.torch import save as st_save
 
-    model = _unwrap(model)
+    model = unwrap_model(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -110,7 +47,7 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] 
     info = {
         "format": "fitloop-bundle",
         "format_version": FORMAT_VERSION,
-        "versions": _versions(),
+        "versions": versions(),
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "spec": spec.to_dict() if spec is not None else None,
         "parameters": {k: list(v.shape) for k, v in state.items()},
@@ -178,7 +115,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, device: str
             raise ValueError(f"{path}: this bundle holds a {meta.get('model_class')} without a stored spec; "
                              "pass the model to load the weights into: fl.load(path, model=MyModel()).")
         model = build_spec(meta["spec"])
-    target = _unwrap(model)
+    target = unwrap_model(model)
     check_state_shapes(target, state, where=str(path))
     target.load_state_dict(state)
     target.to(device).eval()

@@ -1,0 +1,451 @@
+"""The run directory as a callback: checkpoints, exact resume, signals, status, the final bundle.
+
+A run directory holds everything a run produced::
+
+    runs/exp1/
+      config.json       the resolved TrainConfig and its fingerprint
+      run.json          status (running / finished / failed / interrupted), versions, timings
+      history.jsonl     one JSON line per epoch, appended and flushed as it goes
+      splits.json       the row indices of the train/val splits (when the data carries them)
+      checkpoints/      ckpt-000001-e1-s12.safetensors ..., `latest` and `best` pointer files
+      model/            the final model bundle (model.safetensors + fitloop.json)
+
+`Trainer(..., run_dir=...)` adds a `Checkpointer` as its last callback. It uses the public events
+only: `on_fit_start` writes the directory (or continues it on resume) and installs SIGINT/SIGTERM
+handlers; `on_optimizer_step` writes the every-N-steps checkpoints and, after a signal, a last
+checkpoint before the run stops; `on_epoch_end` appends the history line and writes the epoch's
+checkpoint (keep-last-K plus the best); `on_fit_end` writes the bundle (after EarlyStopping has
+restored its best weights) or, after a signal, raises `RunInterrupted`; `on_exception` records a
+failure. A checkpoint is `Trainer.state_dict()` plus the data fingerprint, in the format of
+`fitloop.checkpoint_format`. Every file is written atomically, so a crash leaves the old file or
+the new one; resuming picks the newest checkpoint that loads and verifies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .._fastpath import unwrap_model
+from ..bundle import check_state_shapes
+from ..checkpoint_format import (
+    CheckpointWarning,
+    ResumeMismatchError,
+    checkpoint_name,
+    find_checkpoints,
+    load_checkpoint,
+    load_latest,
+    serialize,
+)
+from ..config import RESUME_IGNORED, RUN_FORMAT
+from ..data import Split
+from ..files import atomic_write_bytes, versions, write_json_atomic
+from ..step import NonFiniteError
+from .base import Callback
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from ..trainer import Trainer
+
+__all__ = ["Checkpointer", "RunInterrupted", "data_fingerprint", "EXIT_SIGINT", "EXIT_SIGTERM"]
+
+EXIT_SIGINT = 130   # 128 + SIGINT, the shell convention
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class RunInterrupted(SystemExit):
+    """Raised by `fit` after SIGINT/SIGTERM once the checkpoint is written.
+
+    A `SystemExit`, so an uncaught one ends the process with `code` (130 for SIGINT, 143 for
+    SIGTERM) and no traceback; catch it to continue in-process.
+    """
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _hash_tensor(h: Any, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def _hash_item(h: Any, item: Any) -> None:
+    if isinstance(item, torch.Tensor):
+        _hash_tensor(h, item)
+    elif isinstance(item, np.ndarray):
+        _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(item)))
+    elif isinstance(item, (tuple, list)):
+        for v in item:
+            _hash_item(h, v)
+    elif isinstance(item, dict):
+        for k in sorted(item, key=str):
+            h.update(str(k).encode())
+            _hash_item(h, item[k])
+    else:
+        h.update(repr(item).encode())
+
+
+def data_fingerprint(data: Any, sample: int = 64) -> dict[str, Any] | None:
+    """A cheap fingerprint of training data: shape, dtype and a SHA-256 of the bytes of in-memory
+    tensors; for a Dataset its class, length and a hash of `sample` evenly spaced items."""
+    if data is None:
+        return None
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = Split(data[0], data[1])
+    if isinstance(data, Split):
+        out: dict[str, Any] = {"kind": "tensors", "rows": len(data)}
+        for name, t in (("X", data.X), ("y", data.y)):
+            if t is not None:
+                h = hashlib.sha256()
+                _hash_tensor(h, t)
+                out[name] = {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": h.hexdigest()[:16]}
+        return out
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    n = len(data)
+    idx = sorted({round(i * (n - 1) / max(1, sample - 1)) for i in range(min(n, sample))})
+    h = hashlib.sha256()
+    for i in idx:
+        _hash_item(h, data[i])
+    return {"kind": "dataset", "class": type(data).__name__, "rows": n, "sample_sha256": h.hexdigest()[:16]}
+
+
+def split_row_indices(data: Any) -> list[int] | None:
+    """The original row indices a split carries (`Split.indices`, `Subset.indices`), or None."""
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    idx = getattr(data, "indices", None)
+    if idx is None:
+        return None
+    return torch.as_tensor(idx).tolist()
+
+
+def _plain(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def _differences(what: str, saved: dict | None, now: dict | None, ignore: tuple[str, ...] = ()) -> list[str]:
+    saved, now = _plain(saved or {}), _plain(now or {})
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        if k not in ignore and saved.get(k) != now.get(k):
+            out.append(f"{what}{k}: {saved.get(k)!r} -> {now.get(k)!r}")
+    return out
+
+
+def _resolve_run_dir(run_dir: str | os.PathLike | bool) -> Path:
+    if run_dir is True or run_dir == "auto":
+        base = Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, i = base, 1
+        while path.exists():
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+        return path
+    return Path(run_dir)
+
+
+
+class Checkpointer(Callback):
+    """Writes a run directory and its checkpoints, through the callback events.
+
+    Created by `Trainer(..., run_dir=...)`; `run_dir=True` or `"auto"` picks `runs/<timestamp>`.
+    `config` supplies `checkpoint_every_steps`, `checkpoint_every_epochs`, `keep_last`, `monitor`
+    and `mode`; `config.run_dir` is set to the resolved directory.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | bool, config: TrainConfig):
+        self.dir = _resolve_run_dir(run_dir)
+        config.run_dir = str(self.dir)
+        self.config = config
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.best: dict[str, Any] | None = None   # {"name", "value", "monitor", "epoch"} of the best checkpoint
+        self.last_path: Path | None = None
+        self._resuming: dict[str, Any] | None = None  # the checkpoint a resume continues from
+        self._last_saved_step = -1
+        self._signal: int | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self._started = self._finished = False
+        self._info: dict[str, Any] = {}
+        self._data_fp: dict[str, Any] | None = None
+        self._session_t0 = time.perf_counter()
+        self._elapsed0 = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+
+    # ---- resume
+
+    @classmethod
+    def attach(cls, trainer: Trainer, run_dir: str | os.PathLike | None, checkpoint: str | None = None
+               ) -> Checkpointer:
+        """The trainer's Checkpointer for `run_dir` (by default the directory `checkpoint` is in),
+        replacing one for another directory; appended last to `trainer.callbacks`."""
+        if run_dir is None and checkpoint is not None:
+            run_dir = Path(checkpoint).resolve().parent.parent
+        if run_dir is None:
+            raise ValueError("resume: pass run_dir= (or build the Trainer with run_dir=...).")
+        mine = [cb for cb in trainer.callbacks if isinstance(cb, cls)]
+        if mine and Path(mine[0].dir).resolve() == Path(run_dir).resolve():
+            return mine[0]
+        trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, cls)]
+        ckpt = cls(run_dir, trainer.config)
+        trainer.callbacks.append(ckpt)
+        return ckpt
+
+    def prepare_resume(self, trainer: Trainer, train: Any, val: Any = None, *, checkpoint: str | None = None,
+                       force: bool = False) -> dict[str, Any]:
+        """Load the checkpoint to continue from (the newest good one, or `checkpoint`) and check that
+        `trainer`, its config and the data fit it. Returns the checkpoint's state for
+        `Trainer.load_state_dict`; the next `on_fit_start` continues the directory.
+
+        Raises:
+            CheckpointError: no loadable checkpoint (never a silent fresh start).
+            ResumeMismatchError: config or data changed (unless `force`).
+            ValueError: the model's parameter shapes differ from the checkpoint's.
+        """
+        self._cleanup_temps()
+        ck = load_checkpoint(checkpoint) if checkpoint is not None else load_latest(self.dir)
+        where = str(ck.get("_path"))
+        check_state_shapes(unwrap_model(trainer.model), ck["model"], where=where)
+        fp = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
+        problems = _differences("config ", ck.get("config"), trainer.config.to_dict(), RESUME_IGNORED)
+        for part in ("train", "val"):
+            old, new = (ck.get("data") or {}).get(part), fp.get(part)
+            if old != new:
+                diffs = _differences(f"{part} data ", old, new) or [f"{part} data: {old!r} -> {new!r}"]
+                problems += [d.replace(" data ", " data: ", 1) for d in diffs]
+        if problems:
+            msg = (f"Cannot resume from {where}: what changed since the checkpoint (saved -> now): "
+                   + "; ".join(problems) + ". Resume with the same settings and data, or pass force=True "
+                   "(--force) to resume anyway.")
+            if not force:
+                raise ResumeMismatchError(msg)
+            warnings.warn(msg.replace("Cannot resume", "Resuming despite changes,"), CheckpointWarning,
+                          stacklevel=3)
+        self._resuming = ck
+        return ck
+
+    # ---- events
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._cleanup_temps()
+        self._install_handlers()
+        if self._resuming is not None:
+            ck, self._resuming = self._resuming, None
+            self.last_path = Path(ck["_path"])
+            self._last_saved_step = trainer.state.step
+            self._rewrite_history(trainer.history)
+            self._info = _read_json(self.dir / "run.json") or {"created": _now()}
+            self._info["sessions"] = self._info.get("sessions", 0) + 1
+            self._info["resumed_from"] = self.last_path.name
+        else:
+            if (self.dir / "run.json").exists() or find_checkpoints(self.dir):
+                self._restore_handlers()
+                raise FileExistsError(f"{self.dir}: this run directory already holds a run. Continue it "
+                                      "with trainer.resume(train, val), or pick another run_dir "
+                                      "(or run_dir='auto').")
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.dir / "config.json", {"config": trainer.config.to_dict(),
+                                                         "fingerprint": trainer.config.fingerprint()})
+            splits = {k: v for k, v in (("train", split_row_indices(trainer.train_data)),
+                                        ("val", split_row_indices(trainer.val_data))) if v is not None}
+            if splits:
+                write_json_atomic(self.dir / "splits.json", splits)
+            (self.dir / "history.jsonl").write_text("")
+            self._info = {"format": RUN_FORMAT, "format_version": 1, "created": _now(), "sessions": 1,
+                          "elapsed_s": 0.0}
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self._data_fp = {"train": data_fingerprint(trainer.train_data), "val": data_fingerprint(trainer.val_data)}
+        self._session_t0 = time.perf_counter()
+        self._elapsed0 = float(self._info.get("elapsed_s", 0.0))
+        self._write_info(status="running", run_dir=str(self.dir), versions=versions(), pid=os.getpid(),
+                         started=_now(), ended=None, exit_code=None, message=None,
+                         epoch=trainer.state.epoch, step=trainer.state.step,
+                         target_epochs=trainer.state.target_epochs)
+        self._started, self._finished = True, False
+
+    def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
+        """Checkpoint every N optimizer steps; after a signal, checkpoint and stop the run."""
+        if self._signal is not None:
+            self.save(trainer)
+            self._stop(trainer)
+            return
+        n = self.config.checkpoint_every_steps
+        if n and step % n == 0 and step != self._last_saved_step:
+            self.save(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        st = trainer.state
+        self._append_history(logs)
+        every = self.config.checkpoint_every_epochs
+        last = st.epoch >= st.target_epochs or trainer.should_stop
+        if self._signal is not None or last or (every and st.epoch % every == 0):
+            self.save(trainer, logs)
+        if self._signal is not None:
+            self._stop(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """The final bundle (this callback runs last, so EarlyStopping's best weights are the ones
+        saved), or after a signal the interrupted status and `RunInterrupted`."""
+        self._restore_handlers()
+        if self._signal is not None:
+            code = EXIT_SIGINT if self._signal == signal.SIGINT else EXIT_SIGTERM
+            st = trainer.state
+            msg = (f"Run interrupted by {signal.Signals(self._signal).name} at epoch {st.epoch + 1}, batch "
+                   f"{st.batch} (global step {st.step}); checkpoint written to {self.last_path}. Resume with "
+                   "the same Trainer arguments and data: trainer.resume(train, val) "
+                   f"(run_dir={str(self.dir)!r}), "
+                   f"or (with the CLI) `fitloop resume {self.dir}`. Exit code {code}.")
+            self._finish(trainer, "interrupted", message=msg, exit_code=code)
+            print(msg, file=sys.stderr, flush=True)
+            raise RunInterrupted(code, msg)
+        trainer.save(str(self.dir / "model"), extra={"run_dir": str(self.dir)})
+        self._finish(trainer, "finished", message=trainer.stop_reason, exit_code=0)
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self._restore_handlers()
+        if self._started and not self._finished:
+            status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
+            self._finish(trainer, status, message=f"{type(error).__name__}: {error}")
+
+    # ---- checkpoints
+
+    def save(self, trainer: Trainer, logs: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint now (atomically), update `latest`/`best`, prune old ones."""
+        st = trainer.state
+        bad = next((n for n, p in unwrap_model(trainer.model).named_parameters()
+                    if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise NonFiniteError(f"Not writing a checkpoint at epoch {st.epoch + 1}, global step {st.step}: "
+                                 f"parameter {bad!r} is not finite. The last good checkpoint "
+                                 f"({self.last_path}) was kept. Try a lower learning rate.")
+        name = checkpoint_name(self._next_seq(), st.epoch, st.step)
+        value = key = None
+        if logs is not None:
+            key = self.config.monitor if self.config.monitor in logs else "loss"
+            v = logs.get(key)
+            value = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+        better = (lambda a, b: a < b) if self.config.mode == "min" else (lambda a, b: a > b)
+        if value is not None and (self.best is None or better(value, self.best["value"])):
+            self.best = {"name": name, "value": value, "monitor": key, "epoch": st.epoch}
+        state = {**trainer.state_dict(), "versions": versions(), "created": _now(), "data": self._data_fp,
+                 "logs": logs}
+        path = self.ckpt_dir / name
+        atomic_write_bytes(path, serialize(state))
+        atomic_write_bytes(self.ckpt_dir / "latest", (name + "\n").encode())
+        if self.best is not None and self.best["name"] == name:
+            atomic_write_bytes(self.ckpt_dir / "best", (name + "\n").encode())
+        self.last_path = path
+        self._last_saved_step = st.step
+        self._prune()
+        self._write_info(epoch=st.epoch, step=st.step, last_checkpoint=name,
+                         elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0)
+        trainer.notify_checkpoint(str(path))
+        return path
+
+    def _next_seq(self) -> int:
+        seqs = [int(m.group(1)) for p in (self.ckpt_dir.iterdir() if self.ckpt_dir.is_dir() else [])
+                if (m := re.match(r"^ckpt-(\d{6,})-", p.name)) and not p.name.startswith(".")]
+        return max(seqs, default=0) + 1
+
+    def _prune(self) -> None:
+        ckpts = find_checkpoints(self.dir)
+        keep = {p.name for p in ckpts[: self.config.keep_last]}
+        if self.best is not None:
+            keep.add(self.best["name"])
+        for p in ckpts:
+            if p.name not in keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    # ---- signals
+
+    def _install_handlers(self) -> None:
+        self._signal = None
+        if threading.current_thread() is threading.main_thread() and not self._old_handlers:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old_handlers[s] = signal.signal(s, self._handler)
+
+    def _restore_handlers(self) -> None:
+        for s, h in self._old_handlers.items():
+            signal.signal(s, h)
+        self._old_handlers = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:  # a second signal: stop now (the last checkpoint is intact)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(EXIT_SIGTERM)
+        self._signal = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a "
+              "checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
+
+    def _stop(self, trainer: Trainer) -> None:
+        trainer.should_stop = True
+        trainer.stop_reason = f"interrupted by {signal.Signals(self._signal or signal.SIGINT).name}"
+
+    # ---- files
+
+    def _cleanup_temps(self) -> None:
+        for d in (self.dir, self.ckpt_dir, self.dir / "model"):
+            if d.is_dir():
+                for p in d.glob(".*.tmp"):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+
+    def _write_info(self, **changes: Any) -> None:
+        self._info.update(changes, updated=_now())
+        write_json_atomic(self.dir / "run.json", self._info)
+
+    def _finish(self, trainer: Trainer, status: str, **changes: Any) -> None:
+        self._finished = True
+        self._write_info(status=status, ended=_now(), epoch=trainer.state.epoch, step=trainer.state.step,
+                         elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0, **changes)
+
+    def _append_history(self, logs: dict[str, Any]) -> None:
+        with open(self.dir / "history.jsonl", "a") as f:
+            f.write(json.dumps(logs, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _rewrite_history(self, history: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(h, default=str) + "\n" for h in history)
+        atomic_write_bytes(self.dir / "history.jsonl", text.encode())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,92 @@
+"""EarlyStopping: stop when a monitored value stops improving, and restore the best weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+from .base import Callback
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+__all__ = ["EarlyStopping"]
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs.
+
+    Args:
+        monitor: a key of the epoch logs, e.g. `"val_loss"` or `"val_accuracy"`.
+        mode: `"min"` or `"max"`; `None` picks `"max"` for accuracy/F1/precision/recall/R2.
+        patience: epochs in a row without improvement after which the run stops.
+        min_delta: smallest change that counts as an improvement.
+        restore_best_weights: at the end of `fit`, load the weights of the best epoch (on by
+            default), whether the run stopped early or not.
+
+    The reason is printed (unless the trainer is quiet) and recorded in `trainer.stop_reason` and
+    in `self.reason`; the best epoch and value are in `best_epoch` and `best`.
+
+    Example:
+        >>> stopper = fl.EarlyStopping("val_loss", patience=5, min_delta=1e-4)
+        >>> trainer = fl.Trainer(model, loss="cross_entropy", callbacks=[stopper], epochs=200)
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str | None = None, patience: int = 10,
+                 min_delta: float = 0.0, restore_best_weights: bool = True):
+        if mode is None:
+            maximize = ("accuracy", "f1", "precision", "recall", "r2")
+            mode = "max" if any(monitor.endswith(k) for k in maximize) else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}.")
+        if patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}.")
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.min_delta, self.restore_best_weights = abs(min_delta), restore_best_weights
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.reason: str | None = None
+        self._best_weights: dict[str, Any] | None = None
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        if self.monitor not in logs:
+            raise KeyError(f"EarlyStopping: monitor {self.monitor!r} is not in the logs; "
+                           f"available: {sorted(logs)}. Pass a validation set or another monitor.")
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self._best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stopped_epoch = epoch
+                self.reason = (f"early stopping at epoch {epoch}: {self.monitor} did not improve by more "
+                               f"than {self.min_delta:g} for {self.wait} epochs; best {self.best:.6g} "
+                               f"at epoch {self.best_epoch}")
+                trainer.should_stop = True
+                trainer.stop_reason = self.reason
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.restore_best_weights and self._best_weights is not None and self.best_epoch != trainer.epoch:
+            trainer.model.load_state_dict(self._best_weights)
+            trainer.log(f"Restored the weights of epoch {self.best_epoch} ({self.monitor}={self.best:.6g}).")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped_epoch": self.stopped_epoch, "reason": self.reason,
+                "best_weights": copy.copy(self._best_weights)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.reason = state.get("reason")
+        self._best_weights = state.get("best_weights")

@@ -1,0 +1,45 @@
+"""Data: seeded splits, batching for the training loop, and tables (read, infer, preprocess).
+
+    fitloop.data.splitting    split, Split, as_tensor, split_indices
+    fitloop.data.fractions    check_fractions (plain Python, no torch)
+    fitloop.data.batches      TensorBatches, LoaderBatches
+    fitloop.data.table        read_table, Table, TableError
+    fitloop.data.preprocess   Preprocessor, transform_table, TableSplit, PreparedTable
+
+The names below are imported on first use (PEP 562): `import fitloop.data` imports neither torch
+nor pyarrow, so the torch-free parts (`fitloop.data.fractions`) stay cheap for the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "Split": "splitting", "split": "splitting", "as_tensor": "splitting",
+    "TensorBatches": "batches", "LoaderBatches": "batches",
+    "Table": "table", "TableError": "table", "read_table": "table",
+    "Preprocessor": "preprocess", "transform_table": "preprocess",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .batches import LoaderBatches, TensorBatches  # noqa: F401
+    from .preprocess import Preprocessor, transform_table  # noqa: F401
+    from .splitting import Split, as_tensor, split  # noqa: F401
+    from .table import Table, TableError, read_table  # noqa: F401

@@ -1,0 +1,200 @@
+"""Batching for the training loop: both paths are driven by the Trainer's `torch.Generator`.
+
+* **In-memory tensors** (`Split`, or an `(X, y)` pair): the whole set is moved to the training
+  device once and each batch is an index slice of a seeded permutation (`TensorBatches`). No
+  per-sample Python, no `DataLoader`.
+* **Any `Dataset` or `DataLoader`**: batches come from a `DataLoader` whose sampler draws its
+  permutation from the Trainer's own generator, so the order is seeded and resumable (`LoaderBatches`).
+
+The generator state at the start of an epoch plus the index of the next batch is enough to
+reproduce the rest of the epoch exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .splitting import Split
+
+__all__ = ["TensorBatches", "LoaderBatches", "COPY_LIMIT", "make_batches", "prepare_target"]
+
+
+class TensorBatches:
+    """Batches of in-memory tensors by index slicing, on the training device.
+
+    The permutation of each epoch is drawn from the Trainer's generator on the CPU (so it is the
+    same on every device) and moved to the device once per epoch.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor | None, batch_size: int | None, shuffle: bool,
+                 drop_last: bool = False):
+        self.X, self.y = X, y
+        self.n = len(X)
+        self.batch_size = self.n if batch_size is None else min(batch_size, self.n)
+        self.shuffle, self.drop_last = shuffle, drop_last
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def epoch(self, generator: torch.Generator | None, start: int = 0) -> Iterator[tuple]:
+        """Yield the batches of one epoch from batch index `start` on.
+
+        When shuffling, the epoch's rows are gathered once into a shuffled copy and each batch is a
+        contiguous slice of it (a view): two gathers per epoch instead of two per step. Batch `i`
+        holds exactly the rows `perm[i*b:(i+1)*b]` either way. Above `COPY_LIMIT` bytes the copy
+        would cost too much memory, and each batch is gathered on its own.
+        """
+        b, X, y = self.batch_size, self.X, self.y
+        if self.shuffle and self.n > 1 and b < self.n:
+            perm = torch.randperm(self.n, generator=generator).to(X.device, non_blocking=True)
+            nbytes = X.nbytes + (0 if y is None else y.nbytes)
+            if nbytes <= COPY_LIMIT:
+                perm = perm[start * b:]  # resuming mid-epoch: only the rows still to come
+                X, y = X[perm], (None if y is None else y[perm])
+                for i in range(0, len(self) - start):
+                    yield X[i * b: (i + 1) * b], (None if y is None else y[i * b: (i + 1) * b])
+                return
+            for i in range(start, len(self)):
+                idx = perm[i * b: (i + 1) * b]
+                yield X[idx], (None if y is None else y[idx])
+        else:  # no shuffle, or one full batch (its row order does not change the step)
+            for i in range(start, len(self)):
+                yield X[i * b: (i + 1) * b], (None if y is None else y[i * b: (i + 1) * b])
+
+
+# Data up to this size is shuffled as one copy per epoch (see TensorBatches.epoch).
+COPY_LIMIT = 512 * 2**20
+
+
+class _EpochSampler(Sampler[int]):
+    """Index sampler for the DataLoader path: a seeded permutation per epoch, resumable by batch."""
+
+    def __init__(self, n: int, shuffle: bool):
+        self.n, self.shuffle = n, shuffle
+        self.generator: torch.Generator | None = None
+        self.start_index = 0
+
+    def __len__(self) -> int:
+        return self.n - self.start_index
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        return iter(order[self.start_index:].tolist())
+
+
+class LoaderBatches:
+    """Batches from any `Dataset` through a `DataLoader` whose order the Trainer controls.
+
+    A user's own `DataLoader` is used as it is; then the data order is the loader's business and
+    resuming mid-epoch skips the batches already seen. Batches are yielded as `(x, y)` on
+    `device` (`y` None when the dataset yields bare tensors).
+    """
+
+    def __init__(self, data: Any, batch_size: int | None, shuffle: bool, num_workers: int = 0,
+                 pin_memory: bool = False, drop_last: bool = False, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        if isinstance(data, DataLoader):
+            self.loader, self.sampler = data, None
+        else:
+            n = len(data)
+            self.sampler = _EpochSampler(n, shuffle)
+            self.loader = DataLoader(data, batch_size=n if batch_size is None else batch_size,
+                                     sampler=self.sampler, num_workers=num_workers,
+                                     pin_memory=pin_memory, drop_last=drop_last,
+                                     persistent_workers=False,
+                                     generator=torch.Generator())
+        self._len = len(self.loader)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def epoch(self, generator: torch.Generator | None, start: int = 0) -> Iterator[tuple]:
+        """Yield the batches of one epoch from batch index `start` on, as `(x, y)` on the device."""
+        for batch in self._epoch(generator, start):
+            yield self._to_device(batch)
+
+    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True), None
+        if isinstance(batch, (tuple, list)):
+            x = batch[0].to(self.device, non_blocking=True)
+            y = batch[1].to(self.device, non_blocking=True) if len(batch) > 1 else None
+            return x, y
+        raise TypeError(f"batch: expected a tensor or an (x, y) tuple from the DataLoader, got "
+                        f"{type(batch).__name__}; override Trainer.train_step for other batch types.")
+
+    def _epoch(self, generator: torch.Generator | None, start: int) -> Iterator[Any]:
+        if self.sampler is None:  # user-built loader: skip what was already seen
+            it = iter(self.loader)
+            for _ in range(start):
+                next(it)
+            yield from it
+            return
+        self.sampler.generator = generator
+        if generator is not None:
+            # The DataLoader draws its workers' base seed from its own generator; seed that from the
+            # epoch's start state so it never consumes the global RNG (which dropout uses) and a
+            # mid-epoch resume sees the same seed.
+            digest = hashlib.sha256(generator.get_state().numpy().tobytes()).digest()
+            epoch_seed = int.from_bytes(digest[:8], "little")
+            self.loader.generator.manual_seed(epoch_seed & (2**63 - 1))
+        self.sampler.start_index = start * self.loader.batch_size
+        yield from self.loader
+        self.sampler.start_index = 0
+
+
+def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: bool, device: torch.device,
+                 float_dtype: torch.dtype = torch.float32, task: str | None = None,
+                 num_workers: int = 0) -> TensorBatches | LoaderBatches:
+    """The batch source for `data`, which yields `(x, y)` on `device` (`y` None when unlabelled).
+
+    In-memory data (`(X, y)` or a `Split`) goes to the device once, float features in `float_dtype`
+    and targets in the dtype `task`'s loss expects (`prepare_target`), and is batched by index slicing. A `Dataset` or
+    `DataLoader` goes through a DataLoader. Evaluation (`train=False`) uses bigger batches and
+    never shuffles.
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = Split(data[0], data[1])
+    if isinstance(data, Split):
+        n = len(data)
+    elif isinstance(data, (Dataset, DataLoader)):
+        n = len(data.dataset if isinstance(data, DataLoader) else data)  # type: ignore[arg-type]
+    elif isinstance(data, (torch.Tensor, np.ndarray)):
+        raise TypeError("data: got a bare tensor/array; pass (X, y), a Split from fl.split, or a Dataset.")
+    else:
+        raise TypeError(f"data: expected (X, y), a Split, a Dataset or a DataLoader, got {type(data).__name__}.")
+    if n == 0:
+        raise ValueError("data: the dataset is empty (0 rows); nothing to train or evaluate on.")
+    # evaluation has no backward pass: bigger batches are fine, bounded to keep memory modest
+    bs = batch_size if train or batch_size is None else max(batch_size, min(n, 8192))
+    if isinstance(data, Split):
+        X = data.X.to(device)
+        y = data.y if data.y is None or task is None else prepare_target(data.y, task, float_dtype)
+        if X.is_floating_point():
+            X = X.to(float_dtype)
+        return TensorBatches(X, None if y is None else y.to(device), bs, shuffle=train and shuffle)
+    return LoaderBatches(data, bs, shuffle=train and shuffle, num_workers=num_workers,
+                         pin_memory=device.type == "cuda", device=device)
+
+
+def prepare_target(y: torch.Tensor, task: str, float_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Targets in the dtype the loss expects, converted once (not per step): class indices as
+    int64 for cross-entropy, floats for regression and binary targets."""
+    from ..metrics import normalize_task
+
+    kind = normalize_task(task, 2)
+    if kind == "multiclass" and y.is_floating_point() and y.ndim == 1:
+        if not torch.equal(y, y.round()):
+            raise ValueError("y: cross-entropy needs class indices (0..C-1) but y has fractional values; "
+                             "use a regression loss, or pass integer labels.")
+        return y.long()
+    if kind in ("regression", "binary") and not y.is_floating_point():
+        return y.to(float_dtype)
+    return y

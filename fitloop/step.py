@@ -1,0 +1,226 @@
+"""The one training step: forward, loss, penalty, input noise, accumulation, backward, clipping,
+the NaN/inf check, the optimizer step and the step bookkeeping.
+
+`Trainer.train_step` calls it for every batch; closure optimizers (LBFGS), the LR finder and
+`compile="step"` use the same object, so the pieces cannot drift apart. It uses only the
+Trainer's public surface (`model`, `optimizer`, `scheduler`, `scaler`, `config`, `state`,
+`params`, `forward`, `compute_loss`, `log`).
+
+One call, in order::
+
+    x = x + noise                              (input_noise, training only)
+    out = trainer.forward(x); loss = trainer.compute_loss(out, y); total = loss + penalty
+    zero_grad                                  (first micro-batch of an accumulation group)
+    (total * share).backward()                 (share: the micro-batch's part of the group's rows)
+    at the group's last micro-batch:
+        clip (unscaling fp16 gradients first); check loss and gradients for NaN/inf;
+        optimizer.step(); state.step += 1; state.epoch_lr; a per-step scheduler steps
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import _fastpath
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = ["TrainingStep", "NonFiniteError", "add_input_noise", "penalty"]
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+def add_input_noise(x: torch.Tensor, std: float) -> torch.Tensor:
+    """Gaussian noise of standard deviation `std` added to float inputs (training only)."""
+    return x + std * torch.randn_like(x) if std and x.is_floating_point() else x
+
+
+def penalty(params: Iterable[torch.Tensor], kind: str, strength: float) -> torch.Tensor:
+    """`strength` times the sum of squares (`"l2"`) or of absolute values (`"l1"`) of `params`."""
+    if kind == "l2":
+        return strength * sum(p.pow(2).sum() for p in params)  # type: ignore[return-value]
+    return strength * sum(p.abs().sum() for p in params)  # type: ignore[return-value]
+
+
+class TrainingStep:
+    """The training step of one `fit` (or of an LR sweep), built from the Trainer's settings.
+
+    Args:
+        trainer: the Trainer whose model, optimizer, scheduler and state the step uses.
+        batches: the epoch's batch source (`len()`, and for in-memory data `batch_size` and `n`),
+            used for the accumulation shares; `None` for single steps (no accumulation).
+        schedule: step a per-step scheduler after each optimizer step (off for the LR sweep).
+        on_nonfinite: `"stop"` or `"skip"`; defaults to the config's.
+        compiled: a `fitloop.compiled.CompiledStep` that runs the step as one graph once the
+            optimizer state exists (`compile="step"`).
+    """
+
+    def __init__(self, trainer: Trainer, batches: Any = None, *, schedule: bool = True,
+                 on_nonfinite: str | None = None, compiled: Any = None):
+        cfg = trainer.config
+        self.trainer = trainer
+        self.batches = batches
+        self.accumulate = cfg.accumulate if batches is not None else 1
+        self.schedule = schedule
+        self.on_nonfinite = on_nonfinite or cfg.on_nonfinite
+        self.compiled = compiled
+        self.closure = isinstance(trainer.optimizer, torch.optim.LBFGS)  # re-evaluates the loss itself
+        # On the CPU reading the loss costs no device sync, so every step is checked; elsewhere the
+        # epoch's loss is checked at its end, unless skipping bad steps needs the per-step answer.
+        self.check_every_step = (trainer.device.type == "cpu" or self.on_nonfinite == "skip") and not self.closure
+        self._optimizer_step = _fastpath.optimizer_step(trainer.optimizer)
+        self._zero_grad = _fastpath.zero_grad(trainer.optimizer)
+        self._bad_gradient = _fastpath.nonfinite_grads(list(trainer.model.named_parameters()))
+
+    # ------------------------------------------------------------------ the step
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: returns the detached loss and output (tensors: no host sync)."""
+        if self.compiled is not None and self.compiled.ready():
+            return self._compiled_step(x, y)
+        x = add_input_noise(x, self.trainer.config.input_noise)
+        if self.closure:
+            return self._closure_step(x, y)
+        position = self.trainer.state.batch % self.accumulate  # within the accumulation group
+        total, loss, out = self.loss(x, y)
+        if position == 0:
+            self._zero_grad()
+        if self.accumulate > 1:
+            total = total * self._share(self.trainer.state.batch, len(x))
+        self.backward(total)
+        if self._last_micro(self.trainer.state.batch):
+            self.update(loss)
+        return loss.detach(), out.detach()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(total, loss, out)`: the forward pass, the loss, and the loss plus the penalty."""
+        t = self.trainer
+        out = t.forward(x)
+        loss = t.compute_loss(out, y)
+        pen = t.config.penalty
+        return (loss + penalty(t.params, *pen) if pen is not None else loss), loss, out
+
+    def backward(self, total: torch.Tensor) -> None:
+        scaler = self.trainer.scaler
+        (scaler.scale(total) if scaler is not None else total).backward()
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Clip, check for NaN/inf, step the optimizer, count the step."""
+        t = self.trainer
+        self.clip()
+        if self.check_every_step:
+            loss_ok = math.isfinite(loss.item())
+            bad = self._bad_gradient()
+            if not loss_ok or bad is not None:
+                self._zero_grad()
+                self.nonfinite(loss, loss_ok, bad)
+                return
+        if t.scaler is not None:
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+        else:
+            self._optimizer_step()
+        self.stepped()
+
+    def clip(self, record: bool = True) -> None:
+        """Clip the gradients as configured; record their total norm (before clipping) per step."""
+        t, cfg = self.trainer, self.trainer.config
+        if not (cfg.clip_grad_norm or cfg.clip_grad_value):
+            return
+        if t.scaler is not None:
+            t.scaler.unscale_(t.optimizer)
+        if cfg.clip_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(t.params, cfg.clip_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in t.params if p.grad is not None])
+        if record:
+            t.state.grad_norms.append(norm.detach())  # a tensor (no sync), averaged per epoch
+        if cfg.clip_grad_value:
+            torch.nn.utils.clip_grad_value_(t.params, cfg.clip_grad_value)
+
+    def stepped(self) -> None:
+        """The bookkeeping of a step taken: the count, the lr it used, a per-step scheduler."""
+        t = self.trainer
+        t.state.step += 1
+        t.state.epoch_lr = t.optimizer.param_groups[0]["lr"]
+        if self.schedule and t.scheduler is not None and t.scheduler_interval == "step":
+            t.scheduler.step()
+
+    def nonfinite(self, loss: torch.Tensor, loss_ok: bool, bad_param: str | None) -> None:
+        """A step with a NaN/inf loss or gradient, not applied: count it (`skip`) or raise."""
+        st = self.trainer.state
+        if self.on_nonfinite == "skip":
+            st.skipped_steps += 1
+            return
+        what = (f"the loss is {loss.item()}" if not loss_ok
+                else f"the gradient of parameter {bad_param!r} is not finite")
+        where = f"epoch {st.epoch + 1}, step {st.batch + 1} of the epoch (global step {st.step + 1})"
+        grad_note = f"; the gradient of {bad_param!r} is not finite too" if bad_param and not loss_ok else ""
+        lr = self.trainer.optimizer.param_groups[0]["lr"]
+        raise NonFiniteError(f"Training stopped at {where}: {what}{grad_note}. The last good checkpoint was "
+                             f"kept. Try a lower learning rate (lr is {lr:g}), check the data for NaN/inf, "
+                             "or pass on_nonfinite='skip'.")
+
+    # ------------------------------------------------------------------ variants
+
+    def _closure_step(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Optimizers such as LBFGS evaluate the loss several times per step, through a closure."""
+        first: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def closure() -> torch.Tensor:
+            self._zero_grad()
+            total, loss, out = self.loss(x, y)
+            self.backward(total)
+            self.clip(record=not first)
+            if not first:
+                first.append((loss.detach(), out.detach()))
+            return total
+
+        self.trainer.optimizer.step(closure)  # type: ignore[arg-type]
+        self.stepped()
+        return first[0]
+
+    def _compiled_step(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same step as one graph (`compile="step"`, see fitloop.compiled)."""
+        cs, t = self.compiled, self.trainer
+        compiled_before = cs.compile_seconds
+        loss, out, finite, ok, norm = cs(x, y)
+        if cs.compile_seconds != compiled_before:
+            t.log(f"compile='step': compiled the training step for batches of {x.shape[0]} rows in "
+                  f"{cs.compile_seconds - compiled_before:.1f} s.")
+        if norm is not None:
+            t.state.grad_norms.append(norm.detach())
+        if self.check_every_step and not ok.item():  # the graph changed nothing: report it as eager does
+            flags = finite.tolist()
+            bad = next((n for n, f in zip(cs.all_names, flags) if not f), None)
+            self.nonfinite(loss, flags[-1], bad)
+            return loss, out
+        self.stepped()
+        return loss, out
+
+    # ------------------------------------------------------------------ accumulation
+
+    def _last_micro(self, i: int) -> bool:
+        """Whether batch `i` ends its accumulation group (or the epoch)."""
+        k = self.accumulate
+        return k == 1 or (i + 1) % k == 0 or i + 1 == len(self.batches)
+
+    def _share(self, i: int, rows: int) -> float:
+        """The weight of micro-batch `i` in its accumulation group: its share of the group's rows, so
+        that k micro-batches of a mean-reduced loss give the gradient of one batch of all their rows
+        (also when the epoch's last group is short or its last batch smaller)."""
+        k = self.accumulate
+        first = i - i % k
+        n_micro = min(k, len(self.batches) - first)
+        b = getattr(self.batches, "batch_size", None)
+        n = getattr(self.batches, "n", None)
+        if isinstance(b, int) and isinstance(n, int):  # in-memory batches: sizes are known
+            return rows / (min(first * b + n_micro * b, n) - first * b)
+        return 1.0 / n_micro  # loaders: assume equal batch sizes
