@@ -135,7 +135,8 @@ def nonfinite_grads(named_params: Sequence[tuple[str, nn.Parameter]]) -> Callabl
         return sparse_values(g) if g.is_sparse else g
 
     def check() -> str | None:
-        dense, sparse = [], []
+        dense: list[torch.Tensor] = []
+        sparse: list[torch.Tensor] = []
         for _, p in named_params:
             g = p.grad
             if g is not None:

@@ -119,7 +119,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, device: str
     check_state_shapes(target, state, where=str(path))
     target.load_state_dict(state)
     target.to(device).eval()
-    target.fitloop_meta = meta  # type: ignore[attr-defined]
+    target.fitloop_meta = meta  # type: ignore[assignment]
     return target
 
 

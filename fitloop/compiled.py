@@ -80,7 +80,11 @@ class CompiledStep:
         self.all_names = [n for ns in self.names for n in ns]
         # module buffers (BatchNorm's running statistics) are graph inputs too, updated in place
         self.buffer_names = [n for n, _ in trainer.model.named_buffers()]
-        self._hp_key = self._flags = self._state_key = self._fn = None
+        self._hp_key: tuple | None = None
+        self._flags: tuple | None = None
+        self._state_key: tuple | None = None
+        self._fn: Any = None
+        self._inputs: list[torch.Tensor] = []
         self.steps = 0  # compiled steps taken
         self.compile_seconds = 0.0  # wall time of the calls that compiled (one per batch shape)
         self._compiled: set = set()
@@ -206,7 +210,7 @@ class CompiledStep:
             norm = None
             if clip_norm or clip_value:
                 norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in flat_grads]))
-            if clip_norm:  # torch.nn.utils.clip_grad_norm_'s formula
+            if clip_norm and norm is not None:  # torch.nn.utils.clip_grad_norm_'s formula
                 coef = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)
                 grad_list = [[g * coef for g in gs] for gs in grad_list]
             if clip_value:

@@ -134,10 +134,14 @@ class TrainConfig:
         if self.task is not None and self.task not in ("regression", "binary", "multiclass", "classification"):
             bad("task", self.task, "choose 'regression', 'binary', 'multiclass' or 'classification'.")
         if self.penalty is not None:
-            pen = tuple(self.penalty)
-            if len(pen) != 2 or pen[0] not in ("l1", "l2") or not float(pen[1]) >= 0:
+            pen: tuple[Any, ...] = tuple(self.penalty)
+            try:
+                ok = len(pen) == 2 and pen[0] in ("l1", "l2") and float(pen[1]) >= 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
                 bad("penalty", self.penalty, "pass ('l1', strength) or ('l2', strength), e.g. ('l2', 1e-4).")
-            self.penalty = (pen[0], float(pen[1]))
+            self.penalty = (str(pen[0]), float(pen[1]))
         if self.input_noise < 0:
             bad("input_noise", self.input_noise, "pass a standard deviation >= 0.")
         for name in ("clip_grad_norm", "clip_grad_value"):

@@ -182,6 +182,7 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
         # Schedules are counted in the unit they step in: optimizer steps, or epochs.
         units_per_epoch = steps_per_epoch if per_step else 1
         total = epochs * units_per_epoch
+        sched: sched_mod.LRScheduler | sched_mod.ReduceLROnPlateau
         if key == "step":
             sched = sched_mod.StepLR(optimizer, **{"step_size": 30, "gamma": 0.1, **kw})
         elif key == "multistep":
@@ -226,7 +227,7 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
     if monitor is not None:
         if not isinstance(sched, sched_mod.ReduceLROnPlateau):
             raise ValueError("scheduler: 'monitor' is an option of 'plateau' (ReduceLROnPlateau) only.")
-        sched.monitor = monitor  # read by the Trainer when it steps the scheduler
+        sched.monitor = monitor  # type: ignore[attr-defined]  # read by step_scheduler_epoch
     if isinstance(sched, sched_mod.ReduceLROnPlateau) and interval != "epoch":
         raise ValueError("scheduler: ReduceLROnPlateau steps on a monitored metric once per epoch; "
                          "use scheduler_interval='epoch'.")

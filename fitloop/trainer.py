@@ -247,7 +247,7 @@ class Trainer:
             raise ValueError(f"loss: model output has shape {tuple(out.shape)} but the target has shape "
                              f"{tuple(y.shape)}; they would broadcast silently. Make the model return one "
                              "value per target (e.g. out_features matching y's columns).")
-        return self.loss_fn(out, y)
+        return self.loss_fn(out, y)  # type: ignore[arg-type]  # y None: a loss of the output alone
 
     # ------------------------------------------------------------------ fit's pieces
 
@@ -301,6 +301,7 @@ class Trainer:
         if st.batch == 0:
             st.start_epoch(self.generator.get_state())
             return True
+        assert st.epoch_generator_state is not None  # mid-epoch: the epoch's start was recorded
         self.generator.set_state(st.epoch_generator_state)  # replay the epoch's permutation from its start
         return False
 

@@ -1,4 +1,4 @@
-"""Run directories, checkpoints, exact resume, faults and safe loading (fitloop.callbacks.checkpoint, fitloop.checkpoint_format)."""
+"""Run directories, checkpoints, exact resume, faults and safe loading (callbacks/checkpoint, checkpoint_format)."""
 
 from __future__ import annotations
 

@@ -161,7 +161,7 @@ def _differences(what: str, saved: dict | None, now: dict | None, ignore: tuple[
     return out
 
 
-def _resolve_run_dir(run_dir: str | os.PathLike | bool) -> Path:
+def _resolve_run_dir(run_dir: Any) -> Path:
     if run_dir is True or run_dir == "auto":
         base = Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path, i = base, 1

@@ -145,7 +145,7 @@ class LoaderBatches:
             digest = hashlib.sha256(generator.get_state().numpy().tobytes()).digest()
             epoch_seed = int.from_bytes(digest[:8], "little")
             self.loader.generator.manual_seed(epoch_seed & (2**63 - 1))
-        self.sampler.start_index = start * self.loader.batch_size
+        self.sampler.start_index = start * (self.loader.batch_size or 1)
         yield from self.loader
         self.sampler.start_index = 0
 

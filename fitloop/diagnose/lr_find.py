@@ -145,8 +145,8 @@ def lr_find(trainer: Trainer, train: Any, *, start_lr: float = 1e-7, end_lr: flo
         trainer.load_state_dict(saved)
         for name, m in trainer.model.named_modules():
             m.train(training[name])
-        for p, g in zip(trainer.params, grads):
-            p.grad = g
+        for p, grad in zip(trainer.params, grads):
+            p.grad = grad
     finite = [(lr, v) for lr, v in zip(lrs, losses) if math.isfinite(v)]
     result = LRFinderResult(lrs=lrs, losses=losses, raw_losses=raw, stopped_early=stopped,
                             suggested_lr=suggest_lr([a for a, _ in finite], [b for _, b in finite]))
