@@ -70,6 +70,17 @@ class CompiledStep:
     conjunction (the step was applied); `grad_norm` is None unless clipping is on.
     """
 
+    @classmethod
+    def build(cls, trainer: Trainer, batches: Any, *, overridden: bool = False) -> CompiledStep:
+        """The compiled step for `trainer`, or a ValueError that names what it cannot compile and the fix."""
+        reason = unsupported(trainer, batches)
+        if reason is None and overridden:
+            reason = "Trainer.train_step is overridden (the compiled step would bypass the override)"
+        if reason:
+            raise ValueError(f"compile='step': {reason}. Use compile=True (compiles the model only) or "
+                             "compile=False for this run.")
+        return cls(trainer)
+
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.opt = opt = trainer.optimizer

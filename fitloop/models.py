@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MLPSpec", "build_mlp", "FunctionModel", "ACTIVATIONS"]
+__all__ = ["MLPSpec", "build_mlp", "FunctionModel", "ACTIVATIONS", "as_module", "trainable_parameters"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -118,3 +118,25 @@ class FunctionModel(nn.Module):
     def extra_repr(self) -> str:
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
         return f"fn={name}, params={[tuple(p.shape) for p in self.params]}"
+
+
+def as_module(model: nn.Module | Callable[..., torch.Tensor], params: Sequence[torch.Tensor] | None = None
+              ) -> nn.Module:
+    """`model` itself, or a plain function `fn(x, *params)` with its `params` as a `FunctionModel`."""
+    if isinstance(model, nn.Module):
+        return model
+    if params is None or not callable(model):
+        raise TypeError(f"model: expected an nn.Module, or a function together with params=[...], "
+                        f"got {type(model).__name__}.")
+    return FunctionModel(model, params)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require grad; a clear error when there are none."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        n = sum(1 for _ in model.parameters())
+        raise ValueError(f"model: none of the {n} parameters of {type(model).__name__} requires grad, "
+                         "so there is nothing to train. Create them with requires_grad=True "
+                         "(or call p.requires_grad_() on each).")
+    return params

@@ -28,18 +28,19 @@ import torch
 from torch import nn
 
 from . import _fastpath
+from .bundle import check_state_shapes, save_bundle
 from .callbacks.base import EVENTS, Callback, callback_states, load_callback_states, overrides
 from .callbacks.checkpoint import Checkpointer
 from .callbacks.progress import ProgressPrinter
 from .checkpoint_format import ResumeMismatchError
-from .compiled import CompiledStep, unsupported
+from .compiled import CompiledStep
 from .config import TrainConfig
 from .data import LoaderBatches, Split, TensorBatches, as_tensor
 from .data.batches import make_batches
 from .devices import pick_device, thread_policy
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
 from .metrics import MetricSet, normalize_task, to_python
-from .models import FunctionModel
+from .models import as_module, trainable_parameters
 from .optim import make_loss, make_optimizer, make_scheduler, step_scheduler_epoch, task_of_loss
 from .state import TrainState, rng_state, seed_everything, set_rng_state
 from .step import NonFiniteError, TrainingStep
@@ -81,17 +82,8 @@ class Trainer:
                  metrics: Sequence[Any] | Mapping[str, Any] | None = None, params: Sequence[torch.Tensor] | None = None,
                  config: TrainConfig | None = None, **settings: Any):
         self.config = cfg = TrainConfig.from_kwargs(config, **settings)
-        if not isinstance(model, nn.Module):
-            if params is None or not callable(model):
-                raise TypeError(f"model: expected an nn.Module, or a function together with params=[...], "
-                                f"got {type(model).__name__}.")
-            model = FunctionModel(model, params)
-        self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            n = sum(1 for _ in model.parameters())
-            raise ValueError(f"model: none of the {n} parameters of {type(model).__name__} requires grad, "
-                             "so there is nothing to train. Create them with requires_grad=True "
-                             "(or call p.requires_grad_() on each).")
+        model = as_module(model, params)
+        self.params: list[nn.Parameter] = trainable_parameters(model)
         self.device = pick_device(cfg.device)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision: got 'fp16' on device {self.device.type!r}; fp16 training needs "
@@ -281,14 +273,9 @@ class Trainer:
         self._keep_outputs = tm if tm is not None else self.steps_per_epoch > 1
         self._metric_set = None
         self._handlers = {e: [getattr(cb, e) for cb in self.callbacks if overrides(cb, e)] for e in EVENTS}
-        if cfg.compile == "step" and self._compiled_step is None:
-            reason = unsupported(self, train_batches)
-            if reason is None and type(self).train_step is not Trainer.train_step:
-                reason = "Trainer.train_step is overridden (the compiled step would bypass the override)"
-            if reason:
-                raise ValueError(f"compile='step': {reason}. Use compile=True (compiles the model only) or "
-                                 "compile=False for this run.")
-            self._compiled_step = CompiledStep(self)
+        if cfg.compile == "step" and self._compiled_step is None:  # raises, naming the reason, if it cannot
+            self._compiled_step = CompiledStep.build(self, train_batches,
+                                                     overridden=type(self).train_step is not Trainer.train_step)
         self.training_step = TrainingStep(self, train_batches, compiled=self._compiled_step)
         return train_batches, val_batches
 
@@ -405,11 +392,7 @@ class Trainer:
         return as_predictions(out, self.task, output)
 
     def lr_find(self, train: Data, **options: Any) -> Any:
-        """Sweep the learning rate exponentially and suggest one; see `fitloop.diagnose.lr_find`.
-
-        The model, optimizer, scheduler, data generator and all RNG states are left exactly as
-        they were.
-        """
+        """Sweep the lr and suggest one (`fitloop.diagnose.lr_find`); every state is put back exactly."""
         from .diagnose.lr_find import lr_find
 
         with thread_policy(self.device, self.params, self.config.threads):
@@ -420,8 +403,6 @@ class Trainer:
     def save(self, path: str, *, extra: Mapping[str, Any] | None = None) -> str:
         """Save the model as a bundle: `model.safetensors` + `fitloop.json` (spec, task, metrics,
         versions). Never a pickle. Returns the directory."""
-        from .bundle import save_bundle
-
         meta = {"task": self.task, "history_tail": self.history[-1:] if self.history else [],
                 "metrics": self.last_metrics, "config": self.config.to_dict()}
         meta.update(extra or {})
@@ -450,16 +431,12 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
         """Restore what `state_dict()` returned (or a checkpoint holds); the next `fit` continues.
 
-        Args:
-            state: a state dict from `state_dict()`.
-            strict: refuse state for a callback this Trainer does not have.
+        `strict=False` drops the state of callbacks this Trainer does not have instead of refusing it.
 
         Raises:
             ValueError: the model's parameter shapes differ (naming them).
             ResumeMismatchError: the optimizer, scheduler or callbacks do not fit this Trainer's.
         """
-        from .bundle import check_state_shapes
-
         where = state.get("_path", "the state dict")
         model = _fastpath.unwrap_model(self.model)
         check_state_shapes(model, state["model"], where=str(where))
@@ -495,11 +472,9 @@ class Trainer:
                force: bool = False) -> list[dict[str, Any]]:
         """Continue a run from its latest good checkpoint and finish it.
 
-        Call it on a Trainer built with the same model, loss, optimizer, callbacks and settings, with
-        the same data as `fit`: `trainer.resume(train, val)` (the run directory is the Trainer's
-        `run_dir`) or `trainer.resume("runs/exp1", train, val)`. Changed settings or data are
-        refused with a message naming what changed (`force=True` overrides); a different model
-        shape is always refused. It never silently starts from scratch.
+        Call it on a Trainer built like the interrupted one, with the same data: `trainer.resume(train,
+        val)` (its own `run_dir`) or `trainer.resume("runs/exp1", train, val)`. Changed settings or data
+        are refused, naming what changed (`force=True` overrides); a different model shape always is.
 
         Args:
             *args: `[run_dir,] train[, val]`.
