@@ -24,10 +24,13 @@ DEMO_DATA = $$($(PY) -c "import fitloop.cli as c; print(c.demo_data_path())")
 demo: $(STAMP)
 	$(VENV)/bin/fitloop train "$(DEMO_DATA)" --target cultivar --out runs/demo --overwrite
 
+# The core trainer tests run a second time with every private-torch shortcut off (fitloop/_fastpath.py).
+CORE_TESTS = tests/test_trainer.py tests/test_gradients.py tests/test_state.py tests/test_callbacks.py tests/test_regularisation.py
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
+	FITLOOP_FASTPATH=0 $(PY) -m pytest $(CORE_TESTS)
 
 # A few minutes: the compiled-step study (bench/COMPILED.md), then 3 interleaved rounds of W1-W4 (+ compile
 # arm), import time, memory. The slower side studies (threads, fused optimizers, loop details) run with
