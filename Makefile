@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fitloop train "$(DEMO_DATA)" --target cultivar --out runs/demo --overwrite
 
 # The core trainer tests run a second time with every private-torch shortcut off (fitloop/_fastpath.py).
-CORE_TESTS = tests/test_trainer.py tests/test_gradients.py tests/test_state.py tests/test_callbacks.py tests/test_regularisation.py
+CORE_TESTS = tests/test_trainer.py tests/test_step.py tests/test_state.py tests/test_callbacks.py tests/test_regularisation.py
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
