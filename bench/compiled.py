@@ -96,7 +96,7 @@ def study(name: str, rounds: int) -> dict:
         "compile_s": max(0.0, c["cold_s"] - steady_step - max(0.0, t_eager_cold - steady_eager)),
         "score_step": c["score"],
         "score_eager": eager_score,
-        "compiled_steps": step._compiled_step.steps,
+        "compiled_steps": step.training_step.compiled.steps,
     }
 
 

@@ -66,7 +66,7 @@ def test_compiled_step_updates_batchnorm_running_statistics_and_uses_dropout():
 
     eager, h_eager = fit(False)
     comp, h_comp = fit("step")
-    assert comp._compiled_step.steps == comp.global_step - 1
+    assert comp.training_step.compiled.steps == comp.global_step - 1
     bn_c, bn_e = comp.model[1], eager.model[1]
     assert int(bn_c.num_batches_tracked) == int(bn_e.num_batches_tracked) == comp.global_step
     assert torch.allclose(bn_c.running_mean, bn_e.running_mean, atol=1e-5)
@@ -82,7 +82,7 @@ def test_compiled_step_matches_eager(case):
     comp, h_comp = _fit("step", optimizer, **kw)
     steps = comp.global_step
     assert steps == eager.global_step
-    assert comp._compiled_step.steps == steps - 1  # only the first step is eager (it creates the state)
+    assert comp.training_step.compiled.steps == steps - 1  # only the first step is eager (it creates the state)
     _close(comp, eager)
     for a, b in zip(h_comp, h_eager):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
@@ -114,7 +114,7 @@ def test_compiled_step_resumes_bit_for_bit(tmp_path):
     t = fl.Trainer(model, "mse", "adam", lr=1e-2, epochs=3, batch_size=16, quiet=True, compile="step",
                    run_dir=str(tmp_path / "run"), **kw)
     hist = t.resume(train, val)
-    assert t._compiled_step.steps > 0
+    assert t.training_step.compiled.steps > 0
     strip = lambda h: [{k: v for k, v in e.items() if k != "time"} for e in h]
     assert strip(hist) == strip(h_ref)
     for p, q in zip(t.model.parameters(), ref.model.parameters()):

@@ -74,5 +74,5 @@ def test_compiled_step_on_cuda_matches_eager_without_a_sync_per_step(kw, monkeyp
         t = fl.Trainer(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)), epochs=3, batch_size=64,
                        device="cuda", compile=compile, quiet=True, **kw)
         results.append([h["loss"] for h in t.fit((X, y))])
-    assert t._compiled_step.steps == t.global_step - 1
+    assert t.training_step.compiled.steps == t.global_step - 1
     assert results[1] == pytest.approx(results[0], rel=1e-3)
