@@ -51,9 +51,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     as the wrapper does for the schedulers' order check. Otherwise, and on a torch without these
     internals, it is `optimizer.step()`.
     """
-    public = optimizer.step
     if not enabled():
-        return lambda: public()  # looked up per call: a hook or override added later is seen
+        return lambda: optimizer.step()  # looked up per call: an override added later is seen
     from torch.optim import optimizer as optmod
 
     cls_step = type(optimizer).step
