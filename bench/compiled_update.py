@@ -9,8 +9,8 @@ Arms (every one starts from the same seeded initial weights and takes the same b
 
 * ``eager fused``: the plain hand loop, zero_grad / forward / loss / backward / ``Adam(fused=True).step()``.
 * ``eager single``: the same with ``Adam(foreach=False)`` (torch's single-tensor formula; a 2nd reference).
-* ``own formula, 1 graph``: fitloop/compiled_step.py's approach copied here: ONE ``torch.compile(fullgraph=True)``
-  function taking the parameters, the Adam state tensors and a float64 hyperparameter tensor; gradients by
+* ``own formula, 1 graph``: fitloop/compiled_step.py's approach (commit 2e15b57; now fitloop/compiled.py) copied
+  here: ONE ``torch.compile(fullgraph=True)`` function taking the parameters, the Adam state tensors and a float64 hyperparameter tensor; gradients by
   ``torch.func.grad`` over ``functional_call``, a NaN/inf check and the hand-written Adam update applied in place,
   masked by ``ok`` (a non-finite step changes nothing).
 * ``compile(fwd+loss) + backward + compiled opt.step``: the documented way (tutorial "Compiling the optimizer with
