@@ -3,8 +3,11 @@
 `torch.compile(model)` (`compile=True`) only fuses the forward and backward kernels; on small
 models the step's time is framework glue around them: the autograd engine, `Optimizer.step`'s
 Python, per-op dispatch (bench/FASTPATH.md has the profile). This module compiles forward, loss,
-gradients (`torch.func.grad`), gradient clipping, the NaN/inf check and the optimizer update
-(Adam, AdamW or SGD written as tensor ops, torch's formulas) into ONE graph, called once per step.
+gradients (`torch.func.grad`), gradient clipping, the NaN/inf check and the optimizer update into
+ONE graph, called once per step. It shares the step's pieces with `fitloop.step` (input noise,
+`Trainer.compute_loss`, the penalty, the bookkeeping after the step); the Adam/AdamW update is torch's
+own functional `torch.optim.adam.adam` traced into the graph, and SGD's is its formula written as
+tensor ops (why: see `_sgd`).
 
 The optimizer stays the user's `torch.optim` object: its `param_groups` (lr, betas, weight decay,
 momentum...) are read before every step, so schedulers work, and its state tensors (`step`,
@@ -22,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.optim.adam import adam as torch_adam  # torch's functional Adam (public: torch.optim.adam.__all__)
 
 from . import _fastpath
 from .data import TensorBatches
@@ -106,14 +110,16 @@ class CompiledStep:
         lr = float(g["lr"])
         if self.kind == "adam":
             b1, b2 = (float(b) for b in g["betas"])
-            return (lr, b1, b2, float(g["eps"]), float(g["weight_decay"]))
+            return (lr, b1, b2)  # eps and weight_decay are graph constants (see _group_flags)
         return (lr, float(g["momentum"]), float(g["dampening"]), float(g["weight_decay"]))
 
     def _group_flags(self, g) -> tuple:
-        """The settings that change the graph's structure (a change recompiles)."""
+        """The settings that are graph constants (a change recompiles). For Adam that includes eps and
+        weight_decay, which torch's functional Adam takes as Python floats; schedulers change lr and
+        betas, which are tensor inputs."""
         if self.kind == "adam":
             decoupled = bool(g.get("decoupled_weight_decay", isinstance(self.opt, torch.optim.AdamW)))
-            return (bool(g["amsgrad"]), bool(g["maximize"]), decoupled, g["weight_decay"] != 0)
+            return (bool(g["amsgrad"]), bool(g["maximize"]), decoupled, float(g["weight_decay"]), float(g["eps"]))
         return (bool(g["nesterov"]), bool(g["maximize"]), g["momentum"] != 0, g["weight_decay"] != 0)
 
     def ready(self) -> bool:
@@ -226,11 +232,10 @@ class CompiledStep:
                 grad_list = [[g * coef for g in gs] for gs in grad_list]
             if clip_value:
                 grad_list = [[g.clamp(-clip_value, clip_value) for g in gs] for gs in grad_list]
-            okf = ok.to(torch.float64)
             for ps, gs, ss, hp, fl in zip(params, grad_list, states, hps, flags):
-                # a NaN/inf step changes nothing: zero gradients and zero-weight updates
+                # a NaN/inf step changes nothing: zero gradients, and updates that are masked out
                 gs = [torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in gs]
-                update(ps, gs, ss, hp, fl, ok, okf)
+                update(ps, gs, ss, hp, fl, ok)
             return loss, out, finite, ok, norm
 
         return step
@@ -246,35 +251,34 @@ def _state_tensors(s: dict | None, kind: str, flags: tuple) -> list:
     return [s.get(n) for n in names]
 
 
-def _adam(params, grads, states, hp, flags, ok, okf):
-    """torch.optim.Adam/AdamW's update (the single-tensor formula); no change at all when not `ok`."""
-    lr, b1, b2, eps, wd = hp.unbind()
-    amsgrad, maximize, decoupled, has_wd = flags
-    keep_b2 = torch.where(ok, b2, torch.ones_like(b2))
-    for p, g, (step, m, v, *vmax) in zip(params, grads, states):
-        if maximize:
-            g = -g
-        step.add_(okf.to(step.dtype))
-        if has_wd:
-            if decoupled:
-                p.mul_((1 - lr * wd * okf).to(p.dtype))
-            else:
-                g = g + wd.to(g.dtype) * p
-        m.lerp_(g, ((1 - b1) * okf).to(m.dtype))
-        v.mul_(keep_b2.to(v.dtype)).add_(((1 - b2) * okf).to(v.dtype) * g * g)
-        stepd = step.to(torch.float64)
-        bc1 = 1 - b1 ** stepd
-        bc2_sqrt = torch.sqrt(1 - b2 ** stepd)
-        if amsgrad:
-            torch.maximum(vmax[0], v, out=vmax[0])
-            v = vmax[0]
-        denom = v.sqrt() / bc2_sqrt.to(v.dtype) + eps.to(v.dtype)
-        p.sub_((lr / bc1 * okf).to(p.dtype) * m / denom)
+def _adam(params, grads, states, hp, flags, ok):
+    """torch's own Adam/AdamW update, `torch.optim.adam.adam` (single-tensor, capturable: lr and betas
+    are tensors, so a scheduler does not recompile), run on copies of the parameters and state and
+    written back where `ok`: a NaN/inf step changes nothing. The copies cost nothing measurable on small
+    models (bench/COMPILED_UPDATE.md)."""
+    lr, b1, b2 = hp.unbind()
+    amsgrad, maximize, decoupled, wd, eps = flags
+    olds = [list(params)] + [[s[k] for s in states] for k in range(len(states[0]))]
+    news = [[t.clone() for t in ts] for ts in olds]
+    torch_adam(news[0], grads, news[2], news[3], news[4] if amsgrad else [], news[1], foreach=False,
+               capturable=True, decoupled_weight_decay=decoupled, amsgrad=amsgrad, beta1=b1, beta2=b2, lr=lr,
+               weight_decay=wd, eps=eps, maximize=maximize)
+    for old_ts, new_ts in zip(olds, news):
+        for old, new in zip(old_ts, new_ts):
+            old.copy_(torch.where(ok, new, old))
 
 
-def _sgd(params, grads, states, hp, flags, ok, okf):
-    """torch.optim.SGD's update (the single-tensor formula); no change at all when not `ok`."""
+def _sgd(params, grads, states, hp, flags, ok):
+    """torch.optim.SGD's update (its single-tensor formula, written as tensor ops); no change at all when
+    not `ok`.
+
+    Not torch's functional `torch.optim.sgd.sgd`: it takes lr and momentum only as Python floats
+    (`param.add_(grad, alpha=-lr)`, `if momentum != 0`). As tensors, fullgraph compilation fails
+    ("data-dependent branching"); as floats, each scheduled value is a new graph constant, and 5 lr values
+    compiled 5 graphs (6.4 s). tests/test_compiled.py checks this formula against torch.optim.SGD.
+    """
     lr, momentum, dampening, wd = hp.unbind()
+    okf = ok.to(torch.float64)
     nesterov, maximize, has_momentum, has_wd = flags
     keep_mom = torch.where(ok, momentum, torch.ones_like(momentum))
     for p, g, bufs in zip(params, grads, states):
