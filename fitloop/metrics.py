@@ -32,7 +32,6 @@ class StatefulMetric(Protocol):
     def compute(self) -> Any: ...
 
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricCallable = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
 # A user metric: a callable `(output, target) -> tensor | float`, or a torchmetrics-like stateful object.
 UserMetric = MetricCallable | StatefulMetric
