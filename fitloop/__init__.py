@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Callback": "callbacks", "EarlyStopping": "callbacks", "ProgressPrinter": "callbacks",
-    "TrainConfig": "config", "RunConfig": "config",
+    "TrainConfig": "config", "RunConfig": "cli.run_config",
     "Split": "data", "split": "data",
     "Table": "data", "TableError": "data", "Preprocessor": "data", "transform_table": "data",
     "load": "bundle",
@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .bundle import load  # noqa: F401
     from .callbacks import Callback, Checkpointer, EarlyStopping, ProgressPrinter, RunInterrupted  # noqa: F401
     from .checkpoint_format import CheckpointError, ResumeMismatchError  # noqa: F401
-    from .config import RunConfig, TrainConfig  # noqa: F401
+    from .cli.run_config import RunConfig  # noqa: F401
+    from .config import TrainConfig  # noqa: F401
     from .data import Preprocessor, Split, Table, TableError, split, transform_table  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
     from .state import TrainState, seed_everything  # noqa: F401

@@ -9,18 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .mlp_checks import ACTIVATION_CLASSES, check_mlp
+
 __all__ = ["MLPSpec", "build_mlp", "FunctionModel", "ACTIVATIONS", "as_module", "trainable_parameters"]
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "identity": nn.Identity,
-}
+# the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
+ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, cls) for name, cls in ACTIVATION_CLASSES.items()}
 
 
 @dataclass
@@ -46,14 +40,8 @@ class MLPSpec:
 
     def __post_init__(self) -> None:
         self.hidden = [int(h) for h in self.hidden]
-        if self.in_features < 1 or self.out_features < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError(f"MLPSpec: layer sizes must be >= 1, got in_features={self.in_features}, "
-                             f"hidden={self.hidden}, out_features={self.out_features}.")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"MLPSpec: unknown activation {self.activation!r}; "
-                             f"choose one of {sorted(ACTIVATIONS)}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"MLPSpec: dropout must be in [0, 1), got {self.dropout}.")
+        check_mlp(self.hidden, self.activation, self.dropout, in_features=self.in_features,
+                  out_features=self.out_features)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "mlp", **asdict(self)}

@@ -1,9 +1,11 @@
-"""Writing small table files for the CLI, table and preprocessing tests."""
+"""Writing small table files for the CLI, pipeline, run-config, table and preprocessing tests."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+import pytest
 
 
 def write_rows(path: Path, header: list[str], rows: list[list[object]]) -> Path:
@@ -24,3 +26,16 @@ def write(path: Path, text: str | bytes) -> Path:
     """Write `text` (str or bytes) to `path`; returns `path`."""
     (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
     return path
+
+
+def sklearn_csv(tmp_path: Path, name: str) -> Path:
+    """A bundled scikit-learn dataset as CSV with a `row_id` column; breast cancer gets text labels."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    ds = getattr(datasets, f"load_{name}")()
+    names = [str(n).replace(" ", "_") for n in ds.feature_names] if hasattr(ds, "feature_names") else None
+    header = ["row_id", *(names or [f"f{i}" for i in range(ds.data.shape[1])]), "target"]
+    rows = []
+    for i, (x, t) in enumerate(zip(ds.data, ds.target)):
+        label = float(t) if name == "diabetes" else (str(ds.target_names[t]) if name == "breast_cancer" else int(t))
+        rows.append([f"r{i}", *map(float, x), label])
+    return write_rows(tmp_path / f"{name}.csv", header, rows)

@@ -1,4 +1,8 @@
-"""Tests for the `fitloop` command line: end to end on real tables, config resolution, bad input."""
+"""Tests for the `fitloop` command line: end to end on real tables, bad input, help.
+
+The run configuration (TOML, --set, flags) is tested in test_run_config.py, the pipeline called from
+Python in test_pipeline.py.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +14,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from tablefiles import write_rows
+from tablefiles import sklearn_csv, write_rows
 
 import fitloop
 from fitloop.cli import main
-from fitloop.config import ConfigError, _tomllib, load_toml, parse_set, resolve_run_config
-
-tomllib = _tomllib()
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "3", "--quiet"]
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def sklearn_csv(tmp_path: Path, name: str) -> Path:
-    """A bundled scikit-learn dataset as CSV with a `row_id` column; breast cancer gets text labels."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    ds = getattr(datasets, f"load_{name}")()
-    names = [str(n).replace(" ", "_") for n in ds.feature_names] if hasattr(ds, "feature_names") else None
-    header = ["row_id", *(names or [f"f{i}" for i in range(ds.data.shape[1])]), "target"]
-    rows = []
-    for i, (x, t) in enumerate(zip(ds.data, ds.target)):
-        label = float(t) if name == "diabetes" else (str(ds.target_names[t]) if name == "breast_cancer" else int(t))
-        rows.append([f"r{i}", *map(float, x), label])
-    return write_rows(tmp_path / f"{name}.csv", header, rows)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -163,42 +151,6 @@ def test_report_resume_and_demo(wine_run, tmp_path, capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------- config
-
-
-def test_config_file_set_and_flags_are_one_path(tmp_path, capsys):
-    data = sklearn_csv(tmp_path, "wine")
-    toml = tmp_path / "run.toml"
-    toml.write_text(f'[data]\npath = "{data}"\ntarget = "target"\ndrop = ["row_id"]\n\n'
-                    '[model]\nhidden = [16]\n\n[train]\nepochs = 2\nquiet = true\n')
-    out = tmp_path / "a"
-    code, _, err = run_cli(capsys, "train", "--config", toml, "--set", "train.lr=0.01", "--set",
-                           "model.dropout=0.1", "--out", out)
-    assert code == 0, err
-    saved = tomllib.loads((out / "config.toml").read_text())
-    assert saved["train"]["lr"] == 0.01 and saved["model"] == {"hidden": [16], "activation": "relu", "dropout": 0.1}
-    assert saved["data"]["drop"] == ["row_id"]
-    # the same settings as flags resolve to the same config
-    out2 = tmp_path / "b"
-    code, _, err = run_cli(capsys, "train", data, "--target", "target", "--drop", "row_id", "--hidden", "16",
-                           "--epochs", "2", "--lr", "0.01", "--dropout", "0.1", "--quiet", "--out", out2)
-    assert code == 0, err
-    assert (out2 / "config.toml").read_text() == (out / "config.toml").read_text()
-    # and the saved config reruns the run
-    assert resolve_run_config(load_toml(out / "config.toml")) == resolve_run_config(load_toml(out2 / "config.toml"))
-
-
-def test_set_values_and_unknown_keys():
-    cfg = resolve_run_config(parse_set(["train.batch_size=none", "model.hidden=[8, 4]", "data.drop=a,b",
-                                        "train.optimizer=sgd", "train.optimizer_kwargs={momentum = 0.9}"]))
-    assert cfg.train.batch_size is None and cfg.model.hidden == [8, 4] and cfg.data.drop == ["a", "b"]
-    assert cfg.train.optimizer == "sgd" and cfg.train.optimizer_kwargs == {"momentum": 0.9}
-    assert cfg.train.trainer_config().optimizer_kwargs == {"momentum": 0.9}
-    with pytest.raises(ConfigError, match=r"unknown setting 'train\.lrr'\. Did you mean 'train\.lr'\?"):
-        resolve_run_config(parse_set(["train.lrr=0.1"]))
-    with pytest.raises(ConfigError, match=r"train\.epochs: got 'ten'"):
-        resolve_run_config(parse_set(["train.epochs=ten"]))
-    with pytest.raises(ConfigError, match="expected section.key=value"):
-        parse_set(["lr=0.1"])
 
 
 def test_unknown_set_key_via_cli(tmp_path, capsys):

@@ -57,6 +57,16 @@ def test_fractions_must_sum_to_one(fractions):
         fl.split(torch.randn(10, 1), torch.randn(10), fractions=fractions)
 
 
+def test_fraction_count_and_sign_are_checked():
+    X, y = torch.randn(10, 1), torch.randn(10)
+    with pytest.raises(ValueError, match=r"fractions: got \(1\.0,\); pass 2 or 3 fractions \(train, val\[, test\]\)"):
+        fl.split(X, y, fractions=(1.0,))
+    with pytest.raises(ValueError, match="each fraction must be >= 0 and the train fraction > 0"):
+        fl.split(X, y, fractions=(0.0, 1.0))
+    with pytest.raises(ValueError, match="each fraction must be >= 0"):
+        fl.split(X, y, fractions=(1.1, -0.1))
+
+
 def test_lengths_must_match():
     with pytest.raises(ValueError, match=r"X and y have different lengths: len\(X\)=10, len\(y\)=9"):
         fl.split(torch.randn(10, 1), torch.randn(9))

@@ -18,6 +18,22 @@ def test_mlp_spec_errors():
         fl.MLPSpec(3, [4], 1, activation="relux")
     with pytest.raises(ValueError, match="dropout must be in"):
         fl.MLPSpec(3, [4], 1, dropout=1.5)
+    with pytest.raises(ValueError, match=r"MLPSpec: layer sizes must be >= 1, got in_features=3, hidden=\[4, 0\], "
+                                         r"out_features=1\."):
+        fl.MLPSpec(3, [4, 0], 1)
+    with pytest.raises(ValueError, match="layer sizes must be >= 1"):
+        fl.MLPSpec(0, [4], 1)
+
+
+def test_activation_names_are_checked_without_torch():
+    """`mlp_checks` (plain Python, used by the CLI's [model] too) and `ACTIVATIONS` name the same activations."""
+    from fitloop.mlp_checks import ACTIVATION_CLASSES
+    from fitloop.models import ACTIVATIONS
+
+    assert list(ACTIVATIONS) == list(ACTIVATION_CLASSES)
+    assert all(cls is getattr(torch.nn, ACTIVATION_CLASSES[name]) for name, cls in ACTIVATIONS.items())
+    for name in ACTIVATIONS:
+        assert isinstance(fl.build_mlp(fl.MLPSpec(2, [3], 1, activation=name))[1], ACTIVATIONS[name])
 
 
 def test_function_model_updates_user_tensor_in_place():

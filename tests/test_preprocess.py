@@ -14,7 +14,8 @@ from tablefiles import SMALL, write, write_rows
 from fitloop.data import Preprocessor, Table, TableError, transform_table
 
 
-def sklearn_csv(tmp_path: Path, name: str) -> Path:
+def sklearn_features_csv(tmp_path: Path, name: str) -> Path:
+    """A bundled scikit-learn dataset as CSV: columns f0..fN and `target` (numbers only)."""
     datasets = pytest.importorskip("sklearn.datasets")
     X, y = getattr(datasets, f"load_{name}")(return_X_y=True, as_frame=False)
     header = [f"f{i}" for i in range(X.shape[1])] + ["target"]
@@ -120,7 +121,7 @@ def test_json_roundtrip_and_decode_types(tmp_path, labels):
                                                            ("wine", "classification", 3),
                                                            ("digits", "classification", 10)])
 def test_sklearn_tables_end_to_end(tmp_path, name, task, n_classes):
-    p = sklearn_csv(tmp_path, name)
+    p = sklearn_features_csv(tmp_path, name)
     tab = Table.read(p, target="target")
     assert tab.task == task
     prep = tab.prepare(fractions=(0.7, 0.15, 0.15), seed=0)

@@ -4,6 +4,8 @@
     fitloop predict runs/price new.csv -o preds.csv
     fitloop evaluate runs/price labelled.csv --json
 
+This module is the parser and `main`; what each command does is in `fitloop.cli.commands`, the
+settings in `fitloop.cli.run_config`, the table-to-run-directory work in `fitloop.cli.pipeline`.
 Heavy modules (torch, pyarrow, rich) are imported inside the commands. Bad input is
 reported as one line on stderr (`fitloop: error: ...`) with exit code 2; `--debug` adds the traceback.
 """
@@ -15,13 +17,12 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
-from typing import Any
+
+from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
 
 __all__ = ["main", "build_parser"]
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
-_T_START = time.perf_counter()  # reset when main() starts: the time to the first step is measured from it
+EXIT_INTERNAL, EXIT_USAGE = 1, 2
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -68,7 +69,7 @@ examples:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -81,7 +82,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="show the full traceback on errors")
 
 
-def _read_opts(p: argparse.ArgumentParser) -> None:
+def _read_opts(p: argparse._ActionsContainer) -> None:  # a parser or an argument group
     p.add_argument("--encoding", default=None, help="text encoding of CSV/TSV files (default utf-8)")
     p.add_argument("--delimiter", default=None, help="field separator (default ',' or tab for .tsv)")
 
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rows and write a run directory.", epilog=TRAIN_EXAMPLES)
     t.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
     _train_options(t)
-    t.set_defaults(func=_cmd_train)
+    t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="predictions for a new file", formatter_class=fmt, epilog=PREDICT_EXAMPLES,
                        description="Apply a run's saved preprocessing and model to a new file.")
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proba", action="store_true", help="also write one probability column per class")
     _read_opts(p)
     _common(p)
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="metrics on a new labelled file", formatter_class=fmt,
                        epilog=EVALUATE_EXAMPLES, description="Metrics of a run's model on a labelled file.")
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _read_opts(e)
     _common(e)
-    e.set_defaults(func=_cmd_evaluate)
+    e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("resume", help="resume an interrupted run", formatter_class=fmt, epilog=RESUME_EXAMPLES,
                        description="Resume an interrupted run from its last checkpoint.")
@@ -130,13 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="resume even if the data file or the settings changed since the checkpoint")
     _common(r)
-    r.set_defaults(func=_cmd_resume)
+    r.set_defaults(func=cmd_resume)
 
     rp = sub.add_parser("report", help="show a finished run's summary", formatter_class=fmt,
                         epilog=REPORT_EXAMPLES, description="Print the summary of a run directory.")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     _common(rp)
-    rp.set_defaults(func=_cmd_report)
+    rp.set_defaults(func=cmd_report)
 
     dm = sub.add_parser("demo", help="train on the bundled wine dataset", formatter_class=fmt,
                         epilog=DEMO_EXAMPLES, description="`fitloop train` on the wine table shipped with fitloop.")
@@ -145,19 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(dm)
     dm.set_defaults(func=_cmd_demo)
     return parser
-
-
-# flag dest -> dotted config key: every flag is an override on the same resolver as --set and TOML
-FLAG_KEYS = {
-    "data": "data.path", "target": "data.target", "task": "data.task", "drop": "data.drop", "id": "data.id",
-    "split": "data.split", "encoding": "data.encoding", "delimiter": "data.delimiter",
-    "max_categories": "data.max_categories",
-    "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
-    "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
-    "device": "train.device",
-    "compile": "train.compile",
-}
 
 
 def _train_options(t: argparse.ArgumentParser) -> None:
@@ -197,207 +185,8 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     _common(t)
 
 
-def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dest, key in FLAG_KEYS.items():
-        v = getattr(args, dest, None)
-        if v is None:
-            continue
-        if dest == "drop":
-            v = [c for item in v for c in item.split(",") if c]
-        elif dest == "hidden" and v.strip() == "":
-            v = []
-        elif dest == "batch_size":
-            from .config import parse_value
-
-            v = parse_value(v)
-        out[key] = v
-    return out
-
-
-# ------------------------------------------------------------------------------------------ commands
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
-
-
-def _cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .config import load_toml, parse_set, resolve_run_config
-    from .pipeline import train_table
-
-    quiet = getattr(args, "quiet", False)
-    layers = [load_toml(args.config)] if args.config else []
-    flags = _flag_overrides(args)
-    if quiet:
-        flags["train.quiet"] = True
-    layers += [flags, parse_set(args.set)]
-    cfg = resolve_run_config(*layers)
-    console = _console()
-    log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv, t_command=_T_START)
-    if quiet:
-        print(result.run_dir)
-    else:
-        _print_summary(console, result)
-    return EXIT_OK
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _print_summary(console, r) -> None:
-    from rich.table import Table as RichTable
-
-    t = RichTable(title=f"fitloop train: {r.task}", show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("rows", ", ".join(f"{k} {v}" for k, v in r.rows.items()))
-    t.add_row("features", f"{r.inputs} columns -> {r.features} encoded")
-    t.add_row("parameters", f"{r.parameters:,}")
-    t.add_row("epochs", f"{r.epochs_run} of {r.max_epochs}" + (f" ({r.stop_reason})" if r.stop_reason else ""))
-    t.add_row("best epoch", _fmt(r.best_epoch))
-    tm = r.timings
-    t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
-                      f"total {tm['total']:.2f}s"
-                      + (f"; first step {tm['to_first_step']:.2f}s after launch, imports included"
-                         if "to_first_step" in tm else "")
-                      + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
-    console.print(t)
-    _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")
-    for note in r.notes:
-        console.print(f"note: {note}", markup=False)
-    console.print(f"run directory: {r.run_dir}", markup=False)
-
-
-def _print_metrics(console, metrics: dict, baseline: dict, baseline_kind: str | None, title: str) -> None:
-    from rich.table import Table as RichTable
-
-    if not metrics:
-        console.print("no held-out rows to evaluate on (the split has no val/test part).")
-        return
-    m = RichTable(title=title, title_justify="left")
-    m.add_column("metric")
-    m.add_column("model", justify="right")
-    m.add_column(f"baseline ({baseline_kind})", justify="right")
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)):
-            m.add_row(k, _fmt(v), _fmt(baseline.get(k, "")))
-    console.print(m)
-
-
-def _note(msg: str) -> None:
-    print(f"fitloop: note: {msg}", file=sys.stderr)
-
-
-def _cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import load_run, predict_file
-
-    run = load_run(args.run_dir)
-    table, notes = predict_file(run, args.data, proba=args.proba, encoding=args.encoding or "utf-8",
-                                delimiter=args.delimiter)
-    for n in notes:
-        _note(n)
-    if args.output is None:
-        import pyarrow.csv as pcsv
-
-        buf = _csv_bytes(table, pcsv)
-        sys.stdout.write(buf.decode("utf-8"))
-        sys.stdout.flush()
-        return EXIT_OK
-    _write_table(table, Path(args.output))
-    if not getattr(args, "quiet", False):
-        print(f"wrote {table.num_rows} predictions to {args.output}", file=sys.stderr)
-    return EXIT_OK
-
-
-def _csv_bytes(table, pcsv, delimiter: str = ",") -> bytes:
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(delimiter=delimiter))
-    return sink.getvalue().to_pybytes()
-
-
-def _write_table(table, path: Path) -> None:
-    """Write atomically by extension (.csv, .tsv, .parquet): a temporary file renamed at the end."""
-    import pyarrow.csv as pcsv
-
-    from .io import atomic_write_bytes
-
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        data = sink.getvalue().to_pybytes()
-    elif name.endswith((".csv", ".tsv")):
-        data = _csv_bytes(table, pcsv, "\t" if name.endswith(".tsv") else ",")
-    else:
-        raise ValueError(f"-o {path}: unsupported output extension; use .csv, .tsv or .parquet.")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"-o {path}: the directory {path.parent} does not exist.")
-    atomic_write_bytes(path, data)
-
-
-def _cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    import json
-
-    from .pipeline import evaluate_file, load_run
-
-    run = load_run(args.run_dir)
-    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter)
-    for n in rep["notes"]:
-        _note(n)
-    if args.json:
-        print(json.dumps({k: v for k, v in rep.items() if k != "notes"}, indent=2))
-    elif not getattr(args, "quiet", False):
-        _print_metrics(_console(), rep["metrics"], rep["baseline"], rep["baseline_kind"],
-                       f"{args.data}: {rep['rows']} rows")
-    return EXIT_OK
-
-
-def _cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import resume_run
-
-    quiet = getattr(args, "quiet", False)
-    console = _console()
-    log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet or None)
-    if quiet:
-        print(result.run_dir)
-    else:
-        _print_summary(console, result)
-    return EXIT_OK
-
-
-def _cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    import json
-
-    from .pipeline import check_run
-
-    meta = check_run(args.run_dir)
-    m = json.loads((Path(args.run_dir) / "metrics.json").read_text())
-    console = _console()
-    console.print(f"run {args.run_dir}: {meta.get('task')} on {meta.get('data')} (target {meta.get('target')!r}), "
-                  f"{meta.get('epochs')} epochs, best {meta.get('best_epoch')}, status {meta.get('status')}",
-                  markup=False)
-    _print_metrics(console, m["metrics"], m["baseline"], m.get("baseline_kind"), f"{m.get('split')} metrics")
-    return EXIT_OK
-
-
-def demo_data_path() -> str:
-    return str(Path(__file__).resolve().parent / "datasets" / "wine.csv")
-
-
 def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """`fitloop demo`: `fitloop train` on the bundled wine table (here, next to `main`, which it calls)."""
     train_argv = ["train", demo_data_path(), "--target", "cultivar", "--out", args.out, "--overwrite"]
     if args.epochs is not None:
         train_argv += ["--epochs", str(args.epochs)]
@@ -411,21 +200,16 @@ def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------------ errors
 
 
-class UsageError(Exception):
-    """A user-facing error raised by the CLI itself."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Exceptions whose message is written for the user: bad files, settings and data. Loaded lazily.
-    errs: list[type[BaseException]] = [UsageError, FileNotFoundError, NotADirectoryError, ValueError, TypeError,
+    errs: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, ValueError, TypeError,
                                        FloatingPointError, PermissionError, IsADirectoryError]
     return tuple(errs)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input or usage, 1 internal error)."""
-    global _T_START
-    _T_START = time.perf_counter()
+    t_start = time.perf_counter()  # the time to the first step is measured from here
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -435,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    args.t_start = t_start
     debug = getattr(args, "debug", False) or os.environ.get("FITLOOP_DEBUG") == "1"
     try:
         return args.func(args, argv)

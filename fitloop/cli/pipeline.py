@@ -1,4 +1,4 @@
-"""Table to run directory: what `fitloop train`, `predict` and `evaluate` do, usable from Python too.
+"""Table to run directory: what `fitloop train` and `resume` do, usable from Python too.
 
     cfg = resolve_run_config({"data.path": "wine.csv", "data.target": "cultivar"})
     result = train_table(cfg, out="runs/wine")          # writes the run directory atomically
@@ -17,7 +17,8 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
       model/          the bundle: model.safetensors + fitloop.json (spec, preprocessor, target info)
 
 The directory is built under a hidden temporary sibling and renamed into place at the end, so a
-failed run never leaves a half-written RUN_DIR.
+failed run never leaves a half-written RUN_DIR. Opening a run to predict and evaluate is
+`fitloop.cli.runs` (`load_run`, `predict_file` and `evaluate_file` are importable from here too).
 """
 
 from __future__ import annotations
@@ -31,21 +32,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from .config import RUN_FORMAT, ConfigError, RunConfig
+from ..config import RUN_FORMAT
+from ..files import atomic_write_bytes, write_json_atomic
+from .run_config import ConfigError, RunConfig
+from .runs import (
+    LoadedRun,
+    NotARunError,
+    baseline_outputs,
+    check_run,
+    evaluate_file,
+    load_run,
+    predict_file,
+    score,
+    unscale,
+)
 
-__all__ = ["RunResult", "LoadedRun", "train_table", "load_run", "predict_file", "evaluate_file",
+__all__ = ["RunResult", "LoadedRun", "train_table", "resume_run", "load_run", "predict_file", "evaluate_file",
            "RUN_FORMAT", "NotARunError"]
-
-RUN_FORMAT_VERSION = 1
-PREDICT_BATCH = 65536
-
-
-class NotARunError(FileNotFoundError):
-    """A path given as RUN_DIR is not a fitloop run directory."""
 
 
 @dataclass
@@ -70,42 +77,6 @@ class RunResult:
     stop_reason: str | None = None
 
 
-# ------------------------------------------------------------------------------------------ metrics
-
-
-def score(task: str, out, y, scaling: dict[str, float] | None = None) -> dict[str, Any]:
-    """Metrics of raw model outputs `out` against `y` (class indices, or values in original units).
-
-    Regression outputs are in standardized units; `scaling` (`mean`, `std`) maps them back first.
-    """
-    import torch
-
-    from .metrics import MetricSet, to_python
-
-    out = out.detach().float()
-    if task == "classification":
-        res: dict[str, Any] = {"loss": torch.nn.functional.cross_entropy(out, y.long())}
-        res.update(MetricSet("multiclass").compute(out, y))
-    else:
-        pred = unscale(out.reshape(-1), scaling)
-        res = dict(MetricSet("regression").compute(pred, y.float().reshape(-1)))
-    return {k: to_python(v) for k, v in res.items()}
-
-
-def unscale(pred, scaling: dict[str, float] | None):
-    return pred if not scaling else pred * scaling["std"] + scaling["mean"]
-
-
-def baseline_outputs(task: str, info: dict[str, Any], n: int):
-    """The trivial model's raw outputs for `n` rows: log class priors (majority class) or the train mean."""
-    import torch
-
-    if task == "classification":
-        prior = torch.tensor(info["class_prior"], dtype=torch.float32)
-        return torch.log(prior.clamp_min(1e-12)).expand(n, -1)
-    return torch.zeros(n)  # the standardized train mean; unscale() maps it to the mean
-
-
 # ------------------------------------------------------------------------------------------- train
 
 
@@ -127,8 +98,8 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
     """Seeded train/val/test row indices, stratified by class for classification."""
     import torch
 
-    from .data import Preprocessor
-    from .data.splitting import split_indices
+    from ..data import Preprocessor
+    from ..data.splitting import split_indices
 
     fr = tuple(cfg.data.split)
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
@@ -166,7 +137,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written."""
     import torch
 
-    from .data import Table, TableError
+    from ..data import Table, TableError
 
     d = cfg.data
     if not d.path:
@@ -180,7 +151,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     t0 = time.perf_counter()
     rows = _split_rows(table, cfg)
     prep = table.prepare(rows)
-    task, classes, n_inputs = table.task, table.classes, len(table.feature_columns)
+    task, classes, n_inputs = table.task, cast(list[Any], table.classes), len(table.feature_columns)
     notes = list(prep.notes)
     del table  # the Arrow table is no longer needed: free it before training, and hand the pages back
     import pyarrow as pa
@@ -191,7 +162,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     if n_features == 0:
         raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
                          f"the model needs at least one input.")
-    splits = {name: (s.X, s.y) for name, s in prep.splits.items()}
+    splits: dict[str, Any] = {name: (s.X, s.y) for name, s in prep.splits.items()}  # every split has a y
     del prep
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
                             "feature_names": pre.feature_names}
@@ -211,9 +182,9 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run, checkpointing into `run_dir`."""
-    from .callbacks import EarlyStopping
-    from .models import MLPSpec, build_mlp
-    from .trainer import Trainer, seed_everything
+    from ..callbacks import EarlyStopping
+    from ..models import MLPSpec, build_mlp
+    from ..trainer import Trainer, seed_everything
 
     classes = p.info["classes"]
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
@@ -238,7 +209,7 @@ class _FirstStep:
     preprocessing and set-up included): the start-up cost a user waits through."""
 
     def __new__(cls, t0: float):
-        from .callbacks import Callback
+        from ..callbacks import Callback
 
         class FirstStep(Callback):
             def __init__(self):
@@ -277,13 +248,13 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     t_start = time.perf_counter()
     p = _prepare(cfg, log)
     p.t_command = t_start if t_command is None else t_command
-    cfg.data.path = str(Path(cfg.data.path).resolve())  # `resume` finds the data from any directory
+    cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())  # `resume` finds the data from any directory
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     try:
         (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-        _write_json(out_dir / "splits.json", {
+        write_json_atomic(out_dir / "splits.json", {
             "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
                     "rows whose target is missing",
             "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
@@ -306,7 +277,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     The data is read again from the path in `config.toml` and prepared exactly as before; the
     checkpoint refuses it when the data or the settings changed, unless `force`.
     """
-    from .config import load_toml, resolve_run_config
+    from .run_config import load_toml, resolve_run_config
 
     log = log or (lambda msg: None)
     run_dir = Path(path)
@@ -349,14 +320,15 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     elif history:
         best_epoch = history[-1]["epoch"]
     trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})
-    _write_json(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
+    write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
                                            if eval_split else 0, "metrics": metrics, "baseline": baseline,
                                            "baseline_kind": info["baseline_kind"]})
     p.timings["total"] = time.perf_counter() - t_start
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds
-    if trainer._compiled_step is not None:  # compile="step": reported apart from training
-        p.timings["compile"] = trainer._compiled_step.compile_seconds
+    compiled = trainer.training_step.compiled if trainer.training_step is not None else None
+    if compiled is not None:  # compile="step": reported apart from training
+        p.timings["compile"] = compiled.compile_seconds
     rows = {k: len(v[0]) for k, v in p.splits.items()}
     n_params = sum(q.numel() for q in trainer.model.parameters())
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
@@ -371,140 +343,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
 
 def _merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:
     """Add the table run's fields to `run.json` (the checkpointer owns its status fields)."""
-    from .io import atomic_write_bytes
-
     path = run_dir / "run.json"
     info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     info.update(fields)
     atomic_write_bytes(path, (json.dumps(info, indent=2) + "\n").encode())
-
-
-def _write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
-    from .io import write_json_atomic
-
-    write_json_atomic(path, obj, indent)
-
-
-# ------------------------------------------------------------------------------- predict / evaluate
-
-
-@dataclass
-class LoadedRun:
-    """A run directory opened for predict/evaluate: the model, its preprocessor and the target info."""
-
-    path: Path
-    model: Any
-    preprocessor: Any
-    info: dict[str, Any]
-
-    @property
-    def task(self) -> str:
-        return self.info["task"]
-
-    def outputs(self, X):
-        """Raw model outputs for `X`, in batches, under inference mode."""
-        import torch
-
-        with torch.inference_mode():
-            outs = [self.model(X[i:i + PREDICT_BATCH]) for i in range(0, len(X), PREDICT_BATCH)]
-        return torch.cat(outs).float() if outs else torch.zeros(0, self.model.spec.out_features)
-
-
-def check_run(path: str | os.PathLike, *, finished: bool = True) -> dict[str, Any]:
-    """`run.json` of a run directory, or a clear error if `path` is not one (or, with `finished`,
-    if the run has no final model yet)."""
-    p = Path(path)
-    what = "does not exist" if not p.exists() else ("is not a directory" if not p.is_dir() else None)
-    run_json = p / "run.json"
-    if what is None and not run_json.is_file():
-        what = "has no run.json"
-    meta: dict[str, Any] = {}
-    if what is None:
-        try:
-            meta = json.loads(run_json.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            what = "has an unreadable run.json"
-        else:
-            if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
-                what = "has a run.json that is not a fitloop run's"
-    if what is None and finished and not (p / "model" / "fitloop.json").is_file():
-        raise NotARunError(f"{path}: the run did not finish (status: {meta.get('status', 'unknown')}), so it has "
-                           f"no model yet. Continue it with `fitloop resume {path}`.")
-    if what is None and not finished and not (p / "config.toml").is_file():
-        what = "has no config.toml (it was not written by `fitloop train`)"
-    if what is not None:
-        raise NotARunError(f"{path} is not a fitloop run directory: it {what}. Pass the directory that "
-                           f"`fitloop train` printed (e.g. runs/<target>-<timestamp>, or your --out).")
-    return meta
-
-
-def load_run(path: str | os.PathLike) -> LoadedRun:
-    """Open a run directory written by `train_table` (weights as safetensors, the rest JSON)."""
-    from .data import Preprocessor
-    from .io import load
-
-    check_run(path)
-    model = load(Path(path) / "model")
-    meta = model.fitloop_meta
-    if "preprocessor" not in meta or "table" not in meta:
-        raise NotARunError(f"{path}: the model bundle has no preprocessing; it was not written by fitloop train.")
-    return LoadedRun(Path(path), model, Preprocessor.from_dict(meta["preprocessor"]), meta["table"])
-
-
-def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "utf-8",
-                 delimiter: str | None = None):
-    """Predictions for a new file (or `pyarrow.Table`): returns `(pyarrow.Table, notes)`.
-
-    Columns: the id column (when the run has one and the file has it), `prediction` (original class
-    labels or values in the target's units) and, with `proba`, one `proba_<class>` column per class.
-    """
-    import warnings
-
-    import pyarrow as pa
-    import torch
-
-    from .data import transform_table
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
-        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter)
-    out = run.outputs(enc.X)
-    cols: dict[str, Any] = {}
-    if run.info.get("id") and enc.ids is not None:
-        cols[run.info["id"]] = pa.array(enc.ids)
-    if run.task == "classification":
-        cols["prediction"] = pa.array(run.preprocessor.decode(out.argmax(-1)))
-        if proba:
-            p = torch.softmax(out, -1).numpy()
-            for j, c in enumerate(run.info["classes"]):
-                cols[f"proba_{c}"] = pa.array(p[:, j])
-    else:
-        if proba:
-            raise ValueError("--proba is for classification runs; this run does regression.")
-        cols["prediction"] = pa.array(unscale(out.reshape(-1), run.info["target_scaling"]).double().numpy())
-    return pa.table(cols), enc.notes
-
-
-def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None) -> dict:
-    """Metrics of the run's model on a labelled file, next to the trivial baseline of the training data."""
-    import warnings
-
-    from .data import TableError, read_table, transform_table
-
-    if not hasattr(data, "column_names"):
-        data = read_table(data, encoding=encoding, delimiter=delimiter)
-    target = run.info["target"]
-    if target not in data.column_names:
-        raise TableError(f"the file has no target column {target!r}, so there is nothing to evaluate against; "
-                         f"use `fitloop predict` for unlabelled data. Columns are: {data.column_names}.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        enc = transform_table(run.preprocessor, data)
-    if enc.y is None:
-        raise TableError(f"target column {target!r} is empty in this file; evaluate needs labels.")
-    y = enc.y
-    out = run.outputs(enc.X)
-    scaling = run.info.get("target_scaling")
-    return {"rows": len(y), "metrics": score(run.task, out, y, scaling),
-            "baseline": score(run.task, baseline_outputs(run.task, run.info, len(y)), y, scaling),
-            "baseline_kind": run.info.get("baseline_kind"), "notes": enc.notes}

@@ -3,7 +3,8 @@
     fitloop.data.splitting    split, Split, as_tensor, split_indices
     fitloop.data.fractions    check_fractions (plain Python, no torch)
     fitloop.data.batches      TensorBatches, LoaderBatches
-    fitloop.data.table        read_table, Table, TableError
+    fitloop.data.reading      read_table, TableError
+    fitloop.data.table        Table (column kinds and task inferred, splits encoded)
     fitloop.data.preprocess   Preprocessor, transform_table, TableSplit, PreparedTable
 
 The names below are imported on first use (PEP 562): `import fitloop.data` imports neither torch
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "Split": "splitting", "split": "splitting", "as_tensor": "splitting",
     "TensorBatches": "batches", "LoaderBatches": "batches",
-    "Table": "table", "TableError": "table", "read_table": "table",
+    "Table": "table", "TableError": "reading", "read_table": "reading",
     "Preprocessor": "preprocess", "transform_table": "preprocess",
 }
 
@@ -41,5 +42,6 @@ def __dir__():
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .batches import LoaderBatches, TensorBatches  # noqa: F401
     from .preprocess import Preprocessor, transform_table  # noqa: F401
+    from .reading import TableError, read_table  # noqa: F401
     from .splitting import Split, as_tensor, split  # noqa: F401
-    from .table import Table, TableError, read_table  # noqa: F401
+    from .table import Table  # noqa: F401

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .table import Table, TableError, _as_strings, _float64, _sorted_unique, read_table
+from .reading import TableError, _as_strings, _float64, _sorted_unique, read_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
     import torch
+
+    from .table import Table
 
 __all__ = ["Preprocessor", "PreparedTable", "TableSplit", "transform_table"]
 
@@ -308,12 +310,12 @@ def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | T
     """
     import torch
 
-    if isinstance(table, Table):
-        data = table.data
-    elif isinstance(table, (str, Path)):
+    if isinstance(table, (str, Path)):
         data = read_table(table, encoding=encoding, delimiter=delimiter)
-    else:
+    elif hasattr(table, "column_names"):  # a pyarrow.Table
         data = table
+    else:  # a fitloop `Table` (not imported here: table.py imports this module)
+        data = table.data
     notes: list[str] = []
     known = set(preprocessor.input_columns) | {preprocessor.target, preprocessor.id}
     extra = [c for c in data.column_names if c not in known]

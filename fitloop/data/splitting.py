@@ -164,7 +164,7 @@ def split(X, y=None, *, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: in
     if n == 0:
         raise ValueError("split: the data is empty (0 rows). Check how X was loaded or filtered.")
     parts = split_indices(n, fr, seed, labels)
-    out = []
+    out: list[Split | _DatasetPart | None] = []
     for name, f, idx in zip(names, fr, parts):
         if f == 0:
             out.append(None)

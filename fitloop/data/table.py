@@ -1,4 +1,4 @@
-"""Tabular data: read CSV/TSV/Parquet, infer column kinds and the task, encode train/val/test splits.
+"""Tabular data: a table's column kinds and task, inferred, and its train/val/test splits encoded.
 
 Typical use::
 
@@ -7,14 +7,14 @@ Typical use::
     X, y = prep.train.X, prep.train.y                          # float32 / (float32 | int64) tensors
     state = prep.preprocessor.to_dict()                        # JSON-able, no pickle
 
-The preprocessing itself (`Preprocessor`, fitted on the training rows only, and `transform_table`
-for new files) is in `fitloop.data.preprocess`. Everything is vectorised (pyarrow compute and numpy).
+Reading files is `fitloop.data.reading` (`read_table`); the preprocessing itself (`Preprocessor`,
+fitted on the training rows only, and `transform_table` for new files) is `fitloop.data.preprocess`.
+Everything is vectorised (pyarrow compute and numpy).
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,213 +22,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .reading import (
+    SUPPORTED_EXTENSIONS,
+    TableError,
+    _as_strings,
+    _float64,
+    _is_string,
+    _junk_error,
+    _numeric_mask,
+    _sorted_unique,
+    read_table,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
     from .preprocess import PreparedTable
 
-__all__ = ["SUPPORTED_EXTENSIONS", "Table", "TableError", "read_table"]
+__all__ = ["Table", "SUPPORTED_EXTENSIONS", "TableError", "read_table"]  # the last three: from .reading
 
-SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 MAX_CLASSES_FOR_INT_TARGET = 20
 JUNK_NUMERIC_FRACTION = 0.9
-_NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
 
 
-class TableError(ValueError):
-    """Bad tabular input; the message says what is wrong, where, and how to fix it."""
-
-
-# --------------------------------------------------------------------------------------------- reading
-
-
-def _extension(path: Path) -> str:
-    name = path.name.lower()
-    longest_first = sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True)
-    return next((ext for ext in longest_first if name.endswith(ext)), "")
-
-
-def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | None = None) -> pa.Table:
-    """Read a `.csv`, `.tsv`, `.csv.gz`, `.tsv.gz` or `.parquet` file with pyarrow.
-
-    Args:
-        path: File to read.
-        encoding: Text encoding of CSV/TSV files (e.g. ``"latin-1"``).
-        delimiter: Field separator; default ``","`` (``"\\t"`` for `.tsv`).
-
-    Returns:
-        The file as a ``pyarrow.Table`` (column types inferred by pyarrow).
-
-    Raises:
-        TableError: Missing/empty file, unsupported extension, bad encoding or ragged rows.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    path = Path(path)
-    if not path.is_file():
-        raise TableError(f"{path}: file not found (check the path; cwd is {Path.cwd()}).")
-    ext = _extension(path)
-    if not ext:
-        raise TableError(
-            f"{path}: unsupported file extension {''.join(path.suffixes) or '(none)'!r}; "
-            f"supported: {', '.join(SUPPORTED_EXTENSIONS)}."
-        )
-    if path.stat().st_size == 0:
-        raise TableError(f"{path}: the file is empty; it needs a header row and at least one data row.")
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise TableError(f"{path}: cannot read Parquet file: {e}") from e
-
-    sep = delimiter or ("\t" if ext.startswith(".tsv") else ",")
-    read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
-    parse_opts = pcsv.ParseOptions(delimiter=sep)
-    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True)  # empty text cells are missing values
-    try:
-        try:
-            # Streaming keeps peak memory near the final table size, but infers types from the first
-            # block only; if a later block disagrees, fall back to the whole-file reader (unifies types).
-            reader = pcsv.open_csv(path, read_options=read_opts, parse_options=parse_opts,
-                                   convert_options=conv_opts)
-            table = reader.read_all()
-        except pa.ArrowInvalid as e:
-            if "conversion error" not in str(e):
-                raise
-            table = pcsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
-                                  convert_options=conv_opts)
-        names = table.column_names  # decodes the header: raises UnicodeDecodeError on bad bytes
-    except UnicodeDecodeError as e:
-        raise _encoding_error(path, encoding, "the header row") from e
-    except LookupError as e:
-        raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
-    except pa.ArrowInvalid as e:
-        msg = str(e)
-        if "Empty CSV file" in msg:
-            raise TableError(f"{path}: the file is empty; it needs a header row and data rows.") from e
-        if "Expected" in msg and "columns" in msg:
-            raise _ragged_error(path, sep, encoding, msg) from e
-        raise TableError(f"{path}: cannot parse as delimited text ({msg}).") from e
-    for name, col in zip(names, table.columns):
-        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-            raise _encoding_error(path, encoding, f"column {name!r}")
-    return table
-
-
-def _first_undecodable_line(path: Path, encoding: str) -> int | None:
-    """1-based line number of the first line that does not decode (error path only)."""
-    import codecs
-    import gzip
-
-    decoder = codecs.getincrementaldecoder(encoding)()
-    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                decoder.decode(line)
-            except UnicodeDecodeError:
-                return number
-    return None
-
-
-def _encoding_error(path: Path, encoding: str, where: str) -> TableError:
-    line = _first_undecodable_line(path, encoding)
-    where += f" (first at line {line})" if line else ""
-    return TableError(
-        f"{path}: {where} contains bytes that are not valid {encoding}. If the file is in another "
-        f"encoding, pass it explicitly: `--encoding latin-1` on the command line or `encoding=\"latin-1\"` "
-        f"in Python (cp1252 is also common for Excel exports)."
-    )
-
-
-def _ragged_error(path: Path, sep: str, encoding: str, msg: str) -> TableError:
-    """Re-parse single-threaded to learn the line number of the first ragged row (error path only)."""
-    import pyarrow.csv as pcsv
-
-    bad: list[Any] = []
-
-    def handler(row: Any) -> str:
-        bad.append(row)
-        return "error"
-
-    try:
-        pcsv.read_csv(
-            path,
-            read_options=pcsv.ReadOptions(encoding=encoding, use_threads=False),
-            parse_options=pcsv.ParseOptions(delimiter=sep, invalid_row_handler=handler),
-        )
-    except Exception:  # noqa: BLE001 - we only want the recorded row
-        pass
-    if not bad:
-        return TableError(f"{path}: rows have inconsistent column counts ({msg}).")
-    row = bad[0]
-    line = f"line {row.number}" if row.number is not None else "a row"
-    return TableError(
-        f"{path}: {line} has {row.actual_columns} fields but the header has {row.expected_columns} "
-        f"(row text: {row.text[:80]!r}). Fix that line: quote fields that contain {sep!r}, or pass the "
-        f"right delimiter (`--delimiter` / `delimiter=`)."
-    )
-
-
-# ----------------------------------------------------------------------------------- column helpers
-
-
-def _is_string(t: pa.DataType) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
-
-
-def _as_strings(col: Any) -> Any:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
-
-
-def _junk_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) -> TableError:
-    import pyarrow.compute as pc
-
-    i = int(pc.index(bad, True).as_py())
-    value = col[i].as_py()
-    row = int(rows[i]) if rows is not None else i
-    n_bad = int(pc.sum(bad).as_py() or 0)
-    return TableError(
-        f"column {name!r} is numeric but has {n_bad} non-numeric value(s); first at data row {row + 1} "
-        f"(line {row + 2} of the file, counting the header): {value!r}. Fix or blank out those cells "
-        f"(empty cells are treated as missing and imputed), or `--drop {name}`."
-    )
-
-
-def _numeric_mask(col: Any) -> Any:
-    """Boolean array: value looks like a number (null for missing)."""
-    import pyarrow.compute as pc
-
-    return pc.match_substring_regex(_as_strings(col), _NUMBER_RE)
-
-
-def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """Column as float64 numpy (NaN = missing); numeric strings are parsed, junk raises TableError."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if rows is not None:
-        col = col.take(rows)
-    t = col.type
-    if pa.types.is_null(t):
-        return np.full(len(col), np.nan)
-    if _is_string(t):
-        ok = _numeric_mask(col)
-        bad = pc.invert(pc.fill_null(ok, True))
-        if pc.any(bad).as_py():
-            raise _junk_error(name, col, bad, rows)
-        col = pc.utf8_trim_whitespace(_as_strings(col))
-    elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-        raise TableError(f"column {name!r} has type {t}, which cannot be used as a number; `--drop {name}`.")
-    out = pc.fill_null(pc.cast(col, pa.float64()), math.nan).to_numpy()
-    return np.array(out, dtype=np.float64, copy=True) if not out.flags.writeable else out
+# ------------------------------------------------------------------------------------------- inference
 
 
 def _infer_kind(name: str, col: Any) -> str:
@@ -260,12 +77,6 @@ def _infer_kind(name: str, col: Any) -> str:
 def _closest(name: str, options: Sequence[str]) -> str:
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""
-
-
-def _sorted_unique(col: Any) -> list[Any]:
-    import pyarrow.compute as pc
-
-    return sorted(v for v in pc.unique(col).to_pylist() if v is not None and v == v)
 
 
 # --------------------------------------------------------------------------------------------- Table
@@ -447,7 +258,7 @@ class Table:
             X = torch.from_numpy(pre.transform(self.data, a, notes))
             y = torch.from_numpy(pre.encode_target(self.data, a))
             if name == "train" and self.task == "classification" and y.numel() and bool((y == y[0]).all()):
-                raise TableError(f"the train split has a single class ({self.classes[int(y[0])]!r}) for "
+                raise TableError(f"the train split has a single class ({(self.classes or [])[int(y[0])]!r}) for "
                                  f"target {self.target!r}; use a stratified or larger split.")
             ids = self.data.column(self.id).take(a).to_pylist() if self.id else None
             out[name] = TableSplit(X, y, ids, a, notes)

@@ -1,0 +1,225 @@
+"""What each `fitloop` command does with its parsed arguments; `fitloop.cli.app` builds the parser.
+
+Heavy modules (torch, pyarrow, rich) are imported inside the commands, so `fitloop --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+
+
+# flag dest -> dotted config key: every flag is an override on the same resolver as --set and TOML
+FLAG_KEYS = {
+    "data": "data.path", "target": "data.target", "task": "data.task", "drop": "data.drop", "id": "data.id",
+    "split": "data.split", "encoding": "data.encoding", "delimiter": "data.delimiter",
+    "max_categories": "data.max_categories",
+    "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
+    "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
+    "device": "train.device",
+    "compile": "train.compile",
+}
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dest, key in FLAG_KEYS.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if dest == "drop":
+            v = [c for item in v for c in item.split(",") if c]
+        elif dest == "hidden" and v.strip() == "":
+            v = []
+        elif dest == "batch_size":
+            from .run_config import parse_value
+
+            v = parse_value(v)
+        out[key] = v
+    return out
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .pipeline import train_table
+    from .run_config import load_toml, parse_set, resolve_run_config
+
+    quiet = getattr(args, "quiet", False)
+    layers = [load_toml(args.config)] if args.config else []
+    flags = _flag_overrides(args)
+    if quiet:
+        flags["train.quiet"] = True
+    layers += [flags, parse_set(args.set)]
+    cfg = resolve_run_config(*layers)
+    console = _console()
+    log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
+    result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
+                         t_command=getattr(args, "t_start", None))
+    if quiet:
+        print(result.run_dir)
+    else:
+        _print_summary(console, result)
+    return EXIT_OK
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _print_summary(console, r) -> None:
+    from rich.table import Table as RichTable
+
+    t = RichTable(title=f"fitloop train: {r.task}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("rows", ", ".join(f"{k} {v}" for k, v in r.rows.items()))
+    t.add_row("features", f"{r.inputs} columns -> {r.features} encoded")
+    t.add_row("parameters", f"{r.parameters:,}")
+    t.add_row("epochs", f"{r.epochs_run} of {r.max_epochs}" + (f" ({r.stop_reason})" if r.stop_reason else ""))
+    t.add_row("best epoch", _fmt(r.best_epoch))
+    tm = r.timings
+    t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
+                      f"total {tm['total']:.2f}s"
+                      + (f"; first step {tm['to_first_step']:.2f}s after launch, imports included"
+                         if "to_first_step" in tm else "")
+                      + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
+    console.print(t)
+    _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")
+    for note in r.notes:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"run directory: {r.run_dir}", markup=False)
+
+
+def _print_metrics(console, metrics: dict, baseline: dict, baseline_kind: str | None, title: str) -> None:
+    from rich.table import Table as RichTable
+
+    if not metrics:
+        console.print("no held-out rows to evaluate on (the split has no val/test part).")
+        return
+    m = RichTable(title=title, title_justify="left")
+    m.add_column("metric")
+    m.add_column("model", justify="right")
+    m.add_column(f"baseline ({baseline_kind})", justify="right")
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)):
+            m.add_row(k, _fmt(v), _fmt(baseline.get(k, "")))
+    console.print(m)
+
+
+def _note(msg: str) -> None:
+    print(f"fitloop: note: {msg}", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .runs import load_run, predict_file
+
+    run = load_run(args.run_dir)
+    table, notes = predict_file(run, args.data, proba=args.proba, encoding=args.encoding or "utf-8",
+                                delimiter=args.delimiter)
+    for n in notes:
+        _note(n)
+    if args.output is None:
+        import pyarrow.csv as pcsv
+
+        buf = _csv_bytes(table, pcsv)
+        sys.stdout.write(buf.decode("utf-8"))
+        sys.stdout.flush()
+        return EXIT_OK
+    _write_table(table, Path(args.output))
+    if not getattr(args, "quiet", False):
+        print(f"wrote {table.num_rows} predictions to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _csv_bytes(table, pcsv, delimiter: str = ",") -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(delimiter=delimiter))
+    return sink.getvalue().to_pybytes()
+
+
+def _write_table(table, path: Path) -> None:
+    """Write atomically by extension (.csv, .tsv, .parquet): a temporary file renamed at the end."""
+    import pyarrow.csv as pcsv
+
+    from ..files import atomic_write_bytes
+
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+    elif name.endswith((".csv", ".tsv")):
+        data = _csv_bytes(table, pcsv, "\t" if name.endswith(".tsv") else ",")
+    else:
+        raise ValueError(f"-o {path}: unsupported output extension; use .csv, .tsv or .parquet.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"-o {path}: the directory {path.parent} does not exist.")
+    atomic_write_bytes(path, data)
+
+
+def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    import json
+
+    from .runs import evaluate_file, load_run
+
+    run = load_run(args.run_dir)
+    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter)
+    for n in rep["notes"]:
+        _note(n)
+    if args.json:
+        print(json.dumps({k: v for k, v in rep.items() if k != "notes"}, indent=2))
+    elif not getattr(args, "quiet", False):
+        _print_metrics(_console(), rep["metrics"], rep["baseline"], rep["baseline_kind"],
+                       f"{args.data}: {rep['rows']} rows")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .pipeline import resume_run
+
+    quiet = getattr(args, "quiet", False)
+    console = _console()
+    log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
+    result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet or None)
+    if quiet:
+        print(result.run_dir)
+    else:
+        _print_summary(console, result)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    import json
+
+    from .runs import check_run
+
+    meta = check_run(args.run_dir)
+    m = json.loads((Path(args.run_dir) / "metrics.json").read_text())
+    console = _console()
+    console.print(f"run {args.run_dir}: {meta.get('task')} on {meta.get('data')} (target {meta.get('target')!r}), "
+                  f"{meta.get('epochs')} epochs, best {meta.get('best_epoch')}, status {meta.get('status')}",
+                  markup=False)
+    _print_metrics(console, m["metrics"], m["baseline"], m.get("baseline_kind"), f"{m.get('split')} metrics")
+    return EXIT_OK
+
+
+def demo_data_path() -> str:
+    """The wine table shipped in the package (`fitloop demo` trains on it)."""
+    return str(Path(__file__).resolve().parent.parent / "datasets" / "wine.csv")

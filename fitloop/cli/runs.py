@@ -1,0 +1,188 @@
+"""A finished run directory: check it, open it, predict and evaluate with it.
+
+    run = load_run("runs/wine")
+    preds, notes = predict_file(run, "new.csv")         # a pyarrow.Table: [id], prediction[, proba_*]
+    report = evaluate_file(run, "labelled.csv")         # {"metrics": ..., "baseline": ...}
+
+Also the metrics `fitloop train` reports (`score`, next to the trivial baseline's); writing a run is
+`fitloop.cli.pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from ..config import RUN_FORMAT
+
+__all__ = ["LoadedRun", "NotARunError", "check_run", "load_run", "predict_file", "evaluate_file", "score"]
+
+PREDICT_BATCH = 65536
+
+
+class NotARunError(FileNotFoundError):
+    """A path given as RUN_DIR is not a fitloop run directory."""
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def score(task: str, out, y, scaling: dict[str, float] | None = None) -> dict[str, Any]:
+    """Metrics of raw model outputs `out` against `y` (class indices, or values in original units).
+
+    Regression outputs are in standardized units; `scaling` (`mean`, `std`) maps them back first.
+    """
+    import torch
+
+    from ..metrics import MetricSet, to_python
+
+    out = out.detach().float()
+    if task == "classification":
+        res: dict[str, Any] = {"loss": torch.nn.functional.cross_entropy(out, y.long())}
+        res.update(MetricSet("multiclass").compute(out, y))
+    else:
+        pred = unscale(out.reshape(-1), scaling)
+        res = dict(MetricSet("regression").compute(pred, y.float().reshape(-1)))
+    return {k: to_python(v) for k, v in res.items()}
+
+
+def unscale(pred, scaling: dict[str, float] | None):
+    return pred if not scaling else pred * scaling["std"] + scaling["mean"]
+
+
+def baseline_outputs(task: str, info: dict[str, Any], n: int):
+    """The trivial model's raw outputs for `n` rows: log class priors (majority class) or the train mean."""
+    import torch
+
+    if task == "classification":
+        prior = torch.tensor(info["class_prior"], dtype=torch.float32)
+        return torch.log(prior.clamp_min(1e-12)).expand(n, -1)
+    return torch.zeros(n)  # the standardized train mean; unscale() maps it to the mean
+
+
+# ------------------------------------------------------------------------------- predict / evaluate
+
+
+@dataclass
+class LoadedRun:
+    """A run directory opened for predict/evaluate: the model, its preprocessor and the target info."""
+
+    path: Path
+    model: Any
+    preprocessor: Any
+    info: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.info["task"]
+
+    def outputs(self, X):
+        """Raw model outputs for `X`, in batches, under inference mode."""
+        import torch
+
+        with torch.inference_mode():
+            outs = [self.model(X[i:i + PREDICT_BATCH]) for i in range(0, len(X), PREDICT_BATCH)]
+        return torch.cat(outs).float() if outs else torch.zeros(0, self.model.spec.out_features)
+
+
+def check_run(path: str | os.PathLike, *, finished: bool = True) -> dict[str, Any]:
+    """`run.json` of a run directory, or a clear error if `path` is not one (or, with `finished`,
+    if the run has no final model yet)."""
+    p = Path(path)
+    what = "does not exist" if not p.exists() else ("is not a directory" if not p.is_dir() else None)
+    run_json = p / "run.json"
+    if what is None and not run_json.is_file():
+        what = "has no run.json"
+    meta: dict[str, Any] = {}
+    if what is None:
+        try:
+            meta = json.loads(run_json.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            what = "has an unreadable run.json"
+        else:
+            if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+                what = "has a run.json that is not a fitloop run's"
+    if what is None and finished and not (p / "model" / "fitloop.json").is_file():
+        raise NotARunError(f"{path}: the run did not finish (status: {meta.get('status', 'unknown')}), so it has "
+                           f"no model yet. Continue it with `fitloop resume {path}`.")
+    if what is None and not finished and not (p / "config.toml").is_file():
+        what = "has no config.toml (it was not written by `fitloop train`)"
+    if what is not None:
+        raise NotARunError(f"{path} is not a fitloop run directory: it {what}. Pass the directory that "
+                           f"`fitloop train` printed (e.g. runs/<target>-<timestamp>, or your --out).")
+    return meta
+
+
+def load_run(path: str | os.PathLike) -> LoadedRun:
+    """Open a run directory written by `train_table` (weights as safetensors, the rest JSON)."""
+    from ..bundle import load
+    from ..data import Preprocessor
+
+    check_run(path)
+    model = load(Path(path) / "model")
+    meta = cast(dict[str, Any], model.fitloop_meta)  # set by `load`
+    if "preprocessor" not in meta or "table" not in meta:
+        raise NotARunError(f"{path}: the model bundle has no preprocessing; it was not written by fitloop train.")
+    return LoadedRun(Path(path), model, Preprocessor.from_dict(meta["preprocessor"]), meta["table"])
+
+
+def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "utf-8",
+                 delimiter: str | None = None):
+    """Predictions for a new file (or `pyarrow.Table`): returns `(pyarrow.Table, notes)`.
+
+    Columns: the id column (when the run has one and the file has it), `prediction` (original class
+    labels or values in the target's units) and, with `proba`, one `proba_<class>` column per class.
+    """
+    import warnings
+
+    import pyarrow as pa
+    import torch
+
+    from ..data import transform_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
+        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter)
+    out = run.outputs(enc.X)
+    cols: dict[str, Any] = {}
+    if run.info.get("id") and enc.ids is not None:
+        cols[run.info["id"]] = pa.array(enc.ids)
+    if run.task == "classification":
+        cols["prediction"] = pa.array(run.preprocessor.decode(out.argmax(-1)))
+        if proba:
+            p = torch.softmax(out, -1).numpy()
+            for j, c in enumerate(run.info["classes"]):
+                cols[f"proba_{c}"] = pa.array(p[:, j])
+    else:
+        if proba:
+            raise ValueError("--proba is for classification runs; this run does regression.")
+        cols["prediction"] = pa.array(unscale(out.reshape(-1), run.info["target_scaling"]).double().numpy())
+    return pa.table(cols), enc.notes
+
+
+def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None) -> dict:
+    """Metrics of the run's model on a labelled file, next to the trivial baseline of the training data."""
+    import warnings
+
+    from ..data import TableError, read_table, transform_table
+
+    if not hasattr(data, "column_names"):
+        data = read_table(data, encoding=encoding, delimiter=delimiter)
+    target = run.info["target"]
+    if target not in data.column_names:
+        raise TableError(f"the file has no target column {target!r}, so there is nothing to evaluate against; "
+                         f"use `fitloop predict` for unlabelled data. Columns are: {data.column_names}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        enc = transform_table(run.preprocessor, data)
+    if enc.y is None:
+        raise TableError(f"target column {target!r} is empty in this file; evaluate needs labels.")
+    y = enc.y
+    out = run.outputs(enc.X)
+    scaling = run.info.get("target_scaling")
+    return {"rows": len(y), "metrics": score(run.task, out, y, scaling),
+            "baseline": score(run.task, baseline_outputs(run.task, run.info, len(y)), y, scaling),
+            "baseline_kind": run.info.get("baseline_kind"), "notes": enc.notes}
