@@ -85,18 +85,25 @@ class TrainingStep:
         """One batch: returns the detached loss and output (tensors: no host sync)."""
         if self.compiled is not None and self.compiled.ready():
             return self._compiled_step(x, y)
-        x = add_input_noise(x, self.trainer.config.input_noise)
+        t, i = self.trainer, self.trainer.state.batch
+        x = add_input_noise(x, t.config.input_noise)
         if self.closure:
             return self._closure_step(x, y)
-        position = self.trainer.state.batch % self.accumulate  # within the accumulation group
-        total, loss, out = self.loss(x, y)
-        if position == 0:
+        total, loss, out = self.loss(x, y)  # forward, loss, + penalty
+        if i % self.accumulate == 0:  # the first micro-batch of an accumulation group
             self._zero_grad()
         if self.accumulate > 1:
-            total = total * self._share(self.trainer.state.batch, len(x))
+            total = total * self._share(i, len(x))
         self.backward(total)
-        if self._last_micro(self.trainer.state.batch):
-            self.update(loss)
+        if self._last_micro(i):
+            self.clip()
+            if self.finite(loss):  # or the step is skipped (on_nonfinite="skip"), or NonFiniteError
+                if t.scaler is not None:
+                    t.scaler.step(t.optimizer)
+                    t.scaler.update()
+                else:
+                    self._optimizer_step()  # optimizer.step() (fitloop._fastpath)
+                self.stepped()
         return loss.detach(), out.detach()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,23 +118,18 @@ class TrainingStep:
         scaler = self.trainer.scaler
         (scaler.scale(total) if scaler is not None else total).backward()
 
-    def update(self, loss: torch.Tensor) -> None:
-        """Clip, check for NaN/inf, step the optimizer, count the step."""
-        t = self.trainer
-        self.clip()
-        if self.check_every_step:
-            loss_ok = math.isfinite(loss.item())
-            bad = self._bad_gradient()
-            if not loss_ok or bad is not None:
-                self._zero_grad()
-                self.nonfinite(loss, loss_ok, bad)
-                return
-        if t.scaler is not None:
-            t.scaler.step(t.optimizer)
-            t.scaler.update()
-        else:
-            self._optimizer_step()
-        self.stepped()
+    def finite(self, loss: torch.Tensor) -> bool:
+        """Whether the step may be applied: the loss and every gradient are finite (checked per step on
+        the CPU, or when skipping bad steps; elsewhere the epoch's loss is checked at its end)."""
+        if not self.check_every_step:
+            return True
+        loss_ok = math.isfinite(loss.item())
+        bad = self._bad_gradient()
+        if loss_ok and bad is None:
+            return True
+        self._zero_grad()
+        self.nonfinite(loss, loss_ok, bad)
+        return False
 
     def clip(self, record: bool = True) -> None:
         """Clip the gradients as configured; record their total norm (before clipping) per step."""
