@@ -96,9 +96,12 @@ def test_nonfinite_grads_names_the_first_bad_parameter_both_ways(bad, fast, monk
     assert check() == bad  # the fused check's flag is reset after a hit
 
 
-def test_nonfinite_grads_without_the_private_kernel(monkeypatch):
+@pytest.mark.parametrize("cat_limit", [1 << 20, 0])  # one concatenated check, or tensor by tensor
+def test_nonfinite_grads_without_the_private_kernel(cat_limit, monkeypatch):
     monkeypatch.delattr(torch, "_amp_foreach_non_finite_check_and_unscale_")
+    monkeypatch.setattr(_fastpath, "_CAT_LIMIT", cat_limit)
     assert _fastpath.nonfinite_grads(_grads_with("1.bias"))() == "1.bias"
+    assert _fastpath.nonfinite_grads(_grads_with("0.weight"))() == "0.weight"
     assert _fastpath.nonfinite_grads(_grads_with(None))() is None
 
 
