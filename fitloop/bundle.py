@@ -59,7 +59,7 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] 
     return str(path)
 
 
-def _json_default(o):
+def _json_default(o: Any) -> Any:
     if isinstance(o, torch.Tensor):
         return o.tolist()
     if isinstance(o, Path):

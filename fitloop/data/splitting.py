@@ -7,6 +7,7 @@ shared with the table pipeline (`fitloop train` splits its rows with it too).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from .fractions import check_fractions
 __all__ = ["Split", "split", "as_tensor", "split_indices"]
 
 
-def as_tensor(a, name: str) -> torch.Tensor:
+def as_tensor(a: Any, name: str) -> torch.Tensor:
     """Turn a NumPy array, a list or a tensor into a tensor, without copying when possible.
 
     Float64 arrays become float32 (models are float32 by default); integer arrays stay integer.
@@ -58,7 +59,7 @@ class Split(Dataset):
     def __len__(self) -> int:
         return len(self.X)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: Any) -> Any:
         return (self.X[i], self.y[i]) if self.y is not None else self.X[i]
 
     def __repr__(self) -> str:
@@ -119,8 +120,8 @@ def split_indices(n: int, fractions: Sequence[float], seed: int,
     return out
 
 
-def split(X, y=None, *, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-          stratify=None) -> tuple:
+def split(X: Any, y: Any = None, *, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+          stratify: bool | Any = None) -> tuple[Any, ...]:
     """Split data into train/validation/test parts: seeded, reproducible and disjoint.
 
     Args:
@@ -175,7 +176,7 @@ def split(X, y=None, *, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: in
     return tuple(out)
 
 
-def _stratify_labels(stratify, y, n: int) -> torch.Tensor | None:
+def _stratify_labels(stratify: Any, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
     if stratify is None or stratify is False:
         return None
     if stratify is True:
