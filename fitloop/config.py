@@ -120,16 +120,22 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        def bad(name: str, value, fix: str):
+        def bad(name: str, value: Any, fix: str) -> None:
             raise ValueError(f"{name}: got {value!r}; {fix}")
 
-        if not isinstance(self.epochs, int) or self.epochs < 0:
+        def whole(v: Any) -> bool:  # an int, not a bool (True == 1 would slip through)
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        if not whole(self.epochs) or self.epochs < 0:
             bad("epochs", self.epochs, "pass a whole number >= 0.")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+        if self.batch_size is not None and (not whole(self.batch_size) or self.batch_size < 1):
             bad("batch_size", self.batch_size, "pass a whole number >= 1, or None for full-batch training.")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+        if self.lr is not None and not (number(self.lr) and self.lr > 0):
             bad("lr", self.lr, "pass a learning rate > 0, e.g. lr=1e-3.")
-        if not isinstance(self.accumulate, int) or self.accumulate < 1:
+        if not whole(self.accumulate) or self.accumulate < 1:
             bad("accumulate", self.accumulate, "pass a whole number >= 1 (micro-batches per optimizer step).")
         if self.precision not in PRECISIONS:
             bad("precision", self.precision, f"choose one of {PRECISIONS}.")
@@ -144,11 +150,11 @@ class TrainConfig:
             if not ok:
                 bad("penalty", self.penalty, "pass ('l1', strength) or ('l2', strength), e.g. ('l2', 1e-4).")
             self.penalty = (str(pen[0]), float(pen[1]))
-        if self.input_noise < 0:
+        if not number(self.input_noise) or self.input_noise < 0:
             bad("input_noise", self.input_noise, "pass a standard deviation >= 0.")
         for name in ("clip_grad_norm", "clip_grad_value"):
             v = getattr(self, name)
-            if v is not None and not v > 0:
+            if v is not None and not (number(v) and v > 0):
                 bad(name, v, "pass a value > 0, or None to turn clipping off.")
         if self.mode not in ("min", "max"):
             bad("mode", self.mode, "choose 'min' or 'max'.")
@@ -156,14 +162,15 @@ class TrainConfig:
             bad("on_nonfinite", self.on_nonfinite, "choose 'stop' or 'skip'.")
         if self.scheduler_interval not in (None, "step", "epoch"):
             bad("scheduler_interval", self.scheduler_interval, "choose 'step' or 'epoch'.")
-        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
+        if self.checkpoint_every_steps is not None and (not whole(self.checkpoint_every_steps)
+                                                        or self.checkpoint_every_steps < 1):
             bad("checkpoint_every_steps", self.checkpoint_every_steps, "pass a whole number >= 1 or None.")
-        if self.keep_last < 1:
+        if not whole(self.keep_last) or self.keep_last < 1:
             bad("keep_last", self.keep_last, "keep at least 1 checkpoint.")
-        if self.compile not in (False, True, "model", "step"):
+        if not any(self.compile is c for c in (False, True)) and self.compile not in ("model", "step"):
             bad("compile", self.compile, "pass True or 'model' (compile the model), 'step' (compile the whole "
                 "training step) or False.")
-        if self.threads is not None and self.threads < 1:
+        if self.threads is not None and (not whole(self.threads) or self.threads < 1):
             bad("threads", self.threads, "pass a whole number >= 1 or None.")
 
     def to_dict(self) -> dict[str, Any]:

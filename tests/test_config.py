@@ -80,6 +80,18 @@ BAD = [
     ({"compile": "graph"}, "compile: got 'graph'; pass True or 'model' (compile the model), 'step' (compile the "
                            "whole training step) or False."),
     ({"threads": 0}, "threads: got 0; pass a whole number >= 1 or None."),
+    # wrong types get the same messages, not a bare TypeError from a comparison
+    ({"epochs": True}, "epochs: got True; pass a whole number >= 0."),
+    ({"penalty": ("l2", "abc")}, "penalty: got ('l2', 'abc'); pass ('l1', strength) or ('l2', strength), "
+                                 "e.g. ('l2', 1e-4)."),
+    ({"input_noise": "x"}, "input_noise: got 'x'; pass a standard deviation >= 0."),
+    ({"clip_grad_norm": "1"}, "clip_grad_norm: got '1'; pass a value > 0, or None to turn clipping off."),
+    ({"checkpoint_every_steps": 2.5}, "checkpoint_every_steps: got 2.5; pass a whole number >= 1 or None."),
+    ({"keep_last": 1.5}, "keep_last: got 1.5; keep at least 1 checkpoint."),
+    ({"compile": 1}, "compile: got 1; pass True or 'model' (compile the model), 'step' (compile the "
+                     "whole training step) or False."),
+    ({"threads": "2"}, "threads: got '2'; pass a whole number >= 1 or None."),
+    ({"threads": 1.5}, "threads: got 1.5; pass a whole number >= 1 or None."),
 ]
 
 
