@@ -56,6 +56,19 @@ class TrainState:
             self.outputs.append(output)
         self.batch += 1
 
+    def finish_epoch(self) -> tuple[dict[str, Any], list[tuple[torch.Tensor, torch.Tensor | None]]]:
+        """Count the epoch as done. Returns its train logs (`loss`, `skipped_steps`, `grad_norm`, as
+        tensors) and the outputs gathered for the train metrics."""
+        self.epoch += 1
+        self.batch = 0
+        logs: dict[str, Any] = {"loss": self.epoch_loss()}
+        if self.skipped_steps:
+            logs["skipped_steps"] = self.skipped_steps
+        if self.grad_norms:
+            logs["grad_norm"] = torch.stack(self.grad_norms).mean()
+        outputs, self.outputs, self.grad_norms = self.outputs, [], []
+        return logs, outputs
+
     def epoch_loss(self) -> torch.Tensor:
         """The epoch's loss: the mean of the step losses weighted by rows (one reduction per epoch)."""
         losses, sizes = self.epoch_losses, self.epoch_sizes

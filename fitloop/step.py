@@ -95,7 +95,7 @@ class TrainingStep:
         if self.accumulate > 1:
             total = total * self._share(i, len(x))
         self.backward(total)
-        if self._last_micro(i):
+        if self.ends_step(i):
             self.clip()
             if self.finite(loss):  # or the step is skipped (on_nonfinite="skip"), or NonFiniteError
                 if t.scaler is not None:
@@ -124,7 +124,8 @@ class TrainingStep:
         if not self.check_every_step:
             return True
         loss_ok = math.isfinite(loss.item())
-        bad = self._bad_gradient()
+        # with fp16's GradScaler, overflowing gradients are normal: its step skips them and lowers the scale
+        bad = self._bad_gradient() if self.trainer.scaler is None else None
         if loss_ok and bad is None:
             return True
         self._zero_grad()
@@ -136,7 +137,7 @@ class TrainingStep:
         t, cfg = self.trainer, self.trainer.config
         if not (cfg.clip_grad_norm or cfg.clip_grad_value):
             return
-        if t.scaler is not None:
+        if t.scaler is not None and not self.closure:
             t.scaler.unscale_(t.optimizer)
         if cfg.clip_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(t.params, cfg.clip_grad_norm)
@@ -154,6 +155,16 @@ class TrainingStep:
         t.state.epoch_lr = t.optimizer.param_groups[0]["lr"]
         if self.schedule and t.scheduler is not None and t.scheduler_interval == "step":
             t.scheduler.step()
+
+    def check_epoch_loss(self, loss: float) -> None:
+        """Without a per-step check (off the CPU, or LBFGS), a NaN/inf epoch loss stops the run here."""
+        if self.check_every_step or math.isfinite(loss) or self.on_nonfinite != "stop":
+            return
+        raise NonFiniteError(
+            f"Training stopped after epoch {self.trainer.state.epoch}: the epoch's loss is {loss}. On "
+            f"{self.trainer.device.type} (or with a closure optimizer such as LBFGS) the loss is checked once per "
+            "epoch (a per-step check would sync the device every step). The last good checkpoint was "
+            "kept. Try a lower learning rate, or check the data for NaN/inf.")
 
     def nonfinite(self, loss: torch.Tensor, loss_ok: bool, bad_param: str | None) -> None:
         """A step with a NaN/inf loss or gradient, not applied: count it (`skip`) or raise."""
@@ -179,7 +190,7 @@ class TrainingStep:
         def closure() -> torch.Tensor:
             self._zero_grad()
             total, loss, out = self.loss(x, y)
-            self.backward(total)
+            total.backward()  # unscaled: GradScaler has no closure support (closure optimizers step plainly)
             self.clip(record=not first)
             if not first:
                 first.append((loss.detach(), out.detach()))
@@ -209,8 +220,9 @@ class TrainingStep:
 
     # ------------------------------------------------------------------ accumulation
 
-    def _last_micro(self, i: int) -> bool:
-        """Whether batch `i` ends its accumulation group (or the epoch)."""
+    def ends_step(self, i: int) -> bool:
+        """Whether batch `i` of the epoch ends an optimizer step: its accumulation group's last, or the
+        epoch's."""
         k = self.accumulate
         return k == 1 or (i + 1) % k == 0 or i + 1 == len(self.batches)
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import _fastpath
 from .bundle import check_state_shapes, save_bundle
-from .callbacks.base import EVENTS, Callback, callback_states, load_callback_states, overrides
+from .callbacks.base import EVENTS, Callback, callback_states, dispatch, handlers, load_callback_states
 from .callbacks.checkpoint import Checkpointer
 from .callbacks.progress import ProgressPrinter
 from .checkpoint_format import ResumeMismatchError
@@ -128,7 +128,7 @@ class Trainer:
         self._compiled_step: CompiledStep | None = None  # compile="step": kept across fits
         self._keep_outputs = True
         self._handlers: dict[str, list[Callable[..., Any]]] = {}
-        self._epoch_t0 = 0.0
+        self._epoch_t0: float | None = None  # when the current epoch (or its resumed part) started
         self._resuming = False
 
     # ------------------------------------------------------------------ properties
@@ -183,7 +183,7 @@ class Trainer:
                         loss, out = self.train_step((x, y))
                         st.record(loss, len(x), (out, y) if self._keep_outputs else None)
                         self._emit("on_train_batch_end", st.step, loss)
-                        if st.batch % self.config.accumulate == 0 or st.batch == len(train_batches):
+                        if self.training_step.ends_step(st.batch - 1):  # type: ignore[union-attr]
                             self._emit("on_optimizer_step", st.step)
                         if self.should_stop:
                             break
@@ -200,8 +200,10 @@ class Trainer:
                     self.log(f"Stopped: {self.stop_reason}.")
                 self._emit("on_fit_end")
             except BaseException as error:
-                self._emit("on_exception", error)
+                self._emit("on_exception", error)  # every handler runs, even if one raises
                 raise
+            finally:
+                self._end_fit()
         return self.history
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,6 +248,7 @@ class Trainer:
     def _setup_fit(self, train: Data, val: Data) -> tuple[Any, Any]:
         """Per-fit set-up: batches, seeds (on a fresh start), epoch target, scheduler, the step."""
         cfg, st = self.config, self.state
+        resuming, self._resuming = self._resuming, False
         self.train_data, self.val_data = train, val
         train_batches = self.batches(train, train=True)
         val_batches = None if val is None else self.batches(val, train=False)
@@ -255,29 +258,40 @@ class Trainer:
             st.seeded = True
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        if not self._resuming:  # a resume continues to the checkpoint's target; a fit trains `epochs` more
+        if not resuming:  # a resume continues to the checkpoint's target; a fit trains `epochs` more
             if st.target_epochs <= st.epoch and st.batch == 0:
                 st.target_epochs = st.epoch + cfg.epochs
             self.should_stop, self.stop_reason = False, None
-        self._resuming = False
         if self._scheduler_arg is not None and self.scheduler is None:
+            # A scheduler's constructor resets the lr (OneCycle: the betas too); a loaded state keeps its own.
+            groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
             self.scheduler, self.scheduler_interval = make_scheduler(
                 self._scheduler_arg, self.optimizer, steps_per_epoch=math.ceil(self.steps_per_epoch / cfg.accumulate),
                 epochs=cfg.epochs, interval=cfg.scheduler_interval)
             if self._scheduler_state is not None:
                 self.scheduler.load_state_dict(self._scheduler_state)
                 self._scheduler_state = None
-            elif st.step == 0:
+                for g, saved in zip(self.optimizer.param_groups, groups):
+                    g.update(saved)
+            elif st.step == 0:  # the lr the schedule starts from (later fits keep the last step's)
                 st.epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         tm = cfg.train_metrics
         self._keep_outputs = tm if tm is not None else self.steps_per_epoch > 1
         self._metric_set = None
-        self._handlers = {e: [getattr(cb, e) for cb in self.callbacks if overrides(cb, e)] for e in EVENTS}
+        self._handlers = {e: handlers(self.callbacks, e) for e in EVENTS}
         if cfg.compile == "step" and self._compiled_step is None:  # raises, naming the reason, if it cannot
             self._compiled_step = CompiledStep.build(self, train_batches,
                                                      overridden=type(self).train_step is not Trainer.train_step)
         self.training_step = TrainingStep(self, train_batches, compiled=self._compiled_step)
         return train_batches, val_batches
+
+    def _end_fit(self) -> None:
+        """After fit, however it ended: an unfinished epoch keeps its time so far; handlers are looked up
+        anew by the next fit (callbacks may change between fits)."""
+        if self._epoch_t0 is not None and self.state.batch:
+            self.state.epoch_time += time.perf_counter() - self._epoch_t0
+        self._epoch_t0 = None
+        self._handlers = {}
 
     def _begin_epoch(self) -> bool:
         """Start an epoch, or continue the one a checkpoint was written in. True for a new one."""
@@ -294,19 +308,11 @@ class Trainer:
 
     def _train_logs(self) -> dict[str, Any]:
         """Close the epoch's training part: its mean loss, train metrics, skipped steps, grad norm."""
-        st = self.state
-        st.epoch += 1
-        st.batch = 0
-        logs: dict[str, Any] = {"loss": st.epoch_loss()}
-        if self._keep_outputs and st.outputs and st.outputs[0][1] is not None:
-            out = torch.cat([o for o, _ in st.outputs])
-            y = torch.cat([t for _, t in st.outputs])  # type: ignore[misc]
-            logs.update(self.metrics.compute(out, y))
-        if st.skipped_steps:
-            logs["skipped_steps"] = st.skipped_steps
-        if st.grad_norms:
-            logs["grad_norm"] = torch.stack(st.grad_norms).mean()
-        st.outputs, st.grad_norms = [], []
+        logs, outputs = self.state.finish_epoch()
+        if outputs and outputs[0][1] is not None:
+            out, y = torch.cat([o for o, _ in outputs]), torch.cat([t for _, t in outputs if t is not None])
+            metrics = self.metrics.compute(out, y)
+            logs = {"loss": logs.pop("loss"), **metrics, **logs}
         return logs
 
     def _end_epoch(self, logs: dict[str, Any]) -> dict[str, Any]:
@@ -315,24 +321,16 @@ class Trainer:
         logs["lr"] = float(st.epoch_lr)  # the lr of the epoch's last step (before an epoch schedule)
         step_scheduler_epoch(self.scheduler, self.scheduler_interval, logs, self.config.monitor)
         logs = {"epoch": st.epoch, **{k: to_python(v) for k, v in logs.items()}}
-        checked = self.training_step is not None and self.training_step.check_every_step
-        if not checked and not math.isfinite(logs["loss"]) and self.config.on_nonfinite == "stop":
-            raise NonFiniteError(
-                f"Training stopped after epoch {st.epoch}: the epoch's loss is {logs['loss']}. On "
-                f"{self.device.type} (or with a closure optimizer such as LBFGS) the loss is checked once per "
-                "epoch (a per-step check would sync the device every step). The last good checkpoint was "
-                "kept. Try a lower learning rate, or check the data for NaN/inf.")
-        logs["time"] = st.epoch_time + time.perf_counter() - self._epoch_t0
+        if self.training_step is not None:
+            self.training_step.check_epoch_loss(logs["loss"])
+        logs["time"] = st.epoch_time + time.perf_counter() - (self._epoch_t0 or time.perf_counter())
         self.history.append(logs)
         return logs
 
     def _emit(self, event: str, *args: Any) -> None:
-        """Call `event` on every callback that implements it, in list order."""
-        handlers = self._handlers.get(event)
-        if handlers is None:  # outside fit: look them up now
-            handlers = [getattr(cb, event) for cb in self.callbacks if overrides(cb, event)]
-        for handler in handlers:
-            handler(self, *args)
+        """Call `event` on every callback that implements it, in list order (fitloop.callbacks.base)."""
+        found = self._handlers[event] if event in self._handlers else handlers(self.callbacks, event)
+        dispatch(found, event, self, *args)
 
     def notify_checkpoint(self, path: str) -> None:
         """Fire `on_checkpoint(trainer, path)`; called by whatever has just written a checkpoint."""
@@ -413,7 +411,8 @@ class Trainer:
         model, optimizer, scheduler and scaler states, `TrainState`, the RNGs (the data generator's
         included), every callback's state, the history and the stop flag."""
         st = self.state
-        mid_epoch_time = st.epoch_time + time.perf_counter() - self._epoch_t0 if st.batch else None
+        running = st.batch and self._epoch_t0 is not None
+        mid_epoch_time = st.epoch_time + time.perf_counter() - self._epoch_t0 if running else None  # type: ignore[operator]
         scheduler = self.scheduler.state_dict() if self.scheduler is not None else self._scheduler_state
         return {
             "config": self.config.to_dict(), "config_hash": self.config.fingerprint(),
@@ -439,19 +438,21 @@ class Trainer:
         """
         where = state.get("_path", "the state dict")
         model = _fastpath.unwrap_model(self.model)
-        check_state_shapes(model, state["model"], where=str(where))
-        model.load_state_dict(state["model"])
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise ResumeMismatchError(f"{where}: the optimizer state does not fit this optimizer ({e}).") from None
         ts = dict(state["train_state"])
+        # everything that can refuse the state is checked before anything is changed
+        check_state_shapes(model, state["model"], where=str(where))
         has_scheduler = self.scheduler is not None or self._scheduler_arg is not None
         if (state["scheduler"] is not None and not has_scheduler) or \
                 (state["scheduler"] is None and has_scheduler and ts["step"] > 0):
             raise ResumeMismatchError(f"{where}: the checkpoint was written "
                                       f"{'without' if state['scheduler'] is None else 'with'} a scheduler, "
                                       f"this trainer has {'one' if has_scheduler else 'none'}.")
+        load_callback_states(self.callbacks, state["callbacks"], strict=strict, dry_run=True)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])  # validates before it changes anything
+        except (ValueError, KeyError) as e:
+            raise ResumeMismatchError(f"{where}: the optimizer state does not fit this optimizer ({e}).") from None
+        model.load_state_dict(state["model"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         else:
@@ -460,8 +461,7 @@ class Trainer:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         for key in ("outputs", "grad_norms"):  # checkpoints of fitloop <= 0.1 kept these at the top level
-            if key not in ts:
-                ts[key] = state.get(key, [])
+            ts.setdefault(key, state.get(key, []))
         self.state.load_state_dict(ts, self.device)
         self.history = list(state["history"])
         self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
@@ -494,6 +494,7 @@ class Trainer:
         ckpt = Checkpointer.attach(self, run_dir or self.config.run_dir, checkpoint)
         state = ckpt.prepare_resume(self, train, val, checkpoint=checkpoint, force=force)
         self.load_state_dict(state, strict=not force)
+        ckpt.continue_from(state)  # the next on_fit_start continues the directory
         self._resuming = True
         return self.fit(train, val)
 

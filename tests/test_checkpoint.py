@@ -506,3 +506,31 @@ def test_resume_takes_the_run_directory_first(tmp_path):
     assert [h["epoch"] for h in hist] == [1, 2] and t.state.epoch == 2
     with pytest.raises(TypeError, match=r"trainer.resume\(train, val\)"):
         t.resume()
+
+
+def test_a_checkpoint_from_the_previous_layout_resumes_with_its_best_pointer(tmp_path):
+    """fitloop 0.1's first release kept the best pointer under "checkpointer" and the epoch's outputs and
+    gradient norms at the top level; such a checkpoint still resumes, best checkpoint included."""
+    from fitloop.checkpoint_format import serialize
+
+    train, val = _data()
+    run = tmp_path / "run"
+    t = fl.Trainer(torch.nn.Linear(3, 1), "mse", "adam", epochs=3, batch_size=16, quiet=True, run_dir=str(run))
+    t.state.target_epochs = 2
+    t.fit(train, val)
+    best = t.checkpointer.best
+    latest = find_checkpoints(run)[0]
+    ck = load_checkpoint(latest)
+    ck.pop("_path")
+    ck["checkpointer"] = next(c["state"] for c in ck["callbacks"] if c["class"] == "Checkpointer")
+    ck["callbacks"] = [c for c in ck["callbacks"] if c["class"] != "Checkpointer"]
+    for key in ("outputs", "grad_norms"):
+        ck[key] = ck["train_state"].pop(key)
+    latest.write_bytes(serialize(ck))
+    again = fl.Trainer(torch.nn.Linear(3, 1), "mse", "adam", epochs=3, batch_size=16, quiet=True, run_dir=str(run))
+    state = again.checkpointer.prepare_resume(again, train, val)
+    again.load_state_dict(state)
+    assert again.checkpointer.best == best and again.state.grad_norms == [] and again.state.epoch == 2
+    fresh = fl.Trainer(torch.nn.Linear(3, 1), "mse", "adam", epochs=3, batch_size=16, quiet=True, run_dir=str(run))
+    fresh.resume(train, val)
+    assert fresh.state.epoch == 2 and json.loads((run / "run.json").read_text())["status"] == "finished"

@@ -124,3 +124,102 @@ def test_lbfgs_clips_inside_its_closure_and_the_lr_finder_runs_it():
     res = t.lr_find(_data(), num_steps=6, start_lr=1e-3, end_lr=1.0)
     assert len(res.lrs) == 6
     assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "warmup_cosine", ("plateau", {"patience": 0})])
+def test_load_state_dict_continues_exactly_with_schedulers_that_reset_the_lr(scheduler):
+    """OneCycle and LambdaLR set the lr (OneCycle: Adam's betas too) when built: a resumed run keeps the
+    checkpoint's values, not the schedule's start."""
+    train, val = _data(), _data(24, seed=1)
+
+    def make():
+        torch.manual_seed(0)
+        return fl.Trainer(nn.Linear(3, 1), "mse", "adam", scheduler=scheduler, epochs=3, batch_size=16, lr=0.05,
+                          quiet=True, seed=0)
+
+    full = make()
+    full.fit(train, val)
+    first = make()
+    first.state.target_epochs = 1
+    first.fit(train, val)
+    second = make()
+    second.load_state_dict(first.state_dict())
+    second.state.target_epochs = 3
+    second.fit(train, val)
+    assert _without_time(second.history) == _without_time(full.history)
+    for p, q in zip(full.model.parameters(), second.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_signal_on_an_epochs_last_step_resumes_the_rest_of_the_run(tmp_path):
+    import os
+    import signal
+
+    train, val = _data(), _data(24, seed=1)  # 72 rows, batch 16: 5 steps per epoch
+
+    class SignalAt(fl.Callback):
+        def on_train_batch_end(self, trainer, step, loss):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    full = _trainer(epochs=3)
+    full.callbacks.pop(0)  # no EarlyStopping in this one
+    full.fit(train, val)
+    t = _trainer(epochs=3, run_dir=str(tmp_path / "run"))
+    t.callbacks[0] = SignalAt()
+    with pytest.raises(fl.RunInterrupted):
+        t.fit(train, val)
+    assert [h["epoch"] for h in t.history] == [1]
+    again = _trainer(epochs=3, run_dir=str(tmp_path / "run"))
+    again.callbacks[0] = SignalAt()
+    again.callbacks[0].on_train_batch_end = lambda *a: None  # no second signal
+    again.resume(train, val)
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
+    assert _without_time(again.history) == _without_time(full.history)
+    for p, q in zip(full.model.parameters(), again.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_refused_state_changes_nothing():
+    t = _trainer(epochs=1)
+    t.fit(_data(), _data(24, seed=1))
+    sd = t.state_dict()
+    bare = fl.Trainer(_trainer().model, "mse", "adam", scheduler="cosine", quiet=True)
+    before = {k: v.clone() for k, v in bare.model.state_dict().items()}
+    with pytest.raises(fl.ResumeMismatchError):
+        bare.load_state_dict(sd)  # the EarlyStopping state has no home
+    assert all(torch.equal(v, bare.model.state_dict()[k]) for k, v in before.items())
+    assert bare.optimizer.state_dict()["state"] == {} and bare.state.step == 0 and bare.history == []
+
+
+def test_cleanup_reaches_every_callback_and_handlers_follow_the_callback_list(tmp_path):
+    import signal
+
+    class Boom(fl.Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            raise RuntimeError("boom")
+
+        def on_exception(self, trainer, error):
+            raise ValueError("a clean-up that fails")
+
+    prev = signal.getsignal(signal.SIGINT)
+    t = _trainer(epochs=2, run_dir=str(tmp_path / "run"))
+    t.callbacks[0] = Boom()
+    with pytest.raises(ValueError, match="a clean-up that fails"):
+        t.fit(_data(), _data(24, seed=1))
+    assert signal.getsignal(signal.SIGINT) is prev  # the Checkpointer still restored the handlers
+    import json
+
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+    seen = []
+
+    class Late(fl.Callback):
+        def on_checkpoint(self, trainer, path):
+            seen.append(path)
+
+    ok = _trainer(epochs=1)
+    ok.fit(_data(), _data(24, seed=1))
+    ok.callbacks.append(Late())  # added after fit: still reached
+    ok.notify_checkpoint("x")
+    assert seen == ["x"]

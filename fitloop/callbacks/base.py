@@ -14,7 +14,9 @@ Events, in the order a run fires them::
         on_validation_end(trainer, logs)            only when fit() was given validation data
         on_epoch_end(trainer, epoch, logs)          the same logs dict
     on_fit_end(trainer)                             also after an early stop
-    on_exception(trainer, error)                    instead of the rest, when fit raises
+    on_exception(trainer, error)                    whenever fit raises: in the loop, or in a callback
+                                                    (RunInterrupted from on_fit_end after a signal too);
+                                                    every callback gets it, even if one of them raises
     on_checkpoint(trainer, path)                    whenever a checkpoint was written (by the
                                                     run-directory callback, during the events above)
 
@@ -42,7 +44,7 @@ from ..checkpoint_format import ResumeMismatchError
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-__all__ = ["Callback", "EVENTS", "overrides", "callback_states", "load_callback_states"]
+__all__ = ["Callback", "EVENTS", "overrides", "handlers", "dispatch", "callback_states", "load_callback_states"]
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_optimizer_step", "on_validation_end",
           "on_epoch_end", "on_fit_end", "on_exception", "on_checkpoint")
@@ -65,7 +67,8 @@ class Callback:
         """`loss` is the step's loss as a tensor: reading it as a float syncs the device."""
 
     def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
-        """After an optimizer step; `trainer.state` is consistent here (a checkpoint resumes from it)."""
+        """After an optimizer step: `trainer.state` can be checkpointed and resumed from here. On the
+        epoch's last batch the epoch is not yet closed (`state.batch == trainer.steps_per_epoch`)."""
 
     def on_validation_end(self, trainer: Trainer, logs: dict[str, Any]) -> None: ...
 
@@ -89,13 +92,36 @@ def overrides(cb: Callback, event: str) -> bool:
     return getattr(type(cb), event, None) is not getattr(Callback, event)
 
 
+def handlers(callbacks: list[Callback], event: str) -> list[Any]:
+    """The bound `event` methods of the callbacks that implement it, in list order."""
+    return [getattr(cb, event) for cb in callbacks if overrides(cb, event)]
+
+
+def dispatch(handlers: list[Any], event: str, trainer: Trainer, *args: Any) -> None:
+    """Call each handler. For `on_exception` (clean-up) every handler runs even after one raised; the
+    first such error is raised after them."""
+    if event != "on_exception":
+        for handler in handlers:
+            handler(trainer, *args)
+        return
+    errors = []
+    for handler in handlers:
+        try:
+            handler(trainer, *args)
+        except BaseException as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
 def callback_states(callbacks: list[Callback]) -> list[dict[str, Any]]:
     """Each callback's `state_dict()`, with its class name, in list order (for checkpoints)."""
     return [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in callbacks]
 
 
-def load_callback_states(callbacks: list[Callback], saved: list[dict[str, Any]], *, strict: bool = True) -> None:
-    """Give saved states back to `callbacks`, matched by class name and occurrence.
+def load_callback_states(callbacks: list[Callback], saved: list[dict[str, Any]], *, strict: bool = True,
+                         dry_run: bool = False) -> None:
+    """Give saved states back to `callbacks`, matched by class name and occurrence (`dry_run`: only check).
 
     Raises:
         ResumeMismatchError: with `strict`, a saved non-empty state whose callback is missing.
@@ -109,11 +135,15 @@ def load_callback_states(callbacks: list[Callback], saved: list[dict[str, Any]],
         return out
 
     mine = keyed((type(cb).__name__, cb) for cb in callbacks)
-    for key, state in keyed((s["class"], s["state"]) for s in saved).items():
+    theirs = keyed((s["class"], s["state"]) for s in saved)
+    missing = next((key for key, state in theirs.items() if key not in mine and state), None)
+    if missing is not None and strict:  # checked before any state is loaded
+        raise ResumeMismatchError(f"the checkpoint has state for callback {missing[0]} (#{missing[1] + 1}) but "
+                                  "this trainer has no such callback; pass the same callbacks, or "
+                                  "force=True to drop its state.")
+    if dry_run:
+        return
+    for key, state in theirs.items():
         if key in mine:
             mine[key].load_state_dict(state)
-        elif state and strict:
-            raise ResumeMismatchError(f"the checkpoint has state for callback {key[0]} (#{key[1] + 1}) but "
-                                      "this trainer has no such callback; pass the same callbacks, or "
-                                      "force=True to drop its state.")
 

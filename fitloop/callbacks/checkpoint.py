@@ -227,7 +227,7 @@ class Checkpointer(Callback):
                        force: bool = False) -> dict[str, Any]:
         """Load the checkpoint to continue from (the newest good one, or `checkpoint`) and check that
         `trainer`, its config and the data fit it. Returns the checkpoint's state for
-        `Trainer.load_state_dict`; the next `on_fit_start` continues the directory.
+        `Trainer.load_state_dict`, after which `continue_from` marks the resume.
 
         Raises:
             CheckpointError: no loadable checkpoint (never a silent fresh start).
@@ -253,8 +253,14 @@ class Checkpointer(Callback):
                 raise ResumeMismatchError(msg)
             warnings.warn(msg.replace("Cannot resume", "Resuming despite changes,"), CheckpointWarning,
                           stacklevel=3)
-        self._resuming = ck
+        if "checkpointer" in ck and not any(c["class"] == type(self).__name__ for c in ck["callbacks"]):
+            ck["callbacks"].append({"class": type(self).__name__, "state": ck["checkpointer"]})  # fitloop <= 0.1
         return ck
+
+    def continue_from(self, ck: dict[str, Any]) -> None:
+        """The Trainer has loaded `ck` (from `prepare_resume`): the next `on_fit_start` continues this
+        directory instead of refusing it as already used."""
+        self._resuming = ck
 
     # ---- events
 
@@ -298,8 +304,9 @@ class Checkpointer(Callback):
     def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
         """Checkpoint every N optimizer steps; after a signal, checkpoint and stop the run."""
         if self._signal is not None:
-            self.save(trainer)
-            self._stop(trainer)
+            if trainer.state.batch < trainer.steps_per_epoch:  # at the epoch's end on_epoch_end saves and stops
+                self.save(trainer)
+                self._stop(trainer)
             return
         n = self.config.checkpoint_every_steps
         if n and step % n == 0 and step != self._last_saved_step:
@@ -361,6 +368,8 @@ class Checkpointer(Callback):
             self.best = {"name": name, "value": value, "monitor": key, "epoch": st.epoch}
         state = {**trainer.state_dict(), "versions": versions(), "created": _now(), "data": self._data_fp,
                  "logs": logs}
+        if self._signal is not None and trainer.stop_reason == self._stop_reason():  # resuming must train on
+            state["should_stop"], state["stop_reason"] = False, None
         path = self.ckpt_dir / name
         atomic_write_bytes(path, serialize(state))
         atomic_write_bytes(self.ckpt_dir / "latest", (name + "\n").encode())
@@ -411,9 +420,12 @@ class Checkpointer(Callback):
         print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a "
               "checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
 
+    def _stop_reason(self) -> str:
+        return f"interrupted by {signal.Signals(self._signal or signal.SIGINT).name}"
+
     def _stop(self, trainer: Trainer) -> None:
         trainer.should_stop = True
-        trainer.stop_reason = f"interrupted by {signal.Signals(self._signal or signal.SIGINT).name}"
+        trainer.stop_reason = self._stop_reason()
 
     # ---- files
 
