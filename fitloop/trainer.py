@@ -9,8 +9,7 @@
         stop flag?
                                             on_fit_end (or on_exception)
 
-The Trainer owns its state explicitly (`TrainState`): the data-order generator and the position in
-the epoch's permutation, the step counters, the epoch's progress. `state_dict()` holds everything a
+The Trainer owns its state (`TrainState`, the RNGs, the data order): `state_dict()` holds everything a
 resume needs and `load_state_dict()` puts it back; the run-directory callback uses nothing else.
 """
 
@@ -173,7 +172,7 @@ class Trainer:
         """
         st = self.state
         with thread_policy(self.device, self.params, self.config.threads):
-            train_batches, val_batches = self._setup_fit(train, val)
+            train_batches, val_batches, training_step = self._setup_fit(train, val)
             try:
                 self._emit("on_fit_start")
                 while st.epoch < st.target_epochs and not self.should_stop:
@@ -183,7 +182,7 @@ class Trainer:
                         loss, out = self.train_step((x, y))
                         st.record(loss, len(x), (out, y) if self._keep_outputs else None)
                         self._emit("on_train_batch_end", st.step, loss)
-                        if self.training_step.ends_step(st.batch - 1):  # type: ignore[union-attr]
+                        if training_step.ends_step(st.batch - 1):
                             self._emit("on_optimizer_step", st.step)
                         if self.should_stop:
                             break
@@ -245,7 +244,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit's pieces
 
-    def _setup_fit(self, train: Data, val: Data) -> tuple[Any, Any]:
+    def _setup_fit(self, train: Data, val: Data) -> tuple[Any, Any, TrainingStep]:
         """Per-fit set-up: batches, seeds (on a fresh start), epoch target, scheduler, the step."""
         cfg, st = self.config, self.state
         resuming, self._resuming = self._resuming, False
@@ -283,11 +282,10 @@ class Trainer:
             self._compiled_step = CompiledStep.build(self, train_batches,
                                                      overridden=type(self).train_step is not Trainer.train_step)
         self.training_step = TrainingStep(self, train_batches, compiled=self._compiled_step)
-        return train_batches, val_batches
+        return train_batches, val_batches, self.training_step
 
     def _end_fit(self) -> None:
-        """After fit, however it ended: an unfinished epoch keeps its time so far; handlers are looked up
-        anew by the next fit (callbacks may change between fits)."""
+        """After fit, however it ended: an unfinished epoch keeps its time; callbacks may change now."""
         if self._epoch_t0 is not None and self.state.batch:
             self.state.epoch_time += time.perf_counter() - self._epoch_t0
         self._epoch_t0 = None
