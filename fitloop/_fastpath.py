@@ -130,9 +130,12 @@ def nonfinite_grads(named_params: Sequence[tuple[str, nn.Parameter]]) -> Callabl
     (14 us). Either way the per-parameter search runs only on a hit.
     """
     kernel = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None) if enabled() else None
+    devices = {p.device for _, p in named_params}
+    if len(devices) != 1:  # the fused kernel wants one device (gradients live where their parameters do)
+        kernel = None
     found = one = None
-    if kernel is not None and named_params:
-        dev = named_params[0][1].device
+    if kernel is not None:
+        dev = devices.pop()
         found, one = torch.zeros(1, device=dev), torch.ones(1, device=dev)
 
     def values(g: torch.Tensor) -> torch.Tensor:
@@ -145,7 +148,7 @@ def nonfinite_grads(named_params: Sequence[tuple[str, nn.Parameter]]) -> Callabl
             g = p.grad
             if g is not None:
                 (sparse if g.is_sparse else dense).append(g)
-        if kernel is not None and found is not None and dense and all(g.device == found.device for g in dense):
+        if kernel is not None and found is not None and dense:
             kernel(dense, found, one)
             dense_ok = found.item() == 0
             if not dense_ok:

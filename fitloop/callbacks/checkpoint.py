@@ -368,8 +368,6 @@ class Checkpointer(Callback):
             self.best = {"name": name, "value": value, "monitor": key, "epoch": st.epoch}
         state = {**trainer.state_dict(), "versions": versions(), "created": _now(), "data": self._data_fp,
                  "logs": logs}
-        if self._signal is not None and trainer.stop_reason == self._stop_reason():  # resuming must train on
-            state["should_stop"], state["stop_reason"] = False, None
         path = self.ckpt_dir / name
         atomic_write_bytes(path, serialize(state))
         atomic_write_bytes(self.ckpt_dir / "latest", (name + "\n").encode())
@@ -420,12 +418,10 @@ class Checkpointer(Callback):
         print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a "
               "checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
 
-    def _stop_reason(self) -> str:
-        return f"interrupted by {signal.Signals(self._signal or signal.SIGINT).name}"
-
     def _stop(self, trainer: Trainer) -> None:
+        """After a signal, once its checkpoint is written (so the checkpoint does not record this stop)."""
         trainer.should_stop = True
-        trainer.stop_reason = self._stop_reason()
+        trainer.stop_reason = f"interrupted by {signal.Signals(self._signal or signal.SIGINT).name}"
 
     # ---- files
 
