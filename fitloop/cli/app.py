@@ -3,6 +3,7 @@
     fitloop train data.csv --target price --epochs 50 --out runs/price
     fitloop predict runs/price new.csv -o preds.csv
     fitloop evaluate runs/price labelled.csv --json
+    fitloop serve runs/price --port 8000
 
 This module is the parser and `main`; what each command does is in `fitloop.cli.commands`, the
 settings in `fitloop.cli.run_config`, the table-to-run-directory work in `fitloop.cli.pipeline`.
@@ -19,6 +20,7 @@ import time
 import traceback
 
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
+from .serve import add_serve_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo")
     _common(dm)
     dm.set_defaults(func=_cmd_demo)
+
+    add_serve_parser(sub, _common)
     return parser
 
 

@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["SUPPORTED_EXTENSIONS", "TableError", "read_table"]
+__all__ = ["SUPPORTED_EXTENSIONS", "TableError", "read_table", "read_csv_bytes"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 _NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
@@ -72,9 +72,7 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
             raise TableError(f"{path}: cannot read Parquet file: {e}") from e
 
     sep = delimiter or ("\t" if ext.startswith(".tsv") else ",")
-    read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
-    parse_opts = pcsv.ParseOptions(delimiter=sep)
-    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True)  # empty text cells are missing values
+    read_opts, parse_opts, conv_opts = _csv_options(encoding, sep)
     try:
         try:
             # Streaming keeps peak memory near the final table size, but infers types from the first
@@ -102,6 +100,50 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     for name, col in zip(names, table.columns):
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
             raise _encoding_error(path, encoding, f"column {name!r}")
+    return table
+
+
+def _csv_options(encoding: str, sep: str) -> tuple[Any, Any, Any]:
+    """pyarrow's read, parse and convert options for delimited text: one place for files and request bodies."""
+    import pyarrow.csv as pcsv
+
+    read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
+    parse_opts = pcsv.ParseOptions(delimiter=sep)
+    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True)  # empty text cells are missing values
+    return read_opts, parse_opts, conv_opts
+
+
+def read_csv_bytes(data: bytes, *, delimiter: str = ",", source: str = "the CSV body") -> pa.Table:
+    """Parse UTF-8 delimited text held in memory (an HTTP body) exactly as `read_table` parses a file.
+
+    Args:
+        data: The text, header row first.
+        delimiter: Field separator.
+        source: How error messages name the text.
+
+    Returns:
+        The rows as a ``pyarrow.Table``.
+
+    Raises:
+        TableError: Empty text, bytes that are not UTF-8, ragged rows or unparsable text.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    if not data.strip():
+        raise TableError(f"{source} is empty; it needs a header row and at least one data row.")
+    read_opts, parse_opts, conv_opts = _csv_options("utf-8", delimiter)
+    try:
+        table = pcsv.read_csv(pa.BufferReader(data), read_options=read_opts, parse_options=parse_opts,
+                              convert_options=conv_opts)
+        names = table.column_names
+    except UnicodeDecodeError as e:
+        raise TableError(f"{source} is not valid UTF-8 ({e}); send UTF-8 text.") from e
+    except pa.ArrowInvalid as e:
+        raise TableError(f"{source}: cannot parse as delimited text ({e}).") from e
+    for name, col in zip(names, table.columns):
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            raise TableError(f"{source}: column {name!r} holds bytes that are not valid UTF-8; send UTF-8 text.")
     return table
 
 

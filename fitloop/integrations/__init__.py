@@ -1,0 +1,7 @@
+"""Putting a trained run to work outside the training loop.
+
+    fitloop.integrations.serve        `fitloop serve`: the run's model over HTTP (FastAPI + uvicorn)
+    fitloop.integrations.serve_input  request bodies (JSON records, CSV) checked and turned into tables
+
+Each module imports its optional dependencies inside its functions, so importing this package is free.
+"""

@@ -1,0 +1,458 @@
+"""`fitloop serve RUN_DIR`: a finished run's model over HTTP, with the answers `fitloop predict` gives.
+
+    app = create_app("runs/wine", api_key="s3cret")   # an ASGI app; the model is loaded here, once
+    serve("runs/wine", port=8000)                     # blocks; SIGTERM or Ctrl-C shut it down gracefully
+
+Endpoints (see the README, "Serve over HTTP"):
+
+    POST /predict        JSON records [{column: value}, ...] -> {"predictions": [...], ...}; ?proba=true
+    POST /predict_csv    CSV text -> CSV text (the columns `fitloop predict` writes); ?proba=true
+    GET  /health         {"status": "ok"}, never behind the API key (for load balancers)
+    GET  /schema         the expected columns, their types, the categories seen in training, the limits
+    GET  /metrics        Prometheus text: requests, latency histogram, errors by kind, rows predicted
+    GET  /version        fitloop/torch versions, the run, the model file's sha256
+
+Predictions go through `fitloop.cli.runs.predict_file`, the function `fitloop predict` calls: the request
+is turned into the same kind of Arrow table a file becomes (`serve_input`), so the preprocessing and the
+model are the same code on the same values. Bad input is a 4xx with a JSON body naming the column and
+the row, never a 500. The bundle is read once at start-up (safetensors and JSON, never a pickle); no
+request names a file, so the server answers with that model only, whatever happens on disk later.
+Inference runs on the event loop under `torch.inference_mode`: for the small batches a server sees a
+thread hop costs more than the work, and one thread keeps the model's outputs deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .serve_input import InputInfo, RequestError, csv_table, records_table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cli.runs import LoadedRun
+
+__all__ = ["create_app", "serve", "require_serve_extra", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_BODY", "INSTALL_HINT"]
+
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_BODY = 10 * 1024 * 1024  # 10 MiB: ~10,000 rows of a few dozen columns as JSON
+GRACEFUL_SECONDS = 30  # on SIGTERM, in-flight requests get this long to finish
+INSTALL_HINT = "pip install 'fitloop[serve]'"
+ENDPOINTS = ("/predict", "/predict_csv", "/health", "/schema", "/metrics", "/version")
+_SETTINGS_ENV = "FITLOOP_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def require_serve_extra() -> None:
+    """Import FastAPI, uvicorn and prometheus-client, or raise ImportError naming the `pip install`."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"`fitloop serve` needs FastAPI, uvicorn and prometheus-client ({e.name} is not "
+                          f"installed): {INSTALL_HINT}") from None
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+class _Model:
+    """The run, loaded once, and what the read-only endpoints answer (computed once)."""
+
+    def __init__(self, run_dir: str | os.PathLike, max_rows: int, max_body: int) -> None:
+        from .. import __version__
+        from ..cli.runs import load_run
+        from ..files import versions
+
+        self.run: LoadedRun = load_run(run_dir)
+        self.pre = self.run.preprocessor
+        self.max_rows, self.max_body = max_rows, max_body
+        meta = self.run.model.fitloop_meta
+        weights = Path(run_dir) / "model" / "model.safetensors"
+        self.version = {"fitloop": __version__, "versions": versions(), "run_dir": str(Path(run_dir).resolve()),
+                        "trained_with": meta.get("versions"), "bundle_format": meta.get("format_version"),
+                        "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+        self.schema = self._schema()
+
+    def _schema(self) -> dict[str, Any]:
+        pre = self.pre
+        columns, example = [], {}
+        for f in pre.features:
+            if f["kind"] == "numeric":
+                columns.append({"name": f["name"], "type": "number", "missing_in_training": f["missing"],
+                                "train_mean": f["mean"], "train_std": f["std"], "train_median": f["median"]})
+                example[f["name"]] = f["median"]
+            else:
+                columns.append({"name": f["name"], "type": "string", "missing_in_training": f["missing"],
+                                "categories": f["categories"]})
+                example[f["name"]] = f["categories"][0]
+        return {"target": pre.target, "task": pre.task, "classes": pre.classes, "id": pre.id, "columns": columns,
+                "missing_values": "JSON null or an empty CSV cell: imputed as in training (numbers: the train "
+                                  "median; text: its own slot). NaN/Infinity are refused.",
+                "unknown_categories": "mapped to the column's <unknown> slot, and reported in the notes",
+                "limits": {"max_rows": self.max_rows, "max_body_bytes": self.max_body}, "example": [example]}
+
+    def predict(self, table: Any, proba: bool) -> tuple[Any, list[str]]:
+        """`fitloop predict`'s function on an in-memory table: ``(pyarrow.Table, notes)``."""
+        from ..cli.runs import predict_file
+
+        if proba and self.pre.task != "classification":
+            raise RequestError(422, "bad_query", "proba=true is for classification runs; this run does regression.")
+        return predict_file(self.run, table, proba=proba)
+
+
+def _json_answer(model: _Model, out: Any, notes: list[str], info: InputInfo, proba: bool) -> dict[str, Any]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    body: dict[str, Any] = {"rows": info.rows, "predictions": out.column("prediction").to_pylist()}
+    if info.ids is not None:
+        body["ids"] = info.ids
+    if proba:
+        classes = model.pre.classes or []
+        # float32 -> its shortest decimal -> float64: the numbers the CLI writes into its CSV
+        cols = [pc.cast(pc.cast(out.column(f"proba_{c}"), pa.string()), pa.float64()).to_numpy() for c in classes]
+        body["classes"] = classes
+        body["probabilities"] = np.column_stack(cols).tolist()
+    body["ignored_columns"] = info.ignored
+    body["notes"] = notes
+    return body
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    value = query.get(name, "false").lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise RequestError(422, "bad_query", f"query parameter {name}={value!r}: use true or false.")
+
+
+# ------------------------------------------------------------------------------------------ metrics, logs
+
+
+class _Metrics:
+    """The Prometheus series, in a registry of this app's own (two apps in one process don't collide)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # the *_created series only add noise to every scrape
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fitloop_requests", "HTTP requests answered", ["endpoint", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("fitloop_request_duration_seconds", "Time to answer a request", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.errors = Counter("fitloop_errors", "Requests refused or failed, by kind", ["kind"],
+                              registry=self.registry)
+        self.rows = Counter("fitloop_rows_predicted", "Rows predicted", registry=self.registry)
+
+    def text(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: add up every worker's files
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def _log_line(stream: TextIO, **fields: Any) -> None:
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    stream.write(json.dumps({"ts": stamp, **fields}, default=str) + "\n")
+    stream.flush()
+
+
+class _Gate:
+    """Pure ASGI middleware around the app: the API key, then one metrics update and one log line per
+    request. (Starlette's BaseHTTPMiddleware would cost a task and a queue per request.)"""
+
+    def __init__(self, app: Any, metrics: _Metrics, api_key: str | None, log: TextIO | None) -> None:
+        self.app, self.metrics, self.log = app, metrics, log
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                return hmac.compare_digest(v, self.expected or b"")
+        return False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        note: dict[str, Any] = {"rows": 0, "error": None}
+        scope["fitloop"] = note
+        status = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        path = scope["path"]
+        try:
+            if self.expected is not None and path != "/health" and not self._authorized(scope):
+                note["error"] = "unauthorized"
+                err = RequestError(401, "unauthorized", "this server needs an API key: send the header "
+                                                        "'Authorization: Bearer <key>'.")
+                await _send_json(send_status, 401, err.body(), [(b"www-authenticate", b"Bearer")])
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - t0
+            code = status[0]
+            endpoint = path if path in ENDPOINTS else "other"  # unknown paths share one series
+            kind = note["error"] or (f"http_{code}" if code >= 400 else None)
+            m = self.metrics
+            m.requests.labels(endpoint, scope["method"], str(code)).inc()
+            m.latency.labels(endpoint).observe(seconds)
+            if kind:
+                m.errors.labels(kind).inc()
+            if note["rows"]:
+                m.rows.inc(note["rows"])
+            client = scope.get("client")
+            if self.log is not None:
+                _log_line(self.log, event="request", method=scope["method"], path=path, status=code,
+                          ms=round(seconds * 1000, 3), rows=note["rows"], error=kind,
+                          client=client[0] if client else None)
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit`: from Content-Length before
+    reading anything, and while reading a chunked body (which declares no length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "body_too_large", f"the body is {int(declared)} bytes, more than this server's "
+                                                  f"limit of {limit} (--max-body); send smaller batches.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "body_too_large", f"the body is over this server's limit of {limit} bytes "
+                                                      f"(--max-body); send smaller batches.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, max_body: int = DEFAULT_MAX_BODY,
+               api_key: str | None = None, log: TextIO | None = None, access_log: bool = True) -> Any:
+    """The ASGI app serving one finished run directory (the model is loaded now, once).
+
+    Args:
+        run_dir: A run directory written by `fitloop train`.
+        max_rows: The most rows one request may hold (more: 413).
+        max_body: The largest request body in bytes (larger: 413).
+        api_key: When set, every endpoint but /health needs ``Authorization: Bearer <api_key>`` (else 401).
+        log: Where the JSON log lines go, one per request (default stderr).
+        access_log: Write the per-request line (errors are logged either way).
+
+    Returns:
+        The app, for uvicorn or any ASGI server.
+
+    Raises:
+        ImportError: the `serve` extra is not installed (the message names the `pip install`).
+        NotARunError, ValueError: `run_dir` is not a finished run directory.
+    """
+    require_serve_extra()
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from starlette.requests import Request
+
+    if max_rows < 1 or max_body < 1:
+        raise ValueError(f"max_rows and max_body must be >= 1, got {max_rows} and {max_body}.")
+    model = _Model(run_dir, max_rows, max_body)
+    metrics = _Metrics()
+    app = FastAPI(title="fitloop serve", version=model.version["fitloop"], docs_url=None, redoc_url=None,
+                  openapi_url=None)  # no docs pages: they would load scripts from a CDN
+
+    def ok(body: Any) -> Response:
+        return Response(json.dumps(body).encode(), media_type="application/json")
+
+    def refuse(request: Request, err: RequestError) -> Response:
+        request.scope["fitloop"]["error"] = err.kind
+        return Response(json.dumps(err.body()).encode(), status_code=err.status, media_type="application/json")
+
+    def failed(request: Request, e: Exception) -> Response:
+        # A fitloop bug, not bad input: say so, log it, keep serving.
+        request.scope["fitloop"]["error"] = "internal"
+        _log_line(log or sys.stderr, event="error", path=request.url.path, error=f"{type(e).__name__}: {e}")
+        return refuse(request, RequestError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
+
+    async def predict_common(request: Request, parse: Any) -> tuple[Any, list[str], InputInfo, bool]:
+        from ..data import TableError
+
+        proba = _flag(dict(request.query_params), "proba")
+        table, info = parse(await _read_body(request, max_body))
+        try:
+            out, notes = model.predict(table, proba)
+        except TableError as e:  # a value the preprocessing refuses: still the client's input
+            raise RequestError(422, "bad_input", str(e)) from None
+        request.scope["fitloop"]["rows"] = info.rows
+        return out, notes, info, proba
+
+    def parse_json(body: bytes) -> tuple[Any, InputInfo]:
+        try:
+            records = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RequestError(400, "malformed_json", f"the body is not valid JSON: {e}.") from None
+        return records_table(records, model.pre, max_rows=max_rows)
+
+    async def predict(request: Request) -> Response:
+        try:
+            out, notes, info, proba = await predict_common(request, parse_json)
+            return ok(_json_answer(model, out, notes, info, proba))
+        except RequestError as err:
+            return refuse(request, err)
+        except Exception as e:  # noqa: BLE001 - see failed()
+            return failed(request, e)
+
+    async def predict_csv(request: Request) -> Response:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
+        try:
+            out, notes, info, _ = await predict_common(
+                request, lambda body: csv_table(body, model.pre, max_rows=max_rows))
+            sink = pa.BufferOutputStream()
+            pcsv.write_csv(out, sink)  # the bytes `fitloop predict` writes to stdout
+            headers = {"x-fitloop-ignored-columns": json.dumps(info.ignored),
+                       "x-fitloop-notes": json.dumps(notes)}  # ASCII (json escapes the rest)
+            return Response(sink.getvalue().to_pybytes(), media_type="text/csv", headers=headers)
+        except RequestError as err:
+            return refuse(request, err)
+        except Exception as e:  # noqa: BLE001 - see failed()
+            return failed(request, e)
+
+    async def health(request: Request) -> Response:
+        return ok({"status": "ok"})
+
+    async def schema(request: Request) -> Response:
+        return ok(model.schema)
+
+    async def version(request: Request) -> Response:
+        return ok(model.version)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # Plain Starlette routes: the endpoints read the body themselves, so FastAPI's parameter machinery
+    # would only add work to every request.
+    for path, endpoint, method in [("/predict", predict, "POST"), ("/predict_csv", predict_csv, "POST"),
+                                   ("/health", health, "GET"), ("/schema", schema, "GET"),
+                                   ("/version", version, "GET"), ("/metrics", prometheus, "GET")]:
+        app.add_route(path, endpoint, methods=[method])
+
+    return _Gate(app, metrics, api_key, (log or sys.stderr) if access_log else None)
+
+
+# ------------------------------------------------------------------------------------------ the server
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the server starts so a busy port is a clear error (and port 0
+    picks a free one, printed in the start-up line)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port, or stop what "
+                      f"is using it.") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_app() -> Any:
+    """The app factory each `--workers N` process calls (settings come from the parent's environment)."""
+    s = json.loads(os.environ[_SETTINGS_ENV])
+    return create_app(s["run_dir"], max_rows=s["max_rows"], max_body=s["max_body"],
+                      api_key=os.environ.get("FITLOOP_API_KEY") if s["api_key"] else None,
+                      access_log=s["access_log"])
+
+
+def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          max_rows: int = DEFAULT_MAX_ROWS, max_body: int = DEFAULT_MAX_BODY, api_key: str | None = None,
+          log: TextIO | None = None, access_log: bool = True) -> None:
+    """Serve `run_dir` until SIGTERM or Ctrl-C, then stop gracefully (in-flight requests finish).
+
+    Args:
+        run_dir: A finished run directory.
+        host: Interface to listen on; the default is loopback only.
+        port: TCP port (0: any free port).
+        workers: Worker processes, each with its own copy of the model; /metrics adds up all of them.
+        max_rows, max_body, api_key, access_log: As in `create_app`.
+        log: Where the start-up, shutdown and request lines go (default stderr).
+
+    Raises:
+        ImportError: the `serve` extra is missing. NotARunError, ValueError: a bad run directory or
+            setting. OSError: the port cannot be bound.
+    """
+    require_serve_extra()
+    import tempfile
+
+    import uvicorn
+
+    out = log or sys.stderr
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}.")
+    app = create_app(run_dir, max_rows=max_rows, max_body=max_body, api_key=api_key, log=out,
+                     access_log=access_log)  # loads and checks everything before the port opens
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    common = dict(log_level="warning", access_log=False, server_header=False, lifespan="off",
+                  timeout_graceful_shutdown=GRACEFUL_SECONDS)
+    stopped: list[int] = []
+    # uvicorn re-raises the signal that stopped it once it is done; a handler of ours makes that a no-op,
+    # so a graceful stop ends `fitloop serve` with exit code 0.
+    previous = {s: signal.signal(s, lambda sig, frame: stopped.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
+    _log_line(out, event="start", url=f"http://{host}:{bound}", run_dir=str(run_dir), workers=workers,
+              auth=api_key is not None, max_rows=max_rows, max_body=max_body, pid=os.getpid())
+    try:
+        if workers == 1:
+            uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            with tempfile.TemporaryDirectory(prefix="fitloop-metrics-") as metrics_dir:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+                os.environ[_SETTINGS_ENV] = json.dumps({"run_dir": str(Path(run_dir).resolve()),
+                                                        "max_rows": max_rows, "max_body": max_body,
+                                                        "api_key": api_key is not None,
+                                                        "access_log": access_log})
+                if api_key is not None:
+                    os.environ["FITLOOP_API_KEY"] = api_key
+                config = uvicorn.Config("fitloop.integrations.serve:worker_app", factory=True, workers=workers,
+                                        **common)
+                Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sock.close()
+    _log_line(out, event="stop", signal=signal.Signals(stopped[0]).name if stopped else None)

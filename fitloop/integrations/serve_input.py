@@ -1,0 +1,253 @@
+"""Request bodies for `fitloop serve`, checked and turned into the table `fitloop predict` reads from a file.
+
+    table, info = records_table(json.loads(body), preprocessor, max_rows=10_000)
+    table, info = csv_table(body, preprocessor, max_rows=10_000)
+
+Both return a ``pyarrow.Table`` holding only the columns the model uses (plus the run's id column) and an
+`InputInfo` (the ignored columns, the ids). Every problem raises `RequestError`, which carries the HTTP
+status, a short machine-readable `kind` and a message naming the column and the row (its `row` field is
+0-based: the position in the JSON list, or the data row of the CSV text, whose messages count data rows
+from 1 and name the line, as `fitloop predict` does for a file). The checks are per column, not per cell:
+one pass of Python over the values to collect them, then numpy; the slow search for the first bad cell
+runs only when a check has already failed.
+
+Missing values: JSON ``null`` (or an empty CSV cell, or a CSV ``NaN``/``NA``) is missing and is imputed
+exactly as `fitloop predict` imputes an empty cell. ``NaN`` and ``Infinity`` JSON literals, and infinite
+numbers in a CSV, are refused: they are almost always an upstream bug, and silently imputing them would
+hide it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+    from ..data import Preprocessor
+
+__all__ = ["RequestError", "InputInfo", "records_table", "csv_table", "json_kind"]
+
+_NUMBER_TYPES = {int, float, bool, type(None)}
+_TEXT_TYPES = {str, type(None)}
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP `status`, error `kind`, a message, and where (column, row)."""
+
+    def __init__(self, status: int, kind: str, message: str, *, column: str | None = None,
+                 row: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.column, self.row = status, kind, message, column, row
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body: ``{"error": kind, "detail": message[, "column": ..., "row": ...]}``."""
+        out: dict[str, Any] = {"error": self.kind, "detail": self.message}
+        if self.column is not None:
+            out["column"] = self.column
+        if self.row is not None:
+            out["row"] = self.row
+        return out
+
+
+@dataclass
+class InputInfo:
+    """What the request held besides the model's columns."""
+
+    rows: int
+    ignored: list[str] = field(default_factory=list)  # columns the model does not use, in request order
+    ids: list[Any] | None = None  # the run's id column, when the request has it
+
+
+def json_kind(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_rows(n: int, max_rows: int, what: str) -> None:
+    if n == 0:
+        raise RequestError(422, "empty_batch", f"{what} has no rows; send at least one.")
+    if n > max_rows:
+        raise RequestError(413, "too_many_rows", f"{what} has {n} rows, more than this server's limit of "
+                                                 f"{max_rows} (--max-rows); split it into smaller batches.")
+
+
+# ------------------------------------------------------------------------------------------ JSON records
+
+
+def records_table(records: Any, pre: Preprocessor, *, max_rows: int) -> tuple[pa.Table, InputInfo]:
+    """Check decoded JSON records (a list of ``{column: value}``) and build the model's input table.
+
+    Args:
+        records: The decoded JSON body.
+        pre: The run's fitted preprocessor (it says which columns are needed and of which kind).
+        max_rows: The most rows one request may hold.
+
+    Returns:
+        ``(table, info)``: numeric columns as float64 (missing = NaN, imputed downstream), categorical
+        columns as strings; `InputInfo` with the ignored columns and the ids.
+
+    Raises:
+        RequestError: wrong top-level shape, empty or too large a batch, a missing column, a value of
+            the wrong type, or NaN/Infinity.
+    """
+    import pyarrow as pa
+
+    if not isinstance(records, list):
+        raise RequestError(422, "bad_shape", f"the body is a JSON {json_kind(records)}; send a JSON list of "
+                                             f"records, one object per row: [{{\"column\": value, ...}}, ...].")
+    _check_rows(len(records), max_rows, "the request")
+    if not all(type(r) is dict for r in records):
+        i = next(i for i, r in enumerate(records) if type(r) is not dict)
+        raise RequestError(422, "bad_shape", f"row {i} is a JSON {json_kind(records[i])}, not an object; "
+                                             f"each row must be an object {{\"column\": value, ...}}.", row=i)
+    first = records[0].keys()
+    uniform = all(r.keys() == first for r in records)  # the common case: one key set, checked once
+    seen: dict[str, None] = dict.fromkeys(first)
+    if not uniform:
+        for r in records:
+            seen.update(dict.fromkeys(r))
+    needed = pre.input_columns
+    absent = [c for c in needed if c not in seen]
+    if absent:
+        raise RequestError(422, "missing_column", f"missing required column(s) {absent}: the model needs "
+                                                  f"{needed}. Send null for a missing value (it is imputed).",
+                           column=absent[0])
+    if not uniform:
+        for c in needed:
+            lacking = next((i for i, r in enumerate(records) if c not in r), None)
+            if lacking is not None:
+                raise RequestError(422, "missing_column", f"row {lacking} lacks required column {c!r}; send "
+                                                          f"null for a missing value (it is imputed).",
+                                   column=c, row=lacking)
+    cols: dict[str, Any] = {}
+    for f in pre.features:
+        name = f["name"]
+        values = [r[name] for r in records]
+        cols[name] = _numbers(values, name) if f["kind"] == "numeric" else _texts(values, name)
+    used = set(needed)
+    ids = None
+    if pre.id is not None and pre.id in seen:
+        used.add(pre.id)
+        ids = [r.get(pre.id) for r in records]
+    ignored = [c for c in seen if c not in used]
+    return pa.table(cols), InputInfo(len(records), ignored, ids)
+
+
+def _first(values: list[Any], bad: Any) -> int:
+    return next(i for i, v in enumerate(values) if bad(v))
+
+
+def _numbers(values: list[Any], name: str) -> Any:
+    """float64 numpy of a numeric column's JSON values: numbers and booleans; null is NaN (missing)."""
+    import numpy as np
+
+    types = set(map(type, values))
+    if not types <= _NUMBER_TYPES:
+        i = _first(values, lambda v: type(v) not in _NUMBER_TYPES)
+        raise RequestError(422, "wrong_type", f"column {name!r}, row {i}: expected a number (or null for a "
+                                              f"missing value), got a {json_kind(values[i])} "
+                                              f"{_show(values[i])}.", column=name, row=i)
+    try:
+        a = np.array(values, dtype=np.float64)  # None -> NaN
+    except OverflowError:  # an integer beyond float64's range
+        i = _first(values, lambda v: type(v) is int and abs(v) > 1e308)
+        raise RequestError(422, "non_finite", f"column {name!r}, row {i}: the number {_show(values[i])} is "
+                                              f"out of range.", column=name, row=i) from None
+    if float in types and np.count_nonzero(~np.isfinite(a)) > values.count(None):
+        i = _first(values, lambda v: type(v) is float and not math.isfinite(v))
+        shown = "NaN" if math.isnan(values[i]) else ("Infinity" if values[i] > 0 else "-Infinity")
+        raise RequestError(422, "non_finite", f"column {name!r}, row {i}: {shown} is not allowed; send a "
+                                              f"finite number, or null for a missing value (it is imputed).",
+                           column=name, row=i)
+    return a
+
+
+def _texts(values: list[Any], name: str) -> Any:
+    """A categorical column's JSON values as a pyarrow string array: text (integers as their digits)."""
+    import pyarrow as pa
+
+    types = set(map(type, values))
+    if not types <= _TEXT_TYPES:
+        if types <= _TEXT_TYPES | {int}:  # a category spelt as digits ("3") may arrive as the number 3
+            values = [str(v) if type(v) is int else v for v in values]
+        else:
+            i = _first(values, lambda v: type(v) not in _TEXT_TYPES | {int})
+            raise RequestError(422, "wrong_type", f"column {name!r}, row {i}: expected text (one of the "
+                                                  f"categories seen in training; see GET /schema) or null, "
+                                                  f"got a {json_kind(values[i])} {_show(values[i])}.",
+                               column=name, row=i)
+    return pa.array(values, pa.string())
+
+
+# --------------------------------------------------------------------------------------------- CSV text
+
+
+def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int) -> tuple[pa.Table, InputInfo]:
+    """Parse a CSV body as `fitloop predict` parses a file, check it, keep the model's columns.
+
+    Args:
+        body: UTF-8 CSV text, header row first.
+        pre: The run's fitted preprocessor.
+        max_rows: The most rows one request may hold.
+
+    Returns:
+        ``(table, info)``: the model's columns and the id column (when present), as read.
+
+    Raises:
+        RequestError: unparsable text, empty or too large a batch, a missing column, text in a numeric
+            column, or an infinite number.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from ..data import TableError
+    from ..data.reading import _float64, _numeric_mask, read_csv_bytes
+
+    try:
+        data = read_csv_bytes(body)
+    except TableError as e:
+        raise RequestError(400, "bad_csv", str(e)) from None
+    _check_rows(data.num_rows, max_rows, "the CSV body")
+    names = data.column_names
+    needed = pre.input_columns
+    absent = [c for c in needed if c not in names]
+    if absent:
+        raise RequestError(422, "missing_column", f"missing required column(s) {absent}: the model needs "
+                                                  f"{needed}. Empty cells are allowed (they are imputed).",
+                           column=absent[0])
+    for f in pre.features:
+        if f["kind"] != "numeric":
+            continue
+        name = f["name"]
+        col = data.column(name)
+        try:
+            v = _float64(col, name)  # the conversion transform() does, so the same cells fail
+        except TableError as e:  # its message names the column and the 1-based data row
+            bad = pc.invert(pc.fill_null(_numeric_mask(col), True))
+            raise RequestError(422, "wrong_type", str(e), column=name, row=int(pc.index(bad, True).as_py())) from None
+        inf = np.isinf(v)
+        if inf.any():
+            i = int(np.argmax(inf))
+            raise RequestError(422, "non_finite", f"column {name!r} has {v[i]} at data row {i + 1} (line {i + 2}, "
+                                                  f"counting the header), which is not allowed; send a finite "
+                                                  f"number, or an empty cell for a missing value.",
+                               column=name, row=i)
+    keep = [pre.id, *needed] if pre.id is not None and pre.id in names else list(needed)
+    ignored = [c for c in names if c not in keep]
+    return data.select(keep), InputInfo(data.num_rows, ignored)
