@@ -153,44 +153,47 @@ class Preprocessor:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        missing = [c for c in self.input_columns if c not in data.column_names]
+        names = set(data.column_names)  # built once: Table.column_names makes a new list on every call
+        missing = [c for c in self.input_columns if c not in names]
         if missing:
             raise TableError(f"the table lacks {len(missing)} column(s) the model needs: {missing}. "
                              f"Add them (cells may be empty, which are imputed).")
         n = data.num_rows if rows is None else len(rows)
-        out = np.empty((n, len(self.feature_names)), dtype=np.float32)
+        out = np.zeros((n, len(self.feature_names)), dtype=np.float32)  # zeros: the one-hot blocks' background
+        numeric, cat_starts = self._layout()
+        # Numeric columns a block at a time: one imputation and one standardisation per block, not a handful
+        # of numpy calls per column (they dominate on a server's small batches). Blocks hold ~16 MiB, so a
+        # big table needs no more memory than one column at a time did.
+        per_block = max(1, (1 << 21) // max(n, 1))
+        for b in range(0, len(numeric), per_block):
+            part = numeric[b:b + per_block]
+            V = np.empty((n, len(part)), dtype=np.float64)
+            for i, (f, _, _) in enumerate(part):
+                V[:, i] = _float64(data.column(f["name"]), f["name"], rows)
+            miss = ~np.isfinite(V)
+            V = np.where(miss, [f["median"] for f, _, _ in part], V)
+            V -= [f["mean"] for f, _, _ in part]
+            V /= [f["std"] for f, _, _ in part]
+            out[:, [j for _, j, _ in part]] = V
+            flagged = [i for i, (_, _, jm) in enumerate(part) if jm is not None]
+            if flagged:
+                out[:, [part[i][2] for i in flagged]] = miss[:, flagged]
         unknown: list[str] = []
-        j = 0
-        for f in self.features:
-            col = data.column(f["name"])
-            if f["kind"] == "numeric":
-                v = _float64(col, f["name"], rows)
-                miss = ~np.isfinite(v)
-                v[miss] = f["median"]
-                v -= f["mean"]
-                v /= f["std"]
-                out[:, j] = v
-                j += 1
-                if f["missing"]:
-                    out[:, j] = miss
-                    j += 1
-                continue
+        for f, j in cat_starts:
             cats = f["categories"]
             k = len(cats) + 1 + f["missing"]
-            s = _as_strings(col.take(rows) if rows is not None else col)
-            idx = pc.fill_null(pc.index_in(s, value_set=pa.array(cats, pa.string())), -1)
-            idx = np.asarray(idx.to_numpy(), dtype=np.int64)
-            isnull = np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool)
+            s = _as_strings(data.column(f["name"]).take(rows) if rows is not None else data.column(f["name"]))
+            idx = pc.index_in(s, value_set=pa.array(cats, pa.string()))
+            idx = np.asarray((pc.fill_null(idx, -1) if idx.null_count else idx).to_numpy(), dtype=np.int64)
+            isnull = (np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool) if s.null_count
+                      else np.zeros(n, dtype=bool))  # the kernels cost more than the rows on small batches
             slot = np.where(idx >= 0, idx, len(cats))  # unknown slot
             if f["missing"]:
                 slot[isnull] = len(cats) + 1
             n_unknown = int(np.count_nonzero(idx < 0) - (np.count_nonzero(isnull) if f["missing"] else 0))
             if n_unknown:
                 unknown.append(f"{f['name']}: {n_unknown}")
-            block = out[:, j:j + k]
-            block[...] = 0.0
-            block[np.arange(n), slot] = 1.0
-            j += k
+            out[np.arange(n), j + slot] = 1.0
         if unknown:
             msg = "unseen (or missing) categories mapped to the <unknown> slot (rows per column): "
             msg += ", ".join(unknown)
@@ -198,6 +201,21 @@ class Preprocessor:
             if notes is not None:
                 notes.append(msg)
         return out
+
+    def _layout(self) -> tuple[list[tuple[dict[str, Any], int, int | None]], list[tuple[dict[str, Any], int]]]:
+        """Where each feature goes in the output matrix: ``(spec, column, missing-flag column or None)``
+        per numeric feature, ``(spec, first column)`` per categorical one (the order of feature_names)."""
+        numeric: list[tuple[dict[str, Any], int, int | None]] = []
+        categorical: list[tuple[dict[str, Any], int]] = []
+        j = 0
+        for f in self.features:
+            if f["kind"] == "numeric":
+                numeric.append((f, j, j + 1 if f["missing"] else None))
+                j += 1 + f["missing"]
+            else:
+                categorical.append((f, j))
+                j += len(f["categories"]) + 1 + f["missing"]
+        return numeric, categorical
 
     def encode_target(self, data: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
         """Target as float32 (regression) or int64 class indices (classification).

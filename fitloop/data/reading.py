@@ -256,7 +256,8 @@ def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         col = pc.utf8_trim_whitespace(_as_strings(col))
     elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
         raise TableError(f"column {name!r} has type {t}, which cannot be used as a number; `--drop {name}`.")
-    out = pc.fill_null(pc.cast(col, pa.float64()), math.nan).to_numpy()
+    out = pc.cast(col, pa.float64())
+    out = (pc.fill_null(out, math.nan) if out.null_count else out).to_numpy()
     return np.array(out, dtype=np.float64, copy=True) if not out.flags.writeable else out
 
 
