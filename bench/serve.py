@@ -146,7 +146,7 @@ def main() -> int:
         stats: dict[tuple[str, str], dict] = {(a, s): {"wall": 0.0, "lat": [], "n": 0, "errors": 0}
                                               for a in arms for s in bodies}
         per_round = max(1, args.requests // args.rounds)
-        for arm, port in arms.items():  # warm-up: connections, caches, first-call costs
+        for port in arms.values():  # warm-up: connections, caches, first-call costs
             for b in bodies.values():
                 asyncio.run(load(port, request_bytes(port, b), 100, args.concurrency))
         t_start = time.time()
@@ -186,8 +186,8 @@ def report(stats: dict, bodies: dict, same: dict, args: argparse.Namespace, per_
              f"{per_round * args.rounds} requests per arm and body size, concurrency {args.concurrency}, "
              f"{args.rounds} interleaved rounds, {seconds:.0f} s; loopback, one uvicorn process per server (h11), "
              f"client and both servers on the same {os.cpu_count()} cores; load average "
-             f"{' '.join(f'{x:.2f}' for x in load_start)} at the start, {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-             f"at the end.")
+             f"{' '.join(f'{x:.2f}' for x in load_start)} at the start, "
+             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.")
     L.append("")
     L.append("fitloop runs with every check on (API key, request validation, metrics, one JSON log line per request "
              "written to a file); the minimal app (bench/serve_minimal.py) encodes the records with numpy from the "

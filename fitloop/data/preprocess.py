@@ -174,14 +174,13 @@ class Preprocessor:
             V = np.where(miss, [f["median"] for f, _, _ in part], V)
             V -= [f["mean"] for f, _, _ in part]
             V /= [f["std"] for f, _, _ in part]
-            out[:, [j for _, j, _ in part]] = V
+            out[:, np.array([j for _, j, _ in part])] = V
             flagged = [i for i, (_, _, jm) in enumerate(part) if jm is not None]
             if flagged:
-                out[:, [part[i][2] for i in flagged]] = miss[:, flagged]
+                out[:, np.array([part[i][2] for i in flagged])] = miss[:, flagged]
         unknown: list[str] = []
         for f, j in cat_starts:
             cats = f["categories"]
-            k = len(cats) + 1 + f["missing"]
             s = _as_strings(data.column(f["name"]).take(rows) if rows is not None else data.column(f["name"]))
             idx = pc.index_in(s, value_set=pa.array(cats, pa.string()))
             idx = np.asarray((pc.fill_null(idx, -1) if idx.null_count else idx).to_numpy(), dtype=np.int64)

@@ -39,7 +39,8 @@ from .serve_input import InputInfo, RequestError, csv_table, records_table
 if TYPE_CHECKING:  # pragma: no cover
     from ..cli.runs import LoadedRun
 
-__all__ = ["create_app", "serve", "require_serve_extra", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_BODY", "INSTALL_HINT"]
+__all__ = ["create_app", "serve", "require_serve_extra", "ServeError", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_BODY",
+           "INSTALL_HINT"]
 
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY = 10 * 1024 * 1024  # 10 MiB: ~10,000 rows of a few dozen columns as JSON
@@ -48,6 +49,10 @@ INSTALL_HINT = "pip install 'fitloop[serve]'"
 ENDPOINTS = ("/predict", "/predict_csv", "/health", "/schema", "/metrics", "/version")
 _SETTINGS_ENV = "FITLOOP_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServeError(ValueError):
+    """A setting or a machine problem the user fixes (a port in use, a bad limit): exit 2 on the CLI."""
 
 
 def require_serve_extra() -> None:
@@ -224,7 +229,7 @@ class _Gate:
                 note["error"] = "unauthorized"
                 err = RequestError(401, "unauthorized", "this server needs an API key: send the header "
                                                         "'Authorization: Bearer <key>'.")
-                await _send_json(send_status, 401, err.body(), [(b"www-authenticate", b"Bearer")])
+                await _send_json(send_status, 401, err.body(), ((b"www-authenticate", b"Bearer"),))
             else:
                 await self.app(scope, receive, send_status)
         finally:
@@ -246,7 +251,8 @@ class _Gate:
                           client=client[0] if client else None)
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _send_json(send: Any, status: int, body: dict[str, Any],
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
@@ -299,7 +305,7 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
     from starlette.requests import Request
 
     if max_rows < 1 or max_body < 1:
-        raise ValueError(f"max_rows and max_body must be >= 1, got {max_rows} and {max_body}.")
+        raise ServeError(f"max_rows and max_body must be >= 1, got {max_rows} and {max_body}.")
     model = _Model(run_dir, max_rows, max_body)
     metrics = _Metrics()
     app = FastAPI(title="fitloop serve", version=model.version["fitloop"], docs_url=None, redoc_url=None,
@@ -400,8 +406,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port, or stop what "
-                      f"is using it.") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port, or stop "
+                         f"what is using it.") from None
+    sock.listen(2048)  # uvicorn's backlog; listening now, so a client that read the start-up line connects
     sock.set_inheritable(True)
     return sock
 
@@ -428,8 +435,8 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         log: Where the start-up, shutdown and request lines go (default stderr).
 
     Raises:
-        ImportError: the `serve` extra is missing. NotARunError, ValueError: a bad run directory or
-            setting. OSError: the port cannot be bound.
+        ImportError: the `serve` extra is missing. NotARunError, ValueError: a bad run directory.
+        ServeError: a bad setting, or the port cannot be bound.
     """
     require_serve_extra()
     import tempfile
@@ -438,12 +445,12 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
 
     out = log or sys.stderr
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}.")
+        raise ServeError(f"--workers must be >= 1, got {workers}.")
     app = create_app(run_dir, max_rows=max_rows, max_body=max_body, api_key=api_key, log=out,
                      access_log=access_log)  # loads and checks everything before the port opens
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
-    common = dict(log_level="warning", access_log=False, server_header=False, lifespan="off",
+    common: dict[str, Any] = dict(log_level="warning", access_log=False, server_header=False, lifespan="off",
                   timeout_graceful_shutdown=GRACEFUL_SECONDS)
     stopped: list[int] = []
     # uvicorn re-raises the signal that stopped it once it is done; a handler of ours makes that a no-op,
@@ -467,7 +474,7 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
                     os.environ["FITLOOP_API_KEY"] = api_key
                 config = uvicorn.Config("fitloop.integrations.serve:worker_app", factory=True, workers=workers,
                                         **common)
-                Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+                Multiprocess(config, sockets=[sock]).run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
