@@ -107,7 +107,11 @@ def server(runs):
     yield client, port, log
     client.close()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -394,21 +398,27 @@ def test_cli_errors_exit_2(runs, monkeypatch, capsys):
 @pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(runs):
     proc, port = _start(runs / "run_reg", runs / "sigterm.log")
-    body = _rows(2)
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-    time.sleep(0.3)  # the server has the headers: the request is in flight, waiting for its body
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    assert proc.poll() is None  # still waiting for the request to finish
-    sock.sendall(body[10:])
-    response = b""
-    while chunk := sock.recv(65536):  # the server closes the connection after answering
-        response += chunk
-    sock.close()
-    assert response.startswith(b"HTTP/1.1 200 ")
-    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["rows"] == 2
-    assert proc.wait(timeout=30) == 0
+    try:
+        body = _rows(2)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                     + body[:10])
+        time.sleep(0.3)  # the server has the headers: the request is in flight, waiting for its body
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting for the request to finish
+        sock.sendall(body[10:])
+        response = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after answering
+            response += chunk
+        sock.close()
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1])["rows"] == 2
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert '"event": "stop", "signal": "SIGTERM"' in (runs / "sigterm.log").read_text()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
