@@ -50,6 +50,7 @@ class Preprocessor:
                  notes: list[str] | None = None) -> None:
         self.target, self.task, self.features = target, task, features
         self.classes, self.id, self.notes = classes, id, list(notes or [])
+        self._plan_cache: dict[str, Any] | None = None  # see _plan
 
     @classmethod
     def fit(cls, data: pa.Table, *, target: str, task: str, kinds: Mapping[str, str],
@@ -150,7 +151,6 @@ class Preprocessor:
         Raises:
             TableError: Required columns are missing, or a numeric column contains junk.
         """
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         names = set(data.column_names)  # built once: Table.column_names makes a new list on every call
@@ -159,30 +159,31 @@ class Preprocessor:
             raise TableError(f"the table lacks {len(missing)} column(s) the model needs: {missing}. "
                              f"Add them (cells may be empty, which are imputed).")
         n = data.num_rows if rows is None else len(rows)
-        out = np.zeros((n, len(self.feature_names)), dtype=np.float32)  # zeros: the one-hot blocks' background
-        numeric, cat_starts = self._layout()
+        plan = self._plan()
+        out = np.zeros((n, plan["width"]), dtype=np.float32)  # zeros: the one-hot blocks' background
         # Numeric columns a block at a time: one imputation and one standardisation per block, not a handful
         # of numpy calls per column (they dominate on a server's small batches). Blocks hold ~16 MiB, so a
         # big table needs no more memory than one column at a time did.
+        names_num = plan["numeric"]
         per_block = max(1, (1 << 21) // max(n, 1))
-        for b in range(0, len(numeric), per_block):
-            part = numeric[b:b + per_block]
-            V = np.empty((n, len(part)), dtype=np.float64)
-            for i, (f, _, _) in enumerate(part):
-                V[:, i] = _float64(data.column(f["name"]), f["name"], rows)
+        for b in range(0, len(names_num), per_block):
+            part = slice(b, b + per_block)
+            V = np.empty((n, len(names_num[part])), dtype=np.float64)
+            for i, name in enumerate(names_num[part]):
+                V[:, i] = _float64(data.column(name), name, rows)
             miss = ~np.isfinite(V)
-            V = np.where(miss, [f["median"] for f, _, _ in part], V)
-            V -= [f["mean"] for f, _, _ in part]
-            V /= [f["std"] for f, _, _ in part]
-            out[:, np.array([j for _, j, _ in part])] = V
-            flagged = [i for i, (_, _, jm) in enumerate(part) if jm is not None]
-            if flagged:
-                out[:, np.array([part[i][2] for i in flagged])] = miss[:, flagged]
+            V = np.where(miss, plan["median"][part], V)
+            V -= plan["mean"][part]
+            V /= plan["std"][part]
+            out[:, plan["at"][part]] = V
+            flagged = plan["flagged"][part]
+            if flagged.any():
+                out[:, plan["flag_at"][part][flagged]] = miss[:, flagged]
         unknown: list[str] = []
-        for f, j in cat_starts:
+        for f, j, value_set in plan["categorical"]:
             cats = f["categories"]
             s = _as_strings(data.column(f["name"]).take(rows) if rows is not None else data.column(f["name"]))
-            idx = pc.index_in(s, value_set=pa.array(cats, pa.string()))
+            idx = pc.index_in(s, value_set=value_set)
             idx = np.asarray((pc.fill_null(idx, -1) if idx.null_count else idx).to_numpy(), dtype=np.int64)
             isnull = (np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool) if s.null_count
                       else np.zeros(n, dtype=bool))  # the kernels cost more than the rows on small batches
@@ -201,20 +202,33 @@ class Preprocessor:
                 notes.append(msg)
         return out
 
-    def _layout(self) -> tuple[list[tuple[dict[str, Any], int, int | None]], list[tuple[dict[str, Any], int]]]:
-        """Where each feature goes in the output matrix: ``(spec, column, missing-flag column or None)``
-        per numeric feature, ``(spec, first column)`` per categorical one (the order of feature_names)."""
-        numeric: list[tuple[dict[str, Any], int, int | None]] = []
-        categorical: list[tuple[dict[str, Any], int]] = []
+    def _plan(self) -> dict[str, Any]:
+        """Where each feature goes in the output matrix, and the statistics as arrays: worked out on the
+        first `transform` (the features do not change after fitting) instead of on every call."""
+        if self._plan_cache is not None:
+            return self._plan_cache
+        import pyarrow as pa
+
+        num: list[dict[str, Any]] = []
+        at: list[int] = []
+        categorical: list[tuple[dict[str, Any], int, Any]] = []
         j = 0
         for f in self.features:
             if f["kind"] == "numeric":
-                numeric.append((f, j, j + 1 if f["missing"] else None))
+                num.append(f)
+                at.append(j)
                 j += 1 + f["missing"]
             else:
-                categorical.append((f, j))
+                categorical.append((f, j, pa.array(f["categories"], pa.string())))
                 j += len(f["categories"]) + 1 + f["missing"]
-        return numeric, categorical
+        plan = {"width": j, "numeric": [f["name"] for f in num], "categorical": categorical,
+                "median": np.array([f["median"] for f in num], dtype=np.float64),
+                "mean": np.array([f["mean"] for f in num], dtype=np.float64),
+                "std": np.array([f["std"] for f in num], dtype=np.float64),
+                "at": np.array(at, dtype=np.int64), "flag_at": np.array(at, dtype=np.int64) + 1,
+                "flagged": np.array([bool(f["missing"]) for f in num], dtype=bool)}
+        self._plan_cache = plan
+        return plan
 
     def encode_target(self, data: pa.Table, rows: np.ndarray | None = None) -> np.ndarray:
         """Target as float32 (regression) or int64 class indices (classification).
