@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .serve_input import InputInfo, RequestError, csv_table, records_table
+from .serve_input import InputInfo, RequestError, csv_table, loads, records_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cli.runs import LoadedRun
@@ -337,11 +337,7 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
         return out, notes, info, proba
 
     def parse_json(body: bytes) -> tuple[Any, InputInfo]:
-        try:
-            records = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(400, "malformed_json", f"the body is not valid JSON: {e}.") from None
-        return records_table(records, model.pre, max_rows=max_rows)
+        return records_table(loads(body), model.pre, max_rows=max_rows)
 
     async def predict(request: Request) -> Response:
         try:

@@ -1,6 +1,6 @@
 """Request bodies for `fitloop serve`, checked and turned into the table `fitloop predict` reads from a file.
 
-    table, info = records_table(json.loads(body), preprocessor, max_rows=10_000)
+    table, info = records_table(loads(body), preprocessor, max_rows=10_000)
     table, info = csv_table(body, preprocessor, max_rows=10_000)
 
 Both return a ``pyarrow.Table`` holding only the columns the model uses (plus the run's id column) and an
@@ -19,7 +19,10 @@ hide it.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +31,38 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..data import Preprocessor
 
-__all__ = ["RequestError", "InputInfo", "records_table", "csv_table", "json_kind"]
+__all__ = ["RequestError", "InputInfo", "NonFinite", "loads", "records_table", "csv_table", "json_kind"]
 
 _NUMBER_TYPES = {int, float, bool, type(None)}
 _TEXT_TYPES = {str, type(None)}
+
+
+class NonFinite(float):
+    """A ``NaN``/``Infinity`` JSON literal, kept apart from numbers so the checks refuse it by name."""
+
+    def __repr__(self) -> str:
+        return self.literal
+
+    literal = "NaN"
+
+
+def loads(body: bytes) -> Any:
+    """The JSON body decoded; ``NaN``, ``Infinity`` and ``-Infinity`` literals become `NonFinite` values.
+
+    Raises:
+        RequestError: the body is not UTF-8 JSON (400).
+    """
+    import json
+
+    def constant(literal: str) -> NonFinite:
+        v = NonFinite(literal.replace("Infinity", "inf"))
+        v.literal = literal
+        return v
+
+    try:
+        return json.loads(body, parse_constant=constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(400, "malformed_json", f"the body is not valid JSON: {e}.") from None
 
 
 class RequestError(Exception):
@@ -112,34 +143,40 @@ def records_table(records: Any, pre: Preprocessor, *, max_rows: int) -> tuple[pa
         raise RequestError(422, "bad_shape", f"the body is a JSON {json_kind(records)}; send a JSON list of "
                                              f"records, one object per row: [{{\"column\": value, ...}}, ...].")
     _check_rows(len(records), max_rows, "the request")
-    if not all(type(r) is dict for r in records):
+    if set(map(type, records)) != {dict}:
         i = next(i for i, r in enumerate(records) if type(r) is not dict)
         raise RequestError(422, "bad_shape", f"row {i} is a JSON {json_kind(records[i])}, not an object; "
                                              f"each row must be an object {{\"column\": value, ...}}.", row=i)
+    needed = pre.input_columns
     first = records[0].keys()
-    uniform = all(r.keys() == first for r in records)  # the common case: one key set, checked once
+    # The common case, checked at C speed: every row has the same number of keys as the first, which holds
+    # exactly the needed ones (the itemgetter below proves each row has them all), so nothing is ignored.
     seen: dict[str, None] = dict.fromkeys(first)
-    if not uniform:
+    if len(first) != len(needed) or set(map(len, records)) != {len(first)}:
         for r in records:
             seen.update(dict.fromkeys(r))
-    needed = pre.input_columns
     absent = [c for c in needed if c not in seen]
     if absent:
         raise RequestError(422, "missing_column", f"missing required column(s) {absent}: the model needs "
                                                   f"{needed}. Send null for a missing value (it is imputed).",
                            column=absent[0])
-    if not uniform:
-        for c in needed:
-            lacking = next((i for i, r in enumerate(records) if c not in r), None)
-            if lacking is not None:
-                raise RequestError(422, "missing_column", f"row {lacking} lacks required column {c!r}; send "
-                                                          f"null for a missing value (it is imputed).",
-                                   column=c, row=lacking)
+    try:  # one C-level pass: the rows as tuples of the needed values, then transposed into columns
+        picked = list(map(operator.itemgetter(*needed), records))
+    except KeyError:
+        c, i = next((c, i) for c in needed for i, r in enumerate(records) if c not in r)
+        raise RequestError(422, "missing_column", f"row {i} lacks required column {c!r}; send null for a "
+                                                  f"missing value (it is imputed).", column=c, row=i) from None
+    columns = list(zip(*picked)) if len(needed) > 1 else [tuple(picked)]
+    numeric = [values for f, values in zip(pre.features, columns) if f["kind"] == "numeric"]
+    checked = _number_block(numeric) if numeric else []
+    block = iter(checked) if len(checked) else None
     cols: dict[str, Any] = {}
-    for f in pre.features:
+    for f, values in zip(pre.features, columns):
         name = f["name"]
-        values = [r[name] for r in records]
-        cols[name] = _numbers(values, name) if f["kind"] == "numeric" else _texts(values, name)
+        if f["kind"] != "numeric":
+            cols[name] = _texts(values, name)
+        else:  # a row of the checked block, or (when it failed) the column checked alone, which names the cell
+            cols[name] = next(block) if block is not None else _numbers(values, name)
     used = set(needed)
     ids = None
     if pre.id is not None and pre.id in seen:
@@ -149,15 +186,33 @@ def records_table(records: Any, pre: Preprocessor, *, max_rows: int) -> tuple[pa
     return pa.table(cols), InputInfo(len(records), ignored, ids)
 
 
-def _first(values: list[Any], bad: Any) -> int:
+def _first(values: Sequence[Any], bad: Any) -> int:
     return next(i for i, v in enumerate(values) if bad(v))
 
 
-def _numbers(values: list[Any], name: str) -> Any:
+def _number_block(columns: list[tuple[Any, ...]]) -> Any:
+    """All numeric columns checked and converted at once, as a ``(columns, rows)`` float64 array (null is
+    NaN); an empty list when any cell is not a finite number or null (then each column is checked alone,
+    for the message). NaN never comes as a float here (`loads` turns the literal into a `NonFinite`), so
+    an infinite value is the only non-finite number left to look for."""
+    import numpy as np
+
+    if not set(map(type, itertools.chain.from_iterable(columns))) <= _NUMBER_TYPES:
+        return []
+    try:
+        block = np.array(columns, dtype=np.float64)
+    except OverflowError:
+        return []
+    return [] if np.isinf(block).any() else block
+
+
+def _numbers(values: Sequence[Any], name: str) -> Any:
     """float64 numpy of a numeric column's JSON values: numbers and booleans; null is NaN (missing)."""
     import numpy as np
 
     types = set(map(type, values))
+    if NonFinite in types:
+        _refuse_non_finite(values, name)
     if not types <= _NUMBER_TYPES:
         i = _first(values, lambda v: type(v) not in _NUMBER_TYPES)
         raise RequestError(422, "wrong_type", f"column {name!r}, row {i}: expected a number (or null for a "
@@ -169,20 +224,27 @@ def _numbers(values: list[Any], name: str) -> Any:
         i = _first(values, lambda v: type(v) is int and abs(v) > 1e308)
         raise RequestError(422, "non_finite", f"column {name!r}, row {i}: the number {_show(values[i])} is "
                                               f"out of range.", column=name, row=i) from None
-    if float in types and np.count_nonzero(~np.isfinite(a)) > values.count(None):
-        i = _first(values, lambda v: type(v) is float and not math.isfinite(v))
-        shown = "NaN" if math.isnan(values[i]) else ("Infinity" if values[i] > 0 else "-Infinity")
-        raise RequestError(422, "non_finite", f"column {name!r}, row {i}: {shown} is not allowed; send a "
-                                              f"finite number, or null for a missing value (it is imputed).",
-                           column=name, row=i)
+    if np.isinf(a).any():  # 1e999 parses as a float infinity
+        _refuse_non_finite(values, name)
     return a
 
 
-def _texts(values: list[Any], name: str) -> Any:
+def _refuse_non_finite(values: Sequence[Any], name: str) -> None:
+    i = _first(values, lambda v: isinstance(v, float) and not math.isfinite(v))
+    v = values[i]
+    shown = v.literal if type(v) is NonFinite else ("Infinity" if v > 0 else "-Infinity")
+    raise RequestError(422, "non_finite", f"column {name!r}, row {i}: {shown} is not allowed; send a finite "
+                                          f"number, or null for a missing value (it is imputed).",
+                       column=name, row=i)
+
+
+def _texts(values: Sequence[Any], name: str) -> Any:
     """A categorical column's JSON values as a pyarrow string array: text (integers as their digits)."""
     import pyarrow as pa
 
     types = set(map(type, values))
+    if NonFinite in types:
+        _refuse_non_finite(values, name)
     if not types <= _TEXT_TYPES:
         if types <= _TEXT_TYPES | {int}:  # a category spelt as digits ("3") may arrive as the number 3
             values = [str(v) if type(v) is int else v for v in values]
