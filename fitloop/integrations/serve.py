@@ -188,11 +188,18 @@ class _Metrics:
         return generate_latest(self.registry)
 
 
+_stamp_cache: list[Any] = [-1, ""]  # (second, its text): strftime once a second, not once a request
+
+
 def _log_line(stream: TextIO, **fields: Any) -> None:
     now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    stream.write(json.dumps({"ts": stamp, **fields}, default=str) + "\n")
-    stream.flush()
+    second = int(now)
+    if second != _stamp_cache[0]:
+        _stamp_cache[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    stamp = f"{_stamp_cache[1]}.{int(now % 1 * 1000):03d}Z"
+    stream.write(json.dumps({"ts": stamp, **fields}, default=str) + "\n")  # stderr is line-buffered
+    if not getattr(stream, "line_buffering", True):
+        stream.flush()
 
 
 class _Gate:
@@ -327,7 +334,7 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
     async def predict_common(request: Request, parse: Any) -> tuple[Any, list[str], InputInfo, bool]:
         from ..data import TableError
 
-        proba = _flag(dict(request.query_params), "proba")
+        proba = _flag(dict(request.query_params), "proba") if request.scope["query_string"] else False
         table, info = parse(await _read_body(request, max_body))
         try:
             out, notes = model.predict(table, proba)
