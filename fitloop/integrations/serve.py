@@ -88,6 +88,10 @@ class _Model:
                         "torch_threads": self.threads,
                         "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
         self.schema = self._schema()
+        # One prediction now, so the first request does not pay for lazy imports and first-call set-up
+        # (pyarrow's first conversions alone take a fraction of a second).
+        table, _ = records_table(self.schema["example"], self.pre, max_rows=1)
+        self.predict(table, False)
 
     def _schema(self) -> dict[str, Any]:
         pre = self.pre
@@ -416,12 +420,23 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _freeze_heap() -> None:
+    """Move everything loaded so far (torch, pyarrow, the model) out of the garbage collector's sight:
+    requests allocate enough to trigger full collections, and each would otherwise walk those objects."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def worker_app() -> Any:
     """The app factory each `--workers N` process calls (settings come from the parent's environment)."""
     s = json.loads(os.environ[_SETTINGS_ENV])
-    return create_app(s["run_dir"], max_rows=s["max_rows"], max_body=s["max_body"],
-                      api_key=os.environ.get("FITLOOP_API_KEY") if s["api_key"] else None,
-                      access_log=s["access_log"])
+    app = create_app(s["run_dir"], max_rows=s["max_rows"], max_body=s["max_body"],
+                     api_key=os.environ.get("FITLOOP_API_KEY") if s["api_key"] else None,
+                     access_log=s["access_log"])
+    _freeze_heap()
+    return app
 
 
 def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -451,6 +466,7 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         raise ServeError(f"--workers must be >= 1, got {workers}.")
     app = create_app(run_dir, max_rows=max_rows, max_body=max_body, api_key=api_key, log=out,
                      access_log=access_log)  # loads and checks everything before the port opens
+    _freeze_heap()
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
     common: dict[str, Any] = dict(log_level="warning", access_log=False, server_header=False, lifespan="off",
