@@ -246,6 +246,9 @@ def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
     if rows is not None:
         col = col.take(rows)
     t = col.type
+    if pa.types.is_float64(t) and not col.null_count:  # already numbers, no gaps: nothing to parse or fill
+        out = col.to_numpy()
+        return out if out.flags.writeable else np.array(out, dtype=np.float64, copy=True)
     if pa.types.is_null(t):
         return np.full(len(col), np.nan)
     if _is_string(t):
