@@ -18,7 +18,8 @@ from typing import Any, cast
 
 from ..config import RUN_FORMAT
 
-__all__ = ["LoadedRun", "NotARunError", "check_run", "load_run", "predict_file", "evaluate_file", "score"]
+__all__ = ["LoadedRun", "NotARunError", "check_run", "load_run", "predict_file", "predict_columns", "evaluate_file",
+           "score"]
 
 PREDICT_BATCH = 65536
 
@@ -141,28 +142,45 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
     import warnings
 
     import pyarrow as pa
-    import torch
 
     from ..data import transform_table
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
         enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter)
-    out = run.outputs(enc.X)
     cols: dict[str, Any] = {}
     if run.info.get("id") and enc.ids is not None:
         cols[run.info["id"]] = pa.array(enc.ids)
+    for name, values in predict_columns(run, enc.X, proba=proba).items():
+        cols[name] = pa.array(values)
+    return pa.table(cols), enc.notes
+
+
+def predict_columns(run: LoadedRun, X, *, proba: bool = False) -> dict[str, Any]:
+    """The prediction columns for encoded rows `X`: what `predict_file` writes, and `fitloop serve` answers.
+
+    Returns:
+        ``{"prediction": ..., ["proba_<class>": ...]}``: class labels (a list of the original values) or
+        float64 values in the target's units; with `proba`, one float32 array per class.
+
+    Raises:
+        ValueError: `proba` on a regression run.
+    """
+    import torch
+
+    out = run.outputs(X)
+    cols: dict[str, Any] = {}
     if run.task == "classification":
-        cols["prediction"] = pa.array(run.preprocessor.decode(out.argmax(-1)))
+        cols["prediction"] = run.preprocessor.decode(out.argmax(-1))
         if proba:
             p = torch.softmax(out, -1).numpy()
             for j, c in enumerate(run.info["classes"]):
-                cols[f"proba_{c}"] = pa.array(p[:, j])
+                cols[f"proba_{c}"] = p[:, j]
     else:
         if proba:
             raise ValueError("--proba is for classification runs; this run does regression.")
-        cols["prediction"] = pa.array(unscale(out.reshape(-1), run.info["target_scaling"]).double().numpy())
-    return pa.table(cols), enc.notes
+        cols["prediction"] = unscale(out.reshape(-1), run.info["target_scaling"]).double().numpy()
+    return cols
 
 
 def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None) -> dict:

@@ -12,8 +12,9 @@ filled column by column.
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,9 +163,8 @@ class Preprocessor:
         n = data.num_rows if rows is None else len(rows)
         plan = self._plan()
         out = np.zeros((n, plan["width"]), dtype=np.float32)  # zeros: the one-hot blocks' background
-        # Numeric columns a block at a time: one imputation and one standardisation per block, not a handful
-        # of numpy calls per column (they dominate on a server's small batches). Blocks hold ~16 MiB, so a
-        # big table needs no more memory than one column at a time did.
+        # Numeric columns a block at a time (one imputation and standardisation per block, not a handful of
+        # numpy calls per column); blocks hold ~16 MiB, so a big table needs no more memory than a column.
         names_num = plan["numeric"]
         per_block = max(1, (1 << 21) // max(n, 1))
         for b in range(0, len(names_num), per_block):
@@ -172,37 +172,84 @@ class Preprocessor:
             V = np.empty((n, len(names_num[part])), dtype=np.float64)
             for i, name in enumerate(names_num[part]):
                 V[:, i] = _float64(data.column(pos[name]), name, rows)
-            miss = ~np.isfinite(V)
-            V = np.where(miss, plan["median"][part], V)
-            V -= plan["mean"][part]
-            V /= plan["std"][part]
-            out[:, plan["at"][part]] = V
-            flagged = plan["flagged"][part]
-            if flagged.any():
-                out[:, plan["flag_at"][part][flagged]] = miss[:, flagged]
+            self._numbers_into(out, V, part)
         unknown: list[str] = []
-        for f, j, value_set in plan["categorical"]:
-            cats = f["categories"]
+        for k, (f, _, value_set) in enumerate(plan["categorical"]):
             col = data.column(pos[f["name"]])
             s = _as_strings(col.take(rows) if rows is not None else col)
             idx = pc.index_in(s, value_set=value_set)
-            idx = np.asarray((pc.fill_null(idx, -1) if idx.null_count else idx).to_numpy(), dtype=np.int64)
-            isnull = (np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool) if s.null_count
-                      else np.zeros(n, dtype=bool))  # the kernels cost more than the rows on small batches
-            slot = np.where(idx >= 0, idx, len(cats))  # unknown slot
-            if f["missing"]:
-                slot[isnull] = len(cats) + 1
-            n_unknown = int(np.count_nonzero(idx < 0) - (np.count_nonzero(isnull) if f["missing"] else 0))
-            if n_unknown:
-                unknown.append(f"{f['name']}: {n_unknown}")
-            out[np.arange(n), j + slot] = 1.0
+            codes = np.asarray((pc.fill_null(idx, -1) if idx.null_count else idx).to_numpy(), dtype=np.int64)
+            if s.null_count:
+                codes[np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool)] = -2
+            self._codes_into(out, k, codes, unknown)
+        self._report_unknown(unknown, notes)
+        return out
+
+    def encode(self, numbers: np.ndarray, codes: Sequence[np.ndarray], notes: list[str] | None = None) -> np.ndarray:
+        """The encoding `transform` does, from columns already turned into numbers (a server's requests).
+
+        Args:
+            numbers: float64 ``(n_rows, n_numeric)``, the numeric features in `features` order; NaN is missing.
+            codes: One int64 array per categorical feature (in order): the index of the value in the
+                feature's ``categories``, -1 for a value not seen in training, -2 for a missing one.
+            notes: Where the unseen-categories note goes (as in `transform`, but without a warning).
+
+        Returns:
+            The float32 matrix ``(n_rows, len(feature_names))``, equal to what `transform` gives for the
+            same values.
+        """
+        out = np.zeros((len(numbers), self._plan()["width"]), dtype=np.float32)
+        self._numbers_into(out, numbers, slice(None))
+        unknown: list[str] = []
+        for k, c in enumerate(codes):
+            self._codes_into(out, k, c, unknown)
+        self._report_unknown(unknown, notes, warn=False)
+        return out
+
+    def category_codes(self, k: int, values: Sequence[Any]) -> np.ndarray:
+        """The codes `encode` takes for the `k`-th categorical feature: text values (None for missing).
+
+        Values are matched exactly, as `transform` matches the text of a table's cells.
+        """
+        index = self._plan()["index"][k]
+        return np.fromiter(map(index.get, values, itertools.repeat(-1, len(values))), dtype=np.int64,
+                           count=len(values))
+
+    def _numbers_into(self, out: np.ndarray, V: np.ndarray, part: slice) -> None:
+        """Impute (train median), standardise, and write the numeric features `part` and their flags."""
+        plan = self._plan()
+        miss = ~np.isfinite(V)
+        V = np.where(miss, plan["median"][part], V)
+        V -= plan["mean"][part]
+        V /= plan["std"][part]
+        out[:, plan["at"][part]] = V
+        flagged = plan["flagged"][part]
+        if flagged.any():
+            out[:, plan["flag_at"][part][flagged]] = miss[:, flagged]
+
+    def _codes_into(self, out: np.ndarray, k: int, codes: np.ndarray, unknown: list[str]) -> None:
+        """One-hot the `k`-th categorical feature from its codes (-1 unseen, -2 missing)."""
+        f, j, _ = self._plan()["categorical"][k]
+        n_cats = len(f["categories"])
+        slot = np.where(codes >= 0, codes, n_cats)  # the unknown slot
+        n_unknown = int(np.count_nonzero(codes < 0))
+        if f["missing"]:
+            isnull = codes == -2
+            slot[isnull] = n_cats + 1
+            n_unknown -= int(np.count_nonzero(isnull))
+        if n_unknown:
+            unknown.append(f"{f['name']}: {n_unknown}")
+        out[np.arange(len(codes)), j + slot] = 1.0
+
+    @staticmethod
+    def _report_unknown(unknown: list[str], notes: list[str] | None, warn: bool = True) -> None:
         if unknown:
             msg = "unseen (or missing) categories mapped to the <unknown> slot (rows per column): "
             msg += ", ".join(unknown)
-            warnings.warn(msg, UserWarning, stacklevel=2)
+            if warn:
+                warnings.warn(msg, UserWarning, stacklevel=3)
             if notes is not None:
                 notes.append(msg)
-        return out
 
     def _plan(self) -> dict[str, Any]:
         """Where each feature goes in the output matrix, and the statistics as arrays: worked out on the
@@ -228,7 +275,8 @@ class Preprocessor:
                 "mean": np.array([f["mean"] for f in num], dtype=np.float64),
                 "std": np.array([f["std"] for f in num], dtype=np.float64),
                 "at": np.array(at, dtype=np.int64), "flag_at": np.array(at, dtype=np.int64) + 1,
-                "flagged": np.array([bool(f["missing"]) for f in num], dtype=bool)}
+                "flagged": np.array([bool(f["missing"]) for f in num], dtype=bool),
+                "index": [{**{c: i for i, c in enumerate(f["categories"])}, None: -2} for f, _, _ in categorical]}
         self._plan_cache = plan
         return plan
 

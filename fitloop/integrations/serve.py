@@ -12,9 +12,11 @@ Endpoints (see the README, "Serve over HTTP"):
     GET  /metrics        Prometheus text: requests, latency histogram, errors by kind, rows predicted
     GET  /version        fitloop/torch versions, the run, the model file's sha256
 
-Predictions go through `fitloop.cli.runs.predict_file`, the function `fitloop predict` calls: the request
-is turned into the same kind of Arrow table a file becomes (`serve_input`), so the preprocessing and the
-model are the same code on the same values. Bad input is a 4xx with a JSON body naming the column and
+The answers are `fitloop predict`'s: a CSV body becomes the Arrow table a file becomes and goes through
+`fitloop.cli.runs.predict_file` itself; JSON records become the numbers and category codes a file's cells
+become inside `Preprocessor.transform`, and go through the same encoding (`Preprocessor.encode`) and the
+same output step (`predict_columns`), without the Arrow detour that would cost more than the rest of a
+small request. Bad input is a 4xx with a JSON body naming the column and
 the row, never a 500. The bundle is read once at start-up (safetensors and JSON, never a pickle); no
 request names a file, so the server answers with that model only, whatever happens on disk later.
 Inference runs on the event loop under `torch.inference_mode`: for the small batches a server sees a
@@ -88,10 +90,13 @@ class _Model:
                         "torch_threads": self.threads,
                         "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
         self.schema = self._schema()
-        # One prediction now, so the first request does not pay for lazy imports and first-call set-up
-        # (pyarrow's first conversions alone take a fraction of a second).
-        table, _ = records_table(self.schema["example"], self.pre, max_rows=1)
-        self.predict(table, False)
+        # One prediction each way now, so the first request does not pay for lazy imports and first-call
+        # set-up (pyarrow's first conversions alone take a fraction of a second).
+        import pyarrow as pa
+
+        numbers, codes, _ = records_table(self.schema["example"], self.pre, max_rows=1)
+        self.predict_records(numbers, codes, False)
+        self.predict_table(pa.Table.from_pylist(self.schema["example"]), False)
 
     def _schema(self) -> dict[str, Any]:
         pre = self.pre
@@ -111,13 +116,28 @@ class _Model:
                 "unknown_categories": "mapped to the column's <unknown> slot, and reported in the notes",
                 "limits": {"max_rows": self.max_rows, "max_body_bytes": self.max_body}, "example": [example]}
 
-    def predict(self, table: Any, proba: bool) -> tuple[Any, list[str]]:
+    def _check_proba(self, proba: bool) -> None:
+        if proba and self.pre.task != "classification":
+            raise RequestError(422, "bad_query", "proba=true is for classification runs; this run does regression.")
+
+    def predict_table(self, table: Any, proba: bool) -> tuple[Any, list[str]]:
         """`fitloop predict`'s function on an in-memory table: ``(pyarrow.Table, notes)``."""
         from ..cli.runs import predict_file
 
-        if proba and self.pre.task != "classification":
-            raise RequestError(422, "bad_query", "proba=true is for classification runs; this run does regression.")
+        self._check_proba(proba)
         return predict_file(self.run, table, proba=proba)
+
+    def predict_records(self, numbers: Any, codes: list[Any], proba: bool) -> tuple[dict[str, Any], list[str]]:
+        """JSON records' values through the encoding `transform` ends in, then the columns `predict_file`
+        writes: ``({"prediction": ..., ["proba_<class>": ...]}, notes)``."""
+        import torch
+
+        from ..cli.runs import predict_columns
+
+        self._check_proba(proba)
+        notes: list[str] = []
+        X = torch.from_numpy(self.pre.encode(numbers, codes, notes))
+        return predict_columns(self.run, X, proba=proba), notes
 
 
 def _thread_policy(model: Any) -> int:
@@ -133,18 +153,21 @@ def _thread_policy(model: Any) -> int:
     return torch.get_num_threads()
 
 
-def _json_answer(model: _Model, out: Any, notes: list[str], info: InputInfo, proba: bool) -> dict[str, Any]:
+def _json_answer(model: _Model, out: dict[str, Any], notes: list[str], info: InputInfo,
+                 proba: bool) -> dict[str, Any]:
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    body: dict[str, Any] = {"rows": info.rows, "predictions": out.column("prediction").to_pylist()}
+    pred = out["prediction"]
+    body: dict[str, Any] = {"rows": info.rows, "predictions": pred if isinstance(pred, list) else pred.tolist()}
     if info.ids is not None:
         body["ids"] = info.ids
     if proba:
         classes = model.pre.classes or []
         # float32 -> its shortest decimal -> float64: the numbers the CLI writes into its CSV
-        cols = [pc.cast(pc.cast(out.column(f"proba_{c}"), pa.string()), pa.float64()).to_numpy() for c in classes]
+        cols = [pc.cast(pc.cast(pa.array(out[f"proba_{c}"]), pa.string()), pa.float64()).to_numpy()
+                for c in classes]
         body["classes"] = classes
         body["probabilities"] = np.column_stack(cols).tolist()
     body["ignored_columns"] = info.ignored
@@ -335,24 +358,16 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
         _log_line(log or sys.stderr, event="error", path=request.url.path, error=f"{type(e).__name__}: {e}")
         return refuse(request, RequestError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
 
-    async def predict_common(request: Request, parse: Any) -> tuple[Any, list[str], InputInfo, bool]:
-        from ..data import TableError
-
-        proba = _flag(dict(request.query_params), "proba") if request.scope["query_string"] else False
-        table, info = parse(await _read_body(request, max_body))
-        try:
-            out, notes = model.predict(table, proba)
-        except TableError as e:  # a value the preprocessing refuses: still the client's input
-            raise RequestError(422, "bad_input", str(e)) from None
-        request.scope["fitloop"]["rows"] = info.rows
-        return out, notes, info, proba
-
-    def parse_json(body: bytes) -> tuple[Any, InputInfo]:
-        return records_table(loads(body), model.pre, max_rows=max_rows)
+    def proba_flag(request: Request) -> bool:
+        return _flag(dict(request.query_params), "proba") if request.scope["query_string"] else False
 
     async def predict(request: Request) -> Response:
         try:
-            out, notes, info, proba = await predict_common(request, parse_json)
+            proba = proba_flag(request)
+            numbers, codes, info = records_table(loads(await _read_body(request, max_body)), model.pre,
+                                                 max_rows=max_rows)
+            out, notes = model.predict_records(numbers, codes, proba)
+            request.scope["fitloop"]["rows"] = info.rows
             return ok(_json_answer(model, out, notes, info, proba))
         except RequestError as err:
             return refuse(request, err)
@@ -363,9 +378,16 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
+        from ..data import TableError
+
         try:
-            out, notes, info, _ = await predict_common(
-                request, lambda body: csv_table(body, model.pre, max_rows=max_rows))
+            proba = proba_flag(request)
+            table, info = csv_table(await _read_body(request, max_body), model.pre, max_rows=max_rows)
+            try:
+                out, notes = model.predict_table(table, proba)
+            except TableError as e:  # a cell the preprocessing refuses: still the client's input
+                raise RequestError(422, "bad_input", str(e)) from None
+            request.scope["fitloop"]["rows"] = info.rows
             sink = pa.BufferOutputStream()
             pcsv.write_csv(out, sink)  # the bytes `fitloop predict` writes to stdout
             headers = {"x-fitloop-ignored-columns": json.dumps(info.ignored),
