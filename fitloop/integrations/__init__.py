@@ -1,7 +1,8 @@
 """Putting a trained run to work outside the training loop.
 
     fitloop.integrations.serve        `fitloop serve`: the run's model over HTTP (FastAPI + uvicorn)
-    fitloop.integrations.serve_input  request bodies (JSON records, CSV) checked and turned into tables
+    fitloop.integrations.serve_input  request bodies (JSON records, CSV) checked and turned into model inputs
+    fitloop.integrations.serve_ops    metrics, the JSON request log, the API-key gate (ASGI middleware)
 
 Each module imports its optional dependencies inside its functions, so importing this package is free.
 """

@@ -26,17 +26,16 @@ thread hop costs more than the work, and one thread keeps the model's outputs de
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .serve_input import InputInfo, RequestError, csv_table, loads, records_table
+from .serve_ops import Gate, Metrics, log_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cli.runs import LoadedRun
@@ -48,9 +47,7 @@ DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY = 10 * 1024 * 1024  # 10 MiB: ~10,000 rows of a few dozen columns as JSON
 GRACEFUL_SECONDS = 30  # on SIGTERM, in-flight requests get this long to finish
 INSTALL_HINT = "pip install 'fitloop[serve]'"
-ENDPOINTS = ("/predict", "/predict_csv", "/health", "/schema", "/metrics", "/version")
 _SETTINGS_ENV = "FITLOOP_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ServeError(ValueError):
@@ -184,116 +181,6 @@ def _flag(query: dict[str, str], name: str) -> bool:
     raise RequestError(422, "bad_query", f"query parameter {name}={value!r}: use true or false.")
 
 
-# ------------------------------------------------------------------------------------------ metrics, logs
-
-
-class _Metrics:
-    """The Prometheus series, in a registry of this app's own (two apps in one process don't collide)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-
-        disable_created_metrics()  # the *_created series only add noise to every scrape
-        self.registry = CollectorRegistry()
-        self.requests = Counter("fitloop_requests", "HTTP requests answered", ["endpoint", "method", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("fitloop_request_duration_seconds", "Time to answer a request", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.errors = Counter("fitloop_errors", "Requests refused or failed, by kind", ["kind"],
-                              registry=self.registry)
-        self.rows = Counter("fitloop_rows_predicted", "Rows predicted", registry=self.registry)
-
-    def text(self) -> bytes:
-        from prometheus_client import CollectorRegistry, generate_latest
-
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: add up every worker's files
-            from prometheus_client.multiprocess import MultiProcessCollector
-
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
-
-
-_stamp_cache: list[Any] = [-1, ""]  # (second, its text): strftime once a second, not once a request
-
-
-def _log_line(stream: TextIO, **fields: Any) -> None:
-    now = time.time()
-    second = int(now)
-    if second != _stamp_cache[0]:
-        _stamp_cache[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    stamp = f"{_stamp_cache[1]}.{int(now % 1 * 1000):03d}Z"
-    stream.write(json.dumps({"ts": stamp, **fields}, default=str) + "\n")  # stderr is line-buffered
-    if not getattr(stream, "line_buffering", True):
-        stream.flush()
-
-
-class _Gate:
-    """Pure ASGI middleware around the app: the API key, then one metrics update and one log line per
-    request. (Starlette's BaseHTTPMiddleware would cost a task and a queue per request.)"""
-
-    def __init__(self, app: Any, metrics: _Metrics, api_key: str | None, log: TextIO | None) -> None:
-        self.app, self.metrics, self.log = app, metrics, log
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
-
-    def _authorized(self, scope: dict[str, Any]) -> bool:
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                return hmac.compare_digest(v, self.expected or b"")
-        return False
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        note: dict[str, Any] = {"rows": 0, "error": None}
-        scope["fitloop"] = note
-        status = [500]
-
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        path = scope["path"]
-        try:
-            if self.expected is not None and path != "/health" and not self._authorized(scope):
-                note["error"] = "unauthorized"
-                err = RequestError(401, "unauthorized", "this server needs an API key: send the header "
-                                                        "'Authorization: Bearer <key>'.")
-                await _send_json(send_status, 401, err.body(), ((b"www-authenticate", b"Bearer"),))
-            else:
-                await self.app(scope, receive, send_status)
-        finally:
-            seconds = time.perf_counter() - t0
-            code = status[0]
-            endpoint = path if path in ENDPOINTS else "other"  # unknown paths share one series
-            kind = note["error"] or (f"http_{code}" if code >= 400 else None)
-            m = self.metrics
-            m.requests.labels(endpoint, scope["method"], str(code)).inc()
-            m.latency.labels(endpoint).observe(seconds)
-            if kind:
-                m.errors.labels(kind).inc()
-            if note["rows"]:
-                m.rows.inc(note["rows"])
-            client = scope.get("client")
-            if self.log is not None:
-                _log_line(self.log, event="request", method=scope["method"], path=path, status=code,
-                          ms=round(seconds * 1000, 3), rows=note["rows"], error=kind,
-                          client=client[0] if client else None)
-
-
-async def _send_json(send: Any, status: int, body: dict[str, Any],
-                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *headers]})
-    await send({"type": "http.response.body", "body": data})
-
-
 # ------------------------------------------------------------------------------------------ the app
 
 
@@ -341,7 +228,7 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
     if max_rows < 1 or max_body < 1:
         raise ServeError(f"max_rows and max_body must be >= 1, got {max_rows} and {max_body}.")
     model = _Model(run_dir, max_rows, max_body)
-    metrics = _Metrics()
+    metrics = Metrics()
     app = FastAPI(title="fitloop serve", version=model.version["fitloop"], docs_url=None, redoc_url=None,
                   openapi_url=None)  # no docs pages: they would load scripts from a CDN
 
@@ -355,7 +242,7 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
     def failed(request: Request, e: Exception) -> Response:
         # A fitloop bug, not bad input: say so, log it, keep serving.
         request.scope["fitloop"]["error"] = "internal"
-        _log_line(log or sys.stderr, event="error", path=request.url.path, error=f"{type(e).__name__}: {e}")
+        log_line(log or sys.stderr, event="error", path=request.url.path, error=f"{type(e).__name__}: {e}")
         return refuse(request, RequestError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
 
     def proba_flag(request: Request) -> bool:
@@ -417,7 +304,7 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
                                    ("/version", version, "GET"), ("/metrics", prometheus, "GET")]:
         app.add_route(path, endpoint, methods=[method])
 
-    return _Gate(app, metrics, api_key, (log or sys.stderr) if access_log else None)
+    return Gate(app, metrics, api_key, (log or sys.stderr) if access_log else None)
 
 
 # ------------------------------------------------------------------------------------------ the server
@@ -497,7 +384,7 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
     # uvicorn re-raises the signal that stopped it once it is done; a handler of ours makes that a no-op,
     # so a graceful stop ends `fitloop serve` with exit code 0.
     previous = {s: signal.signal(s, lambda sig, frame: stopped.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
-    _log_line(out, event="start", url=f"http://{host}:{bound}", run_dir=str(run_dir), workers=workers,
+    log_line(out, event="start", url=f"http://{host}:{bound}", run_dir=str(run_dir), workers=workers,
               auth=api_key is not None, max_rows=max_rows, max_body=max_body, pid=os.getpid())
     try:
         if workers == 1:
@@ -520,4 +407,4 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         for s, handler in previous.items():
             signal.signal(s, handler)
         sock.close()
-    _log_line(out, event="stop", signal=signal.Signals(stopped[0]).name if stopped else None)
+    log_line(out, event="stop", signal=signal.Signals(stopped[0]).name if stopped else None)
