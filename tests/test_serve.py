@@ -185,6 +185,25 @@ def test_regression_answers_in_target_units(reg_server, runs, tmp_path):
     assert r.json()["detail"] == "proba=true is for classification runs; this run does regression."
 
 
+def test_records_encode_exactly_as_a_table_transforms():
+    """JSON records skip the Arrow table: Preprocessor.encode on their values == transform on the table."""
+    from fitloop.data import Preprocessor
+    from fitloop.integrations.serve_input import records_table
+
+    train = pa.table({"a": [1.0, None, 3.0, 4.5], "b": [True, False, True, True],
+                      "c": ["x", None, "y", "x"], "d": ["p", "q", "q", "p"]})
+    pre = Preprocessor.fit(train, target="d", task="classification",
+                           kinds={"a": "numeric", "b": "bool", "c": "categorical"})
+    new = pa.table({"a": [None, 2.0, 1e6, -3.0], "b": [False, True, None, True], "c": ["y", "zzz", None, "x"]})
+    numbers, codes, info = records_table(new.to_pylist(), pre, max_rows=10)
+    json_notes: list[str] = []
+    with pytest.warns(UserWarning):
+        want = pre.transform(new, notes=(table_notes := []))
+    assert np.array_equal(pre.encode(numbers, codes, json_notes), want)
+    assert json_notes == table_notes == ["unseen (or missing) categories mapped to the <unknown> slot (rows "
+                                         "per column): c: 1"]
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 GOOD = {"x1": 0.5, "x2": 10.0, "color": "red", "flag": True}
