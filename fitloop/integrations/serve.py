@@ -16,8 +16,9 @@ The answers are `fitloop predict`'s: a CSV body becomes the Arrow table a file b
 `fitloop.cli.runs.predict_file` itself; JSON records become the numbers and category codes a file's cells
 become inside `Preprocessor.transform`, and go through the same encoding (`Preprocessor.encode`) and the
 same output step (`predict_columns`), without the Arrow detour that would cost more than the rest of a
-small request. Bad input is a 4xx with a JSON body naming the column and the row, never a 500. The bundle is read once at start-up (safetensors and JSON, never a pickle); no
-request names a file, so the server answers with that model only, whatever happens on disk later.
+small request. Bad input is a 4xx with a JSON body naming the column and the row, never a 500. The
+bundle is read once at start-up (safetensors and JSON, never a pickle); no request names a file, so the
+server answers with that model only, whatever happens on disk later.
 Inference runs on the event loop under `torch.inference_mode`: for the small batches a server sees a
 thread hop costs more than the work, and one thread keeps the model's outputs deterministic.
 """
