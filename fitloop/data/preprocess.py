@@ -164,9 +164,9 @@ class Preprocessor:
         plan = self._plan()
         out = np.zeros((n, plan["width"]), dtype=np.float32)  # zeros: the one-hot blocks' background
         # Numeric columns a block at a time (one imputation and standardisation per block, not a handful of
-        # numpy calls per column); blocks hold ~16 MiB, so a big table needs no more memory than a column.
+        # numpy calls per column); blocks hold ~2 MiB, so a big table goes a column at a time, as before.
         names_num = plan["numeric"]
-        per_block = max(1, (1 << 21) // max(n, 1))
+        per_block = max(1, (1 << 18) // max(n, 1))
         for b in range(0, len(names_num), per_block):
             part = slice(b, b + per_block)
             V = np.empty((n, len(names_num[part])), dtype=np.float64)
@@ -189,7 +189,8 @@ class Preprocessor:
         """The encoding `transform` does, from columns already turned into numbers (a server's requests).
 
         Args:
-            numbers: float64 ``(n_rows, n_numeric)``, the numeric features in `features` order; NaN is missing.
+            numbers: float64 ``(n_rows, n_numeric)``, the numeric features in `features` order; NaN is
+                missing. Overwritten (imputed and standardised in place).
             codes: One int64 array per categorical feature (in order): the index of the value in the
                 feature's ``categories``, -1 for a value not seen in training, -2 for a missing one.
             notes: Where the unseen-categories note goes (as in `transform`, but without a warning).
@@ -216,10 +217,11 @@ class Preprocessor:
                            count=len(values))
 
     def _numbers_into(self, out: np.ndarray, V: np.ndarray, part: slice) -> None:
-        """Impute (train median), standardise, and write the numeric features `part` and their flags."""
+        """Impute (train median), standardise, and write the numeric features `part` and their flags.
+        Works in place: `V` (float64) is overwritten."""
         plan = self._plan()
         miss = ~np.isfinite(V)
-        V = np.where(miss, plan["median"][part], V)
+        np.copyto(V, np.broadcast_to(plan["median"][part], V.shape), where=miss)
         V -= plan["mean"][part]
         V /= plan["std"][part]
         out[:, plan["at"][part]] = V
