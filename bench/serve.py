@@ -197,6 +197,17 @@ def report(stats: dict, bodies: dict, same: dict, args: argparse.Namespace, per_
              "same bundle and checks nothing. Both answer the same predictions: "
              + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()) + ".")
     L.append("")
+    L.append("What the profile of the first version found, and what changed (each also speeds up `fitloop predict` "
+             "where it shares the code): the listening socket lacked TCP_NODELAY (created with proto 0, which asyncio "
+             "skips), so every keep-alive response waited ~40 ms for a delayed ACK; the model ran on 2 intra-op "
+             "threads, and on a busy machine a split op waits for a descheduled thread (now 1 thread for small "
+             "models, in both arms); `Preprocessor.transform` made a handful of numpy calls per column and re-read "
+             "`Table.column_names` (rebuilt on every call) in a loop (now the numeric columns in blocks, the layout "
+             "worked out once); and JSON records went through an Arrow table, whose per-call overheads cost more "
+             "than the rest of a small request (now they go straight to `Preprocessor.encode`, the encoding "
+             "`transform` ends in, with checks over whole columns at C speed). The start-up heap is frozen out of "
+             "the garbage collector's sight, and one warm-up prediction runs before the port opens.")
+    L.append("")
     L.append("| body | server | requests/s | p50 ms | p99 ms | errors | fitloop / minimal | median of the "
              "round ratios | target | status |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")

@@ -4,6 +4,7 @@
     fitloop.cli.commands     what each command does
     fitloop.cli.run_config   the run's settings: [data], [model], [train] from TOML, flags and --set
     fitloop.cli.pipeline     table to run directory (train_table, load_run, predict_file, evaluate_file)
+    fitloop.cli.serve        `fitloop serve`'s flags (the server is fitloop.integrations.serve)
 
 Importing this package imports neither torch nor pyarrow, so `fitloop --help` stays fast.
 """
