@@ -84,7 +84,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _read_opts(p: argparse._ActionsContainer) -> None:  # a parser or an argument group
     p.add_argument("--encoding", default=None, help="text encoding of CSV/TSV files (default utf-8)")
-    p.add_argument("--delimiter", default=None, help="field separator (default ',' or tab for .tsv)")
+    p.add_argument("--delimiter", default=None, help="field separator: , ; tab | (default: detected)")
+    p.add_argument("--decimal", default=None, choices=(",", "."),
+                   help="decimal mark of numbers like 3,75 (default: detected; ambiguous columns stop)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ EXIT_OK = 0
 FLAG_KEYS = {
     "data": "data.path", "target": "data.target", "task": "data.task", "drop": "data.drop", "id": "data.id",
     "split": "data.split", "encoding": "data.encoding", "delimiter": "data.delimiter",
+    "decimal": "data.decimal",
     "max_categories": "data.max_categories",
     "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
@@ -127,7 +128,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
     run = load_run(args.run_dir)
     table, notes = predict_file(run, args.data, proba=args.proba, encoding=args.encoding or "utf-8",
-                                delimiter=args.delimiter)
+                                delimiter=args.delimiter, decimal=args.decimal)
     for n in notes:
         _note(n)
     if args.output is None:
@@ -180,7 +181,8 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     from .runs import evaluate_file, load_run
 
     run = load_run(args.run_dir)
-    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter)
+    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
+                        decimal=args.decimal)
     for n in rep["notes"]:
         _note(n)
     if args.json:

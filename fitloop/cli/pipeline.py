@@ -95,21 +95,53 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
-    """Seeded train/val/test row indices, stratified by class for classification."""
+    """Seeded train/val/test row indices, stratified by class for classification.
+
+    Raises:
+        TableError: the table is too small for the split: a requested part gets no rows, no part is
+            held out, or a class has too few rows to appear in every part (each names the fix).
+    """
     import torch
 
-    from ..data import Preprocessor
-    from ..data.splitting import split_indices
+    from ..data import Preprocessor, TableError
+    from ..data.splitting import _counts, split_indices
 
     fr = tuple(cfg.data.split)
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
+    names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
+    flag = f"--split {','.join(f'{f:g}' for f in fr)}"
+    wanted = [name for name, f in zip(names, fr) if f > 0]
+    if len(wanted) < 2:
+        raise TableError(f"{flag} holds out no rows, so the model could not be evaluated; keep a test (or "
+                         f"val) part, e.g. --split 0.8,0.2 or the default 0.7,0.15,0.15.")
+
+    def fits(n: int) -> bool:  # every requested part gets a row out of n
+        return all(c > 0 for c, f in zip(_counts(n, fr), fr) if f > 0)
+
+    need = next(n for n in range(1, len(fr) + 2) if fits(n))  # more rows than parts always fit
+    if not fits(len(table)):
+        empty = [name for name, c, f in zip(names, _counts(len(table), fr), fr) if f > 0 and c == 0]
+        parts = " and ".join(empty) + (" parts" if len(empty) > 1 else " part")
+        raise TableError(f"{table.source}: {len(table)} row(s) are too few for {flag}: the {parts} would get "
+                         f"no rows (the split needs at least {need} rows). Add rows, or give the held-out "
+                         f"parts a larger share, e.g. --split 0.5,0.5.")
     labels = None
     if table.task == "classification":
         enc = Preprocessor(table.target, "classification", [], table.classes)
         labels = torch.from_numpy(enc.encode_target(table.data))
-    names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
+        counts = torch.bincount(labels, minlength=len(table.classes)).tolist()
+        rare = [(table.classes[i], c) for i, c in enumerate(counts) if not fits(c)]
+        if rare:
+            numeric = table.kinds[table.target] == "numeric"
+            alt = f", or pass --task regression if {table.target!r} is a quantity ({table.task_reason})"
+            shown = ", ".join(f"{v!r} ({c} row{'s' if c != 1 else ''})" for v, c in rare[:5])
+            raise TableError(
+                f"{table.source}: target {table.target!r} has {len(rare)} class(es) with too few rows to "
+                f"stratify over {'/'.join(wanted)} ({flag}): {shown}; each class needs at least {need} "
+                f"rows here. Add rows of those classes, or remove or merge them into another class"
+                f"{alt if numeric else ''}.")
     parts = split_indices(len(table), fr, seed, labels)
-    return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0 and len(p)}
+    return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0}
 
 
 @dataclass
@@ -145,9 +177,10 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     if not d.target:
         raise ConfigError("no target column: pass --target COL or set data.target.")
     table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
-                       max_categories=d.max_categories, delimiter=d.delimiter)
+                       max_categories=d.max_categories, delimiter=d.delimiter, decimal=d.decimal)
     load_s = table.load_seconds
-    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({load_s:.2f}s); task: {table.task}.")
+    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({load_s:.2f}s); "
+        f"task: {table.task}: {table.task_reason}.")
     t0 = time.perf_counter()
     rows = _split_rows(table, cfg)
     prep = table.prepare(rows)

@@ -38,7 +38,8 @@ class DataSection:
         split: train/val/test fractions (they sum to 1); stratified by class for classification.
         seed: seed of the split; `None` uses `train.seed`.
         encoding: text encoding of CSV/TSV files.
-        delimiter: field separator (default `,`, or tab for `.tsv`).
+        delimiter: field separator; `None` detects `,` `;` tab or `|` from the first lines.
+        decimal: decimal mark (`","` or `"."`) of numbers written as text; `None` detects it.
         max_categories: text columns with more distinct values are dropped (ID-like).
     """
 
@@ -51,6 +52,7 @@ class DataSection:
     seed: int | None = None
     encoding: str = "utf-8"
     delimiter: str | None = None
+    decimal: str | None = None
     max_categories: int = 50
 
     def validate(self) -> None:
@@ -60,6 +62,8 @@ class DataSection:
             check_fractions(self.split, name="data.split (--split)", example="0.7,0.15,0.15")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.decimal not in (None, ",", "."):
+            raise ConfigError(f"data.decimal (--decimal): got {self.decimal!r}; pass ',' or '.'.")
         if self.max_categories < 1:
             raise ConfigError(f"data.max_categories: got {self.max_categories}; pass a whole number >= 1.")
 

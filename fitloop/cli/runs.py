@@ -130,7 +130,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
 
 
 def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "utf-8",
-                 delimiter: str | None = None):
+                 delimiter: str | None = None, decimal: str | None = None):
     """Predictions for a new file (or `pyarrow.Table`): returns `(pyarrow.Table, notes)`.
 
     Columns: the id column (when the run has one and the file has it), `prediction` (original class
@@ -145,7 +145,7 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
-        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter)
+        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter, decimal=decimal)
     out = run.outputs(enc.X)
     cols: dict[str, Any] = {}
     if run.info.get("id") and enc.ids is not None:
@@ -163,14 +163,15 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
     return pa.table(cols), enc.notes
 
 
-def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None) -> dict:
+def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None,
+                  decimal: str | None = None) -> dict:
     """Metrics of the run's model on a labelled file, next to the trivial baseline of the training data."""
     import warnings
 
     from ..data import TableError, read_table, transform_table
 
     if not hasattr(data, "column_names"):
-        data = read_table(data, encoding=encoding, delimiter=delimiter)
+        data = read_table(data, encoding=encoding, delimiter=delimiter, decimal=decimal)
     target = run.info["target"]
     if target not in data.column_names:
         raise TableError(f"the file has no target column {target!r}, so there is nothing to evaluate against; "

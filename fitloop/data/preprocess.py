@@ -292,14 +292,16 @@ class PreparedTable:
 
 
 def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | Table, *,
-                    encoding: str = "utf-8", delimiter: str | None = None) -> TableSplit:
+                    encoding: str = "utf-8", delimiter: str | None = None,
+                    decimal: str | None = None) -> TableSplit:
     """Encode a new table (predict/evaluate time) with a fitted preprocessor.
 
     Args:
         preprocessor: Fitted (or `from_dict`-restored) preprocessor.
         table: Path, ``pyarrow.Table`` or `Table`.
         encoding: Text encoding when ``table`` is a path.
-        delimiter: Field separator when ``table`` is a path.
+        delimiter: Field separator when ``table`` is a path (None: detected).
+        decimal: Decimal mark of numbers written as text (None: detected).
 
     Returns:
         `TableSplit` with ``X``, ``y`` (None unless the target column is present and not all missing),
@@ -311,7 +313,7 @@ def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | T
     import torch
 
     if isinstance(table, (str, Path)):
-        data = read_table(table, encoding=encoding, delimiter=delimiter)
+        data = read_table(table, encoding=encoding, delimiter=delimiter, decimal=decimal)
     elif hasattr(table, "column_names"):  # a pyarrow.Table
         data = table
     else:  # a fitloop `Table` (not imported here: table.py imports this module)

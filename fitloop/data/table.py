@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .dialect import UNNAMED_PREFIX, ReadInfo
 from .reading import (
     SUPPORTED_EXTENSIONS,
     TableError,
@@ -41,7 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Table", "SUPPORTED_EXTENSIONS", "TableError", "read_table"]  # the last three: from .reading
 
+# The task rule for a numeric target (README "Command line"): integers with at most this many distinct
+# values, each seen on average in at least MIN_ROWS_PER_CLASS rows, are classes; two values always are.
 MAX_CLASSES_FOR_INT_TARGET = 20
+MIN_ROWS_PER_CLASS = 5
 JUNK_NUMERIC_FRACTION = 0.9
 
 
@@ -74,6 +78,50 @@ def _infer_kind(name: str, col: Any) -> str:
     return "other"
 
 
+def infer_task(kind: str, values: np.ndarray | None, n_distinct: int, n_rows: int) -> tuple[str, str]:
+    """The task a target implies, and the rule's reason in words (printed with the decision).
+
+    Text and bool targets are classification, non-integer numbers regression. An integer target with
+    `n_distinct` values in `n_rows` rows is classification when it has 2 values, or at most
+    `MAX_CLASSES_FOR_INT_TARGET` values with at least `MIN_ROWS_PER_CLASS` rows per value on average;
+    otherwise regression (16 distinct yearly totals in 16 rows are a quantity, not 16 classes).
+
+    Args:
+        kind: The target column's kind (``numeric``, ``bool``, ``categorical``).
+        values: The numeric target's values (NaN-free), or None for a non-numeric target.
+        n_distinct: Distinct values of the target.
+        n_rows: Rows with a target.
+
+    Returns:
+        ``(task, reason)``, e.g. ``("regression", "16 distinct integer values in 16 rows")``.
+    """
+    if kind == "bool":
+        return "classification", "a true/false target"
+    if kind != "numeric" or values is None:
+        return "classification", f"a text target with {n_distinct} distinct values"
+    if not np.array_equal(values, np.round(values)):
+        return "regression", "a numeric target with non-integer values"
+    per = n_rows / max(n_distinct, 1)
+    what = f"{n_distinct} distinct integer values in {n_rows} rows"
+    if n_distinct <= 2:
+        return "classification", what
+    if n_distinct > MAX_CLASSES_FOR_INT_TARGET:
+        return "regression", f"{what} (more than {MAX_CLASSES_FOR_INT_TARGET} would be classes)"
+    if per < MIN_ROWS_PER_CLASS:
+        return "regression", f"{what} ({per:.3g} rows per value; classes need {MIN_ROWS_PER_CLASS} on average)"
+    return "classification", f"{what} ({per:.3g} rows per class)"
+
+
+def _row_index(col: Any) -> bool:
+    """An integer column that is 0..n-1 or 1..n in order: the row numbers a `to_csv()` writes."""
+    import pyarrow as pa
+
+    if not pa.types.is_integer(col.type) or col.null_count or len(col) < 2:
+        return False
+    v = col.to_numpy()
+    return bool(v[0] in (0, 1) and np.array_equal(v, np.arange(v[0], v[0] + len(v))))
+
+
 def _closest(name: str, options: Sequence[str]) -> str:
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""
@@ -92,6 +140,8 @@ class Table:
         kinds: Column -> ``numeric``/``bool``/``categorical``/``empty``/``other``.
         feature_columns: Columns used as features (before fit-time drops).
         classes: Sorted class labels over all rows (classification), else None.
+        task_reason: Why the task is what it is (`infer_task`), e.g. "16 distinct integer values in 16 rows".
+        id_like: Columns treated as row ids (no header name, or 0..n-1 in order); never features.
         notes: Human-readable notes (dropped columns, dropped rows...).
         load_seconds: Time spent reading the file.
     """
@@ -104,6 +154,7 @@ class Table:
         self.source, self.load_seconds, self.max_categories = source, load_seconds, max_categories
         self.columns: list[str] = list(data.column_names)
         self.notes: list[str] = []
+        self.read_info: ReadInfo | None = None  # set by `read`: the delimiter and decimal mark used
         if data.num_rows == 0:
             raise TableError(f"{source}: no data rows (only a header: {self.columns}); add rows to the file.")
         for what, name in [("target", target), ("id", id), *(("--drop", d) for d in drop)]:
@@ -114,8 +165,15 @@ class Table:
             raise TableError(f"{source}: the target {target!r} cannot also be the id or a --drop column.")
         self.target, self.id, self.drop = target, id, tuple(drop)
         self.kinds: dict[str, str] = {}
+        self.id_like: list[str] = []  # unnamed columns and row indices: ids, never features
         for name in self.columns:
             if name == id or name in self.drop:
+                continue
+            if name != target and (name.startswith(UNNAMED_PREFIX) or _row_index(data.column(name))):
+                self.id_like.append(name)
+                why = "has no header name" if name.startswith(UNNAMED_PREFIX) else "counts the rows in order"
+                self.notes.append(f"column {name!r} {why}: treated as a row id, not a feature (a model "
+                                  f"would learn the row order)")
                 continue
             self.kinds[name] = kind = _infer_kind(name, data.column(name))
             if kind == "empty":
@@ -139,6 +197,7 @@ class Table:
             data = data.filter(valid)
             self.notes.append(f"dropped {n_missing} row(s) with a missing target {target!r}")
         self.data = data
+        self.task_reason = ""
         self.task = self._infer_task(task)
         self.classes: list[Any] | None = None
         if self.task == "classification":
@@ -155,22 +214,18 @@ class Table:
             if task == "regression" and kind != "numeric":
                 raise TableError(f"{self.source}: target {self.target!r} is {kind}, not numeric; it cannot "
                                  f"be used for regression. Use --task classification.")
+            self.task_reason = "as given (--task)"
             return task
-        if kind != "numeric":
-            return "classification"
-        import pyarrow as pa
         import pyarrow.compute as pc
 
-        if pa.types.is_floating(col.type) or _is_string(col.type):
-            v = _float64(col, self.target)
-            if not np.array_equal(v, np.round(v)):
-                return "regression"
-        return "classification" if len(pc.unique(col)) <= MAX_CLASSES_FOR_INT_TARGET else "regression"
+        values = _float64(col, self.target) if kind == "numeric" else None
+        task, self.task_reason = infer_task(kind, values, len(pc.unique(col)), len(col))
+        return task
 
     @classmethod
     def read(cls, path: str | Path, target: str, task: str | None = None, drop: Sequence[str] = (),
              id: str | None = None, encoding: str = "utf-8", max_categories: int = 50,
-             delimiter: str | None = None) -> Table:
+             delimiter: str | None = None, decimal: str | None = None) -> Table:
         """Read a file (see `read_table`) and infer column kinds and the task.
 
         Args:
@@ -181,12 +236,20 @@ class Table:
             id: Row-id column, excluded from features but returned with each split.
             encoding: Text encoding for CSV/TSV.
             max_categories: Categorical columns with more distinct values are dropped.
-            delimiter: Field separator override.
+            delimiter: Field separator; sniffed from the first lines when None.
+            decimal: Decimal mark (``","`` or ``"."``) of numbers written as text; detected when None.
+
+        The table's ``read_info`` says which delimiter and decimal mark were used; its notes start
+        with what was detected.
         """
         t0 = time.perf_counter()
-        data = read_table(path, encoding=encoding, delimiter=delimiter)
-        return cls(data, target=target, task=task, drop=drop, id=id, max_categories=max_categories,
-                   source=str(path), load_seconds=time.perf_counter() - t0)
+        info = ReadInfo()
+        data = read_table(path, encoding=encoding, delimiter=delimiter, decimal=decimal, info=info)
+        table = cls(data, target=target, task=task, drop=drop, id=id, max_categories=max_categories,
+                    source=str(path), load_seconds=time.perf_counter() - t0)
+        table.read_info = info
+        table.notes[:0] = info.notes
+        return table
 
     @classmethod
     def from_arrow(cls, data: pa.Table, target: str, **kwargs: Any) -> Table:
