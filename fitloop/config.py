@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 RUN_FORMAT = "fitloop-run"
 # Settings that may differ on resume (they do not change the numbers a run produces): left out of
 # the config fingerprint and of the resume check. The one list both use.
-RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs")
+RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs", "checkpoint_every_seconds")
 
 
 @dataclass
@@ -62,6 +62,8 @@ class TrainConfig:
         deterministic: `torch.use_deterministic_algorithms(True)`.
         run_dir: directory for the run (config, history, checkpoints, model bundle).
         checkpoint_every_steps: also checkpoint every N optimizer steps (mid-epoch).
+        checkpoint_every_seconds: also checkpoint after an optimizer step when this many seconds have
+            passed since the last checkpoint (bounds the work a kill loses in a long epoch); `None` = off.
         checkpoint_every_epochs: checkpoint every N epochs (0 for never).
         keep_last: how many recent checkpoints to keep (the best one is kept as well).
         monitor: logged value that decides the best checkpoint.
@@ -95,6 +97,7 @@ class TrainConfig:
     deterministic: bool = False
     run_dir: str | None = None
     checkpoint_every_steps: int | None = None
+    checkpoint_every_seconds: float | None = 300.0
     checkpoint_every_epochs: int = 1
     keep_last: int = 2
     monitor: str = "val_loss"
@@ -165,6 +168,9 @@ class TrainConfig:
         if self.checkpoint_every_steps is not None and (not whole(self.checkpoint_every_steps)
                                                         or self.checkpoint_every_steps < 1):
             bad("checkpoint_every_steps", self.checkpoint_every_steps, "pass a whole number >= 1 or None.")
+        secs = self.checkpoint_every_seconds
+        if secs is not None and not (number(secs) and secs > 0):
+            bad("checkpoint_every_seconds", secs, "pass a number of seconds > 0 or None.")
         if not whole(self.keep_last) or self.keep_last < 1:
             bad("keep_last", self.keep_last, "keep at least 1 checkpoint.")
         if not any(self.compile is c for c in (False, True)) and self.compile not in ("model", "step"):

@@ -174,6 +174,9 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     tr.add_argument("--seed", type=int, help="seeds the split, the initialisation and the data order (default 0)")
     tr.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                     help="stop after PATIENCE epochs without a better val_loss (default 10; 0 = off)")
+    tr.add_argument("--checkpoint-every", metavar="SECONDS",
+                    help="also checkpoint mid-epoch once this long has passed since the last checkpoint "
+                         "(e.g. 300, 30s, 5m, 1h; 'off'; default 5m)")
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
     tr.add_argument("--compile", choices=("model", "step"),
                     help="torch.compile the model, or the whole training step (the fast path for small "
@@ -203,9 +206,19 @@ def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    # Exceptions whose message is written for the user: bad files, settings and data. Loaded lazily.
-    errs: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, ValueError, TypeError,
-                                       FloatingPointError, PermissionError, IsADirectoryError]
+    # Exceptions whose message is written for the user: bad files, settings and data (TableError and
+    # ConfigError are ValueErrors), the files and disk of the user's machine (OSError: a missing or
+    # unwritable path, a full disk), checkpoints (corrupt, or changed since) and a run directory
+    # another process holds. Everything else is a fitloop bug (exit 1). Loaded lazily.
+    from ..checkpoint_format import CheckpointError
+    from ..runlock import RunLockedError
+
+    errs: list[type[BaseException]] = [OSError, ValueError, TypeError, FloatingPointError, CheckpointError,
+                                       RunLockedError]
+    if "pyarrow" in sys.modules:  # any reader error the reader did not already word itself
+        import pyarrow as pa
+
+        errs.append(pa.ArrowException)
     return tuple(errs)
 
 

@@ -22,7 +22,7 @@ FLAG_KEYS = {
     "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
-    "device": "train.device",
+    "device": "train.device", "checkpoint_every": "train.checkpoint_every_seconds",
     "compile": "train.compile",
 }
 
@@ -41,8 +41,27 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             from .run_config import parse_value
 
             v = parse_value(v)
+        elif dest == "checkpoint_every":
+            v = _seconds(v)
         out[key] = v
     return out
+
+
+def _seconds(text: str) -> float | None:
+    """`--checkpoint-every` as seconds: `300`, `30s`, `5m`, `1.5h`; `off`/`0` turn it off."""
+    from .run_config import ConfigError
+
+    t = text.strip().lower()
+    if t in ("off", "none", "0", "never"):
+        return None
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], 1.0)
+    try:
+        v = float(t[:-1] if t[-1:] in "smh" else t) * scale
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise ConfigError(f"--checkpoint-every: got {text!r}; pass seconds (300), or 30s, 5m, 1h, or 'off'.")
+    return v
 
 
 def _console():

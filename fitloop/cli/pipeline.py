@@ -38,7 +38,7 @@ import numpy as np
 
 from ..config import RUN_FORMAT
 from ..files import atomic_write_bytes, write_json_atomic
-from .run_config import ConfigError, RunConfig
+from .run_config import CONFIG_HEADER, ConfigError, RunConfig
 from .runs import (
     LoadedRun,
     NotARunError,
@@ -87,8 +87,13 @@ def _default_out(target: str) -> Path:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    from ..runlock import RunLockedError, lock_holder
+
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory.")
+    holder = lock_holder(out) if out.is_dir() else None
+    if holder is not None:  # a live run: never replaced, --overwrite or not
+        raise RunLockedError(out, holder)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out}: the directory exists and is not empty; pass --overwrite to replace "
                           f"it, or choose another --out.")
@@ -121,8 +126,8 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
     need = next(n for n in range(1, len(fr) + 2) if fits(n))  # more rows than parts always fit
     if not fits(len(table)):
         empty = [name for name, c, f in zip(names, _counts(len(table), fr), fr) if f > 0 and c == 0]
-        parts = " and ".join(empty) + (" parts" if len(empty) > 1 else " part")
-        raise TableError(f"{table.source}: {len(table)} row(s) are too few for {flag}: the {parts} would get "
+        what = " and ".join(empty) + (" parts" if len(empty) > 1 else " part")
+        raise TableError(f"{table.source}: {len(table)} row(s) are too few for {flag}: the {what} would get "
                          f"no rows (the split needs at least {need} rows). Add rows, or give the held-out "
                          f"parts a larger share, e.g. --split 0.5,0.5.")
     labels = None
@@ -275,6 +280,8 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     Raises:
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
     """
+    from ..runlock import hold_run_dir
+
     log = log or (lambda msg: None)
     out_dir = Path(out) if out is not None else _default_out(cfg.data.target or "run")
     _check_out(out_dir, overwrite)
@@ -282,25 +289,46 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     p = _prepare(cfg, log)
     p.t_command = t_start if t_command is None else t_command
     cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())  # `resume` finds the data from any directory
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    try:
-        (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-        write_json_atomic(out_dir / "splits.json", {
-            "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
-                    "rows whose target is missing",
-            "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
-            **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
-        _build_trainer(cfg, p, out_dir)
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)  # nothing trained yet: leave nothing behind
-        raise
+    created = not out_dir.exists()
+    with hold_run_dir(out_dir) as lock:  # raises, naming the pid, if another live run took it meanwhile
+        _clear_run_dir(out_dir)
+        try:
+            (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+            _start(cfg, p, out_dir, argv)
+        except BaseException:
+            _clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
+            lock.release()
+            if created:
+                out_dir.rmdir()
+            raise
+        t0 = time.perf_counter()
+        p.trainer.fit(p.splits["train"], p.splits.get("val"))
+        p.timings["train"] = time.perf_counter() - t0
+        return _finish(cfg, p, out_dir, t_start)
+
+
+def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
+    """A fresh run in `out_dir` (its config.toml written): the splits and the Trainer, ready to fit."""
+    write_json_atomic(out_dir / "splits.json", {
+        "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
+                "rows whose target is missing",
+        "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
+        **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
+    _build_trainer(cfg, p, out_dir)
     p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task}
-    t0 = time.perf_counter()
-    p.trainer.fit(p.splits["train"], p.splits.get("val"))
-    p.timings["train"] = time.perf_counter() - t0
-    return _finish(cfg, p, out_dir, t_start)
+
+
+def _clear_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Empty `run_dir` except `keep` and the lock this process holds on it (`fitloop.runlock`)."""
+    from ..runlock import LOCK_NAME
+
+    for entry in run_dir.iterdir():
+        if entry.name in (LOCK_NAME, *keep):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] | None = None,
@@ -310,25 +338,44 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     The data is read again from the path in `config.toml` and prepared exactly as before; the
     checkpoint refuses it when the data or the settings changed, unless `force`.
     """
+    from ..checkpoint_format import find_checkpoints
+    from ..runlock import hold_run_dir
     from .run_config import load_toml, resolve_run_config
 
     log = log or (lambda msg: None)
     run_dir = Path(path)
-    info = check_run(run_dir, finished=False)
+    started = _killed_at_start(run_dir)
+    info = {} if started else check_run(run_dir, finished=False)
     if info.get("status") == "finished" and (run_dir / "metrics.json").is_file():
         raise ConfigError(f"{run_dir}: this run already finished; nothing to resume. "
                           f"Use `fitloop report {run_dir}` to see it.")
-    cfg = resolve_run_config(load_toml(str(run_dir / "config.toml")))
-    if quiet is not None:
-        cfg.train.quiet = quiet
-    t_start = time.perf_counter()
-    p = _prepare(cfg, log)
-    p.t_command = t_start
-    _build_trainer(cfg, p, run_dir)
-    t0 = time.perf_counter()
-    p.trainer.resume(p.splits["train"], p.splits.get("val"), force=force)
-    p.timings["train"] = time.perf_counter() - t0
-    return _finish(cfg, p, run_dir, t_start)
+    with hold_run_dir(run_dir):  # RunLockedError, naming the pid, while the run is still alive
+        cfg = resolve_run_config(load_toml(str(run_dir / "config.toml")))
+        if quiet is not None:
+            cfg.train.quiet = quiet
+        t_start = time.perf_counter()
+        p = _prepare(cfg, log)
+        p.t_command = t_start
+        t0 = time.perf_counter()
+        if find_checkpoints(run_dir):
+            _build_trainer(cfg, p, run_dir)
+            p.trainer.resume(p.splits["train"], p.splits.get("val"), force=force)
+        else:  # every seed is in the config: the same run as one never interrupted
+            log("no checkpoint yet: starting the run again from the beginning")
+            _clear_run_dir(run_dir, keep=("config.toml",))
+            _start(cfg, p, run_dir, info.get("command"))
+            p.trainer.fit(p.splits["train"], p.splits.get("val"))
+        p.timings["train"] = time.perf_counter() - t0
+        return _finish(cfg, p, run_dir, t_start)
+
+
+def _killed_at_start(run_dir: Path) -> bool:
+    """A `fitloop train` directory killed before its run.json: the config is written, nothing else ran."""
+    cfg = run_dir / "config.toml"
+    if (run_dir / "run.json").exists() or not cfg.is_file():
+        return False
+    with open(cfg, encoding="utf-8", errors="replace") as f:
+        return f.readline().startswith(CONFIG_HEADER)
 
 
 def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> RunResult:

@@ -17,8 +17,11 @@ from ..config import TrainConfig
 from ..data.fractions import check_fractions
 from ..mlp_checks import check_mlp
 
-__all__ = ["RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError", "resolve_run_config",
-           "load_toml", "parse_set", "parse_value"]
+__all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError",
+           "resolve_run_config", "load_toml", "parse_set", "parse_value"]
+
+
+CONFIG_HEADER = "# fitloop run configuration"  # config.toml's first line (how `resume` knows a run's file)
 
 
 class ConfigError(ValueError):
@@ -146,7 +149,7 @@ class RunConfig:
             text = tomli_w.dumps(doc)
         except TypeError as e:
             raise ConfigError(f"cannot write the run configuration as TOML: {e}") from None
-        return "# fitloop run configuration (resolved: defaults < --config file < flags < --set).\n\n" + text
+        return CONFIG_HEADER + " (resolved: defaults < --config file < flags < --set).\n\n" + text
 
 
 def _section_types(section: str) -> dict[str, Any]:

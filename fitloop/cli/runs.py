@@ -46,7 +46,19 @@ def score(task: str, out, y, scaling: dict[str, float] | None = None) -> dict[st
     else:
         pred = unscale(out.reshape(-1), scaling)
         res = dict(MetricSet("regression").compute(pred, y.float().reshape(-1)))
-    return {k: to_python(v) for k, v in res.items()}
+    return {k: float32_value(to_python(v)) for k, v in res.items()}
+
+
+def float32_value(v: Any) -> Any:
+    """A float computed in float32 as the shortest decimal that reads back as the same float32
+    (0.9722222, not 0.9722222089767456); lists element-wise; anything else unchanged."""
+    import numpy as np
+
+    if isinstance(v, list):
+        return [float32_value(x) for x in v]
+    if isinstance(v, float):
+        return float(str(np.float32(v)))
+    return v
 
 
 def unscale(pred, scaling: dict[str, float] | None):

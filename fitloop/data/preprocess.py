@@ -242,10 +242,15 @@ class Preprocessor:
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> Preprocessor:
         """Inverse of `to_dict`."""
-        if state.get("version") != cls.VERSION:
-            raise TableError(f"unsupported preprocessor state version {state.get('version')!r}")
-        return cls(state["target"], state["task"], [dict(f) for f in state["features"]],
-                   state.get("classes"), state.get("id"), state.get("notes"))
+        if not isinstance(state, Mapping) or state.get("version") != cls.VERSION:
+            version = state.get("version") if isinstance(state, Mapping) else None
+            raise TableError(f"unsupported preprocessor state version {version!r}")
+        try:
+            return cls(state["target"], state["task"], [dict(f) for f in state["features"]],
+                       state.get("classes"), state.get("id"), state.get("notes"))
+        except (KeyError, TypeError, ValueError) as e:  # a hand-edited or truncated fitloop.json
+            raise TableError(f"the saved preprocessor state is incomplete or damaged ({type(e).__name__}: {e}); "
+                             f"retrain the run (fitloop train) to write it again.") from None
 
     def __repr__(self) -> str:
         return (f"Preprocessor(target={self.target!r}, task={self.task!r}, inputs={len(self.features)}, "
