@@ -15,6 +15,7 @@ Everything is vectorised (pyarrow compute and numpy).
 from __future__ import annotations
 
 import difflib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = ["Table", "SUPPORTED_EXTENSIONS", "TableError", "read_table"]  # the l
 MAX_CLASSES_FOR_INT_TARGET = 20
 MIN_ROWS_PER_CLASS = 5
 JUNK_NUMERIC_FRACTION = 0.9
+MIN_ROWS_FOR_INDEX = 10  # below this, a column that happens to count 1, 2, 3 is not taken for a row index
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -116,7 +118,7 @@ def _row_index(col: Any) -> bool:
     """An integer column that is 0..n-1 or 1..n in order: the row numbers a `to_csv()` writes."""
     import pyarrow as pa
 
-    if not pa.types.is_integer(col.type) or col.null_count or len(col) < 2:
+    if not pa.types.is_integer(col.type) or col.null_count or len(col) < MIN_ROWS_FOR_INDEX:
         return False
     v = col.to_numpy()
     return bool(v[0] in (0, 1) and np.array_equal(v, np.arange(v[0], v[0] + len(v))))
@@ -165,15 +167,9 @@ class Table:
             raise TableError(f"{source}: the target {target!r} cannot also be the id or a --drop column.")
         self.target, self.id, self.drop = target, id, tuple(drop)
         self.kinds: dict[str, str] = {}
-        self.id_like: list[str] = []  # unnamed columns and row indices: ids, never features
+        self.id_like = self._id_like(data)  # unnamed columns and row indices: ids, never features
         for name in self.columns:
-            if name == id or name in self.drop:
-                continue
-            if name != target and (name.startswith(UNNAMED_PREFIX) or _row_index(data.column(name))):
-                self.id_like.append(name)
-                why = "has no header name" if name.startswith(UNNAMED_PREFIX) else "counts the rows in order"
-                self.notes.append(f"column {name!r} {why}: treated as a row id, not a feature (a model "
-                                  f"would learn the row order)")
+            if name == id or name in self.drop or name in self.id_like:
                 continue
             self.kinds[name] = kind = _infer_kind(name, data.column(name))
             if kind == "empty":
@@ -205,6 +201,24 @@ class Table:
             if len(self.classes) < 2:
                 raise TableError(f"{source}: target {target!r} has a single class ({self.classes[0]!r}); "
                                  f"classification needs at least 2 distinct values.")
+
+    def _id_like(self, data: pa.Table) -> list[str]:
+        """Columns without a header name (``df.to_csv()``'s index), and row indices (0..n-1 or 1..n in
+        order) unless such a column is the only feature there is: ids, with a note, never features."""
+        cands = [c for c in self.columns if c not in (self.target, self.id, *self.drop)]
+        unnamed = [c for c in cands if c.startswith(UNNAMED_PREFIX) or re.fullmatch(r"Unnamed: \d+", c)]
+        index = [c for c in cands if c not in unnamed and _row_index(data.column(c))]
+        others = [c for c in cands if c not in unnamed and c not in index
+                  and data.column(c).null_count < data.num_rows]
+        if index and not others:  # a toy table's x = 0, 1, 2, ...: keep it
+            self.notes.append(f"column {index[0]!r} counts the rows in order, like a row index; kept as a "
+                              f"feature because it is the only one")
+            index = []
+        for c in unnamed + index:
+            why = "has no header name" if c in unnamed else "counts the rows in order (0..n-1 or 1..n)"
+            self.notes.append(f"column {c!r} {why}: treated as a row id, not a feature (a model would "
+                              f"learn the row order)")
+        return [c for c in cands if c in unnamed or c in index]
 
     def _infer_task(self, task: str | None) -> str:
         kind, col = self.kinds[self.target], self.data.column(self.target)
