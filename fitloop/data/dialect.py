@@ -35,6 +35,7 @@ UNNAMED_PREFIX = "(unnamed "
 # One way of writing a number each (whitespace trimmed first). Plain integers match both.
 _DECIMAL_COMMA_RE = r"^[+-]?(?:\d+|\d{1,3}(?:\.\d{3})+)(?:,\d+)?(?:[eE][+-]?\d+)?$"
 _THOUSANDS_RE = r"^[+-]?(?:\d+|\d{1,3}(?:,\d{3})+)(?:\.\d+)?(?:[eE][+-]?\d+)?$"
+_HEAD = 2000  # rows that decide whether a text column is worth a full look
 _MOSTLY = 0.9  # share of cells in one number format above which the rest are reported as bad cells
 
 
@@ -148,6 +149,18 @@ def check_header(names: list[str], source: str) -> list[str] | None:
 # ------------------------------------------------------------------------------------------ numbers
 
 
+def _looks_numeric(head: Any) -> bool:
+    """Whether most of these cells are numbers in one of the two comma formats."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    s = pc.utf8_trim_whitespace(head)
+    s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+    n_valid = len(s) - s.null_count
+    best = max(int(pc.sum(pc.match_substring_regex(s, r)).as_py() or 0) for r in (_DECIMAL_COMMA_RE, _THOUSANDS_RE))
+    return n_valid == 0 or best >= _MOSTLY * n_valid  # no values up front: look at the whole column
+
+
 def _example(col: Any, mask: Any) -> str:
     import pyarrow.compute as pc
 
@@ -182,12 +195,16 @@ def parse_number_columns(table: Any, decimal: str | None, source: str, info: Rea
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
                 or pa.types.is_dictionary(col.type)):
             continue
-        s = pc.utf8_trim_whitespace(col if pa.types.is_string(col.type) else pc.cast(col, pa.string()))
+        raw = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+        # a comma marks these numbers; with --decimal ',' also a dot (pyarrow left "1.234" as text)
+        if not any(pc.any(pc.match_substring(raw, m)).as_py() for m in ("," if decimal != "," else ",.")):
+            continue
+        if not _looks_numeric(raw.slice(0, _HEAD)):  # text: decided on the first rows, cheaply
+            continue
+        s = pc.utf8_trim_whitespace(raw)
         s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
         n_valid = len(s) - s.null_count
-        # a comma marks these numbers; with --decimal ',' also a dot (pyarrow left "1.234" as text)
-        marks = pc.match_substring_regex(s, r"[,.]" if decimal == "," else ",")
-        if n_valid == 0 or not pc.any(marks).as_py():
+        if n_valid == 0:
             continue
         dec = pc.fill_null(pc.match_substring_regex(s, _DECIMAL_COMMA_RE), False)
         thou = pc.fill_null(pc.match_substring_regex(s, _THOUSANDS_RE), False)
