@@ -154,7 +154,8 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     d = t.add_argument_group("data")
     d.add_argument("--target", "-t", metavar="COL", help="column to predict")
     d.add_argument("--task", choices=("classification", "regression"),
-                   help="override the inferred task (text/bool/few integer classes -> classification)")
+                   help="override the inferred task (text/bool, or integers with <= 20 values and >= 5 "
+                        "rows per value on average -> classification; otherwise regression)")
     d.add_argument("--drop", nargs="+", action="extend", metavar="COL", help="columns to leave out (repeatable)")
     d.add_argument("--id", metavar="COL", help="row-id column: not a feature, copied into predictions")
     d.add_argument("--split", metavar="F,F,F", help="train,val,test fractions (default 0.7,0.15,0.15)")

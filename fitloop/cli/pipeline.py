@@ -16,8 +16,9 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
       splits.json     row indices of each split
       model/          the bundle: model.safetensors + fitloop.json (spec, preprocessor, target info)
 
-The directory is built under a hidden temporary sibling and renamed into place at the end, so a
-failed run never leaves a half-written RUN_DIR. Opening a run to predict and evaluate is
+Bad settings or data raise before the directory is created. While a process works in a run directory
+it holds its lock (`fitloop.runlock`: RUN_DIR/.lock with the pid), so a second `train`/`resume` on it
+stops naming that pid, and `--overwrite` never deletes a live run's directory. Opening a run to predict and evaluate is
 `fitloop.cli.runs` (`load_run`, `predict_file` and `evaluate_file` are importable from here too).
 """
 
