@@ -79,6 +79,13 @@ def test_thousands_separators(tmp_path):
     f = write(tmp_path / "d.csv", 'n,amount,y\n1,"3,750",0\n2,"1,234,567.5",1\n3,"12",0\n')
     t = read_table(f)
     assert t.column("amount").to_pylist() == [3750.0, 1234567.5, 12.0]
+    # "3,750" alone could be 3.75: a ','-delimited file settles it
+    info = ReadInfo()
+    t = read_table(write(tmp_path / "c.csv", 'n,amount\n1,"3,750"\n2,"12"\n'), info=info)
+    assert t.column("amount").to_pylist() == [3750.0, 12.0]
+    assert info.notes[1] == ("column 'amount': numbers written with ',' as the thousands separator (like '3,750'), "
+                             "read as numbers (ambiguous alone: a ','-delimited file writes decimals with '.'; "
+                             "--decimal overrides)")
     # European: dots for thousands, a comma for decimals
     f = write(tmp_path / "e.csv", "n;amount\n1;1.234,5\n2;7,25\n")
     assert read_table(f).column("amount").to_pylist() == [1234.5, 7.25]

@@ -211,11 +211,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     # ConfigError are ValueErrors), the files and disk of the user's machine (OSError: a missing or
     # unwritable path, a full disk), checkpoints (corrupt, or changed since) and a run directory
     # another process holds. Everything else is a fitloop bug (exit 1). Loaded lazily.
-    from ..checkpoint_format import CheckpointError
     from ..runlock import RunLockedError
 
-    errs: list[type[BaseException]] = [OSError, ValueError, TypeError, FloatingPointError, CheckpointError,
-                                       RunLockedError]
+    errs: list[type[BaseException]] = [OSError, ValueError, TypeError, FloatingPointError, RunLockedError]
+    if "fitloop.checkpoint_format" in sys.modules:  # not loaded: no CheckpointError (and no torch import)
+        from ..checkpoint_format import CheckpointError
+
+        errs.append(CheckpointError)
     if "pyarrow" in sys.modules:  # any reader error the reader did not already word itself
         import pyarrow as pa
 

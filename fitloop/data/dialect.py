@@ -226,10 +226,10 @@ def parse_number_columns(table: Any, decimal: str | None, source: str, info: Rea
     only_thou = [n for n, f in found.items() if f[3] and not f[2]]
     file_mark, why = decimal, ""
     if file_mark is None and bool(only_dec) != bool(only_thou):
-        file_mark, why = ("," if only_dec else "."), f"like column {(only_dec or only_thou)[0]!r}"
+        file_mark, why = ("," if only_dec else "."), f"read like column {(only_dec or only_thou)[0]!r}"
     elif file_mark is None and not only_dec and info.delimiter == ",":
         # decimal-comma locales separate fields with ';' (a ',' file would have to quote every number)
-        file_mark, why = ".", "the file's delimiter is ','"
+        file_mark, why = ".", "a ','-delimited file writes decimals with '.'"
     for name, (i, s, can_dec, can_thou, example) in found.items():
         if decimal is not None and not (can_dec if decimal == "," else can_thou):
             other = "." if decimal == "," else ","
@@ -250,7 +250,7 @@ def parse_number_columns(table: Any, decimal: str | None, source: str, info: Rea
         table = table.set_column(i, name, pc.cast(text, pa.float64()))
         how = "a decimal comma" if mark == "," else "',' as the thousands separator"
         detected = "" if decimal else (" (detected; --decimal overrides)" if alone else
-                                        f" (decided as {why}; --decimal overrides)")
+                                        f" (ambiguous alone: {why}; --decimal overrides)")
         info.notes.append(f"column {name!r}: numbers written with {how} (like {example!r}), read as numbers"
                           + detected)
         info.decimal = info.decimal or mark
