@@ -104,6 +104,8 @@ def test_ambiguous_numbers_stop_naming_the_column_and_the_option(tmp_path, capsy
     code, out, err = run_cli(capsys, "train", f, "--target", "y", "--decimal", ",", "--epochs", "1",
                              "--out", tmp_path / "r")
     assert code == 0, err
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "r", f)  # the run's --decimal is the default
+    assert code == 0, err
     # a column whose values settle it decides the file's other columns
     f = write(tmp_path / "e.csv", "a;b;y\n" + "".join(f"{i},{i % 9 + 1};{i},5;{i % 2}\n" for i in range(1, 40)))
     t = read_table(f)

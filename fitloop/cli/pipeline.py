@@ -204,7 +204,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     splits: dict[str, Any] = {name: (s.X, s.y) for name, s in prep.splits.items()}  # every split has a y
     del prep
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
-                            "feature_names": pre.feature_names}
+                            "feature_names": pre.feature_names, "decimal": d.decimal}  # predict's default
     if task == "classification":
         counts = torch.bincount(splits["train"][1], minlength=len(classes)).double()
         info["class_prior"] = (counts / counts.sum()).tolist()
