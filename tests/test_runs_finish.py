@@ -146,3 +146,18 @@ def test_time_based_checkpoint_mid_epoch_changes_no_result(reference, tmp_path, 
     capsys.readouterr()
     assert json.loads((run / "run.json").read_text())["resumed_from"].split("-e")[1].startswith("0-")
     _same_run(ref, run)
+
+
+def test_checkpoint_every_flag_and_setting(tmp_path, capsys):
+    from fitloop import TrainConfig
+    from fitloop.cli.commands import _seconds
+    from fitloop.cli.run_config import ConfigError
+
+    assert [_seconds(t) for t in ("300", "30s", "5m", "1.5h", "off", "0")] == [300.0, 30.0, 300.0, 5400.0, None, None]
+    with pytest.raises(ConfigError, match=r"--checkpoint-every: got 'soon'; pass seconds \(300\), or 30s, 5m, 1h"):
+        _seconds("soon")
+    assert TrainConfig().checkpoint_every_seconds == 300.0
+    with pytest.raises(ValueError, match="checkpoint_every_seconds: got -1; pass a number of seconds > 0 or None."):
+        TrainConfig(checkpoint_every_seconds=-1)
+    assert main(["train", "nope.csv", "--target", "y", "--checkpoint-every", "soon"]) == 2
+    assert "--checkpoint-every: got 'soon'" in capsys.readouterr().err

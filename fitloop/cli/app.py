@@ -32,7 +32,7 @@ examples:
   fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
 
 run.toml holds the same settings as the flags, in three sections:
-  [data]   path, target, task, drop, id, split, seed, encoding, delimiter, max_categories
+  [data]   path, target, task, drop, id, split, seed, encoding, delimiter, decimal, max_categories
   [model]  hidden, activation, dropout
   [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, seed, device, ... (any TrainConfig field)
 precedence: defaults < --config file < flags < --set. The resolved config is saved as RUN_DIR/config.toml.
@@ -85,8 +85,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _read_opts(p: argparse._ActionsContainer) -> None:  # a parser or an argument group
     p.add_argument("--encoding", default=None, help="text encoding of CSV/TSV files (default utf-8)")
     p.add_argument("--delimiter", default=None, help="field separator: , ; tab | (default: detected)")
-    p.add_argument("--decimal", default=None, choices=(",", "."),
-                   help="decimal mark of numbers like 3,75 (default: detected; ambiguous columns stop)")
+    p.add_argument("--decimal", default=None, choices=(",", "."), metavar="{',','.'}",
+                   help="decimal mark of numbers written like 3,75 or 3.75 (default: detected; a column "
+                        "that reads both ways stops)")
 
 
 def build_parser() -> argparse.ArgumentParser:
