@@ -150,6 +150,14 @@ def test_unnamed_column_and_row_index_are_ids_not_features(tmp_path, capsys):
     assert code == 0, err
 
 
+def test_arrow_tables_get_the_header_rules_too():
+    with pytest.raises(TableError, match=r"duplicate column names: 'x' at columns 1, 2 \(1-based\)"):
+        Table.from_arrow(pa.Table.from_arrays([pa.array([1.0, 2.0])] * 3, names=["x", "x", "y"]), "y")
+    tab = Table.from_arrow(pa.table({"": list(range(12)), "x": [float(i % 5) for i in range(12)],
+                                     "y": [i % 2 for i in range(12)]}), "y")
+    assert tab.columns == ["(unnamed 1)", "x", "y"] and tab.feature_columns == ["x"]
+
+
 def test_duplicate_column_names_exit_2_naming_the_positions(tmp_path, capsys):
     f = write(tmp_path / "d.csv", "species,island,mass,island\na,x,1,y\nb,y,2,x\n")
     code, _, err = run_cli(capsys, "train", f, "--target", "species")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .dialect import UNNAMED_PREFIX, ReadInfo
+from .dialect import UNNAMED_PREFIX, ReadInfo, check_header
 from .reading import (
     SUPPORTED_EXTENSIONS,
     TableError,
@@ -154,6 +154,9 @@ class Table:
         import pyarrow.compute as pc
 
         self.source, self.load_seconds, self.max_categories = source, load_seconds, max_categories
+        names = check_header(list(data.column_names), source)  # read_table did it for files; Arrow input too
+        if names is not None:
+            data = data.rename_columns(names)
         self.columns: list[str] = list(data.column_names)
         self.notes: list[str] = []
         self.read_info: ReadInfo | None = None  # set by `read`: the delimiter and decimal mark used
