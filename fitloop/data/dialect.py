@@ -4,8 +4,8 @@ separators, unnamed and duplicate header names.
 `read_table` (`fitloop.data.reading`) calls these; they are the rules `fitloop train`, `predict`,
 `evaluate` and `--dry-run` share:
 
-- **Delimiter** (when none is given): each of ``,`` ``;`` tab ``|`` parses the first 64 KiB of the
-  file (quotes respected); the one that splits every line into the same number (>= 2) of fields wins.
+- **Delimiter** (when none is given): each of ``,`` ``;`` tab ``|`` parses the first 16 KiB (and
+  at least 50 lines) of the file (quotes respected); the one that splits every line into the same number (>= 2) of fields wins.
   When two do, `.tsv` files take the tab; otherwise it is ambiguous and the error says which
   ``--delimiter`` to pass.
 - **Numbers** in text columns: ``3,75`` / ``1.234,5`` (decimal comma) and ``3,750`` / ``1,234.5``
@@ -30,7 +30,7 @@ __all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "parse_number_
            "UNNAMED_PREFIX"]
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
-SAMPLE_BYTES = 1 << 16
+SAMPLE_BYTES, SAMPLE_LINES, MAX_SAMPLE_BYTES = 1 << 14, 50, 1 << 22  # the sniffer's sample
 UNNAMED_PREFIX = "(unnamed "
 # One way of writing a number each (whitespace trimmed first). Plain integers match both.
 _DECIMAL_COMMA_RE = r"^[+-]?(?:\d+|\d{1,3}(?:\.\d{3})+)(?:,\d+)?(?:[eE][+-]?\d+)?$"
@@ -65,14 +65,20 @@ class ReadInfo:
 
 
 def _sample(path: Path, encoding: str) -> tuple[str, bool]:
-    """The first `SAMPLE_BYTES` of the file as text, and whether that is the whole file."""
+    """The file's first `SAMPLE_BYTES` (more, up to `MAX_SAMPLE_BYTES`, until `SAMPLE_LINES` lines are in),
+    as text, and whether that is the whole file."""
     import gzip
 
     opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
-        raw = f.read(SAMPLE_BYTES + 1)
-    complete = len(raw) <= SAMPLE_BYTES
-    return raw[:SAMPLE_BYTES].decode(encoding, errors="replace"), complete
+        raw = f.read(SAMPLE_BYTES)
+        while raw.count(b"\n") < SAMPLE_LINES and len(raw) < MAX_SAMPLE_BYTES:  # wide rows: read on
+            more = f.read(len(raw))
+            if not more:
+                break
+            raw += more
+        complete = not f.read(1)
+    return raw.decode(encoding, errors="replace"), complete
 
 
 def _field_counts(text: str, delimiter: str, complete: bool) -> list[int]:
