@@ -5,9 +5,9 @@ separators, unnamed and duplicate header names.
 `evaluate` and `--dry-run` share:
 
 - **Delimiter** (when none is given): each of ``,`` ``;`` tab ``|`` parses the first 16 KiB (and
-  at least 50 lines) of the file (quotes respected); the one that splits every line into the same number (>= 2) of fields wins.
-  When two do, `.tsv` files take the tab; otherwise it is ambiguous and the error says which
-  ``--delimiter`` to pass.
+  at least 50 lines) of the file (quotes respected); the one that splits every line into the same
+  number (>= 2) of fields wins. When two do, `.tsv` files take the tab; otherwise it is ambiguous
+  and the error says which ``--delimiter`` to pass.
 - **Numbers** in text columns: ``3,75`` / ``1.234,5`` (decimal comma) and ``3,750`` / ``1,234.5``
   (thousands separator) are parsed when every value of the column reads one way only; a column whose
   values read both ways (``3,750``: 3.75 or 3750?) follows ``--decimal`` or the file's other columns,
