@@ -19,7 +19,8 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
 Bad settings or data raise before the directory is created. While a process works in a run directory
 it holds its lock (`fitloop.runlock`: RUN_DIR/.lock with the pid), so a second `train`/`resume` on it
 stops naming that pid, and `--overwrite` never deletes a live run's directory. Opening a run to
-predict and evaluate is `fitloop.cli.runs` (`load_run`, `predict_file` and `evaluate_file` are importable from here too).
+predict and evaluate is `fitloop.cli.runs` (`load_run`, `predict_file` and `evaluate_file` are
+importable from here too).
 """
 
 from __future__ import annotations
