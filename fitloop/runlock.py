@@ -87,26 +87,35 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
+def _pid_lock(path: Path) -> int | None:
+    """Without `flock` (Windows, some network filesystems): exclusive create; stale when the pid is gone."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read(path).get("pid")
+            if holder != os.getpid() and _pid_alive(holder):
+                return None
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def _try_lock(path: Path) -> int | None:
     """An fd holding the lock on `path`, or None when another live process holds it."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - Windows: exclusive create, stale when the pid is gone
-        while True:
-            try:
-                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                if _pid_alive(_read(path).get("pid")):
-                    return None
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+    except ImportError:  # pragma: no cover - Windows
+        return _pid_lock(path)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by a live process
             os.close(fd)
             return None
+        except OSError:  # pragma: no cover - the filesystem does not lock (ENOLCK, EINVAL)
+            os.close(fd)
+            return _pid_lock(path)
         try:  # the holder may have released (unlinked) the file between our open and our lock
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

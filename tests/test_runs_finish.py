@@ -82,6 +82,19 @@ def test_lock_is_reentrant_and_released(tmp_path):
         assert json.loads((d / LOCK_NAME).read_text())["pid"] == os.getpid()
 
 
+def test_pid_fallback_without_flock(tmp_path):
+    """Where the filesystem cannot flock: a live holder's pid blocks, a dead one's does not."""
+    from fitloop.runlock import _pid_lock
+
+    path = tmp_path / LOCK_NAME
+    path.write_text(json.dumps({"pid": os.getppid()}))  # alive: the process that started the tests
+    assert _pid_lock(path) is None
+    path.write_text(json.dumps({"pid": 999999999}))
+    fd = _pid_lock(path)
+    assert fd is not None and path.read_text() == ""
+    os.close(fd)
+
+
 def test_resume_of_a_run_killed_before_it_started_trains_it_from_the_beginning(tmp_path, capsys):
     """Killed between writing config.toml and the first run.json: `resume` starts it again."""
     f = tmp_path / "d.csv"
