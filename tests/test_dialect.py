@@ -121,6 +121,12 @@ def test_numbers_are_never_silently_dropped(tmp_path):
     with pytest.raises(TableError, match=r"column 'x' holds numbers \(like '0,0'\) but 1 cell\(s\) are not; first "
                                          r"at data row 201 \(line 202 of the file\): 'n/a\?'"):
         Table.read(f, target="y")
+    # a format the reader does not parse (space thousands, currency): an error, not a dropped "ID-like" column
+    f = write(tmp_path / "s.csv", "x;z;y\n" + "".join(f"{1000 + i * 7:,}".replace(",", " ") + f";{i % 3};{i % 2}\n"
+                                                      for i in range(120)))
+    with pytest.raises(TableError, match=r"column 'x' holds numbers written in a format fitloop does not read "
+                                         r"\(like '1 000'\), so it would be dropped as text"):
+        Table.read(f, target="y").prepare(fractions=(0.8, 0.2))
     with pytest.raises(TableError, match=r"column 'x' has numbers written like '0,0', which do not read with "
                                          r"--decimal '\.'; pass `--decimal ,`"):
         Table.read(tmp_path / "d.csv", target="y", decimal=".")

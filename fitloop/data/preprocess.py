@@ -96,6 +96,7 @@ class Preprocessor:
                 cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
                 has_null = s.null_count > 0
                 if len(cats) > max_categories:
+                    _refuse_dropping_numbers(name, s)
                     notes.append(f"dropped column {name!r}: {len(cats)} distinct values in the training "
                                  f"rows > max_categories={max_categories} (text/ID-like); raise the limit "
                                  f"to keep it")
@@ -255,6 +256,23 @@ class Preprocessor:
     def __repr__(self) -> str:
         return (f"Preprocessor(target={self.target!r}, task={self.task!r}, inputs={len(self.features)}, "
                 f"features={len(self.feature_names)}, classes={self.num_classes})")
+
+
+# Numbers in a format the reader does not parse ("1 234", "$3.50", "45%", "(12)"): never dropped as ID-like.
+_NUMBERISH_RE = "^[\\s$€£¥+\\-(]*\\d[\\d\\s.,'\u00a0\u202f]*[%)]?\\s*$"  # (RE2: the spaces as characters)
+
+
+def _refuse_dropping_numbers(name: str, s: Any) -> None:
+    """Raise instead of dropping a high-cardinality text column whose cells are numbers in some format."""
+    import pyarrow.compute as pc
+
+    n_valid = len(s) - s.null_count
+    hits = pc.fill_null(pc.match_substring_regex(s, _NUMBERISH_RE), False)
+    if n_valid and int(pc.sum(hits).as_py() or 0) >= 0.9 * n_valid:
+        example = s[int(pc.index(hits, True).as_py())].as_py()
+        raise TableError(f"column {name!r} holds numbers written in a format fitloop does not read (like "
+                         f"{example!r}), so it would be dropped as text; write them as plain numbers (1234.5), "
+                         f"pass `--decimal ,` or `--decimal .` if that is the difference, or `--drop {name}`.")
 
 
 @dataclass
