@@ -259,7 +259,8 @@ class Preprocessor:
 
 
 # Numbers in a format the reader does not parse ("1 234", "$3.50", "45%", "(12)"): never dropped as ID-like.
-_NUMBERISH_RE = "^[\\s$€£¥+\\-(]*\\d[\\d\\s.,'\u00a0\u202f]*[%)]?\\s*$"  # (RE2: the spaces as characters)
+_NUMBERISH_RE = ("^\\s*[$€£¥]?\\s*[+\\-(]?[$€£¥]?(?:\\d{1,3}(?:[ .,'\u00a0\u202f]\\d{3})+|\\d+)(?:[.,]\\d+)?"
+                 "\\s*[%)]?\\s*$")  # groups of 3: dates, phones stay text
 
 
 def _refuse_dropping_numbers(name: str, s: Any) -> None:
