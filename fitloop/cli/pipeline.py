@@ -97,8 +97,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if holder is not None:  # a live run: never replaced, --overwrite or not
         raise RunLockedError(out, holder)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
+        unfinished = (out / "config.toml").is_file() and not (out / "metrics.json").is_file()
+        hint = f" It holds a run that did not finish: continue it with `fitloop resume {out}`." if unfinished else ""
         raise ConfigError(f"--out {out}: the directory exists and is not empty; pass --overwrite to replace "
-                          f"it, or choose another --out.")
+                          f"it, or choose another --out.{hint}")
 
 
 def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
