@@ -120,8 +120,10 @@ def _row_index(col: Any) -> bool:
 
     if not pa.types.is_integer(col.type) or col.null_count or len(col) < MIN_ROWS_FOR_INDEX:
         return False
-    v = col.to_numpy()
-    return bool(v[0] in (0, 1) and np.array_equal(v, np.arange(v[0], v[0] + len(v))))
+    first, last = col[0].as_py(), col[len(col) - 1].as_py()
+    if first not in (0, 1) or last != first + len(col) - 1:  # most columns: decided without a pass
+        return False
+    return bool(np.array_equal(col.to_numpy(), np.arange(first, first + len(col))))
 
 
 def _closest(name: str, options: Sequence[str]) -> str:
