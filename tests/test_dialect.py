@@ -177,7 +177,7 @@ def test_duplicate_column_names_exit_2_naming_the_positions(tmp_path, capsys):
 
 @pytest.mark.parametrize("values, task, reason", [
     (np.arange(16) * 7 + 1900, "regression",
-     "16 distinct integer values in 16 rows (1 rows per value; classes need 5 on average)"),
+     "16 distinct integer values in 16 rows (1 row per value; classes need 5 on average)"),
     (np.arange(150) % 3, "classification", "3 distinct integer values in 150 rows (50 rows per class)"),
     (np.arange(8) % 2, "classification", "2 distinct integer values in 8 rows"),
     (np.arange(30) % 10, "regression",

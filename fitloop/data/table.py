@@ -110,7 +110,8 @@ def infer_task(kind: str, values: np.ndarray | None, n_distinct: int, n_rows: in
     if n_distinct > MAX_CLASSES_FOR_INT_TARGET:
         return "regression", f"{what} (more than {MAX_CLASSES_FOR_INT_TARGET} would be classes)"
     if per < MIN_ROWS_PER_CLASS:
-        return "regression", f"{what} ({per:.3g} rows per value; classes need {MIN_ROWS_PER_CLASS} on average)"
+        rows = "row" if per == 1 else "rows"
+        return "regression", f"{what} ({per:.3g} {rows} per value; classes need {MIN_ROWS_PER_CLASS} on average)"
     return "classification", f"{what} ({per:.3g} rows per class)"
 
 
