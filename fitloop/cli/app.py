@@ -19,6 +19,7 @@ import time
 import traceback
 
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
+from .export import add_export_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo")
     _common(dm)
     dm.set_defaults(func=_cmd_demo)
+    add_export_parser(sub, _common)
     return parser
 
 
