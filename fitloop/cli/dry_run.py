@@ -266,8 +266,9 @@ def _check_round_trip(text: str, cfg: RunConfig) -> None:
 
 def cmd_dry_run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None = None) -> int:
     """Print the plan and write the commented config (`--config-out`, default ./config.toml)."""
+    from rich.console import Console
+
     from ..files import atomic_write_bytes
-    from .commands import _console
 
     target = Path(getattr(args, "config_out", None) or DEFAULT_CONFIG)
     if target.exists() and not args.overwrite:
@@ -284,7 +285,7 @@ def cmd_dry_run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None
     if getattr(args, "quiet", False):
         print(target)
         return 0
-    _print_plan(_console(), plan, target, next_cmd, args.out)
+    _print_plan(Console(highlight=False), plan, target, next_cmd, args.out)
     return 0
 
 
