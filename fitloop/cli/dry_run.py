@@ -95,7 +95,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
         columns.append({"name": name, "type": str(col.type), "missing": missing, "decision": decision,
                         "reason": reason})
     tcol = table.data.column(table.target)
-    facts = f"{table.target!r}: {tcol.type}, {pc.count_distinct(tcol).as_py()} distinct values"
+    facts = f"{table.target!r}: {tcol.type}, {pc.count_distinct(tcol).as_py():,} distinct values"
     task_reason = f"set by data.task (--task); {facts}" if cfg.data.task else f"inferred from {facts}"
     spec = plan.spec
     model = build_mlp(spec)  # the real builder: the same layers, so the same parameter count
@@ -226,7 +226,8 @@ def commented_toml(plan: DryRun, command: str | None = None) -> str:
         defaults = {f.name: f for f in fields(type(getattr(cfg, section)))}
         for key, v in values[section].items():
             if isinstance(v, dict):  # tables go after the section's keys
-                inline += ["", f"[{section}.{key}]", *(f"{k} = {_toml_value(x)}" for k, x in v.items())]
+                inline += ["", *_comment(f"{key}: {docs[section].get(key, '')}"), f"[{section}.{key}]",
+                           *(f"{k} = {_toml_value(x)}" for k, x in v.items())]
                 continue
             out.append("")
             unset = v is None and defaults[key].default is None and (section, key) not in _SHOWN_WHEN_UNSET

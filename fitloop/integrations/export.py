@@ -257,6 +257,29 @@ def _reference(run: Any, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return proba, np.array([index[v] for v in table.column("prediction").to_pylist()], dtype=np.int64)
 
 
+def _verification_inputs(run: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray | None], str, list[str]]:
+    """(features, fitloop's outputs, where the rows come from, notes): the test rows (when they can be
+    rebuilt and still fit the run) followed by the generated edge-case rows."""
+    from ..data import TableError
+
+    pre = run.preprocessor
+    test, source, notes = _test_rows(run)
+    edge = _edge_rows(pre)
+    parts = []
+    if test is not None:
+        try:
+            parts.append((input_matrix(pre, test), _reference(run, test)))
+        except TableError as e:
+            notes.append(f"the run's data file no longer fits the run ({e}); verified on generated rows only")
+            source = ""
+    parts.append((input_matrix(pre, edge), _reference(run, edge)))
+    source = f"{source} + {edge.num_rows} generated edge-case rows" if source else f"{edge.num_rows} generated rows"
+    x = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[1][0] for p in parts])
+    labels = [p[1][1] for p in parts if p[1][1] is not None]
+    return x, (values, np.concatenate(labels) if labels else None), source, notes
+
+
 # ------------------------------------------------------------------------------------------- runtimes
 
 
@@ -416,17 +439,11 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         _require_onnx()
     run = load_run(run_dir)
     path = _out_path(run.path, format, out, overwrite)
-    made_dir = not path.parent.exists()
-    path.parent.mkdir(exist_ok=True)  # only the default RUN_DIR/export can be missing here
     pre, info = run.preprocessor, run.info
     graph = _graph(run.model, pre, info)
-    test, source, notes = _test_rows(run)
-    edge = _edge_rows(pre)
-    tables = [t for t in (test, edge) if t is not None]
-    source = f"{source} + {edge.num_rows} generated edge-case rows" if source else f"{edge.num_rows} generated rows"
-    x = np.concatenate([input_matrix(pre, t) for t in tables])
-    refs = [_reference(run, t) for t in tables]
-    ref = (np.concatenate([r[0] for r in refs]), None if refs[0][1] is None else np.concatenate([r[1] for r in refs]))
+    x, ref, source, notes = _verification_inputs(run)
+    made_dir = not path.parent.exists()
+    path.parent.mkdir(exist_ok=True)  # only the default RUN_DIR/export can be missing here
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
