@@ -143,7 +143,10 @@ class RunPlan:
 def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPlan:
     """Read the table and take every decision of the run: the column kinds and the task, the split,
     the preprocessing (fitted on the training rows), the model and the loss. Deterministic for a config,
-    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written."""
+    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written.
+
+    `fitloop train --dry-run` shows what this returns: a decision taken from the data anywhere else
+    would be missing from the dry run, so new ones belong here."""
     from ..data import Table, TableError
     from ..models import MLPSpec
 
