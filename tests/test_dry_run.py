@@ -82,6 +82,8 @@ def test_dry_run_config_trains_exactly_the_direct_run(tmp_path, capsys, monkeypa
     keep = ("data", "target", "task", "rows", "inputs", "features", "parameters", "epochs", "best_epoch", "notes")
     ja, jb = (json.loads((d / "run.json").read_text()) for d in (a, b))
     assert {k: ja[k] for k in keep} == {k: jb[k] for k in keep}
+    fa, fb = (json.loads((d / "config.json").read_text()) for d in (a, b))  # the Trainer's settings
+    assert fa["fingerprint"] == fb["fingerprint"]
     assert (a / "splits.json").read_bytes() == (b / "splits.json").read_bytes()
     assert (a / "model" / "model.safetensors").read_bytes() == (b / "model" / "model.safetensors").read_bytes()
 
