@@ -8,6 +8,7 @@ the exported model disagrees with fitloop (a bug; nothing is left behind).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -23,7 +24,7 @@ examples:
 The exported graph includes the numeric preprocessing (imputation, standardization): raw column
 values go in, predictions come out. Categorical columns go in as integer codes; the mapping, the
 column order and the outputs are in the JSON file next to the model. Every export is verified on the
-run's test rows (max abs difference to `fitloop predict` <= 1e-5) before it is kept.
+run's test rows against `fitloop predict` (max abs difference <= 1e-5) before it is kept.
 """
 
 
@@ -46,7 +47,7 @@ def add_export_parser(sub: argparse._SubParsersAction, common: Callable[[argpars
 def cmd_export(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from ..integrations.export import ExportMismatchError, MissingExtraError, export
 
-    debug = getattr(args, "debug", False)
+    debug = getattr(args, "debug", False) or os.environ.get("FITLOOP_DEBUG") == "1"  # as `main` decides
     try:
         res = export(args.run_dir, args.format, args.out, overwrite=args.overwrite, debug=debug)
     except (MissingExtraError, FileExistsError) as e:
