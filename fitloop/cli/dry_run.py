@@ -42,9 +42,10 @@ class DryRun:
     Attributes:
         cfg: the resolved configuration (`data.path` made absolute, as a real run records it).
         rows: rows of the table (after dropping rows with a missing target).
+        n_columns: columns of the file.
         columns: one dict per column of the file: name, type, missing, decision, reason.
-        task, task_reason: the task and why.
-        splits: rows per split.
+        task, task_reason: the task and why; classes: the class labels (classification).
+        splits: rows per split; stratified: whether the split keeps the class proportions.
         model: the model's description (`MLP 13 -> 64 -> 32 -> 3`), parameters: its parameter count.
         loss, early_stopping, device, steps_per_epoch: training decisions.
         notes: what was dropped or switched off.
