@@ -205,6 +205,11 @@ def test_data_file_gone_verifies_on_generated_rows(runs, tmp_path):
     res = fl.export(moved_run, format="torch-export")
     n_test = len(json.loads((run / "splits.json").read_text())["test"])
     assert res.source.startswith(f"{n_test} test rows of data.csv") and res.rows_checked == n_test + 64
+    with open(moved_data, newline="") as f:  # the file changed since training: a column is gone
+        rows = [r[:3] + r[4:] for r in csv.reader(f)]
+    write_rows(moved_data, rows[0], rows[1:])
+    res = fl.export(moved_run, format="torch-export", overwrite=True)
+    assert res.rows_checked == 64 and "no longer fits the run" in res.notes[0] and "'city'" in res.notes[0]
     moved_data.unlink()
     res = fl.export(moved_run, format="torch-export", overwrite=True)
     assert res.rows_checked == 64 and res.source == "64 generated rows"
