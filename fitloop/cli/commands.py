@@ -77,10 +77,14 @@ def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     layers = [load_toml(args.config)] if args.config else []
     flags = _flag_overrides(args)
-    if quiet:
+    if quiet and not args.dry_run:  # --quiet is about this command's output, not a setting of the planned run
         flags["train.quiet"] = True
     layers += [flags, parse_set(args.set)]
     cfg = resolve_run_config(*layers)
+    if args.dry_run:
+        from .dry_run import cmd_dry_run
+
+        return cmd_dry_run(args, cfg, argv)
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,

@@ -53,8 +53,8 @@ from .runs import (
     unscale,
 )
 
-__all__ = ["RunResult", "LoadedRun", "train_table", "resume_run", "load_run", "predict_file", "evaluate_file",
-           "RUN_FORMAT", "NotARunError"]
+__all__ = ["RunResult", "RunPlan", "plan_run", "LoadedRun", "train_table", "resume_run", "load_run", "predict_file",
+           "evaluate_file", "RUN_FORMAT", "NotARunError"]
 
 
 @dataclass
@@ -154,6 +154,73 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
 
 
 @dataclass
+class RunPlan:
+    """Every decision of a run, taken before any tensor is built: what `fitloop train` then acts on and
+    `fitloop train --dry-run` shows. Built by `plan_run`, the one place that decides.
+
+    Attributes:
+        table: the loaded `fitloop.data.Table` (column kinds, task, classes, notes).
+        rows: row indices of each non-empty split.
+        preprocessor: the `Preprocessor` fitted on the training rows (kept and dropped columns).
+        spec: the `MLPSpec` of the model.
+        loss: the loss name.
+        early_stopping: the patience, or `None` when early stopping is off.
+        notes: everything dropped, imputed or switched off, in words.
+        load_seconds: time spent reading the file.
+        t_decide: `time.perf_counter()` after reading (preprocessing time counts from here).
+    """
+
+    table: Any
+    rows: dict[str, np.ndarray]
+    preprocessor: Any
+    spec: Any
+    loss: str
+    early_stopping: int | None
+    notes: list[str]
+    load_seconds: float
+    t_decide: float
+
+
+def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPlan:
+    """Read the table and take every decision of the run: the column kinds and the task, the split,
+    the preprocessing (fitted on the training rows), the model and the loss. Deterministic for a config,
+    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written.
+
+    `fitloop train --dry-run` shows what this returns: a decision taken from the data anywhere else
+    would be missing from the dry run, so new ones belong here."""
+    from ..data import Table, TableError
+    from ..models import MLPSpec
+
+    log = log or (lambda msg: None)
+    d = cfg.data
+    if not d.path:
+        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
+    if not d.target:
+        raise ConfigError("no target column: pass --target COL or set data.target.")
+    table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
+                       max_categories=d.max_categories, delimiter=d.delimiter, decimal=d.decimal)
+    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({table.load_seconds:.2f}s); "
+        f"task: {table.task}: {table.task_reason}.")
+    t0 = time.perf_counter()
+    rows = _split_rows(table, cfg)
+    pre = table.fit_preprocessor(rows["train"])
+    notes = table.notes + pre.notes
+    n_features = len(pre.feature_names)
+    if n_features == 0:
+        raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
+                         f"the model needs at least one input.")
+    classes = table.classes
+    spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
+                   activation=cfg.model.activation, dropout=cfg.model.dropout)
+    loss = cfg.train.loss or ("cross_entropy" if table.task == "classification" else "mse")
+    patience = cfg.train.early_stopping or None
+    if patience and "val" not in rows:
+        patience = None
+        notes.append("early stopping is off: there is no validation split")
+    return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0)
+
+
+@dataclass
 class _PreparedRun:
     """Everything a run needs before training: splits as tensors, the fitted preprocessor, the model."""
 
@@ -166,6 +233,9 @@ class _PreparedRun:
     n_features: int
     notes: list[str]
     timings: dict[str, float]
+    spec: Any = None
+    loss: str = "mse"
+    early_stopping: int | None = None
     trainer: Any = None
     callbacks: list = field(default_factory=list)
     run_fields: dict[str, Any] = field(default_factory=dict)
@@ -174,38 +244,22 @@ class _PreparedRun:
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
-    """Read the table, split it, fit the preprocessing on the training rows: deterministic for a config,
-    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written."""
+    """`plan_run`, then the splits encoded as tensors (the preprocessor applied to every split)."""
     import torch
 
-    from ..data import Table, TableError
-
-    d = cfg.data
-    if not d.path:
-        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
-    if not d.target:
-        raise ConfigError("no target column: pass --target COL or set data.target.")
-    table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
-                       max_categories=d.max_categories, delimiter=d.delimiter, decimal=d.decimal)
-    load_s = table.load_seconds
-    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({load_s:.2f}s); "
-        f"task: {table.task}: {table.task_reason}.")
-    t0 = time.perf_counter()
-    rows = _split_rows(table, cfg)
-    prep = table.prepare(rows)
+    plan = plan_run(cfg, log)
+    table = plan.table
+    prep = table.prepare(plan.rows, preprocessor=plan.preprocessor)
     task, classes, n_inputs = table.task, cast(list[Any], table.classes), len(table.feature_columns)
-    notes = list(prep.notes)
-    del table  # the Arrow table is no longer needed: free it before training, and hand the pages back
+    del table, plan.table  # the Arrow table is no longer needed: free it before training, and hand the pages back
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
     pre = prep.preprocessor
     n_features = len(pre.feature_names)
-    if n_features == 0:
-        raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
-                         f"the model needs at least one input.")
     splits: dict[str, Any] = {name: (s.X, s.y) for name, s in prep.splits.items()}  # every split has a y
     del prep
+    d = cfg.data
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
                             "feature_names": pre.feature_names, "decimal": d.decimal}  # predict's default
     if task == "classification":
@@ -218,31 +272,25 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
         info["target_scaling"] = scaling = {"mean": float(ytr.mean()), "std": std if std > 0 else 1.0}
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
-    timings = {"load": load_s, "preprocess": time.perf_counter() - t0}
-    return _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
+    timings = {"load": plan.load_seconds, "preprocess": time.perf_counter() - plan.t_decide}
+    return _PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
+                        plan.spec, plan.loss, plan.early_stopping)
 
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
-    """The model and Trainer of a run, checkpointing into `run_dir`."""
+    """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
     from ..callbacks import EarlyStopping
-    from ..models import MLPSpec, build_mlp
+    from ..models import build_mlp
     from ..trainer import Trainer, seed_everything
 
-    classes = p.info["classes"]
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
-    spec = MLPSpec(p.n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
-                   activation=cfg.model.activation, dropout=cfg.model.dropout)
-    model = build_mlp(spec)
-    loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
-    has_val = "val" in p.splits
-    if cfg.train.early_stopping and has_val:
-        p.callbacks.append(EarlyStopping(patience=cfg.train.early_stopping))
-    elif cfg.train.early_stopping and not has_val:
-        p.notes.append("early stopping is off: there is no validation split")
+    model = build_mlp(p.spec)
+    if p.early_stopping:
+        p.callbacks.append(EarlyStopping(patience=p.early_stopping))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
     p.first_step = _FirstStep(p.t_command)
-    p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, callbacks=[*p.callbacks, p.first_step],
+    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, callbacks=[*p.callbacks, p.first_step],
                         config=tcfg)
 
 

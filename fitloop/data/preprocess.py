@@ -50,6 +50,7 @@ class Preprocessor:
                  notes: list[str] | None = None) -> None:
         self.target, self.task, self.features = target, task, features
         self.classes, self.id, self.notes = classes, id, list(notes or [])
+        self.dropped: dict[str, str] = {}  # set by `fit`: columns left out, and why (not saved)
 
     @classmethod
     def fit(cls, data: pa.Table, *, target: str, task: str, kinds: Mapping[str, str],
@@ -70,7 +71,7 @@ class Preprocessor:
         import pyarrow.compute as pc
 
         features: list[dict[str, Any]] = []
-        notes: list[str] = []
+        dropped: dict[str, str] = {}  # column -> why: the notes, and `fitloop train --dry-run`'s table
         imputed: list[str] = []
         for name, kind in kinds.items():
             col = data.column(name)
@@ -80,10 +81,10 @@ class Preprocessor:
                 n_missing = int(v.size - np.count_nonzero(ok))
                 valid = v[ok] if n_missing else v
                 if valid.size == 0:
-                    notes.append(f"dropped column {name!r}: all values missing in the training rows")
+                    dropped[name] = "all values missing in the training rows"
                     continue
                 if valid.min() == valid.max():
-                    notes.append(f"dropped column {name!r}: constant ({valid[0]:g}) in the training rows")
+                    dropped[name] = f"constant ({valid[0]:g}) in the training rows"
                     continue
                 spec = {"name": name, "kind": "numeric", "mean": float(valid.mean()),
                         "std": float(valid.std()), "median": float(np.median(valid)),
@@ -97,16 +98,15 @@ class Preprocessor:
                 has_null = s.null_count > 0
                 if len(cats) > max_categories:
                     _refuse_dropping_numbers(name, s)
-                    notes.append(f"dropped column {name!r}: {len(cats)} distinct values in the training "
-                                 f"rows > max_categories={max_categories} (text/ID-like); raise the limit "
-                                 f"to keep it")
+                    dropped[name] = (f"{len(cats)} distinct values in the training rows > max_categories="
+                                     f"{max_categories} (text/ID-like); raise the limit to keep it")
                     continue
                 if len(cats) + has_null <= 1:
-                    notes.append(f"dropped column {name!r}: constant ({cats[0] if cats else None!r}) "
-                                 f"in the training rows")
+                    dropped[name] = f"constant ({cats[0] if cats else None!r}) in the training rows"
                     continue
                 features.append({"name": name, "kind": "categorical", "categories": cats,
                                  "missing": has_null})
+        notes = [f"dropped column {name!r}: {why}" for name, why in dropped.items()]
         if imputed:
             notes.append("imputed missing numeric values with the train median (+ COL__missing indicator): "
                          + ", ".join(imputed))
@@ -116,7 +116,9 @@ class Preprocessor:
         if task == "classification" and classes is not None and len(classes) < 2:
             raise TableError(f"target {target!r} has a single class ({classes!r}) in the training rows; "
                              f"classification needs at least 2. Check the split or use --task regression.")
-        return cls(target, task, features, classes, id, notes)
+        pre = cls(target, task, features, classes, id, notes)
+        pre.dropped = dropped
+        return pre
 
     # --------------------------------------------------------------------------------- properties
     @property

@@ -39,7 +39,7 @@ from .reading import (
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from .preprocess import PreparedTable
+    from .preprocess import PreparedTable, Preprocessor
 
 __all__ = ["Table", "SUPPORTED_EXTENSIONS", "TableError", "read_table"]  # the last three: from .reading
 
@@ -293,8 +293,38 @@ class Table:
         parts = np.split(perm, cuts[:-1])
         return {name: np.sort(p) for name, p in zip(("train", "val", "test"), parts)}
 
+    def fit_preprocessor(self, train_rows: Any) -> Preprocessor:
+        """Fit the `Preprocessor` on the training rows: every per-column decision of a run (kept or
+        dropped, statistics, categories), without encoding anything. `prepare` and `fitloop train
+        --dry-run` both decide through here.
+
+        Raises:
+            TableError: the training rows hold a single class, or index outside the table.
+        """
+        from .preprocess import Preprocessor
+
+        rows = self._rows("train", train_rows)
+        if rows.size == 0:
+            raise TableError("the train split is empty.")
+        kinds = {c: self.kinds[c] for c in self.feature_columns}
+        pre = Preprocessor.fit(self.data, target=self.target, task=self.task, kinds=kinds, rows=rows,
+                               classes=self.classes, id=self.id, max_categories=self.max_categories)
+        if self.task == "classification":
+            y = pre.encode_target(self.data, rows)
+            if bool((y == y[0]).all()):
+                raise TableError(f"the train split has a single class ({(self.classes or [])[int(y[0])]!r}) for "
+                                 f"target {self.target!r}; use a stratified or larger split.")
+        return pre
+
+    def _rows(self, name: str, idx: Any) -> np.ndarray:
+        a = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if a.size and (a.min() < 0 or a.max() >= len(self)):
+            raise TableError(f"split {name!r} has row indices outside [0, {len(self)}).")
+        return a
+
     def prepare(self, splits: Mapping[str, Any] | Sequence[Any] | None = None, *,
-                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> PreparedTable:
+                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                preprocessor: Preprocessor | None = None) -> PreparedTable:
         """Fit a `Preprocessor` on the train rows only and encode every split.
 
         Args:
@@ -303,13 +333,14 @@ class Table:
                 target removed; ``len(table)`` rows). If None, a random split by ``fractions``/``seed``.
             fractions: Train/val(/test) fractions when ``splits`` is None.
             seed: Seed of the random split.
+            preprocessor: One already fitted on these train rows (`fit_preprocessor`); fitted here if None.
 
         Returns:
             `PreparedTable` with the fitted preprocessor and one `TableSplit` (X, y, ids) per split.
         """
         import torch
 
-        from .preprocess import PreparedTable, Preprocessor, TableSplit
+        from .preprocess import PreparedTable, TableSplit
 
         if splits is None:
             named = self.split_indices(fractions, seed)
@@ -319,30 +350,18 @@ class Table:
             named = dict(zip(("train", "val", "test"), splits))
         if "train" not in named:
             raise TableError(f"splits need a 'train' entry; got {list(named)}.")
-        rows = {}
-        for name, idx in named.items():
-            a = np.asarray(idx, dtype=np.int64).reshape(-1)
-            if a.size and (a.min() < 0 or a.max() >= len(self)):
-                raise TableError(f"split {name!r} has row indices outside [0, {len(self)}).")
-            rows[name] = a
-        if rows["train"].size == 0:
-            raise TableError("the train split is empty.")
+        rows = {name: self._rows(name, idx) for name, idx in named.items()}
         in_train = np.zeros(len(self), dtype=bool)
         in_train[rows["train"]] = True
         for name, a in rows.items():
             if name != "train" and in_train[a].any():
                 raise TableError(f"split {name!r} shares rows with 'train' (leakage); use disjoint indices.")
-        kinds = {c: self.kinds[c] for c in self.feature_columns}
-        pre = Preprocessor.fit(self.data, target=self.target, task=self.task, kinds=kinds, rows=rows["train"],
-                               classes=self.classes, id=self.id, max_categories=self.max_categories)
+        pre = preprocessor if preprocessor is not None else self.fit_preprocessor(rows["train"])
         out: dict[str, TableSplit] = {}
         for name, a in rows.items():
             notes: list[str] = []
             X = torch.from_numpy(pre.transform(self.data, a, notes))
             y = torch.from_numpy(pre.encode_target(self.data, a))
-            if name == "train" and self.task == "classification" and y.numel() and bool((y == y[0]).all()):
-                raise TableError(f"the train split has a single class ({(self.classes or [])[int(y[0])]!r}) for "
-                                 f"target {self.target!r}; use a stratified or larger split.")
             ids = self.data.column(self.id).take(a).to_pylist() if self.id else None
             out[name] = TableSplit(X, y, ids, a, notes)
         return PreparedTable(pre, out, self.notes + pre.notes)
