@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .summary import ModelSummary
 
 __all__ = ["ReportData", "NotARunDirectory", "from_run_dir", "from_trainer", "target_distribution",
-           "run_status", "read_history", "PREDICTIONS_FILE"]
+           "run_status", "read_history", "read_json", "PREDICTIONS_FILE"]
 
 PREDICTIONS_FILE = "test_predictions.csv"  # written by `fitloop train` (fitloop.cli.pipeline)
 TIME_KEYS = ("load", "preprocess", "train", "compile", "to_first_step", "total")
@@ -77,7 +77,7 @@ class ReportData:
         return saved if isinstance(saved, list) else None
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -128,7 +128,7 @@ def check_run_dir(path: str | os.PathLike) -> dict[str, Any]:
     elif not (p / "run.json").is_file():
         what = "has no run.json (every fitloop run directory has one)"
     else:
-        info = _read_json(p / "run.json")
+        info = read_json(p / "run.json")
         if isinstance(info, dict) and info.get("format") == RUN_FORMAT:
             return info
         what = "has a run.json that is not a fitloop run's (unreadable, or no \"format\": \"fitloop-run\")"
@@ -179,14 +179,14 @@ def from_run_dir(path: str | os.PathLike) -> ReportData:
         d.absent.append("history.jsonl: no epoch history, so no curves")
     elif not d.history:
         d.absent.append("the history is empty: no epoch finished, so no curves")
-    cfg_json = _read_json(p / "config.json")
+    cfg_json = read_json(p / "config.json")
     train_cfg = cfg_json.get("config", {}) if isinstance(cfg_json, dict) else {}
     d.monitor = train_cfg.get("monitor", "val_loss") if isinstance(train_cfg, dict) else "val_loss"
     toml = p / "config.toml"
     d.config = toml.read_text(encoding="utf-8") if toml.is_file() else (train_cfg or None)
     if d.config is None:
         d.absent.append("config: neither config.toml nor config.json")
-    meta = _read_json(p / "model" / "fitloop.json")
+    meta = read_json(p / "model" / "fitloop.json")
     table = meta.get("table", {}) if isinstance(meta, dict) else {}
     d.task = d.task or table.get("task") or (meta or {}).get("task")
     d.classes = table.get("classes") or None
@@ -238,7 +238,7 @@ def _train_distribution(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_metrics(p: Path, d: ReportData) -> None:
-    m = _read_json(p / "metrics.json")
+    m = read_json(p / "metrics.json")
     if not isinstance(m, dict):
         d.absent.append("test metrics: no metrics.json (fitloop train writes it when the run finishes; runs "
                         "of Trainer(run_dir=...) have no test split: use trainer.report(path, test=...))")

@@ -54,13 +54,17 @@ def _table(head: list[str], rows: list[list[Any]], num_from: int = 1) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _verdict(d: ReportData) -> str:
     v = d.verdict
     if not v:
         return '<div class="card">No verdict: no epoch finished.</div>'
     kind = escape(str(v.get("kind", "?")))
     out = [f'<div class="card verdict {kind}"><div class="kind">{kind}</div>',
-           f"<p>{escape(str(v.get('reason', '')))}</p>",
+           f"<p>{escape(_cap(str(v.get('reason', ''))))}</p>",
            f"<p><b>Suggestion:</b> {escape(str(v.get('suggestion', '')))}</p>"]
     for n in v.get("not_judged") or []:
         out.append(f"<p><b>Not judged:</b> {escape(str(n))}</p>")

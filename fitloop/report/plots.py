@@ -83,7 +83,7 @@ def loss_plot(d: ReportData) -> bytes | None:
     vx, val = _series(d.history, "val_loss")
     if not train and not val:
         return None
-    fig = _figure()
+    fig = _figure(5.2, 3.6)
     ax = fig.add_subplot()
     if train:
         ax.plot(ex, train, color=TRAIN, marker=_marker(len(ex)), label="train loss")
@@ -119,7 +119,7 @@ def metrics_plot(d: ReportData) -> bytes | None:
         return None
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig = _figure(4.2 * cols, 3.0 * rows)
+    fig = _figure(3.5 * cols, 2.6 * rows)
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
         for key, color, label in ((name, TRAIN, "train"), (f"val_{name}", VAL, "validation")):
@@ -137,13 +137,13 @@ def lr_plot(d: ReportData) -> bytes | None:
     xs, ys = _series(d.history, "lr")
     if not ys:
         return None
-    fig = _figure(6.4, 3.0)
+    fig = _figure(5.2, 3.6)
     ax = fig.add_subplot()
     ax.plot(xs, ys, color=TRAIN, marker=_marker(len(xs)), drawstyle="steps-post" if len(xs) > 1 else "default")
     if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate (last step of the epoch)")
+    ax.set_ylabel("lr (the epoch's last step)")
     ax.grid(alpha=0.3)
     return _png(fig)
 
