@@ -118,7 +118,7 @@ def judge(history: list[dict[str, Any]], *, baseline_loss: float | None = None, 
                                      "validation split)"]
     if baseline_loss is None or not _finite(baseline_loss):
         not_judged.append("underfitting: there is no trivial baseline loss for this loss function or data "
-                          "(fitloop computes it for built-in losses on in-memory training targets)")
+                          "(fitloop computes it for torch.nn losses on in-memory training targets)")
         baseline_loss = None
 
     def verdict(kind: str, reason: str, suggestion: str) -> Verdict:
@@ -286,7 +286,9 @@ def verdict_of(trainer: Trainer, error: BaseException | None = None) -> Verdict:
     task = resolved_task(trainer.task)
     if trainer.task == "classification" and y is not None and not y.is_floating_point():
         task = "multiclass"
-    base = baseline_loss(trainer.compute_loss, y.to(trainer.device) if y is not None else None, task)
+    fn = trainer.loss_fn  # only torch's own losses: a user's loss may count or log its calls
+    torch_loss = (getattr(fn, "__module__", None) or type(fn).__module__).startswith("torch.nn")
+    base = baseline_loss(trainer.compute_loss, y.to(trainer.device), task) if torch_loss and y is not None else None
     lr = trainer.config.lr or (trainer.history[0].get("lr") if trainer.history else None)
     kept = next((getattr(cb, "best_epoch", 0) for cb in trainer.callbacks  # EarlyStopping, by duck typing
                  if getattr(cb, "restore_best_weights", False) and getattr(cb, "best_epoch", 0)), None)
