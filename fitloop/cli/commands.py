@@ -219,12 +219,12 @@ def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         info = data.data
         console.print(f"run {args.run_dir}: {data.task} on {info.get('data', 'in-memory data')} (target "
                       f"{info.get('target')!r}), {len(data.history)} epochs, best {data.best_epoch}, status "
-                      f"{data.status}", markup=False)
+                      f"{data.status}", markup=False, soft_wrap=True)
         if data.metrics:
             _print_metrics(console, data.metrics, data.baseline, data.baseline_kind, f"{data.split} metrics")
         if data.verdict:
             reason = str(data.verdict.get("reason", ""))
-            console.print(f"verdict: {data.verdict['kind']}. {reason[:1].upper()}{reason[1:]}", markup=False)
+            console.print(f"verdict: {data.verdict['kind']}. {reason[:1].upper()}{reason[1:]}", markup=False, soft_wrap=True)
     try:
         files = write_report(data, args.out or args.run_dir)
     except ImportError as e:  # the `plot` extra is missing: the summary above still stands
@@ -232,9 +232,9 @@ def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 2
     if not quiet:
         for a in files.absent:
-            console.print(f"absent: {a}", markup=False)
+            console.print(f"absent: {a}", markup=False, soft_wrap=True)
         console.print(f"wrote {files.html} ({len(files.plots)} plots in {files.html.parent / 'plots'})",
-                      markup=False)
+                      markup=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -132,6 +132,7 @@ class _PreparedRun:
     run_fields: dict[str, Any] = field(default_factory=dict)
     t_command: float = 0.0
     first_step: Any = None
+    targets: dict[str, Any] = field(default_factory=dict)  # regression: each split's target in its own units
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
@@ -168,6 +169,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     del prep
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
                             "feature_names": pre.feature_names}
+    targets: dict[str, Any] = {}
     if task == "classification":
         counts = torch.bincount(splits["train"][1], minlength=len(classes)).double()
         info["class_prior"] = (counts / counts.sum()).tolist()
@@ -176,10 +178,13 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
         ytr = splits["train"][1].double()
         std = float(ytr.std(unbiased=False))
         info["target_scaling"] = scaling = {"mean": float(ytr.mean()), "std": std if std > 0 else 1.0}
+        targets = {k: y for k, (_, y) in splits.items()}
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
     timings = {"load": load_s, "preprocess": time.perf_counter() - t0}
-    return _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
+    prepared = _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
+    prepared.targets = targets
+    return prepared
 
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
@@ -316,7 +321,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         y_true = y if task == "classification" else unscale(y, info["target_scaling"])
         metrics = score(task, raw, y_true, info["target_scaling"])
         baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
-        _write_predictions(out_dir, p.rows[eval_split], y_true, raw, info)
+        _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
     best_epoch = None
     if p.callbacks and p.callbacks[0].best_epoch:
         best_epoch = p.callbacks[0].best_epoch
@@ -360,7 +365,8 @@ def _write_predictions(out_dir: Path, rows: np.ndarray, y_true: Any, raw: Any, i
         target = [classes[i] for i in y_true.long().tolist()]
         pred = [classes[i] for i in raw.argmax(-1).tolist()]
     else:
-        target, pred = y_true.double().tolist(), unscale(raw.reshape(-1), info["target_scaling"]).double().tolist()
+        pred_units = unscale(raw.reshape(-1).double(), info["target_scaling"]).float()
+        target, pred = [str(v) for v in y_true.numpy()], [str(v) for v in pred_units.numpy()]  # float32, shortest
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["row", "target", "prediction"])
@@ -374,9 +380,7 @@ def _target_distribution(p: _PreparedRun) -> dict[str, Any]:
 
     out = {}
     for name, (_, y) in p.splits.items():
-        if p.task != "classification":
-            y = unscale(y.double(), p.info["target_scaling"])
-        out[name] = target_distribution(y, p.task, p.info["classes"])
+        out[name] = target_distribution(p.targets.get(name, y), p.task, p.info["classes"])
     return out
 
 

@@ -207,7 +207,7 @@ def from_run_dir(path: str | os.PathLike) -> ReportData:
     d.timings = {k: float(v) for k, v in (info.get("timings") or {}).items() if isinstance(v, (int, float))}
     if isinstance(info.get("elapsed_s"), (int, float)):
         d.timings.setdefault("elapsed", float(info["elapsed_s"]))
-    d.notes = list(info.get("notes") or [])
+    d.notes = list(info.get("notes") or []) + d.notes
     return d
 
 
@@ -249,8 +249,8 @@ def _read_metrics(p: Path, d: ReportData) -> None:
     if rows is None:
         what = "confusion matrix from metrics.json only" if d.is_classification else \
             "no predicted-vs-actual or residual plot"
-        d.absent.append(f"test-split predictions: no {PREDICTIONS_FILE} (runs before fitloop 0.2 did not write "
-                        f"it): {what}")
+        d.absent.append(f"test-split predictions: no {PREDICTIONS_FILE} (runs written before fitloop saved test "
+                        f"predictions lack it): {what}")
 
 
 def _read_predictions(path: Path, d: ReportData) -> list[Any] | None:
