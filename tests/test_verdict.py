@@ -138,8 +138,8 @@ def test_printing_respects_quiet_and_the_main_process(capsys, monkeypatch):
 
 
 def _h(losses, vals=None, lr=0.1):
-    return [{"epoch": i + 1, "loss": l, **({"val_loss": vals[i]} if vals else {}), "lr": lr}
-            for i, l in enumerate(losses)]
+    return [{"epoch": i + 1, "loss": loss, **({"val_loss": vals[i]} if vals else {}), "lr": lr}
+            for i, loss in enumerate(losses)]
 
 
 def test_rule_thresholds_on_hand_made_histories():

@@ -224,7 +224,8 @@ def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             _print_metrics(console, data.metrics, data.baseline, data.baseline_kind, f"{data.split} metrics")
         if data.verdict:
             reason = str(data.verdict.get("reason", ""))
-            console.print(f"verdict: {data.verdict['kind']}. {reason[:1].upper()}{reason[1:]}", markup=False, soft_wrap=True)
+            console.print(f"verdict: {data.verdict['kind']}. {reason[:1].upper()}{reason[1:]}", markup=False,
+                          soft_wrap=True)
     try:
         files = write_report(data, args.out or args.run_dir)
     except ImportError as e:  # the `plot` extra is missing: the summary above still stands
