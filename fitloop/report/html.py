@@ -30,7 +30,9 @@ padding-bottom:4px}.sub{color:#5b6675;margin:0 0 16px}
 table{border-collapse:collapse;font-size:.92em}td,th{padding:4px 10px;border-bottom:1px solid #eceff2;
 text-align:left}th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .plots{display:flex;flex-wrap:wrap;gap:12px}.plots figure{margin:0;background:#fff;border:1px solid #dde1e6;
-border-radius:8px;padding:8px}.plots img{max-width:100%;height:auto;display:block}
+border-radius:8px;padding:8px;box-sizing:border-box}.plots figure.half{width:calc(50% - 6px)}
+.plots figure.full{width:100%}.plots img{max-width:100%;height:auto;display:block;margin:0 auto}
+@media (max-width:700px){.plots figure.half{width:100%}}
 figcaption{font-size:.9em;color:#5b6675;margin-top:4px}pre{background:#fff;border:1px solid #dde1e6;
 border-radius:8px;padding:12px;overflow:auto;font-size:.85em}.absent li{color:#8a5a00}
 .better{color:#1a7f37;font-weight:600}.worse{color:#b42318;font-weight:600}
@@ -98,7 +100,8 @@ def _plots(images: dict[str, bytes]) -> str:
     for name, png in images.items():
         b64 = base64.b64encode(png).decode("ascii")
         title = escape(PLOT_TITLES.get(name, name))
-        figs.append(f'<figure><img id="plot-{escape(name)}" alt="{title}" src="data:image/png;base64,{b64}">'
+        size = "full" if name == "metrics" else "half"
+        figs.append(f'<figure class="{size}"><img id="plot-{escape(name)}" alt="{title}" src="data:image/png;base64,{b64}">'
                     f"<figcaption>{title}</figcaption></figure>")
     return f'<div class="plots">{"".join(figs)}</div>'
 

@@ -1,8 +1,8 @@
 """The report's plots, drawn with matplotlib's Agg canvas (the `plot` extra), as PNG bytes.
 
     loss          train against validation loss per epoch, the best epoch marked
-    metrics       each metric per epoch, train against validation
     lr            the learning rate per epoch
+    metrics       each metric per epoch, train against validation
     confusion     classification: the confusion matrix on the test split
     predicted     regression: predicted against actual on the test split
     residuals     regression: residual (actual - predicted) against predicted
@@ -117,7 +117,7 @@ def metrics_plot(d: ReportData) -> bytes | None:
     names = metric_names(d.history)[:6]
     if not names:
         return None
-    cols = min(3, len(names))
+    cols = 2 if len(names) in (2, 4) else min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = _figure(3.5 * cols, 2.6 * rows)
     for i, name in enumerate(names):
@@ -140,8 +140,10 @@ def lr_plot(d: ReportData) -> bytes | None:
     fig = _figure(5.2, 3.6)
     ax = fig.add_subplot()
     ax.plot(xs, ys, color=TRAIN, marker=_marker(len(xs)), drawstyle="steps-post" if len(xs) > 1 else "default")
-    if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
+    if min(ys) > 0 and max(ys) / min(ys) > 10:
         ax.set_yscale("log")
+    elif max(ys) == min(ys):  # a constant lr: a flat line in the middle, not a zoom on float noise
+        ax.set_ylim(0, 2 * ys[0] if ys[0] > 0 else 1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("lr (the epoch's last step)")
     ax.grid(alpha=0.3)
@@ -211,7 +213,7 @@ def residuals_plot(d: ReportData) -> bytes | None:
     return _png(fig)
 
 
-PLOTS = {"loss": loss_plot, "metrics": metrics_plot, "lr": lr_plot, "confusion": confusion_plot,
+PLOTS = {"loss": loss_plot, "lr": lr_plot, "metrics": metrics_plot, "confusion": confusion_plot,
          "predicted": predicted_plot, "residuals": residuals_plot}
 
 
