@@ -44,13 +44,18 @@ def test_healthy_linear_regression():
     assert v.facts["final_val_loss"] < 0.05 and v.suggestion.startswith("Nothing to fix")
 
 
-def test_overfitting_big_model_on_16_noisy_rows():
+def _overfit(**kw):
+    """A 128x128 MLP on 16 rows of noise: it memorises them while the validation loss climbs."""
     g = torch.Generator().manual_seed(0)
     train = (torch.randn(16, 10, generator=g), torch.randn(16, generator=g))
     val = (torch.randn(64, 10, generator=g), torch.randn(64, generator=g))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
-    t = _fit(model, train, val, lr=0.01, epochs=60, batch_size=None)
+    return _fit(model, train, val, lr=0.01, epochs=60, batch_size=None, **kw)
+
+
+def test_overfitting_big_model_on_16_noisy_rows():
+    t = _overfit()
     v = _verdict(t)
     assert v.kind == "overfitting", v
     k = v.facts["best_epoch"]
@@ -63,13 +68,8 @@ def test_overfitting_big_model_on_16_noisy_rows():
 
 
 def test_overfitting_with_early_stopping_names_the_kept_epoch():
-    g = torch.Generator().manual_seed(0)
-    train = (torch.randn(16, 10, generator=g), torch.randn(16, generator=g))
-    val = (torch.randn(64, 10, generator=g), torch.randn(64, generator=g))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
     stopper = fl.EarlyStopping(patience=15)
-    t = _fit(model, train, val, lr=0.01, epochs=60, batch_size=None, callbacks=[stopper])
+    t = _overfit(callbacks=[stopper])
     v = _verdict(t)
     assert v.kind == "overfitting", v
     assert v.facts["kept_epoch"] == stopper.best_epoch == v.facts["best_epoch"]

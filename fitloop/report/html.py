@@ -101,8 +101,8 @@ def _plots(images: dict[str, bytes]) -> str:
         b64 = base64.b64encode(png).decode("ascii")
         title = escape(PLOT_TITLES.get(name, name))
         size = "full" if name == "metrics" else "half"
-        figs.append(f'<figure class="{size}"><img id="plot-{escape(name)}" alt="{title}" src="data:image/png;base64,{b64}">'
-                    f"<figcaption>{title}</figcaption></figure>")
+        figs.append(f'<figure class="{size}"><img id="plot-{escape(name)}" alt="{title}" '
+                    f'src="data:image/png;base64,{b64}"><figcaption>{title}</figcaption></figure>')
     return f'<div class="plots">{"".join(figs)}</div>'
 
 

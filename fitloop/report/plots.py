@@ -174,43 +174,36 @@ def confusion_plot(d: ReportData) -> bytes | None:
     return _png(fig)
 
 
-def _pairs(d: ReportData) -> tuple[list[float], list[float]] | None:
-    if d.is_classification or d.y_true is None or d.y_pred is None or not d.y_true:
+def _scatter(d: ReportData, residuals: bool) -> bytes | None:
+    """Regression on the test split: predicted against actual, or the residuals against predicted."""
+    if d.is_classification or not d.y_true or d.y_pred is None:
         return None
-    return [float(v) for v in d.y_true], [float(v) for v in d.y_pred]
-
-
-def predicted_plot(d: ReportData) -> bytes | None:
-    pairs = _pairs(d)
-    if pairs is None:
-        return None
-    y, p = pairs
+    y, p = [float(v) for v in d.y_true], [float(v) for v in d.y_pred]
     fig = _figure(5.0, 4.6)
     ax = fig.add_subplot()
-    ax.scatter(y, p, s=12, alpha=0.6, color=TRAIN)
-    lo, hi = min(min(y), min(p)), max(max(y), max(p))
-    ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", label="predicted = actual")
-    ax.set_xlabel("actual")
-    ax.set_ylabel("predicted")
+    if residuals:
+        ax.scatter(p, [a - b for a, b in zip(y, p)], s=12, alpha=0.6, color=VAL)
+        ax.axhline(0.0, color="gray", linestyle="--", label="residual 0")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("residual (actual - predicted)")
+    else:
+        ax.scatter(y, p, s=12, alpha=0.6, color=TRAIN)
+        lo, hi = min(min(y), min(p)), max(max(y), max(p))
+        ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", label="predicted = actual")
+        ax.set_xlabel("actual")
+        ax.set_ylabel("predicted")
     ax.set_title(f"{d.split or 'test'} split: {len(y)} rows")
     ax.grid(alpha=0.3)
     ax.legend()
     return _png(fig)
 
 
+def predicted_plot(d: ReportData) -> bytes | None:
+    return _scatter(d, residuals=False)
+
+
 def residuals_plot(d: ReportData) -> bytes | None:
-    pairs = _pairs(d)
-    if pairs is None:
-        return None
-    y, p = pairs
-    fig = _figure(5.0, 4.0)
-    ax = fig.add_subplot()
-    ax.scatter(p, [a - b for a, b in zip(y, p)], s=12, alpha=0.6, color=VAL)
-    ax.axhline(0.0, color="gray", linestyle="--")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("residual (actual - predicted)")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return _scatter(d, residuals=True)
 
 
 PLOTS = {"loss": loss_plot, "lr": lr_plot, "metrics": metrics_plot, "confusion": confusion_plot,
