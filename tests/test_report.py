@@ -288,6 +288,17 @@ def test_runs_lists_sorts_and_prints_json(runs, tmp_path, capsys):
     code, _, err = run_cli(capsys, "runs", root, "--sort", "colour")
     assert code == 2 and "invalid choice: 'colour'" in err
     assert run_cli(capsys, "runs", tmp_path / "runs" / "group" / "diabetes" / "model")[1].startswith("no runs")
+    code, out, _ = run_cli(capsys, "runs", "--help")
+    assert code == 0 and "examples:" in out and "fitloop runs --json" in out
+
+
+def test_train_prints_the_verdict_and_the_model_summary(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", DATASETS / "wine.csv", "--target", "cultivar", "--epochs", "2",
+                             "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "\nVerdict: " in out and "\nSuggestion: " in out
+    assert "Sequential: input [N, 13] -> output [N, 3]" in out
+    assert "parameters: 3,075 total, 3,075 trainable, 0 frozen" in out
 
 
 # ----------------------------------------------------------------------------------------- Chromium
