@@ -63,7 +63,7 @@ class Trainer:
         scheduler: an LR scheduler instance, a name (`"cosine"`, `"plateau"`, `"onecycle"`,
             `"warmup_cosine"`, ...), a `(name, kwargs)` pair or a factory `optimizer -> scheduler`.
         callbacks: `Callback` objects, called in this order, before the Trainer's own
-            `ProgressPrinter` and run-directory `Checkpointer`.
+            `VerdictReporter`, `ProgressPrinter` and run-directory `Checkpointer`.
         metrics: extra metrics (callables or torchmetrics objects), as a list or a dict.
         params: the parameter tensors of a plain-function model.
         config: a `TrainConfig`; keyword settings below override it.
