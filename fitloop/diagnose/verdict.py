@@ -113,6 +113,7 @@ def judge(history: list[dict[str, Any]], *, baseline_loss: float | None = None, 
         k = min(range(len(val)), key=val.__getitem__)
         facts.update(final_val_loss=val[-1], min_val_loss=val[k], best_epoch=history[k].get("epoch", k + 1))
     facts["kept_epoch"] = kept_epoch if kept_epoch else (history[-1].get("epoch", epochs) if history else None)
+    facts["restored"] = bool(kept_epoch)  # early stopping put the best epoch's weights back
     not_judged = [] if has_val else ["overfitting and whether the validation loss stayed close to the training "
                                      "loss: the run had no validation data (pass val to fit, or keep a "
                                      "validation split)"]
@@ -215,11 +216,13 @@ def _lr_advice(lr: float | None) -> str:
 
 def _overfit_advice(facts: dict[str, Any]) -> str:
     best, kept = facts.get("best_epoch"), facts.get("kept_epoch")
-    keep = (f"The model keeps the weights of epoch {kept}" + (" (the best, restored by early stopping)."
-            if kept == best else f"; the best were epoch {best}'s."))
-    return (f"{keep} Use early stopping (fl.EarlyStopping(patience=5), `--early-stopping 5`) to keep the best "
-            "epoch's weights; add regularisation (weight_decay=1e-4, dropout=0.1, input_noise=0.05); get more "
-            "data; or use a smaller model.")
+    rest = ("add regularisation (weight_decay=1e-4, dropout=0.1, input_noise=0.05); get more data; or use a "
+            "smaller model.")
+    if facts.get("restored") and kept == best:
+        return (f"The model keeps the weights of epoch {kept} (the best, restored by early stopping). To do "
+                f"better, {rest}")
+    return (f"The model keeps the weights of epoch {kept}; the best were epoch {best}'s. Use early stopping "
+            f"(fl.EarlyStopping(patience=5), `--early-stopping 5`) to keep the best epoch's weights; {rest}")
 
 
 def _underfit_advice(loss: list[float]) -> str:
