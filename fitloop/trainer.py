@@ -392,7 +392,7 @@ class Trainer:
         with thread_policy(self.device, self.params, self.config.threads):
             return lr_find(self, train, **options)
 
-    def report(self, path: str, test: Data = None) -> Any:
+    def report(self, path: str | os.PathLike, test: Data = None) -> Any:
         """Write plots and a self-contained `report.html` of the last fit into `path` (`fitloop.report`)."""
         from .report import write_report
         return write_report(self, path, test=test)
