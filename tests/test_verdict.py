@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,3 +180,12 @@ def test_baseline_loss_matches_the_constant_models_loss():
     assert V.baseline_loss(nn.functional.mse_loss, yr, "regression") == pytest.approx(3.5)
     assert V.baseline_loss(lambda out, y: out.sum() / 0 * float("nan"), yr, "regression") is None
     assert V.baseline_loss(nn.functional.mse_loss, None, "regression") is None
+
+
+def test_a_fit_with_its_verdict_imports_no_plotting_library():
+    code = ("import sys, torch, fitloop as fl; fl.Trainer(torch.nn.Linear(2, 1), epochs=2, quiet=True).fit("
+            "(torch.randn(8, 2), torch.randn(8))); print([m for m in ('matplotlib', 'sklearn', 'torchmetrics') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}).stdout
+    assert out.strip() == "[]"
