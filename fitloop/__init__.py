@@ -32,6 +32,7 @@ _EXPORTS = {
     "Trainer": "trainer", "pick_device": "trainer",
     "TrainState": "state", "seed_everything": "state",
     "export": "integrations.export",
+    "summary": "report.summary", "VerdictReporter": "callbacks.verdict",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -43,12 +44,14 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .bundle import load  # noqa: F401
     from .callbacks import Callback, Checkpointer, EarlyStopping, ProgressPrinter, RunInterrupted  # noqa: F401
+    from .callbacks.verdict import VerdictReporter  # noqa: F401
     from .checkpoint_format import CheckpointError, ResumeMismatchError  # noqa: F401
     from .cli.run_config import RunConfig  # noqa: F401
     from .config import TrainConfig  # noqa: F401
     from .data import Preprocessor, Split, Table, TableError, split, transform_table  # noqa: F401
     from .integrations.export import export  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
+    from .report.summary import summary  # noqa: F401
     from .state import TrainState, seed_everything  # noqa: F401
     from .step import NonFiniteError, TrainingStep  # noqa: F401
     from .trainer import Trainer, pick_device  # noqa: F401

@@ -31,6 +31,7 @@ from .bundle import check_state_shapes, save_bundle
 from .callbacks.base import EVENTS, Callback, callback_states, dispatch, handlers, load_callback_states
 from .callbacks.checkpoint import Checkpointer
 from .callbacks.progress import ProgressPrinter
+from .callbacks.verdict import VerdictReporter
 from .checkpoint_format import ResumeMismatchError
 from .compiled import CompiledStep
 from .config import TrainConfig
@@ -62,7 +63,7 @@ class Trainer:
         scheduler: an LR scheduler instance, a name (`"cosine"`, `"plateau"`, `"onecycle"`,
             `"warmup_cosine"`, ...), a `(name, kwargs)` pair or a factory `optimizer -> scheduler`.
         callbacks: `Callback` objects, called in this order, before the Trainer's own
-            `ProgressPrinter` and run-directory `Checkpointer`.
+            `VerdictReporter`, `ProgressPrinter` and run-directory `Checkpointer`.
         metrics: extra metrics (callables or torchmetrics objects), as a list or a dict.
         params: the parameter tensors of a plain-function model.
         config: a `TrainConfig`; keyword settings below override it.
@@ -101,7 +102,7 @@ class Trainer:
         self.scheduler_interval = "epoch"
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.callbacks: list[Callback] = list(callbacks or [])
+        self.callbacks: list[Callback] = [*(callbacks or []), VerdictReporter()]  # the verdict: printed, in run.json
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
@@ -334,15 +335,12 @@ class Trainer:
         """Fire `on_checkpoint(trainer, path)`; called by whatever has just written a checkpoint."""
         self._emit("on_checkpoint", str(path))
 
-    # ------------------------------------------------------------------ data
-
     def batches(self, data: Data, *, train: bool) -> TensorBatches | LoaderBatches:
         """The batch source for `data` (see `fitloop.data.batches.make_batches`): in-memory tensors
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
         cfg = self.config
         return make_batches(data, train=train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, device=self.device,
-                            float_dtype=self._float_dtype(), task=self.task,
-                            num_workers=cfg.num_workers)
+                            float_dtype=self._float_dtype(), task=self.task, num_workers=cfg.num_workers)
 
     def _float_dtype(self) -> torch.dtype:
         return self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
@@ -394,6 +392,11 @@ class Trainer:
         with thread_policy(self.device, self.params, self.config.threads):
             return lr_find(self, train, **options)
 
+    def report(self, path: str | os.PathLike, test: Data = None) -> Any:
+        """Write plots and a self-contained `report.html` of the last fit into `path` (`fitloop.report`)."""
+        from .report import write_report
+        return write_report(self, path, test=test)
+
     # ------------------------------------------------------------------ save, state, resume
 
     def save(self, path: str, *, extra: Mapping[str, Any] | None = None) -> str:
@@ -415,12 +418,10 @@ class Trainer:
         return {
             "config": self.config.to_dict(), "config_hash": self.config.fingerprint(),
             "model": _fastpath.unwrap_model(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": scheduler,
+            "optimizer": self.optimizer.state_dict(), "scheduler": scheduler,
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "train_state": st.state_dict(epoch_time=mid_epoch_time),
-            "rng": rng_state(self.generator),
-            "callbacks": callback_states(self.callbacks),
+            "rng": rng_state(self.generator), "callbacks": callback_states(self.callbacks),
             "history": list(self.history),
             "should_stop": self.should_stop, "stop_reason": self.stop_reason,
         }

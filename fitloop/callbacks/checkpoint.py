@@ -4,7 +4,7 @@ A run directory holds everything a run produced::
 
     runs/exp1/
       config.json       the resolved TrainConfig and its fingerprint
-      run.json          status (running / finished / failed / interrupted), versions, timings
+      run.json          status (running / finished / failed / interrupted), versions, timings, the verdict
       history.jsonl     one JSON line per epoch, appended and flushed as it goes
       splits.json       the row indices of the train/val splits (when the data carries them)
       checkpoints/      ckpt-000001-e1-s12.safetensors ..., `latest` and `best` pointer files
@@ -60,6 +60,7 @@ from ..files import atomic_write_bytes, versions, write_json_atomic
 from ..runlock import RunLock, hold_run_dir
 from ..step import NonFiniteError
 from .base import Callback
+from .verdict import verdict_in
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -455,7 +456,8 @@ class Checkpointer(Callback):
     def _finish(self, trainer: Trainer, status: str, **changes: Any) -> None:
         self._finished = True
         self._write_info(status=status, ended=_now(), epoch=trainer.state.epoch, step=trainer.state.step,
-                         elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0, **changes)
+                         elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0,
+                         verdict=verdict_in(trainer), **changes)
 
     def _append_history(self, logs: dict[str, Any]) -> None:
         with open(self.dir / "history.jsonl", "a") as f:

@@ -3,6 +3,7 @@
     fitloop train data.csv --target price --epochs 50 --out runs/price
     fitloop predict runs/price new.csv -o preds.csv
     fitloop evaluate runs/price labelled.csv --json
+    fitloop report runs/price && fitloop runs
 
 This module is the parser and `main`; what each command does is in `fitloop.cli.commands`, the
 settings in `fitloop.cli.run_config`, the table-to-run-directory work in `fitloop.cli.pipeline`.
@@ -66,7 +67,8 @@ examples:
 
 REPORT_EXAMPLES = """\
 examples:
-  fitloop report runs/price
+  fitloop report runs/price                 # writes runs/price/report.html and runs/price/plots/*.png
+  fitloop report runs/price --out /tmp/rep  # writes /tmp/rep/report.html and /tmp/rep/plots/
 """
 
 
@@ -138,11 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(r)
     r.set_defaults(func=cmd_resume)
 
-    rp = sub.add_parser("report", help="show a finished run's summary", formatter_class=fmt,
-                        epilog=REPORT_EXAMPLES, description="Print the summary of a run directory.")
+    rp = sub.add_parser("report", help="a run's summary, plots and report.html", formatter_class=fmt,
+                        epilog=REPORT_EXAMPLES, description="Print the summary of a run directory (finished, "
+                        "interrupted or failed) and write RUN_DIR/report.html with its plots in RUN_DIR/plots/.")
     rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("--out", "-o", metavar="DIR", help="write report.html and plots/ here instead of RUN_DIR")
     _common(rp)
     rp.set_defaults(func=cmd_report)
+
+    from .runs_table import add_parser as add_runs_parser
+
+    add_runs_parser(sub, fmt)
 
     dm = sub.add_parser("demo", help="train on the bundled wine dataset", formatter_class=fmt,
                         epilog=DEMO_EXAMPLES, description="`fitloop train` on the wine table shipped with fitloop.")

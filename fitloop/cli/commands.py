@@ -120,6 +120,8 @@ def _print_summary(console, r) -> None:
                          if "to_first_step" in tm else "")
                       + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
     console.print(t)
+    if r.model_summary is not None:
+        console.print(str(r.model_summary), markup=False)
     _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")
     for note in r.notes:
         console.print(f"note: {note}", markup=False)
@@ -231,17 +233,34 @@ def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    import json
+    """The run's summary, then its plots and report.html (in RUN_DIR, or --out)."""
+    from ..report import write_report
+    from ..report.data import from_run_dir
 
-    from .runs import check_run
-
-    meta = check_run(args.run_dir)
-    m = json.loads((Path(args.run_dir) / "metrics.json").read_text())
+    data = from_run_dir(args.run_dir)  # NotARunDirectory (exit 2) names what is missing
     console = _console()
-    console.print(f"run {args.run_dir}: {meta.get('task')} on {meta.get('data')} (target {meta.get('target')!r}), "
-                  f"{meta.get('epochs')} epochs, best {meta.get('best_epoch')}, status {meta.get('status')}",
-                  markup=False)
-    _print_metrics(console, m["metrics"], m["baseline"], m.get("baseline_kind"), f"{m.get('split')} metrics")
+    quiet = getattr(args, "quiet", False)
+    if not quiet:
+        info = data.data
+        console.print(f"run {args.run_dir}: {data.task} on {info.get('data', 'in-memory data')} (target "
+                      f"{info.get('target')!r}), {len(data.history)} epochs, best {data.best_epoch}, status "
+                      f"{data.status}", markup=False, soft_wrap=True)
+        if data.metrics:
+            _print_metrics(console, data.metrics, data.baseline, data.baseline_kind, f"{data.split} metrics")
+        if data.verdict:
+            reason = str(data.verdict.get("reason", ""))
+            console.print(f"verdict: {data.verdict['kind']}. {reason[:1].upper()}{reason[1:]}", markup=False,
+                          soft_wrap=True)
+    try:
+        files = write_report(data, args.out or args.run_dir)
+    except ImportError as e:  # the `plot` extra is missing: the summary above still stands
+        print(f"fitloop: error: {e}", file=sys.stderr)
+        return 2
+    if not quiet:
+        for a in files.absent:
+            console.print(f"absent: {a}", markup=False, soft_wrap=True)
+        console.print(f"wrote {files.html} ({len(files.plots)} plots in {files.html.parent / 'plots'})",
+                      markup=False, soft_wrap=True)
     return EXIT_OK
 
 

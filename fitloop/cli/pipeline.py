@@ -12,6 +12,7 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
       run.json        status, versions, timings, rows per split, epochs, notes
       config.toml     the resolved configuration (`fitloop train --config RUN_DIR/config.toml` reruns it)
       metrics.json    held-out metrics next to a trivial baseline (majority class / train mean)
+      test_predictions.csv  the held-out split's row, target and prediction (for `fitloop report`)
       history.jsonl   one line per epoch
       splits.json     row indices of each split
       model/          the bundle: model.safetensors + fitloop.json (spec, preprocessor, target info)
@@ -77,6 +78,7 @@ class RunResult:
     baseline_kind: str
     notes: list[str] = field(default_factory=list)
     stop_reason: str | None = None
+    model_summary: Any = None
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -241,6 +243,7 @@ class _PreparedRun:
     run_fields: dict[str, Any] = field(default_factory=dict)
     t_command: float = 0.0
     first_step: Any = None
+    targets: dict[str, Any] = field(default_factory=dict)  # regression: each split's target in its own units
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
@@ -262,6 +265,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     d = cfg.data
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
                             "feature_names": pre.feature_names, "decimal": d.decimal}  # predict's default
+    targets: dict[str, Any] = {}
     if task == "classification":
         counts = torch.bincount(splits["train"][1], minlength=len(classes)).double()
         info["class_prior"] = (counts / counts.sum()).tolist()
@@ -270,11 +274,14 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
         ytr = splits["train"][1].double()
         std = float(ytr.std(unbiased=False))
         info["target_scaling"] = scaling = {"mean": float(ytr.mean()), "std": std if std > 0 else 1.0}
+        targets = {k: y for k, (_, y) in splits.items()}
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
     timings = {"load": plan.load_seconds, "preprocess": time.perf_counter() - plan.t_decide}
-    return _PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
-                        plan.spec, plan.loss, plan.early_stopping)
+    prepared = _PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
+                            plan.spec, plan.loss, plan.early_stopping)
+    prepared.targets = targets
+    return prepared
 
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
@@ -432,6 +439,8 @@ def _killed_at_start(run_dir: Path) -> bool:
 
 def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> RunResult:
     """Evaluate on the held-out rows, write the bundle (with the preprocessor), metrics and summary."""
+    from ..report.summary import summary
+
     trainer, task, info = p.trainer, p.task, p.info
     history = trainer.history
     has_val = "val" in p.splits
@@ -444,6 +453,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         y_true = y if task == "classification" else unscale(y, info["target_scaling"])
         metrics = score(task, raw, y_true, info["target_scaling"])
         baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
+        _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
     best_epoch = None
     if p.callbacks and p.callbacks[0].best_epoch:
         best_epoch = p.callbacks[0].best_epoch
@@ -465,12 +475,45 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     n_params = sum(q.numel() for q in trainer.model.parameters())
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
                        best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
-                       trainer.stop_reason)
+                       trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False))
     _merge_run_json(out_dir, {
         **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
         "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
-        "device": str(trainer.device), "timings": p.timings, "notes": p.notes})
+        "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
+        "target_distribution": _target_distribution(p)})
     return result
+
+
+def _write_predictions(out_dir: Path, rows: np.ndarray, y_true: Any, raw: Any, info: dict[str, Any]) -> None:
+    """The held-out split's targets and predictions (original labels or units) as CSV, for `fitloop report`'s
+    confusion matrix or predicted-vs-actual plots; `row` indexes the data file's rows (as splits.json)."""
+    import csv
+    import io
+
+    from ..report.data import PREDICTIONS_FILE
+
+    if info["task"] == "classification":
+        classes = info["classes"]
+        target = [classes[i] for i in y_true.long().tolist()]
+        pred = [classes[i] for i in raw.argmax(-1).tolist()]
+    else:
+        pred_units = unscale(raw.reshape(-1).double(), info["target_scaling"]).float()
+        target, pred = [str(v) for v in y_true.numpy()], [str(v) for v in pred_units.numpy()]  # float32, shortest
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "target", "prediction"])
+    w.writerows(zip(rows.tolist(), target, pred))
+    atomic_write_bytes(out_dir / PREDICTIONS_FILE, buf.getvalue().encode("utf-8"))
+
+
+def _target_distribution(p: _PreparedRun) -> dict[str, Any]:
+    """Per split: class counts, or the target's mean, std and quantiles in its own units."""
+    from ..report.data import target_distribution
+
+    out = {}
+    for name, (_, y) in p.splits.items():
+        out[name] = target_distribution(p.targets.get(name, y), p.task, p.info["classes"])
+    return out
 
 
 def _merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:
