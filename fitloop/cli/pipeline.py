@@ -164,6 +164,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
                          f"the model needs at least one input.")
     splits: dict[str, Any] = {name: (s.X, s.y) for name, s in prep.splits.items()}  # every split has a y
     del prep
+    notes += _leakage_notes(splits, cfg.train.guards)
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
                             "feature_names": pre.feature_names}
     if task == "classification":
@@ -178,6 +179,16 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
     timings = {"load": load_s, "preprocess": time.perf_counter() - t0}
     return _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
+
+
+def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> list[str]:
+    """The leakage guard over all three splits (the Trainer sees only train and val): a note with the counts,
+    or an error with `train.guards = {leakage = "error"}`."""
+    from ..diagnose.checks import check_leakage, guard_settings
+
+    mode = guard_settings(guards)["leakage"]
+    found = check_leakage(splits, mode="error" if mode == "error" else False) if mode else {}
+    return [f"leakage: {n} {b} rows have the same encoded inputs as {a} rows" for (a, b), n in found.items()]
 
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
@@ -199,6 +210,8 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
         p.notes.append("early stopping is off: there is no validation split")
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
+    if isinstance(tcfg.guards, dict):  # leakage was checked over all three splits in _prepare
+        tcfg.guards = {**tcfg.guards, "leakage": False}
     p.first_step = _FirstStep(p.t_command)
     p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, callbacks=[*p.callbacks, p.first_step],
                         config=tcfg)
