@@ -31,6 +31,8 @@ _EXPORTS = {
     "NonFiniteError": "step", "TrainingStep": "step",
     "Trainer": "trainer", "pick_device": "trainer",
     "TrainState": "state", "seed_everything": "state",
+    "size_search": "diagnose.size_search", "SizeSearchResult": "diagnose.size_search",
+    "GuardWarning": "diagnose.checks", "SanityResult": "diagnose.sanity",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -46,6 +48,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .cli.run_config import RunConfig  # noqa: F401
     from .config import TrainConfig  # noqa: F401
     from .data import Preprocessor, Split, Table, TableError, split, transform_table  # noqa: F401
+    from .diagnose.checks import GuardWarning  # noqa: F401
+    from .diagnose.sanity import SanityResult  # noqa: F401
+    from .diagnose.size_search import SizeSearchResult, size_search  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
     from .state import TrainState, seed_everything  # noqa: F401
     from .step import NonFiniteError, TrainingStep  # noqa: F401
