@@ -120,3 +120,45 @@ def test_parallel_trials_give_the_same_numbers_and_choice():
     s = {t.size: (t.train_loss, t.val_loss) for t in serial.trials}
     assert all(s[t.size] == (t.train_loss, t.val_loss) for t in parallel.trials if t.size in s)
     assert parallel.chosen == serial.chosen
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+
+
+def _csv(path, n=300, noise=0.1, seed=0):
+    X, y = teacher(n, seed=seed, noise=noise)
+    lines = ["a,b,c,d,e,y"] + [",".join(f"{v:.6g}" for v in [*x.tolist(), t]) for x, t in zip(X, y.tolist())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_cli_searches_trains_the_chosen_size_and_predict_uses_the_bundle(tmp_path, capsys):
+    import json
+
+    from fitloop.cli import main
+
+    data, out = _csv(tmp_path / "t.csv"), tmp_path / "run"
+    code = main(["size-search", str(data), "--target", "y", "--widths", "4,16", "--depths", "1",
+                 "--trial-epochs", "20", "--lr", "0.01", "--epochs", "3", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    search = json.loads((out / "size_search.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    bundle = json.loads((out / "model" / "fitloop.json").read_text())
+    assert run["size_search"]["chosen"] == search["chosen"] and search["chosen"] in ([4], [16])
+    assert [t["label"] for t in search["trials"]][:2] == ["4", "16"]
+    assert json.dumps(search["chosen"]) in json.dumps(bundle)  # the bundle's spec has the chosen hidden layers
+    assert (out / "size_search.png").is_file() and "reason:" in (out / "size_search.txt").read_text()
+    capsys.readouterr()
+    assert main(["predict", str(out), str(data), "-o", str(tmp_path / "p.csv")]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 301
+
+
+def test_cli_refuses_hidden_and_a_split_without_val(tmp_path, capsys):
+    from fitloop.cli import main
+
+    data = _csv(tmp_path / "t.csv", n=40)
+    assert main(["size-search", str(data), "--target", "y", "--hidden", "8", "--out", str(tmp_path / "a")]) == 2
+    assert "size-search chooses the hidden layers itself" in capsys.readouterr().err
+    assert main(["size-search", str(data), "--target", "y", "--split", "0.8,0.2", "--out", str(tmp_path / "b")]) == 2
+    assert "validation split" in capsys.readouterr().err and not (tmp_path / "b").exists()

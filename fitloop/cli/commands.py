@@ -50,17 +50,23 @@ def _console():
     return Console(highlight=False)
 
 
-def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import train_table
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The `RunConfig` of `train`'s options (also `size-search`'s): defaults < --config < flags < --set."""
     from .run_config import load_toml, parse_set, resolve_run_config
 
-    quiet = getattr(args, "quiet", False)
     layers = [load_toml(args.config)] if args.config else []
     flags = _flag_overrides(args)
-    if quiet:
+    if getattr(args, "quiet", False):
         flags["train.quiet"] = True
     layers += [flags, parse_set(args.set)]
-    cfg = resolve_run_config(*layers)
+    return resolve_run_config(*layers)
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .pipeline import train_table
+
+    quiet = getattr(args, "quiet", False)
+    cfg = config_from_args(args)
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,

@@ -291,8 +291,12 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
     else:
         ladder_w = list(sizes or [])
     settings = {"quiet": True, "seed": seed, **settings}
-    if "threads" not in settings and str(settings.get("device", "cpu")).startswith("cpu"):
-        settings["threads"] = 1  # the same numbers serially and in parallel workers
+    cfg = settings.get("config")
+    if "threads" not in settings and (cfg is None or cfg.threads is None):
+        from ..devices import pick_device
+
+        if pick_device(settings.get("device", cfg.device if cfg is not None else "auto")).type == "cpu":
+            settings["threads"] = 1  # the same numbers serially and in parallel workers
     if task is not None:
         settings["task"] = task
     payload = {"train": (Xtr, ytr), "val": (Xva, yva), "factory": make_model, "in_features": Xtr.shape[1] if
