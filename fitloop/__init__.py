@@ -33,6 +33,7 @@ _EXPORTS = {
     "TrainState": "state", "seed_everything": "state",
     "size_search": "diagnose.size_search", "SizeSearchResult": "diagnose.size_search",
     "GuardWarning": "diagnose.checks", "SanityResult": "diagnose.sanity",
+    "FitloopRegressor": "sklearn", "FitloopClassifier": "sklearn",  # needs scikit-learn (fitloop[sklearn])
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .diagnose.sanity import SanityResult  # noqa: F401
     from .diagnose.size_search import SizeSearchResult, size_search  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
+    from .sklearn import FitloopClassifier, FitloopRegressor  # noqa: F401
     from .state import TrainState, seed_everything  # noqa: F401
     from .step import NonFiniteError, TrainingStep  # noqa: F401
     from .trainer import Trainer, pick_device  # noqa: F401
