@@ -90,7 +90,7 @@ class _FitloopEstimator(BaseEstimator):
 
     # ------------------------------------------------------------------ scikit-learn protocol
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.device not in ("cpu",)  # CUDA kernels may reorder sums
         return tags
@@ -254,7 +254,7 @@ class FitloopRegressor(RegressorMixin, _FitloopEstimator):
         >>> reg.score(X_test, y_test)   # R^2
     """
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
