@@ -210,8 +210,8 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
         p.notes.append("early stopping is off: there is no validation split")
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
-    if isinstance(tcfg.guards, dict):  # leakage was checked over all three splits in _prepare
-        tcfg.guards = {**tcfg.guards, "leakage": False}
+    if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in _prepare; inputs: standardised
+        tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     p.first_step = _FirstStep(p.t_command)
     p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, callbacks=[*p.callbacks, p.first_step],
                         config=tcfg)

@@ -74,8 +74,8 @@ def search_table(cfg: Any, args: argparse.Namespace, log: Any) -> Any:
                           "pass three fractions, e.g. --split 0.7,0.15,0.15.")
     tcfg = cfg.train.trainer_config()
     tcfg.quiet, tcfg.run_dir = True, None
-    if isinstance(tcfg.guards, dict):  # the pipeline checked leakage over all three splits already
-        tcfg.guards = {**tcfg.guards, "leakage": False}
+    if isinstance(tcfg.guards, dict):  # the pipeline checked leakage over all three splits, and standardised
+        tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
     options: dict[str, Any] = {"activation": cfg.model.activation}
     if args.widths:
