@@ -290,3 +290,20 @@ def test_sanity_check_reports_a_model_that_cannot_learn():
 
     report = fl.Trainer(Detached(3, 1), quiet=True).sanity_check((X, y))
     assert not report.can_learn and "the training step failed" in report.message
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none available here)")
+def test_class_target_messages_are_the_same_on_cuda_as_on_cpu():
+    X, _ = _data()
+    y = torch.randint(0, 3, (64,))
+    y[[5, 40]] = torch.tensor([7, -1])
+    messages = []
+    for device in ("cpu", "cuda"):
+        for bad in ([5], [40]):
+            yy = y.clone()
+            yy[[i for i in (5, 40) if i not in bad]] = 0
+            with pytest.raises(ValueError) as err:
+                _fit(nn.Linear(3, 3), (X, yy), loss="cross_entropy", device=device)
+            messages.append(str(err.value))
+    assert messages[:2] == messages[2:] and "rows 5 hold labels 7" in messages[0]
