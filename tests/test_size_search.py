@@ -162,3 +162,20 @@ def test_cli_refuses_hidden_and_a_split_without_val(tmp_path, capsys):
     assert "size-search chooses the hidden layers itself" in capsys.readouterr().err
     assert main(["size-search", str(data), "--target", "y", "--split", "0.8,0.2", "--out", str(tmp_path / "b")]) == 2
     assert "validation split" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_cli_with_nothing_to_learn_trains_nothing_and_says_so(tmp_path, capsys):
+    import json
+
+    from fitloop.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(300, 3, generator=g), torch.randn(300, generator=g)
+    rows = ["a,b,c,y"] + [",".join(f"{v:.6g}" for v in [*x.tolist(), t]) for x, t in zip(X, y.tolist())]
+    (tmp_path / "noise.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert main(["size-search", str(tmp_path / "noise.csv"), "--target", "y", "--widths", "4,16", "--depths", "1",
+                 "--trial-epochs", "20", "--lr", "0.01", "--out", str(out), "--quiet"]) == 0
+    assert "nothing to learn" in capsys.readouterr().out
+    assert json.loads((out / "size_search.json").read_text())["nothing_to_learn"] is True
+    assert not (out / "model").exists() and not (out / "run.json").exists()

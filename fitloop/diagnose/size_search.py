@@ -37,7 +37,10 @@ __all__ = ["SizeTrial", "SizeSearchResult", "size_search"]
 
 @dataclass
 class SizeTrial:
-    """One trained size: `size` (the MLP's hidden layers as a tuple, or the factory's argument)."""
+    """One trained size: `size` (the MLP's hidden layers as a tuple, or the factory's argument).
+
+    `seconds` is the trial's wall time; the first trial of a process also pays torch's one-time set-up
+    of the first fit (about 2-3 s on a busy 2-core machine)."""
 
     size: Any
     label: str
