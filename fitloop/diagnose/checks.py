@@ -167,13 +167,40 @@ def check_scales(X: torch.Tensor, ratio: float = SCALE_RATIO) -> str | None:
             "fl.Preprocessor or sklearn's StandardScaler do it), or pass guards={'unscaled': False}.")
 
 
-def _row_keys(X: torch.Tensor) -> np.ndarray:
-    """One bytes key per row (-0.0 as 0.0), for exact-duplicate detection."""
+def _row_keys(X: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: its bytes as one key (-0.0 as 0.0), for exact comparison, and a 64-bit hash of them, so that
+    finding shared rows is a fast integer search (0.2 s for a million rows) with only the hash matches
+    compared exactly."""
     a = X.detach().cpu().reshape(len(X), -1)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a = a.float()  # NumPy has no bfloat16
     if a.is_floating_point():
         a = a + 0.0  # -0.0 + 0.0 == 0.0: equal numbers get equal bytes
     arr = np.ascontiguousarray(a.numpy())
-    return arr.view(np.dtype((np.void, arr.dtype.itemsize * arr.shape[1]))).ravel()
+    raw = arr.view(np.uint8).reshape(len(arr), -1)
+    if raw.shape[1] % 8:
+        raw = np.pad(raw, ((0, 0), (0, 8 - raw.shape[1] % 8)))
+    words = np.ascontiguousarray(raw).view(np.uint64)
+    mult = np.random.default_rng(words.shape[1]).integers(1, 2 ** 63, size=words.shape[1], dtype=np.uint64) | 1
+    hashes = (words * mult).sum(axis=1, dtype=np.uint64)  # wraps modulo 2**64, as a hash should
+    return arr.view(np.dtype((np.void, arr.dtype.itemsize * arr.shape[1]))).ravel(), hashes
+
+
+def _member(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """`np.isin(values, pool)` by one sort and a binary search (several times faster than isin here)."""
+    if len(pool) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pool = np.sort(pool)
+    idx = np.minimum(np.searchsorted(pool, values), len(pool) - 1)
+    return pool[idx] == values
+
+
+def _shared(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> int:
+    """Rows of `b` equal to some row of `a`: hashes first, the few hash matches compared exactly."""
+    cand = _member(b[1], a[1])
+    if not cand.any():
+        return 0
+    return int(np.isin(b[0][cand], a[0][_member(a[1], b[1][cand])]).sum())
 
 
 def check_leakage(parts: dict[str, Any], mode: str | bool = "warn") -> dict[tuple[str, str], int]:
@@ -202,13 +229,13 @@ def check_leakage(parts: dict[str, Any], mode: str | bool = "warn") -> dict[tupl
     found: dict[tuple[str, str], int] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if keys[a].dtype != keys[b].dtype:
+            if keys[a][0].dtype != keys[b][0].dtype:
                 continue
-            n = int(np.isin(keys[b], keys[a]).sum())
+            n = _shared(keys[a], keys[b])
             if n:
                 found[(a, b)] = n
     if found and mode:
-        sizes = {n: len(k) for n, k in keys.items()}
+        sizes = {n: len(k[0]) for n, k in keys.items()}
         counts = "; ".join(f"{n} of {sizes[b]} {b} rows also occur in {a}" for (a, b), n in found.items())
         msg = (f"leakage: identical input rows in more than one split ({counts}). Held-out scores on rows the "
                "model trained on are optimistic. Remove duplicate rows before splitting (e.g. "

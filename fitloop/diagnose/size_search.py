@@ -271,6 +271,7 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
         >>> model = result.model()          # the chosen size, trained
     """
     from ..optim import make_loss
+    from .checks import check_leakage, guard_settings
 
     if make_model is not None and not sizes:
         raise ValueError("size_search: with make_model, pass sizes=[...] (smallest first), e.g. sizes=[8, 16, 32].")
@@ -302,6 +303,11 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
             settings["threads"] = 1  # the same numbers serially and in parallel workers
     if task is not None:
         settings["task"] = task
+    guards = settings.get("guards", cfg.guards if cfg is not None else {})
+    if guard_settings(guards)["leakage"]:  # once for the search, not once per trial
+        check_leakage({"train": (Xtr, ytr), "val": (Xva, yva)}, mode=guard_settings(guards)["leakage"])
+    if isinstance(guards, dict):
+        settings["guards"] = {**guards, "leakage": False}
     payload = {"train": (Xtr, ytr), "val": (Xva, yva), "factory": make_model, "in_features": Xtr.shape[1] if
                Xtr.ndim == 2 else 1, "out_features": out_features, "activation": activation, "loss": loss,
                "optimizer": optimizer, "seed": seed, "epochs": epochs, "settings": settings}
