@@ -33,6 +33,9 @@ _EXPORTS = {
     "TrainState": "state", "seed_everything": "state",
     "export": "integrations.export",
     "summary": "report.summary", "VerdictReporter": "callbacks.verdict",
+    "size_search": "diagnose.size_search", "SizeSearchResult": "diagnose.size_search",
+    "GuardWarning": "diagnose.checks", "SanityResult": "diagnose.sanity",
+    "FitloopRegressor": "sklearn", "FitloopClassifier": "sklearn",  # needs scikit-learn (fitloop[sklearn])
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -49,9 +52,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .cli.run_config import RunConfig  # noqa: F401
     from .config import TrainConfig  # noqa: F401
     from .data import Preprocessor, Split, Table, TableError, split, transform_table  # noqa: F401
+    from .diagnose.checks import GuardWarning  # noqa: F401
+    from .diagnose.sanity import SanityResult  # noqa: F401
+    from .diagnose.size_search import SizeSearchResult, size_search  # noqa: F401
     from .integrations.export import export  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
     from .report.summary import summary  # noqa: F401
+    from .sklearn import FitloopClassifier, FitloopRegressor  # noqa: F401
     from .state import TrainState, seed_everything  # noqa: F401
     from .step import NonFiniteError, TrainingStep  # noqa: F401
     from .trainer import Trainer, pick_device  # noqa: F401

@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .data import LoaderBatches, Split, TensorBatches, as_tensor
 from .data.batches import make_batches
 from .devices import pick_device, thread_policy
+from .diagnose import GuardCallback, lr_find, sanity_check
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
 from .metrics import MetricSet, normalize_task, to_python
 from .models import as_module, trainable_parameters
@@ -106,6 +107,7 @@ class Trainer:
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
+        self.callbacks.append(GuardCallback(cfg.guards))  # fitloop.diagnose.guards: before the first step
         if not cfg.quiet:
             self.callbacks.append(ProgressPrinter(cfg.print_every))
         if cfg.run_dir:
@@ -289,8 +291,7 @@ class Trainer:
         """After fit, however it ended: an unfinished epoch keeps its time; callbacks may change now."""
         if self._epoch_t0 is not None and self.state.batch:
             self.state.epoch_time += time.perf_counter() - self._epoch_t0
-        self._epoch_t0 = None
-        self._handlers = {}
+        self._epoch_t0, self._handlers = None, {}
 
     def _begin_epoch(self) -> bool:
         """Start an epoch, or continue the one a checkpoint was written in. True for a new one."""
@@ -387,8 +388,6 @@ class Trainer:
 
     def lr_find(self, train: Data, **options: Any) -> Any:
         """Sweep the lr and suggest one (`fitloop.diagnose.lr_find`); every state is put back exactly."""
-        from .diagnose.lr_find import lr_find
-
         with thread_policy(self.device, self.params, self.config.threads):
             return lr_find(self, train, **options)
 
@@ -396,6 +395,10 @@ class Trainer:
         """Write plots and a self-contained `report.html` of the last fit into `path` (`fitloop.report`)."""
         from .report import write_report
         return write_report(self, path, test=test)
+
+    def sanity_check(self, train: Data, **options: Any) -> Any:
+        """Overfit one small batch: can the model learn? (`fitloop.diagnose.sanity`); every state is put back."""
+        return sanity_check(self, train, **options)
 
     # ------------------------------------------------------------------ save, state, resume
 

@@ -21,6 +21,8 @@ import traceback
 
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
 from .export import add_export_parser
+from .size_search import EXAMPLES as SIZE_SEARCH_EXAMPLES
+from .size_search import cmd_size_search, size_search_options
 
 __all__ = ["main", "build_parser"]
 
@@ -112,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
     _train_options(t)
     t.set_defaults(func=cmd_train)
+
+    ss = sub.add_parser("size-search", help="find the network size the data supports, then train it",
+                        formatter_class=fmt, epilog=SIZE_SEARCH_EXAMPLES,
+                        description="Grow an MLP until it fits the training rows, shrink it until it stops "
+                                    "overfitting the validation rows, then train the chosen size into a run directory.")
+    ss.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
+    size_search_options(ss)
+    _train_options(ss)
+    ss.set_defaults(func=cmd_size_search)
 
     p = sub.add_parser("predict", help="predictions for a new file", formatter_class=fmt, epilog=PREDICT_EXAMPLES,
                        description="Apply a run's saved preprocessing and model to a new file.")

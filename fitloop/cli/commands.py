@@ -70,17 +70,23 @@ def _console():
     return Console(highlight=False)
 
 
-def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import train_table
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The `RunConfig` of `train`'s options (also `size-search`'s): defaults < --config < flags < --set."""
     from .run_config import load_toml, parse_set, resolve_run_config
 
-    quiet = getattr(args, "quiet", False)
     layers = [load_toml(args.config)] if args.config else []
     flags = _flag_overrides(args)
-    if quiet and not args.dry_run:  # --quiet is about this command's output, not a setting of the planned run
-        flags["train.quiet"] = True
+    if getattr(args, "quiet", False) and not getattr(args, "dry_run", False):
+        flags["train.quiet"] = True  # --quiet is about this command's output, not a setting of a planned run
     layers += [flags, parse_set(args.set)]
-    cfg = resolve_run_config(*layers)
+    return resolve_run_config(*layers)
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .pipeline import train_table
+
+    quiet = getattr(args, "quiet", False)
+    cfg = config_from_args(args)
     if args.dry_run:
         from .dry_run import cmd_dry_run
 

@@ -263,6 +263,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     splits: dict[str, Any] = {name: (s.X, s.y) for name, s in prep.splits.items()}  # every split has a y
     del prep
     d = cfg.data
+    plan.notes.extend(_leakage_notes(splits, cfg.train.guards))
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
                             "feature_names": pre.feature_names, "decimal": d.decimal}  # predict's default
     targets: dict[str, Any] = {}
@@ -284,6 +285,16 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     return prepared
 
 
+def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> list[str]:
+    """The leakage guard over all three splits (the Trainer sees only train and val): a note with the counts,
+    or an error with `train.guards = {leakage = "error"}`."""
+    from ..diagnose.checks import check_leakage, guard_settings
+
+    mode = guard_settings(guards)["leakage"]
+    found = check_leakage(splits, mode="error" if mode == "error" else False) if mode else {}
+    return [f"leakage: {n} {b} rows have the same encoded inputs as {a} rows" for (a, b), n in found.items()]
+
+
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
     from ..callbacks import EarlyStopping
@@ -296,6 +307,8 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
         p.callbacks.append(EarlyStopping(patience=p.early_stopping))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
+    if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in _prepare; inputs: standardised
+        tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     p.first_step = _FirstStep(p.t_command)
     p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, callbacks=[*p.callbacks, p.first_step],
                         config=tcfg)
