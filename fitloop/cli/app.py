@@ -77,7 +77,7 @@ def _version() -> str:
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
-                   help="print nothing but errors (train still prints the run directory)")
+                   help="print nothing but errors")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the full traceback on errors")
 
@@ -181,6 +181,8 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any setting, e.g. --set train.weight_decay=1e-4 (repeatable)")
     c.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<target>-<timestamp>)")
+    c.add_argument("--log", metavar="NAMES", help="also log to tensorboard and/or mlflow, comma-separated "
+                   "(RUN_DIR/tensorboard, ./mlruns); needs pip install 'fitloop[tensorboard]' / 'fitloop[mlflow]'")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     _common(t)
 
@@ -202,8 +204,10 @@ def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Exceptions whose message is written for the user: bad files, settings and data. Loaded lazily.
+    from ..extras import MissingExtraError  # an optional package to install (the message names it)
+
     errs: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, ValueError, TypeError,
-                                       FloatingPointError, PermissionError, IsADirectoryError]
+                                       FloatingPointError, PermissionError, IsADirectoryError, MissingExtraError]
     return tuple(errs)
 
 
