@@ -95,7 +95,8 @@ def test_history_csv_tensorboard_and_mlflow(tmp_path, mlflow_uri):
     client = MlflowClient(tracking_uri=mlflow_uri)
     r = client.get_run(ml.run_id)
     assert r.info.status == "FINISHED" and r.info.run_name == "run"
-    assert r.data.params["lr"] == "0.02" and r.data.params["epochs"] == "4" and r.data.params["loss"] == "CrossEntropyLoss"
+    params = r.data.params
+    assert params["lr"] == "0.02" and params["epochs"] == "4" and params["loss"] == "CrossEntropyLoss"
     for key in ("loss", "val_loss", "val_accuracy", "lr", "grad_norm"):
         hist = client.get_metric_history(ml.run_id, key)
         assert [m.step for m in hist] == [1, 2, 3, 4]

@@ -162,8 +162,8 @@ def test_mode_detection(monkeypatch):
     # Jupyter: a bar with ipywidgets, else plain lines
     monkeypatch.setitem(sys.modules, "IPython", types.ModuleType("IPython"))
     monkeypatch.setattr(progress, "_in_jupyter", lambda: True)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ipywidgets" else real_find_spec(name))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ipywidgets" else real(name))
     assert progress.progress_mode(io.StringIO()) == "lines"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "ipywidgets" else None)
     assert progress.progress_mode(io.StringIO()) == "bar"

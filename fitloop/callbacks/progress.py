@@ -133,8 +133,8 @@ class ProgressPrinter(Callback):
             line = format_logs(epoch, trainer.target_epochs, logs)
             if self._progress is not None:  # printing redraws the bar: show the finished epoch on it
                 loss = logs.get("loss")
-                self._progress.update(self._task, completed=trainer.steps_per_epoch, status="",
-                                      loss=f"loss {loss:.4g}" if isinstance(loss, float) else "")
+                self._progress.update(self._task, completed=trainer.steps_per_epoch,
+                                      info=f"loss {loss:.4g}" if isinstance(loss, float) else "")
                 self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
             else:
                 print(line, file=self.stream or sys.stdout, flush=True)
@@ -152,12 +152,11 @@ class ProgressPrinter(Callback):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         console = Console(file=stream, force_terminal=True, highlight=False)
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[status]}"),
-            console=console, auto_refresh=False, transient=True)
-        self._task = self._progress.add_task("", total=None, eta="", loss="", rate="", status="")
+        # few columns, no markup to parse: a redraw costs well under a millisecond
+        self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[info]}", markup=False),
+                                  console=console, auto_refresh=False, transient=True)
+        self._task = self._progress.add_task("", total=None, info="")
         self._progress.start()
         self._next = 0.0
 
@@ -182,21 +181,26 @@ class ProgressPrinter(Callback):
         new, sizes = st.epoch_losses[self._seen:], st.epoch_sizes[self._seen:]
         if new:
             stacked = torch.stack(new).float()
-            weights = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
-            self._loss_sum += float((stacked * weights).sum())
+            if sizes.count(sizes[0]) == len(sizes):  # equal batches: no weights tensor to build
+                self._loss_sum += float(stacked.sum()) * sizes[0]
+            else:
+                self._loss_sum += float((stacked * torch.tensor(sizes, dtype=stacked.dtype,
+                                                                device=stacked.device)).sum())
             self._rows += sum(sizes)
             self._seen += len(new)
         done, total = st.batch, trainer.steps_per_epoch
         elapsed = max(now - self._epoch_t0, 1e-9)
         batches = done - self._batch0
-        fields: dict[str, Any] = {"loss": f"loss {self._loss_sum / self._rows:.4g}" if self._rows else "",
-                                  "status": status, "eta": "", "rate": ""}
+        info = []
         if batches > 0:
-            fields["eta"] = f"eta {_clock((total - done) * elapsed / batches)}"
-            fields["rate"] = f"{(self._rows - self._rows0) / elapsed:,.0f} samples/s"
+            info.append(f"eta {_clock((total - done) * elapsed / batches)}")
+        if self._rows:
+            info.append(f"loss {self._loss_sum / self._rows:.4g}")
+        if batches > 0:
+            info.append(f"{(self._rows - self._rows0) / elapsed:,.0f} samples/s")
         width = len(str(trainer.target_epochs))
         self._progress.update(self._task, description=f"Epoch {st.epoch + 1:>{width}}/{trainer.target_epochs}",
-                              completed=done, total=total, **fields)
+                              completed=done, total=total, info="  ".join([*info, status] if status else info))
         self._progress.refresh()
 
 
