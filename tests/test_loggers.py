@@ -149,6 +149,7 @@ def test_cli_log_tensorboard_and_mlflow(tmp_path, monkeypatch, mlflow_uri, capsy
     out = tmp_path / "runs" / "wine"
     assert main(["train", WINE, "--target", "cultivar", "--epochs", "3", "--quiet", "--out", str(out),
                  "--log", "tensorboard,mlflow"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr() == ("", "")  # --quiet: the loggers print nothing either
     assert _events(out / "tensorboard").Scalars("loss/val")[-1].step == 3
     client = MlflowClient(tracking_uri=mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("fitloop").experiment_id])
