@@ -185,6 +185,14 @@ class GradNorm:
             return float(logs["grad_norm"])
         return float(total) / count if count else None
 
+    def epoch_values(self, logs: dict[str, Any]) -> dict[str, float]:
+        """What a logger records for an epoch: the scalar logs, with the gradient norm."""
+        values = scalar_logs(logs)
+        norm = self.value(logs)
+        if norm is not None:
+            values["grad_norm"] = norm
+        return values
+
 
 def _stamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -256,10 +264,7 @@ class TensorBoardLogger(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.writer is None:
             return
-        values = scalar_logs(logs)
-        norm = self.grad_norm.value(logs)
-        if norm is not None:
-            values["grad_norm"] = norm
+        values = self.grad_norm.epoch_values(logs)
         for key, v in values.items():
             self.writer.add_scalar(_tb_tag(key), v, epoch)
         if not self._hparams_written:

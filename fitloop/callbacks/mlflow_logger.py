@@ -104,11 +104,8 @@ class MLflowLogger(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.client is None:
             return
-        values = scalar_logs(logs)
-        norm = self.grad_norm.value(logs)
-        if norm is not None:
-            values["grad_norm"] = norm
-        if epoch > self._logged_upto:
+        values = self.grad_norm.epoch_values(logs)  # every epoch: it also starts the next epoch's norm
+        if epoch > self._logged_upto:  # after a resume, the epochs the run already has are not logged twice
             self.log_metrics(values, step=epoch)
             self._logged_upto = epoch
 
