@@ -105,7 +105,7 @@ def test_bar_in_a_pseudo_terminal(monkeypatch):
     os.close(master)
     text = b"".join(chunks).decode("utf-8", "replace")
     assert "\x1b[" in text and "samples/s" in text and "eta " in text and re.search(r"loss \d", text)
-    assert re.search(r"(?<!\d)50/50(?!\d)", text) and "Epoch 1/3" in text
+    assert re.search(r"(?<!\d)50/50(?!\d)", text) and "Epoch 1/3" in text and "validating" in text
     lines = re.findall(r"Epoch (\d)/3  loss [^\r\n]*\(\d+\.\d\ds\)", text)
     assert lines == ["1", "2", "3"]
 

@@ -121,10 +121,9 @@ class ProgressPrinter(Callback):
         if self._progress is None:
             return
         now = time.perf_counter()
-        if now >= self._next:
-            self._refresh(trainer, now)
-        elif trainer.state.batch == trainer.steps_per_epoch and now - self._epoch_t0 >= self.interval:
-            self._refresh(trainer, now, status="validating")  # a long epoch: show where it ended
+        last = trainer.state.batch == trainer.steps_per_epoch
+        if now >= self._next or (last and now - self._epoch_t0 >= self.interval):  # a long epoch: show its end
+            self._refresh(trainer, now, status="validating" if last and trainer.val_data is not None else "")
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.mode is None:
