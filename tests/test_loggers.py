@@ -206,3 +206,35 @@ def test_grad_norm_modes(tmp_path):
     t = _trainer(tmp_path / "off", [fl.TensorBoardLogger(grad_norm="off")], epochs=1)
     t.fit(_data())
     assert "grad_norm" not in _events(tmp_path / "off" / "tensorboard").Tags()["scalars"]
+
+
+def test_cli_resume_keeps_logging_to_the_same_runs(tmp_path, monkeypatch, mlflow_uri, capsys):
+    """`fitloop train --log ...` fails in epoch 4 (last checkpoint: epoch 2), `fitloop resume` continues the same
+    MLflow run and TensorBoard curves, with no epoch twice."""
+    from mlflow.tracking import MlflowClient
+
+    from fitloop.cli import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+
+    def crashing(t0):
+        crash = Crash(7)  # wine: 125 training rows, batch 64 -> 2 steps per epoch; step 7 is in epoch 4
+        crash.seconds = None
+        return crash
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_FirstStep", crashing)
+        code = main(["train", WINE, "--target", "cultivar", "--epochs", "5", "--quiet", "--out", str(out),
+                     "--log", "tensorboard,mlflow", "--set", "train.checkpoint_every_epochs=2"])
+    assert code == 1 and "simulated crash" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert main(["resume", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("fitloop").experiment_id])
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    hist = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in hist] == [1, 2, 3, 4, 5] and [m.value for m in hist] == [h["val_loss"] for h in history]
+    events = _events(out / "tensorboard").Scalars("loss/val")
+    assert [e.step for e in events] == [1, 2, 3, 4, 5]
