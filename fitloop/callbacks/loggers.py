@@ -40,7 +40,15 @@ __all__ = ["CSVLogger", "HistoryCSV", "TensorBoardLogger", "scalar_logs", "run_p
 
 
 def scalar_logs(logs: dict[str, Any], *, keep_epoch: bool = False) -> dict[str, float]:
-    """The numeric values of an epoch's logs (lists such as `confusion_matrix` and bools left out)."""
+    """The numeric values of an epoch's logs (lists such as `confusion_matrix` and bools left out).
+
+    Args:
+        logs: an epoch's logs (or any dict of metrics).
+        keep_epoch: keep the `epoch` key (the CSV has it as a column; the other loggers use it as the step).
+
+    Returns:
+        The int and float values, in the order of `logs`.
+    """
     return {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             and (keep_epoch or k != "epoch")}
 
@@ -123,9 +131,18 @@ class CSVLogger(Callback):
 # ------------------------------------------------------------------------------------- shared parts
 
 
-def run_params(trainer: Trainer) -> dict[str, str | int | float | bool]:
-    """The run's hyperparameters as flat scalars: every `TrainConfig` setting (nested ones dotted),
-    plus the model, optimizer and loss classes, the task and the parameter count."""
+def run_params(trainer: Trainer, extra: dict[str, Any] | None = None) -> dict[str, str | int | float | bool]:
+    """The run's hyperparameters as flat scalars, for TensorBoard's hparams and MLflow's params.
+
+    Args:
+        trainer: the Trainer whose settings are recorded.
+        extra: more hyperparameters from the user (they win over the Trainer's).
+
+    Returns:
+        Every `TrainConfig` setting (nested ones dotted: `optimizer_kwargs.momentum`), the model,
+        optimizer and loss classes, the task, the parameter count, then `extra`; `None` becomes
+        `"none"`, lists and other objects their `str`.
+    """
     out: dict[str, str | int | float | bool] = {}
 
     def put(key: str, v: Any) -> None:
@@ -143,6 +160,8 @@ def run_params(trainer: Trainer) -> dict[str, str | int | float | bool]:
     out.update(model=type(trainer.model).__name__, optimizer=type(trainer.optimizer).__name__,
                loss=getattr(loss, "__name__", type(loss).__name__), task=str(trainer.task),
                parameters=sum(p.numel() for p in trainer.model.parameters()))
+    for k, v in (extra or {}).items():
+        put(k, v)
     return out
 
 
@@ -274,8 +293,7 @@ class TensorBoardLogger(Callback):
         """The HPARAMS tab: the settings, linked to the scalar tags it shows for them."""
         from torch.utils.tensorboard.summary import hparams
 
-        params = {**run_params(trainer), **self.hparams}
-        exp, ssi, sei = hparams(params, dict.fromkeys(metric_tags, 0.0))
+        exp, ssi, sei = hparams(run_params(trainer, self.hparams), dict.fromkeys(metric_tags, 0.0))
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)
         self._hparams_written = True

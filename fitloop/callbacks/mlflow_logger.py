@@ -83,7 +83,7 @@ class MLflowLogger(Callback):
             tags = {**({"fitloop.run_dir": str(Path(run_dir).resolve())} if run_dir else {}), **self.tags}
             name = self.run_name or (Path(run_dir).name if run_dir else None)
             self.run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-            self._log_params({**run_params(trainer), **self.params})
+            self._log_params(run_params(trainer, self.params))
             self._logged_upto = 0
         else:  # a resume, or another fit of this Trainer: the same run, from the epoch after the last logged
             client.update_run(self.run_id, status="RUNNING")

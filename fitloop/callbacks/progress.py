@@ -32,11 +32,17 @@ EVERY_EPOCH_UP_TO = 100
 
 
 def progress_mode(stream: IO[str] | None = None) -> str:
-    """`"bar"` where a live bar can be drawn on `stream` (default stdout), else `"lines"`.
+    """Whether a live bar can be drawn on `stream`.
 
     A bar needs a terminal that understands control characters (a TTY whose `TERM` is not `dumb`),
     or a Jupyter notebook with `ipywidgets` installed. `FORCE_COLOR` and the like do not count: a CI
     log that forces colours still gets plain lines.
+
+    Args:
+        stream: the file the progress goes to (default `sys.stdout`).
+
+    Returns:
+        `"bar"` or `"lines"`.
     """
     stream = stream or sys.stdout
     if "IPython" in sys.modules and _in_jupyter():
