@@ -47,11 +47,14 @@ def progress_mode(stream: IO[str] | None = None) -> str:
     stream = stream or sys.stdout
     if "IPython" in sys.modules and _in_jupyter():
         return "bar" if importlib.util.find_spec("ipywidgets") is not None else "lines"
+    return "bar" if _isatty(stream) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown") else "lines"
+
+
+def _isatty(stream: Any) -> bool:
     try:
-        tty = bool(stream.isatty())
+        return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
-        tty = False
-    return "bar" if tty and os.environ.get("TERM", "").lower() not in ("dumb", "unknown") else "lines"
+        return False
 
 
 def _in_jupyter() -> bool:
@@ -158,9 +161,13 @@ class ProgressPrinter(Callback):
 
         console = Console(file=stream, force_terminal=True, highlight=False)
         # few columns, no markup to parse: a redraw costs well under a millisecond
+        # While the bar is live, prints go above it; stdout/stderr are routed through it only when they are
+        # terminals themselves, so `2> errors.log` still gets the warnings.
         self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[info]}", markup=False),
-                                  console=console, auto_refresh=False, transient=True)
+                                  console=console, auto_refresh=False, transient=True,
+                                  redirect_stdout=stream is sys.stdout or _isatty(sys.stdout),
+                                  redirect_stderr=_isatty(sys.stderr))
         self._task = self._progress.add_task("", total=None, info="")
         self._progress.start()
         self._next = 0.0
