@@ -30,11 +30,12 @@ examples:
   fitloop train data.parquet --target species --hidden 128,64 --epochs 100 --lr 3e-3 --out runs/species
   fitloop train data.csv --target y --drop notes --id row_id --split 0.8,0.1,0.1 --early-stopping 5
   fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
+  fitloop train data.csv --target y --log tensorboard,mlflow      # tensorboard --logdir runs; ./mlruns
 
 run.toml holds the same settings as the flags, in three sections:
   [data]   path, target, task, drop, id, split, seed, encoding, delimiter, max_categories
   [model]  hidden, activation, dropout
-  [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, seed, device, ... (any TrainConfig field)
+  [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, log, seed, device, ... (any TrainConfig field)
 precedence: defaults < --config file < flags < --set. The resolved config is saved as RUN_DIR/config.toml.
 """
 
