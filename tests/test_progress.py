@@ -68,6 +68,10 @@ def test_cli_quiet_prints_nothing(tmp_path, capsys):
                  str(tmp_path / "run")]) == 0
     assert capsys.readouterr() == ("", "")
     assert (tmp_path / "run" / "history.csv").is_file()
+    # train.quiet from a config file or --set is the same as the flag
+    assert main(["train", WINE, "--target", "cultivar", "--epochs", "1", "--set", "train.quiet=true", "--out",
+                 str(tmp_path / "run2")]) == 0
+    assert capsys.readouterr() == ("", "")
 
 
 def test_only_the_main_process_prints(monkeypatch):
