@@ -27,6 +27,7 @@ _EXPORTS = {
     "load": "bundle",
     "CheckpointError": "checkpoint_format", "ResumeMismatchError": "checkpoint_format",
     "RunInterrupted": "callbacks", "Checkpointer": "callbacks",
+    "CSVLogger": "callbacks", "TensorBoardLogger": "callbacks", "MLflowLogger": "callbacks",
     "FunctionModel": "models", "MLPSpec": "models", "build_mlp": "models",
     "NonFiniteError": "step", "TrainingStep": "step",
     "Trainer": "trainer", "pick_device": "trainer",
@@ -46,7 +47,16 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .bundle import load  # noqa: F401
-    from .callbacks import Callback, Checkpointer, EarlyStopping, ProgressPrinter, RunInterrupted  # noqa: F401
+    from .callbacks import (  # noqa: F401
+        Callback,
+        Checkpointer,
+        CSVLogger,
+        EarlyStopping,
+        MLflowLogger,
+        ProgressPrinter,
+        RunInterrupted,
+        TensorBoardLogger,
+    )
     from .callbacks.verdict import VerdictReporter  # noqa: F401
     from .checkpoint_format import CheckpointError, ResumeMismatchError  # noqa: F401
     from .cli.run_config import RunConfig  # noqa: F401

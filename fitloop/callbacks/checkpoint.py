@@ -6,6 +6,7 @@ A run directory holds everything a run produced::
       config.json       the resolved TrainConfig and its fingerprint
       run.json          status (running / finished / failed / interrupted), versions, timings, the verdict
       history.jsonl     one JSON line per epoch, appended and flushed as it goes
+      history.csv       the same epochs' scalar values as CSV (rewritten with the jsonl on resume)
       splits.json       the row indices of the train/val splits (when the data carries them)
       checkpoints/      ckpt-000001-e1-s12.safetensors ..., `latest` and `best` pointer files
       model/            the final model bundle (model.safetensors + fitloop.json)
@@ -60,6 +61,7 @@ from ..files import atomic_write_bytes, versions, write_json_atomic
 from ..runlock import RunLock, hold_run_dir
 from ..step import NonFiniteError
 from .base import Callback
+from .loggers import HistoryCSV
 from .verdict import verdict_in
 
 if TYPE_CHECKING:
@@ -202,6 +204,7 @@ class Checkpointer(Callback):
         self._session_t0 = self._last_save_t = time.perf_counter()
         self._elapsed0 = 0.0
         self._lock: RunLock | None = None
+        self._csv = HistoryCSV(self.dir / "history.csv")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -296,6 +299,7 @@ class Checkpointer(Callback):
             if splits:
                 write_json_atomic(self.dir / "splits.json", splits)
             (self.dir / "history.jsonl").write_text("")
+            self._csv.rewrite([])
             self._info = {"format": RUN_FORMAT, "format_version": 1, "created": _now(), "sessions": 1,
                           "elapsed_s": 0.0}
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +329,7 @@ class Checkpointer(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         st = trainer.state
         self._append_history(logs)
+        self._csv.append(logs, trainer.history)
         every = self.config.checkpoint_every_epochs
         last = st.epoch >= st.target_epochs or trainer.should_stop
         if self._signal is not None or last or (every and st.epoch % every == 0):
@@ -468,6 +473,7 @@ class Checkpointer(Callback):
     def _rewrite_history(self, history: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(h, default=str) + "\n" for h in history)
         atomic_write_bytes(self.dir / "history.jsonl", text.encode())
+        self._csv.rewrite(history)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -35,11 +35,12 @@ examples:
   fitloop train data.csv --target y --drop notes --id row_id --split 0.8,0.1,0.1 --early-stopping 5
   fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
   fitloop train data.csv --target price --dry-run    # print every decision, write ./config.toml, train nothing
+  fitloop train data.csv --target y --log tensorboard,mlflow      # tensorboard --logdir runs; ./mlruns
 
 run.toml holds the same settings as the flags, in three sections:
   [data]   path, target, task, drop, id, split, seed, encoding, delimiter, decimal, max_categories
   [model]  hidden, activation, dropout
-  [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, seed, device, ... (any TrainConfig field)
+  [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, log, seed, device, ... (any TrainConfig field)
 precedence: defaults < --config file < flags < --set. The resolved config is saved as RUN_DIR/config.toml.
 """
 
@@ -83,7 +84,7 @@ def _version() -> str:
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
-                   help="print nothing but errors (train still prints the run directory)")
+                   help="print nothing but errors")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the full traceback on errors")
 
@@ -210,6 +211,8 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any setting, e.g. --set train.weight_decay=1e-4 (repeatable)")
     c.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<target>-<timestamp>)")
+    c.add_argument("--log", metavar="NAMES", help="also log to tensorboard and/or mlflow, comma-separated "
+                   "(RUN_DIR/tensorboard, ./mlruns); needs pip install 'fitloop[tensorboard]' / 'fitloop[mlflow]'")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     c.add_argument("--dry-run", action="store_true",
                    help="decide everything (columns, task, split, model, settings), print it and write it as a "
@@ -236,11 +239,14 @@ def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Exceptions whose message is written for the user: bad files, settings and data (TableError and
     # ConfigError are ValueErrors), the files and disk of the user's machine (OSError: a missing or
-    # unwritable path, a full disk), checkpoints (corrupt, or changed since) and a run directory
-    # another process holds. Everything else is a fitloop bug (exit 1). Loaded lazily.
+    # unwritable path, a full disk), checkpoints (corrupt, or changed since), a run directory another
+    # process holds, and an optional package to install (MissingExtraError names it). Everything else is
+    # a fitloop bug (exit 1). Loaded lazily.
+    from ..extras import MissingExtraError
     from ..runlock import RunLockedError
 
-    errs: list[type[BaseException]] = [OSError, ValueError, TypeError, FloatingPointError, RunLockedError]
+    errs: list[type[BaseException]] = [OSError, ValueError, TypeError, FloatingPointError, RunLockedError,
+                                       MissingExtraError]
     if "fitloop.checkpoint_format" in sys.modules:  # not loaded: no CheckpointError (and no torch import)
         from ..checkpoint_format import CheckpointError
 

@@ -23,7 +23,7 @@ FLAG_KEYS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
     "device": "train.device", "checkpoint_every": "train.checkpoint_every_seconds",
-    "compile": "train.compile",
+    "compile": "train.compile", "log": "train.log",
 }
 
 
@@ -85,19 +85,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from .pipeline import train_table
 
-    quiet = getattr(args, "quiet", False)
     cfg = config_from_args(args)
     if args.dry_run:
         from .dry_run import cmd_dry_run
 
         return cmd_dry_run(args, cfg, argv)
+    quiet = cfg.train.quiet  # --quiet, or train.quiet in the config file / --set: nothing but errors
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
                          t_command=getattr(args, "t_start", None))
-    if quiet:
-        print(result.run_dir)
-    else:
+    if not quiet:
         _print_summary(console, result)
     return EXIT_OK
 
@@ -150,8 +148,9 @@ def _print_metrics(console, metrics: dict, baseline: dict, baseline_kind: str | 
     console.print(m)
 
 
-def _note(msg: str) -> None:
-    print(f"fitloop: note: {msg}", file=sys.stderr)
+def _note(msg: str, args: argparse.Namespace) -> None:
+    if not getattr(args, "quiet", False):  # --quiet: nothing but errors
+        print(f"fitloop: note: {msg}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -161,7 +160,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     table, notes = predict_file(run, args.data, proba=args.proba, encoding=args.encoding or "utf-8",
                                 delimiter=args.delimiter, decimal=args.decimal)
     for n in notes:
-        _note(n)
+        _note(n, args)
     if args.output is None:
         import pyarrow.csv as pcsv
 
@@ -215,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
                         decimal=args.decimal)
     for n in rep["notes"]:
-        _note(n)
+        _note(n, args)
     if args.json:
         print(json.dumps({k: v for k, v in rep.items() if k != "notes"}, indent=2))
     elif not getattr(args, "quiet", False):
@@ -230,10 +229,8 @@ def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet or None)
-    if quiet:
-        print(result.run_dir)
-    else:
+    result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet)  # this command's flag decides
+    if not quiet:
         _print_summary(console, result)
     return EXIT_OK
 

@@ -13,7 +13,8 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
       config.toml     the resolved configuration (`fitloop train --config RUN_DIR/config.toml` reruns it)
       metrics.json    held-out metrics next to a trivial baseline (majority class / train mean)
       test_predictions.csv  the held-out split's row, target and prediction (for `fitloop report`)
-      history.jsonl   one line per epoch
+      history.jsonl   one line per epoch (history.csv: the same as CSV)
+      tensorboard/    event files, with `--log tensorboard` (`--log mlflow` writes to ./mlruns)
       splits.json     row indices of each split
       model/          the bundle: model.safetensors + fitloop.json (spec, preprocessor, target info)
 
@@ -240,6 +241,7 @@ class _PreparedRun:
     early_stopping: int | None = None
     trainer: Any = None
     callbacks: list = field(default_factory=list)
+    loggers: list = field(default_factory=list)
     run_fields: dict[str, Any] = field(default_factory=dict)
     t_command: float = 0.0
     first_step: Any = None
@@ -309,9 +311,33 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     tcfg.run_dir = str(run_dir)
     if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in _prepare; inputs: standardised
         tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
+    p.loggers = _loggers(cfg.train.log)
     p.first_step = _FirstStep(p.t_command)
-    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, callbacks=[*p.callbacks, p.first_step],
-                        config=tcfg)
+    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer,
+                        callbacks=[*p.callbacks, *p.loggers, p.first_step], config=tcfg)
+
+
+def _loggers(names: list[str]) -> list[Any]:
+    """`--log tensorboard,mlflow`: the loggers (after EarlyStopping, so MLflow sees the kept weights).
+    The MLflow run gets the final bundle (with the preprocessing) from `_finish`, not at fit's end."""
+    from ..callbacks import MLflowLogger, TensorBoardLogger
+
+    made: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardLogger,
+                                          "mlflow": lambda: MLflowLogger(log_model=False)}
+    return [made[name]() for name in dict.fromkeys(names)]
+
+
+def _log_final(p: _PreparedRun, out_dir: Path, eval_split: str | None, metrics: dict[str, Any]) -> None:
+    """The MLflow run also gets the held-out metrics (`test_*`) and the run's final files."""
+    from ..callbacks import MLflowLogger
+
+    for logger in p.loggers:
+        if isinstance(logger, MLflowLogger):
+            if eval_split == "test":
+                logger.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=p.trainer.epoch)
+            logger.log_artifacts(out_dir / "model", "model")
+            for name in ("metrics.json", "config.toml"):
+                logger.log_artifacts(out_dir / name)
 
 
 class _FirstStep:
@@ -478,6 +504,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
                                            if eval_split else 0, "metrics": metrics, "baseline": baseline,
                                            "baseline_kind": info["baseline_kind"]})
+    _log_final(p, out_dir, eval_split, metrics)
     p.timings["total"] = time.perf_counter() - t_start
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds

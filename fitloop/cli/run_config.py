@@ -24,6 +24,10 @@ __all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSe
 CONFIG_HEADER = "# fitloop run configuration"  # config.toml's first line (how `resume` knows a run's file)
 
 
+# `train.log` / `--log`: the loggers the CLI can add (fitloop.callbacks: TensorBoardLogger, MLflowLogger).
+LOGGER_NAMES = ("tensorboard", "mlflow")
+
+
 class ConfigError(ValueError):
     """A setting that is unknown or has a value of the wrong type; the message names the key."""
 
@@ -97,18 +101,25 @@ class TrainSection(TrainConfig):
         optimizer: any `torch.optim` name (`adam`, `adamw`, `sgd`, ...).
         loss: loss name; `None` picks `cross_entropy` (classification) or `mse` (regression).
         early_stopping: patience in epochs on `val_loss` (best weights restored); `0`/`None` is off.
+        log: loggers besides the run directory, from `LOGGER_NAMES` (`--log tensorboard,mlflow`);
+            kept in `config.toml`, so `fitloop resume` keeps logging to them.
     """
 
     epochs: int = 50
     optimizer: str = "adam"
     loss: str | None = None
     early_stopping: int | None = 10
+    log: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         super().validate()
         if self.early_stopping is not None and self.early_stopping < 0:
             raise ConfigError(f"train.early_stopping: got {self.early_stopping}; pass a patience >= 0 "
                               "(epochs), or 0 to turn it off.")
+        for name in self.log:
+            if name not in LOGGER_NAMES:
+                raise ConfigError(f"train.log (--log): unknown logger {name!r}; choose from "
+                                  f"{', '.join(LOGGER_NAMES)}, comma-separated (--log tensorboard,mlflow).")
 
     def trainer_config(self) -> TrainConfig:
         """The plain `TrainConfig` part (what the `Trainer` takes)."""
