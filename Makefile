@@ -37,6 +37,7 @@ test: $(STAMP)
 # `$(PY) -m bench`; their last results are kept. `$(PY) -m bench.fastpath` reruns the fast-path study.
 bench: $(STAMP)
 	$(PY) -m bench.compiled --rounds 3
+	$(PY) -m bench.progress --rounds 5
 	$(PY) -m bench --rounds 3 --no-studies --compile-arm
 
 lint: $(STAMP)

@@ -1,15 +1,19 @@
 """Callbacks: a few named events, dispatched by the Trainer in a visible loop.
 
 `base` defines the events and their order; each other module is one callback: `early_stopping`,
-`progress` (the per-epoch lines), `checkpoint` (the run directory: checkpoints, exact resume,
-signals, the final bundle). A new callback or logger is a new module here that subclasses
-`Callback`; the Trainer needs no change.
+`progress` (the live bar or per-epoch lines), `verdict` (the verdict at the end of fit), `checkpoint` (the
+run directory: checkpoints, exact resume, signals, the final bundle), `loggers` (CSV, TensorBoard) and
+`mlflow_logger` (MLflow). A new callback or logger is a new module here that subclasses `Callback`; the
+Trainer needs no change.
 """
 
 from .base import EVENTS, Callback
 from .checkpoint import Checkpointer, RunInterrupted
 from .early_stopping import EarlyStopping
+from .loggers import CSVLogger, TensorBoardLogger
+from .mlflow_logger import MLflowLogger
 from .progress import ProgressPrinter, format_logs
+from .verdict import VerdictReporter
 
 __all__ = ["Callback", "EVENTS", "EarlyStopping", "ProgressPrinter", "format_logs", "Checkpointer",
-           "RunInterrupted"]
+           "RunInterrupted", "VerdictReporter", "CSVLogger", "TensorBoardLogger", "MLflowLogger"]

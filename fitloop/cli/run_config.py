@@ -17,8 +17,15 @@ from ..config import TrainConfig
 from ..data.fractions import check_fractions
 from ..mlp_checks import check_mlp
 
-__all__ = ["RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError", "resolve_run_config",
-           "load_toml", "parse_set", "parse_value"]
+__all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError",
+           "resolve_run_config", "load_toml", "parse_set", "parse_value"]
+
+
+CONFIG_HEADER = "# fitloop run configuration"  # config.toml's first line (how `resume` knows a run's file)
+
+
+# `train.log` / `--log`: the loggers the CLI can add (fitloop.callbacks: TensorBoardLogger, MLflowLogger).
+LOGGER_NAMES = ("tensorboard", "mlflow")
 
 
 class ConfigError(ValueError):
@@ -38,7 +45,8 @@ class DataSection:
         split: train/val/test fractions (they sum to 1); stratified by class for classification.
         seed: seed of the split; `None` uses `train.seed`.
         encoding: text encoding of CSV/TSV files.
-        delimiter: field separator (default `,`, or tab for `.tsv`).
+        delimiter: field separator; `None` detects `,` `;` tab or `|` from the first lines.
+        decimal: decimal mark (`","` or `"."`) of numbers written as text; `None` detects it.
         max_categories: text columns with more distinct values are dropped (ID-like).
     """
 
@@ -51,6 +59,7 @@ class DataSection:
     seed: int | None = None
     encoding: str = "utf-8"
     delimiter: str | None = None
+    decimal: str | None = None
     max_categories: int = 50
 
     def validate(self) -> None:
@@ -60,6 +69,8 @@ class DataSection:
             check_fractions(self.split, name="data.split (--split)", example="0.7,0.15,0.15")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.decimal not in (None, ",", "."):
+            raise ConfigError(f"data.decimal (--decimal): got {self.decimal!r}; pass ',' or '.'.")
         if self.max_categories < 1:
             raise ConfigError(f"data.max_categories: got {self.max_categories}; pass a whole number >= 1.")
 
@@ -90,18 +101,25 @@ class TrainSection(TrainConfig):
         optimizer: any `torch.optim` name (`adam`, `adamw`, `sgd`, ...).
         loss: loss name; `None` picks `cross_entropy` (classification) or `mse` (regression).
         early_stopping: patience in epochs on `val_loss` (best weights restored); `0`/`None` is off.
+        log: loggers besides the run directory, from `LOGGER_NAMES` (`--log tensorboard,mlflow`);
+            kept in `config.toml`, so `fitloop resume` keeps logging to them.
     """
 
     epochs: int = 50
     optimizer: str = "adam"
     loss: str | None = None
     early_stopping: int | None = 10
+    log: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         super().validate()
         if self.early_stopping is not None and self.early_stopping < 0:
             raise ConfigError(f"train.early_stopping: got {self.early_stopping}; pass a patience >= 0 "
                               "(epochs), or 0 to turn it off.")
+        for name in self.log:
+            if name not in LOGGER_NAMES:
+                raise ConfigError(f"train.log (--log): unknown logger {name!r}; choose from "
+                                  f"{', '.join(LOGGER_NAMES)}, comma-separated (--log tensorboard,mlflow).")
 
     def trainer_config(self) -> TrainConfig:
         """The plain `TrainConfig` part (what the `Trainer` takes)."""
@@ -142,7 +160,7 @@ class RunConfig:
             text = tomli_w.dumps(doc)
         except TypeError as e:
             raise ConfigError(f"cannot write the run configuration as TOML: {e}") from None
-        return "# fitloop run configuration (resolved: defaults < --config file < flags < --set).\n\n" + text
+        return CONFIG_HEADER + " (resolved: defaults < --config file < flags < --set).\n\n" + text
 
 
 def _section_types(section: str) -> dict[str, Any]:

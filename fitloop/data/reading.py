@@ -13,17 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .dialect import ReadInfo, check_header, parse_number_columns, sniff_delimiter
+from .errors import TableError
+
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["SUPPORTED_EXTENSIONS", "TableError", "read_table", "read_csv_bytes"]
+__all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table", "read_csv_bytes"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 _NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
-
-
-class TableError(ValueError):
-    """Bad tabular input; the message says what is wrong, where, and how to fix it."""
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -35,19 +34,28 @@ def _extension(path: Path) -> str:
     return next((ext for ext in longest_first if name.endswith(ext)), "")
 
 
-def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | None = None) -> pa.Table:
+def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | None = None,
+               decimal: str | None = None, info: ReadInfo | None = None) -> pa.Table:
     """Read a `.csv`, `.tsv`, `.csv.gz`, `.tsv.gz` or `.parquet` file with pyarrow.
+
+    The dialect rules (delimiter sniffing, decimal commas and thousands separators, unnamed and
+    duplicate header names) are `fitloop.data.dialect`'s.
 
     Args:
         path: File to read.
         encoding: Text encoding of CSV/TSV files (e.g. ``"latin-1"``).
-        delimiter: Field separator; default ``","`` (``"\\t"`` for `.tsv`).
+        delimiter: Field separator; None sniffs ``,`` ``;`` tab ``|`` from the first lines.
+        decimal: ``","`` or ``"."``: the decimal mark of numbers written as text; None detects it
+            per column (an ambiguous column raises, naming ``--decimal``).
+        info: When given, receives the delimiter used, whether it was detected, and notes.
 
     Returns:
-        The file as a ``pyarrow.Table`` (column types inferred by pyarrow).
+        The file as a ``pyarrow.Table`` (column types inferred by pyarrow; numbers with a decimal comma
+        or thousands separators parsed; empty header names as ``(unnamed N)``).
 
     Raises:
-        TableError: Missing/empty file, unsupported extension, bad encoding or ragged rows.
+        TableError: Missing/empty file, unsupported extension, bad encoding, ragged rows, an ambiguous
+            delimiter or decimal mark, or duplicate column names.
     """
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -67,12 +75,24 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path)
+            table = pq.read_table(path)
         except (pa.ArrowException, OSError) as e:
             raise TableError(f"{path}: cannot read Parquet file: {e}") from e
+        return _finish(table, str(path), decimal, info)
 
-    sep = delimiter or ("\t" if ext.startswith(".tsv") else ",")
-    read_opts, parse_opts, conv_opts = _csv_options(encoding, sep)
+    sep = _check_delimiter(delimiter)
+    detected = sep is None
+    try:
+        if sep is None:
+            sep = sniff_delimiter(path, encoding=encoding, default="\t" if ext.startswith(".tsv") else ",")
+    except LookupError as e:
+        raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
+    if info is not None:
+        info.delimiter, info.delimiter_detected = sep, detected
+        if detected:
+            info.notes.append(f"delimiter {'tab' if sep == chr(9) else repr(sep)} (detected from the first "
+                              f"lines; --delimiter overrides)")
+    read_opts, parse_opts, conv_opts = _csv_options(encoding, sep, decimal)
     try:
         try:
             # Streaming keeps peak memory near the final table size, but infers types from the first
@@ -97,32 +117,57 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         if "Expected" in msg and "columns" in msg:
             raise _ragged_error(path, sep, encoding, msg) from e
         raise TableError(f"{path}: cannot parse as delimited text ({msg}).") from e
+    except pa.ArrowException as e:  # any other reader failure is about the file, never a fitloop bug
+        raise TableError(f"{path}: cannot read the file ({e}).") from e
     for name, col in zip(names, table.columns):
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
             raise _encoding_error(path, encoding, f"column {name!r}")
-    return table
+    return _finish(table, str(path), decimal, info)
 
 
-def _csv_options(encoding: str, sep: str) -> tuple[Any, Any, Any]:
+def _check_delimiter(delimiter: str | None) -> str | None:
+    """`--delimiter` as one character (``\\t`` and ``tab`` spelled out mean a tab); None to sniff."""
+    if delimiter is None:
+        return None
+    d = {"\\t": "\t", "tab": "\t", "\\s": " ", "space": " "}.get(delimiter, delimiter)
+    if len(d) != 1 or d in "\"\r\n":
+        raise TableError(f"delimiter: got {delimiter!r}; pass one character, e.g. `--delimiter ';'` (or "
+                         f"`--delimiter tab`).")
+    return d
+
+
+def _finish(table: pa.Table, source: str, decimal: str | None, info: ReadInfo | None) -> pa.Table:
+    """The dialect checks every file gets: header names, then numbers written as text."""
+    names = check_header(list(table.column_names), source)
+    if names is not None:
+        table = table.rename_columns(names)
+    return parse_number_columns(table, decimal, source, info if info is not None else ReadInfo())
+
+
+def _csv_options(encoding: str, sep: str, decimal: str | None = None) -> tuple[Any, Any, Any]:
     """pyarrow's read, parse and convert options for delimited text: one place for files and request bodies."""
     import pyarrow.csv as pcsv
 
     read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
     parse_opts = pcsv.ParseOptions(delimiter=sep)
-    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True)  # empty text cells are missing values
+    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True,  # empty text cells are missing values
+                                    decimal_point=decimal if decimal in (",", ".") else ".")
     return read_opts, parse_opts, conv_opts
 
 
-def read_csv_bytes(data: bytes, *, delimiter: str = ",", source: str = "the CSV body") -> pa.Table:
-    """Parse UTF-8 delimited text held in memory (an HTTP body) exactly as `read_table` parses a file.
+def read_csv_bytes(data: bytes, *, delimiter: str = ",", decimal: str | None = None,
+                   source: str = "the CSV body") -> pa.Table:
+    """Parse UTF-8 delimited text held in memory (an HTTP body) as `read_table` parses a file.
 
     Args:
         data: The text, header row first.
         delimiter: Field separator.
+        decimal: The decimal mark of numbers written as text, as in `read_table`.
         source: How error messages name the text.
 
     Returns:
-        The rows as a ``pyarrow.Table``.
+        The rows as a ``pyarrow.Table`` (the same dialect checks as a file: header names, numbers
+        written as text).
 
     Raises:
         TableError: Empty text, bytes that are not UTF-8, ragged rows or unparsable text.
@@ -132,19 +177,19 @@ def read_csv_bytes(data: bytes, *, delimiter: str = ",", source: str = "the CSV 
 
     if not data.strip():
         raise TableError(f"{source} is empty; it needs a header row and at least one data row.")
-    read_opts, parse_opts, conv_opts = _csv_options("utf-8", delimiter)
+    read_opts, parse_opts, conv_opts = _csv_options("utf-8", delimiter, decimal)
     try:
         table = pcsv.read_csv(pa.BufferReader(data), read_options=read_opts, parse_options=parse_opts,
                               convert_options=conv_opts)
         names = table.column_names
     except UnicodeDecodeError as e:
         raise TableError(f"{source} is not valid UTF-8 ({e}); send UTF-8 text.") from e
-    except pa.ArrowInvalid as e:
+    except pa.ArrowException as e:
         raise TableError(f"{source}: cannot parse as delimited text ({e}).") from e
     for name, col in zip(names, table.columns):
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
             raise TableError(f"{source}: column {name!r} holds bytes that are not valid UTF-8; send UTF-8 text.")
-    return table
+    return _finish(table, source, decimal, None)
 
 
 def _first_undecodable_line(path: Path, encoding: str) -> int | None:

@@ -269,7 +269,8 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
 
         try:
             proba = proba_flag(request)
-            table, info = csv_table(await _read_body(request, max_body), model.pre, max_rows=max_rows)
+            table, info = csv_table(await _read_body(request, max_body), model.pre, max_rows=max_rows,
+                                    decimal=model.run.info.get("decimal"))  # the --decimal it was trained with
             try:
                 out, notes = model.predict_table(table, proba)
             except TableError as e:  # a cell the preprocessing refuses: still the client's input

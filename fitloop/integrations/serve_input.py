@@ -260,13 +260,15 @@ def _texts(values: Sequence[Any], name: str) -> Sequence[Any]:
 # --------------------------------------------------------------------------------------------- CSV text
 
 
-def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int) -> tuple[pa.Table, InputInfo]:
+def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int,
+              decimal: str | None = None) -> tuple[pa.Table, InputInfo]:
     """Parse a CSV body as `fitloop predict` parses a file, check it, keep the model's columns.
 
     Args:
         body: UTF-8 CSV text, header row first.
         pre: The run's fitted preprocessor.
         max_rows: The most rows one request may hold.
+        decimal: The decimal mark of numbers written as text (the run's ``--decimal``; None detects it).
 
     Returns:
         ``(table, info)``: the model's columns and the id column (when present), as read.
@@ -282,7 +284,7 @@ def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int) -> tuple[pa.Tabl
     from ..data.reading import _float64, _numeric_mask, read_csv_bytes
 
     try:
-        data = read_csv_bytes(body)
+        data = read_csv_bytes(body, decimal=decimal)
     except TableError as e:
         raise RequestError(400, "bad_csv", str(e)) from None
     _check_rows(data.num_rows, max_rows, "the CSV body")
