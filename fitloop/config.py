@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 RUN_FORMAT = "fitloop-run"
 # Settings that may differ on resume (they do not change the numbers a run produces): left out of
 # the config fingerprint and of the resume check. The one list both use.
-RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs")
+RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs", "strategy", "dist_timeout")
 
 
 @dataclass
@@ -67,6 +67,9 @@ class TrainConfig:
         monitor: logged value that decides the best checkpoint.
         mode: `"min"` or `"max"` for `monitor`.
         on_nonfinite: `"stop"` (raise, naming the step) or `"skip"` the step.
+        strategy: with several processes (torchrun): `"auto"` or `"ddp"` (DistributedDataParallel) or
+            `"fsdp"` (fully_shard); ignored in one process. See `fitloop.distributed.strategy`.
+        dist_timeout: seconds a collective waits for another process before the run stops, naming it.
     """
 
     epochs: int = 10
@@ -100,6 +103,8 @@ class TrainConfig:
     monitor: str = "val_loss"
     mode: str = "min"
     on_nonfinite: str = "stop"
+    strategy: str = "auto"
+    dist_timeout: float = 60.0
 
     def __post_init__(self):
         self.validate()
@@ -170,6 +175,10 @@ class TrainConfig:
         if not any(self.compile is c for c in (False, True)) and self.compile not in ("model", "step"):
             bad("compile", self.compile, "pass True or 'model' (compile the model), 'step' (compile the whole "
                 "training step) or False.")
+        if self.strategy not in ("auto", "ddp", "fsdp"):
+            bad("strategy", self.strategy, "choose 'auto', 'ddp' or 'fsdp'.")
+        if not number(self.dist_timeout) or self.dist_timeout <= 0:
+            bad("dist_timeout", self.dist_timeout, "pass a number of seconds > 0.")
         if self.threads is not None and (not whole(self.threads) or self.threads < 1):
             bad("threads", self.threads, "pass a whole number >= 1 or None.")
 

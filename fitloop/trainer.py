@@ -37,6 +37,7 @@ from .config import TrainConfig
 from .data import LoaderBatches, Split, TensorBatches, as_tensor
 from .data.batches import make_batches
 from .devices import pick_device, thread_policy
+from .distributed.strategy import Strategy
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
 from .metrics import MetricSet, normalize_task, to_python
 from .models import as_module, trainable_parameters
@@ -82,12 +83,13 @@ class Trainer:
                  config: TrainConfig | None = None, **settings: Any):
         self.config = cfg = TrainConfig.from_kwargs(config, **settings)
         model = as_module(model, params)
-        self.params: list[nn.Parameter] = trainable_parameters(model)
-        self.device = pick_device(cfg.device)
+        self.strategy = Strategy.from_config(cfg)  # several processes (torchrun): the group, device, DDP/FSDP
+        self.device = pick_device(cfg.device) if self.strategy is None else self.strategy.device
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision: got 'fp16' on device {self.device.type!r}; fp16 training needs "
                              "CUDA (GradScaler). Use precision='bf16' on CPU, or 'fp32'.")
-        self.model = model.to(self.device)
+        self.model = model.to(self.device) if self.strategy is None else self.strategy.wrap(model.to(self.device))
+        self.params: list[nn.Parameter] = trainable_parameters(model)  # after the wrap: FSDP shards them
         self.loss_fn = make_loss(loss)
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
@@ -107,6 +109,7 @@ class Trainer:
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
         if not cfg.quiet:
             self.callbacks.append(ProgressPrinter(cfg.print_every))
+        self.callbacks += self.strategy.callbacks() if self.strategy is not None else []
         if cfg.run_dir:
             self.callbacks.append(Checkpointer(cfg.run_dir, cfg))
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order, on the CPU
@@ -306,7 +309,7 @@ class Trainer:
 
     def _train_logs(self) -> dict[str, Any]:
         """Close the epoch's training part: its mean loss, train metrics, skipped steps, grad norm."""
-        logs, outputs = self.state.finish_epoch()
+        logs, outputs = self.state.finish_epoch() if self.strategy is None else self.strategy.finish_epoch(self.state)
         if outputs and outputs[0][1] is not None:
             out, y = torch.cat([o for o, _ in outputs]), torch.cat([t for _, t in outputs if t is not None])
             metrics = self.metrics.compute(out, y)
@@ -341,8 +344,7 @@ class Trainer:
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
         cfg = self.config
         return make_batches(data, train=train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, device=self.device,
-                            float_dtype=self._float_dtype(), task=self.task,
-                            num_workers=cfg.num_workers)
+                            float_dtype=self._float_dtype(), task=self.task, num_workers=cfg.num_workers)
 
     def _float_dtype(self) -> torch.dtype:
         return self.params[0].dtype if self.params[0].is_floating_point() else torch.float32

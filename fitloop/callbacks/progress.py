@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
+from ..distributed import is_main_process
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ class ProgressPrinter(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         every = self.every or 1
+        if not is_main_process():  # only rank 0 prints
+            return
         if epoch <= 3 or epoch % every == 0 or epoch == trainer.target_epochs or trainer.should_stop:
             print(format_logs(epoch, trainer.target_epochs, logs), file=self.stream or sys.stdout, flush=True)
 
