@@ -34,8 +34,8 @@ from .callbacks.progress import ProgressPrinter
 from .checkpoint_format import ResumeMismatchError
 from .compiled import CompiledStep
 from .config import TrainConfig
-from .data import LoaderBatches, Split, TensorBatches, as_tensor
-from .data.batches import make_batches
+from .data import Split, as_tensor
+from .data.batches import Batches, make_batches
 from .devices import pick_device, thread_policy
 from .distributed.strategy import Strategy
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
@@ -339,7 +339,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
-    def batches(self, data: Data, *, train: bool) -> TensorBatches | LoaderBatches:
+    def batches(self, data: Data, *, train: bool) -> Batches:
         """The batch source for `data` (see `fitloop.data.batches.make_batches`): in-memory tensors
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
         cfg = self.config

@@ -19,6 +19,7 @@ import time
 import traceback
 
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
+from .launch import add_launch_options
 
 __all__ = ["main", "build_parser"]
 
@@ -30,6 +31,7 @@ examples:
   fitloop train data.parquet --target species --hidden 128,64 --epochs 100 --lr 3e-3 --out runs/species
   fitloop train data.csv --target y --drop notes --id row_id --split 0.8,0.1,0.1 --early-stopping 5
   fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
+  fitloop train data.csv --target price --nproc 2        # 2 processes (DDP), see README "Scaling out"
 
 run.toml holds the same settings as the flags, in three sections:
   [data]   path, target, task, drop, id, split, seed, encoding, delimiter, max_categories
@@ -182,6 +184,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
                    help="override any setting, e.g. --set train.weight_decay=1e-4 (repeatable)")
     c.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<target>-<timestamp>)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_launch_options(t)
     _common(t)
 
 

@@ -23,6 +23,7 @@ FLAG_KEYS = {
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
     "device": "train.device",
     "compile": "train.compile",
+    "strategy": "train.strategy", "dist_timeout": "train.dist_timeout",
 }
 
 
@@ -51,7 +52,9 @@ def _console():
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import train_table
+    from ..distributed import is_main_process
+    from .launch import launch, restarted_run, wants_launch
+    from .pipeline import resume_run, start_out, train_table
     from .run_config import load_toml, parse_set, resolve_run_config
 
     quiet = getattr(args, "quiet", False)
@@ -61,14 +64,31 @@ def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         flags["train.quiet"] = True
     layers += [flags, parse_set(args.set)]
     cfg = resolve_run_config(*layers)
+    if wants_launch(args):  # --nproc N / --nnodes N: start the workers (each runs this command again)
+        return launch(args, list(argv or []), str(start_out(cfg, args.out, args.overwrite)))
+    if not is_main_process():  # only rank 0 prints
+        return _train_worker(cfg, args, argv, restarted_run(args.out))
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
-                         t_command=getattr(args, "t_start", None))
+    resumed = restarted_run(args.out)  # a worker that torchrun restarted continues the run directory
+    result = resume_run(resumed, log=log) if resumed else train_table(
+        cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv, t_command=getattr(args, "t_start", None))
     if quiet:
         print(result.run_dir)
     else:
         _print_summary(console, result)
+    return EXIT_OK
+
+
+def _train_worker(cfg: Any, args: argparse.Namespace, argv: list[str] | None, resumed: Path | None) -> int:
+    """`fitloop train` on a rank other than 0: the same work, quietly."""
+    from .pipeline import resume_run, train_table
+
+    cfg.train.quiet = True
+    if resumed:
+        resume_run(resumed, quiet=True)
+    else:
+        train_table(cfg, out=args.out, overwrite=args.overwrite, argv=argv)
     return EXIT_OK
 
 

@@ -38,7 +38,7 @@ from torch.utils.data import (
 from .sharding import DistributedEpochSampler, ShardedBatches
 from .splitting import Split
 
-__all__ = ["TensorBatches", "LoaderBatches", "COPY_LIMIT", "make_batches", "prepare_target", "in_memory"]
+__all__ = ["TensorBatches", "LoaderBatches", "COPY_LIMIT", "make_batches", "prepare_target", "in_memory", "Batches"]
 
 
 class TensorBatches:
@@ -129,7 +129,7 @@ class LoaderBatches:
             if loader is not None and loader.batch_size is None:
                 raise ValueError("data: a DataLoader with its own batch_sampler cannot be sharded over the "
                                  "processes; pass its Dataset (and batch_size=), or shard it yourself.")
-            ds = loader.dataset if loader is not None else data
+            ds: Any = loader.dataset if loader is not None else data
             shuffle = isinstance(loader.sampler, RandomSampler) if loader is not None else shuffle
             self.sampler = DistributedEpochSampler(ds, world, rank, shuffle)
             self.loader = DataLoader(ds, batch_size=loader.batch_size if loader is not None else
@@ -192,9 +192,12 @@ class LoaderBatches:
         self.sampler.start_index = 0
 
 
+Batches = TensorBatches | ShardedBatches | LoaderBatches  # what a Trainer iterates over
+
+
 def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: bool, device: torch.device,
                  float_dtype: torch.dtype = torch.float32, task: str | None = None,
-                 num_workers: int = 0) -> TensorBatches | ShardedBatches | LoaderBatches:
+                 num_workers: int = 0) -> Batches:
     """The batch source for `data`, which yields `(x, y)` on `device` (`y` None when unlabelled).
 
     In-memory data (`(X, y)`, a `Split`, a `TensorDataset`, a `Subset` of one or a default-collate
@@ -257,8 +260,8 @@ def in_memory(data: Any) -> tuple[Split, dict[str, Any]] | None:
     opts: dict[str, Any] = {}
     if isinstance(data, DataLoader):
         sampler = data.sampler
-        plain = type(sampler) is SequentialSampler or (
-            type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(sampler.data_source))
+        plain = type(sampler) is SequentialSampler or (type(sampler) is RandomSampler and not sampler.replacement
+                                                       and sampler.num_samples == len(sampler.data_source))
         if data.collate_fn is not default_collate or data.batch_size is None or not plain \
                 or type(data.batch_sampler) is not BatchSampler:
             return None

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["save_sharded", "load_sharded", "full_state_dict", "plain_class"]
 
 
-def _dtensor() -> type | None:
+def _dtensor() -> Any:
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # a torch without distributed support
@@ -68,7 +68,7 @@ def save_sharded(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
     dt = _dtensor()
     state["dcp"] = path.name
     state["model"], state["optimizer"] = {}, {}
-    state["callbacks"] = _map_tensors(state["callbacks"], lambda t: t.full_tensor() if isinstance(t, dt) else t)
+    state["callbacks"] = _map_tensors(state["callbacks"], lambda t: t.full_tensor() if dt and isinstance(t, dt) else t)
 
 
 def load_sharded(trainer: Trainer, ck: dict[str, Any]) -> None:
@@ -85,7 +85,7 @@ def load_sharded(trainer: Trainer, ck: dict[str, Any]) -> None:
 
         raise CheckpointError(f"{ck['_path']}: its sharded model and optimizer states ({path}) are missing.")
     msd, osd = get_state_dict(trainer.model, trainer.optimizer)
-    box = {"model": msd, "optimizer": osd}
+    box: dict[str, Any] = {"model": msd, "optimizer": osd}
     dcp.load(box, checkpoint_id=str(path))
     set_state_dict(trainer.model, trainer.optimizer, model_state_dict=box["model"], optim_state_dict=box["optimizer"])
     ck["model"], ck["optimizer"] = trainer.model.state_dict(), trainer.optimizer.state_dict()

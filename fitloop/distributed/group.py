@@ -113,7 +113,7 @@ def init_from_env(timeout: float = DEFAULT_TIMEOUT, device: str = "auto") -> tor
                            timeout=delta)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=_store, rank=rank, world_size=ws, timeout=delta,
-                            **({"device_id": dev} if backend == "nccl" else {}))
+                            device_id=dev if backend == "nccl" else None)
     _side = dist.new_group(backend="gloo", timeout=delta) if backend == "nccl" else None
     _prefix = f"fitloop/{restart_count()}/{next(_generation)}"
     _owned = True

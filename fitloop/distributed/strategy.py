@@ -110,7 +110,7 @@ class Strategy:
         logs["loss"] = (total[0] / total[1]).to(losses[0].dtype)
         if outputs and outputs[0][1] is not None:
             out = self.collective.gather_rows(torch.cat([o for o, _ in outputs]))
-            y = self.collective.gather_rows(torch.cat([t for _, t in outputs]))
+            y = self.collective.gather_rows(torch.cat([t for _, t in outputs if t is not None]))
             outputs = [(out, y)]
         return logs, outputs
 
