@@ -56,11 +56,11 @@ from ..checkpoint_format import (
 )
 from ..config import RESUME_IGNORED, RUN_FORMAT
 from ..data import Split
-from ..distributed import is_main_process, rank, world_size
-from ..distributed.fsdp import load_sharded, save_sharded
-from ..distributed.group import Collective, barrier
+from ..distributed import is_main_process, world_size
+from ..distributed.fsdp import load_sharded
+from ..distributed.group import barrier
+from ..distributed.ranks import add_rank_states, restore_rank_state
 from ..files import atomic_write_bytes, versions, write_json_atomic
-from ..state import rng_state, set_rng_state
 from ..step import NonFiniteError
 from .base import Callback
 
@@ -287,8 +287,7 @@ class Checkpointer(Callback):
             self._info = _read_json(self.dir / "run.json") or {"created": _now()}
             self._info["sessions"] = self._info.get("sessions", 0) + 1
             self._info["resumed_from"] = self.last_path.name
-            if ck.get("rank_rng"):  # each rank continues its own random streams (dropout, noise)
-                set_rng_state(trainer.generator, ck["rank_rng"][rank()])
+            restore_rank_state(trainer, ck)  # several processes: each rank's RNGs and part of the epoch
         else:
             if (self.dir / "run.json").exists() or find_checkpoints(self.dir):
                 self._restore_handlers()
@@ -387,11 +386,8 @@ class Checkpointer(Callback):
         state = {**trainer.state_dict(), "versions": versions(), "created": _now(), "data": self._data_fp,
                  "logs": logs}
         path = self.ckpt_dir / name
-        if world_size() > 1:  # a checkpoint of all ranks: each one's RNGs, FSDP's shards; rank 0 writes the file
-            state["world_size"] = world_size()
-            state["rank_rng"] = Collective(trainer.device).gather_objects(rng_state(trainer.generator))
-            if getattr(trainer.strategy, "kind", None) == "fsdp":
-                save_sharded(trainer, state, self.ckpt_dir / (name.removesuffix(".safetensors") + ".dcp"))
+        if world_size() > 1:  # a checkpoint of all ranks: each one's own state, FSDP's shards; rank 0 writes
+            add_rank_states(trainer, state, path)
         if is_main_process():
             atomic_write_bytes(path, serialize(state))
             atomic_write_bytes(self.ckpt_dir / "latest", (name + "\n").encode())

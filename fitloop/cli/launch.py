@@ -86,7 +86,9 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         if not args.rdzv_endpoint:
             raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the address of node 0, the same "
                              "on every machine).")
-        targs += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint,
+        # with --node-rank the machines' ranks are fixed (static rendezvous), else they join in any order (c10d)
+        backend = "c10d" if args.node_rank is None else "static"
+        targs += ["--nnodes", str(nnodes), "--rdzv-backend", backend, "--rdzv-endpoint", args.rdzv_endpoint,
                   "--rdzv-id", f"fitloop-{Path(out).name}"]
         if args.node_rank is not None:
             targs += ["--node-rank", str(args.node_rank)]

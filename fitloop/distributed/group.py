@@ -111,6 +111,9 @@ def init_from_env(timeout: float = DEFAULT_TIMEOUT, device: str = "auto") -> tor
     host_it = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     _store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ws, is_master=host_it,
                            timeout=delta)
+    if not host_it and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # the agent's store outlives a restart: each attempt its own keys (as torch's env:// does)
+        _store = dist.PrefixStore(f"/worker/attempt_{restart_count()}", _store)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=_store, rank=rank, world_size=ws, timeout=delta,
                             device_id=dev if backend == "nccl" else None)
