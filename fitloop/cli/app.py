@@ -56,6 +56,7 @@ examples:
 RESUME_EXAMPLES = """\
 examples:
   fitloop resume runs/price
+  fitloop resume runs/price --nproc 2     # a run trained on 2 processes resumes on 2
 """
 
 DEMO_EXAMPLES = """\
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--force", action="store_true",
                    help="resume even if the data file or the settings changed since the checkpoint")
+    add_launch_options(r, config=False)
     _common(r)
     r.set_defaults(func=cmd_resume)
 

@@ -212,12 +212,18 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int
 
 
 def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from ..distributed import is_main_process
+    from .launch import launch, wants_launch
     from .pipeline import resume_run
 
-    quiet = getattr(args, "quiet", False)
+    if wants_launch(args):  # --nproc N: as many processes as the run had
+        return launch(args, list(argv or []), args.run_dir)
+    quiet = getattr(args, "quiet", False) or not is_main_process()
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet or None)
+    if not is_main_process():
+        return EXIT_OK
     if quiet:
         print(result.run_dir)
     else:

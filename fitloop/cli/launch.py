@@ -27,8 +27,9 @@ __all__ = ["add_launch_options", "wants_launch", "launch", "LAUNCH_FLAGS", "rest
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
 
 
-def add_launch_options(p: argparse.ArgumentParser) -> None:
-    """The "scaling out" options of `fitloop train`."""
+def add_launch_options(p: argparse.ArgumentParser, config: bool = True) -> None:
+    """The "scaling out" options of `fitloop train` (and, without `config`'s --strategy/--dist-timeout, of
+    `fitloop resume`, whose settings come from the run)."""
     g = p.add_argument_group("scaling out (torch.distributed)")
     g.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (DDP; gloo on CPU, "
                    "nccl on CUDA); batch-size is per process")
@@ -37,6 +38,8 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address (node 0), for --nnodes > 1")
     g.add_argument("--max-restarts", type=int, metavar="K", help="restart failed workers up to K times; they "
                    "resume from the latest checkpoint (default 0)")
+    if not config:
+        return
     g.add_argument("--strategy", choices=("ddp", "fsdp"), help="DDP (default) or FSDP (fully_shard) sharding")
     g.add_argument("--dist-timeout", type=float, metavar="S", help="seconds a process waits for another "
                    "before the job stops, naming it (default 60)")
@@ -48,7 +51,7 @@ def wants_launch(args: argparse.Namespace) -> bool:
     return several and "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ
 
 
-def _worker_argv(argv: list[str], out: str) -> list[str]:
+def _worker_argv(argv: list[str], out: str | None) -> list[str]:
     rest, skip = [], False
     for a in argv:
         if skip:
@@ -60,7 +63,9 @@ def _worker_argv(argv: list[str], out: str) -> list[str]:
         if a.split("=", 1)[0] in LAUNCH_FLAGS:
             continue
         rest.append(a)
-    return rest if any(a in ("--out", "-o") or a.startswith("--out=") for a in rest) else [*rest, "--out", out]
+    if out is None or any(a in ("--out", "-o") or a.startswith("--out=") for a in rest):
+        return rest
+    return [*rest, "--out", out]
 
 
 def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
@@ -94,7 +99,8 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
             targs += ["--node-rank", str(args.node_rank)]
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun would pick, without its banner
     try:
-        run(parse_args([*targs, "--module", "fitloop", *_worker_argv(argv, out)]))
+        resuming = "resume" in argv[:1]
+        run(parse_args([*targs, "--module", "fitloop", *_worker_argv(argv, None if resuming else out)]))
     except ChildFailedError as e:
         rank, first = e.get_first_failure()
         how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"

@@ -16,6 +16,7 @@ training step, and the `DistributedSync` callback for every decision a rank coul
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,8 @@ class Strategy:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
+            # DTensor warns on every step about the (1,)-shaped found-inf flag of the NaN/inf check
+            warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1", category=UserWarning)
             mesh = init_device_mesh(self.device.type, (self.world,))
             return fully_shard(model, mesh=mesh)  # type: ignore[return-value]
         ids = [self.device.index] if self.device.type == "cuda" else None
