@@ -253,7 +253,7 @@ def render(res) -> str:
         L.append("No CUDA device was present for this run, so the GPU section (W2 and W4 with the data resident on "
                  "the device: `hand`, `hand_fused`, `fitloop`) did not run. `python -m bench` runs it "
                  "automatically when `torch.cuda.is_available()`.\n")
-    for extra in ("ANALYSIS.md", "COMPILED.md", "FASTPATH.md"):  # analysis, compiled step, fast-path study
+    for extra in ("ANALYSIS.md", "COMPILED.md", "FASTPATH.md", "DDP.md"):  # + the DDP study (bench/ddp.py)
         path = Path(__file__).parent / extra
         if path.is_file():
             L.append(path.read_text().rstrip() + "\n")
