@@ -143,19 +143,24 @@ def test_a_killed_rank_ends_the_job_within_the_timeout_naming_it(tmp_path):
     assert "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_cli_nproc_restarts_after_a_death_resumes_and_predicts(tmp_path):
+def _table(tmp_path: Path) -> Path:
     csv = tmp_path / "data.csv"
     g = torch.Generator().manual_seed(0)
     X = torch.randn(151, 3, generator=g)
     y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(151, generator=g)
     csv.write_text("a,b,c,y\n" + "".join(",".join(f"{v:.5f}" for v in [*r.tolist(), t]) + "\n"
                                          for r, t in zip(X, y.tolist())))
+    return csv
+
+
+def _dying_rank_1(tmp_path: Path, first_try_only: bool) -> dict[str, str]:
+    """The environment of a CLI job whose rank 1 is killed (SIGKILL) after epoch 2's checkpoint."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(  # rank 1 dies after epoch 2's checkpoint, on the first try only
+    when = " and os.environ.get('TORCHELASTIC_RESTART_COUNT') == '0'" if first_try_only else ""
+    (site / "sitecustomize.py").write_text(
         "import os\n"
-        "if os.environ.get('RANK') == '1' and os.environ.get('TORCHELASTIC_RESTART_COUNT') == '0':\n"
+        f"if os.environ.get('RANK') == '1'{when}:\n"
         "    import fitloop.callbacks.checkpoint as c\n"
         "    orig = c.Checkpointer.on_epoch_end\n"
         "    def on_epoch_end(self, trainer, epoch, logs):\n"
@@ -163,8 +168,26 @@ def test_cli_nproc_restarts_after_a_death_resumes_and_predicts(tmp_path):
         "        if epoch == 2:\n"
         "            os.kill(os.getpid(), 9)\n"
         "    c.Checkpointer.on_epoch_end = on_epoch_end\n")
+    return _env(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+
+
+@pytest.mark.slow
+def test_cli_launcher_names_the_rank_that_died(tmp_path):
+    csv, env = _table(tmp_path), _dying_rank_1(tmp_path, first_try_only=False)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "fitloop", "train", str(csv), "--target", "y", "--epochs", "4",
+                           "--out", str(tmp_path / "run"), "--nproc", "2", "--dist-timeout", "3"],
+                          env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "fitloop: the job failed: rank 1 (local rank 1) was killed by SIGKILL" in proc.stderr
+    assert f"fitloop resume {tmp_path / 'run'}" in proc.stderr
+    assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.slow
+def test_cli_nproc_restarts_after_a_death_resumes_and_predicts(tmp_path):
+    csv, env = _table(tmp_path), _dying_rank_1(tmp_path, first_try_only=True)
     run = tmp_path / "run"
-    env = _env(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
     proc = subprocess.run([sys.executable, "-m", "fitloop", "train", str(csv), "--target", "y", "--epochs", "4",
                            "--out", str(run), "--nproc", "2", "--max-restarts", "1", "--dist-timeout", "3"],
                           env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -262,3 +285,21 @@ def test_launcher_passes_the_command_on_without_its_own_flags(monkeypatch):
     assert wants_launch(args)
     monkeypatch.setenv("LOCAL_RANK", "0")  # a worker does not launch again
     assert not wants_launch(args)
+
+
+def test_one_process_needs_no_group_and_bad_settings_are_named():
+    from fitloop.config import TrainConfig
+    from fitloop.distributed import is_main_process, rank, world_size
+    from fitloop.distributed.group import RankFailure, diagnose, is_collective_error
+    from fitloop.distributed.strategy import Strategy
+
+    t = fl.Trainer(torch.nn.Linear(2, 1), quiet=True)
+    assert t.strategy is None and Strategy.from_config(TrainConfig()) is None
+    assert (rank(), world_size(), is_main_process()) == (0, 1, True)
+    assert diagnose(RuntimeError("Connection closed by peer"), "testing") is None  # no group: nothing to name
+    assert is_collective_error(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer"))
+    assert not is_collective_error(ValueError("bad input")) and not is_collective_error(RankFailure("x", [1]))
+    with pytest.raises(ValueError, match="strategy: got 'zero'; choose 'auto', 'ddp' or 'fsdp'"):
+        fl.Trainer(torch.nn.Linear(2, 1), strategy="zero")
+    with pytest.raises(ValueError, match="dist_timeout: got 0; pass a number of seconds > 0"):
+        fl.Trainer(torch.nn.Linear(2, 1), dist_timeout=0)
