@@ -83,8 +83,7 @@ class Trainer:
                  config: TrainConfig | None = None, **settings: Any):
         self.config = cfg = TrainConfig.from_kwargs(config, **settings)
         model = as_module(model, params)
-        self.strategy = Strategy.from_config(cfg)  # several processes (torchrun): the group, device, DDP/FSDP
-        self.device = pick_device(cfg.device) if self.strategy is None else self.strategy.device
+        self.strategy, self.device = Strategy.setup(cfg)  # several processes (torchrun): group, device, DDP/FSDP
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision: got 'fp16' on device {self.device.type!r}; fp16 training needs "
                              "CUDA (GradScaler). Use precision='bf16' on CPU, or 'fp32'.")
@@ -103,13 +102,12 @@ class Trainer:
         self.scheduler_interval = "epoch"
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.callbacks: list[Callback] = list(callbacks or [])
+        self.callbacks: list[Callback] = [*(callbacks or []), *(self.strategy.callbacks() if self.strategy else [])]
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
         if not cfg.quiet:
             self.callbacks.append(ProgressPrinter(cfg.print_every))
-        self.callbacks += self.strategy.callbacks() if self.strategy is not None else []
         if cfg.run_dir:
             self.callbacks.append(Checkpointer(cfg.run_dir, cfg))
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order, on the CPU

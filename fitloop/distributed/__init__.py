@@ -1,7 +1,7 @@
 """torch.distributed helpers: who this process is, and whether it does the I/O.
 
 Only rank 0 prints, shows progress, logs and writes run directories. Every callback that writes or prints
-asks :func:`is_main_process` first. These four functions import no torch (they read the process group
+asks :func:`is_main_process` first. The functions below import no torch (they read the process group
 when torch is already loaded, else the torchrun environment).
 
 The rest of the package (imported on use):

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..callbacks.base import Callback
 from . import is_main_process
-from .group import DEFAULT_TIMEOUT, Collective, diagnose, init_from_env, is_collective_error
+from .group import Collective, diagnose, init_from_env, is_collective_error
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -54,6 +54,15 @@ class Strategy:
         self.backend = dist.get_backend()
 
     @classmethod
+    def setup(cls, cfg: TrainConfig) -> tuple[Strategy | None, torch.device]:
+        """`(strategy, device)` for a Trainer: `from_config`'s strategy and its device, or `(None, the device
+        `cfg.device` picks)` in one process."""
+        from ..devices import pick_device
+
+        strategy = cls.from_config(cfg)
+        return strategy, (pick_device(cfg.device) if strategy is None else strategy.device)
+
+    @classmethod
     def from_config(cls, cfg: TrainConfig) -> Strategy | None:
         """Join the process group torchrun describes (when there are several processes); None in one process.
 
@@ -62,7 +71,7 @@ class Strategy:
         """
         if cfg.strategy not in STRATEGIES:
             raise ValueError(f"strategy: got {cfg.strategy!r}; choose 'auto', 'ddp' or 'fsdp'.")
-        device = init_from_env(getattr(cfg, "dist_timeout", DEFAULT_TIMEOUT), cfg.device)
+        device = init_from_env(cfg.dist_timeout, cfg.device)
         if device is None:
             return None
         if cfg.compile == "step":
@@ -99,7 +108,8 @@ class Strategy:
             model.set_requires_gradient_sync(True)  # type: ignore[operator]
 
     def callbacks(self) -> list[Callback]:
-        """The callbacks the Trainer adds before its run-directory callback."""
+        """The callbacks the Trainer adds after the user's (so it sees their stop requests) and before its
+        own printer and run-directory callback (so they see the agreed decision)."""
         return [DistributedSync(self)]
 
     def finish_epoch(self, state: TrainState) -> tuple[dict[str, Any], list[tuple[torch.Tensor, Any]]]:
@@ -119,7 +129,9 @@ class Strategy:
 
     def describe(self, trainer: Trainer) -> str:
         """One line for the start of a fit: processes, backend, device, per-process and global batch."""
-        b = trainer.config.batch_size
+        source = getattr(trainer.training_step, "batches", None)
+        loader = getattr(source, "loader", None)  # the DataLoader path: its batch size
+        b = loader.batch_size if loader is not None else getattr(source, "batch_size", trainer.config.batch_size)
         batch = "full batch" if b is None else f"batch_size {b} per process, global batch {b * self.world}"
         return (f"Distributed: {self.world} processes ({self.kind.upper()}, {self.backend} on "
                 f"{self.device.type}); {batch}.")
