@@ -180,7 +180,7 @@ def test_cli_launcher_names_the_rank_that_died(tmp_path):
                           env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "fitloop: the job failed: rank 1 (local rank 1) was killed by SIGKILL" in proc.stderr
-    assert f"fitloop resume {tmp_path / 'run'}" in proc.stderr
+    assert f"`fitloop resume {tmp_path / 'run'} --nproc 2` continues it" in proc.stderr
     assert time.monotonic() - t0 < 120
 
 

@@ -106,9 +106,9 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
         others = sorted(r for r in e.failures if r != rank)
         also = f" (then rank(s) {', '.join(map(str, others))} stopped too)" if others else ""
+        again = f"fitloop resume {out} --nproc {nproc}" + (f" --nnodes {nnodes} ..." if nnodes > 1 else "")
         print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. The run "
-              f"directory {out} keeps the last checkpoint: `fitloop resume {out}` (with the same --nproc).",
-              file=sys.stderr, flush=True)
+              f"directory {out} keeps its last checkpoint: `{again}` continues it.", file=sys.stderr, flush=True)
         codes = {f.exitcode for f in e.failures.values()}
         return 2 if codes == {2} else 3
     return 0
