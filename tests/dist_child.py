@@ -183,10 +183,15 @@ def fsdp(out: Path) -> None:
 
 
 def kill(out: Path) -> None:
-    """Rank 1 dies (SIGKILL) at step 3; rank 0 must give up within dist_timeout, naming rank 1."""
+    """Rank 1 dies (SIGKILL; or hangs with HOW=hang) at step 3; rank 0 must give up within dist_timeout,
+    naming rank 1."""
     class Die(Callback):
         def on_optimizer_step(self, trainer, step):
             if step == 3 and rank() == 1:
+                if os.environ.get("HOW") == "hang":
+                    import time
+
+                    time.sleep(3600)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     X, y = data(400)
