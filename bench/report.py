@@ -254,7 +254,8 @@ def render(res) -> str:
                  "the device: `hand`, `hand_fused`, `fitloop`) did not run. `python -m bench` runs it "
                  "automatically when `torch.cuda.is_available()`.\n")
     for extra in ("ANALYSIS.md", "COMPILED.md", "FASTPATH.md",  # analysis, compiled step, fast-path study
-                  "PROGRESS.md"):  # the progress bar's cost (python -m bench.progress)
+                  "PROGRESS.md",  # the progress bar's cost (python -m bench.progress)
+                  "DDP.md"):  # the DDP study (bench/ddp.py)
         path = Path(__file__).parent / extra
         if path.is_file():
             L.append(path.read_text().rstrip() + "\n")

@@ -21,6 +21,7 @@ import traceback
 
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
 from .export import add_export_parser
+from .launch import add_launch_options
 from .size_search import EXAMPLES as SIZE_SEARCH_EXAMPLES
 from .size_search import cmd_size_search, size_search_options
 
@@ -36,6 +37,7 @@ examples:
   fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
   fitloop train data.csv --target price --dry-run    # print every decision, write ./config.toml, train nothing
   fitloop train data.csv --target y --log tensorboard,mlflow      # tensorboard --logdir runs; ./mlruns
+  fitloop train data.csv --target price --nproc 2        # 2 processes (DDP), see README "Scaling out"
 
 run.toml holds the same settings as the flags, in three sections:
   [data]   path, target, task, drop, id, split, seed, encoding, delimiter, decimal, max_categories
@@ -60,6 +62,7 @@ examples:
 RESUME_EXAMPLES = """\
 examples:
   fitloop resume runs/price
+  fitloop resume runs/price --nproc 2     # a run trained on 2 processes resumes on 2
 """
 
 DEMO_EXAMPLES = """\
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--force", action="store_true",
                    help="resume even if the data file or the settings changed since the checkpoint")
+    add_launch_options(r, config=False)
     _common(r)
     r.set_defaults(func=cmd_resume)
 
@@ -218,6 +222,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
                    help="decide everything (columns, task, split, model, settings), print it and write it as a "
                         "commented config.toml; train nothing")
     c.add_argument("--config-out", metavar="TOML", help="where --dry-run writes the config (default ./config.toml)")
+    add_launch_options(t)
     _common(t)
 
 

@@ -27,6 +27,7 @@ importable from here too).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..config import RUN_FORMAT
+from ..distributed import is_main_process
 from ..files import atomic_write_bytes, write_json_atomic
 from .run_config import CONFIG_HEADER, ConfigError, RunConfig
 from .runs import (
@@ -89,6 +91,18 @@ def _default_out(target: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("._") or "run"
     return Path("runs") / f"{safe}-{stamp}"
+
+
+def start_out(cfg: RunConfig, out: str | os.PathLike | None, overwrite: bool) -> Path:
+    """The run directory a launcher hands to every worker: checked (as `train_table` would) and fixed once,
+    so that every rank and a restart use the same one."""
+    if not cfg.data.path or not Path(cfg.data.path).is_file():
+        raise ConfigError(f"no data file {cfg.data.path!r}: pass DATA (fitloop train DATA --target COL).")
+    if not cfg.data.target:
+        raise ConfigError("no target column: pass --target COL or set data.target.")
+    out_dir = Path(out) if out is not None else _default_out(cfg.data.target)
+    _check_out(out_dir, overwrite)
+    return out_dir
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -378,26 +392,32 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     Raises:
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
     """
+    from ..distributed.group import barrier, init_from_env
     from ..runlock import hold_run_dir
 
     log = log or (lambda msg: None)
+    init_from_env(cfg.train.dist_timeout, cfg.train.device)  # several processes: the group comes first
     out_dir = Path(out) if out is not None else _default_out(cfg.data.target or "run")
     _check_out(out_dir, overwrite)
     t_start = time.perf_counter()
     p = _prepare(cfg, log)
     p.t_command = t_start if t_command is None else t_command
     cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())  # `resume` finds the data from any directory
+    barrier()  # every rank has checked `out` before rank 0 takes it; only rank 0 writes
+    main = is_main_process()
     created = not out_dir.exists()
-    with hold_run_dir(out_dir) as lock:  # raises, naming the pid, if another live run took it meanwhile
-        _clear_run_dir(out_dir)
+    # rank 0 holds the lock: raises, naming the pid, if another live run took the directory meanwhile
+    with hold_run_dir(out_dir) if main else contextlib.nullcontext() as lock:
+        if main:
+            _clear_run_dir(out_dir)
         try:
-            (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
             _start(cfg, p, out_dir, argv)
         except BaseException:
-            _clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
-            lock.release()
-            if created:
-                out_dir.rmdir()
+            if lock is not None:
+                _clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
+                lock.release()
+                if created:
+                    out_dir.rmdir()
             raise
         t0 = time.perf_counter()
         p.trainer.fit(p.splits["train"], p.splits.get("val"))
@@ -406,12 +426,17 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
 
 
 def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
-    """A fresh run in `out_dir` (its config.toml written): the splits and the Trainer, ready to fit."""
-    write_json_atomic(out_dir / "splits.json", {
-        "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
-                "rows whose target is missing",
-        "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
-        **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
+    """A fresh run in `out_dir`: config.toml and splits.json (rank 0 writes them), then the Trainer."""
+    from ..distributed.group import barrier
+
+    if is_main_process():
+        (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        write_json_atomic(out_dir / "splits.json", {
+            "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
+                    "rows whose target is missing",
+            "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
+            **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
+    barrier()  # the other ranks' Checkpointers find the directory written
     _build_trainer(cfg, p, out_dir)
     p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task}
 
@@ -492,7 +517,8 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         y_true = y if task == "classification" else unscale(y, info["target_scaling"])
         metrics = score(task, raw, y_true, info["target_scaling"])
         baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
-        _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
+        if is_main_process():
+            _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
     best_epoch = None
     if p.callbacks and p.callbacks[0].best_epoch:
         best_epoch = p.callbacks[0].best_epoch
@@ -500,11 +526,12 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
     elif history:
         best_epoch = history[-1]["epoch"]
-    trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})
-    write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
-                                           if eval_split else 0, "metrics": metrics, "baseline": baseline,
-                                           "baseline_kind": info["baseline_kind"]})
-    _log_final(p, out_dir, eval_split, metrics)
+    trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})  # rank 0 writes
+    if is_main_process():
+        write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
+                                               if eval_split else 0, "metrics": metrics, "baseline": baseline,
+                                               "baseline_kind": info["baseline_kind"]})
+        _log_final(p, out_dir, eval_split, metrics)
     p.timings["total"] = time.perf_counter() - t_start
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds
@@ -516,11 +543,12 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
                        best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
                        trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False))
-    _merge_run_json(out_dir, {
-        **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
-        "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
-        "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
-        "target_distribution": _target_distribution(p)})
+    if is_main_process():
+        _merge_run_json(out_dir, {
+            **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
+            "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
+            "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
+            "target_distribution": _target_distribution(p)})
     return result
 
 
