@@ -2,7 +2,7 @@
 
 `base` defines the events and their order; each other module is one callback: `early_stopping`,
 `progress` (the per-epoch lines), `checkpoint` (the run directory: checkpoints, exact resume,
-signals, the final bundle). A new callback or logger is a new module here that subclasses
+signals, the final bundle), `time_limit` (an upper bound on the training time). A new callback or logger is a new module here that subclasses
 `Callback`; the Trainer needs no change.
 """
 
@@ -10,6 +10,7 @@ from .base import EVENTS, Callback
 from .checkpoint import Checkpointer, RunInterrupted
 from .early_stopping import EarlyStopping
 from .progress import ProgressPrinter, format_logs
+from .time_limit import TimeLimit
 
 __all__ = ["Callback", "EVENTS", "EarlyStopping", "ProgressPrinter", "format_logs", "Checkpointer",
-           "RunInterrupted"]
+           "RunInterrupted", "TimeLimit"]

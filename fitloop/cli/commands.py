@@ -21,7 +21,7 @@ FLAG_KEYS = {
     "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
-    "device": "train.device",
+    "device": "train.device", "max_time": "train.max_time",
     "compile": "train.compile",
 }
 
@@ -36,7 +36,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             v = [c for item in v for c in item.split(",") if c]
         elif dest == "hidden" and v.strip() == "":
             v = []
-        elif dest == "batch_size":
+        elif dest in ("batch_size", "max_time"):
             from .run_config import parse_value
 
             v = parse_value(v)

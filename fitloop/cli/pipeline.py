@@ -38,7 +38,7 @@ import numpy as np
 
 from ..config import RUN_FORMAT
 from ..files import atomic_write_bytes, write_json_atomic
-from .run_config import ConfigError, RunConfig
+from .run_config import Budget, ConfigError, RunConfig, training_budget
 from .runs import (
     LoadedRun,
     NotARunError,
@@ -75,6 +75,7 @@ class RunResult:
     baseline_kind: str
     notes: list[str] = field(default_factory=list)
     stop_reason: str | None = None
+    still_improving: str | None = None  # the advice when the best epoch was the last one
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -130,6 +131,7 @@ class _PreparedRun:
     run_fields: dict[str, Any] = field(default_factory=dict)
     t_command: float = 0.0
     first_step: Any = None
+    budget: Budget | None = None
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
@@ -177,19 +179,22 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
     timings = {"load": load_s, "preprocess": time.perf_counter() - t0}
-    return _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings)
+    budget = training_budget(cfg, len(splits["train"][0]))
+    budget.apply(cfg)
+    log(budget.describe() + ".")
+    return _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings, budget=budget)
 
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run, checkpointing into `run_dir`."""
-    from ..callbacks import EarlyStopping
+    from ..callbacks import EarlyStopping, TimeLimit
     from ..models import MLPSpec, build_mlp
     from ..trainer import Trainer, seed_everything
 
     classes = p.info["classes"]
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
     spec = MLPSpec(p.n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
-                   activation=cfg.model.activation, dropout=cfg.model.dropout)
+                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
     model = build_mlp(spec)
     loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
     has_val = "val" in p.splits
@@ -197,11 +202,13 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
         p.callbacks.append(EarlyStopping(patience=cfg.train.early_stopping))
     elif cfg.train.early_stopping and not has_val:
         p.notes.append("early stopping is off: there is no validation split")
+    if cfg.train.max_time:
+        p.callbacks.append(TimeLimit(cfg.train.max_time))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
     p.first_step = _FirstStep(p.t_command)
-    p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, callbacks=[*p.callbacks, p.first_step],
-                        config=tcfg)
+    p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
+                        callbacks=[*p.callbacks, p.first_step], config=tcfg)
 
 
 class _FirstStep:
@@ -277,7 +284,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     The data is read again from the path in `config.toml` and prepared exactly as before; the
     checkpoint refuses it when the data or the settings changed, unless `force`.
     """
-    from .run_config import load_toml, resolve_run_config
+    from .run_config import LEGACY_DEFAULTS, load_toml, resolve_run_config
 
     log = log or (lambda msg: None)
     run_dir = Path(path)
@@ -285,7 +292,9 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     if info.get("status") == "finished" and (run_dir / "metrics.json").is_file():
         raise ConfigError(f"{run_dir}: this run already finished; nothing to resume. "
                           f"Use `fitloop report {run_dir}` to see it.")
-    cfg = resolve_run_config(load_toml(str(run_dir / "config.toml")))
+    saved = load_toml(str(run_dir / "config.toml"))
+    legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved}  # a run written before these keys
+    cfg = resolve_run_config(legacy, saved)
     if quiet is not None:
         cfg.train.quiet = quiet
     t_start = time.perf_counter()
@@ -312,13 +321,10 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         y_true = y if task == "classification" else unscale(y, info["target_scaling"])
         metrics = score(task, raw, y_true, info["target_scaling"])
         baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
-    best_epoch = None
-    if p.callbacks and p.callbacks[0].best_epoch:
-        best_epoch = p.callbacks[0].best_epoch
-    elif history and "val_loss" in history[0]:
-        best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
-    elif history:
-        best_epoch = history[-1]["epoch"]
+    best_epoch = _best_epoch(p.callbacks, history)
+    improving = still_improving(history, best_epoch, trainer.stop_reason)
+    if improving:
+        p.notes.append(improving)
     trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})
     write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
                                            if eval_split else 0, "metrics": metrics, "baseline": baseline,
@@ -333,12 +339,49 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     n_params = sum(q.numel() for q in trainer.model.parameters())
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
                        best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
-                       trainer.stop_reason)
+                       trainer.stop_reason, improving)
     _merge_run_json(out_dir, {
         **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
         "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
+        "still_improving": improving is not None, "budget": _budget_fields(p.budget),
         "device": str(trainer.device), "timings": p.timings, "notes": p.notes})
     return result
+
+
+def _best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
+    """The epoch whose weights the run keeps: early stopping's best, else the lowest val_loss, else the last."""
+    from ..callbacks import EarlyStopping
+
+    stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
+    if stopper is not None and stopper.best_epoch:
+        return stopper.best_epoch
+    if history and "val_loss" in history[0]:
+        return min(history, key=lambda h: h["val_loss"])["epoch"]
+    return history[-1]["epoch"] if history else None
+
+
+def still_improving(history: list[dict[str, Any]], best_epoch: int | None, stop_reason: str | None) -> str | None:
+    """The note for a run whose best validation epoch is its last one, with how to train longer; else None.
+
+    Without validation rows there is no held-out loss to judge by, so it says nothing.
+    """
+    if not history or best_epoch is None or "val_loss" not in history[-1] or best_epoch != history[-1]["epoch"]:
+        return None
+    epochs = history[-1]["epoch"]
+    if stop_reason and stop_reason.startswith("time limit"):
+        how = f"the time limit ended it: pass a larger --max-time (now {stop_reason.split('max_time ')[-1]})"
+    else:
+        how = f"train longer with --epochs {2 * epochs}"
+    return (f"the model was still improving: the best val_loss was at the last epoch ({epochs}), so more "
+            f"training would likely help; {how}")
+
+
+def _budget_fields(budget: Budget | None) -> dict[str, Any] | None:
+    if budget is None:
+        return None
+    return {"epochs": budget.epochs, "steps_per_epoch": budget.steps_per_epoch, "steps": budget.steps,
+            "batch_size": budget.batch_size, "patience": budget.patience, "max_time": budget.max_time,
+            "decided": budget.decided}
 
 
 def _merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:
