@@ -11,7 +11,7 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "FunctionModel", "ACTIVATIONS", "as_module", "trainable_parameters"]
+__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "FunctionModel", "ACTIVATIONS", "as_module", "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
 ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, cls) for name, cls in ACTIVATION_CLASSES.items()}
@@ -96,6 +96,32 @@ class SkipMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.skip(x)
+
+
+def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2) -> None:
+    """Start a `SkipMLP` at the ridge-regression fit of `targets` on `X`: the skip path gets the
+    weights, the MLP's last layer the intercept and zero weights, so the model's output is the linear
+    fit until training moves it (and the hidden layers learn what the linear fit misses).
+
+    Args:
+        model: the model to initialise (in place).
+        X: the training inputs, `(n, in_features)`.
+        targets: what the outputs should fit, `(n, out_features)` (e.g. standardized values, or
+            one-hot classes scaled to logits).
+        ridge: the L2 penalty, relative to the mean squared input (keeps the solve well-posed).
+    """
+    with torch.no_grad():
+        X64, t64 = X.double(), targets.double().reshape(len(X), -1)
+        x_mean, t_mean = X64.mean(0), t64.mean(0)
+        Xc, tc = X64 - x_mean, t64 - t_mean
+        gram = Xc.T @ Xc
+        lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
+        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), Xc.T @ tc)  # (d, out)
+        last = model.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        model.skip.weight.copy_(w.T)
+        last.weight.zero_()
+        last.bias.copy_(t_mean - x_mean @ w)
 
 
 class FunctionModel(nn.Module):

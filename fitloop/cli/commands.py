@@ -92,8 +92,8 @@ def _print_summary(console, r) -> None:
     tm = r.timings
     t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
                       f"total {tm['total']:.2f}s"
-                      + (f"; first step {tm['to_first_step']:.2f}s after launch, imports included"
-                         if "to_first_step" in tm else "")
+                      + (f"; first step {tm.get('launch_to_first_step', tm['to_first_step']):.2f}s after launch, "
+                         "imports included" if "to_first_step" in tm else "")
                       + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
     console.print(t)
     _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")

@@ -80,6 +80,8 @@ class RunResult:
 
 # ------------------------------------------------------------------------------------------- train
 
+LOGIT_SCALE = 4.0  # linear_init for classification: the one-hot targets the linear start fits, as logits
+
 
 def _default_out(target: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -188,7 +190,9 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run, checkpointing into `run_dir`."""
     from ..callbacks import EarlyStopping, TimeLimit
-    from ..models import MLPSpec, build_mlp
+    import torch
+
+    from ..models import MLPSpec, SkipMLP, build_mlp, fit_linear_path
     from ..trainer import Trainer, seed_everything
 
     classes = p.info["classes"]
@@ -196,6 +200,11 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     spec = MLPSpec(p.n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
                    activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
     model = build_mlp(spec)
+    if cfg.model.linear_init and isinstance(model, SkipMLP):
+        X, y = p.splits["train"]
+        # classes as one-hot logits of +-LOGIT_SCALE/2 around their mean: a linear start for cross-entropy
+        t = y if p.task != "classification" else LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes)).float()
+        fit_linear_path(model, X, t)
     loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
     has_val = "val" in p.splits
     if cfg.train.early_stopping and has_val:
@@ -213,7 +222,8 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
 
 class _FirstStep:
     """Records how long the command took to reach its first training step (imports, reading,
-    preprocessing and set-up included): the start-up cost a user waits through."""
+    preprocessing and set-up included): the start-up cost a user waits through. `seconds` counts from
+    `t0` (the command's `main`), `since_launch` from the process's start (Linux; None elsewhere)."""
 
     def __new__(cls, t0: float):
         from ..callbacks import Callback
@@ -221,12 +231,27 @@ class _FirstStep:
         class FirstStep(Callback):
             def __init__(self):
                 self.seconds: float | None = None
+                self.since_launch: float | None = None
 
             def on_train_batch_end(self, trainer, step, loss):
                 if self.seconds is None:
                     self.seconds = time.perf_counter() - t0
+                    self.since_launch = process_age()
 
         return FirstStep()
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc, 10 ms resolution): the interpreter's own start-up
+    and the imports before `main` count too. None where /proc is not there."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
@@ -332,6 +357,8 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     p.timings["total"] = time.perf_counter() - t_start
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds
+        if p.first_step.since_launch is not None:
+            p.timings["launch_to_first_step"] = p.first_step.since_launch
     compiled = trainer.training_step.compiled if trainer.training_step is not None else None
     if compiled is not None:  # compile="step": reported apart from training
         p.timings["compile"] = compiled.compile_seconds

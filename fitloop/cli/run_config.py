@@ -71,12 +71,15 @@ class ModelSection:
 
     Attributes:
         skip: a linear path from the inputs to the outputs beside the hidden layers (`MLPSpec.skip`).
+        linear_init: start the skip path at the ridge-regression fit of the training rows
+            (`fitloop.models.fit_linear_path`), so training starts from what a linear model reaches.
     """
 
     hidden: list[int] = field(default_factory=lambda: [64, 32])
     activation: str = "relu"
     dropout: float = 0.0
     skip: bool = True
+    linear_init: bool = True
 
     def validate(self) -> None:
         try:
@@ -328,7 +331,7 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
 
 # Values of settings added after a run directory may have been written, as runs before them behaved:
 # `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
-LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "train.scheduler": None, "train.max_time": None}
+LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "train.scheduler": None, "train.max_time": None}
 
 # The default budget (measured in BENCHMARKS.md, "Tables"): the epochs that make about `budget_steps`
 # optimizer steps, within these bounds; patience a quarter of the epochs (at least MIN_PATIENCE).
