@@ -2,8 +2,8 @@
 
 `base` defines the events and their order; each other module is one callback: `early_stopping`,
 `progress` (the per-epoch lines), `checkpoint` (the run directory: checkpoints, exact resume,
-signals, the final bundle), `time_limit` (an upper bound on the training time). A new callback or logger is a new module here that subclasses
-`Callback`; the Trainer needs no change.
+signals, the final bundle), `time_limit` (an upper bound on the training time). A new callback or
+logger is a new module here that subclasses `Callback`; the Trainer needs no change.
 """
 
 from .base import EVENTS, Callback

@@ -189,9 +189,9 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run, checkpointing into `run_dir`."""
-    from ..callbacks import EarlyStopping, TimeLimit
     import torch
 
+    from ..callbacks import EarlyStopping, TimeLimit
     from ..models import MLPSpec, SkipMLP, build_mlp, fit_linear_path
     from ..trainer import Trainer, seed_everything
 
