@@ -253,7 +253,8 @@ def render(res) -> str:
         L.append("No CUDA device was present for this run, so the GPU section (W2 and W4 with the data resident on "
                  "the device: `hand`, `hand_fused`, `fitloop`) did not run. `python -m bench` runs it "
                  "automatically when `torch.cuda.is_available()`.\n")
-    for extra in ("ANALYSIS.md", "COMPILED.md", "FASTPATH.md"):  # analysis, compiled step, fast-path study
+    # analysis, compiled step, fast-path study; the CLI's tables and start-up (bench/tables.py, bench/startup.py)
+    for extra in ("ANALYSIS.md", "COMPILED.md", "FASTPATH.md", "TABLES.md"):
         path = Path(__file__).parent / extra
         if path.is_file():
             L.append(path.read_text().rstrip() + "\n")

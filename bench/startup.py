@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,12 +29,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _wall(cmd: list[str], env: dict[str, str]) -> float:
+CPU: dict[str, list[float]] = {}  # CPU seconds (user + sys) of each command, by arm
+
+
+def _wall(cmd: list[str], env: dict[str, str], arm: str = "") -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # cwd: a neutral directory, so `python -m fitloop` imports the checkout on PYTHONPATH (not the cwd's)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise RuntimeError(f"{cmd} failed: {r.stderr[-2000:]}")
+    if arm:
+        CPU.setdefault(arm, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return wall
 
 
@@ -61,21 +70,23 @@ def main() -> int:
         header = ",".join([f"x{j}" for j in range(10)] + ["y"])
         np.savetxt(csv, np.column_stack([X, y]), delimiter=",", header=header, comments="", fmt="%.5f")
         for r in range(args.rounds):
-            times["import torch"].append(_wall([py, "-c", "import torch"], base_env))
+            times["import torch"].append(_wall([py, "-c", "import torch"], base_env, "import torch"))
             for name, e in arms.items():
                 out = Path(tmp) / f"run-{r}-{len(name)}"
                 cmd = [py, "-m", "fitloop", "train", str(csv), "--target", "y", "--epochs", "3", "--out", str(out),
                        "-q"]
-                times[f"{name} wall"].append(_wall(cmd, e))
+                times[f"{name} wall"].append(_wall(cmd, e, name))
                 info = json.loads((out / "run.json").read_text())
                 t = info["timings"]
                 # from the process's start where run.json has it; an older checkout only counts from main()
                 times[name].append(t.get("launch_to_first_step", t["to_first_step"]))
                 times.setdefault(f"{name} from main", []).append(t["to_first_step"])
+                if "launch_to_first_step_cpu" in t:
+                    times.setdefault(f"{name} cpu", []).append(t["launch_to_first_step_cpu"])
                 if name == "train":
                     run = out
             times["predict"].append(_wall([py, "-m", "fitloop", "predict", str(run), str(csv), "-o",
-                                           str(Path(tmp) / "p.csv"), "-q"], env))
+                                           str(Path(tmp) / "p.csv"), "-q"], env, "predict"))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items() if v), flush=True)
         if args.importtime:
             r_ = subprocess.run([py, "-X", "importtime", "-m", "fitloop", "train", str(csv), "--target", "y",
@@ -106,6 +117,19 @@ def main() -> int:
                      f"{med[name + ' wall'] - torch_s:+.2f} | |")
     lines.append(f"| predict: whole command (wall) | {med['predict']:.2f} | {med['predict'] - torch_s:+.2f} | "
                  f"{'PASS' if med['predict'] <= torch_s + 1 else 'FAIL'} |")
+    cpu = {k: statistics.median(v) for k, v in CPU.items()}
+    torch_cpu = cpu["import torch"]
+    lines += ["", "CPU seconds (user + sys; steadier than wall time on a shared machine):", "",
+              "| measure | median CPU s | minus `import torch` | target (<= import torch + 1 s) |", "|---|---|---|---|",
+              f"| `python -c 'import torch'` | {torch_cpu:.2f} | | |"]
+    for name in arms:
+        if f"{name} cpu" in med:
+            v = med[f"{name} cpu"]
+            lines.append(f"| {name}: launch to first step (run.json `launch_to_first_step_cpu`) | {v:.2f} | "
+                         f"{v - torch_cpu:+.2f} | {'PASS' if v <= torch_cpu + 1 else 'FAIL'} |")
+        lines.append(f"| {name}: whole command | {cpu[name]:.2f} | {cpu[name] - torch_cpu:+.2f} | |")
+    lines.append(f"| predict: whole command | {cpu['predict']:.2f} | {cpu['predict'] - torch_cpu:+.2f} | "
+                 f"{'PASS' if cpu['predict'] <= torch_cpu + 1 else 'FAIL'} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

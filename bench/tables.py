@@ -253,8 +253,9 @@ def _anchors(t: Table, fit_rows, test_rows, seed: int, Xf, Xt) -> dict[str, Any]
 # ------------------------------------------------------------------------------------------ fitloop
 
 
-def run_fitloop(csv: Path, t: Table, seed: int, out: Path, extra: list[str], in_process: bool) -> dict[str, Any]:
-    """The real `fitloop train` with its defaults; its test score and the rows of each split."""
+def run_fitloop(csv: Path, t: Table, seed: int, out: Path, extra: list[str], in_process: bool,
+                checkout: Path = ROOT) -> dict[str, Any]:
+    """The real `fitloop train` with its defaults (of `checkout`); its test score and the rows of each split."""
     argv = ["train", str(csv), "--target", t.target, "--seed", str(seed), "--out", str(out), "--overwrite", "-q",
             *(["--task", t.task] if t.pass_task else []), *extra]
     t0 = time.perf_counter()
@@ -264,8 +265,9 @@ def run_fitloop(csv: Path, t: Table, seed: int, out: Path, extra: list[str], in_
         rc = main(argv)
         err = ""
     else:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        r = subprocess.run([sys.executable, "-m", "fitloop", *argv], capture_output=True, text=True, env=env)
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        r = subprocess.run([sys.executable, "-m", "fitloop", *argv], capture_output=True, text=True, env=env,
+                           cwd=tempfile.gettempdir())  # not the cwd's fitloop: the checkout's
         rc, err = r.returncode, r.stderr
     wall = time.perf_counter() - t0
     if rc != 0:
@@ -300,7 +302,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    anchor_arms = [a for a in ("catboost", "realmlp_td") if any(a in r["median"] for r in rows)]
+    anchor_arms = [a for a in ("before", "catboost", "realmlp_td") if any(a in r["median"] for r in rows)]
     arms = ["fitloop", "linear", "hgb", *anchor_arms]
     L = [f"### Tables: `fitloop train` defaults vs baselines ({meta['when']})\n",
          f"`python bench/tables.py {meta['args']}`: seeds {meta['seeds']}, median over seeds; test accuracy "
@@ -335,6 +337,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="passed to fitloop train as --set (an ablation arm)")
     ap.add_argument("--flag", action="append", default=[], help="a raw fitloop train flag, e.g. --flag=--epochs=50")
     ap.add_argument("--in-process", action="store_true", help="run fitloop in this process (no start-up in the time)")
+    ap.add_argument("--before", default=None, help="also run fitloop train from this checkout (e.g. the main "
+                    "branch), interleaved, as the column `before`")
     ap.add_argument("--json", default=None, help="write the raw results here")
     ap.add_argument("--markdown", default=None, help="write the table here (e.g. bench/TABLES.md)")
     args = ap.parse_args()
@@ -358,13 +362,19 @@ def main() -> int:
                 fit = np.sort(np.concatenate([np.asarray(fl["splits"][k]) for k in ("train", "val")
                                               if k in fl["splits"]]))
                 base = baselines(t, fit, test, args.anchors, seed)
+                if args.before:
+                    old = run_fitloop(csv, t, seed, Path(tmp) / f"before-{t.name}-{seed}", [], False,
+                                      Path(args.before).resolve())
+                    assert old["splits"]["test"] == fl["splits"]["test"], "before and after split differently"
+                    base = {"before": old, **base}
                 scores = {"fitloop": fl["score"], **{k: v["score"] for k, v in base.items() if "score" in v}}
                 secs = {"fitloop": fl["seconds"], **{k: v["seconds"] for k, v in base.items() if "seconds" in v}}
                 results.append({"table": t.name, "seed": seed, "metric": t.metric, "rows": t.rows, "note": t.note,
                                 "scores": scores, "seconds": secs, "fitloop_epochs": fl["epochs"],
                                 "fitloop_best_epoch": fl["best_epoch"], "fitloop_steps": fl["steps"],
                                 "fitloop_timings": fl["timings"], "still_improving": fl["still_improving"],
-                                "errors": {k: v["error"] for k, v in base.items() if "error" in v}})
+                                "errors": {k: v["error"] for k, v in base.items() if "error" in v},
+                                "before_epochs": base["before"]["epochs"] if "before" in base else None})
                 print(f"{t.name:14s} seed {seed}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
                       + f"  | fitloop {fl['seconds']:.1f}s, epochs {fl['epochs']} (best {fl['best_epoch']}), "
                         f"steps {fl['steps']}", flush=True)

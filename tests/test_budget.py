@@ -174,3 +174,24 @@ def test_train_and_predict_never_import_torch_dynamo(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.stdout.split()[-2:] == ["0", "False"], out.stdout + out.stderr
+
+
+def test_early_stopping_rel_delta_keeps_the_earlier_epoch_on_near_ties():
+    class Fake:
+        should_stop, stop_reason = False, None
+
+        class model:  # noqa: N801 - a stand-in with what EarlyStopping reads
+            @staticmethod
+            def state_dict():
+                return {}
+
+    stopper = fl.EarlyStopping(patience=10, rel_delta=0.05)
+    for epoch, v in enumerate([1.0, 0.97, 0.96, 0.94], start=1):  # 0.97, 0.96: within 5% of 1.0
+        stopper.on_epoch_end(Fake(), epoch, {"val_loss": v})
+    assert (stopper.best_epoch, stopper.best) == (4, 0.94)  # 0.94 is 6% better: it counts
+    plain = fl.EarlyStopping(patience=10)
+    plain.on_epoch_end(Fake(), 1, {"val_loss": 1.0})
+    plain.on_epoch_end(Fake(), 2, {"val_loss": 0.99})
+    assert plain.best_epoch == 2
+    with pytest.raises(ValueError, match="rel_delta must be in"):
+        fl.EarlyStopping(rel_delta=1.0)

@@ -208,7 +208,8 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
     has_val = "val" in p.splits
     if cfg.train.early_stopping and has_val:
-        p.callbacks.append(EarlyStopping(patience=cfg.train.early_stopping))
+        p.callbacks.append(EarlyStopping(patience=cfg.train.early_stopping,
+                                         rel_delta=cfg.train.early_stopping_rel_delta))
     elif cfg.train.early_stopping and not has_val:
         p.notes.append("early stopping is off: there is no validation split")
     if cfg.train.max_time:
@@ -232,11 +233,13 @@ class _FirstStep:
             def __init__(self):
                 self.seconds: float | None = None
                 self.since_launch: float | None = None
+                self.cpu: float | None = None
 
             def on_train_batch_end(self, trainer, step, loss):
                 if self.seconds is None:
                     self.seconds = time.perf_counter() - t0
                     self.since_launch = process_age()
+                    self.cpu = time.process_time()  # CPU seconds since launch: steadier on a busy machine
 
         return FirstStep()
 
@@ -359,6 +362,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         p.timings["to_first_step"] = p.first_step.seconds
         if p.first_step.since_launch is not None:
             p.timings["launch_to_first_step"] = p.first_step.since_launch
+        p.timings["launch_to_first_step_cpu"] = p.first_step.cpu
     compiled = trainer.training_step.compiled if trainer.training_step is not None else None
     if compiled is not None:  # compile="step": reported apart from training
         p.timings["compile"] = compiled.compile_seconds

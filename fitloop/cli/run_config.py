@@ -103,6 +103,8 @@ class TrainSection(TrainConfig):
         optimizer: any `torch.optim` name (`adam`, `adamw`, `sgd`, ...).
         loss: loss name; `None` picks `cross_entropy` (classification) or `mse` (regression).
         early_stopping: patience in epochs on `val_loss` (best weights restored); `0`/`None` is off.
+        early_stopping_rel_delta: a better `val_loss` counts only when it is this fraction below the
+            best so far (`EarlyStopping(rel_delta=...)`).
         scheduler: a learning-rate schedule by name (`fitloop.optim.SCHEDULER_NAMES`, e.g. `cosine`,
             `warmup_cosine`); `None` or `"none"` keeps the lr constant.
         budget_steps: the optimizer steps the default budget aims at (see `training_budget`).
@@ -110,11 +112,10 @@ class TrainSection(TrainConfig):
     """
 
     epochs: int = 50
-    lr: float | None = 1e-3
-    weight_decay: float = 0.0
     optimizer: str = "adam"
     loss: str | None = None
     early_stopping: int | None = 10
+    early_stopping_rel_delta: float = 0.05
     scheduler: str | None = None
     budget_steps: int = 3000
     max_time: float | None = 600.0
@@ -332,7 +333,7 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
 # Values of settings added after a run directory may have been written, as runs before them behaved:
 # `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
 LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "train.scheduler": None,
-                                   "train.max_time": None}
+                                   "train.max_time": None, "train.early_stopping_rel_delta": 0.0}
 
 # The default budget (measured in BENCHMARKS.md, "Tables"): the epochs that make about `budget_steps`
 # optimizer steps, within these bounds; patience a quarter of the epochs (at least MIN_PATIENCE).
