@@ -363,9 +363,13 @@ def main() -> int:
                                               if k in fl["splits"]]))
                 base = baselines(t, fit, test, args.anchors, seed)
                 if args.before:
-                    old = run_fitloop(csv, t, seed, Path(tmp) / f"before-{t.name}-{seed}", [], False,
-                                      Path(args.before).resolve())
-                    assert old["splits"]["test"] == fl["splits"]["test"], "before and after split differently"
+                    try:
+                        old = run_fitloop(csv, t, seed, Path(tmp) / f"before-{t.name}-{seed}", [], False,
+                                          Path(args.before).resolve())
+                    except RuntimeError as e:
+                        old = {"error": str(e)[:300]}
+                    else:
+                        assert old["splits"]["test"] == fl["splits"]["test"], "before and after split differently"
                     base = {"before": old, **base}
                 scores = {"fitloop": fl["score"], **{k: v["score"] for k, v in base.items() if "score" in v}}
                 secs = {"fitloop": fl["seconds"], **{k: v["seconds"] for k, v in base.items() if "seconds" in v}}
@@ -374,7 +378,7 @@ def main() -> int:
                                 "fitloop_best_epoch": fl["best_epoch"], "fitloop_steps": fl["steps"],
                                 "fitloop_timings": fl["timings"], "still_improving": fl["still_improving"],
                                 "errors": {k: v["error"] for k, v in base.items() if "error" in v},
-                                "before_epochs": base["before"]["epochs"] if "before" in base else None})
+                                "before_epochs": base.get("before", {}).get("epochs")})
                 print(f"{t.name:14s} seed {seed}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
                       + f"  | fitloop {fl['seconds']:.1f}s, epochs {fl['epochs']} (best {fl['best_epoch']}), "
                         f"steps {fl['steps']}", flush=True)

@@ -20,7 +20,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 RUN_FORMAT = "fitloop-run"
 # Settings that may differ on resume (they do not change the numbers a run produces): left out of
 # the config fingerprint and of the resume check. The one list both use.
-RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs")
+RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs", "checkpoint_every_seconds",
+                  "guards")
+# The checks `fitloop.diagnose.guards` runs at the start of each fit; each one can be switched off on its own.
+GUARD_NAMES = ("loss_shapes", "class_targets", "leakage", "unscaled", "divergence")
 
 
 @dataclass
@@ -62,11 +65,16 @@ class TrainConfig:
         deterministic: `torch.use_deterministic_algorithms(True)`.
         run_dir: directory for the run (config, history, checkpoints, model bundle).
         checkpoint_every_steps: also checkpoint every N optimizer steps (mid-epoch).
+        checkpoint_every_seconds: also checkpoint after an optimizer step when this many seconds have
+            passed since the last checkpoint (bounds the work a kill loses in a long epoch); `None` = off.
         checkpoint_every_epochs: checkpoint every N epochs (0 for never).
         keep_last: how many recent checkpoints to keep (the best one is kept as well).
         monitor: logged value that decides the best checkpoint.
         mode: `"min"` or `"max"` for `monitor`.
         on_nonfinite: `"stop"` (raise, naming the step) or `"skip"` the step.
+        guards: the silent-bug checks run at the start of each fit (`fitloop.diagnose.guards`), all on
+            by default: a dict switching some off (`{"leakage": False}`), `{"leakage": "error"}` to make
+            leakage an error, or `False` for none. Names: `GUARD_NAMES`.
     """
 
     epochs: int = 10
@@ -95,11 +103,13 @@ class TrainConfig:
     deterministic: bool = False
     run_dir: str | None = None
     checkpoint_every_steps: int | None = None
+    checkpoint_every_seconds: float | None = 300.0
     checkpoint_every_epochs: int = 1
     keep_last: int = 2
     monitor: str = "val_loss"
     mode: str = "min"
     on_nonfinite: str = "stop"
+    guards: dict[str, Any] | bool = field(default_factory=dict)
 
     def __post_init__(self):
         self.validate()
@@ -165,6 +175,9 @@ class TrainConfig:
         if self.checkpoint_every_steps is not None and (not whole(self.checkpoint_every_steps)
                                                         or self.checkpoint_every_steps < 1):
             bad("checkpoint_every_steps", self.checkpoint_every_steps, "pass a whole number >= 1 or None.")
+        secs = self.checkpoint_every_seconds
+        if secs is not None and not (number(secs) and secs > 0):
+            bad("checkpoint_every_seconds", secs, "pass a number of seconds > 0 or None.")
         if not whole(self.keep_last) or self.keep_last < 1:
             bad("keep_last", self.keep_last, "keep at least 1 checkpoint.")
         if not any(self.compile is c for c in (False, True)) and self.compile not in ("model", "step"):
@@ -172,6 +185,16 @@ class TrainConfig:
                 "training step) or False.")
         if self.threads is not None and (not whole(self.threads) or self.threads < 1):
             bad("threads", self.threads, "pass a whole number >= 1 or None.")
+        if not isinstance(self.guards, (bool, dict)):
+            bad("guards", self.guards, 'pass a dict such as {"leakage": False}, True (all on) or False (all off).')
+        for name, v in (self.guards.items() if isinstance(self.guards, dict) else ()):
+            if name not in GUARD_NAMES:
+                close = difflib.get_close_matches(str(name), GUARD_NAMES, n=1)
+                bad("guards", self.guards, f"unknown guard {name!r}" + (f" (did you mean {close[0]!r}?)" if close
+                    else "") + f"; the guards are {', '.join(GUARD_NAMES)}.")
+            allowed: tuple[Any, ...] = (True, False, "warn", "error") if name == "leakage" else (True, False)
+            if not any(v is a or (isinstance(a, str) and v == a) for a in allowed):
+                bad(f"guards[{name!r}]", v, f"choose one of {allowed}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -78,6 +78,8 @@ class TrainingStep:
         self._optimizer_step = _fastpath.optimizer_step(trainer.optimizer)
         self._zero_grad = _fastpath.zero_grad(trainer.optimizer)
         self._bad_gradient = _fastpath.nonfinite_grads(list(trainer.model.named_parameters()))
+        # the fit's step (it has the epoch's batches) runs the guards' first-step checks once
+        self._first_step_checks = batches is not None and trainer.config.guards is not False
 
     # ------------------------------------------------------------------ the step
 
@@ -110,6 +112,11 @@ class TrainingStep:
         """`(total, loss, out)`: the forward pass, the loss, and the loss plus the penalty."""
         t = self.trainer
         out = t.forward(x)
+        if self._first_step_checks:  # loss shapes, class targets: before the first loss (fitloop.diagnose.guards)
+            from .diagnose.checks import first_step_checks
+
+            self._first_step_checks = False
+            first_step_checks(t, out, y)
         loss = t.compute_loss(out, y)
         pen = t.config.penalty
         return (loss + penalty(t.params, *pen) if pen is not None else loss), loss, out

@@ -31,12 +31,14 @@ from .bundle import check_state_shapes, save_bundle
 from .callbacks.base import EVENTS, Callback, callback_states, dispatch, handlers, load_callback_states
 from .callbacks.checkpoint import Checkpointer
 from .callbacks.progress import ProgressPrinter
+from .callbacks.verdict import VerdictReporter
 from .checkpoint_format import ResumeMismatchError
 from .compiled import CompiledStep
 from .config import TrainConfig
 from .data import LoaderBatches, Split, TensorBatches, as_tensor
 from .data.batches import make_batches
 from .devices import pick_device, thread_policy
+from .diagnose import GuardCallback, lr_find, sanity_check
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
 from .metrics import MetricSet, normalize_task, to_python
 from .models import as_module, trainable_parameters
@@ -62,7 +64,7 @@ class Trainer:
         scheduler: an LR scheduler instance, a name (`"cosine"`, `"plateau"`, `"onecycle"`,
             `"warmup_cosine"`, ...), a `(name, kwargs)` pair or a factory `optimizer -> scheduler`.
         callbacks: `Callback` objects, called in this order, before the Trainer's own
-            `ProgressPrinter` and run-directory `Checkpointer`.
+            `VerdictReporter`, `ProgressPrinter` and run-directory `Checkpointer`.
         metrics: extra metrics (callables or torchmetrics objects), as a list or a dict.
         params: the parameter tensors of a plain-function model.
         config: a `TrainConfig`; keyword settings below override it.
@@ -101,10 +103,11 @@ class Trainer:
         self.scheduler_interval = "epoch"
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.callbacks: list[Callback] = list(callbacks or [])
+        self.callbacks: list[Callback] = [*(callbacks or []), VerdictReporter()]  # the verdict: printed, in run.json
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
+        self.callbacks.append(GuardCallback(cfg.guards))  # fitloop.diagnose.guards: before the first step
         if not cfg.quiet:
             self.callbacks.append(ProgressPrinter(cfg.print_every))
         if cfg.run_dir:
@@ -288,8 +291,7 @@ class Trainer:
         """After fit, however it ended: an unfinished epoch keeps its time; callbacks may change now."""
         if self._epoch_t0 is not None and self.state.batch:
             self.state.epoch_time += time.perf_counter() - self._epoch_t0
-        self._epoch_t0 = None
-        self._handlers = {}
+        self._epoch_t0, self._handlers = None, {}
 
     def _begin_epoch(self) -> bool:
         """Start an epoch, or continue the one a checkpoint was written in. True for a new one."""
@@ -334,15 +336,12 @@ class Trainer:
         """Fire `on_checkpoint(trainer, path)`; called by whatever has just written a checkpoint."""
         self._emit("on_checkpoint", str(path))
 
-    # ------------------------------------------------------------------ data
-
     def batches(self, data: Data, *, train: bool) -> TensorBatches | LoaderBatches:
         """The batch source for `data` (see `fitloop.data.batches.make_batches`): in-memory tensors
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
         cfg = self.config
         return make_batches(data, train=train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, device=self.device,
-                            float_dtype=self._float_dtype(), task=self.task,
-                            num_workers=cfg.num_workers)
+                            float_dtype=self._float_dtype(), task=self.task, num_workers=cfg.num_workers)
 
     def _float_dtype(self) -> torch.dtype:
         return self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
@@ -389,10 +388,17 @@ class Trainer:
 
     def lr_find(self, train: Data, **options: Any) -> Any:
         """Sweep the lr and suggest one (`fitloop.diagnose.lr_find`); every state is put back exactly."""
-        from .diagnose.lr_find import lr_find
-
         with thread_policy(self.device, self.params, self.config.threads):
             return lr_find(self, train, **options)
+
+    def report(self, path: str | os.PathLike, test: Data = None) -> Any:
+        """Write plots and a self-contained `report.html` of the last fit into `path` (`fitloop.report`)."""
+        from .report import write_report
+        return write_report(self, path, test=test)
+
+    def sanity_check(self, train: Data, **options: Any) -> Any:
+        """Overfit one small batch: can the model learn? (`fitloop.diagnose.sanity`); every state is put back."""
+        return sanity_check(self, train, **options)
 
     # ------------------------------------------------------------------ save, state, resume
 
@@ -415,12 +421,10 @@ class Trainer:
         return {
             "config": self.config.to_dict(), "config_hash": self.config.fingerprint(),
             "model": _fastpath.unwrap_model(self.model).state_dict(),
-            "optimizer": _fastpath.optimizer_state_dict(self.optimizer),
-            "scheduler": scheduler,
+            "optimizer": _fastpath.optimizer_state_dict(self.optimizer), "scheduler": scheduler,
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "train_state": st.state_dict(epoch_time=mid_epoch_time),
-            "rng": rng_state(self.generator),
-            "callbacks": callback_states(self.callbacks),
+            "rng": rng_state(self.generator), "callbacks": callback_states(self.callbacks),
             "history": list(self.history),
             "should_stop": self.should_stop, "stop_reason": self.stop_reason,
         }

@@ -15,7 +15,7 @@ from tablefiles import write_rows
 
 import fitloop as fl
 from fitloop.callbacks import TimeLimit
-from fitloop.cli.pipeline import still_improving, train_table
+from fitloop.cli.pipeline import train_table
 from fitloop.cli.run_config import (
     CHECKPOINTS_PER_RUN,
     MAX_EPOCHS,
@@ -25,6 +25,7 @@ from fitloop.cli.run_config import (
     resolve_run_config,
     training_budget,
 )
+from fitloop.cli.training import still_improving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,11 +86,11 @@ def _hist(val_losses):
 
 
 def test_still_improving_note_only_when_the_best_epoch_is_the_last():
-    note = still_improving(_hist([3.0, 2.0, 1.0]), 3, None)
+    note = still_improving(_hist([3.0, 2.0, 1.0]), None)
     assert note is not None and "still improving" in note and "--epochs 6" in note
-    assert still_improving(_hist([3.0, 1.0, 2.0]), 2, "early stopping at epoch 3: ...") is None
-    assert still_improving([{"epoch": 1, "loss": 1.0}], 1, None) is None  # no val rows: nothing to judge by
-    timed = still_improving(_hist([3.0, 2.0]), 2, "time limit at epoch 2: training took 9.0s >= max_time 5s")
+    assert still_improving(_hist([3.0, 1.0, 2.0]), "early stopping at epoch 3: ...") is None
+    assert still_improving([{"epoch": 1, "loss": 1.0}], None) is None  # no val rows: nothing to judge by
+    timed = still_improving(_hist([3.0, 2.0]), "time limit at epoch 2: training took 9.0s >= max_time 5s")
     assert timed is not None and "--max-time" in timed
 
 
@@ -101,7 +102,7 @@ def test_run_json_and_summary_say_the_model_was_still_improving(tmp_path, capsys
     cfg = resolve_run_config({"data.path": str(path), "data.target": "y", "train.epochs": 5, "train.quiet": True})
     r = train_table(cfg, out=tmp_path / "run")
     run = json.loads((r.run_dir / "run.json").read_text())
-    assert run["still_improving"] is True and run["best_epoch"] == run["epochs"] == 5
+    assert run["still_improving"] is True and run["epochs"] == 5
     assert r.still_improving is not None and "--epochs 10" in r.still_improving
     assert run["budget"]["epochs"] == 5 and "train.epochs" not in run["budget"]["decided"]
     from fitloop.cli.commands import _console, _print_summary

@@ -1,9 +1,10 @@
 """Callbacks: a few named events, dispatched by the Trainer in a visible loop.
 
 `base` defines the events and their order; each other module is one callback: `early_stopping`,
-`progress` (the per-epoch lines), `checkpoint` (the run directory: checkpoints, exact resume,
-signals, the final bundle), `time_limit` (an upper bound on the training time). A new callback or
-logger is a new module here that subclasses `Callback`; the Trainer needs no change.
+`progress` (the per-epoch lines), `verdict` (the verdict at the end of fit), `checkpoint` (the run
+directory: checkpoints, exact resume, signals, the final bundle), `time_limit` (an upper bound on
+the training time). A new callback or logger is a new module here that subclasses `Callback`; the
+Trainer needs no change.
 """
 
 from .base import EVENTS, Callback
@@ -11,6 +12,7 @@ from .checkpoint import Checkpointer, RunInterrupted
 from .early_stopping import EarlyStopping
 from .progress import ProgressPrinter, format_logs
 from .time_limit import TimeLimit
+from .verdict import VerdictReporter
 
 __all__ = ["Callback", "EVENTS", "EarlyStopping", "ProgressPrinter", "format_logs", "Checkpointer",
-           "RunInterrupted", "TimeLimit"]
+           "RunInterrupted", "TimeLimit", "VerdictReporter"]

@@ -21,10 +21,11 @@ Events, in the order a run fires them::
                                                     run-directory callback, during the events above)
 
 For each event the Trainer calls the callbacks in list order: the user's, then its own
-`ProgressPrinter`, then the run directory's `Checkpointer`, so a checkpoint sees what every other
-callback did in the same event. The epoch's `logs` dict is complete before the first callback
-runs: `epoch`, `loss` and train metrics, `val_loss` and `val_` metrics when validating, `lr`,
-`time`, and `grad_norm` when clipping. It is the dict stored in `trainer.history`.
+`VerdictReporter` and `ProgressPrinter`, then the run directory's `Checkpointer`, so a checkpoint
+sees what every other callback did in the same event (and `run.json` gets the verdict). The
+epoch's `logs` dict is complete before the first callback runs: `epoch`, `loss` and train metrics,
+`val_loss` and `val_` metrics when validating, `lr`, `time`, and `grad_norm` when clipping. It is
+the dict stored in `trainer.history`.
 
 A callback asks the run to stop by setting `trainer.should_stop = True` (and `trainer.stop_reason`),
 never by raising. Set in `on_epoch_end` (or validation), the run stops after that epoch's events;

@@ -4,7 +4,7 @@ A run directory holds everything a run produced::
 
     runs/exp1/
       config.json       the resolved TrainConfig and its fingerprint
-      run.json          status (running / finished / failed / interrupted), versions, timings
+      run.json          status (running / finished / failed / interrupted), versions, timings, the verdict
       history.jsonl     one JSON line per epoch, appended and flushed as it goes
       splits.json       the row indices of the train/val splits (when the data carries them)
       checkpoints/      ckpt-000001-e1-s12.safetensors ..., `latest` and `best` pointer files
@@ -55,9 +55,12 @@ from ..checkpoint_format import (
 )
 from ..config import RESUME_IGNORED, RUN_FORMAT
 from ..data import Split
+from ..distributed import is_main_process
 from ..files import atomic_write_bytes, versions, write_json_atomic
+from ..runlock import RunLock, hold_run_dir
 from ..step import NonFiniteError
 from .base import Callback
+from .verdict import verdict_in
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -177,8 +180,9 @@ class Checkpointer(Callback):
     """Writes a run directory and its checkpoints, through the callback events.
 
     Created by `Trainer(..., run_dir=...)`; `run_dir=True` or `"auto"` picks `runs/<timestamp>`.
-    `config` supplies `checkpoint_every_steps`, `checkpoint_every_epochs`, `keep_last`, `monitor`
-    and `mode`; `config.run_dir` is set to the resolved directory.
+    `config` supplies `checkpoint_every_steps`, `checkpoint_every_seconds`, `checkpoint_every_epochs`,
+    `keep_last`, `monitor` and `mode`; `config.run_dir` is set to the resolved directory. While `fit`
+    runs, the directory is locked for this process (`fitloop.runlock`).
     """
 
     def __init__(self, run_dir: str | os.PathLike | bool, config: TrainConfig):
@@ -195,8 +199,9 @@ class Checkpointer(Callback):
         self._started = self._finished = False
         self._info: dict[str, Any] = {}
         self._data_fp: dict[str, Any] | None = None
-        self._session_t0 = time.perf_counter()
+        self._session_t0 = self._last_save_t = time.perf_counter()
         self._elapsed0 = 0.0
+        self._lock: RunLock | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -265,6 +270,8 @@ class Checkpointer(Callback):
     # ---- events
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        if is_main_process() and self._lock is None:  # one live process per run directory (fitloop.runlock)
+            self._lock = hold_run_dir(self.dir)
         self._cleanup_temps()
         self._install_handlers()
         if self._resuming is not None:
@@ -293,7 +300,7 @@ class Checkpointer(Callback):
                           "elapsed_s": 0.0}
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self._data_fp = {"train": data_fingerprint(trainer.train_data), "val": data_fingerprint(trainer.val_data)}
-        self._session_t0 = time.perf_counter()
+        self._session_t0 = self._last_save_t = time.perf_counter()
         self._elapsed0 = float(self._info.get("elapsed_s", 0.0))
         self._write_info(status="running", run_dir=str(self.dir), versions=versions(), pid=os.getpid(),
                          started=_now(), ended=None, exit_code=None, message=None,
@@ -311,6 +318,9 @@ class Checkpointer(Callback):
         n = self.config.checkpoint_every_steps
         if n and step % n == 0 and step != self._last_saved_step:
             self.save(trainer)
+        secs = self.config.checkpoint_every_seconds  # bounds the work a kill loses in a long epoch
+        if secs and time.perf_counter() - self._last_save_t >= secs and step != self._last_saved_step:
+            self.save(trainer)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         st = trainer.state
@@ -326,6 +336,7 @@ class Checkpointer(Callback):
         """The final bundle (this callback runs last, so EarlyStopping's best weights are the ones
         saved), or after a signal the interrupted status and `RunInterrupted`."""
         self._restore_handlers()
+        self._release()
         if self._signal is not None:
             code = EXIT_SIGINT if self._signal == signal.SIGINT else EXIT_SIGTERM
             st = trainer.state
@@ -345,6 +356,12 @@ class Checkpointer(Callback):
         if self._started and not self._finished:
             status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
             self._finish(trainer, status, message=f"{type(error).__name__}: {error}")
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ---- checkpoints
 
@@ -374,7 +391,7 @@ class Checkpointer(Callback):
         if self.best is not None and self.best["name"] == name:
             atomic_write_bytes(self.ckpt_dir / "best", (name + "\n").encode())
         self.last_path = path
-        self._last_saved_step = st.step
+        self._last_saved_step, self._last_save_t = st.step, time.perf_counter()
         self._prune()
         self._write_info(epoch=st.epoch, step=st.step, last_checkpoint=name,
                          elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0)
@@ -439,7 +456,8 @@ class Checkpointer(Callback):
     def _finish(self, trainer: Trainer, status: str, **changes: Any) -> None:
         self._finished = True
         self._write_info(status=status, ended=_now(), epoch=trainer.state.epoch, step=trainer.state.step,
-                         elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0, **changes)
+                         elapsed_s=self._elapsed0 + time.perf_counter() - self._session_t0,
+                         verdict=verdict_in(trainer), **changes)
 
     def _append_history(self, logs: dict[str, Any]) -> None:
         # No fsync per epoch (it cost ~4 ms an epoch, more than the epoch itself on a small table): a

@@ -3,7 +3,9 @@
     fitloop.cli.app          the argument parser and `main` (the `fitloop` script)
     fitloop.cli.commands     what each command does
     fitloop.cli.run_config   the run's settings: [data], [model], [train] from TOML, flags and --set
-    fitloop.cli.pipeline     table to run directory (train_table, load_run, predict_file, evaluate_file)
+    fitloop.cli.pipeline     table to run directory (plan_run, train_table, load_run, predict_file, evaluate_file)
+    fitloop.cli.dry_run      `fitloop train --dry-run`: plan_run's decisions, printed and written as config.toml
+    fitloop.cli.export       `fitloop export` (the work is fitloop.integrations.export)
 
 Importing this package imports neither torch nor pyarrow, so `fitloop --help` stays fast.
 """

@@ -3,6 +3,7 @@
     fitloop train data.csv --target price --epochs 50 --out runs/price
     fitloop predict runs/price new.csv -o preds.csv
     fitloop evaluate runs/price labelled.csv --json
+    fitloop report runs/price && fitloop runs
 
 This module is the parser and `main`; what each command does is in `fitloop.cli.commands`, the
 settings in `fitloop.cli.run_config`, the table-to-run-directory work in `fitloop.cli.pipeline`.
@@ -19,6 +20,9 @@ import time
 import traceback
 
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
+from .export import add_export_parser
+from .size_search import EXAMPLES as SIZE_SEARCH_EXAMPLES
+from .size_search import cmd_size_search, size_search_options
 
 __all__ = ["main", "build_parser"]
 
@@ -30,9 +34,10 @@ examples:
   fitloop train data.parquet --target species --hidden 128,64 --epochs 100 --lr 3e-3 --out runs/species
   fitloop train data.csv --target y --drop notes --id row_id --split 0.8,0.1,0.1 --early-stopping 5
   fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
+  fitloop train data.csv --target price --dry-run    # print every decision, write ./config.toml, train nothing
 
 run.toml holds the same settings as the flags, in three sections:
-  [data]   path, target, task, drop, id, split, seed, encoding, delimiter, max_categories
+  [data]   path, target, task, drop, id, split, seed, encoding, delimiter, decimal, max_categories
   [model]  hidden, activation, dropout
   [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, seed, device, ... (any TrainConfig field)
 precedence: defaults < --config file < flags < --set. The resolved config is saved as RUN_DIR/config.toml.
@@ -64,7 +69,8 @@ examples:
 
 REPORT_EXAMPLES = """\
 examples:
-  fitloop report runs/price
+  fitloop report runs/price                 # writes runs/price/report.html and runs/price/plots/*.png
+  fitloop report runs/price --out /tmp/rep  # writes /tmp/rep/report.html and /tmp/rep/plots/
 """
 
 
@@ -84,7 +90,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _read_opts(p: argparse._ActionsContainer) -> None:  # a parser or an argument group
     p.add_argument("--encoding", default=None, help="text encoding of CSV/TSV files (default utf-8)")
-    p.add_argument("--delimiter", default=None, help="field separator (default ',' or tab for .tsv)")
+    p.add_argument("--delimiter", default=None, help="field separator: , ; tab | (default: detected)")
+    p.add_argument("--decimal", default=None, choices=(",", "."), metavar="{',','.'}",
+                   help="decimal mark of numbers written like 3,75 or 3.75 (default: detected; a column "
+                        "that reads both ways stops)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
     _train_options(t)
     t.set_defaults(func=cmd_train)
+
+    ss = sub.add_parser("size-search", help="find the network size the data supports, then train it",
+                        formatter_class=fmt, epilog=SIZE_SEARCH_EXAMPLES,
+                        description="Grow an MLP until it fits the training rows, shrink it until it stops "
+                                    "overfitting the validation rows, then train the chosen size into a run directory.")
+    ss.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
+    size_search_options(ss)
+    _train_options(ss)
+    ss.set_defaults(func=cmd_size_search)
 
     p = sub.add_parser("predict", help="predictions for a new file", formatter_class=fmt, epilog=PREDICT_EXAMPLES,
                        description="Apply a run's saved preprocessing and model to a new file.")
@@ -133,11 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(r)
     r.set_defaults(func=cmd_resume)
 
-    rp = sub.add_parser("report", help="show a finished run's summary", formatter_class=fmt,
-                        epilog=REPORT_EXAMPLES, description="Print the summary of a run directory.")
+    rp = sub.add_parser("report", help="a run's summary, plots and report.html", formatter_class=fmt,
+                        epilog=REPORT_EXAMPLES, description="Print the summary of a run directory (finished, "
+                        "interrupted or failed) and write RUN_DIR/report.html with its plots in RUN_DIR/plots/.")
     rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("--out", "-o", metavar="DIR", help="write report.html and plots/ here instead of RUN_DIR")
     _common(rp)
     rp.set_defaults(func=cmd_report)
+
+    from .runs_table import add_parser as add_runs_parser
+
+    add_runs_parser(sub, fmt)
 
     dm = sub.add_parser("demo", help="train on the bundled wine dataset", formatter_class=fmt,
                         epilog=DEMO_EXAMPLES, description="`fitloop train` on the wine table shipped with fitloop.")
@@ -145,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo")
     _common(dm)
     dm.set_defaults(func=_cmd_demo)
+    add_export_parser(sub, _common)
     return parser
 
 
@@ -152,7 +177,8 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     d = t.add_argument_group("data")
     d.add_argument("--target", "-t", metavar="COL", help="column to predict")
     d.add_argument("--task", choices=("classification", "regression"),
-                   help="override the inferred task (text/bool/few integer classes -> classification)")
+                   help="override the inferred task (text/bool, or integers with <= 20 values and >= 5 "
+                        "rows per value on average -> classification; otherwise regression)")
     d.add_argument("--drop", nargs="+", action="extend", metavar="COL", help="columns to leave out (repeatable)")
     d.add_argument("--id", metavar="COL", help="row-id column: not a feature, copied into predictions")
     d.add_argument("--split", metavar="F,F,F", help="train,val,test fractions (default 0.7,0.15,0.15)")
@@ -176,6 +202,9 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     tr.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                     help="stop after PATIENCE epochs without a better val_loss (default: a quarter of the "
                          "epochs, at least 10; 0 = off)")
+    tr.add_argument("--checkpoint-every", metavar="SECONDS",
+                    help="also checkpoint mid-epoch once this long has passed since the last checkpoint "
+                         "(e.g. 300, 30s, 5m, 1h; 'off'; default 5m)")
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
     tr.add_argument("--compile", choices=("model", "step"),
                     help="torch.compile the model, or the whole training step (the fast path for small "
@@ -186,6 +215,10 @@ def _train_options(t: argparse.ArgumentParser) -> None:
                    help="override any setting, e.g. --set train.weight_decay=1e-4 (repeatable)")
     c.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<target>-<timestamp>)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    c.add_argument("--dry-run", action="store_true",
+                   help="decide everything (columns, task, split, model, settings), print it and write it as a "
+                        "commented config.toml; train nothing")
+    c.add_argument("--config-out", metavar="TOML", help="where --dry-run writes the config (default ./config.toml)")
     _common(t)
 
 
@@ -205,9 +238,21 @@ def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    # Exceptions whose message is written for the user: bad files, settings and data. Loaded lazily.
-    errs: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, ValueError, TypeError,
-                                       FloatingPointError, PermissionError, IsADirectoryError]
+    # Exceptions whose message is written for the user: bad files, settings and data (TableError and
+    # ConfigError are ValueErrors), the files and disk of the user's machine (OSError: a missing or
+    # unwritable path, a full disk), checkpoints (corrupt, or changed since) and a run directory
+    # another process holds. Everything else is a fitloop bug (exit 1). Loaded lazily.
+    from ..runlock import RunLockedError
+
+    errs: list[type[BaseException]] = [OSError, ValueError, TypeError, FloatingPointError, RunLockedError]
+    if "fitloop.checkpoint_format" in sys.modules:  # not loaded: no CheckpointError (and no torch import)
+        from ..checkpoint_format import CheckpointError
+
+        errs.append(CheckpointError)
+    if "pyarrow" in sys.modules:  # any reader error the reader did not already word itself
+        import pyarrow as pa
+
+        errs.append(pa.ArrowException)
     return tuple(errs)
 
 

@@ -17,11 +17,12 @@ EXIT_OK = 0
 FLAG_KEYS = {
     "data": "data.path", "target": "data.target", "task": "data.task", "drop": "data.drop", "id": "data.id",
     "split": "data.split", "encoding": "data.encoding", "delimiter": "data.delimiter",
+    "decimal": "data.decimal",
     "max_categories": "data.max_categories",
     "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
-    "device": "train.device", "max_time": "train.max_time",
+    "device": "train.device", "max_time": "train.max_time", "checkpoint_every": "train.checkpoint_every_seconds",
     "compile": "train.compile",
 }
 
@@ -40,8 +41,27 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             from .run_config import parse_value
 
             v = parse_value(v)
+        elif dest == "checkpoint_every":
+            v = _seconds(v)
         out[key] = v
     return out
+
+
+def _seconds(text: str) -> float | None:
+    """`--checkpoint-every` as seconds: `300`, `30s`, `5m`, `1.5h`; `off`/`0` turn it off."""
+    from .run_config import ConfigError
+
+    t = text.strip().lower()
+    if t in ("off", "none", "0", "never"):
+        return None
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], 1.0)
+    try:
+        v = float(t[:-1] if t[-1:] in "smh" else t) * scale
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise ConfigError(f"--checkpoint-every: got {text!r}; pass seconds (300), or 30s, 5m, 1h, or 'off'.")
+    return v
 
 
 def _console():
@@ -50,17 +70,27 @@ def _console():
     return Console(highlight=False)
 
 
-def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import train_table
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The `RunConfig` of `train`'s options (also `size-search`'s): defaults < --config < flags < --set."""
     from .run_config import load_toml, parse_set, resolve_run_config
 
-    quiet = getattr(args, "quiet", False)
     layers = [load_toml(args.config)] if args.config else []
     flags = _flag_overrides(args)
-    if quiet:
-        flags["train.quiet"] = True
+    if getattr(args, "quiet", False) and not getattr(args, "dry_run", False):
+        flags["train.quiet"] = True  # --quiet is about this command's output, not a setting of a planned run
     layers += [flags, parse_set(args.set)]
-    cfg = resolve_run_config(*layers)
+    return resolve_run_config(*layers)
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .pipeline import train_table
+
+    quiet = getattr(args, "quiet", False)
+    cfg = config_from_args(args)
+    if args.dry_run:
+        from .dry_run import cmd_dry_run
+
+        return cmd_dry_run(args, cfg, argv)
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
@@ -96,6 +126,8 @@ def _print_summary(console, r) -> None:
                          "imports included" if "to_first_step" in tm else "")
                       + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
     console.print(t)
+    if r.model_summary is not None:
+        console.print(str(r.model_summary), markup=False)
     _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")
     for note in r.notes:
         console.print(f"note: {note}", markup=False)
@@ -127,7 +159,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
     run = load_run(args.run_dir)
     table, notes = predict_file(run, args.data, proba=args.proba, encoding=args.encoding or "utf-8",
-                                delimiter=args.delimiter)
+                                delimiter=args.delimiter, decimal=args.decimal)
     for n in notes:
         _note(n)
     if args.output is None:
@@ -180,7 +212,8 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     from .runs import evaluate_file, load_run
 
     run = load_run(args.run_dir)
-    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter)
+    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
+                        decimal=args.decimal)
     for n in rep["notes"]:
         _note(n)
     if args.json:
@@ -206,17 +239,34 @@ def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    import json
+    """The run's summary, then its plots and report.html (in RUN_DIR, or --out)."""
+    from ..report import write_report
+    from ..report.data import from_run_dir
 
-    from .runs import check_run
-
-    meta = check_run(args.run_dir)
-    m = json.loads((Path(args.run_dir) / "metrics.json").read_text())
+    data = from_run_dir(args.run_dir)  # NotARunDirectory (exit 2) names what is missing
     console = _console()
-    console.print(f"run {args.run_dir}: {meta.get('task')} on {meta.get('data')} (target {meta.get('target')!r}), "
-                  f"{meta.get('epochs')} epochs, best {meta.get('best_epoch')}, status {meta.get('status')}",
-                  markup=False)
-    _print_metrics(console, m["metrics"], m["baseline"], m.get("baseline_kind"), f"{m.get('split')} metrics")
+    quiet = getattr(args, "quiet", False)
+    if not quiet:
+        info = data.data
+        console.print(f"run {args.run_dir}: {data.task} on {info.get('data', 'in-memory data')} (target "
+                      f"{info.get('target')!r}), {len(data.history)} epochs, best {data.best_epoch}, status "
+                      f"{data.status}", markup=False, soft_wrap=True)
+        if data.metrics:
+            _print_metrics(console, data.metrics, data.baseline, data.baseline_kind, f"{data.split} metrics")
+        if data.verdict:
+            reason = str(data.verdict.get("reason", ""))
+            console.print(f"verdict: {data.verdict['kind']}. {reason[:1].upper()}{reason[1:]}", markup=False,
+                          soft_wrap=True)
+    try:
+        files = write_report(data, args.out or args.run_dir)
+    except ImportError as e:  # the `plot` extra is missing: the summary above still stands
+        print(f"fitloop: error: {e}", file=sys.stderr)
+        return 2
+    if not quiet:
+        for a in files.absent:
+            console.print(f"absent: {a}", markup=False, soft_wrap=True)
+        console.print(f"wrote {files.html} ({len(files.plots)} plots in {files.html.parent / 'plots'})",
+                      markup=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -12,13 +12,16 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
       run.json        status, versions, timings, rows per split, epochs, notes
       config.toml     the resolved configuration (`fitloop train --config RUN_DIR/config.toml` reruns it)
       metrics.json    held-out metrics next to a trivial baseline (majority class / train mean)
+      test_predictions.csv  the held-out split's row, target and prediction (for `fitloop report`)
       history.jsonl   one line per epoch
       splits.json     row indices of each split
       model/          the bundle: model.safetensors + fitloop.json (spec, preprocessor, target info)
 
-The directory is built under a hidden temporary sibling and renamed into place at the end, so a
-failed run never leaves a half-written RUN_DIR. Opening a run to predict and evaluate is
-`fitloop.cli.runs` (`load_run`, `predict_file` and `evaluate_file` are importable from here too).
+Bad settings or data raise before the directory is created. While a process works in a run directory
+it holds its lock (`fitloop.runlock`: RUN_DIR/.lock with the pid), so a second `train`/`resume` on it
+stops naming that pid, and `--overwrite` never deletes a live run's directory. Opening a run to
+predict and evaluate is `fitloop.cli.runs` (`load_run`, `predict_file` and `evaluate_file` are
+importable from here too).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import numpy as np
 
 from ..config import RUN_FORMAT
 from ..files import atomic_write_bytes, write_json_atomic
-from .run_config import Budget, ConfigError, RunConfig, training_budget
+from . import training
+from .run_config import CONFIG_HEADER, Budget, ConfigError, RunConfig, training_budget
 from .runs import (
     LoadedRun,
     NotARunError,
@@ -51,8 +55,8 @@ from .runs import (
     unscale,
 )
 
-__all__ = ["RunResult", "LoadedRun", "train_table", "resume_run", "load_run", "predict_file", "evaluate_file",
-           "RUN_FORMAT", "NotARunError"]
+__all__ = ["RunResult", "RunPlan", "plan_run", "LoadedRun", "train_table", "resume_run", "load_run", "predict_file",
+           "evaluate_file", "RUN_FORMAT", "NotARunError"]
 
 
 @dataclass
@@ -75,12 +79,11 @@ class RunResult:
     baseline_kind: str
     notes: list[str] = field(default_factory=list)
     stop_reason: str | None = None
+    model_summary: Any = None
     still_improving: str | None = None  # the advice when the best epoch was the last one
 
 
 # ------------------------------------------------------------------------------------------- train
-
-LOGIT_SCALE = 4.0  # linear_init for classification: the one-hot targets the linear start fits, as logits
 
 
 def _default_out(target: str) -> Path:
@@ -90,29 +93,140 @@ def _default_out(target: str) -> Path:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    from ..runlock import RunLockedError, lock_holder
+
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory.")
+    holder = lock_holder(out) if out.is_dir() else None
+    if holder is not None:  # a live run: never replaced, --overwrite or not
+        raise RunLockedError(out, holder)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
+        unfinished = (out / "config.toml").is_file() and not (out / "metrics.json").is_file()
+        hint = f" It holds a run that did not finish: continue it with `fitloop resume {out}`." if unfinished else ""
         raise ConfigError(f"--out {out}: the directory exists and is not empty; pass --overwrite to replace "
-                          f"it, or choose another --out.")
+                          f"it, or choose another --out.{hint}")
 
 
 def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
-    """Seeded train/val/test row indices, stratified by class for classification."""
+    """Seeded train/val/test row indices, stratified by class for classification.
+
+    Raises:
+        TableError: the table is too small for the split: a requested part gets no rows, no part is
+            held out, or a class has too few rows to appear in every part (each names the fix).
+    """
     import torch
 
-    from ..data import Preprocessor
-    from ..data.splitting import split_indices
+    from ..data import Preprocessor, TableError
+    from ..data.splitting import _counts, split_indices
 
     fr = tuple(cfg.data.split)
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
+    names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
+    flag = f"--split {','.join(f'{f:g}' for f in fr)}"
+    wanted = [name for name, f in zip(names, fr) if f > 0]
+    if len(wanted) < 2:
+        raise TableError(f"{flag} holds out no rows, so the model could not be evaluated; keep a test (or "
+                         f"val) part, e.g. --split 0.8,0.2 or the default 0.7,0.15,0.15.")
+
+    def fits(n: int) -> bool:  # every requested part gets a row out of n
+        return all(c > 0 for c, f in zip(_counts(n, fr), fr) if f > 0)
+
+    need = next(n for n in range(1, len(fr) + 2) if fits(n))  # more rows than parts always fit
+    if not fits(len(table)):
+        empty = [name for name, c, f in zip(names, _counts(len(table), fr), fr) if f > 0 and c == 0]
+        what = " and ".join(empty) + (" parts" if len(empty) > 1 else " part")
+        raise TableError(f"{table.source}: {len(table)} row(s) are too few for {flag}: the {what} would get "
+                         f"no rows (the split needs at least {need} rows). Add rows, or give the held-out "
+                         f"parts a larger share, e.g. --split 0.5,0.5.")
     labels = None
     if table.task == "classification":
         enc = Preprocessor(table.target, "classification", [], table.classes)
         labels = torch.from_numpy(enc.encode_target(table.data))
-    names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
+        counts = torch.bincount(labels, minlength=len(table.classes)).tolist()
+        rare = [(table.classes[i], c) for i, c in enumerate(counts) if not fits(c)]
+        if rare:
+            numeric = table.kinds[table.target] == "numeric"
+            alt = f", or pass --task regression if {table.target!r} is a quantity ({table.task_reason})"
+            shown = ", ".join(f"{v!r} ({c} row{'s' if c != 1 else ''})" for v, c in rare[:5])
+            raise TableError(
+                f"{table.source}: target {table.target!r} has {len(rare)} class(es) with too few rows to "
+                f"stratify over {'/'.join(wanted)} ({flag}): {shown}; each class needs at least {need} "
+                f"rows here. Add rows of those classes, or remove or merge them into another class"
+                f"{alt if numeric else ''}.")
     parts = split_indices(len(table), fr, seed, labels)
-    return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0 and len(p)}
+    return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0}
+
+
+@dataclass
+class RunPlan:
+    """Every decision of a run, taken before any tensor is built: what `fitloop train` then acts on and
+    `fitloop train --dry-run` shows. Built by `plan_run`, the one place that decides.
+
+    Attributes:
+        table: the loaded `fitloop.data.Table` (column kinds, task, classes, notes).
+        rows: row indices of each non-empty split.
+        preprocessor: the `Preprocessor` fitted on the training rows (kept and dropped columns).
+        spec: the `MLPSpec` of the model.
+        loss: the loss name.
+        early_stopping: the patience, or `None` when early stopping is off.
+        notes: everything dropped, imputed or switched off, in words.
+        load_seconds: time spent reading the file.
+        t_decide: `time.perf_counter()` after reading (preprocessing time counts from here).
+        budget: the training budget (`training_budget`: epochs, patience, checkpoints), applied to the config.
+    """
+
+    table: Any
+    rows: dict[str, np.ndarray]
+    preprocessor: Any
+    spec: Any
+    loss: str
+    early_stopping: int | None
+    notes: list[str]
+    load_seconds: float
+    t_decide: float
+    budget: Budget | None = None
+
+
+def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPlan:
+    """Read the table and take every decision of the run: the column kinds and the task, the split,
+    the preprocessing (fitted on the training rows), the model and the loss. Deterministic for a config,
+    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written.
+
+    `fitloop train --dry-run` shows what this returns: a decision taken from the data anywhere else
+    would be missing from the dry run, so new ones belong here."""
+    from ..data import Table, TableError
+    from ..models import MLPSpec
+
+    log = log or (lambda msg: None)
+    d = cfg.data
+    if not d.path:
+        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
+    if not d.target:
+        raise ConfigError("no target column: pass --target COL or set data.target.")
+    table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
+                       max_categories=d.max_categories, delimiter=d.delimiter, decimal=d.decimal)
+    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({table.load_seconds:.2f}s); "
+        f"task: {table.task}: {table.task_reason}.")
+    t0 = time.perf_counter()
+    rows = _split_rows(table, cfg)
+    pre = table.fit_preprocessor(rows["train"])
+    notes = table.notes + pre.notes
+    n_features = len(pre.feature_names)
+    if n_features == 0:
+        raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
+                         f"the model needs at least one input.")
+    classes = table.classes
+    budget = training_budget(cfg, len(rows["train"]))  # epochs, patience, checkpoints: from the training rows
+    budget.apply(cfg)
+    log(budget.describe() + ".")
+    spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
+                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
+    loss = cfg.train.loss or ("cross_entropy" if table.task == "classification" else "mse")
+    patience = cfg.train.early_stopping or None
+    if patience and "val" not in rows:
+        patience = None
+        notes.append("early stopping is off: there is no validation split")
+    return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0, budget)
 
 
 @dataclass
@@ -128,48 +242,39 @@ class _PreparedRun:
     n_features: int
     notes: list[str]
     timings: dict[str, float]
+    spec: Any = None
+    loss: str = "mse"
+    early_stopping: int | None = None
     trainer: Any = None
     callbacks: list = field(default_factory=list)
     run_fields: dict[str, Any] = field(default_factory=dict)
     t_command: float = 0.0
     first_step: Any = None
+    targets: dict[str, Any] = field(default_factory=dict)  # regression: each split's target in its own units
     budget: Budget | None = None
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
-    """Read the table, split it, fit the preprocessing on the training rows: deterministic for a config,
-    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written."""
+    """`plan_run`, then the splits encoded as tensors (the preprocessor applied to every split)."""
     import torch
 
-    from ..data import Table, TableError
-
-    d = cfg.data
-    if not d.path:
-        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
-    if not d.target:
-        raise ConfigError("no target column: pass --target COL or set data.target.")
-    table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
-                       max_categories=d.max_categories, delimiter=d.delimiter)
-    load_s = table.load_seconds
-    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({load_s:.2f}s); task: {table.task}.")
-    t0 = time.perf_counter()
-    rows = _split_rows(table, cfg)
-    prep = table.prepare(rows)
+    plan = plan_run(cfg, log)
+    table = plan.table
+    prep = table.prepare(plan.rows, preprocessor=plan.preprocessor)
     task, classes, n_inputs = table.task, cast(list[Any], table.classes), len(table.feature_columns)
-    notes = list(prep.notes)
-    del table  # the Arrow table is no longer needed: free it before training, and hand the pages back
+    del table, plan.table  # the Arrow table is no longer needed: free it before training, and hand the pages back
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
     pre = prep.preprocessor
     n_features = len(pre.feature_names)
-    if n_features == 0:
-        raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
-                         f"the model needs at least one input.")
     splits: dict[str, Any] = {name: (s.X, s.y) for name, s in prep.splits.items()}  # every split has a y
     del prep
+    d = cfg.data
+    plan.notes.extend(_leakage_notes(splits, cfg.train.guards))
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
-                            "feature_names": pre.feature_names}
+                            "feature_names": pre.feature_names, "decimal": d.decimal}  # predict's default
+    targets: dict[str, Any] = {}
     if task == "classification":
         counts = torch.bincount(splits["train"][1], minlength=len(classes)).double()
         info["class_prior"] = (counts / counts.sum()).tolist()
@@ -178,83 +283,43 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
         ytr = splits["train"][1].double()
         std = float(ytr.std(unbiased=False))
         info["target_scaling"] = scaling = {"mean": float(ytr.mean()), "std": std if std > 0 else 1.0}
+        targets = {k: y for k, (_, y) in splits.items()}
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
-    timings = {"load": load_s, "preprocess": time.perf_counter() - t0}
-    budget = training_budget(cfg, len(splits["train"][0]))
-    budget.apply(cfg)
-    log(budget.describe() + ".")
-    return _PreparedRun(splits, rows, pre, info, task, n_inputs, n_features, notes, timings, budget=budget)
+    timings = {"load": plan.load_seconds, "preprocess": time.perf_counter() - plan.t_decide}
+    prepared = _PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
+                            plan.spec, plan.loss, plan.early_stopping)
+    prepared.targets, prepared.budget = targets, plan.budget
+    return prepared
+
+
+def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> list[str]:
+    """The leakage guard over all three splits (the Trainer sees only train and val): a note with the counts,
+    or an error with `train.guards = {leakage = "error"}`."""
+    from ..diagnose.checks import check_leakage, guard_settings
+
+    mode = guard_settings(guards)["leakage"]
+    found = check_leakage(splits, mode="error" if mode == "error" else False) if mode else {}
+    return [f"leakage: {n} {b} rows have the same encoded inputs as {a} rows" for (a, b), n in found.items()]
 
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
-    """The model and Trainer of a run, checkpointing into `run_dir`."""
-    import torch
-
-    from ..callbacks import EarlyStopping, TimeLimit
-    from ..models import MLPSpec, SkipMLP, build_mlp, fit_linear_path
+    """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
+    from ..models import build_mlp
     from ..trainer import Trainer, seed_everything
 
-    classes = p.info["classes"]
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
-    spec = MLPSpec(p.n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
-                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
-    model = build_mlp(spec)
-    if cfg.model.linear_init and isinstance(model, SkipMLP):
-        X, y = p.splits["train"]
-        # classes as one-hot logits of +-LOGIT_SCALE/2 around their mean: a linear start for cross-entropy
-        t = y if p.task != "classification" else LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes)).float()
-        fit_linear_path(model, X, t)
-    loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
-    has_val = "val" in p.splits
-    if cfg.train.early_stopping and has_val:
-        p.callbacks.append(EarlyStopping(patience=cfg.train.early_stopping,
-                                         rel_delta=cfg.train.early_stopping_rel_delta))
-    elif cfg.train.early_stopping and not has_val:
-        p.notes.append("early stopping is off: there is no validation split")
-    if cfg.train.max_time:
-        p.callbacks.append(TimeLimit(cfg.train.max_time))
+    model = build_mlp(p.spec)
+    X, y = p.splits["train"]
+    training.start_linear_path(cfg, model, p.task, p.info["classes"], X, y)  # at the ridge fit (model.linear_init)
+    p.callbacks.extend(training.length_callbacks(cfg, p.early_stopping))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
-    p.first_step = _FirstStep(p.t_command)
-    p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
+    if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in _prepare; inputs: standardised
+        tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
+    p.first_step = training.FirstStep(p.t_command)
+    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
                         callbacks=[*p.callbacks, p.first_step], config=tcfg)
-
-
-class _FirstStep:
-    """Records how long the command took to reach its first training step (imports, reading,
-    preprocessing and set-up included): the start-up cost a user waits through. `seconds` counts from
-    `t0` (the command's `main`), `since_launch` from the process's start (Linux; None elsewhere)."""
-
-    def __new__(cls, t0: float):
-        from ..callbacks import Callback
-
-        class FirstStep(Callback):
-            def __init__(self):
-                self.seconds: float | None = None
-                self.since_launch: float | None = None
-                self.cpu: float | None = None
-
-            def on_train_batch_end(self, trainer, step, loss):
-                if self.seconds is None:
-                    self.seconds = time.perf_counter() - t0
-                    self.since_launch = process_age()
-                    self.cpu = time.process_time()  # CPU seconds since launch: steadier on a busy machine
-
-        return FirstStep()
-
-
-def process_age() -> float | None:
-    """Seconds since this process started (from /proc, 10 ms resolution): the interpreter's own start-up
-    and the imports before `main` count too. None where /proc is not there."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
@@ -277,6 +342,8 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     Raises:
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
     """
+    from ..runlock import hold_run_dir
+
     log = log or (lambda msg: None)
     out_dir = Path(out) if out is not None else _default_out(cfg.data.target or "run")
     _check_out(out_dir, overwrite)
@@ -284,25 +351,46 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     p = _prepare(cfg, log)
     p.t_command = t_start if t_command is None else t_command
     cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())  # `resume` finds the data from any directory
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    try:
-        (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-        write_json_atomic(out_dir / "splits.json", {
-            "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
-                    "rows whose target is missing",
-            "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
-            **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
-        _build_trainer(cfg, p, out_dir)
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)  # nothing trained yet: leave nothing behind
-        raise
+    created = not out_dir.exists()
+    with hold_run_dir(out_dir) as lock:  # raises, naming the pid, if another live run took it meanwhile
+        _clear_run_dir(out_dir)
+        try:
+            (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+            _start(cfg, p, out_dir, argv)
+        except BaseException:
+            _clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
+            lock.release()
+            if created:
+                out_dir.rmdir()
+            raise
+        t0 = time.perf_counter()
+        p.trainer.fit(p.splits["train"], p.splits.get("val"))
+        p.timings["train"] = time.perf_counter() - t0
+        return _finish(cfg, p, out_dir, t_start)
+
+
+def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
+    """A fresh run in `out_dir` (its config.toml written): the splits and the Trainer, ready to fit."""
+    write_json_atomic(out_dir / "splits.json", {
+        "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
+                "rows whose target is missing",
+        "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
+        **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
+    _build_trainer(cfg, p, out_dir)
     p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task}
-    t0 = time.perf_counter()
-    p.trainer.fit(p.splits["train"], p.splits.get("val"))
-    p.timings["train"] = time.perf_counter() - t0
-    return _finish(cfg, p, out_dir, t_start)
+
+
+def _clear_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Empty `run_dir` except `keep` and the lock this process holds on it (`fitloop.runlock`)."""
+    from ..runlock import LOCK_NAME
+
+    for entry in run_dir.iterdir():
+        if entry.name in (LOCK_NAME, *keep):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] | None = None,
@@ -312,31 +400,52 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     The data is read again from the path in `config.toml` and prepared exactly as before; the
     checkpoint refuses it when the data or the settings changed, unless `force`.
     """
+    from ..checkpoint_format import find_checkpoints
+    from ..runlock import hold_run_dir
     from .run_config import LEGACY_DEFAULTS, load_toml, resolve_run_config
 
     log = log or (lambda msg: None)
     run_dir = Path(path)
-    info = check_run(run_dir, finished=False)
+    started = _killed_at_start(run_dir)
+    info = {} if started else check_run(run_dir, finished=False)
     if info.get("status") == "finished" and (run_dir / "metrics.json").is_file():
         raise ConfigError(f"{run_dir}: this run already finished; nothing to resume. "
                           f"Use `fitloop report {run_dir}` to see it.")
-    saved = load_toml(str(run_dir / "config.toml"))
-    legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved}  # a run written before these keys
-    cfg = resolve_run_config(legacy, saved)
-    if quiet is not None:
-        cfg.train.quiet = quiet
-    t_start = time.perf_counter()
-    p = _prepare(cfg, log)
-    p.t_command = t_start
-    _build_trainer(cfg, p, run_dir)
-    t0 = time.perf_counter()
-    p.trainer.resume(p.splits["train"], p.splits.get("val"), force=force)
-    p.timings["train"] = time.perf_counter() - t0
-    return _finish(cfg, p, run_dir, t_start)
+    with hold_run_dir(run_dir):  # RunLockedError, naming the pid, while the run is still alive
+        saved = load_toml(str(run_dir / "config.toml"))
+        legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved}  # a run written before these keys
+        cfg = resolve_run_config(legacy, saved)
+        if quiet is not None:
+            cfg.train.quiet = quiet
+        t_start = time.perf_counter()
+        p = _prepare(cfg, log)
+        p.t_command = t_start
+        t0 = time.perf_counter()
+        if find_checkpoints(run_dir):
+            _build_trainer(cfg, p, run_dir)
+            p.trainer.resume(p.splits["train"], p.splits.get("val"), force=force)
+        else:  # every seed is in the config: the same run as one never interrupted
+            log("no checkpoint yet: starting the run again from the beginning")
+            _clear_run_dir(run_dir, keep=("config.toml",))
+            _start(cfg, p, run_dir, info.get("command"))
+            p.trainer.fit(p.splits["train"], p.splits.get("val"))
+        p.timings["train"] = time.perf_counter() - t0
+        return _finish(cfg, p, run_dir, t_start)
+
+
+def _killed_at_start(run_dir: Path) -> bool:
+    """A `fitloop train` directory killed before its run.json: the config is written, nothing else ran."""
+    cfg = run_dir / "config.toml"
+    if (run_dir / "run.json").exists() or not cfg.is_file():
+        return False
+    with open(cfg, encoding="utf-8", errors="replace") as f:
+        return f.readline().startswith(CONFIG_HEADER)
 
 
 def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> RunResult:
     """Evaluate on the held-out rows, write the bundle (with the preprocessor), metrics and summary."""
+    from ..report.summary import summary
+
     trainer, task, info = p.trainer, p.task, p.info
     history = trainer.history
     has_val = "val" in p.splits
@@ -349,8 +458,9 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         y_true = y if task == "classification" else unscale(y, info["target_scaling"])
         metrics = score(task, raw, y_true, info["target_scaling"])
         baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
-    best_epoch = _best_epoch(p.callbacks, history)
-    improving = still_improving(history, best_epoch, trainer.stop_reason)
+        _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
+    best_epoch = training.best_epoch(p.callbacks, history)
+    improving = training.still_improving(history, trainer.stop_reason)
     if improving:
         p.notes.append(improving)
     trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})
@@ -370,49 +480,46 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     n_params = sum(q.numel() for q in trainer.model.parameters())
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
                        best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
-                       trainer.stop_reason, improving)
+                       trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False), improving)
     _merge_run_json(out_dir, {
         **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
         "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
-        "still_improving": improving is not None, "budget": _budget_fields(p.budget),
-        "device": str(trainer.device), "timings": p.timings, "notes": p.notes})
+        "still_improving": improving is not None, "budget": training.budget_fields(p.budget),
+        "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
+        "target_distribution": _target_distribution(p)})
     return result
 
 
-def _best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
-    """The epoch whose weights the run keeps: early stopping's best, else the lowest val_loss, else the last."""
-    from ..callbacks import EarlyStopping
+def _write_predictions(out_dir: Path, rows: np.ndarray, y_true: Any, raw: Any, info: dict[str, Any]) -> None:
+    """The held-out split's targets and predictions (original labels or units) as CSV, for `fitloop report`'s
+    confusion matrix or predicted-vs-actual plots; `row` indexes the data file's rows (as splits.json)."""
+    import csv
+    import io
 
-    stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
-    if stopper is not None and stopper.best_epoch:
-        return stopper.best_epoch
-    if history and "val_loss" in history[0]:
-        return min(history, key=lambda h: h["val_loss"])["epoch"]
-    return history[-1]["epoch"] if history else None
+    from ..report.data import PREDICTIONS_FILE
 
-
-def still_improving(history: list[dict[str, Any]], best_epoch: int | None, stop_reason: str | None) -> str | None:
-    """The note for a run whose best validation epoch is its last one, with how to train longer; else None.
-
-    Without validation rows there is no held-out loss to judge by, so it says nothing.
-    """
-    if not history or best_epoch is None or "val_loss" not in history[-1] or best_epoch != history[-1]["epoch"]:
-        return None
-    epochs = history[-1]["epoch"]
-    if stop_reason and stop_reason.startswith("time limit"):
-        how = f"the time limit ended it: pass a larger --max-time (now {stop_reason.split('max_time ')[-1]})"
+    if info["task"] == "classification":
+        classes = info["classes"]
+        target = [classes[i] for i in y_true.long().tolist()]
+        pred = [classes[i] for i in raw.argmax(-1).tolist()]
     else:
-        how = f"train longer with --epochs {2 * epochs}"
-    return (f"the model was still improving: the best val_loss was at the last epoch ({epochs}), so more "
-            f"training would likely help; {how}")
+        pred_units = unscale(raw.reshape(-1).double(), info["target_scaling"]).float()
+        target, pred = [str(v) for v in y_true.numpy()], [str(v) for v in pred_units.numpy()]  # float32, shortest
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "target", "prediction"])
+    w.writerows(zip(rows.tolist(), target, pred))
+    atomic_write_bytes(out_dir / PREDICTIONS_FILE, buf.getvalue().encode("utf-8"))
 
 
-def _budget_fields(budget: Budget | None) -> dict[str, Any] | None:
-    if budget is None:
-        return None
-    return {"epochs": budget.epochs, "steps_per_epoch": budget.steps_per_epoch, "steps": budget.steps,
-            "batch_size": budget.batch_size, "patience": budget.patience, "max_time": budget.max_time,
-            "decided": budget.decided}
+def _target_distribution(p: _PreparedRun) -> dict[str, Any]:
+    """Per split: class counts, or the target's mean, std and quantiles in its own units."""
+    from ..report.data import target_distribution
+
+    out = {}
+    for name, (_, y) in p.splits.items():
+        out[name] = target_distribution(p.targets.get(name, y), p.task, p.info["classes"])
+    return out
 
 
 def _merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:

@@ -18,8 +18,12 @@ from ..config import TrainConfig
 from ..data.fractions import check_fractions
 from ..mlp_checks import check_mlp
 
-__all__ = ["RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError", "resolve_run_config",
-           "load_toml", "parse_set", "parse_value", "Budget", "training_budget", "LEGACY_DEFAULTS"]
+__all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError",
+           "resolve_run_config", "load_toml", "parse_set", "parse_value", "Budget", "training_budget",
+           "LEGACY_DEFAULTS"]
+
+
+CONFIG_HEADER = "# fitloop run configuration"  # config.toml's first line (how `resume` knows a run's file)
 
 
 class ConfigError(ValueError):
@@ -39,7 +43,8 @@ class DataSection:
         split: train/val/test fractions (they sum to 1); stratified by class for classification.
         seed: seed of the split; `None` uses `train.seed`.
         encoding: text encoding of CSV/TSV files.
-        delimiter: field separator (default `,`, or tab for `.tsv`).
+        delimiter: field separator; `None` detects `,` `;` tab or `|` from the first lines.
+        decimal: decimal mark (`","` or `"."`) of numbers written as text; `None` detects it.
         max_categories: text columns with more distinct values are dropped (ID-like).
     """
 
@@ -52,6 +57,7 @@ class DataSection:
     seed: int | None = None
     encoding: str = "utf-8"
     delimiter: str | None = None
+    decimal: str | None = None
     max_categories: int = 50
 
     def validate(self) -> None:
@@ -61,6 +67,8 @@ class DataSection:
             check_fractions(self.split, name="data.split (--split)", example="0.7,0.15,0.15")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.decimal not in (None, ",", "."):
+            raise ConfigError(f"data.decimal (--decimal): got {self.decimal!r}; pass ',' or '.'.")
         if self.max_categories < 1:
             raise ConfigError(f"data.max_categories: got {self.max_categories}; pass a whole number >= 1.")
 
@@ -173,7 +181,7 @@ class RunConfig:
             text = tomli_w.dumps(doc)
         except TypeError as e:
             raise ConfigError(f"cannot write the run configuration as TOML: {e}") from None
-        return "# fitloop run configuration (resolved: defaults < --config file < flags < --set).\n\n" + text
+        return CONFIG_HEADER + " (resolved: defaults < --config file < flags < --set).\n\n" + text
 
 
 def _section_types(section: str) -> dict[str, Any]:

@@ -46,7 +46,19 @@ def score(task: str, out, y, scaling: dict[str, float] | None = None) -> dict[st
     else:
         pred = unscale(out.reshape(-1), scaling)
         res = dict(MetricSet("regression").compute(pred, y.float().reshape(-1)))
-    return {k: to_python(v) for k, v in res.items()}
+    return {k: float32_value(to_python(v)) for k, v in res.items()}
+
+
+def float32_value(v: Any) -> Any:
+    """A float computed in float32 as the shortest decimal that reads back as the same float32
+    (0.9722222, not 0.9722222089767456); lists element-wise; anything else unchanged."""
+    import numpy as np
+
+    if isinstance(v, list):
+        return [float32_value(x) for x in v]
+    if isinstance(v, float):
+        return float(str(np.float32(v)))
+    return v
 
 
 def unscale(pred, scaling: dict[str, float] | None):
@@ -130,7 +142,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
 
 
 def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "utf-8",
-                 delimiter: str | None = None):
+                 delimiter: str | None = None, decimal: str | None = None):
     """Predictions for a new file (or `pyarrow.Table`): returns `(pyarrow.Table, notes)`.
 
     Columns: the id column (when the run has one and the file has it), `prediction` (original class
@@ -145,7 +157,8 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
-        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter)
+        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter,
+                              decimal=decimal or run.info.get("decimal"))  # the --decimal the run was trained with
     out = run.outputs(enc.X)
     cols: dict[str, Any] = {}
     if run.info.get("id") and enc.ids is not None:
@@ -163,14 +176,15 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
     return pa.table(cols), enc.notes
 
 
-def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None) -> dict:
+def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None,
+                  decimal: str | None = None) -> dict:
     """Metrics of the run's model on a labelled file, next to the trivial baseline of the training data."""
     import warnings
 
     from ..data import TableError, read_table, transform_table
 
     if not hasattr(data, "column_names"):
-        data = read_table(data, encoding=encoding, delimiter=delimiter)
+        data = read_table(data, encoding=encoding, delimiter=delimiter, decimal=decimal or run.info.get("decimal"))
     target = run.info["target"]
     if target not in data.column_names:
         raise TableError(f"the file has no target column {target!r}, so there is nothing to evaluate against; "

@@ -192,7 +192,10 @@ def prepare_target(y: torch.Tensor, task: str, float_dtype: torch.dtype = torch.
     kind = normalize_task(task, 2)
     if kind == "multiclass" and y.is_floating_point() and y.ndim == 1:
         if not torch.equal(y, y.round()):
-            raise ValueError("y: cross-entropy needs class indices (0..C-1) but y has fractional values; "
+            bad = torch.nonzero(y != y.round()).flatten()[:5].cpu()  # an error path: the sync is fine
+            values = ", ".join(f"{v:g}" for v in y.cpu()[bad].tolist())
+            raise ValueError(f"y: cross-entropy needs class indices (0..C-1) but y has fractional values (rows "
+                             f"{', '.join(map(str, bad.tolist()))}: {values}); "
                              "use a regression loss, or pass integer labels.")
         return y.long()
     if kind in ("regression", "binary") and not y.is_floating_point():

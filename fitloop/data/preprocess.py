@@ -50,6 +50,7 @@ class Preprocessor:
                  notes: list[str] | None = None) -> None:
         self.target, self.task, self.features = target, task, features
         self.classes, self.id, self.notes = classes, id, list(notes or [])
+        self.dropped: dict[str, str] = {}  # set by `fit`: columns left out, and why (not saved)
 
     @classmethod
     def fit(cls, data: pa.Table, *, target: str, task: str, kinds: Mapping[str, str],
@@ -70,7 +71,7 @@ class Preprocessor:
         import pyarrow.compute as pc
 
         features: list[dict[str, Any]] = []
-        notes: list[str] = []
+        dropped: dict[str, str] = {}  # column -> why: the notes, and `fitloop train --dry-run`'s table
         imputed: list[str] = []
         for name, kind in kinds.items():
             col = data.column(name)
@@ -80,10 +81,10 @@ class Preprocessor:
                 n_missing = int(v.size - np.count_nonzero(ok))
                 valid = v[ok] if n_missing else v
                 if valid.size == 0:
-                    notes.append(f"dropped column {name!r}: all values missing in the training rows")
+                    dropped[name] = "all values missing in the training rows"
                     continue
                 if valid.min() == valid.max():
-                    notes.append(f"dropped column {name!r}: constant ({valid[0]:g}) in the training rows")
+                    dropped[name] = f"constant ({valid[0]:g}) in the training rows"
                     continue
                 spec = {"name": name, "kind": "numeric", "mean": float(valid.mean()),
                         "std": float(valid.std()), "median": float(np.median(valid)),
@@ -96,16 +97,16 @@ class Preprocessor:
                 cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
                 has_null = s.null_count > 0
                 if len(cats) > max_categories:
-                    notes.append(f"dropped column {name!r}: {len(cats)} distinct values in the training "
-                                 f"rows > max_categories={max_categories} (text/ID-like); raise the limit "
-                                 f"to keep it")
+                    _refuse_dropping_numbers(name, s)
+                    dropped[name] = (f"{len(cats)} distinct values in the training rows > max_categories="
+                                     f"{max_categories} (text/ID-like); raise the limit to keep it")
                     continue
                 if len(cats) + has_null <= 1:
-                    notes.append(f"dropped column {name!r}: constant ({cats[0] if cats else None!r}) "
-                                 f"in the training rows")
+                    dropped[name] = f"constant ({cats[0] if cats else None!r}) in the training rows"
                     continue
                 features.append({"name": name, "kind": "categorical", "categories": cats,
                                  "missing": has_null})
+        notes = [f"dropped column {name!r}: {why}" for name, why in dropped.items()]
         if imputed:
             notes.append("imputed missing numeric values with the train median (+ COL__missing indicator): "
                          + ", ".join(imputed))
@@ -115,7 +116,9 @@ class Preprocessor:
         if task == "classification" and classes is not None and len(classes) < 2:
             raise TableError(f"target {target!r} has a single class ({classes!r}) in the training rows; "
                              f"classification needs at least 2. Check the split or use --task regression.")
-        return cls(target, task, features, classes, id, notes)
+        pre = cls(target, task, features, classes, id, notes)
+        pre.dropped = dropped
+        return pre
 
     # --------------------------------------------------------------------------------- properties
     @property
@@ -242,14 +245,37 @@ class Preprocessor:
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> Preprocessor:
         """Inverse of `to_dict`."""
-        if state.get("version") != cls.VERSION:
-            raise TableError(f"unsupported preprocessor state version {state.get('version')!r}")
-        return cls(state["target"], state["task"], [dict(f) for f in state["features"]],
-                   state.get("classes"), state.get("id"), state.get("notes"))
+        if not isinstance(state, Mapping) or state.get("version") != cls.VERSION:
+            version = state.get("version") if isinstance(state, Mapping) else None
+            raise TableError(f"unsupported preprocessor state version {version!r}")
+        try:
+            return cls(state["target"], state["task"], [dict(f) for f in state["features"]],
+                       state.get("classes"), state.get("id"), state.get("notes"))
+        except (KeyError, TypeError, ValueError) as e:  # a hand-edited or truncated fitloop.json
+            raise TableError(f"the saved preprocessor state is incomplete or damaged ({type(e).__name__}: {e}); "
+                             f"retrain the run (fitloop train) to write it again.") from None
 
     def __repr__(self) -> str:
         return (f"Preprocessor(target={self.target!r}, task={self.task!r}, inputs={len(self.features)}, "
                 f"features={len(self.feature_names)}, classes={self.num_classes})")
+
+
+# Numbers in a format the reader does not parse ("1 234", "$3.50", "45%", "(12)"): never dropped as ID-like.
+_NUMBERISH_RE = ("^\\s*[$€£¥]?\\s*[+\\-(]?[$€£¥]?(?:\\d{1,3}(?:[ .,'\u00a0\u202f]\\d{3})+|\\d+)(?:[.,]\\d+)?"
+                 "\\s*[%)]?\\s*$")  # groups of 3: dates, phones stay text
+
+
+def _refuse_dropping_numbers(name: str, s: Any) -> None:
+    """Raise instead of dropping a high-cardinality text column whose cells are numbers in some format."""
+    import pyarrow.compute as pc
+
+    n_valid = len(s) - s.null_count
+    hits = pc.fill_null(pc.match_substring_regex(s, _NUMBERISH_RE), False)
+    if n_valid and int(pc.sum(hits).as_py() or 0) >= 0.9 * n_valid:
+        example = s[int(pc.index(hits, True).as_py())].as_py()
+        raise TableError(f"column {name!r} holds numbers written in a format fitloop does not read (like "
+                         f"{example!r}), so it would be dropped as text; write them as plain numbers (1234.5), "
+                         f"pass `--decimal ,` or `--decimal .` if that is the difference, or `--drop {name}`.")
 
 
 @dataclass
@@ -292,14 +318,16 @@ class PreparedTable:
 
 
 def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | Table, *,
-                    encoding: str = "utf-8", delimiter: str | None = None) -> TableSplit:
+                    encoding: str = "utf-8", delimiter: str | None = None,
+                    decimal: str | None = None) -> TableSplit:
     """Encode a new table (predict/evaluate time) with a fitted preprocessor.
 
     Args:
         preprocessor: Fitted (or `from_dict`-restored) preprocessor.
         table: Path, ``pyarrow.Table`` or `Table`.
         encoding: Text encoding when ``table`` is a path.
-        delimiter: Field separator when ``table`` is a path.
+        delimiter: Field separator when ``table`` is a path (None: detected).
+        decimal: Decimal mark of numbers written as text (None: detected).
 
     Returns:
         `TableSplit` with ``X``, ``y`` (None unless the target column is present and not all missing),
@@ -311,7 +339,7 @@ def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | T
     import torch
 
     if isinstance(table, (str, Path)):
-        data = read_table(table, encoding=encoding, delimiter=delimiter)
+        data = read_table(table, encoding=encoding, delimiter=delimiter, decimal=decimal)
     elif hasattr(table, "column_names"):  # a pyarrow.Table
         data = table
     else:  # a fitloop `Table` (not imported here: table.py imports this module)

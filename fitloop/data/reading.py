@@ -13,17 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .dialect import ReadInfo, check_header, parse_number_columns, sniff_delimiter
+from .errors import TableError
+
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["SUPPORTED_EXTENSIONS", "TableError", "read_table"]
+__all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 _NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
-
-
-class TableError(ValueError):
-    """Bad tabular input; the message says what is wrong, where, and how to fix it."""
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -35,19 +34,28 @@ def _extension(path: Path) -> str:
     return next((ext for ext in longest_first if name.endswith(ext)), "")
 
 
-def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | None = None) -> pa.Table:
+def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | None = None,
+               decimal: str | None = None, info: ReadInfo | None = None) -> pa.Table:
     """Read a `.csv`, `.tsv`, `.csv.gz`, `.tsv.gz` or `.parquet` file with pyarrow.
+
+    The dialect rules (delimiter sniffing, decimal commas and thousands separators, unnamed and
+    duplicate header names) are `fitloop.data.dialect`'s.
 
     Args:
         path: File to read.
         encoding: Text encoding of CSV/TSV files (e.g. ``"latin-1"``).
-        delimiter: Field separator; default ``","`` (``"\\t"`` for `.tsv`).
+        delimiter: Field separator; None sniffs ``,`` ``;`` tab ``|`` from the first lines.
+        decimal: ``","`` or ``"."``: the decimal mark of numbers written as text; None detects it
+            per column (an ambiguous column raises, naming ``--decimal``).
+        info: When given, receives the delimiter used, whether it was detected, and notes.
 
     Returns:
-        The file as a ``pyarrow.Table`` (column types inferred by pyarrow).
+        The file as a ``pyarrow.Table`` (column types inferred by pyarrow; numbers with a decimal comma
+        or thousands separators parsed; empty header names as ``(unnamed N)``).
 
     Raises:
-        TableError: Missing/empty file, unsupported extension, bad encoding or ragged rows.
+        TableError: Missing/empty file, unsupported extension, bad encoding, ragged rows, an ambiguous
+            delimiter or decimal mark, or duplicate column names.
     """
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -67,14 +75,27 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path)
+            table = pq.read_table(path)
         except (pa.ArrowException, OSError) as e:
             raise TableError(f"{path}: cannot read Parquet file: {e}") from e
+        return _finish(table, str(path), decimal, info)
 
-    sep = delimiter or ("\t" if ext.startswith(".tsv") else ",")
+    sep = _check_delimiter(delimiter)
+    detected = sep is None
+    try:
+        if sep is None:
+            sep = sniff_delimiter(path, encoding=encoding, default="\t" if ext.startswith(".tsv") else ",")
+    except LookupError as e:
+        raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
+    if info is not None:
+        info.delimiter, info.delimiter_detected = sep, detected
+        if detected:
+            info.notes.append(f"delimiter {'tab' if sep == chr(9) else repr(sep)} (detected from the first "
+                              f"lines; --delimiter overrides)")
     read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
     parse_opts = pcsv.ParseOptions(delimiter=sep)
-    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True)  # empty text cells are missing values
+    conv_opts = pcsv.ConvertOptions(strings_can_be_null=True,  # empty text cells are missing values
+                                    decimal_point=decimal if decimal in (",", ".") else ".")
     try:
         try:
             # Streaming keeps peak memory near the final table size, but infers types from the first
@@ -99,10 +120,31 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         if "Expected" in msg and "columns" in msg:
             raise _ragged_error(path, sep, encoding, msg) from e
         raise TableError(f"{path}: cannot parse as delimited text ({msg}).") from e
+    except pa.ArrowException as e:  # any other reader failure is about the file, never a fitloop bug
+        raise TableError(f"{path}: cannot read the file ({e}).") from e
     for name, col in zip(names, table.columns):
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
             raise _encoding_error(path, encoding, f"column {name!r}")
-    return table
+    return _finish(table, str(path), decimal, info)
+
+
+def _check_delimiter(delimiter: str | None) -> str | None:
+    """`--delimiter` as one character (``\\t`` and ``tab`` spelled out mean a tab); None to sniff."""
+    if delimiter is None:
+        return None
+    d = {"\\t": "\t", "tab": "\t", "\\s": " ", "space": " "}.get(delimiter, delimiter)
+    if len(d) != 1 or d in "\"\r\n":
+        raise TableError(f"delimiter: got {delimiter!r}; pass one character, e.g. `--delimiter ';'` (or "
+                         f"`--delimiter tab`).")
+    return d
+
+
+def _finish(table: pa.Table, source: str, decimal: str | None, info: ReadInfo | None) -> pa.Table:
+    """The dialect checks every file gets: header names, then numbers written as text."""
+    names = check_header(list(table.column_names), source)
+    if names is not None:
+        table = table.rename_columns(names)
+    return parse_number_columns(table, decimal, source, info if info is not None else ReadInfo())
 
 
 def _first_undecodable_line(path: Path, encoding: str) -> int | None:

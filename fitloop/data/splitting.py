@@ -121,7 +121,7 @@ def split_indices(n: int, fractions: Sequence[float], seed: int,
 
 
 def split(X: Any, y: Any = None, *, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-          stratify: bool | Any = None) -> tuple[Any, ...]:
+          stratify: bool | Any = None, leakage: str | bool = "warn") -> tuple[Any, ...]:
     """Split data into train/validation/test parts: seeded, reproducible and disjoint.
 
     Args:
@@ -132,13 +132,16 @@ def split(X: Any, y: Any = None, *, fractions: Sequence[float] = (0.7, 0.15, 0.1
         seed: seed of the split's own generator; the same seed gives the same rows.
         stratify: `True` to keep class proportions of `y` in every part (classification), or an
             array of labels to stratify on; `None` for a plain random split.
+        leakage: rows of X that occur, identical, in more than one part give a `GuardWarning` with the
+            counts (`"warn"`), an error (`"error"`), or nothing (`False`). Array input only.
 
     Returns:
         A tuple with one entry per fraction: `Split` objects (tensors `X`, `y` and the original row
         `indices`) for array input, `torch.utils.data.Subset` objects (with `.indices`) for a Dataset.
 
     Raises:
-        ValueError: fractions that don't sum to 1, X and y of different lengths, empty data.
+        ValueError: fractions that don't sum to 1, X and y of different lengths, empty data; identical
+            rows in two parts with `leakage="error"`.
 
     Example:
         >>> train, val, test = fl.split(X, y, fractions=(0.7, 0.15, 0.15), seed=0)
@@ -173,6 +176,10 @@ def split(X: Any, y: Any = None, *, fractions: Sequence[float] = (0.7, 0.15, 0.1
             out.append(_DatasetPart(X, idx.tolist(), name))
         else:
             out.append(Split(X[idx], None if y is None else y[idx], idx, name))
+    if leakage and not isinstance(X, Dataset):
+        from ..diagnose.checks import check_leakage
+
+        check_leakage(dict(zip(names, out)), mode=leakage)
     return tuple(out)
 
 

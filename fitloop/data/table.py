@@ -15,6 +15,7 @@ Everything is vectorised (pyarrow compute and numpy).
 from __future__ import annotations
 
 import difflib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .dialect import UNNAMED_PREFIX, ReadInfo, check_header
 from .reading import (
     SUPPORTED_EXTENSIONS,
     TableError,
@@ -37,12 +39,16 @@ from .reading import (
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from .preprocess import PreparedTable
+    from .preprocess import PreparedTable, Preprocessor
 
 __all__ = ["Table", "SUPPORTED_EXTENSIONS", "TableError", "read_table"]  # the last three: from .reading
 
+# The task rule for a numeric target (README "Command line"): integers with at most this many distinct
+# values, each seen on average in at least MIN_ROWS_PER_CLASS rows, are classes; two values always are.
 MAX_CLASSES_FOR_INT_TARGET = 20
+MIN_ROWS_PER_CLASS = 5
 JUNK_NUMERIC_FRACTION = 0.9
+MIN_ROWS_FOR_INDEX = 10  # below this, a column that happens to count 1, 2, 3 is not taken for a row index
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -74,6 +80,53 @@ def _infer_kind(name: str, col: Any) -> str:
     return "other"
 
 
+def infer_task(kind: str, values: np.ndarray | None, n_distinct: int, n_rows: int) -> tuple[str, str]:
+    """The task a target implies, and the rule's reason in words (printed with the decision).
+
+    Text and bool targets are classification, non-integer numbers regression. An integer target with
+    `n_distinct` values in `n_rows` rows is classification when it has 2 values, or at most
+    `MAX_CLASSES_FOR_INT_TARGET` values with at least `MIN_ROWS_PER_CLASS` rows per value on average;
+    otherwise regression (16 distinct yearly totals in 16 rows are a quantity, not 16 classes).
+
+    Args:
+        kind: The target column's kind (``numeric``, ``bool``, ``categorical``).
+        values: The numeric target's values (NaN-free), or None for a non-numeric target.
+        n_distinct: Distinct values of the target.
+        n_rows: Rows with a target.
+
+    Returns:
+        ``(task, reason)``, e.g. ``("regression", "16 distinct integer values in 16 rows")``.
+    """
+    if kind == "bool":
+        return "classification", "a true/false target"
+    if kind != "numeric" or values is None:
+        return "classification", f"a text target with {n_distinct} distinct values"
+    if not np.array_equal(values, np.round(values)):
+        return "regression", "a numeric target with non-integer values"
+    per = n_rows / max(n_distinct, 1)
+    what = f"{n_distinct} distinct integer values in {n_rows} rows"
+    if n_distinct <= 2:
+        return "classification", what
+    if n_distinct > MAX_CLASSES_FOR_INT_TARGET:
+        return "regression", f"{what} (more than {MAX_CLASSES_FOR_INT_TARGET} would be classes)"
+    if per < MIN_ROWS_PER_CLASS:
+        rows = "row" if per == 1 else "rows"
+        return "regression", f"{what} ({per:.3g} {rows} per value; classes need {MIN_ROWS_PER_CLASS} on average)"
+    return "classification", f"{what} ({per:.3g} rows per class)"
+
+
+def _row_index(col: Any) -> bool:
+    """An integer column that is 0..n-1 or 1..n in order: the row numbers a `to_csv()` writes."""
+    import pyarrow as pa
+
+    if not pa.types.is_integer(col.type) or col.null_count or len(col) < MIN_ROWS_FOR_INDEX:
+        return False
+    first, last = col[0].as_py(), col[len(col) - 1].as_py()
+    if first not in (0, 1) or last != first + len(col) - 1:  # most columns: decided without a pass
+        return False
+    return bool(np.array_equal(col.to_numpy(), np.arange(first, first + len(col))))
+
+
 def _closest(name: str, options: Sequence[str]) -> str:
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""
@@ -92,6 +145,8 @@ class Table:
         kinds: Column -> ``numeric``/``bool``/``categorical``/``empty``/``other``.
         feature_columns: Columns used as features (before fit-time drops).
         classes: Sorted class labels over all rows (classification), else None.
+        task_reason: Why the task is what it is (`infer_task`), e.g. "16 distinct integer values in 16 rows".
+        id_like: Columns treated as row ids (no header name, or 0..n-1 in order); never features.
         notes: Human-readable notes (dropped columns, dropped rows...).
         load_seconds: Time spent reading the file.
     """
@@ -102,8 +157,12 @@ class Table:
         import pyarrow.compute as pc
 
         self.source, self.load_seconds, self.max_categories = source, load_seconds, max_categories
+        names = check_header(list(data.column_names), source)  # read_table did it for files; Arrow input too
+        if names is not None:
+            data = data.rename_columns(names)
         self.columns: list[str] = list(data.column_names)
         self.notes: list[str] = []
+        self.read_info: ReadInfo | None = None  # set by `read`: the delimiter and decimal mark used
         if data.num_rows == 0:
             raise TableError(f"{source}: no data rows (only a header: {self.columns}); add rows to the file.")
         for what, name in [("target", target), ("id", id), *(("--drop", d) for d in drop)]:
@@ -114,8 +173,9 @@ class Table:
             raise TableError(f"{source}: the target {target!r} cannot also be the id or a --drop column.")
         self.target, self.id, self.drop = target, id, tuple(drop)
         self.kinds: dict[str, str] = {}
+        self.id_like = self._id_like(data)  # unnamed columns and row indices: ids, never features
         for name in self.columns:
-            if name == id or name in self.drop:
+            if name == id or name in self.drop or name in self.id_like:
                 continue
             self.kinds[name] = kind = _infer_kind(name, data.column(name))
             if kind == "empty":
@@ -139,6 +199,7 @@ class Table:
             data = data.filter(valid)
             self.notes.append(f"dropped {n_missing} row(s) with a missing target {target!r}")
         self.data = data
+        self.task_reason = ""
         self.task = self._infer_task(task)
         self.classes: list[Any] | None = None
         if self.task == "classification":
@@ -146,6 +207,24 @@ class Table:
             if len(self.classes) < 2:
                 raise TableError(f"{source}: target {target!r} has a single class ({self.classes[0]!r}); "
                                  f"classification needs at least 2 distinct values.")
+
+    def _id_like(self, data: pa.Table) -> list[str]:
+        """Columns without a header name (``df.to_csv()``'s index), and row indices (0..n-1 or 1..n in
+        order) unless such a column is the only feature there is: ids, with a note, never features."""
+        cands = [c for c in self.columns if c not in (self.target, self.id, *self.drop)]
+        unnamed = [c for c in cands if c.startswith(UNNAMED_PREFIX) or re.fullmatch(r"Unnamed: \d+", c)]
+        index = [c for c in cands if c not in unnamed and _row_index(data.column(c))]
+        others = [c for c in cands if c not in unnamed and c not in index
+                  and data.column(c).null_count < data.num_rows]
+        if index and not others:  # a toy table's x = 0, 1, 2, ...: keep it
+            self.notes.append(f"column {index[0]!r} counts the rows in order, like a row index; kept as a "
+                              f"feature because it is the only one")
+            index = []
+        for c in unnamed + index:
+            why = "has no header name" if c in unnamed else "counts the rows in order (0..n-1 or 1..n)"
+            self.notes.append(f"column {c!r} {why}: treated as a row id, not a feature (a model would "
+                              f"learn the row order)")
+        return [c for c in cands if c in unnamed or c in index]
 
     def _infer_task(self, task: str | None) -> str:
         kind, col = self.kinds[self.target], self.data.column(self.target)
@@ -155,22 +234,18 @@ class Table:
             if task == "regression" and kind != "numeric":
                 raise TableError(f"{self.source}: target {self.target!r} is {kind}, not numeric; it cannot "
                                  f"be used for regression. Use --task classification.")
+            self.task_reason = "as given (--task)"
             return task
-        if kind != "numeric":
-            return "classification"
-        import pyarrow as pa
         import pyarrow.compute as pc
 
-        if pa.types.is_floating(col.type) or _is_string(col.type):
-            v = _float64(col, self.target)
-            if not np.array_equal(v, np.round(v)):
-                return "regression"
-        return "classification" if len(pc.unique(col)) <= MAX_CLASSES_FOR_INT_TARGET else "regression"
+        values = _float64(col, self.target) if kind == "numeric" else None
+        task, self.task_reason = infer_task(kind, values, len(pc.unique(col)), len(col))
+        return task
 
     @classmethod
     def read(cls, path: str | Path, target: str, task: str | None = None, drop: Sequence[str] = (),
              id: str | None = None, encoding: str = "utf-8", max_categories: int = 50,
-             delimiter: str | None = None) -> Table:
+             delimiter: str | None = None, decimal: str | None = None) -> Table:
         """Read a file (see `read_table`) and infer column kinds and the task.
 
         Args:
@@ -181,12 +256,20 @@ class Table:
             id: Row-id column, excluded from features but returned with each split.
             encoding: Text encoding for CSV/TSV.
             max_categories: Categorical columns with more distinct values are dropped.
-            delimiter: Field separator override.
+            delimiter: Field separator; sniffed from the first lines when None.
+            decimal: Decimal mark (``","`` or ``"."``) of numbers written as text; detected when None.
+
+        The table's ``read_info`` says which delimiter and decimal mark were used; its notes start
+        with what was detected.
         """
         t0 = time.perf_counter()
-        data = read_table(path, encoding=encoding, delimiter=delimiter)
-        return cls(data, target=target, task=task, drop=drop, id=id, max_categories=max_categories,
-                   source=str(path), load_seconds=time.perf_counter() - t0)
+        info = ReadInfo()
+        data = read_table(path, encoding=encoding, delimiter=delimiter, decimal=decimal, info=info)
+        table = cls(data, target=target, task=task, drop=drop, id=id, max_categories=max_categories,
+                    source=str(path), load_seconds=time.perf_counter() - t0)
+        table.read_info = info
+        table.notes[:0] = info.notes
+        return table
 
     @classmethod
     def from_arrow(cls, data: pa.Table, target: str, **kwargs: Any) -> Table:
@@ -210,8 +293,38 @@ class Table:
         parts = np.split(perm, cuts[:-1])
         return {name: np.sort(p) for name, p in zip(("train", "val", "test"), parts)}
 
+    def fit_preprocessor(self, train_rows: Any) -> Preprocessor:
+        """Fit the `Preprocessor` on the training rows: every per-column decision of a run (kept or
+        dropped, statistics, categories), without encoding anything. `prepare` and `fitloop train
+        --dry-run` both decide through here.
+
+        Raises:
+            TableError: the training rows hold a single class, or index outside the table.
+        """
+        from .preprocess import Preprocessor
+
+        rows = self._rows("train", train_rows)
+        if rows.size == 0:
+            raise TableError("the train split is empty.")
+        kinds = {c: self.kinds[c] for c in self.feature_columns}
+        pre = Preprocessor.fit(self.data, target=self.target, task=self.task, kinds=kinds, rows=rows,
+                               classes=self.classes, id=self.id, max_categories=self.max_categories)
+        if self.task == "classification":
+            y = pre.encode_target(self.data, rows)
+            if bool((y == y[0]).all()):
+                raise TableError(f"the train split has a single class ({(self.classes or [])[int(y[0])]!r}) for "
+                                 f"target {self.target!r}; use a stratified or larger split.")
+        return pre
+
+    def _rows(self, name: str, idx: Any) -> np.ndarray:
+        a = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if a.size and (a.min() < 0 or a.max() >= len(self)):
+            raise TableError(f"split {name!r} has row indices outside [0, {len(self)}).")
+        return a
+
     def prepare(self, splits: Mapping[str, Any] | Sequence[Any] | None = None, *,
-                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> PreparedTable:
+                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                preprocessor: Preprocessor | None = None) -> PreparedTable:
         """Fit a `Preprocessor` on the train rows only and encode every split.
 
         Args:
@@ -220,13 +333,14 @@ class Table:
                 target removed; ``len(table)`` rows). If None, a random split by ``fractions``/``seed``.
             fractions: Train/val(/test) fractions when ``splits`` is None.
             seed: Seed of the random split.
+            preprocessor: One already fitted on these train rows (`fit_preprocessor`); fitted here if None.
 
         Returns:
             `PreparedTable` with the fitted preprocessor and one `TableSplit` (X, y, ids) per split.
         """
         import torch
 
-        from .preprocess import PreparedTable, Preprocessor, TableSplit
+        from .preprocess import PreparedTable, TableSplit
 
         if splits is None:
             named = self.split_indices(fractions, seed)
@@ -236,30 +350,18 @@ class Table:
             named = dict(zip(("train", "val", "test"), splits))
         if "train" not in named:
             raise TableError(f"splits need a 'train' entry; got {list(named)}.")
-        rows = {}
-        for name, idx in named.items():
-            a = np.asarray(idx, dtype=np.int64).reshape(-1)
-            if a.size and (a.min() < 0 or a.max() >= len(self)):
-                raise TableError(f"split {name!r} has row indices outside [0, {len(self)}).")
-            rows[name] = a
-        if rows["train"].size == 0:
-            raise TableError("the train split is empty.")
+        rows = {name: self._rows(name, idx) for name, idx in named.items()}
         in_train = np.zeros(len(self), dtype=bool)
         in_train[rows["train"]] = True
         for name, a in rows.items():
             if name != "train" and in_train[a].any():
                 raise TableError(f"split {name!r} shares rows with 'train' (leakage); use disjoint indices.")
-        kinds = {c: self.kinds[c] for c in self.feature_columns}
-        pre = Preprocessor.fit(self.data, target=self.target, task=self.task, kinds=kinds, rows=rows["train"],
-                               classes=self.classes, id=self.id, max_categories=self.max_categories)
+        pre = preprocessor if preprocessor is not None else self.fit_preprocessor(rows["train"])
         out: dict[str, TableSplit] = {}
         for name, a in rows.items():
             notes: list[str] = []
             X = torch.from_numpy(pre.transform(self.data, a, notes))
             y = torch.from_numpy(pre.encode_target(self.data, a))
-            if name == "train" and self.task == "classification" and y.numel() and bool((y == y[0]).all()):
-                raise TableError(f"the train split has a single class ({(self.classes or [])[int(y[0])]!r}) for "
-                                 f"target {self.target!r}; use a stratified or larger split.")
             ids = self.data.column(self.id).take(a).to_pylist() if self.id else None
             out[name] = TableSplit(X, y, ids, a, notes)
         return PreparedTable(pre, out, self.notes + pre.notes)

@@ -1,5 +1,10 @@
-"""Diagnostics that drive a Trainer (or its one training step) from outside the loop: the LR finder."""
+"""Diagnostics that drive a Trainer (or its one training step) from outside the loop: the LR finder, the
+guards against silent bugs and the sanity check. The capacity search (`fitloop.diagnose.size_search`)
+drives whole Trainers, so it is imported on its own (`fl.size_search`), never from here."""
 
+from .guards import GuardCallback, GuardWarning, check_leakage
 from .lr_find import LRFinderResult, lr_find, suggest_lr
+from .sanity import SanityResult, sanity_check
 
-__all__ = ["LRFinderResult", "lr_find", "suggest_lr"]
+__all__ = ["LRFinderResult", "lr_find", "suggest_lr", "GuardCallback", "GuardWarning", "check_leakage",
+           "SanityResult", "sanity_check"]

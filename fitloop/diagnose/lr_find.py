@@ -7,7 +7,6 @@ Trainer's data generator and step counters, and the Python, NumPy and torch RNGs
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..step import TrainingStep
+from .restore import restored
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -107,15 +107,11 @@ def lr_find(trainer: Trainer, train: Any, *, start_lr: float = 1e-7, end_lr: flo
         raise ValueError(f"lr_find: need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
     if num_steps < 2:
         raise ValueError(f"lr_find: num_steps must be >= 2, got {num_steps}.")
-    # Everything the sweep touches, copied so it can be put back exactly.
-    saved = copy.deepcopy(trainer.state_dict())
-    training = {name: m.training for name, m in trainer.model.named_modules()}
-    grads = [None if p.grad is None else p.grad.detach().clone() for p in trainer.params]
     lrs: list[float] = []
     losses: list[float] = []
     raw: list[float] = []
     stopped = False
-    try:
+    with restored(trainer):  # everything the sweep touches is put back exactly
         batches = trainer.batches(train, train=True)
         # the one training step, one batch per optimizer step, no scheduler; a NaN/inf step is skipped
         # (not applied) and ends the sweep
@@ -141,12 +137,6 @@ def lr_find(trainer: Trainer, train: Any, *, start_lr: float = 1e-7, end_lr: flo
                 best = min(best, smoothed)
                 if len(lrs) >= num_steps:
                     break
-    finally:
-        trainer.load_state_dict(saved)
-        for name, m in trainer.model.named_modules():
-            m.train(training[name])
-        for p, grad in zip(trainer.params, grads):
-            p.grad = grad
     finite = [(lr, v) for lr, v in zip(lrs, losses) if math.isfinite(v)]
     result = LRFinderResult(lrs=lrs, losses=losses, raw_losses=raw, stopped_early=stopped,
                             suggested_lr=suggest_lr([a for a, _ in finite], [b for _, b in finite]))

@@ -1,0 +1,51 @@
+"""VerdictReporter: at the end of fit, the verdict on the run (fitloop.diagnose.verdict), in plain words."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, TYPE_CHECKING, Any
+
+from ..distributed import is_main_process
+from .base import Callback
+
+if TYPE_CHECKING:
+    from ..diagnose.verdict import Verdict
+    from ..trainer import Trainer
+
+__all__ = ["VerdictReporter", "verdict_in"]
+
+
+class VerdictReporter(Callback):
+    """Judges the run when fit ends (or stops on a NaN/inf) and prints the verdict with its suggestion.
+
+    The Trainer adds one by default, before its run-directory `Checkpointer`, which saves the verdict
+    in `run.json`. It prints nothing with `quiet=True` or off the main process; `verdict` holds the
+    last fit's `Verdict` either way.
+    """
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream
+        self.verdict: Verdict | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.verdict = None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._judge(trainer, None)
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        if self.verdict is None:  # not after on_fit_end (a signal's RunInterrupted comes from the Checkpointer)
+            self._judge(trainer, error, show=type(error).__name__ == "NonFiniteError")
+
+    def _judge(self, trainer: Trainer, error: BaseException | None, show: bool = True) -> None:
+        from ..diagnose.verdict import verdict_of
+
+        self.verdict = verdict_of(trainer, error)
+        if show and not trainer.config.quiet and is_main_process():
+            print(str(self.verdict), file=self.stream or sys.stdout, flush=True)
+
+
+def verdict_in(trainer: Trainer) -> dict[str, Any] | None:
+    """The last fit's verdict as a dict (for `run.json`), from the trainer's `VerdictReporter`."""
+    found = next((cb.verdict for cb in trainer.callbacks if isinstance(cb, VerdictReporter)), None)
+    return found.to_dict() if found is not None else None

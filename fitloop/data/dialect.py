@@ -1,0 +1,263 @@
+"""CSV as people write it: the delimiter sniffed from a sample, numbers with decimal commas or thousands
+separators, unnamed and duplicate header names.
+
+`read_table` (`fitloop.data.reading`) calls these; they are the rules `fitloop train`, `predict`,
+`evaluate` and `--dry-run` share:
+
+- **Delimiter** (when none is given): each of ``,`` ``;`` tab ``|`` parses the first 16 KiB (and
+  at least 50 lines) of the file (quotes respected); the one that splits every line into the same
+  number (>= 2) of fields wins. When two do, `.tsv` files take the tab; otherwise it is ambiguous
+  and the error says which ``--delimiter`` to pass.
+- **Numbers** in text columns: ``3,75`` / ``1.234,5`` (decimal comma) and ``3,750`` / ``1,234.5``
+  (thousands separator) are parsed when every value of the column reads one way only; a column whose
+  values read both ways (``3,750``: 3.75 or 3750?) follows ``--decimal`` or the file's other columns,
+  and otherwise stops with an error naming the column and the option.
+- **Header**: an empty name becomes ``(unnamed N)`` (N its 1-based position; the table treats it as a
+  row id), and a name that appears twice stops with an error naming it and its positions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TableError
+
+__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "parse_number_columns", "check_header",
+           "UNNAMED_PREFIX"]
+
+CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
+SAMPLE_BYTES, SAMPLE_LINES, MAX_SAMPLE_BYTES = 1 << 14, 50, 1 << 22  # the sniffer's sample
+UNNAMED_PREFIX = "(unnamed "
+# One way of writing a number each (whitespace trimmed first). Plain integers match both.
+_DECIMAL_COMMA_RE = r"^[+-]?(?:\d+|\d{1,3}(?:\.\d{3})+)(?:,\d+)?(?:[eE][+-]?\d+)?$"
+_THOUSANDS_RE = r"^[+-]?(?:\d+|\d{1,3}(?:,\d{3})+)(?:\.\d+)?(?:[eE][+-]?\d+)?$"
+_HEAD = 2000  # rows that decide whether a text column is worth a full look
+_MOSTLY = 0.9  # share of cells in one number format above which the rest are reported as bad cells
+
+
+def _name(d: str) -> str:
+    return "tab" if d == "\t" else repr(d)
+
+
+def _flag(d: str) -> str:
+    return "--delimiter $'\\t'" if d == "\t" else f"--delimiter '{d}'"
+
+
+@dataclass
+class ReadInfo:
+    """How a file was read: filled in by `read_table(..., info=ReadInfo())`.
+
+    Attributes:
+        delimiter: The field separator used (None for Parquet).
+        delimiter_detected: True when it was sniffed rather than given.
+        decimal: ``","`` or ``"."`` when a text column was read as numbers with that decimal mark.
+        notes: What was detected and converted, one line each (shown to the user).
+    """
+
+    delimiter: str | None = None
+    delimiter_detected: bool = False
+    decimal: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _sample(path: Path, encoding: str) -> tuple[str, bool]:
+    """The file's first `SAMPLE_BYTES` (more, up to `MAX_SAMPLE_BYTES`, until `SAMPLE_LINES` lines are in),
+    as text, and whether that is the whole file."""
+    import gzip
+
+    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read(SAMPLE_BYTES)
+        while raw.count(b"\n") < SAMPLE_LINES and len(raw) < MAX_SAMPLE_BYTES:  # wide rows: read on
+            more = f.read(len(raw))
+            if not more:
+                break
+            raw += more
+        complete = not f.read(1)
+    return raw.decode(encoding, errors="replace"), complete
+
+
+def _field_counts(text: str, delimiter: str, complete: bool) -> list[int]:
+    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"'))
+    if not complete and rows:
+        rows.pop()  # the sample cut the last record
+    return [len(r) for r in rows if r and any(c.strip() for c in r)]
+
+
+def sniff_delimiter(path: str | Path, *, encoding: str = "utf-8", default: str = ",") -> str:
+    """The field separator of a delimited text file, from a sample of its first lines.
+
+    Args:
+        path: The CSV/TSV file (optionally gzipped).
+        encoding: Its text encoding.
+        default: What a file of one column (no candidate splits its lines) is read with.
+
+    Returns:
+        One of `CANDIDATE_DELIMITERS`.
+
+    Raises:
+        TableError: two candidates split every line consistently (the message names the flag to pass).
+        LookupError: unknown encoding.
+    """
+    path = Path(path)
+    text, complete = _sample(path, encoding)
+    counts = {d: _field_counts(text, d, complete) for d in CANDIDATE_DELIMITERS}
+    consistent = [d for d, c in counts.items() if c and c[0] >= 2 and all(n == c[0] for n in c)]
+    if len(consistent) == 1:
+        return consistent[0]
+    if len(consistent) > 1:
+        if "\t" in consistent and path.name.lower().endswith((".tsv", ".tsv.gz")):
+            return "\t"
+        consistent.sort(key=lambda d: -counts[d][0])
+        how = " and ".join(f"{_name(d)} ({counts[d][0]} fields)" for d in consistent)
+        raise TableError(
+            f"{path}: cannot tell the delimiter: {how} each split every line of the first lines into the "
+            f"same number of fields. Pass the right one: `{_flag(consistent[0])}`"
+            + "".join(f" or `{_flag(d)}`" for d in consistent[1:]) + ".")
+    # No candidate is consistent (ragged rows): take the one whose header count most lines share, so the
+    # reader's error points at the first bad line; a single column falls back to the default.
+    best, best_score = default, 0
+    for d, c in counts.items():
+        if c and c[0] >= 2:
+            share = sum(n == c[0] for n in c)
+            if share > best_score:
+                best, best_score = d, share
+    return best
+
+
+# ------------------------------------------------------------------------------------------ header
+
+
+def check_header(names: list[str], source: str) -> list[str] | None:
+    """New column names when the header has empty ones (``(unnamed N)``), else None.
+
+    Raises:
+        TableError: a name appears more than once (naming it and its 1-based positions).
+    """
+    seen: dict[str, list[int]] = {}
+    for i, n in enumerate(names, 1):
+        if n.strip():
+            seen.setdefault(n, []).append(i)
+    dup = {n: pos for n, pos in seen.items() if len(pos) > 1}
+    if dup:
+        what = "; ".join(f"{n!r} at columns {', '.join(map(str, pos))}" for n, pos in dup.items())
+        raise TableError(f"{source}: the header has duplicate column names: {what} (1-based). Rename them "
+                         f"so that each column has its own name.")
+    if all(n.strip() for n in names):
+        return None
+    return [n if n.strip() else f"{UNNAMED_PREFIX}{i})" for i, n in enumerate(names, 1)]
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def _looks_numeric(head: Any) -> bool:
+    """Whether most of these cells are numbers in one of the two comma formats."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    s = pc.utf8_trim_whitespace(head)
+    s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+    n_valid = len(s) - s.null_count
+    best = max(int(pc.sum(pc.match_substring_regex(s, r)).as_py() or 0) for r in (_DECIMAL_COMMA_RE, _THOUSANDS_RE))
+    return n_valid == 0 or best >= _MOSTLY * n_valid  # no values up front: look at the whole column
+
+
+def _example(col: Any, mask: Any) -> str:
+    import pyarrow.compute as pc
+
+    i = pc.index(mask, True).as_py()
+    return str(col[i].as_py()) if i is not None and i >= 0 else ""
+
+
+def parse_number_columns(table: Any, decimal: str | None, source: str, info: ReadInfo) -> Any:
+    """Text columns that hold numbers with a decimal comma or thousands separators, as float64 columns.
+
+    Args:
+        table: The ``pyarrow.Table`` as read.
+        decimal: ``","`` or ``"."`` (``--decimal``), or None to decide per column (and by the file's
+            other columns when a column alone cannot tell).
+        source: The file, for messages.
+        info: Receives the notes and the decimal mark used.
+
+    Returns:
+        The table with those columns replaced.
+
+    Raises:
+        TableError: a column's numbers read two ways and nothing decides (names the column and
+            ``--decimal``), a column that contradicts ``--decimal``, or a few bad cells among numbers.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if decimal not in (None, ",", "."):
+        raise TableError(f"decimal: got {decimal!r}; pass ',' or '.' (`--decimal ,`).")
+    found: dict[str, tuple[int, Any, bool, bool, str]] = {}
+    for i, (name, col) in enumerate(zip(table.column_names, table.columns)):
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                or pa.types.is_dictionary(col.type)):
+            continue
+        raw = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+        # a comma marks these numbers; with --decimal ',' also a dot (pyarrow left "1.234" as text)
+        if not any(pc.any(pc.match_substring(raw, m)).as_py() for m in ("," if decimal != "," else ",.")):
+            continue
+        if not _looks_numeric(raw.slice(0, _HEAD)):  # text: decided on the first rows, cheaply
+            continue
+        s = pc.utf8_trim_whitespace(raw)
+        s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+        n_valid = len(s) - s.null_count
+        if n_valid == 0:
+            continue
+        dec = pc.fill_null(pc.match_substring_regex(s, _DECIMAL_COMMA_RE), False)
+        thou = pc.fill_null(pc.match_substring_regex(s, _THOUSANDS_RE), False)
+        n_dec, n_thou = int(pc.sum(dec).as_py() or 0), int(pc.sum(thou).as_py() or 0)
+        if max(n_dec, n_thou) < _MOSTLY * n_valid:
+            continue  # text
+        if max(n_dec, n_thou) < n_valid:  # numbers with a few bad cells
+            ok = dec if n_dec >= n_thou else thou
+            bad = pc.and_(pc.is_valid(s), pc.invert(ok))
+            n_bad = n_valid - max(n_dec, n_thou)
+            row = int(pc.index(bad, True).as_py())
+            raise TableError(f"{source}: column {name!r} holds numbers (like {_example(s, ok)!r}) but {n_bad} "
+                             f"cell(s) are not; first at data row {row + 1} (line {row + 2} of the file): "
+                             f"{s[row].as_py()!r}. Fix or blank out those cells, or `--drop {name}`.")
+        found[name] = (i, s, n_dec == n_valid, n_thou == n_valid, _example(s, pc.match_substring(s, ",")))
+    if not found:
+        return table
+    only_dec = [n for n, f in found.items() if f[2] and not f[3]]
+    only_thou = [n for n, f in found.items() if f[3] and not f[2]]
+    file_mark, why = decimal, ""
+    if file_mark is None and bool(only_dec) != bool(only_thou):
+        file_mark, why = ("," if only_dec else "."), f"read like column {(only_dec or only_thou)[0]!r}"
+    elif file_mark is None and not only_dec and info.delimiter == ",":
+        # decimal-comma locales separate fields with ';' (a ',' file would have to quote every number)
+        file_mark, why = ".", "a ','-delimited file writes decimals with '.'"
+    for name, (i, s, can_dec, can_thou, example) in found.items():
+        if decimal is not None and not (can_dec if decimal == "," else can_thou):
+            other = "." if decimal == "," else ","
+            example = example or _example(s, pc.is_valid(s))
+            raise TableError(f"{source}: column {name!r} has numbers written like {example!r}, which do not "
+                             f"read with --decimal '{decimal}'; pass `--decimal {other}`.")
+        alone = can_dec != can_thou  # the column's own values tell
+        mark = ("," if can_dec else ".") if alone else file_mark
+        if mark is None:
+            raise TableError(
+                f"{source}: column {name!r} has numbers like {example!r}, which read as a decimal comma "
+                f"({example.replace('.', '').replace(',', '.')}) or with a thousands separator "
+                f"({example.replace(',', '')}). Say which: `--decimal ,` or `--decimal .`.")
+        if mark == ",":
+            text = pc.replace_substring(pc.replace_substring(s, ".", ""), ",", ".")
+        else:
+            text = pc.replace_substring(s, ",", "")
+        table = table.set_column(i, name, pc.cast(text, pa.float64()))
+        how = "a decimal comma" if mark == "," else "',' as the thousands separator"
+        detected = "" if decimal else (" (detected; --decimal overrides)" if alone else
+                                        f" (ambiguous alone: {why}; --decimal overrides)")
+        info.notes.append(f"column {name!r}: numbers written with {how} (like {example!r}), read as numbers"
+                          + detected)
+        info.decimal = info.decimal or mark
+    return table
