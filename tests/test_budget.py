@@ -163,6 +163,7 @@ def test_a_bundle_saved_without_the_skip_field_loads_and_predicts_identically(tm
 # ------------------------------------------------------------------------------------------- start-up
 
 
+@pytest.mark.slow
 def test_train_and_predict_never_import_torch_dynamo(tmp_path):
     """torch._dynamo costs 1.2 s of start-up: a default run trains, checkpoints and predicts without it."""
     rows = [[str(i % 7), str((i * 3) % 5), str(i % 2)] for i in range(40)]
