@@ -197,3 +197,23 @@ def test_early_stopping_rel_delta_keeps_the_earlier_epoch_on_near_ties():
     assert plain.best_epoch == 2
     with pytest.raises(ValueError, match="rel_delta must be in"):
         fl.EarlyStopping(rel_delta=1.0)
+
+
+def test_resume_of_a_run_written_before_the_new_settings_keeps_the_old_model(tmp_path):
+    """A config.toml without `model.skip` & co. (fitloop before issue 15) resumes as it was: a plain MLP."""
+    from fitloop.cli.pipeline import resume_run
+
+    rows = [[f"{math.sin(i):.3f}", f"{math.cos(i):.3f}", f"{math.sin(2 * i):.3f}"] for i in range(60)]
+    data = write_rows(tmp_path / "t.csv", ["a", "b", "y"], rows)
+    cfg = resolve_run_config({"data.path": str(data), "data.target": "y", "train.epochs": 2,
+                              "train.early_stopping": 0, "train.quiet": True})
+    new_keys = ("skip", "linear_init", "early_stopping_rel_delta", "max_time", "budget_steps")
+    old_toml = "".join(line for line in cfg.to_toml().splitlines(keepends=True)
+                       if line.split("=")[0].strip() not in new_keys)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(old_toml)  # killed before anything else was written
+    r = resume_run(run)
+    meta = json.loads((run / "model" / "fitloop.json").read_text())
+    assert meta["spec"]["skip"] is False and r.epochs_run == 2
+    assert r.parameters == (2 * 64 + 64) + (64 * 32 + 32) + (32 + 1)  # no linear path
