@@ -423,7 +423,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(), "config_hash": self.config.fingerprint(),
             "model": _fastpath.unwrap_model(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": scheduler,
+            "optimizer": _fastpath.optimizer_state_dict(self.optimizer), "scheduler": scheduler,
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "train_state": st.state_dict(epoch_time=mid_epoch_time),
             "rng": rng_state(self.generator), "callbacks": callback_states(self.callbacks),

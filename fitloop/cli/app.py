@@ -195,14 +195,18 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     m.add_argument("--activation", help="relu, gelu, silu, tanh, ... (default relu)")
     m.add_argument("--dropout", type=float)
     tr = t.add_argument_group("training")
-    tr.add_argument("--epochs", type=int, help="maximum epochs (default 50)")
+    tr.add_argument("--epochs", type=int,
+                    help="maximum epochs (default: from the data, about train.budget_steps=3000 optimizer steps)")
     tr.add_argument("--batch-size", metavar="N", help="rows per step (default 64; 'none' = full batch)")
     tr.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     tr.add_argument("--optimizer", help="any torch.optim name (default adam)")
+    tr.add_argument("--max-time", metavar="SECONDS",
+                    help="stop after the epoch in which training reached SECONDS (default 600; 'none' = no limit)")
     tr.add_argument("--loss", help="default cross_entropy (classification) or mse (regression)")
     tr.add_argument("--seed", type=int, help="seeds the split, the initialisation and the data order (default 0)")
     tr.add_argument("--early-stopping", type=int, metavar="PATIENCE",
-                    help="stop after PATIENCE epochs without a better val_loss (default 10; 0 = off)")
+                    help="stop after PATIENCE epochs without a better val_loss (default: a quarter of the "
+                         "epochs, at least 10; 0 = off)")
     tr.add_argument("--checkpoint-every", metavar="SECONDS",
                     help="also checkpoint mid-epoch once this long has passed since the last checkpoint "
                          "(e.g. 300, 30s, 5m, 1h; 'off'; default 5m)")

@@ -22,7 +22,7 @@ FLAG_KEYS = {
     "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
-    "device": "train.device", "checkpoint_every": "train.checkpoint_every_seconds",
+    "device": "train.device", "max_time": "train.max_time", "checkpoint_every": "train.checkpoint_every_seconds",
     "compile": "train.compile", "log": "train.log",
     "strategy": "train.strategy", "dist_timeout": "train.dist_timeout",
 }
@@ -38,7 +38,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             v = [c for item in v for c in item.split(",") if c]
         elif dest == "hidden" and v.strip() == "":
             v = []
-        elif dest == "batch_size":
+        elif dest in ("batch_size", "max_time"):
             from .run_config import parse_value
 
             v = parse_value(v)
@@ -140,8 +140,8 @@ def _print_summary(console, r) -> None:
     tm = r.timings
     t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
                       f"total {tm['total']:.2f}s"
-                      + (f"; first step {tm['to_first_step']:.2f}s after launch, imports included"
-                         if "to_first_step" in tm else "")
+                      + (f"; first step {tm.get('launch_to_first_step', tm['to_first_step']):.2f}s after launch, "
+                         "imports included" if "to_first_step" in tm else "")
                       + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
     console.print(t)
     if r.model_summary is not None:

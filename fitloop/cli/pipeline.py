@@ -44,7 +44,8 @@ import numpy as np
 from ..config import RUN_FORMAT
 from ..distributed import is_main_process
 from ..files import atomic_write_bytes, write_json_atomic
-from .run_config import CONFIG_HEADER, ConfigError, RunConfig
+from . import training
+from .run_config import CONFIG_HEADER, Budget, ConfigError, RunConfig, training_budget
 from .runs import (
     LoadedRun,
     NotARunError,
@@ -82,6 +83,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     stop_reason: str | None = None
     model_summary: Any = None
+    still_improving: str | None = None  # the advice when the best epoch was the last one
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -185,6 +187,7 @@ class RunPlan:
         notes: everything dropped, imputed or switched off, in words.
         load_seconds: time spent reading the file.
         t_decide: `time.perf_counter()` after reading (preprocessing time counts from here).
+        budget: the training budget (`training_budget`: epochs, patience, checkpoints), applied to the config.
     """
 
     table: Any
@@ -196,6 +199,7 @@ class RunPlan:
     notes: list[str]
     load_seconds: float
     t_decide: float
+    budget: Budget | None = None
 
 
 def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPlan:
@@ -227,14 +231,17 @@ def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPla
         raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
                          f"the model needs at least one input.")
     classes = table.classes
+    budget = training_budget(cfg, len(rows["train"]))  # epochs, patience, checkpoints: from the training rows
+    budget.apply(cfg)
+    log(budget.describe() + ".")
     spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
-                   activation=cfg.model.activation, dropout=cfg.model.dropout)
+                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
     loss = cfg.train.loss or ("cross_entropy" if table.task == "classification" else "mse")
     patience = cfg.train.early_stopping or None
     if patience and "val" not in rows:
         patience = None
         notes.append("early stopping is off: there is no validation split")
-    return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0)
+    return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0, budget)
 
 
 @dataclass
@@ -260,6 +267,7 @@ class _PreparedRun:
     t_command: float = 0.0
     first_step: Any = None
     targets: dict[str, Any] = field(default_factory=dict)  # regression: each split's target in its own units
+    budget: Budget | None = None
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
@@ -297,7 +305,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     timings = {"load": plan.load_seconds, "preprocess": time.perf_counter() - plan.t_decide}
     prepared = _PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
                             plan.spec, plan.loss, plan.early_stopping)
-    prepared.targets = targets
+    prepared.targets, prepared.budget = targets, plan.budget
     return prepared
 
 
@@ -313,21 +321,21 @@ def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> lis
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
-    from ..callbacks import EarlyStopping
     from ..models import build_mlp
     from ..trainer import Trainer, seed_everything
 
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
     model = build_mlp(p.spec)
-    if p.early_stopping:
-        p.callbacks.append(EarlyStopping(patience=p.early_stopping))
+    X, y = p.splits["train"]
+    training.start_linear_path(cfg, model, p.task, p.info["classes"], X, y)  # at the ridge fit (model.linear_init)
+    p.callbacks.extend(training.length_callbacks(cfg, p.early_stopping))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
     if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in _prepare; inputs: standardised
         tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     p.loggers = _loggers(cfg.train.log)
-    p.first_step = _FirstStep(p.t_command)
-    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer,
+    p.first_step = training.FirstStep(p.t_command)
+    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
                         callbacks=[*p.callbacks, *p.loggers, p.first_step], config=tcfg)
 
 
@@ -352,24 +360,6 @@ def _log_final(p: _PreparedRun, out_dir: Path, eval_split: str | None, metrics: 
             logger.log_artifacts(out_dir / "model", "model")
             for name in ("metrics.json", "config.toml"):
                 logger.log_artifacts(out_dir / name)
-
-
-class _FirstStep:
-    """Records how long the command took to reach its first training step (imports, reading,
-    preprocessing and set-up included): the start-up cost a user waits through."""
-
-    def __new__(cls, t0: float):
-        from ..callbacks import Callback
-
-        class FirstStep(Callback):
-            def __init__(self):
-                self.seconds: float | None = None
-
-            def on_train_batch_end(self, trainer, step, loss):
-                if self.seconds is None:
-                    self.seconds = time.perf_counter() - t0
-
-        return FirstStep()
 
 
 def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
@@ -463,7 +453,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     """
     from ..checkpoint_format import find_checkpoints
     from ..runlock import hold_run_dir
-    from .run_config import load_toml, resolve_run_config
+    from .run_config import LEGACY_DEFAULTS, load_toml, resolve_run_config
 
     log = log or (lambda msg: None)
     run_dir = Path(path)
@@ -473,7 +463,9 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
         raise ConfigError(f"{run_dir}: this run already finished; nothing to resume. "
                           f"Use `fitloop report {run_dir}` to see it.")
     with hold_run_dir(run_dir):  # RunLockedError, naming the pid, while the run is still alive
-        cfg = resolve_run_config(load_toml(str(run_dir / "config.toml")))
+        saved = load_toml(str(run_dir / "config.toml"))
+        legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved}  # a run written before these keys
+        cfg = resolve_run_config(legacy, saved)
         if quiet is not None:
             cfg.train.quiet = quiet
         t_start = time.perf_counter()
@@ -519,13 +511,10 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
         if is_main_process():
             _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
-    best_epoch = None
-    if p.callbacks and p.callbacks[0].best_epoch:
-        best_epoch = p.callbacks[0].best_epoch
-    elif history and "val_loss" in history[0]:
-        best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
-    elif history:
-        best_epoch = history[-1]["epoch"]
+    best_epoch = training.best_epoch(p.callbacks, history)
+    improving = training.still_improving(history, trainer.stop_reason)
+    if improving:
+        p.notes.append(improving)
     trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})  # rank 0 writes
     if is_main_process():
         write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
@@ -535,6 +524,9 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     p.timings["total"] = time.perf_counter() - t_start
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds
+        if p.first_step.since_launch is not None:
+            p.timings["launch_to_first_step"] = p.first_step.since_launch
+        p.timings["launch_to_first_step_cpu"] = p.first_step.cpu
     compiled = trainer.training_step.compiled if trainer.training_step is not None else None
     if compiled is not None:  # compile="step": reported apart from training
         p.timings["compile"] = compiled.compile_seconds
@@ -542,11 +534,12 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     n_params = sum(q.numel() for q in trainer.model.parameters())
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
                        best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
-                       trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False))
+                       trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False), improving)
     if is_main_process():
         _merge_run_json(out_dir, {
             **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
             "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
+            "still_improving": improving is not None, "budget": training.budget_fields(p.budget),
             "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
             "target_distribution": _target_distribution(p)})
     return result
