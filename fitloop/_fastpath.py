@@ -18,11 +18,16 @@ The shortcuts and what they save (2 shared CPU cores, torch 2.13; BENCHMARKS.md)
   (~2 us instead of ~6 us).
 * `private_code`: a private copy of a function's code object, so that dynamo's per-code-object
   cache (8 entries, then a silent eager fallback) is per CompiledStep, not per process.
+* `build_optimizer`, `optimizer_state_dict` and the step above skip torch's `_disable_dynamo` /
+  `_use_grad` wrappers while `torch._dynamo` is not imported: their first call imports it, 1.2 s of
+  a 2.5 s `fitloop train` start-up on a small table (BENCHMARKS.md, "Start-up"). Nothing can be
+  compiling before dynamo is imported, so the wrappers have nothing to do then.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
 
@@ -30,7 +35,7 @@ import torch
 from torch import nn
 
 __all__ = ["enabled", "optimizer_step", "zero_grad", "nonfinite_grads", "sparse_values", "private_code",
-           "mark_optimizer_stepped", "unwrap_model", "compile_errors"]
+           "mark_optimizer_stepped", "unwrap_model", "compile_errors", "build_optimizer", "optimizer_state_dict"]
 
 
 def enabled() -> bool:
@@ -65,6 +70,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     if not getattr(cls_step, "hooked", False) or inner is None or profiling is None \
             or any(not isinstance(h, dict) for h in (global_pre, global_post, pre, post)):
         return lambda: optimizer.step()
+    inner = _without_use_grad(inner, optimizer)
     opt_dict = optimizer.__dict__
 
     def step() -> None:
@@ -77,6 +83,62 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
         optimizer._opt_called = True  # type: ignore[attr-defined]  # what an LR scheduler's tracker records
 
     return step
+
+
+def _without_use_grad(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
+    """The step below torch's `_use_grad` wrapper, which imports torch._dynamo on every call (for its
+    graph breaks, which matter only under torch.compile): the same grad mode around the bare step."""
+    bare = getattr(step, "__wrapped__", None)
+    if getattr(getattr(step, "__code__", None), "co_name", None) != "_use_grad" or bare is None:
+        return step
+    differentiable = bool(optimizer.defaults.get("differentiable", False))
+    compiling = torch.compiler.is_compiling
+
+    def run(opt: torch.optim.Optimizer) -> None:
+        if compiling():
+            step(opt)
+            return
+        prev = torch.is_grad_enabled()
+        torch.set_grad_enabled(differentiable)
+        try:
+            bare(opt)
+        finally:
+            torch.set_grad_enabled(prev)
+
+    return run
+
+
+def _dynamo_free() -> bool:
+    return enabled() and "torch._dynamo" not in sys.modules
+
+
+def build_optimizer(cls: type[torch.optim.Optimizer], params: list[nn.Parameter],
+                    kwargs: dict) -> torch.optim.Optimizer:
+    """`cls(params, **kwargs)`. Shortcut, while torch._dynamo is not imported: the constructor's calls
+    of `add_param_group` run without torch's `_disable_dynamo` wrapper, whose first call imports
+    torch._dynamo (1.2 s). Only the constructor's calls: the instance keeps torch's method."""
+    method = torch.optim.Optimizer.add_param_group
+    bare = getattr(method, "__wrapped__", None)
+    if not _dynamo_free() or bare is None or getattr(cls, "add_param_group", None) is not method:
+        return cls(params, **kwargs)
+    opt = cls.__new__(cls)
+    opt.__dict__["add_param_group"] = types.MethodType(bare, opt)
+    try:
+        opt.__init__(params, **kwargs)  # type: ignore[misc]
+    finally:
+        opt.__dict__.pop("add_param_group", None)
+    return opt
+
+
+def optimizer_state_dict(optimizer: torch.optim.Optimizer) -> dict:
+    """`optimizer.state_dict()`; shortcut while torch._dynamo is not imported: without the
+    `_disable_dynamo` wrapper that would import it (every checkpoint calls this)."""
+    method = torch.optim.Optimizer.state_dict
+    bare = getattr(method, "__wrapped__", None)
+    if not _dynamo_free() or bare is None or type(optimizer).state_dict is not method \
+            or "state_dict" in optimizer.__dict__:
+        return optimizer.state_dict()
+    return bare(optimizer)
 
 
 def mark_optimizer_stepped(optimizer: torch.optim.Optimizer, stepped: bool) -> None:

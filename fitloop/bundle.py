@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from ._fastpath import unwrap_model
+from .distributed import is_main_process
+from .distributed.fsdp import full_state_dict, plain_class
 from .files import atomic_write_bytes, versions
 from .models import MLPSpec, build_mlp
 
@@ -31,8 +33,10 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] 
 
     model = unwrap_model(model)
     path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in full_state_dict(model).items()}  # FSDP: on every rank
+    if not is_main_process():  # only rank 0 writes
+        return str(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # safetensors refuses tensors that share memory: store each shared tensor once.
     seen: dict[tuple, str] = {}
     tensors, aliases = {}, {}
@@ -48,7 +52,7 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] 
         "format": "fitloop-bundle",
         "format_version": FORMAT_VERSION,
         "versions": versions(),
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_class": f"{plain_class(model).__module__}.{plain_class(model).__qualname__}",
         "spec": spec.to_dict() if spec is not None else None,
         "parameters": {k: list(v.shape) for k, v in state.items()},
         "aliases": aliases,

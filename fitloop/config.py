@@ -21,7 +21,7 @@ RUN_FORMAT = "fitloop-run"
 # Settings that may differ on resume (they do not change the numbers a run produces): left out of
 # the config fingerprint and of the resume check. The one list both use.
 RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs", "checkpoint_every_seconds",
-                  "guards")
+                  "guards", "strategy", "dist_timeout")
 # The checks `fitloop.diagnose.guards` runs at the start of each fit; each one can be switched off on its own.
 GUARD_NAMES = ("loss_shapes", "class_targets", "leakage", "unscaled", "divergence")
 
@@ -75,6 +75,9 @@ class TrainConfig:
         guards: the silent-bug checks run at the start of each fit (`fitloop.diagnose.guards`), all on
             by default: a dict switching some off (`{"leakage": False}`), `{"leakage": "error"}` to make
             leakage an error, or `False` for none. Names: `GUARD_NAMES`.
+        strategy: with several processes (torchrun): `"auto"` or `"ddp"` (DistributedDataParallel) or
+            `"fsdp"` (fully_shard); ignored in one process. See `fitloop.distributed.strategy`.
+        dist_timeout: seconds a collective waits for another process before the run stops, naming it.
     """
 
     epochs: int = 10
@@ -110,6 +113,8 @@ class TrainConfig:
     mode: str = "min"
     on_nonfinite: str = "stop"
     guards: dict[str, Any] | bool = field(default_factory=dict)
+    strategy: str = "auto"
+    dist_timeout: float = 60.0
 
     def __post_init__(self):
         self.validate()
@@ -183,6 +188,10 @@ class TrainConfig:
         if not any(self.compile is c for c in (False, True)) and self.compile not in ("model", "step"):
             bad("compile", self.compile, "pass True or 'model' (compile the model), 'step' (compile the whole "
                 "training step) or False.")
+        if self.strategy not in ("auto", "ddp", "fsdp"):
+            bad("strategy", self.strategy, "choose 'auto', 'ddp' or 'fsdp'.")
+        if not number(self.dist_timeout) or self.dist_timeout <= 0:
+            bad("dist_timeout", self.dist_timeout, "pass a number of seconds > 0.")
         if self.threads is not None and (not whole(self.threads) or self.threads < 1):
             bad("threads", self.threads, "pass a whole number >= 1 or None.")
         if not isinstance(self.guards, (bool, dict)):

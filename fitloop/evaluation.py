@@ -31,7 +31,9 @@ def run_eval(trainer: Trainer, batches: Any, *, inference: bool = False) -> tupl
                     ys.append(y)
     finally:
         model.train(was_training)
-    return torch.cat(outs), (torch.cat(ys) if ys else None)
+    out, y = torch.cat(outs), (torch.cat(ys) if ys else None)
+    gather = getattr(batches, "gather", None)  # several processes: every rank's rows, in the data's order
+    return gather(out, y) if gather is not None else (out, y)
 
 
 def evaluate_batches(trainer: Trainer, batches: Any, prefix: str = "") -> dict[str, Any]:

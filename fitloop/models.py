@@ -11,7 +11,8 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["MLPSpec", "build_mlp", "FunctionModel", "ACTIVATIONS", "as_module", "trainable_parameters"]
+__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "FunctionModel", "ACTIVATIONS", "as_module",
+           "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
 ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, cls) for name, cls in ACTIVATION_CLASSES.items()}
@@ -27,9 +28,14 @@ class MLPSpec:
         out_features: number of outputs (1 for regression or binary, the class count otherwise).
         activation: one of `ACTIVATIONS` (`relu`, `gelu`, `silu`, `tanh`, `sigmoid`, ...).
         dropout: dropout probability after each hidden activation (0 for none).
+        skip: add a linear path from the inputs to the outputs beside the hidden layers
+            (`SkipMLP`: `output = mlp(x) + linear(x)`), so linear structure is learnt as easily as
+            by a linear model. Off by default (what specs saved before it existed rebuild to);
+            `fitloop train` turns it on (BENCHMARKS.md, "Tables").
 
     Example:
         >>> model = fl.build_mlp(fl.MLPSpec(64, hidden=[128], out_features=10))
+        >>> model = fl.build_mlp(fl.MLPSpec(13, hidden=[64, 32], out_features=3, skip=True))
     """
 
     in_features: int
@@ -37,6 +43,7 @@ class MLPSpec:
     out_features: int = 1
     activation: str = "relu"
     dropout: float = 0.0
+    skip: bool = False
 
     def __post_init__(self) -> None:
         self.hidden = [int(h) for h in self.hidden]
@@ -51,11 +58,19 @@ class MLPSpec:
         return cls(**{k: v for k, v in d.items() if k != "kind"})
 
 
-def build_mlp(spec: MLPSpec) -> nn.Sequential:
-    """Build an `nn.Sequential` MLP from `spec`; the spec is attached as `model.spec`.
+def build_mlp(spec: MLPSpec) -> nn.Module:
+    """Build an MLP from `spec`; the spec is attached as `model.spec`.
 
-    Layer names are the usual Sequential indices, so the state dict is what users expect.
+    Without `spec.skip` it is an `nn.Sequential` whose layer names are the usual indices, so the state
+    dict is what users expect; with it, a `SkipMLP` (`mlp.0.weight`, ..., `skip.weight`).
     """
+    model = _sequential(spec) if not spec.skip or not spec.hidden else SkipMLP(spec)
+    # torch types Module.__setattr__'s value as Tensor | Module; a plain attribute is fine at run time.
+    model.spec = spec  # type: ignore[assignment]
+    return model
+
+
+def _sequential(spec: MLPSpec) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = spec.in_features
     for h in spec.hidden:
@@ -64,10 +79,50 @@ def build_mlp(spec: MLPSpec) -> nn.Sequential:
             layers.append(nn.Dropout(spec.dropout))
         width = h
     layers.append(nn.Linear(width, spec.out_features))
-    model = nn.Sequential(*layers)
-    # torch types Module.__setattr__'s value as Tensor | Module; a plain attribute is fine at run time.
-    model.spec = spec  # type: ignore[assignment]
-    return model
+    return nn.Sequential(*layers)
+
+
+class SkipMLP(nn.Module):
+    """An MLP with a linear path beside it: `forward(x) = mlp(x) + skip(x)`.
+
+    `skip` is a bias-free `nn.Linear(in_features, out_features)` (the MLP's last layer has the bias).
+    Built by `build_mlp` for `MLPSpec(..., skip=True)`; a spec without hidden layers is already
+    linear and builds a plain `nn.Sequential`.
+    """
+
+    def __init__(self, spec: MLPSpec) -> None:
+        super().__init__()
+        self.mlp = _sequential(spec)
+        self.skip = nn.Linear(spec.in_features, spec.out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x) + self.skip(x)
+
+
+def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2) -> None:
+    """Start a `SkipMLP` at the ridge-regression fit of `targets` on `X`: the skip path gets the
+    weights, the MLP's last layer the intercept and zero weights, so the model's output is the linear
+    fit until training moves it (and the hidden layers learn what the linear fit misses).
+
+    Args:
+        model: the model to initialise (in place).
+        X: the training inputs, `(n, in_features)`.
+        targets: what the outputs should fit, `(n, out_features)` (e.g. standardized values, or
+            one-hot classes scaled to logits).
+        ridge: the L2 penalty, relative to the mean squared input (keeps the solve well-posed).
+    """
+    with torch.no_grad():
+        X64, t64 = X.double(), targets.double().reshape(len(X), -1)
+        x_mean, t_mean = X64.mean(0), t64.mean(0)
+        Xc, tc = X64 - x_mean, t64 - t_mean
+        gram = Xc.T @ Xc
+        lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
+        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), Xc.T @ tc)  # (d, out)
+        last = model.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        model.skip.weight.copy_(w.T)
+        last.weight.zero_()
+        last.bias.copy_(t_mean - x_mean @ w)
 
 
 class FunctionModel(nn.Module):

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from . import _fastpath
+
 __all__ = ["LOSSES", "make_loss", "make_optimizer", "optimizer_names", "make_scheduler", "task_of_loss",
            "step_scheduler_epoch"]
 
@@ -112,7 +114,7 @@ def make_optimizer(optimizer, params: list[nn.Parameter], lr: float | None,
                 and "foreach" not in kwargs and all(p.is_floating_point() and not p.is_sparse for p in params)):
             kwargs["fused"] = True
         try:
-            return cls(params, **kwargs)
+            return _fastpath.build_optimizer(cls, params, kwargs)
         except TypeError as e:
             raise TypeError(f"optimizer {optimizer!r}: {e}. Check the keyword arguments "
                             f"{sorted(kwargs)} against torch.optim.{cls.__name__}.") from None

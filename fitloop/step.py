@@ -19,6 +19,7 @@ One call, in order::
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 __all__ = ["TrainingStep", "NonFiniteError", "add_input_noise", "penalty"]
+
+
+_NO_OP = contextlib.nullcontext()
 
 
 class NonFiniteError(FloatingPointError):
@@ -80,6 +84,11 @@ class TrainingStep:
         self._bad_gradient = _fastpath.nonfinite_grads(list(trainer.model.named_parameters()))
         # the fit's step (it has the epoch's batches) runs the guards' first-step checks once
         self._first_step_checks = batches is not None and trainer.config.guards is not False
+        # several processes (fitloop.data.sharding): each rank's loss is weighted by its share of the batch
+        self.weighted = self.accumulate > 1 or getattr(batches, "world", 1) > 1
+        self.filler = getattr(batches, "filler", None)
+        strategy = getattr(trainer, "strategy", None)
+        self._no_sync = strategy.no_sync if strategy is not None and self.accumulate > 1 else None
 
     # ------------------------------------------------------------------ the step
 
@@ -91,12 +100,19 @@ class TrainingStep:
         x = add_input_noise(x, t.config.input_noise)
         if self.closure:
             return self._closure_step(x, y)
-        total, loss, out = self.loss(x, y)  # forward, loss, + penalty
-        if i % self.accumulate == 0:  # the first micro-batch of an accumulation group
-            self._zero_grad()
-        if self.accumulate > 1:
-            total = total * self._share(i, len(x))
-        self.backward(total)
+        rows = len(x)
+        if rows == 0 and self.filler is not None:  # this rank has no row of the batch: join with weight 0
+            x, y = self.filler
+        with self._sync(i):  # DDP/FSDP: no gradient all-reduce on micro-batches that don't step
+            total, loss, out = self.loss(x, y)  # forward, loss, + penalty
+            if i % self.accumulate == 0:  # the first micro-batch of an accumulation group
+                self._zero_grad()
+            if self.weighted:
+                share = self._share(i, rows)
+                total = total * share if share != 1.0 else total
+            self.backward(total)
+        if rows == 0 and self.filler is not None:
+            loss, out = torch.zeros_like(loss), out[:0]
         if self.ends_step(i):
             self.clip()
             if self.finite(loss):  # or the step is skipped (on_nonfinite="skip"), or NonFiniteError
@@ -233,15 +249,19 @@ class TrainingStep:
         k = self.accumulate
         return k == 1 or (i + 1) % k == 0 or i + 1 == len(self.batches)
 
+    def _sync(self, i: int) -> contextlib.AbstractContextManager[Any]:
+        """`no_sync` of the DDP/FSDP model on the micro-batches that don't end a step, else nothing."""
+        return self._no_sync(self.trainer.model) if self._no_sync is not None and not self.ends_step(i) else _NO_OP
+
     def _share(self, i: int, rows: int) -> float:
-        """The weight of micro-batch `i` in its accumulation group: its share of the group's rows, so
-        that k micro-batches of a mean-reduced loss give the gradient of one batch of all their rows
-        (also when the epoch's last group is short or its last batch smaller)."""
+        """The weight of micro-batch `i`'s mean loss: its share of the rows of its accumulation group, times
+        the number of processes (DDP averages the ranks' gradients), so that k micro-batches on N ranks of a
+        mean-reduced loss give the gradient of one batch of all their rows (also when the epoch's last group
+        is short, its last batch smaller, or a rank's share of it smaller or empty)."""
         k = self.accumulate
         first = i - i % k
         n_micro = min(k, len(self.batches) - first)
-        b = getattr(self.batches, "batch_size", None)
-        n = getattr(self.batches, "n", None)
-        if isinstance(b, int) and isinstance(n, int):  # in-memory batches: sizes are known
-            return rows / (min(first * b + n_micro * b, n) - first * b)
+        rows_of = getattr(self.batches, "global_rows", None)
+        if rows_of is not None:  # in-memory batches: sizes are known
+            return rows * self.batches.world / sum(rows_of(j) for j in range(first, first + n_micro))
         return 1.0 / n_micro  # loaders: assume equal batch sizes

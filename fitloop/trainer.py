@@ -35,10 +35,11 @@ from .callbacks.verdict import VerdictReporter
 from .checkpoint_format import ResumeMismatchError
 from .compiled import CompiledStep
 from .config import TrainConfig
-from .data import LoaderBatches, Split, TensorBatches, as_tensor
-from .data.batches import make_batches
+from .data import Split, as_tensor
+from .data.batches import Batches, make_batches
 from .devices import pick_device, thread_policy
 from .diagnose import GuardCallback, lr_find, sanity_check
+from .distributed.strategy import Strategy
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
 from .metrics import MetricSet, normalize_task, to_python
 from .models import as_module, trainable_parameters
@@ -84,12 +85,12 @@ class Trainer:
                  config: TrainConfig | None = None, **settings: Any):
         self.config = cfg = TrainConfig.from_kwargs(config, **settings)
         model = as_module(model, params)
-        self.params: list[nn.Parameter] = trainable_parameters(model)
-        self.device = pick_device(cfg.device)
+        self.strategy, self.device = Strategy.setup(cfg)  # several processes (torchrun): group, device, DDP/FSDP
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision: got 'fp16' on device {self.device.type!r}; fp16 training needs "
                              "CUDA (GradScaler). Use precision='bf16' on CPU, or 'fp32'.")
-        self.model = model.to(self.device)
+        self.model = model.to(self.device) if self.strategy is None else self.strategy.wrap(model.to(self.device))
+        self.params: list[nn.Parameter] = trainable_parameters(model)  # after the wrap: FSDP shards them
         self.loss_fn = make_loss(loss)
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
@@ -103,7 +104,8 @@ class Trainer:
         self.scheduler_interval = "epoch"
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.callbacks: list[Callback] = [*(callbacks or []), VerdictReporter()]  # the verdict: printed, in run.json
+        self.callbacks: list[Callback] = [*(callbacks or []), *(self.strategy.callbacks() if self.strategy else []),
+                                          VerdictReporter()]  # the verdict: printed, and saved in run.json
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
@@ -308,7 +310,7 @@ class Trainer:
 
     def _train_logs(self) -> dict[str, Any]:
         """Close the epoch's training part: its mean loss, train metrics, skipped steps, grad norm."""
-        logs, outputs = self.state.finish_epoch()
+        logs, outputs = self.state.finish_epoch() if self.strategy is None else self.strategy.finish_epoch(self.state)
         if outputs and outputs[0][1] is not None:
             out, y = torch.cat([o for o, _ in outputs]), torch.cat([t for _, t in outputs if t is not None])
             metrics = self.metrics.compute(out, y)
@@ -336,7 +338,7 @@ class Trainer:
         """Fire `on_checkpoint(trainer, path)`; called by whatever has just written a checkpoint."""
         self._emit("on_checkpoint", str(path))
 
-    def batches(self, data: Data, *, train: bool) -> TensorBatches | LoaderBatches:
+    def batches(self, data: Data, *, train: bool) -> Batches:
         """The batch source for `data` (see `fitloop.data.batches.make_batches`): in-memory tensors
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
         cfg = self.config
@@ -421,7 +423,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(), "config_hash": self.config.fingerprint(),
             "model": _fastpath.unwrap_model(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": scheduler,
+            "optimizer": _fastpath.optimizer_state_dict(self.optimizer), "scheduler": scheduler,
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "train_state": st.state_dict(epoch_time=mid_epoch_time),
             "rng": rng_state(self.generator), "callbacks": callback_states(self.callbacks),

@@ -148,7 +148,14 @@ def test_compiled_step_refuses_what_it_cannot_compile():
     assert reason.startswith("on cuda it needs the fused Adam/AdamW (fitloop's default)")
     with pytest.raises(ValueError, match=r"compile='step': accumulate > 1"):
         fl.Trainer(model, "mse", "adam", quiet=True, compile="step", accumulate=2).fit(train)
-    ds = torch.utils.data.TensorDataset(train.X, train.y)
+    class Rows(torch.utils.data.Dataset):  # a TensorDataset is in-memory data; any other Dataset is not
+        def __len__(self):
+            return len(train.X)
+
+        def __getitem__(self, i):
+            return train.X[i], train.y[i]
+
+    ds = Rows()
     with pytest.raises(ValueError, match=r"compile='step': the training data is a Dataset/DataLoader"):
         fl.Trainer(model, "mse", "adam", quiet=True, compile="step").fit(ds)
     with pytest.raises(ValueError, match=r"compile: got 'fast'; pass True or 'model'.*'step'"):

@@ -35,7 +35,16 @@ def test_in_memory_data_moved_once_and_loader_pins_on_cuda():
     assert isinstance(batches, TensorBatches) and batches.X.device == trainer.device
     loader = trainer.batches(Split(X, y), train=True)
     assert isinstance(loader, TensorBatches)  # a Split is in-memory too
-    ds = torch.utils.data.TensorDataset(X, y)
+    assert isinstance(trainer.batches(torch.utils.data.TensorDataset(X, y), train=True), TensorBatches)  # in memory
+
+    class Rows(torch.utils.data.Dataset):  # any other Dataset takes the DataLoader path
+        def __len__(self):
+            return len(X)
+
+        def __getitem__(self, i):
+            return X[i], y[i]
+
+    ds = Rows()
     assert isinstance(trainer.batches(ds, train=True), LoaderBatches)
     assert trainer.batches(ds, train=True).loader.pin_memory is False
     trainer.device = torch.device("cuda")  # no CUDA needed to build the loader

@@ -44,7 +44,8 @@ def test_config_file_set_and_flags_are_one_path(tmp_path, capsys):
                            "model.dropout=0.1", "--out", out)
     assert code == 0, err
     saved = tomllib.loads((out / "config.toml").read_text())
-    assert saved["train"]["lr"] == 0.01 and saved["model"] == {"hidden": [16], "activation": "relu", "dropout": 0.1}
+    assert saved["train"]["lr"] == 0.01 and saved["model"] == {"hidden": [16], "activation": "relu", "dropout": 0.1,
+                                                      "skip": True, "linear_init": True}
     assert saved["data"]["drop"] == ["row_id"]
     # the same settings as flags resolve to the same config
     out2 = tmp_path / "b"

@@ -22,6 +22,9 @@ class EarlyStopping(Callback):
         mode: `"min"` or `"max"`; `None` picks `"max"` for accuracy/F1/precision/recall/R2.
         patience: epochs in a row without improvement after which the run stops.
         min_delta: smallest change that counts as an improvement.
+        rel_delta: smallest change that counts, as a fraction of the best value so far (e.g. `0.02`:
+            2% better); both must be exceeded. Near-ties then keep the earlier epoch, which on a
+            small validation set is as likely to be the better one.
         restore_best_weights: at the end of `fit`, load the weights of the best epoch (on by
             default), whether the run stopped early or not.
 
@@ -34,7 +37,7 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str | None = None, patience: int = 10,
-                 min_delta: float = 0.0, restore_best_weights: bool = True):
+                 min_delta: float = 0.0, restore_best_weights: bool = True, rel_delta: float = 0.0):
         if mode is None:
             maximize = ("accuracy", "f1", "precision", "recall", "r2")
             mode = "max" if any(monitor.endswith(k) for k in maximize) else "min"
@@ -43,7 +46,10 @@ class EarlyStopping(Callback):
         if patience < 0:
             raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}.")
         self.monitor, self.mode, self.patience = monitor, mode, patience
+        if not 0.0 <= rel_delta < 1.0:
+            raise ValueError(f"EarlyStopping: rel_delta must be in [0, 1), got {rel_delta}.")
         self.min_delta, self.restore_best_weights = abs(min_delta), restore_best_weights
+        self.rel_delta = rel_delta
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
         self.wait = 0
@@ -52,9 +58,10 @@ class EarlyStopping(Callback):
         self._best_weights: dict[str, Any] | None = None
 
     def _improved(self, value: float) -> bool:
+        margin = max(self.min_delta, self.rel_delta * abs(self.best)) if math.isfinite(self.best) else 0.0
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value < self.best - margin
+        return value > self.best + margin
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.monitor not in logs:

@@ -22,6 +22,7 @@ import traceback
 
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
 from .export import add_export_parser
+from .launch import add_launch_options
 from .serve import add_serve_parser
 from .size_search import EXAMPLES as SIZE_SEARCH_EXAMPLES
 from .size_search import cmd_size_search, size_search_options
@@ -38,6 +39,7 @@ examples:
   fitloop train --config run.toml --set train.lr=0.01 --set model.dropout=0.1
   fitloop train data.csv --target price --dry-run    # print every decision, write ./config.toml, train nothing
   fitloop train data.csv --target y --log tensorboard,mlflow      # tensorboard --logdir runs; ./mlruns
+  fitloop train data.csv --target price --nproc 2        # 2 processes (DDP), see README "Scaling out"
 
 run.toml holds the same settings as the flags, in three sections:
   [data]   path, target, task, drop, id, split, seed, encoding, delimiter, decimal, max_categories
@@ -62,6 +64,7 @@ examples:
 RESUME_EXAMPLES = """\
 examples:
   fitloop resume runs/price
+  fitloop resume runs/price --nproc 2     # a run trained on 2 processes resumes on 2
 """
 
 DEMO_EXAMPLES = """\
@@ -151,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--force", action="store_true",
                    help="resume even if the data file or the settings changed since the checkpoint")
+    add_launch_options(r, config=False)
     _common(r)
     r.set_defaults(func=cmd_resume)
 
@@ -194,14 +198,18 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     m.add_argument("--activation", help="relu, gelu, silu, tanh, ... (default relu)")
     m.add_argument("--dropout", type=float)
     tr = t.add_argument_group("training")
-    tr.add_argument("--epochs", type=int, help="maximum epochs (default 50)")
+    tr.add_argument("--epochs", type=int,
+                    help="maximum epochs (default: from the data, about train.budget_steps=3000 optimizer steps)")
     tr.add_argument("--batch-size", metavar="N", help="rows per step (default 64; 'none' = full batch)")
     tr.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     tr.add_argument("--optimizer", help="any torch.optim name (default adam)")
+    tr.add_argument("--max-time", metavar="SECONDS",
+                    help="stop after the epoch in which training reached SECONDS (default 600; 'none' = no limit)")
     tr.add_argument("--loss", help="default cross_entropy (classification) or mse (regression)")
     tr.add_argument("--seed", type=int, help="seeds the split, the initialisation and the data order (default 0)")
     tr.add_argument("--early-stopping", type=int, metavar="PATIENCE",
-                    help="stop after PATIENCE epochs without a better val_loss (default 10; 0 = off)")
+                    help="stop after PATIENCE epochs without a better val_loss (default: a quarter of the "
+                         "epochs, at least 10; 0 = off)")
     tr.add_argument("--checkpoint-every", metavar="SECONDS",
                     help="also checkpoint mid-epoch once this long has passed since the last checkpoint "
                          "(e.g. 300, 30s, 5m, 1h; 'off'; default 5m)")
@@ -221,6 +229,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
                    help="decide everything (columns, task, split, model, settings), print it and write it as a "
                         "commented config.toml; train nothing")
     c.add_argument("--config-out", metavar="TOML", help="where --dry-run writes the config (default ./config.toml)")
+    add_launch_options(t)
     _common(t)
 
 

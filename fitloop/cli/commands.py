@@ -22,8 +22,9 @@ FLAG_KEYS = {
     "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
-    "device": "train.device", "checkpoint_every": "train.checkpoint_every_seconds",
+    "device": "train.device", "max_time": "train.max_time", "checkpoint_every": "train.checkpoint_every_seconds",
     "compile": "train.compile", "log": "train.log",
+    "strategy": "train.strategy", "dist_timeout": "train.dist_timeout",
 }
 
 
@@ -37,7 +38,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             v = [c for item in v for c in item.split(",") if c]
         elif dest == "hidden" and v.strip() == "":
             v = []
-        elif dest == "batch_size":
+        elif dest in ("batch_size", "max_time"):
             from .run_config import parse_value
 
             v = parse_value(v)
@@ -83,20 +84,39 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pipeline import train_table
+    from ..distributed import is_main_process
+    from .launch import launch, restarted_run, wants_launch
+    from .pipeline import resume_run, start_out, train_table
 
     cfg = config_from_args(args)
     if args.dry_run:
         from .dry_run import cmd_dry_run
 
         return cmd_dry_run(args, cfg, argv)
+    if wants_launch(args):  # --nproc N / --nnodes N: start the workers (each runs this command again)
+        return launch(args, list(argv or []), str(start_out(cfg, args.out, args.overwrite)))
+    if not is_main_process():  # only rank 0 prints
+        return _train_worker(cfg, args, argv, restarted_run(args.out))
     quiet = cfg.train.quiet  # --quiet, or train.quiet in the config file / --set: nothing but errors
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    result = train_table(cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
-                         t_command=getattr(args, "t_start", None))
+    resumed = restarted_run(args.out)  # a worker that torchrun restarted continues the run directory
+    result = resume_run(resumed, log=log) if resumed else train_table(
+        cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv, t_command=getattr(args, "t_start", None))
     if not quiet:
         _print_summary(console, result)
+    return EXIT_OK
+
+
+def _train_worker(cfg: Any, args: argparse.Namespace, argv: list[str] | None, resumed: Path | None) -> int:
+    """`fitloop train` on a rank other than 0: the same work, quietly."""
+    from .pipeline import resume_run, train_table
+
+    cfg.train.quiet = True
+    if resumed:
+        resume_run(resumed, quiet=True)
+    else:
+        train_table(cfg, out=args.out, overwrite=args.overwrite, argv=argv)
     return EXIT_OK
 
 
@@ -120,8 +140,8 @@ def _print_summary(console, r) -> None:
     tm = r.timings
     t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
                       f"total {tm['total']:.2f}s"
-                      + (f"; first step {tm['to_first_step']:.2f}s after launch, imports included"
-                         if "to_first_step" in tm else "")
+                      + (f"; first step {tm.get('launch_to_first_step', tm['to_first_step']):.2f}s after launch, "
+                         "imports included" if "to_first_step" in tm else "")
                       + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
     console.print(t)
     if r.model_summary is not None:
@@ -224,9 +244,13 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int
 
 
 def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from ..distributed import is_main_process
+    from .launch import launch, wants_launch
     from .pipeline import resume_run
 
-    quiet = getattr(args, "quiet", False)
+    if wants_launch(args):  # --nproc N: as many processes as the run had
+        return launch(args, list(argv or []), args.run_dir)
+    quiet = getattr(args, "quiet", False) or not is_main_process()
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet)  # this command's flag decides

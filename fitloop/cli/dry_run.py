@@ -103,6 +103,8 @@ def dry_run(cfg: RunConfig) -> DryRun:
     sizes = [spec.in_features, *spec.hidden, spec.out_features]
     desc = " -> ".join(map(str, sizes)) + f" ({spec.activation}" + (f", dropout {spec.dropout:g}" if spec.dropout
                                                                      else "") + ")"
+    if spec.skip and spec.hidden:  # the linear path beside it (and where it starts)
+        desc += " + linear skip" + (" (starts at the ridge fit)" if cfg.model.linear_init else "")
     n_train = len(plan.rows["train"])
     bs = cfg.train.batch_size
     return DryRun(cfg, len(table), len(table.columns), columns, table.task, task_reason, table.classes,

@@ -27,6 +27,7 @@ importable from here too).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,8 +42,10 @@ from typing import Any, cast
 import numpy as np
 
 from ..config import RUN_FORMAT
+from ..distributed import is_main_process
 from ..files import atomic_write_bytes, write_json_atomic
-from .run_config import CONFIG_HEADER, ConfigError, RunConfig
+from . import training
+from .run_config import CONFIG_HEADER, Budget, ConfigError, RunConfig, training_budget
 from .runs import (
     LoadedRun,
     NotARunError,
@@ -80,6 +83,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     stop_reason: str | None = None
     model_summary: Any = None
+    still_improving: str | None = None  # the advice when the best epoch was the last one
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -89,6 +93,18 @@ def _default_out(target: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("._") or "run"
     return Path("runs") / f"{safe}-{stamp}"
+
+
+def start_out(cfg: RunConfig, out: str | os.PathLike | None, overwrite: bool) -> Path:
+    """The run directory a launcher hands to every worker: checked (as `train_table` would) and fixed once,
+    so that every rank and a restart use the same one."""
+    if not cfg.data.path or not Path(cfg.data.path).is_file():
+        raise ConfigError(f"no data file {cfg.data.path!r}: pass DATA (fitloop train DATA --target COL).")
+    if not cfg.data.target:
+        raise ConfigError("no target column: pass --target COL or set data.target.")
+    out_dir = Path(out) if out is not None else _default_out(cfg.data.target)
+    _check_out(out_dir, overwrite)
+    return out_dir
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -171,6 +187,7 @@ class RunPlan:
         notes: everything dropped, imputed or switched off, in words.
         load_seconds: time spent reading the file.
         t_decide: `time.perf_counter()` after reading (preprocessing time counts from here).
+        budget: the training budget (`training_budget`: epochs, patience, checkpoints), applied to the config.
     """
 
     table: Any
@@ -182,6 +199,7 @@ class RunPlan:
     notes: list[str]
     load_seconds: float
     t_decide: float
+    budget: Budget | None = None
 
 
 def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPlan:
@@ -213,14 +231,17 @@ def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPla
         raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
                          f"the model needs at least one input.")
     classes = table.classes
+    budget = training_budget(cfg, len(rows["train"]))  # epochs, patience, checkpoints: from the training rows
+    budget.apply(cfg)
+    log(budget.describe() + ".")
     spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
-                   activation=cfg.model.activation, dropout=cfg.model.dropout)
+                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
     loss = cfg.train.loss or ("cross_entropy" if table.task == "classification" else "mse")
     patience = cfg.train.early_stopping or None
     if patience and "val" not in rows:
         patience = None
         notes.append("early stopping is off: there is no validation split")
-    return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0)
+    return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0, budget)
 
 
 @dataclass
@@ -246,6 +267,7 @@ class _PreparedRun:
     t_command: float = 0.0
     first_step: Any = None
     targets: dict[str, Any] = field(default_factory=dict)  # regression: each split's target in its own units
+    budget: Budget | None = None
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
@@ -283,7 +305,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     timings = {"load": plan.load_seconds, "preprocess": time.perf_counter() - plan.t_decide}
     prepared = _PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
                             plan.spec, plan.loss, plan.early_stopping)
-    prepared.targets = targets
+    prepared.targets, prepared.budget = targets, plan.budget
     return prepared
 
 
@@ -299,21 +321,21 @@ def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> lis
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
-    from ..callbacks import EarlyStopping
     from ..models import build_mlp
     from ..trainer import Trainer, seed_everything
 
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
     model = build_mlp(p.spec)
-    if p.early_stopping:
-        p.callbacks.append(EarlyStopping(patience=p.early_stopping))
+    X, y = p.splits["train"]
+    training.start_linear_path(cfg, model, p.task, p.info["classes"], X, y)  # at the ridge fit (model.linear_init)
+    p.callbacks.extend(training.length_callbacks(cfg, p.early_stopping))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
     if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in _prepare; inputs: standardised
         tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     p.loggers = _loggers(cfg.train.log)
-    p.first_step = _FirstStep(p.t_command)
-    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer,
+    p.first_step = training.FirstStep(p.t_command)
+    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
                         callbacks=[*p.callbacks, *p.loggers, p.first_step], config=tcfg)
 
 
@@ -340,24 +362,6 @@ def _log_final(p: _PreparedRun, out_dir: Path, eval_split: str | None, metrics: 
                 logger.log_artifacts(out_dir / name)
 
 
-class _FirstStep:
-    """Records how long the command took to reach its first training step (imports, reading,
-    preprocessing and set-up included): the start-up cost a user waits through."""
-
-    def __new__(cls, t0: float):
-        from ..callbacks import Callback
-
-        class FirstStep(Callback):
-            def __init__(self):
-                self.seconds: float | None = None
-
-            def on_train_batch_end(self, trainer, step, loss):
-                if self.seconds is None:
-                    self.seconds = time.perf_counter() - t0
-
-        return FirstStep()
-
-
 def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
                 log: Callable[[str], None] | None = None, argv: list[str] | None = None,
                 t_command: float | None = None) -> RunResult:
@@ -378,26 +382,32 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     Raises:
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
     """
+    from ..distributed.group import barrier, init_from_env
     from ..runlock import hold_run_dir
 
     log = log or (lambda msg: None)
+    init_from_env(cfg.train.dist_timeout, cfg.train.device)  # several processes: the group comes first
     out_dir = Path(out) if out is not None else _default_out(cfg.data.target or "run")
     _check_out(out_dir, overwrite)
     t_start = time.perf_counter()
     p = _prepare(cfg, log)
     p.t_command = t_start if t_command is None else t_command
     cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())  # `resume` finds the data from any directory
+    barrier()  # every rank has checked `out` before rank 0 takes it; only rank 0 writes
+    main = is_main_process()
     created = not out_dir.exists()
-    with hold_run_dir(out_dir) as lock:  # raises, naming the pid, if another live run took it meanwhile
-        _clear_run_dir(out_dir)
+    # rank 0 holds the lock: raises, naming the pid, if another live run took the directory meanwhile
+    with hold_run_dir(out_dir) if main else contextlib.nullcontext() as lock:
+        if main:
+            _clear_run_dir(out_dir)
         try:
-            (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
             _start(cfg, p, out_dir, argv)
         except BaseException:
-            _clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
-            lock.release()
-            if created:
-                out_dir.rmdir()
+            if lock is not None:
+                _clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
+                lock.release()
+                if created:
+                    out_dir.rmdir()
             raise
         t0 = time.perf_counter()
         p.trainer.fit(p.splits["train"], p.splits.get("val"))
@@ -406,12 +416,17 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
 
 
 def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
-    """A fresh run in `out_dir` (its config.toml written): the splits and the Trainer, ready to fit."""
-    write_json_atomic(out_dir / "splits.json", {
-        "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
-                "rows whose target is missing",
-        "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
-        **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
+    """A fresh run in `out_dir`: config.toml and splits.json (rank 0 writes them), then the Trainer."""
+    from ..distributed.group import barrier
+
+    if is_main_process():
+        (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        write_json_atomic(out_dir / "splits.json", {
+            "note": "row indices into the data rows of the file (0-based, header excluded), after removing "
+                    "rows whose target is missing",
+            "seed": cfg.data.seed if cfg.data.seed is not None else cfg.train.seed,
+            **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
+    barrier()  # the other ranks' Checkpointers find the directory written
     _build_trainer(cfg, p, out_dir)
     p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task}
 
@@ -438,7 +453,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     """
     from ..checkpoint_format import find_checkpoints
     from ..runlock import hold_run_dir
-    from .run_config import load_toml, resolve_run_config
+    from .run_config import LEGACY_DEFAULTS, load_toml, resolve_run_config
 
     log = log or (lambda msg: None)
     run_dir = Path(path)
@@ -448,7 +463,9 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
         raise ConfigError(f"{run_dir}: this run already finished; nothing to resume. "
                           f"Use `fitloop report {run_dir}` to see it.")
     with hold_run_dir(run_dir):  # RunLockedError, naming the pid, while the run is still alive
-        cfg = resolve_run_config(load_toml(str(run_dir / "config.toml")))
+        saved = load_toml(str(run_dir / "config.toml"))
+        legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved}  # a run written before these keys
+        cfg = resolve_run_config(legacy, saved)
         if quiet is not None:
             cfg.train.quiet = quiet
         t_start = time.perf_counter()
@@ -492,22 +509,24 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         y_true = y if task == "classification" else unscale(y, info["target_scaling"])
         metrics = score(task, raw, y_true, info["target_scaling"])
         baseline = score(task, baseline_outputs(task, info, len(X)), y_true, info["target_scaling"])
-        _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
-    best_epoch = None
-    if p.callbacks and p.callbacks[0].best_epoch:
-        best_epoch = p.callbacks[0].best_epoch
-    elif history and "val_loss" in history[0]:
-        best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
-    elif history:
-        best_epoch = history[-1]["epoch"]
-    trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})
-    write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
-                                           if eval_split else 0, "metrics": metrics, "baseline": baseline,
-                                           "baseline_kind": info["baseline_kind"]})
-    _log_final(p, out_dir, eval_split, metrics)
+        if is_main_process():
+            _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
+    best_epoch = training.best_epoch(p.callbacks, history)
+    improving = training.still_improving(history, trainer.stop_reason)
+    if improving:
+        p.notes.append(improving)
+    trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})  # rank 0 writes
+    if is_main_process():
+        write_json_atomic(out_dir / "metrics.json", {"split": eval_split, "rows": len(p.splits[eval_split][0])
+                                               if eval_split else 0, "metrics": metrics, "baseline": baseline,
+                                               "baseline_kind": info["baseline_kind"]})
+        _log_final(p, out_dir, eval_split, metrics)
     p.timings["total"] = time.perf_counter() - t_start
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds
+        if p.first_step.since_launch is not None:
+            p.timings["launch_to_first_step"] = p.first_step.since_launch
+        p.timings["launch_to_first_step_cpu"] = p.first_step.cpu
     compiled = trainer.training_step.compiled if trainer.training_step is not None else None
     if compiled is not None:  # compile="step": reported apart from training
         p.timings["compile"] = compiled.compile_seconds
@@ -515,12 +534,14 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
     n_params = sum(q.numel() for q in trainer.model.parameters())
     result = RunResult(out_dir, task, rows, p.n_inputs, p.n_features, n_params, trainer.epoch, cfg.train.epochs,
                        best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
-                       trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False))
-    _merge_run_json(out_dir, {
-        **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
-        "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
-        "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
-        "target_distribution": _target_distribution(p)})
+                       trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False), improving)
+    if is_main_process():
+        _merge_run_json(out_dir, {
+            **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
+            "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
+            "still_improving": improving is not None, "budget": training.budget_fields(p.budget),
+            "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
+            "target_distribution": _target_distribution(p)})
     return result
 
 

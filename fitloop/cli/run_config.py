@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,8 @@ from ..data.fractions import check_fractions
 from ..mlp_checks import check_mlp
 
 __all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError",
-           "resolve_run_config", "load_toml", "parse_set", "parse_value"]
+           "resolve_run_config", "load_toml", "parse_set", "parse_value", "Budget", "training_budget",
+           "LEGACY_DEFAULTS"]
 
 
 CONFIG_HEADER = "# fitloop run configuration"  # config.toml's first line (how `resume` knows a run's file)
@@ -77,11 +79,19 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    """`[model]`: the MLP (`MLPSpec` minus the sizes the data decides)."""
+    """`[model]`: the MLP (`MLPSpec` minus the sizes the data decides).
+
+    Attributes:
+        skip: a linear path from the inputs to the outputs beside the hidden layers (`MLPSpec.skip`).
+        linear_init: start the skip path at the ridge-regression fit of the training rows
+            (`fitloop.models.fit_linear_path`), so training starts from what a linear model reaches.
+    """
 
     hidden: list[int] = field(default_factory=lambda: [64, 32])
     activation: str = "relu"
     dropout: float = 0.0
+    skip: bool = True
+    linear_init: bool = True
 
     def validate(self) -> None:
         try:
@@ -97,12 +107,22 @@ _MODEL_NAMES = {"hidden": "model.hidden (--hidden)", "activation": "model.activa
 class TrainSection(TrainConfig):
     """`[train]`: every `TrainConfig` setting, plus the optimizer and loss by name and early stopping.
 
+    `epochs`, `early_stopping` and `checkpoint_every_epochs` not given by the user are decided from
+    the data by `training_budget` (about `budget_steps` optimizer steps); what is written to
+    `RUN_DIR/config.toml` is the decided value.
+
     Attributes:
         optimizer: any `torch.optim` name (`adam`, `adamw`, `sgd`, ...).
         loss: loss name; `None` picks `cross_entropy` (classification) or `mse` (regression).
         early_stopping: patience in epochs on `val_loss` (best weights restored); `0`/`None` is off.
         log: loggers besides the run directory, from `LOGGER_NAMES` (`--log tensorboard,mlflow`);
             kept in `config.toml`, so `fitloop resume` keeps logging to them.
+        early_stopping_rel_delta: a better `val_loss` counts only when it is this fraction below the
+            best so far (`EarlyStopping(rel_delta=...)`).
+        scheduler: a learning-rate schedule by name (`fitloop.optim.SCHEDULER_NAMES`, e.g. `cosine`,
+            `warmup_cosine`); `None` or `"none"` keeps the lr constant.
+        budget_steps: the optimizer steps the default budget aims at (see `training_budget`).
+        max_time: stop after the epoch in which training reached this many seconds (`None`: no limit).
     """
 
     epochs: int = 50
@@ -110,6 +130,10 @@ class TrainSection(TrainConfig):
     loss: str | None = None
     early_stopping: int | None = 10
     log: list[str] = field(default_factory=list)
+    early_stopping_rel_delta: float = 0.05
+    scheduler: str | None = None
+    budget_steps: int = 3000
+    max_time: float | None = 600.0
 
     def validate(self) -> None:
         super().validate()
@@ -120,6 +144,12 @@ class TrainSection(TrainConfig):
             if name not in LOGGER_NAMES:
                 raise ConfigError(f"train.log (--log): unknown logger {name!r}; choose from "
                                   f"{', '.join(LOGGER_NAMES)}, comma-separated (--log tensorboard,mlflow).")
+        if isinstance(self.scheduler, str) and self.scheduler.strip().lower() == "none":
+            self.scheduler = None
+        if self.budget_steps < 1:
+            raise ConfigError(f"train.budget_steps: got {self.budget_steps}; pass a number of steps >= 1.")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ConfigError(f"train.max_time: got {self.max_time}; pass seconds > 0, or none for no limit.")
 
     def trainer_config(self) -> TrainConfig:
         """The plain `TrainConfig` part (what the `Trainer` takes)."""
@@ -138,6 +168,8 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
+    # the dotted keys the user gave (flags, TOML, --set): these win over data-dependent defaults
+    explicit: frozenset[str] = field(default_factory=frozenset, compare=False)
 
     SECTIONS = ("data", "model", "train")
 
@@ -313,7 +345,101 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"train.{e}") from None
     cfg.data.validate()
     cfg.model.validate()
+    cfg.explicit = frozenset(k for layer in layers for k in layer)
     return cfg
+
+
+# Values of settings added after a run directory may have been written, as runs before them behaved:
+# `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
+LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "train.scheduler": None,
+                                   "train.max_time": None, "train.early_stopping_rel_delta": 0.0}
+
+# The default budget (measured in BENCHMARKS.md, "Tables"): the epochs that make about `budget_steps`
+# optimizer steps, within these bounds; patience a quarter of the epochs (at least MIN_PATIENCE).
+MIN_EPOCHS, MAX_EPOCHS, MIN_PATIENCE, PATIENCE_FRACTION = 10, 2000, 10, 0.25
+CHECKPOINTS_PER_RUN = 10  # about this many epoch checkpoints by default (each costs 5-50 ms of fsyncs)
+
+
+@dataclass
+class Budget:
+    """How long a `fitloop train` run trains, decided from the number of training rows.
+
+    Attributes:
+        rows: training rows.
+        batch_size: rows per step (`None`: full batch).
+        steps_per_epoch: optimizer steps per epoch.
+        epochs: maximum epochs.
+        patience: early-stopping patience in epochs (`None`: off).
+        checkpoint_every_epochs: how often an epoch checkpoint is written.
+        max_time: training-time limit in seconds (`None`: none).
+        decided: the keys this budget set (the others came from the user), e.g. `["train.epochs"]`.
+    """
+
+    rows: int
+    batch_size: int | None
+    steps_per_epoch: int
+    epochs: int
+    patience: int | None
+    checkpoint_every_epochs: int
+    max_time: float | None
+    decided: list[str]
+
+    @property
+    def steps(self) -> int:
+        """The optimizer steps of a run that trains every epoch."""
+        return self.epochs * self.steps_per_epoch
+
+    def describe(self) -> str:
+        """One line for the log: the budget and where it came from."""
+        how = "data-dependent default" if "train.epochs" in self.decided else "as set"
+        stop = f"early stopping after {self.patience} epochs without a better val_loss" if self.patience \
+            else "no early stopping"
+        limit = f", at most {self.max_time:g}s" if self.max_time else ""
+        return (f"budget ({how}): {self.epochs} epochs x {self.steps_per_epoch} steps = {self.steps} steps "
+                f"(batch {self.batch_size or 'full'}, {self.rows} training rows); {stop}{limit}")
+
+    def apply(self, cfg: RunConfig) -> None:
+        """Write the decided values into `cfg.train` (what `config.toml` then records)."""
+        t = cfg.train
+        t.epochs, t.early_stopping, t.checkpoint_every_epochs = self.epochs, self.patience or 0, \
+            self.checkpoint_every_epochs
+
+
+def training_budget(cfg: RunConfig, train_rows: int) -> Budget:
+    """The training budget of a run on `train_rows` rows: the one rule `fitloop train` (and a dry run) uses.
+
+    Small tables get as many epochs as it takes to reach about `train.budget_steps` optimizer steps
+    (50 epochs of 4 steps under-train a 250-row table), large ones at least `MIN_EPOCHS`; the
+    early-stopping patience is a quarter of those epochs (at least `MIN_PATIENCE`), so it scales the
+    same way; `train.max_time` bounds the wall time. Settings the user gave (`--epochs`,
+    `--early-stopping`, `--batch-size`, `train.checkpoint_every_epochs`, in flags, TOML or `--set`)
+    are kept as they are.
+
+    Args:
+        cfg: the resolved configuration (`cfg.explicit` names what the user set).
+        train_rows: rows in the training split.
+
+    Returns:
+        The `Budget`; `budget.apply(cfg)` writes it into the config.
+    """
+    t, given = cfg.train, cfg.explicit
+    bs = t.batch_size
+    batches = math.ceil(train_rows / bs) if bs else 1
+    steps_per_epoch = max(1, math.ceil(batches / t.accumulate))
+    decided: list[str] = []
+    epochs = t.epochs
+    if "train.epochs" not in given:
+        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(t.budget_steps / steps_per_epoch)))
+        decided.append("train.epochs")
+    patience = t.early_stopping or None
+    if "train.early_stopping" not in given:
+        patience = max(MIN_PATIENCE, math.ceil(PATIENCE_FRACTION * epochs))
+        decided.append("train.early_stopping")
+    every = t.checkpoint_every_epochs
+    if "train.checkpoint_every_epochs" not in given:
+        every = max(1, epochs // CHECKPOINTS_PER_RUN)
+        decided.append("train.checkpoint_every_epochs")
+    return Budget(train_rows, bs, steps_per_epoch, epochs, patience, every, t.max_time, decided)
 
 
 def _all_keys() -> list[str]:

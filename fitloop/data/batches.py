@@ -3,8 +3,13 @@
 * **In-memory tensors** (`Split`, or an `(X, y)` pair): the whole set is moved to the training
   device once and each batch is an index slice of a seeded permutation (`TensorBatches`). No
   per-sample Python, no `DataLoader`.
-* **Any `Dataset` or `DataLoader`**: batches come from a `DataLoader` whose sampler draws its
+* **A `TensorDataset`, a `Subset` of one, or a `DataLoader` over one with the default collate** (the
+  tutorials' data code) is in-memory data too: batched by index on the device like `(X, y)`, honouring
+  the loader's `batch_size`, `shuffle` and `drop_last` (the order follows the Trainer's seed).
+* **Any other `Dataset` or `DataLoader`**: batches come from a `DataLoader` whose sampler draws its
   permutation from the Trainer's own generator, so the order is seeded and resumable (`LoaderBatches`).
+* **Several processes** (a process group of more than one rank): in-memory data is sharded per rank by
+  `fitloop.data.sharding.ShardedBatches`, the DataLoader path uses a `DistributedSampler`.
 
 The generator state at the start of an epoch plus the index of the next batch is enough to
 reproduce the rest of the epoch exactly.
@@ -18,11 +23,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+    default_collate,
+)
 
+from .sharding import DistributedEpochSampler, ShardedBatches
 from .splitting import Split
 
-__all__ = ["TensorBatches", "LoaderBatches", "COPY_LIMIT", "make_batches", "prepare_target"]
+__all__ = ["TensorBatches", "LoaderBatches", "COPY_LIMIT", "make_batches", "prepare_target", "in_memory", "Batches"]
 
 
 class TensorBatches:
@@ -42,6 +58,12 @@ class TensorBatches:
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
+
+    world = 1  # one process (ShardedBatches is the several-process kind)
+
+    def global_rows(self, i: int) -> int:
+        """The rows of batch `i` (the accumulation shares use it)."""
+        return min(self.batch_size, self.n - i * self.batch_size)
 
     def epoch(self, generator: torch.Generator | None, start: int = 0) -> Iterator[tuple]:
         """Yield the batches of one epoch from batch index `start` on.
@@ -98,9 +120,25 @@ class LoaderBatches:
     """
 
     def __init__(self, data: Any, batch_size: int | None, shuffle: bool, num_workers: int = 0,
-                 pin_memory: bool = False, drop_last: bool = False, device: torch.device | str = "cpu"):
+                 pin_memory: bool = False, drop_last: bool = False, device: torch.device | str = "cpu",
+                 rank: int = 0, world: int = 1):
         self.device = torch.device(device)
-        if isinstance(data, DataLoader):
+        self.sampler: _EpochSampler | DistributedEpochSampler | None
+        if world > 1:  # every rank its share of the dataset (a user's loader: rebuilt around its dataset)
+            loader = data if isinstance(data, DataLoader) else None
+            if loader is not None and loader.batch_size is None:
+                raise ValueError("data: a DataLoader with its own batch_sampler cannot be sharded over the "
+                                 "processes; pass its Dataset (and batch_size=), or shard it yourself.")
+            ds: Any = loader.dataset if loader is not None else data
+            shuffle = isinstance(loader.sampler, RandomSampler) if loader is not None else shuffle
+            self.sampler = DistributedEpochSampler(ds, world, rank, shuffle)
+            self.loader = DataLoader(ds, batch_size=loader.batch_size if loader is not None else
+                                     (len(ds) if batch_size is None else batch_size), sampler=self.sampler,
+                                     num_workers=num_workers if loader is None else loader.num_workers,
+                                     collate_fn=None if loader is None else loader.collate_fn,
+                                     pin_memory=pin_memory, drop_last=drop_last if loader is None else loader.drop_last,
+                                     generator=torch.Generator())
+        elif isinstance(data, DataLoader):
             self.loader, self.sampler = data, None
         else:
             n = len(data)
@@ -137,7 +175,10 @@ class LoaderBatches:
                 next(it)
             yield from it
             return
-        self.sampler.generator = generator
+        if isinstance(self.sampler, DistributedEpochSampler):
+            self.sampler.begin_epoch(generator, start * (self.loader.batch_size or 1))
+        else:
+            self.sampler.generator = generator
         if generator is not None:
             # The DataLoader draws its workers' base seed from its own generator; seed that from the
             # epoch's start state so it never consumes the global RNG (which dropout uses) and a
@@ -145,23 +186,35 @@ class LoaderBatches:
             digest = hashlib.sha256(generator.get_state().numpy().tobytes()).digest()
             epoch_seed = int.from_bytes(digest[:8], "little")
             self.loader.generator.manual_seed(epoch_seed & (2**63 - 1))
-        self.sampler.start_index = start * (self.loader.batch_size or 1)
+        if isinstance(self.sampler, _EpochSampler):
+            self.sampler.start_index = start * (self.loader.batch_size or 1)
         yield from self.loader
         self.sampler.start_index = 0
 
 
+Batches = TensorBatches | ShardedBatches | LoaderBatches  # what a Trainer iterates over
+
+
 def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: bool, device: torch.device,
                  float_dtype: torch.dtype = torch.float32, task: str | None = None,
-                 num_workers: int = 0) -> TensorBatches | LoaderBatches:
+                 num_workers: int = 0) -> Batches:
     """The batch source for `data`, which yields `(x, y)` on `device` (`y` None when unlabelled).
 
-    In-memory data (`(X, y)` or a `Split`) goes to the device once, float features in `float_dtype`
-    and targets in the dtype `task`'s loss expects (`prepare_target`), and is batched by index slicing. A `Dataset` or
-    `DataLoader` goes through a DataLoader. Evaluation (`train=False`) uses bigger batches and
-    never shuffles.
+    In-memory data (`(X, y)`, a `Split`, a `TensorDataset`, a `Subset` of one or a default-collate
+    `DataLoader` over one) goes to the device once, float features in `float_dtype` and targets in the
+    dtype `task`'s loss expects (`prepare_target`), and is batched by index slicing; a loader's
+    `batch_size`, `shuffle` and `drop_last` replace the given ones. Other `Dataset`s and `DataLoader`s go
+    through a DataLoader. Evaluation (`train=False`) uses bigger batches and never shuffles. In a process
+    group of several ranks, each rank gets its shard (`fitloop.data.sharding`); `batch_size` is per process.
     """
+    drop_last = False
     if isinstance(data, (tuple, list)) and len(data) == 2:
         data = Split(data[0], data[1])
+    memory = in_memory(data)
+    if memory is not None:
+        data, opts = memory
+        batch_size, shuffle, drop_last = opts.get("batch_size", batch_size), opts.get("shuffle", shuffle), \
+            opts.get("drop_last", False)
     if isinstance(data, Split):
         n = len(data)
     elif isinstance(data, (Dataset, DataLoader)):
@@ -174,14 +227,62 @@ def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: boo
         raise ValueError("data: the dataset is empty (0 rows); nothing to train or evaluate on.")
     # evaluation has no backward pass: bigger batches are fine, bounded to keep memory modest
     bs = batch_size if train or batch_size is None else max(batch_size, min(n, 8192))
+    rank, world = _ranks()
     if isinstance(data, Split):
         X = data.X.to(device)
         y = data.y if data.y is None or task is None else prepare_target(data.y, task, float_dtype)
         if X.is_floating_point():
             X = X.to(float_dtype)
-        return TensorBatches(X, None if y is None else y.to(device), bs, shuffle=train and shuffle)
+        y = None if y is None else y.to(device)
+        if world > 1:
+            return ShardedBatches(X, y, bs, shuffle=train and shuffle, rank=rank, world=world,
+                                  drop_last=train and drop_last)
+        return TensorBatches(X, y, bs, shuffle=train and shuffle, drop_last=train and drop_last)
     return LoaderBatches(data, bs, shuffle=train and shuffle, num_workers=num_workers,
-                         pin_memory=device.type == "cuda", device=device)
+                         pin_memory=device.type == "cuda", device=device,
+                         rank=rank, world=world if train else 1)  # evaluation: every rank sees everything
+
+
+def _ranks() -> tuple[int, int]:
+    """`(rank, world)` of the process group, `(0, 1)` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def in_memory(data: Any) -> tuple[Split, dict[str, Any]] | None:
+    """`data` as in-memory tensors when it is a `TensorDataset` (of X, or X and y), a `Subset` of one, or a
+    `DataLoader` over one with the default collate and a plain sequential/random sampler; with the
+    loader's `batch_size`, `shuffle` and `drop_last`. None for anything else (it goes through a DataLoader).
+    """
+    opts: dict[str, Any] = {}
+    if isinstance(data, DataLoader):
+        sampler = data.sampler
+        plain = type(sampler) is SequentialSampler or (type(sampler) is RandomSampler and not sampler.replacement
+                                                       and sampler.num_samples == len(sampler.data_source))
+        if data.collate_fn is not default_collate or data.batch_size is None or not plain \
+                or type(data.batch_sampler) is not BatchSampler:
+            return None
+        opts = {"batch_size": data.batch_size, "shuffle": type(sampler) is RandomSampler, "drop_last": data.drop_last}
+        data = data.dataset
+    index: torch.Tensor | None = None
+    while isinstance(data, Subset) and not isinstance(data, Split):
+        idx = torch.as_tensor(data.indices, dtype=torch.long)
+        index = idx if index is None else idx[index]
+        data = data.dataset
+    if isinstance(data, Split) and not opts and index is None:
+        return None  # already in memory
+    if isinstance(data, Split):
+        X, y = data.X, data.y
+    elif isinstance(data, TensorDataset) and len(data.tensors) in (1, 2):
+        X, y = data.tensors[0], (data.tensors[1] if len(data.tensors) == 2 else None)
+    else:
+        return None
+    if index is not None:
+        X, y = X[index], (None if y is None else y[index])
+    return Split(X, y), opts
 
 
 def prepare_target(y: torch.Tensor, task: str, float_dtype: torch.dtype = torch.float32) -> torch.Tensor:

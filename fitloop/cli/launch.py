@@ -1,0 +1,125 @@
+"""`fitloop train ... --nproc N`: the same command on N processes, started by torch's own launcher.
+
+    fitloop train data.csv --target y --nproc 2                        # one machine, 2 processes (DDP)
+    fitloop train data.csv --target y --nproc 2 --strategy fsdp        # FSDP instead of DDP
+    fitloop train data.csv --target y --nproc 2 --max-restarts 1       # a failed job restarts and resumes
+    # two machines (run on each; node 0's address as the endpoint):
+    fitloop train data.csv --target y --out runs/y --nproc 4 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29400
+    fitloop train data.csv --target y --out runs/y --nproc 4 --nnodes 2 --node-rank 1 --rdzv-endpoint node0:29400
+
+The launcher is `torch.distributed.run` (torchrun) called in-process: no `torchrun` binary needs to be on
+PATH. Each worker runs `python -m fitloop train ...` with the same arguments (without the launch flags,
+with the run directory fixed up front so every rank, and a restart, uses the same one). A restarted
+worker (`--max-restarts`) resumes the run directory from its latest checkpoint. When a worker fails, the
+error names the rank that failed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["add_launch_options", "wants_launch", "launch", "LAUNCH_FLAGS", "restarted_run"]
+
+# flags the launcher consumes (with a value each); the workers get the rest of the command line
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
+
+
+def add_launch_options(p: argparse.ArgumentParser, config: bool = True) -> None:
+    """The "scaling out" options of `fitloop train` (and, without `config`'s --strategy/--dist-timeout, of
+    `fitloop resume`, whose settings come from the run)."""
+    g = p.add_argument_group("scaling out (torch.distributed)")
+    g.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (DDP; gloo on CPU, "
+                   "nccl on CUDA); batch-size is per process")
+    g.add_argument("--nnodes", type=int, metavar="N", help="machines in the job (default 1)")
+    g.add_argument("--node-rank", type=int, metavar="R", help="this machine's index, 0..nnodes-1")
+    g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address (node 0), for --nnodes > 1")
+    g.add_argument("--max-restarts", type=int, metavar="K", help="restart failed workers up to K times; they "
+                   "resume from the latest checkpoint (default 0)")
+    if not config:
+        return
+    g.add_argument("--strategy", choices=("ddp", "fsdp"), help="DDP (default) or FSDP (fully_shard) sharding")
+    g.add_argument("--dist-timeout", type=float, metavar="S", help="seconds a process waits for another "
+                   "before the job stops, naming it (default 60)")
+
+
+def wants_launch(args: argparse.Namespace) -> bool:
+    """Whether this command should start workers (and is not one already)."""
+    several = (getattr(args, "nproc", None) or 1) > 1 or (getattr(args, "nnodes", None) or 1) > 1
+    return several and "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ
+
+
+def _worker_argv(argv: list[str], out: str | None) -> list[str]:
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in LAUNCH_FLAGS:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in LAUNCH_FLAGS:
+            continue
+        rest.append(a)
+    if out is None or any(a in ("--out", "-o") or a.startswith("--out=") for a in rest):
+        return rest
+    return [*rest, "--out", out]
+
+
+def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
+    """Start the workers through `torch.distributed.run` and wait for them; returns the exit code.
+
+    Args:
+        args: the parsed `fitloop train` arguments (`nproc`, `nnodes`, `node_rank`, `rdzv_endpoint`,
+            `max_restarts`).
+        argv: the command line, passed on to the workers without the launch flags.
+        out: the run directory every worker uses (resolved once here).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    nproc, nnodes = args.nproc or 1, args.nnodes or 1
+    if nproc < 1 or nnodes < 1:
+        raise ValueError(f"--nproc/--nnodes: got {nproc}/{nnodes}; pass whole numbers >= 1.")
+    targs = ["--nproc-per-node", str(nproc), "--max-restarts", str(args.max_restarts or 0),
+             "--monitor-interval", "0.2"]
+    if nnodes == 1 and not args.rdzv_endpoint:
+        targs.append("--standalone")
+    else:
+        if not args.rdzv_endpoint:
+            raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the address of node 0, the same "
+                             "on every machine).")
+        # with --node-rank the machines' ranks are fixed (static rendezvous), else they join in any order (c10d)
+        backend = "c10d" if args.node_rank is None else "static"
+        targs += ["--nnodes", str(nnodes), "--rdzv-backend", backend, "--rdzv-endpoint", args.rdzv_endpoint,
+                  "--rdzv-id", f"fitloop-{Path(out).name}"]
+        if args.node_rank is not None:
+            targs += ["--node-rank", str(args.node_rank)]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun would pick, without its banner
+    try:
+        resuming = "resume" in argv[:1]
+        run(parse_args([*targs, "--module", "fitloop", *_worker_argv(argv, None if resuming else out)]))
+    except ChildFailedError as e:
+        rank, first = e.get_first_failure()
+        how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
+        others = sorted(r for r in e.failures if r != rank)
+        also = f" (then rank(s) {', '.join(map(str, others))} stopped too)" if others else ""
+        again = f"fitloop resume {out} --nproc {nproc}" + (f" --nnodes {nnodes} ..." if nnodes > 1 else "")
+        print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. The run "
+              f"directory {out} keeps its last checkpoint: `{again}` continues it.", file=sys.stderr, flush=True)
+        codes = {f.exitcode for f in e.failures.values()}
+        return 2 if codes == {2} else 3
+    return 0
+
+
+def restarted_run(out: str | None) -> Path | None:
+    """In a worker that torchrun restarted (`--max-restarts`): the run directory to resume, if it has a
+    checkpoint."""
+    from ..distributed import restart_count
+
+    if not out or restart_count() == 0:
+        return None
+    path = Path(out)
+    return path if (path / "checkpoints" / "latest").is_file() else None

@@ -1,0 +1,127 @@
+"""How long a table run trains, and what it says about it: the pieces `fitloop.cli.pipeline` adds to a run.
+
+    start_linear_path(cfg, model, task, classes, X_train, y_train)   # the linear path starts at the ridge fit
+    callbacks = length_callbacks(cfg, patience)                      # EarlyStopping, TimeLimit
+    note = still_improving(trainer.history, trainer.stop_reason)     # "train longer with --epochs N"
+
+The budget itself (epochs, patience, checkpoints from the number of training rows) is
+`fitloop.cli.run_config.training_budget`, the one rule the run and a dry run share.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from .run_config import Budget, RunConfig
+
+__all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "best_epoch", "still_improving", "budget_fields",
+           "FirstStep", "process_age"]
+
+# linear_init for classification: the one-hot targets the linear start fits, as logits (+-2 around the mean)
+LOGIT_SCALE = 4.0
+
+
+def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] | None, X: Any, y: Any) -> None:
+    """With `model.linear_init`, start a `SkipMLP`'s linear path at the ridge fit of the training rows
+    `X`, `y` (regression: the standardized target; classification: one-hot classes scaled to logits).
+    Call after seeding: the hidden layers keep their seeded initial weights."""
+    import torch
+
+    from ..models import SkipMLP, fit_linear_path
+
+    if cfg.model.linear_init and isinstance(model, SkipMLP):
+        t = y if task != "classification" else \
+            LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes or [])).float()
+        fit_linear_path(model, X, t)
+
+
+def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
+    """Early stopping (the budget's `patience`, `None` when off, and `rel_delta`) and the `max_time` limit."""
+    from ..callbacks import EarlyStopping, TimeLimit
+
+    out: list[Any] = []
+    if patience:
+        out.append(EarlyStopping(patience=patience, rel_delta=cfg.train.early_stopping_rel_delta))
+    if cfg.train.max_time:
+        out.append(TimeLimit(cfg.train.max_time))
+    return out
+
+
+def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
+    """The epoch whose weights the run keeps: early stopping's best, else the lowest val_loss, else the last."""
+    from ..callbacks import EarlyStopping
+
+    stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
+    if stopper is not None and stopper.best_epoch:
+        return stopper.best_epoch
+    if history and "val_loss" in history[0]:
+        return min(history, key=lambda h: h["val_loss"])["epoch"]
+    return history[-1]["epoch"] if history else None
+
+
+def still_improving(history: list[dict[str, Any]], stop_reason: str | None) -> str | None:
+    """The note for a run whose lowest val_loss is at its last epoch, with how to train longer; else None.
+
+    Judged on the recorded val_loss (not on early stopping's `rel_delta`, which may keep an earlier
+    epoch on a near-tie): a run that ended while its validation loss was still falling. Without
+    validation rows there is no held-out loss to judge by, so it says nothing.
+    """
+    if not history or "val_loss" not in history[-1]:
+        return None
+    epochs = history[-1]["epoch"]
+    if min(history, key=lambda h: h["val_loss"])["epoch"] != epochs:
+        return None
+    if stop_reason and stop_reason.startswith("time limit"):
+        how = f"the time limit ended it: pass a larger --max-time (now {stop_reason.split('max_time ')[-1]})"
+    else:
+        how = f"train longer with --epochs {2 * epochs}"
+    return (f"the model was still improving: the best val_loss was at the last epoch ({epochs}), so more "
+            f"training would likely help; {how}")
+
+
+def budget_fields(budget: Budget | None) -> dict[str, Any] | None:
+    """`run.json`'s `"budget"`: what the run was set to train."""
+    if budget is None:
+        return None
+    return {"epochs": budget.epochs, "steps_per_epoch": budget.steps_per_epoch, "steps": budget.steps,
+            "batch_size": budget.batch_size, "patience": budget.patience, "max_time": budget.max_time,
+            "decided": budget.decided}
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc, 10 ms resolution): the interpreter's own start-up
+    and the imports before `main` count too. None where /proc is not there."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class FirstStep:
+    """A callback that records how long the command took to reach its first training step (imports,
+    reading, preprocessing and set-up included): the start-up cost a user waits through. `seconds`
+    counts from `t0` (the command's `main`), `since_launch` from the process's start (Linux; None
+    elsewhere), `cpu` is the process's CPU seconds by then (steadier than wall time on a busy machine)."""
+
+    def __new__(cls, t0: float):
+        from ..callbacks import Callback
+
+        class _FirstStep(Callback):
+            def __init__(self):
+                self.seconds: float | None = None
+                self.since_launch: float | None = None
+                self.cpu: float | None = None
+
+            def on_train_batch_end(self, trainer, step, loss):
+                if self.seconds is None:
+                    self.seconds = time.perf_counter() - t0
+                    self.since_launch = process_age()
+                    self.cpu = time.process_time()
+
+        return _FirstStep()
