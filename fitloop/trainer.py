@@ -39,6 +39,7 @@ from .data import Split, as_tensor
 from .data.batches import Batches, make_batches
 from .devices import pick_device, thread_policy
 from .diagnose import GuardCallback, lr_find, sanity_check
+from .distributed import is_main_process
 from .distributed.strategy import Strategy
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
 from .metrics import MetricSet, normalize_task, to_python
@@ -95,25 +96,21 @@ class Trainer:
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
         self.task = cfg.task or task_of_loss(self.loss_fn) or "regression"
-        kwargs = dict(cfg.optimizer_kwargs)
-        if cfg.weight_decay:
-            kwargs["weight_decay"] = cfg.weight_decay
+        kwargs = {**cfg.optimizer_kwargs, **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {})}
         lr = cfg.lr if (not isinstance(optimizer, torch.optim.Optimizer) or "lr" in settings) else None
         self.optimizer = make_optimizer(optimizer, self.params, lr, kwargs, fused=cfg.fused)
         self.scheduler: Any = None  # built by the first fit (schedules in steps need the epoch's length)
         self.scheduler_interval = "epoch"
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.callbacks: list[Callback] = [*(callbacks or []), *(self.strategy.callbacks() if self.strategy else []),
-                                          VerdictReporter()]  # the verdict: printed, and saved in run.json
+        self.callbacks: list[Callback] = [*(callbacks or []), *(self.strategy.callbacks() if self.strategy else [])]
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
-        self.callbacks.append(GuardCallback(cfg.guards))  # fitloop.diagnose.guards: before the first step
-        if not cfg.quiet:
-            self.callbacks.append(ProgressPrinter(cfg.print_every))
-        if cfg.run_dir:
-            self.callbacks.append(Checkpointer(cfg.run_dir, cfg))
+        # then the Trainer's own: the verdict (printed, saved in run.json), the guards (before the first step),
+        # the progress display, and last the run directory (it saves what the others decided)
+        self.callbacks += [VerdictReporter(), GuardCallback(cfg.guards), *([] if cfg.quiet else [ProgressPrinter(
+            cfg.print_every)]), *([Checkpointer(cfg.run_dir, cfg)] if cfg.run_dir else [])]
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order, on the CPU
         self.state = TrainState(epoch_lr=float(self.optimizer.param_groups[0]["lr"]))
         self.history: list[dict[str, Any]] = []
@@ -158,8 +155,8 @@ class Trainer:
         return next((cb for cb in self.callbacks if isinstance(cb, Checkpointer)), None)
 
     def log(self, msg: str) -> None:
-        """Print a message unless the trainer is quiet."""
-        if not self.config.quiet:
+        """Print a message unless the trainer is quiet (only the main process of a distributed run prints)."""
+        if not self.config.quiet and is_main_process():
             print(msg, file=sys.stdout, flush=True)
 
     # ------------------------------------------------------------------ the loop
@@ -341,12 +338,9 @@ class Trainer:
     def batches(self, data: Data, *, train: bool) -> Batches:
         """The batch source for `data` (see `fitloop.data.batches.make_batches`): in-memory tensors
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
-        cfg = self.config
+        cfg, dtype = self.config, self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
         return make_batches(data, train=train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, device=self.device,
-                            float_dtype=self._float_dtype(), task=self.task, num_workers=cfg.num_workers)
-
-    def _float_dtype(self) -> torch.dtype:
-        return self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
+                            float_dtype=dtype, task=self.task, num_workers=cfg.num_workers)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -161,7 +161,7 @@ def test_mismatch_exits_1_and_leaves_no_file(onnx_cls, monkeypatch, capfd):
 
     def perturbed(graph, fmt, example, path):  # an exporter bug: the file's weights drift by 1e-3
         with torch.no_grad():
-            graph.model[0].bias.add_(1e-3)
+            next(graph.model.parameters()).add_(1e-3)
         real(graph, fmt, example, path)
 
     monkeypatch.setattr(ex, "_export_file", perturbed)

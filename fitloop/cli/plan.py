@@ -1,0 +1,140 @@
+"""Every decision of a `fitloop train` run, taken before any tensor is built: `plan_run`.
+
+`fitloop train` acts on the `RunPlan` (through `fitloop.cli.pipeline`) and `fitloop train --dry-run` shows
+it (`fitloop.cli.dry_run`): a decision taken from the data anywhere else would be missing from the dry run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .run_config import Budget, ConfigError, RunConfig, training_budget
+
+__all__ = ["RunPlan", "plan_run"]
+
+
+def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
+    """Seeded train/val/test row indices, stratified by class for classification.
+
+    Raises:
+        TableError: the table is too small for the split: a requested part gets no rows, no part is
+            held out, or a class has too few rows to appear in every part (each names the fix).
+    """
+    import torch
+
+    from ..data import Preprocessor, TableError
+    from ..data.splitting import _counts, split_indices
+
+    fr = tuple(cfg.data.split)
+    seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
+    names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
+    flag = f"--split {','.join(f'{f:g}' for f in fr)}"
+    wanted = [name for name, f in zip(names, fr) if f > 0]
+    if len(wanted) < 2:
+        raise TableError(f"{flag} holds out no rows, so the model could not be evaluated; keep a test (or "
+                         f"val) part, e.g. --split 0.8,0.2 or the default 0.7,0.15,0.15.")
+
+    def fits(n: int) -> bool:  # every requested part gets a row out of n
+        return all(c > 0 for c, f in zip(_counts(n, fr), fr) if f > 0)
+
+    need = next(n for n in range(1, len(fr) + 2) if fits(n))  # more rows than parts always fit
+    if not fits(len(table)):
+        empty = [name for name, c, f in zip(names, _counts(len(table), fr), fr) if f > 0 and c == 0]
+        what = " and ".join(empty) + (" parts" if len(empty) > 1 else " part")
+        raise TableError(f"{table.source}: {len(table)} row(s) are too few for {flag}: the {what} would get "
+                         f"no rows (the split needs at least {need} rows). Add rows, or give the held-out "
+                         f"parts a larger share, e.g. --split 0.5,0.5.")
+    labels = None
+    if table.task == "classification":
+        enc = Preprocessor(table.target, "classification", [], table.classes)
+        labels = torch.from_numpy(enc.encode_target(table.data))
+        counts = torch.bincount(labels, minlength=len(table.classes)).tolist()
+        rare = [(table.classes[i], c) for i, c in enumerate(counts) if not fits(c)]
+        if rare:
+            numeric = table.kinds[table.target] == "numeric"
+            alt = f", or pass --task regression if {table.target!r} is a quantity ({table.task_reason})"
+            shown = ", ".join(f"{v!r} ({c} row{'s' if c != 1 else ''})" for v, c in rare[:5])
+            raise TableError(
+                f"{table.source}: target {table.target!r} has {len(rare)} class(es) with too few rows to "
+                f"stratify over {'/'.join(wanted)} ({flag}): {shown}; each class needs at least {need} "
+                f"rows here. Add rows of those classes, or remove or merge them into another class"
+                f"{alt if numeric else ''}.")
+    parts = split_indices(len(table), fr, seed, labels)
+    return {name: np.sort(p.numpy()) for name, f, p in zip(names, fr, parts) if f > 0}
+
+
+@dataclass
+class RunPlan:
+    """Every decision of a run, taken before any tensor is built: what `fitloop train` then acts on and
+    `fitloop train --dry-run` shows. Built by `plan_run`, the one place that decides.
+
+    Attributes:
+        table: the loaded `fitloop.data.Table` (column kinds, task, classes, notes).
+        rows: row indices of each non-empty split.
+        preprocessor: the `Preprocessor` fitted on the training rows (kept and dropped columns).
+        spec: the `MLPSpec` of the model.
+        loss: the loss name.
+        early_stopping: the patience, or `None` when early stopping is off.
+        notes: everything dropped, imputed or switched off, in words.
+        load_seconds: time spent reading the file.
+        t_decide: `time.perf_counter()` after reading (preprocessing time counts from here).
+        budget: the training budget (`training_budget`: epochs, patience, checkpoints), applied to the config.
+    """
+
+    table: Any
+    rows: dict[str, np.ndarray]
+    preprocessor: Any
+    spec: Any
+    loss: str
+    early_stopping: int | None
+    notes: list[str]
+    load_seconds: float
+    t_decide: float
+    budget: Budget | None = None
+
+
+def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPlan:
+    """Read the table and take every decision of the run: the column kinds and the task, the split,
+    the preprocessing (fitted on the training rows), the model and the loss. Deterministic for a config,
+    so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written.
+
+    `fitloop train --dry-run` shows what this returns: a decision taken from the data anywhere else
+    would be missing from the dry run, so new ones belong here."""
+    from ..data import Table, TableError
+    from ..models import MLPSpec
+
+    log = log or (lambda msg: None)
+    d = cfg.data
+    if not d.path:
+        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
+    if not d.target:
+        raise ConfigError("no target column: pass --target COL or set data.target.")
+    table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
+                       max_categories=d.max_categories, delimiter=d.delimiter, decimal=d.decimal)
+    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({table.load_seconds:.2f}s); "
+        f"task: {table.task}: {table.task_reason}.")
+    t0 = time.perf_counter()
+    rows = _split_rows(table, cfg)
+    pre = table.fit_preprocessor(rows["train"])
+    notes = table.notes + pre.notes
+    n_features = len(pre.feature_names)
+    if n_features == 0:
+        raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
+                         f"the model needs at least one input.")
+    classes = table.classes
+    budget = training_budget(cfg, len(rows["train"]))  # epochs, patience, checkpoints: from the training rows
+    budget.apply(cfg)
+    log(budget.describe() + ".")
+    spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
+                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
+    loss = cfg.train.loss or ("cross_entropy" if table.task == "classification" else "mse")
+    patience = cfg.train.early_stopping or None
+    if patience and "val" not in rows:
+        patience = None
+        notes.append("early stopping is off: there is no validation split")
+    return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0, budget)
