@@ -200,8 +200,8 @@ def report(stats: dict, bodies: dict, same: dict, args: argparse.Namespace, per_
     L.append("")
     L.append("The target is checked on the median of the per-round ratios (each round runs both arms back to back "
              "on the same body): on this shared machine a burst of someone else's load lands on one arm's rounds "
-             "and moves the pooled ratio by ±0.1 from run to run (1 row, four runs of the last versions: 0.71x to "
-             "0.88x pooled, 0.81x to 0.83x as the median); both are shown.")
+             "and moves the pooled ratio by ±0.1 from run to run (1 row, seven runs of the last versions: 0.71x "
+             "to 0.88x pooled, 0.80x to 0.84x as the median); both are shown.")
     L.append("")
     L.append("What the profile of the first version found, and what changed (each also speeds up `fitloop predict` "
              "where it shares the code): the listening socket lacked TCP_NODELAY (created with proto 0, which asyncio "
