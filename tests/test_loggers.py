@@ -213,7 +213,7 @@ def test_cli_resume_keeps_logging_to_the_same_runs(tmp_path, monkeypatch, mlflow
     MLflow run and TensorBoard curves, with no epoch twice."""
     from mlflow.tracking import MlflowClient
 
-    from fitloop.cli import pipeline
+    from fitloop.cli import training
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
@@ -224,7 +224,7 @@ def test_cli_resume_keeps_logging_to_the_same_runs(tmp_path, monkeypatch, mlflow
         return crash
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline, "_FirstStep", crashing)
+        m.setattr(training, "FirstStep", crashing)
         code = main(["train", WINE, "--target", "cultivar", "--epochs", "5", "--quiet", "--out", str(out),
                      "--log", "tensorboard,mlflow", "--set", "train.checkpoint_every_epochs=2"])
     assert code == 1 and "simulated crash" in capsys.readouterr().err

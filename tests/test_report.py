@@ -297,8 +297,8 @@ def test_train_prints_the_verdict_and_the_model_summary(tmp_path, capsys):
                              "--out", tmp_path / "run")
     assert code == 0, err
     assert "\nVerdict: " in out and "\nSuggestion: " in out
-    assert "Sequential: input [N, 13] -> output [N, 3]" in out
-    assert "parameters: 3,075 total, 3,075 trainable, 0 frozen" in out
+    assert "SkipMLP: input [N, 13] -> output [N, 3]" in out  # the CLI's default model: MLP + a linear path
+    assert "parameters: 3,114 total, 3,114 trainable, 0 frozen" in out
 
 
 # ----------------------------------------------------------------------------------------- Chromium

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -40,9 +39,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .._fastpath import unwrap_model
 from ..bundle import check_state_shapes
@@ -56,7 +53,6 @@ from ..checkpoint_format import (
     serialize,
 )
 from ..config import RESUME_IGNORED, RUN_FORMAT
-from ..data import Split
 from ..distributed import is_main_process, world_size
 from ..distributed.fsdp import load_sharded
 from ..distributed.group import barrier
@@ -65,6 +61,7 @@ from ..files import atomic_write_bytes, versions, write_json_atomic
 from ..runlock import RunLock, hold_run_dir
 from ..step import NonFiniteError
 from .base import Callback
+from .fingerprints import data_fingerprint, differences, split_row_indices
 from .loggers import HistoryCSV
 from .verdict import verdict_in
 
@@ -95,79 +92,6 @@ class RunInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return self.message
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def _hash_tensor(h: Any, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
-def _hash_item(h: Any, item: Any) -> None:
-    if isinstance(item, torch.Tensor):
-        _hash_tensor(h, item)
-    elif isinstance(item, np.ndarray):
-        _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(item)))
-    elif isinstance(item, (tuple, list)):
-        for v in item:
-            _hash_item(h, v)
-    elif isinstance(item, dict):
-        for k in sorted(item, key=str):
-            h.update(str(k).encode())
-            _hash_item(h, item[k])
-    else:
-        h.update(repr(item).encode())
-
-
-def data_fingerprint(data: Any, sample: int = 64) -> dict[str, Any] | None:
-    """A cheap fingerprint of training data: shape, dtype and a SHA-256 of the bytes of in-memory
-    tensors; for a Dataset its class, length and a hash of `sample` evenly spaced items."""
-    if data is None:
-        return None
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        data = Split(data[0], data[1])
-    if isinstance(data, Split):
-        out: dict[str, Any] = {"kind": "tensors", "rows": len(data)}
-        for name, t in (("X", data.X), ("y", data.y)):
-            if t is not None:
-                h = hashlib.sha256()
-                _hash_tensor(h, t)
-                out[name] = {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": h.hexdigest()[:16]}
-        return out
-    if isinstance(data, DataLoader):
-        data = data.dataset
-    n = len(data)
-    idx = sorted({round(i * (n - 1) / max(1, sample - 1)) for i in range(min(n, sample))})
-    h = hashlib.sha256()
-    for i in idx:
-        _hash_item(h, data[i])
-    return {"kind": "dataset", "class": type(data).__name__, "rows": n, "sample_sha256": h.hexdigest()[:16]}
-
-
-def split_row_indices(data: Any) -> list[int] | None:
-    """The original row indices a split carries (`Split.indices`, `Subset.indices`), or None."""
-    if isinstance(data, DataLoader):
-        data = data.dataset
-    idx = getattr(data, "indices", None)
-    if idx is None:
-        return None
-    return torch.as_tensor(idx).tolist()
-
-
-def _plain(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
-
-
-def _differences(what: str, saved: dict | None, now: dict | None, ignore: tuple[str, ...] = ()) -> list[str]:
-    saved, now = _plain(saved or {}), _plain(now or {})
-    out = []
-    for k in sorted(set(saved) | set(now)):
-        if k not in ignore and saved.get(k) != now.get(k):
-            out.append(f"{what}{k}: {saved.get(k)!r} -> {now.get(k)!r}")
-    return out
 
 
 def _resolve_run_dir(run_dir: Any) -> Path:
@@ -258,11 +182,11 @@ class Checkpointer(Callback):
             load_sharded(trainer, ck)
         check_state_shapes(unwrap_model(trainer.model), ck["model"], where=where)
         fp = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
-        problems = _differences("config ", ck.get("config"), trainer.config.to_dict(), RESUME_IGNORED)
+        problems = differences("config ", ck.get("config"), trainer.config.to_dict(), RESUME_IGNORED)
         for part in ("train", "val"):
             old, new = (ck.get("data") or {}).get(part), fp.get(part)
             if old != new:
-                diffs = _differences(f"{part} data ", old, new) or [f"{part} data: {old!r} -> {new!r}"]
+                diffs = differences(f"{part} data ", old, new) or [f"{part} data: {old!r} -> {new!r}"]
                 problems += [d.replace(" data ", " data: ", 1) for d in diffs]
         if problems:
             msg = (f"Cannot resume from {where}: what changed since the checkpoint (saved -> now): "
