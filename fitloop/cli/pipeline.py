@@ -341,7 +341,8 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
     if info.get("status") == "finished" and (run_dir / "metrics.json").is_file():
         raise ConfigError(f"{run_dir}: this run already finished; nothing to resume. "
                           f"Use `fitloop report {run_dir}` to see it.")
-    with hold_run_dir(run_dir):  # RunLockedError, naming the pid, while the run is still alive
+    main = is_main_process()  # rank 0 holds the lock (RunLockedError, naming the pid, while the run is alive)
+    with hold_run_dir(run_dir) if main else contextlib.nullcontext():
         saved = load_toml(str(run_dir / "config.toml"))
         legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved}  # a run written before these keys
         cfg = resolve_run_config(legacy, saved)
@@ -356,7 +357,8 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
             p.trainer.resume(p.splits["train"], p.splits.get("val"), force=force)
         else:  # every seed is in the config: the same run as one never interrupted
             log("no checkpoint yet: starting the run again from the beginning")
-            _clear_run_dir(run_dir, keep=("config.toml",))
+            if main:
+                _clear_run_dir(run_dir, keep=("config.toml",))
             _start(cfg, p, run_dir, info.get("command"))
             p.trainer.fit(p.splits["train"], p.splits.get("val"))
         p.timings["train"] = time.perf_counter() - t0
