@@ -255,6 +255,7 @@ def render(res) -> str:
                  "automatically when `torch.cuda.is_available()`.\n")
     for extra in ("ANALYSIS.md", "COMPILED.md", "FASTPATH.md",  # analysis, compiled step, fast-path study
                   "PROGRESS.md",  # the progress bar's cost (python -m bench.progress)
+                  "DRY_RUN.md",  # fitloop train --dry-run on 1M rows (bench/dry_run_scale.py)
                   "DDP.md",  # the DDP study (bench/ddp.py)
                   "TABLES.md",  # the CLI's tables and start-up (bench/tables.py, bench/startup.py)
                   "SERVE.md"):  # fitloop serve vs a minimal FastAPI app (bench/serve.py)
