@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "FunctionModel", "ACTIVATIONS", "as_module",
+__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "gcv_ridge", "FunctionModel", "ACTIVATIONS", "as_module",
            "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
@@ -99,7 +100,7 @@ class SkipMLP(nn.Module):
         return self.mlp(x) + self.skip(x)
 
 
-def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2) -> None:
+def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float | None = 1e-2) -> float:
     """Start a `SkipMLP` at the ridge-regression fit of `targets` on `X`: the skip path gets the
     weights, the MLP's last layer the intercept and zero weights, so the model's output is the linear
     fit until training moves it (and the hidden layers learn what the linear fit misses).
@@ -109,20 +110,56 @@ def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridg
         X: the training inputs, `(n, in_features)`.
         targets: what the outputs should fit, `(n, out_features)` (e.g. standardized values, or
             one-hot classes scaled to logits).
-        ridge: the L2 penalty, relative to the mean squared input (keeps the solve well-posed).
+        ridge: the L2 penalty, relative to the mean squared input (keeps the solve well-posed);
+            `None` picks it by generalized cross-validation on these rows (`gcv_ridge`).
+
+    Returns:
+        The relative penalty used.
     """
     with torch.no_grad():
         X64, t64 = X.double(), targets.double().reshape(len(X), -1)
         x_mean, t_mean = X64.mean(0), t64.mean(0)
         Xc, tc = X64 - x_mean, t64 - t_mean
+        scale = float((Xc * Xc).sum(0).mean().clamp_min(1e-12))  # the mean diagonal of Xc'Xc
+        if ridge is None:  # one SVD of the centred inputs scores every penalty of the grid
+            U, S, _ = torch.linalg.svd(Xc, full_matrices=False)
+            ridge = gcv_ridge(S, U.T @ tc, tc, scale)
+        rel = float(ridge)
         gram = Xc.T @ Xc
-        lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
+        lam = rel * float(gram.diagonal().mean().clamp_min(1e-12))
         w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), Xc.T @ tc)  # (d, out)
         last = model.mlp[-1]
         assert isinstance(last, nn.Linear)
         model.skip.weight.copy_(w.T)
         last.weight.zero_()
         last.bias.copy_(t_mean - x_mean @ w)
+    return rel
+
+
+# the penalties `gcv_ridge` chooses from, relative to the mean squared input (1e-2 was the fixed default)
+RIDGE_GRID = tuple(10.0 ** (k / 4) for k in range(-20, 13))  # 1e-5 .. 1e3
+
+
+def gcv_ridge(S: torch.Tensor, Ut: torch.Tensor, tc: torch.Tensor, scale: float) -> float:
+    """The ridge penalty (relative to `scale`) of `RIDGE_GRID` with the lowest generalized cross-validation
+    error `n * RSS / (n - df - 1)^2` (Golub, Heath & Wahba 1979; the 1 is the intercept), from the SVD of
+    the centred inputs (singular values `S`, `Ut = U' tc`) and the centred targets `tc`: no refits.
+    Pure noise gets a large penalty (predictions near the mean), clean linear data a small one."""
+    n = tc.shape[0]
+    total = float((tc * tc).sum())
+    outside = total - float((Ut * Ut).sum())  # the part of the targets no linear fit reaches
+    best, best_rel = math.inf, RIDGE_GRID[-1]
+    s2 = S * S
+    for rel in RIDGE_GRID:
+        shrink = (rel * scale) / (s2 + rel * scale)  # 1 - the fit's share of each direction
+        rss = outside + float(((shrink[:, None] * Ut) ** 2).sum())
+        dof = float((1 - shrink).sum()) + 1.0
+        if n - dof <= 0.5:
+            continue
+        g = n * rss / (n - dof) ** 2
+        if g < best:
+            best, best_rel = g, rel
+    return best_rel
 
 
 class FunctionModel(nn.Module):

@@ -85,6 +85,8 @@ class ModelSection:
         skip: a linear path from the inputs to the outputs beside the hidden layers (`MLPSpec.skip`).
         linear_init: start the skip path at the ridge-regression fit of the training rows
             (`fitloop.models.fit_linear_path`), so training starts from what a linear model reaches.
+        ridge: that fit's L2 penalty, relative to the mean squared input; `none` (the default) picks
+            it by generalized cross-validation on the training rows (`fitloop.models.gcv_ridge`).
     """
 
     hidden: list[int] = field(default_factory=lambda: [64, 32])
@@ -92,6 +94,7 @@ class ModelSection:
     dropout: float = 0.0
     skip: bool = True
     linear_init: bool = True
+    ridge: float | None = None
 
     def validate(self) -> None:
         try:
@@ -119,6 +122,9 @@ class TrainSection(TrainConfig):
             kept in `config.toml`, so `fitloop resume` keeps logging to them.
         early_stopping_rel_delta: a better `val_loss` counts only when it is this fraction below the
             best so far (`EarlyStopping(rel_delta=...)`).
+        early_stopping_from_start: the model as initialised counts as epoch 0 for early stopping: its
+            val_loss is the one to beat, and a run in which no epoch beats it keeps the initial weights
+            (with `model.linear_init`, the ridge fit) (`EarlyStopping.start_from`).
         scheduler: a learning-rate schedule by name (`fitloop.optim.SCHEDULER_NAMES`, e.g. `cosine`,
             `warmup_cosine`); `None` or `"none"` keeps the lr constant.
         budget_steps: the optimizer steps the default budget aims at (see `training_budget`).
@@ -131,6 +137,7 @@ class TrainSection(TrainConfig):
     early_stopping: int | None = 10
     log: list[str] = field(default_factory=list)
     early_stopping_rel_delta: float = 0.05
+    early_stopping_from_start: bool = True
     scheduler: str | None = None
     budget_steps: int = 3000
     max_time: float | None = 600.0
@@ -351,8 +358,10 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
 
 # Values of settings added after a run directory may have been written, as runs before them behaved:
 # `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
-LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "train.scheduler": None,
-                                   "train.max_time": None, "train.early_stopping_rel_delta": 0.0}
+LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "model.ridge": 1e-2,
+                                   "train.scheduler": None,
+                                   "train.max_time": None, "train.early_stopping_rel_delta": 0.0,
+                                   "train.early_stopping_from_start": False}
 
 # The default budget (measured in BENCHMARKS.md, "Tables"): the epochs that make about `budget_steps`
 # optimizer steps, within these bounds; patience a quarter of the epochs (at least MIN_PATIENCE).

@@ -2,6 +2,7 @@
 
     start_linear_path(cfg, model, task, classes, X_train, y_train)   # the linear path starts at the ridge fit
     callbacks = length_callbacks(cfg, patience)                      # EarlyStopping, TimeLimit
+    start_early_stopping(cfg, trainer, callbacks, val)               # the initial model is "epoch 0"
     note = still_improving(trainer.history, trainer.stop_reason)     # "train longer with --epochs N"
 
 The budget itself (epochs, patience, checkpoints from the number of training rows) is
@@ -16,17 +17,23 @@ from typing import Any
 
 from .run_config import Budget, RunConfig
 
-__all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "best_epoch", "still_improving", "budget_fields",
+__all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "start_early_stopping",
+           "best_epoch", "still_improving", "budget_fields",
            "FirstStep", "process_age"]
 
 # linear_init for classification: the one-hot targets the linear start fits, as logits (+-2 around the mean)
 LOGIT_SCALE = 4.0
 
 
-def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] | None, X: Any, y: Any) -> None:
+def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] | None, X: Any, y: Any
+                      ) -> float | None:
     """With `model.linear_init`, start a `SkipMLP`'s linear path at the ridge fit of the training rows
     `X`, `y` (regression: the standardized target; classification: one-hot classes scaled to logits).
-    Call after seeding: the hidden layers keep their seeded initial weights."""
+    Call after seeding: the hidden layers keep their seeded initial weights.
+
+    Returns:
+        The ridge penalty used (`model.ridge`, or the one GCV chose), or None when the model starts as built.
+    """
     import torch
 
     from ..models import SkipMLP, fit_linear_path
@@ -34,7 +41,8 @@ def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] 
     if cfg.model.linear_init and isinstance(model, SkipMLP):
         t = y if task != "classification" else \
             LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes or [])).float()
-        fit_linear_path(model, X, t)
+        return fit_linear_path(model, X, t, cfg.model.ridge)
+    return None
 
 
 def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
@@ -49,13 +57,26 @@ def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
     return out
 
 
+def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any) -> None:
+    """With `train.early_stopping_from_start`, the model as initialised is early stopping's "epoch 0":
+    its val_loss (one evaluation before training) is the one to beat, and a run in which no epoch beats
+    it keeps those weights. With `model.linear_init` that start is the ridge fit, so the run never ends
+    worse on its validation rows than the linear model it started from."""
+    from ..callbacks import EarlyStopping
+
+    stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
+    if stopper is None or val is None or not cfg.train.early_stopping_from_start:
+        return
+    stopper.start_from(float(trainer.evaluate(val)["loss"]), trainer.model)
+
+
 def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
     """The epoch whose weights the run keeps: early stopping's best, else the lowest val_loss, else the last."""
     from ..callbacks import EarlyStopping
 
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
-    if stopper is not None and stopper.best_epoch:
-        return stopper.best_epoch
+    if stopper is not None and (stopper.best_epoch or stopper.from_start):
+        return stopper.best_epoch  # 0: no epoch beat the initial model (`train.early_stopping_from_start`)
     if history and "val_loss" in history[0]:
         return min(history, key=lambda h: h["val_loss"])["epoch"]
     return history[-1]["epoch"] if history else None
