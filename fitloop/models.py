@@ -12,7 +12,7 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "gcv_ridge", "FunctionModel", "ACTIVATIONS", "as_module",
+__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "gcv_ridge", "fit_logistic_path", "FunctionModel", "ACTIVATIONS", "as_module",
            "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
@@ -134,6 +134,81 @@ def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridg
         last.weight.zero_()
         last.bias.copy_(t_mean - x_mean @ w)
     return rel
+
+
+# `fit_logistic_path` solves by Newton's method with a dense Hessian up to this many weights (else: ridge)
+LOGISTIC_MAX_WEIGHTS = 2000
+
+
+def fit_logistic_path(model: SkipMLP, X: torch.Tensor, labels: torch.Tensor, c: float = 1.0,
+                      iterations: int = 25) -> bool:
+    """Start a `SkipMLP` at the L2-regularized multinomial logistic-regression fit of `labels` on `X`:
+    the skip path gets the weights, the MLP's last layer the intercepts and zero weights, so the
+    model's logits are the logistic fit's until training moves them.
+
+    The objective is scikit-learn's `LogisticRegression(C=c)`: `c * sum of cross-entropies + ||W||^2 / 2`
+    (intercepts not penalized), minimised by Newton's method with step halving (it is strictly
+    convex, so a few iterations converge), in float64.
+
+    Args:
+        model: the model to initialise (in place); its `out_features` is the class count.
+        X: the training inputs, `(n, in_features)`.
+        labels: class indices, `(n,)`.
+        c: the inverse L2 strength (scikit-learn's `C`).
+        iterations: the most Newton steps.
+
+    Returns:
+        False (the model untouched) when the problem has more than `LOGISTIC_MAX_WEIGHTS` weights, so the
+        caller can start elsewhere.
+    """
+    k = model.skip.out_features
+    n, d = X.shape
+    if (d + 1) * k > LOGISTIC_MAX_WEIGHTS:
+        return False
+    if k == 2:  # two softmax rows share the penalty that scikit-learn's one binary weight vector has alone
+        c = c / 2
+    with torch.no_grad():
+        Xa = torch.cat([X.double(), torch.ones(n, 1, dtype=torch.float64)], 1)  # the last column: intercepts
+        Y = torch.nn.functional.one_hot(labels.long(), k).double()
+        pen = torch.ones(d + 1, dtype=torch.float64)
+        pen[-1] = 0.0
+        pen_flat = pen.repeat(k)  # W is (k, d+1), flattened row by row
+        W = torch.zeros(k, d + 1, dtype=torch.float64)
+
+        def objective(W: torch.Tensor) -> float:
+            logits = Xa @ W.T
+            ce = float((torch.logsumexp(logits, 1) - (logits * Y).sum(1)).sum())
+            return c * ce + 0.5 * float((W * W * pen).sum())
+
+        f = objective(W)
+        for _ in range(iterations):
+            P = torch.softmax(Xa @ W.T, 1)  # (n, k)
+            grad = (c * (P - Y).T @ Xa + W * pen).reshape(-1)
+            M = (P[:, :, None] * Xa[:, None, :]).reshape(n, -1)  # (n, k(d+1)): p_ia x_i
+            H = -(M.T @ M)  # - sum_i (p_i x_i)(p_i x_i)'
+            blocks = torch.einsum("ia,ij,il->ajl", P, Xa, Xa)  # + diag(p_i) (x) x_i x_i'
+            for a in range(k):
+                s = slice(a * (d + 1), (a + 1) * (d + 1))
+                H[s, s] += blocks[a]
+            H = c * H + torch.diag(pen_flat) + 1e-10 * torch.eye(H.shape[0], dtype=H.dtype)
+            step = torch.linalg.solve(H, grad).reshape(k, d + 1)
+            t = 1.0
+            while t > 1e-4:
+                f_new = objective(W - t * step)
+                if f_new <= f:
+                    break
+                t /= 2
+            if t <= 1e-4:
+                break
+            W, gain, f = W - t * step, f - f_new, f_new
+            if gain <= 1e-8 * max(1.0, abs(f)):
+                break
+        last = model.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        model.skip.weight.copy_(W[:, :-1])
+        last.weight.zero_()
+        last.bias.copy_(W[:, -1])
+    return True
 
 
 # the penalties `gcv_ridge` chooses from, relative to the mean squared input (1e-2 was the fixed default)

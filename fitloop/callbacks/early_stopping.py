@@ -54,29 +54,35 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.wait = 0
         self.from_start = False  # `start_from` made the initial model "epoch 0"
+        self.start_margin = 0.0  # what an epoch must gain over that start
         self.stopped_epoch = 0
         self.reason: str | None = None
         self._best_weights: dict[str, Any] | None = None
 
     def _improved(self, value: float) -> bool:
         margin = max(self.min_delta, self.rel_delta * abs(self.best)) if math.isfinite(self.best) else 0.0
+        if self.from_start and self.best_epoch == 0:
+            margin = max(margin, self.start_margin)
         if self.mode == "min":
             return value < self.best - margin
         return value > self.best + margin
 
-    def start_from(self, value: float, model: Any) -> None:
+    def start_from(self, value: float, model: Any, margin: float = 0.0) -> None:
         """Count the model as it is now (before any training) as "epoch 0" with `monitor` at `value`.
 
-        Later epochs must then beat it (by the same margins) to count as better, and when none does,
-        `on_fit_end` restores these weights: a run never ends worse on `monitor` than its start (e.g. a
-        model initialised at a linear fit). Call before `fit`; a resumed run's state replaces it.
+        Later epochs must then beat it (by the same margins, and by `margin`) to count as better, and
+        when none does, `on_fit_end` restores these weights: a run never ends worse on `monitor` than
+        its start (e.g. a model initialised at a linear fit). Call before `fit`; a resumed run's state
+        replaces it.
 
         Args:
             value: the monitored value of the model as it is (e.g. `trainer.evaluate(val)["loss"]`).
             model: the module whose weights are kept (`trainer.model`).
+            margin: how much better than `value` an epoch must be to replace the start (e.g. one standard
+                error of `value`: the one-standard-error rule keeps the simpler start on a statistical tie).
         """
         self.best, self.best_epoch, self.wait = float(value), 0, 0
-        self.from_start = True
+        self.from_start, self.start_margin = True, abs(float(margin))
         if self.restore_best_weights:
             self._best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -109,6 +115,7 @@ class EarlyStopping(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
                 "stopped_epoch": self.stopped_epoch, "reason": self.reason, "from_start": self.from_start,
+                "start_margin": self.start_margin,
                 "best_weights": copy.copy(self._best_weights)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -116,4 +123,5 @@ class EarlyStopping(Callback):
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
         self.reason = state.get("reason")
         self.from_start = bool(state.get("from_start", False))
+        self.start_margin = float(state.get("start_margin", 0.0))
         self._best_weights = state.get("best_weights")

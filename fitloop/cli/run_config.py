@@ -87,6 +87,9 @@ class ModelSection:
             (`fitloop.models.fit_linear_path`), so training starts from what a linear model reaches.
         ridge: that fit's L2 penalty, relative to the mean squared input; `none` (the default) picks
             it by generalized cross-validation on the training rows (`fitloop.models.gcv_ridge`).
+        logistic_c: classification: the linear start is instead the multinomial logistic-regression fit
+            with this inverse L2 strength (scikit-learn's `C`; `fitloop.models.fit_logistic_path`);
+            `none`: the ridge fit of one-hot classes scaled to logits.
     """
 
     hidden: list[int] = field(default_factory=lambda: [64, 32])
@@ -95,6 +98,7 @@ class ModelSection:
     skip: bool = True
     linear_init: bool = True
     ridge: float | None = None
+    logistic_c: float | None = 1.0
 
     def validate(self) -> None:
         try:
@@ -125,6 +129,9 @@ class TrainSection(TrainConfig):
         early_stopping_from_start: the model as initialised counts as epoch 0 for early stopping: its
             val_loss is the one to beat, and a run in which no epoch beats it keeps the initial weights
             (with `model.linear_init`, the ridge fit) (`EarlyStopping.start_from`).
+        early_stopping_se: with `early_stopping_from_start`, an epoch replaces the initial model only
+            when its val_loss is lower by more than one standard error of the initial val_loss (over the
+            validation rows): the one-standard-error rule, so a statistical tie keeps the linear start.
         scheduler: a learning-rate schedule by name (`fitloop.optim.SCHEDULER_NAMES`, e.g. `cosine`,
             `warmup_cosine`); `None` or `"none"` keeps the lr constant.
         budget_steps: the optimizer steps the default budget aims at (see `training_budget`).
@@ -138,6 +145,7 @@ class TrainSection(TrainConfig):
     log: list[str] = field(default_factory=list)
     early_stopping_rel_delta: float = 0.05
     early_stopping_from_start: bool = True
+    early_stopping_se: bool = True
     scheduler: str | None = None
     budget_steps: int = 3000
     max_time: float | None = 600.0
@@ -358,10 +366,10 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
 
 # Values of settings added after a run directory may have been written, as runs before them behaved:
 # `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
-LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "model.ridge": 1e-2,
+LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "model.ridge": 1e-2, "model.logistic_c": None,
                                    "train.scheduler": None,
                                    "train.max_time": None, "train.early_stopping_rel_delta": 0.0,
-                                   "train.early_stopping_from_start": False}
+                                   "train.early_stopping_from_start": False, "train.early_stopping_se": False}
 
 # The default budget (measured in BENCHMARKS.md, "Tables"): the epochs that make about `budget_steps`
 # optimizer steps, within these bounds; patience a quarter of the epochs (at least MIN_PATIENCE).

@@ -36,13 +36,15 @@ def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] 
     """
     import torch
 
-    from ..models import SkipMLP, fit_linear_path
+    from ..models import SkipMLP, fit_linear_path, fit_logistic_path
 
-    if cfg.model.linear_init and isinstance(model, SkipMLP):
-        t = y if task != "classification" else \
-            LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes or [])).float()
-        return fit_linear_path(model, X, t, cfg.model.ridge)
-    return None
+    if not (cfg.model.linear_init and isinstance(model, SkipMLP)):
+        return None
+    if task == "classification" and cfg.model.logistic_c is not None and \
+            fit_logistic_path(model, X, y, cfg.model.logistic_c):
+        return None
+    t = y if task != "classification" else LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes or [])).float()
+    return fit_linear_path(model, X, t, cfg.model.ridge)
 
 
 def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
@@ -59,15 +61,37 @@ def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
 
 def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any) -> None:
     """With `train.early_stopping_from_start`, the model as initialised is early stopping's "epoch 0":
-    its val_loss (one evaluation before training) is the one to beat, and a run in which no epoch beats
-    it keeps those weights. With `model.linear_init` that start is the ridge fit, so the run never ends
-    worse on its validation rows than the linear model it started from."""
+    its val_loss (one evaluation before training) is the one to beat, by one standard error of that
+    val_loss (the one-standard-error rule: on a statistical tie the simpler start wins), and a run in
+    which no epoch beats it keeps those weights. With `model.linear_init` that start is the linear
+    fit, so the run never ends worse on its validation rows than the linear model it started from."""
     from ..callbacks import EarlyStopping
 
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     if stopper is None or val is None or not cfg.train.early_stopping_from_start:
         return
-    stopper.start_from(float(trainer.evaluate(val)["loss"]), trainer.model)
+    value = float(trainer.evaluate(val)["loss"])
+    stopper.start_from(value, trainer.model, _standard_error(trainer, val) if cfg.train.early_stopping_se else 0.0)
+
+
+def _standard_error(trainer: Any, val: Any) -> float:
+    """The standard error of the mean val loss over its rows, for losses with a `reduction` (mse,
+    cross-entropy, ...); 0 for others."""
+    import copy
+
+    import torch
+
+    fn = trainer.loss_fn
+    X, y = val
+    if not isinstance(getattr(fn, "reduction", None), str) or len(X) < 2:
+        return 0.0
+    per_row = copy.copy(fn)
+    per_row.reduction = "none"
+    out = trainer.predict(X, output="raw")
+    with torch.no_grad():
+        target = y.view_as(out) if y.is_floating_point() and out.shape != y.shape else y
+        losses = per_row(out.float(), target).reshape(len(X), -1).sum(1).double()
+    return float(losses.std() / len(X) ** 0.5)
 
 
 def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
