@@ -12,8 +12,8 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "gcv_ridge", "fit_logistic_path", "FunctionModel", "ACTIVATIONS", "as_module",
-           "trainable_parameters"]
+__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "gcv_ridge", "fit_logistic_path", "FunctionModel",
+           "ACTIVATIONS", "as_module", "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
 ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, cls) for name, cls in ACTIVATION_CLASSES.items()}

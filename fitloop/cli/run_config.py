@@ -366,7 +366,8 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
 
 # Values of settings added after a run directory may have been written, as runs before them behaved:
 # `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
-LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "model.ridge": 1e-2, "model.logistic_c": None,
+LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "model.ridge": 1e-2,
+                                   "model.logistic_c": None,
                                    "train.scheduler": None,
                                    "train.max_time": None, "train.early_stopping_rel_delta": 0.0,
                                    "train.early_stopping_from_start": False, "train.early_stopping_se": False}
