@@ -131,6 +131,9 @@ def test_the_cli_keeps_the_linear_start_on_a_noise_table(tmp_path):
     # the kept model is the ridge start: its MLP output layer is still zero
     bundle = fl.bundle.load(r.run_dir / "model")
     assert float(bundle.mlp[-1].weight.detach().abs().max()) == 0.0
+    from fitloop.report.data import from_run_dir
+
+    assert from_run_dir(r.run_dir).best_epoch == 0  # the report says so too (not the lowest trained epoch)
 
 
 def test_a_run_written_before_these_settings_resumes_with_the_old_start(tmp_path):
