@@ -29,7 +29,8 @@ class EarlyStopping(Callback):
             default), whether the run stopped early or not.
 
     The reason is printed (unless the trainer is quiet) and recorded in `trainer.stop_reason` and
-    in `self.reason`; the best epoch and value are in `best_epoch` and `best`.
+    in `self.reason`; the best epoch and value are in `best_epoch` and `best`. `start_from(value, model)`
+    before `fit` makes the initial model "epoch 0", the one to beat (`best_epoch == 0`: none did).
 
     Example:
         >>> stopper = fl.EarlyStopping("val_loss", patience=5, min_delta=1e-4)
