@@ -152,3 +152,15 @@ def test_a_run_written_before_these_settings_resumes_with_the_old_start(tmp_path
     resume_run(run)
     info = json.loads((run / "run.json").read_text())
     assert info["linear_init_ridge"] == 1e-2 and info["best_epoch"] != 0
+
+
+def test_the_new_settings_are_checked_and_written_to_config_toml():
+    from fitloop.cli.run_config import ConfigError
+
+    assert resolve_run_config({}).model.ridge == "gcv"  # written as "gcv": a resume tells it from a legacy run
+    assert 'ridge = "gcv"' in resolve_run_config({}).to_toml()
+    assert resolve_run_config({"model.ridge": 0.1}).model.ridge == 0.1
+    with pytest.raises(ConfigError, match=r"model.ridge: got -1.*penalty > 0.*\"gcv\""):
+        resolve_run_config({"model.ridge": -1})
+    with pytest.raises(ConfigError, match=r"model.logistic_c: got 0.0"):
+        resolve_run_config({"model.logistic_c": 0})

@@ -35,8 +35,8 @@ _MODEL_DOCS = {"hidden": "hidden layer sizes, input to output ([] = a linear mod
                "dropout": "dropout probability after each hidden layer",
                "skip": "a linear path from the inputs to the outputs beside the hidden layers",
                "linear_init": "start that path at a linear model fitted to the training rows (the MLP's output at 0)",
-               "ridge": "regression: that fit's L2 penalty, relative to the mean squared input; not set = chosen "
-                        "by generalized cross-validation on the training rows",
+               "ridge": "regression: that fit's L2 penalty, relative to the mean squared input; gcv = "
+                        "chosen by generalized cross-validation on the training rows",
                "logistic_c": "classification: start at the logistic-regression fit with this inverse L2 strength "
                              "(scikit-learn's C); none = the ridge fit of one-hot classes"}
 
@@ -128,7 +128,8 @@ def _linear_start(cfg: RunConfig, plan: Any) -> str:
     if plan.table.task == "classification" and m.logistic_c is not None:
         where = f"the logistic-regression fit, C={m.logistic_c:g}"
     else:
-        where = "the ridge fit, " + ("penalty by GCV on the training rows" if m.ridge is None else f"ridge={m.ridge:g}")
+        where = "the ridge fit, " + ("penalty by GCV on the training rows" if m.ridge == "gcv"
+                                     else f"ridge={float(m.ridge):g}")
     if t.early_stopping_from_start and plan.early_stopping:
         where += "; early stopping's epoch 0" + (", replaced only by an epoch 1 standard error better"
                                                  if t.early_stopping_se else "")

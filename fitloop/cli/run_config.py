@@ -85,7 +85,7 @@ class ModelSection:
         skip: a linear path from the inputs to the outputs beside the hidden layers (`MLPSpec.skip`).
         linear_init: start the skip path at the ridge-regression fit of the training rows
             (`fitloop.models.fit_linear_path`), so training starts from what a linear model reaches.
-        ridge: that fit's L2 penalty, relative to the mean squared input; `none` (the default) picks
+        ridge: that fit's L2 penalty, relative to the mean squared input; `"gcv"` (the default) picks
             it by generalized cross-validation on the training rows (`fitloop.models.gcv_ridge`).
         logistic_c: classification: the linear start is instead the multinomial logistic-regression fit
             with this inverse L2 strength (scikit-learn's `C`; `fitloop.models.fit_logistic_path`);
@@ -97,7 +97,7 @@ class ModelSection:
     dropout: float = 0.0
     skip: bool = True
     linear_init: bool = True
-    ridge: float | None = None
+    ridge: float | str = "gcv"
     logistic_c: float | None = 1.0
 
     def validate(self) -> None:
@@ -105,6 +105,13 @@ class ModelSection:
             check_mlp(self.hidden, self.activation, self.dropout, names=_MODEL_NAMES)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if isinstance(self.ridge, str) and self.ridge.strip().lower() == "gcv":
+            self.ridge = "gcv"
+        elif isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge > 0:
+            raise ConfigError(f"model.ridge: got {self.ridge!r}; pass a penalty > 0 (e.g. 0.01), or \"gcv\" to "
+                              "choose it by generalized cross-validation.")
+        if self.logistic_c is not None and not self.logistic_c > 0:
+            raise ConfigError(f"model.logistic_c: got {self.logistic_c}; pass a C > 0 (e.g. 1.0), or none.")
 
 
 _MODEL_NAMES = {"hidden": "model.hidden (--hidden)", "activation": "model.activation", "dropout": "model.dropout"}

@@ -44,7 +44,7 @@ def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] 
             fit_logistic_path(model, X, y, cfg.model.logistic_c):
         return None
     t = y if task != "classification" else LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes or [])).float()
-    return fit_linear_path(model, X, t, cfg.model.ridge)
+    return fit_linear_path(model, X, t, None if cfg.model.ridge == "gcv" else float(cfg.model.ridge))
 
 
 def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
