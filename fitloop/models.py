@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,8 +12,8 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "FunctionModel", "ACTIVATIONS", "as_module",
-           "trainable_parameters"]
+__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "gcv_ridge", "fit_logistic_path", "FunctionModel",
+           "ACTIVATIONS", "as_module", "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
 ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, cls) for name, cls in ACTIVATION_CLASSES.items()}
@@ -99,7 +100,7 @@ class SkipMLP(nn.Module):
         return self.mlp(x) + self.skip(x)
 
 
-def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2) -> None:
+def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float | None = 1e-2) -> float:
     """Start a `SkipMLP` at the ridge-regression fit of `targets` on `X`: the skip path gets the
     weights, the MLP's last layer the intercept and zero weights, so the model's output is the linear
     fit until training moves it (and the hidden layers learn what the linear fit misses).
@@ -109,20 +110,131 @@ def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridg
         X: the training inputs, `(n, in_features)`.
         targets: what the outputs should fit, `(n, out_features)` (e.g. standardized values, or
             one-hot classes scaled to logits).
-        ridge: the L2 penalty, relative to the mean squared input (keeps the solve well-posed).
+        ridge: the L2 penalty, relative to the mean squared input (keeps the solve well-posed);
+            `None` picks it by generalized cross-validation on these rows (`gcv_ridge`).
+
+    Returns:
+        The relative penalty used.
     """
     with torch.no_grad():
         X64, t64 = X.double(), targets.double().reshape(len(X), -1)
         x_mean, t_mean = X64.mean(0), t64.mean(0)
         Xc, tc = X64 - x_mean, t64 - t_mean
+        scale = float((Xc * Xc).sum(0).mean().clamp_min(1e-12))  # the mean diagonal of Xc'Xc
+        if ridge is None:  # one SVD of the centred inputs scores every penalty of the grid
+            U, S, _ = torch.linalg.svd(Xc, full_matrices=False)
+            ridge = gcv_ridge(S, U.T @ tc, tc, scale)
+        rel = float(ridge)
         gram = Xc.T @ Xc
-        lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
+        lam = rel * float(gram.diagonal().mean().clamp_min(1e-12))
         w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), Xc.T @ tc)  # (d, out)
         last = model.mlp[-1]
         assert isinstance(last, nn.Linear)
         model.skip.weight.copy_(w.T)
         last.weight.zero_()
         last.bias.copy_(t_mean - x_mean @ w)
+    return rel
+
+
+# `fit_logistic_path` solves by Newton's method with a dense Hessian up to this many weights (else: ridge)
+LOGISTIC_MAX_WEIGHTS = 2000
+
+
+def fit_logistic_path(model: SkipMLP, X: torch.Tensor, labels: torch.Tensor, c: float = 1.0,
+                      iterations: int = 25) -> bool:
+    """Start a `SkipMLP` at the L2-regularized multinomial logistic-regression fit of `labels` on `X`:
+    the skip path gets the weights, the MLP's last layer the intercepts and zero weights, so the
+    model's logits are the logistic fit's until training moves them.
+
+    The objective is scikit-learn's `LogisticRegression(C=c)`: `c * sum of cross-entropies + ||W||^2 / 2`
+    (intercepts not penalized), minimised by Newton's method with step halving (it is strictly
+    convex, so a few iterations converge), in float64.
+
+    Args:
+        model: the model to initialise (in place); its `out_features` is the class count.
+        X: the training inputs, `(n, in_features)`.
+        labels: class indices, `(n,)`.
+        c: the inverse L2 strength (scikit-learn's `C`).
+        iterations: the most Newton steps.
+
+    Returns:
+        False (the model untouched) when the problem has more than `LOGISTIC_MAX_WEIGHTS` weights, so the
+        caller can start elsewhere.
+    """
+    k = model.skip.out_features
+    n, d = X.shape
+    if (d + 1) * k > LOGISTIC_MAX_WEIGHTS:
+        return False
+    if k == 2:  # two softmax rows share the penalty that scikit-learn's one binary weight vector has alone
+        c = c / 2
+    with torch.no_grad():
+        Xa = torch.cat([X.double(), torch.ones(n, 1, dtype=torch.float64)], 1)  # the last column: intercepts
+        Y = torch.nn.functional.one_hot(labels.long(), k).double()
+        pen = torch.ones(d + 1, dtype=torch.float64)
+        pen[-1] = 0.0
+        pen_flat = pen.repeat(k)  # W is (k, d+1), flattened row by row
+        W = torch.zeros(k, d + 1, dtype=torch.float64)
+
+        def objective(W: torch.Tensor) -> float:
+            logits = Xa @ W.T
+            ce = float((torch.logsumexp(logits, 1) - (logits * Y).sum(1)).sum())
+            return c * ce + 0.5 * float((W * W * pen).sum())
+
+        f = objective(W)
+        for _ in range(iterations):
+            P = torch.softmax(Xa @ W.T, 1)  # (n, k)
+            grad = (c * (P - Y).T @ Xa + W * pen).reshape(-1)
+            M = (P[:, :, None] * Xa[:, None, :]).reshape(n, -1)  # (n, k(d+1)): p_ia x_i
+            H = -(M.T @ M)  # - sum_i (p_i x_i)(p_i x_i)'
+            blocks = torch.einsum("ia,ij,il->ajl", P, Xa, Xa)  # + diag(p_i) (x) x_i x_i'
+            for a in range(k):
+                s = slice(a * (d + 1), (a + 1) * (d + 1))
+                H[s, s] += blocks[a]
+            H = c * H + torch.diag(pen_flat) + 1e-10 * torch.eye(H.shape[0], dtype=H.dtype)
+            step = torch.linalg.solve(H, grad).reshape(k, d + 1)
+            t = 1.0
+            while t > 1e-4:
+                f_new = objective(W - t * step)
+                if f_new <= f:
+                    break
+                t /= 2
+            if t <= 1e-4:
+                break
+            W, gain, f = W - t * step, f - f_new, f_new
+            if gain <= 1e-8 * max(1.0, abs(f)):
+                break
+        last = model.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        model.skip.weight.copy_(W[:, :-1])
+        last.weight.zero_()
+        last.bias.copy_(W[:, -1])
+    return True
+
+
+# the penalties `gcv_ridge` chooses from, relative to the mean squared input (1e-2 was the fixed default)
+RIDGE_GRID = tuple(10.0 ** (k / 4) for k in range(-20, 13))  # 1e-5 .. 1e3
+
+
+def gcv_ridge(S: torch.Tensor, Ut: torch.Tensor, tc: torch.Tensor, scale: float) -> float:
+    """The ridge penalty (relative to `scale`) of `RIDGE_GRID` with the lowest generalized cross-validation
+    error `n * RSS / (n - df - 1)^2` (Golub, Heath & Wahba 1979; the 1 is the intercept), from the SVD of
+    the centred inputs (singular values `S`, `Ut = U' tc`) and the centred targets `tc`: no refits.
+    Pure noise gets a large penalty (predictions near the mean), clean linear data a small one."""
+    n = tc.shape[0]
+    total = float((tc * tc).sum())
+    outside = total - float((Ut * Ut).sum())  # the part of the targets no linear fit reaches
+    best, best_rel = math.inf, RIDGE_GRID[-1]
+    s2 = S * S
+    for rel in RIDGE_GRID:
+        shrink = (rel * scale) / (s2 + rel * scale)  # 1 - the fit's share of each direction
+        rss = outside + float(((shrink[:, None] * Ut) ** 2).sum())
+        dof = float((1 - shrink).sum()) + 1.0
+        if n - dof <= 0.5:
+            continue
+        g = n * rss / (n - dof) ** 2
+        if g < best:
+            best, best_rel = g, rel
+    return best_rel
 
 
 class FunctionModel(nn.Module):

@@ -160,8 +160,12 @@ def test_mismatch_exits_1_and_leaves_no_file(onnx_cls, monkeypatch, capfd):
     real = ex._export_file
 
     def perturbed(graph, fmt, example, path):  # an exporter bug: the file's weights drift by 1e-3
+        # every weight, unevenly (a run that kept its linear start has a zero MLP output layer, and the
+        # same shift of every class's logit leaves the probabilities as they were)
+        gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            next(graph.model.parameters()).add_(1e-3)
+            for p in graph.model.parameters():
+                p.add_(1e-3 * torch.randn(p.shape, generator=gen))
         real(graph, fmt, example, path)
 
     monkeypatch.setattr(ex, "_export_file", perturbed)

@@ -45,7 +45,8 @@ def test_config_file_set_and_flags_are_one_path(tmp_path, capsys):
     assert code == 0, err
     saved = tomllib.loads((out / "config.toml").read_text())
     assert saved["train"]["lr"] == 0.01 and saved["model"] == {"hidden": [16], "activation": "relu", "dropout": 0.1,
-                                                      "skip": True, "linear_init": True}
+                                                      "skip": True, "linear_init": True,
+                                                      "ridge": "gcv", "logistic_c": 1.0}
     assert saved["data"]["drop"] == ["row_id"]
     # the same settings as flags resolve to the same config
     out2 = tmp_path / "b"

@@ -29,7 +29,8 @@ class EarlyStopping(Callback):
             default), whether the run stopped early or not.
 
     The reason is printed (unless the trainer is quiet) and recorded in `trainer.stop_reason` and
-    in `self.reason`; the best epoch and value are in `best_epoch` and `best`.
+    in `self.reason`; the best epoch and value are in `best_epoch` and `best`. `start_from(value, model)`
+    before `fit` makes the initial model "epoch 0", the one to beat (`best_epoch == 0`: none did).
 
     Example:
         >>> stopper = fl.EarlyStopping("val_loss", patience=5, min_delta=1e-4)
@@ -53,15 +54,38 @@ class EarlyStopping(Callback):
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
         self.wait = 0
+        self.from_start = False  # `start_from` made the initial model "epoch 0"
+        self.start_margin = 0.0  # what an epoch must gain over that start
         self.stopped_epoch = 0
         self.reason: str | None = None
         self._best_weights: dict[str, Any] | None = None
 
     def _improved(self, value: float) -> bool:
         margin = max(self.min_delta, self.rel_delta * abs(self.best)) if math.isfinite(self.best) else 0.0
+        if self.from_start and self.best_epoch == 0:
+            margin = max(margin, self.start_margin)
         if self.mode == "min":
             return value < self.best - margin
         return value > self.best + margin
+
+    def start_from(self, value: float, model: Any, margin: float = 0.0) -> None:
+        """Count the model as it is now (before any training) as "epoch 0" with `monitor` at `value`.
+
+        Later epochs must then beat it (by the same margins, and by `margin`) to count as better, and
+        when none does, `on_fit_end` restores these weights: a run never ends worse on `monitor` than
+        its start (e.g. a model initialised at a linear fit). Call before `fit`; a resumed run's state
+        replaces it.
+
+        Args:
+            value: the monitored value of the model as it is (e.g. `trainer.evaluate(val)["loss"]`).
+            model: the module whose weights are kept (`trainer.model`).
+            margin: how much better than `value` an epoch must be to replace the start (e.g. one standard
+                error of `value`: the one-standard-error rule keeps the simpler start on a statistical tie).
+        """
+        self.best, self.best_epoch, self.wait = float(value), 0, 0
+        self.from_start, self.start_margin = True, abs(float(margin))
+        if self.restore_best_weights:
+            self._best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.monitor not in logs:
@@ -78,22 +102,27 @@ class EarlyStopping(Callback):
                 self.stopped_epoch = epoch
                 self.reason = (f"early stopping at epoch {epoch}: {self.monitor} did not improve by more "
                                f"than {self.min_delta:g} for {self.wait} epochs; best {self.best:.6g} "
-                               f"at epoch {self.best_epoch}")
+                               f"at epoch {self.best_epoch}"
+                               + (" (the initial model)" if self.best_epoch == 0 else ""))
                 trainer.should_stop = True
                 trainer.stop_reason = self.reason
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.restore_best_weights and self._best_weights is not None and self.best_epoch != trainer.epoch:
+            # best_epoch 0: the weights `start_from` recorded, before any training
             trainer.model.load_state_dict(self._best_weights)
             trainer.log(f"Restored the weights of epoch {self.best_epoch} ({self.monitor}={self.best:.6g}).")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "stopped_epoch": self.stopped_epoch, "reason": self.reason,
+                "stopped_epoch": self.stopped_epoch, "reason": self.reason, "from_start": self.from_start,
+                "start_margin": self.start_margin,
                 "best_weights": copy.copy(self._best_weights)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
         self.reason = state.get("reason")
+        self.from_start = bool(state.get("from_start", False))
+        self.start_margin = float(state.get("start_margin", 0.0))
         self._best_weights = state.get("best_weights")

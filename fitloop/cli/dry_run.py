@@ -32,7 +32,13 @@ DEFAULT_CONFIG = "config.toml"
 _SHOWN_WHEN_UNSET = {("data", "task"), ("train", "loss")}
 _MODEL_DOCS = {"hidden": "hidden layer sizes, input to output ([] = a linear model)",
                "activation": "activation between layers: relu, gelu, silu, tanh, ...",
-               "dropout": "dropout probability after each hidden layer"}
+               "dropout": "dropout probability after each hidden layer",
+               "skip": "a linear path from the inputs to the outputs beside the hidden layers",
+               "linear_init": "start that path at a linear model fitted to the training rows (the MLP's output at 0)",
+               "ridge": "regression: that fit's L2 penalty, relative to the mean squared input; gcv = "
+                        "chosen by generalized cross-validation on the training rows",
+               "logistic_c": "classification: start at the logistic-regression fit with this inverse L2 strength "
+                             "(scikit-learn's C); none = the ridge fit of one-hot classes"}
 
 
 @dataclass
@@ -104,7 +110,8 @@ def dry_run(cfg: RunConfig) -> DryRun:
     desc = " -> ".join(map(str, sizes)) + f" ({spec.activation}" + (f", dropout {spec.dropout:g}" if spec.dropout
                                                                      else "") + ")"
     if spec.skip and spec.hidden:  # the linear path beside it (and where it starts)
-        desc += " + linear skip" + (" (starts at the ridge fit)" if cfg.model.linear_init else "")
+        desc += " + linear skip" + (f" (starts at {_linear_start(cfg, plan)})" if cfg.model.linear_init
+                                    else "")
     n_train = len(plan.rows["train"])
     bs = cfg.train.batch_size
     return DryRun(cfg, len(table), len(table.columns), columns, table.task, task_reason, table.classes,
@@ -113,6 +120,20 @@ def dry_run(cfg: RunConfig) -> DryRun:
                   f"{cfg.train.device} -> {pick_device(cfg.train.device)}",
                   1 if bs is None else math.ceil(n_train / bs), plan.notes,
                   {"load": plan.load_seconds, "decide": time.perf_counter() - t0 - plan.load_seconds})
+
+
+def _linear_start(cfg: RunConfig, plan: Any) -> str:
+    """Where the linear path starts (`fitloop.cli.training.start_linear_path`), and early stopping's epoch 0."""
+    m, t = cfg.model, cfg.train
+    if plan.table.task == "classification" and m.logistic_c is not None:
+        where = f"the logistic-regression fit, C={m.logistic_c:g}"
+    else:
+        where = "the ridge fit, " + ("penalty by GCV on the training rows" if m.ridge == "gcv"
+                                     else f"ridge={float(m.ridge):g}")
+    if t.early_stopping_from_start and plan.early_stopping:
+        where += "; early stopping's epoch 0" + (", replaced only by an epoch 1 standard error better"
+                                                 if t.early_stopping_se else "")
+    return where
 
 
 def _is_float(col: Any) -> bool:

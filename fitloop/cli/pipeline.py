@@ -147,6 +147,7 @@ class _PreparedRun:
     first_step: Any = None
     targets: dict[str, Any] = field(default_factory=dict)  # regression: each split's target in its own units
     budget: Budget | None = None
+    ridge: float | None = None  # the linear start's penalty (model.ridge, or GCV's choice); None: no linear start
 
 
 def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
@@ -206,7 +207,7 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
     model = build_mlp(p.spec)
     X, y = p.splits["train"]
-    training.start_linear_path(cfg, model, p.task, p.info["classes"], X, y)  # at the ridge fit (model.linear_init)
+    p.ridge = training.start_linear_path(cfg, model, p.task, p.info["classes"], X, y)  # model.linear_init
     p.callbacks.extend(training.length_callbacks(cfg, p.early_stopping))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
@@ -216,6 +217,7 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     p.first_step = training.FirstStep(p.t_command)
     p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
                         callbacks=[*p.callbacks, *p.loggers, p.first_step], config=tcfg)
+    training.start_early_stopping(cfg, p.trainer, p.callbacks, p.splits.get("val"))  # a resume replaces it
 
 
 def _loggers(names: list[str]) -> list[Any]:
@@ -421,6 +423,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
             **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
             "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
             "still_improving": improving is not None, "budget": training.budget_fields(p.budget),
+            "linear_init_ridge": p.ridge,
             "device": str(trainer.device), "timings": p.timings, "notes": p.notes,
             "target_distribution": _target_distribution(p)})
     return result

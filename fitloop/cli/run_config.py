@@ -85,6 +85,11 @@ class ModelSection:
         skip: a linear path from the inputs to the outputs beside the hidden layers (`MLPSpec.skip`).
         linear_init: start the skip path at the ridge-regression fit of the training rows
             (`fitloop.models.fit_linear_path`), so training starts from what a linear model reaches.
+        ridge: that fit's L2 penalty, relative to the mean squared input; `"gcv"` (the default) picks
+            it by generalized cross-validation on the training rows (`fitloop.models.gcv_ridge`).
+        logistic_c: classification: the linear start is instead the multinomial logistic-regression fit
+            with this inverse L2 strength (scikit-learn's `C`; `fitloop.models.fit_logistic_path`);
+            `none`: the ridge fit of one-hot classes scaled to logits.
     """
 
     hidden: list[int] = field(default_factory=lambda: [64, 32])
@@ -92,12 +97,21 @@ class ModelSection:
     dropout: float = 0.0
     skip: bool = True
     linear_init: bool = True
+    ridge: float | str = "gcv"
+    logistic_c: float | None = 1.0
 
     def validate(self) -> None:
         try:
             check_mlp(self.hidden, self.activation, self.dropout, names=_MODEL_NAMES)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if isinstance(self.ridge, str) and self.ridge.strip().lower() == "gcv":
+            self.ridge = "gcv"
+        elif isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge > 0:
+            raise ConfigError(f"model.ridge: got {self.ridge!r}; pass a penalty > 0 (e.g. 0.01), or \"gcv\" to "
+                              "choose it by generalized cross-validation.")
+        if self.logistic_c is not None and not self.logistic_c > 0:
+            raise ConfigError(f"model.logistic_c: got {self.logistic_c}; pass a C > 0 (e.g. 1.0), or none.")
 
 
 _MODEL_NAMES = {"hidden": "model.hidden (--hidden)", "activation": "model.activation", "dropout": "model.dropout"}
@@ -119,6 +133,12 @@ class TrainSection(TrainConfig):
             kept in `config.toml`, so `fitloop resume` keeps logging to them.
         early_stopping_rel_delta: a better `val_loss` counts only when it is this fraction below the
             best so far (`EarlyStopping(rel_delta=...)`).
+        early_stopping_from_start: the model as initialised counts as epoch 0 for early stopping: its
+            val_loss is the one to beat, and a run in which no epoch beats it keeps the initial weights
+            (with `model.linear_init`, the ridge fit) (`EarlyStopping.start_from`).
+        early_stopping_se: with `early_stopping_from_start`, an epoch replaces the initial model only
+            when its val_loss is lower by more than one standard error of the initial val_loss (over the
+            validation rows): the one-standard-error rule, so a statistical tie keeps the linear start.
         scheduler: a learning-rate schedule by name (`fitloop.optim.SCHEDULER_NAMES`, e.g. `cosine`,
             `warmup_cosine`); `None` or `"none"` keeps the lr constant.
         budget_steps: the optimizer steps the default budget aims at (see `training_budget`).
@@ -131,6 +151,8 @@ class TrainSection(TrainConfig):
     early_stopping: int | None = 10
     log: list[str] = field(default_factory=list)
     early_stopping_rel_delta: float = 0.05
+    early_stopping_from_start: bool = True
+    early_stopping_se: bool = True
     scheduler: str | None = None
     budget_steps: int = 3000
     max_time: float | None = 600.0
@@ -351,8 +373,11 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
 
 # Values of settings added after a run directory may have been written, as runs before them behaved:
 # `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
-LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "train.scheduler": None,
-                                   "train.max_time": None, "train.early_stopping_rel_delta": 0.0}
+LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "model.ridge": 1e-2,
+                                   "model.logistic_c": None,
+                                   "train.scheduler": None,
+                                   "train.max_time": None, "train.early_stopping_rel_delta": 0.0,
+                                   "train.early_stopping_from_start": False, "train.early_stopping_se": False}
 
 # The default budget (measured in BENCHMARKS.md, "Tables"): the epochs that make about `budget_steps`
 # optimizer steps, within these bounds; patience a quarter of the epochs (at least MIN_PATIENCE).

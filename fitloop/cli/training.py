@@ -2,6 +2,7 @@
 
     start_linear_path(cfg, model, task, classes, X_train, y_train)   # the linear path starts at the ridge fit
     callbacks = length_callbacks(cfg, patience)                      # EarlyStopping, TimeLimit
+    start_early_stopping(cfg, trainer, callbacks, val)               # the initial model is "epoch 0"
     note = still_improving(trainer.history, trainer.stop_reason)     # "train longer with --epochs N"
 
 The budget itself (epochs, patience, checkpoints from the number of training rows) is
@@ -16,25 +17,34 @@ from typing import Any
 
 from .run_config import Budget, RunConfig
 
-__all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "best_epoch", "still_improving", "budget_fields",
+__all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "start_early_stopping",
+           "best_epoch", "still_improving", "budget_fields",
            "FirstStep", "process_age"]
 
 # linear_init for classification: the one-hot targets the linear start fits, as logits (+-2 around the mean)
 LOGIT_SCALE = 4.0
 
 
-def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] | None, X: Any, y: Any) -> None:
+def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] | None, X: Any, y: Any
+                      ) -> float | None:
     """With `model.linear_init`, start a `SkipMLP`'s linear path at the ridge fit of the training rows
     `X`, `y` (regression: the standardized target; classification: one-hot classes scaled to logits).
-    Call after seeding: the hidden layers keep their seeded initial weights."""
+    Call after seeding: the hidden layers keep their seeded initial weights.
+
+    Returns:
+        The ridge penalty used (`model.ridge`, or the one GCV chose), or None when the model starts as built.
+    """
     import torch
 
-    from ..models import SkipMLP, fit_linear_path
+    from ..models import SkipMLP, fit_linear_path, fit_logistic_path
 
-    if cfg.model.linear_init and isinstance(model, SkipMLP):
-        t = y if task != "classification" else \
-            LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes or [])).float()
-        fit_linear_path(model, X, t)
+    if not (cfg.model.linear_init and isinstance(model, SkipMLP)):
+        return None
+    if task == "classification" and cfg.model.logistic_c is not None and \
+            fit_logistic_path(model, X, y, cfg.model.logistic_c):
+        return None
+    t = y if task != "classification" else LOGIT_SCALE * torch.nn.functional.one_hot(y, len(classes or [])).float()
+    return fit_linear_path(model, X, t, None if cfg.model.ridge == "gcv" else float(cfg.model.ridge))
 
 
 def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
@@ -49,13 +59,48 @@ def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
     return out
 
 
+def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any) -> None:
+    """With `train.early_stopping_from_start`, the model as initialised is early stopping's "epoch 0":
+    its val_loss (one evaluation before training) is the one to beat, by one standard error of that
+    val_loss (the one-standard-error rule: on a statistical tie the simpler start wins), and a run in
+    which no epoch beats it keeps those weights. With `model.linear_init` that start is the linear
+    fit, so the run never ends worse on its validation rows than the linear model it started from."""
+    from ..callbacks import EarlyStopping
+
+    stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
+    if stopper is None or val is None or not cfg.train.early_stopping_from_start:
+        return
+    value = float(trainer.evaluate(val)["loss"])
+    stopper.start_from(value, trainer.model, _standard_error(trainer, val) if cfg.train.early_stopping_se else 0.0)
+
+
+def _standard_error(trainer: Any, val: Any) -> float:
+    """The standard error of the mean val loss over its rows, for losses with a `reduction` (mse,
+    cross-entropy, ...); 0 for others."""
+    import copy
+
+    import torch
+
+    fn = trainer.loss_fn
+    X, y = val
+    if not isinstance(getattr(fn, "reduction", None), str) or len(X) < 2:
+        return 0.0
+    per_row = copy.copy(fn)
+    per_row.reduction = "none"
+    out = trainer.predict(X, output="raw")
+    with torch.no_grad():
+        target = y.view_as(out) if y.is_floating_point() and out.shape != y.shape else y
+        losses = per_row(out.float(), target).reshape(len(X), -1).sum(1).double()
+    return float(losses.std() / len(X) ** 0.5)
+
+
 def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
     """The epoch whose weights the run keeps: early stopping's best, else the lowest val_loss, else the last."""
     from ..callbacks import EarlyStopping
 
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
-    if stopper is not None and stopper.best_epoch:
-        return stopper.best_epoch
+    if stopper is not None and (stopper.best_epoch or stopper.from_start):
+        return stopper.best_epoch  # 0: no epoch beat the initial model (`train.early_stopping_from_start`)
     if history and "val_loss" in history[0]:
         return min(history, key=lambda h: h["val_loss"])["epoch"]
     return history[-1]["epoch"] if history else None

@@ -194,8 +194,8 @@ def from_run_dir(path: str | os.PathLike) -> ReportData:
     if not d.history or "val_loss" not in d.history[0]:
         d.absent.append("validation: the run had no validation data, so no val_loss curve and no overfitting "
                         "check")
-    d.best_epoch = info.get("best_epoch") or _best_epoch(d.history, d.monitor if d.history and d.monitor in
-                                                         d.history[0] else "loss", train_cfg.get("mode", "min"))
+    d.best_epoch = info["best_epoch"] if isinstance(info.get("best_epoch"), int) else _best_epoch(  # 0: the start
+        d.history, d.monitor if d.history and d.monitor in d.history[0] else "loss", train_cfg.get("mode", "min"))
     d.data = {k: info[k] for k in ("data", "target", "rows", "inputs", "features") if info.get(k) is not None}
     if table.get("feature_names"):
         d.data["feature_names"] = table["feature_names"]

@@ -175,7 +175,9 @@ def render_html(d: ReportData, images: dict[str, bytes]) -> str:
     """The whole page as one string."""
     status = f"status {d.status}" if d.status else ""
     sub = " · ".join(x for x in (escape(d.source), escape(d.task or ""), escape(status),
-                                 f"{len(d.history)} epochs", f"best epoch {d.best_epoch}" if d.best_epoch else "")
+                                 f"{len(d.history)} epochs",
+                                 "kept the initial model (epoch 0)" if d.best_epoch == 0 else
+                                 f"best epoch {d.best_epoch}" if d.best_epoch else "")
                      if x)
     message = f'<div class="card">{escape(str(d.message))}</div>' if d.message and d.status != "finished" else ""
     absent = "".join(f"<li>{escape(a)}</li>" for a in d.absent)
