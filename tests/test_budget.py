@@ -92,6 +92,10 @@ def test_still_improving_note_only_when_the_best_epoch_is_the_last():
     assert still_improving([{"epoch": 1, "loss": 1.0}], None) is None  # no val rows: nothing to judge by
     timed = still_improving(_hist([3.0, 2.0]), "time limit at epoch 2: training took 9.0s >= max_time 5s")
     assert timed is not None and "--max-time" in timed
+    # the weights kept decide: early stopping kept epoch 2 (a near-tie) or the initial model (epoch 0)
+    assert still_improving(_hist([3.0, 2.0, 1.99]), None, kept=2) is None
+    assert still_improving(_hist([3.0, 2.0, 1.99]), None, kept=0) is None
+    assert still_improving(_hist([3.0, 2.0, 1.0]), None, kept=3) is not None
 
 
 def test_run_json_and_summary_say_the_model_was_still_improving(tmp_path, capsys):

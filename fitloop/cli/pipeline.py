@@ -395,7 +395,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
         if is_main_process():
             _write_predictions(out_dir, p.rows[eval_split], p.targets.get(eval_split, y_true), raw, info)
     best_epoch = training.best_epoch(p.callbacks, history)
-    improving = training.still_improving(history, trainer.stop_reason)
+    improving = training.still_improving(history, trainer.stop_reason, best_epoch)
     if improving:
         p.notes.append(improving)
     trainer.save(str(out_dir / "model"), extra={"preprocessor": p.pre.to_dict(), "table": info})  # rank 0 writes

@@ -135,7 +135,8 @@ class TrainSection(TrainConfig):
             best so far (`EarlyStopping(rel_delta=...)`).
         early_stopping_from_start: the model as initialised counts as epoch 0 for early stopping: its
             val_loss is the one to beat, and a run in which no epoch beats it keeps the initial weights
-            (with `model.linear_init`, the ridge fit) (`EarlyStopping.start_from`).
+            (the linear fit; only with `model.linear_init`, since a random start is nothing to keep)
+            (`EarlyStopping.start_from`).
         early_stopping_se: with `early_stopping_from_start`, an epoch replaces the initial model only
             when its val_loss is lower by more than one standard error of the initial val_loss (over the
             validation rows): the one-standard-error rule, so a statistical tie keeps the linear start.

@@ -64,11 +64,12 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
     its val_loss (one evaluation before training) is the one to beat, by one standard error of that
     val_loss (the one-standard-error rule: on a statistical tie the simpler start wins), and a run in
     which no epoch beats it keeps those weights. With `model.linear_init` that start is the linear
-    fit, so the run never ends worse on its validation rows than the linear model it started from."""
+    fit, so the run never ends worse on its validation rows than the linear model it started from.
+    Without `model.linear_init` the start is random weights, nothing worth keeping: no epoch 0 then."""
     from ..callbacks import EarlyStopping
 
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
-    if stopper is None or val is None or not cfg.train.early_stopping_from_start:
+    if stopper is None or val is None or not (cfg.train.early_stopping_from_start and cfg.model.linear_init):
         return
     value = float(trainer.evaluate(val)["loss"])
     stopper.start_from(value, trainer.model, _standard_error(trainer, val) if cfg.train.early_stopping_se else 0.0)
@@ -106,17 +107,19 @@ def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
     return history[-1]["epoch"] if history else None
 
 
-def still_improving(history: list[dict[str, Any]], stop_reason: str | None) -> str | None:
-    """The note for a run whose lowest val_loss is at its last epoch, with how to train longer; else None.
+def still_improving(history: list[dict[str, Any]], stop_reason: str | None, kept: int | None = None) -> str | None:
+    """The note for a run whose best epoch is its last one, with how to train longer; else None.
 
-    Judged on the recorded val_loss (not on early stopping's `rel_delta`, which may keep an earlier
-    epoch on a near-tie): a run that ended while its validation loss was still falling. Without
-    validation rows there is no held-out loss to judge by, so it says nothing.
+    The best epoch is the one whose weights the run keeps (`kept`, from `best_epoch`: early stopping's
+    choice, which may keep an earlier epoch, or the initial model, on a near-tie), else the lowest recorded
+    val_loss: a run that ended while its validation loss was still falling. Without validation rows there
+    is no held-out loss to judge by, so it says nothing.
     """
     if not history or "val_loss" not in history[-1]:
         return None
     epochs = history[-1]["epoch"]
-    if min(history, key=lambda h: h["val_loss"])["epoch"] != epochs:
+    best = kept if kept is not None else min(history, key=lambda h: h["val_loss"])["epoch"]
+    if best != epochs:
         return None
     if stop_reason and stop_reason.startswith("time limit"):
         how = f"the time limit ended it: pass a larger --max-time (now {stop_reason.split('max_time ')[-1]})"
