@@ -189,3 +189,26 @@ def test_a_fit_with_its_verdict_imports_no_plotting_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}).stdout
     assert out.strip() == "[]"
+
+
+def test_overfitting_when_early_stopping_kept_the_initial_model_or_an_earlier_epoch():
+    hist = _h([1.0, 0.5, 0.2, 0.1], [1.0, 0.5, 0.7, 0.9])  # val minimum at epoch 2, then it rose
+    kept0 = V.judge(hist, baseline_loss=1.0, kept_epoch=0)  # early stopping kept the start (epoch 0)
+    assert kept0.kind == "overfitting" and kept0.facts["kept_epoch"] == 0 and kept0.facts["restored"]
+    assert kept0.suggestion.startswith("Early stopping kept its initial weights (epoch 0, before any training): "
+                                       "the lowest validation loss, at epoch 2,")
+    assert "Use early stopping" not in kept0.suggestion
+    kept1 = V.judge(hist, baseline_loss=1.0, kept_epoch=1)
+    assert kept1.suggestion.startswith("Early stopping kept the weights of epoch 1:")
+    none = V.judge(hist, baseline_loss=1.0)  # no early stopping: the last epoch's weights
+    assert none.suggestion.startswith("The model keeps the weights of epoch 4; the best were epoch 2's. Use early")
+
+
+def test_verdict_of_a_trainer_whose_early_stopping_kept_the_initial_weights():
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 3), torch.randn(64, 1)
+    stopper = fl.EarlyStopping(patience=50)
+    t = fl.Trainer(nn.Linear(3, 1), epochs=3, quiet=True, callbacks=[stopper])
+    stopper.start_from(-1.0, t.model)  # an unbeatable start: every epoch is worse
+    t.fit((X, y), (X[:16], y[:16]))
+    assert stopper.best_epoch == 0 and V.verdict_of(t).facts["kept_epoch"] == 0

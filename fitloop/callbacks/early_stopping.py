@@ -60,10 +60,15 @@ class EarlyStopping(Callback):
         self.reason: str | None = None
         self._best_weights: dict[str, Any] | None = None
 
-    def _improved(self, value: float) -> bool:
+    def _margin(self) -> float:
+        """How much better than the best so far an epoch must be to count as better."""
         margin = max(self.min_delta, self.rel_delta * abs(self.best)) if math.isfinite(self.best) else 0.0
         if self.from_start and self.best_epoch == 0:
             margin = max(margin, self.start_margin)
+        return margin
+
+    def _improved(self, value: float) -> bool:
+        margin = self._margin()
         if self.mode == "min":
             return value < self.best - margin
         return value > self.best + margin
@@ -101,7 +106,7 @@ class EarlyStopping(Callback):
             if self.wait >= self.patience:
                 self.stopped_epoch = epoch
                 self.reason = (f"early stopping at epoch {epoch}: {self.monitor} did not improve by more "
-                               f"than {self.min_delta:g} for {self.wait} epochs; best {self.best:.6g} "
+                               f"than {self._margin():.3g} for {self.wait} epochs; best {self.best:.6g} "
                                f"at epoch {self.best_epoch}"
                                + (" (the initial model)" if self.best_epoch == 0 else ""))
                 trainer.should_stop = True

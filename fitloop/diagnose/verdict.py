@@ -112,8 +112,10 @@ def judge(history: list[dict[str, Any]], *, baseline_loss: float | None = None, 
     if val:
         k = min(range(len(val)), key=val.__getitem__)
         facts.update(final_val_loss=val[-1], min_val_loss=val[k], best_epoch=history[k].get("epoch", k + 1))
-    facts["kept_epoch"] = kept_epoch if kept_epoch else (history[-1].get("epoch", epochs) if history else None)
-    facts["restored"] = bool(kept_epoch)  # early stopping put the best epoch's weights back
+    # kept_epoch 0: early stopping kept the initial weights (no epoch beat the model it started as)
+    facts["kept_epoch"] = kept_epoch if kept_epoch is not None else (history[-1].get("epoch", epochs) if history
+                                                                      else None)
+    facts["restored"] = kept_epoch is not None  # early stopping put the weights it chose back
     not_judged = [] if has_val else ["overfitting and whether the validation loss stayed close to the training "
                                      "loss: the run had no validation data (pass val to fit, or keep a "
                                      "validation split)"]
@@ -221,6 +223,10 @@ def _overfit_advice(facts: dict[str, Any]) -> str:
     if facts.get("restored") and kept == best:
         return (f"The model keeps the weights of epoch {kept} (the best, restored by early stopping). To do "
                 f"better, {rest}")
+    if facts.get("restored"):  # early stopping's margin kept an earlier epoch over a slightly lower minimum
+        which = "its initial weights (epoch 0, before any training)" if kept == 0 else f"the weights of epoch {kept}"
+        return (f"Early stopping kept {which}: the lowest validation loss, at epoch {best}, was not lower by "
+                f"the margin early stopping asks for. To make training pay off, {rest}")
     return (f"The model keeps the weights of epoch {kept}; the best were epoch {best}'s. Use early stopping "
             f"(fl.EarlyStopping(patience=5), `--early-stopping 5`) to keep the best epoch's weights; {rest}")
 
@@ -294,5 +300,6 @@ def verdict_of(trainer: Trainer, error: BaseException | None = None) -> Verdict:
     base = baseline_loss(trainer.compute_loss, y.to(trainer.device), task) if torch_loss and y is not None else None
     lr = trainer.config.lr or (trainer.history[0].get("lr") if trainer.history else None)
     kept = next((getattr(cb, "best_epoch", 0) for cb in trainer.callbacks  # EarlyStopping, by duck typing
-                 if getattr(cb, "restore_best_weights", False) and getattr(cb, "best_epoch", 0)), None)
+                 if getattr(cb, "restore_best_weights", False)
+                 and (getattr(cb, "best_epoch", 0) or getattr(cb, "from_start", False))), None)
     return judge(trainer.history, baseline_loss=base, lr=lr, kept_epoch=kept, error=error)
