@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import MissingExtraError, require
 from .graph import build_graph, input_matrix, layout
 
 __all__ = ["export", "ExportResult", "ExportMismatchError", "MissingExtraError", "FORMATS", "input_matrix",
@@ -48,7 +49,6 @@ __all__ = ["export", "ExportResult", "ExportMismatchError", "MissingExtraError",
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 TOLERANCE = 1e-5
 EDGE_ROWS = 64
-INSTALL = "pip install 'fitloop[export]'"
 UNSEEN = "<fitloop: unseen category>"
 _COMPARED = {"classification": "probabilities",
              "regression": "predictions, in units of the target's training standard deviation"}
@@ -56,10 +56,6 @@ _COMPARED = {"classification": "probabilities",
 
 class ExportMismatchError(RuntimeError):
     """The exported model's outputs differ from fitloop's: a bug, so nothing was written."""
-
-
-class MissingExtraError(ImportError):
-    """An optional package the export needs is not installed; the message names the `pip install`."""
 
 
 @dataclass
@@ -175,15 +171,7 @@ def _verification_inputs(run: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.nda
 
 
 def _require_onnx() -> None:
-    missing = []
-    for name in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise MissingExtraError(f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                                f"not installed: {INSTALL}")
+    require(("onnx", "onnxscript", "onnxruntime"), "export", "ONNX export")
 
 
 @contextlib.contextmanager

@@ -34,19 +34,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..extras import require
 from .serve_input import InputInfo, RequestError, csv_table, loads, records_table
 from .serve_ops import Gate, Metrics, log_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cli.runs import LoadedRun
 
-__all__ = ["create_app", "serve", "require_serve_extra", "ServeError", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_BODY",
-           "INSTALL_HINT"]
+__all__ = ["create_app", "serve", "require_serve_extra", "ServeError", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_BODY"]
 
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY = 10 * 1024 * 1024  # 10 MiB: ~10,000 rows of a few dozen columns as JSON
 GRACEFUL_SECONDS = 30  # on SIGTERM, in-flight requests get this long to finish
-INSTALL_HINT = "pip install 'fitloop[serve]'"
 _SETTINGS_ENV = "FITLOOP_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 
 
@@ -55,14 +54,8 @@ class ServeError(ValueError):
 
 
 def require_serve_extra() -> None:
-    """Import FastAPI, uvicorn and prometheus-client, or raise ImportError naming the `pip install`."""
-    try:
-        import fastapi  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"`fitloop serve` needs FastAPI, uvicorn and prometheus-client ({e.name} is not "
-                          f"installed): {INSTALL_HINT}") from None
+    """Import FastAPI, uvicorn and prometheus-client, or raise `MissingExtraError` naming the `pip install`."""
+    require(("fastapi", "uvicorn", "prometheus_client"), "serve", "`fitloop serve`")
 
 
 # ------------------------------------------------------------------------------------------ the model

@@ -17,6 +17,8 @@ import io
 import math
 from typing import TYPE_CHECKING, Any
 
+from ..extras import require
+
 if TYPE_CHECKING:
     from .data import ReportData
 
@@ -35,12 +37,8 @@ TRAIN, VAL, BEST = "#1f77b4", "#ff7f0e", "#2ca02c"
 
 
 def require_matplotlib() -> None:
-    """Raise a clear ImportError naming the pip command when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError("the report's plots need matplotlib, which is not installed: "
-                          "pip install 'fitloop[plot]' (or pip install matplotlib)") from None
+    """Raise `MissingExtraError` (an ImportError) naming the pip command when matplotlib is missing."""
+    require("matplotlib", "plot", "the report's plots")
 
 
 def _figure(w: float = 6.4, h: float = 3.8) -> Any:
