@@ -35,6 +35,7 @@ __all__ = ["init_from_env", "session", "destroy", "barrier", "Collective", "Rank
 
 DEFAULT_TIMEOUT = 60.0  # seconds a collective waits for a silent peer
 EXIT_PEER_FAILED = 3  # the exit code of a rank that gives up because another one is gone
+_DRAIN_SECONDS = 0.2  # how long `destroy` releases the GIL for gloo's worker threads
 
 _owned = False  # fitloop created the default group (and destroys it)
 _store: Any = None  # the rendezvous store, for the dead-rank diagnosis
@@ -130,6 +131,11 @@ def destroy() -> None:
     if _owned and dist.is_initialized():
         with contextlib.suppress(Exception):  # a broken group (a dead peer) still gets torn down locally
             dist.destroy_process_group()
+        # Gloo's worker threads outlive destroy_process_group while a module (DDP, FSDP) still holds the
+        # group, and a worker that drops a finished collective's tensors needs the GIL to do it. At exit,
+        # a worker still waiting for the GIL when the interpreter finalizes aborts the process ("terminate
+        # called without an active exception"). Releasing the GIL for a moment lets those drops finish.
+        time.sleep(_DRAIN_SECONDS)
     _owned, _store, _side = False, None, None
 
 
