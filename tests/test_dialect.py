@@ -47,6 +47,24 @@ def test_delimiter_is_detected_and_reported(tmp_path, sep):
     assert (info.delimiter, info.delimiter_detected, info.notes) == (sep, False, [])
 
 
+@pytest.mark.parametrize("first", ["sep=;", '"sep=;"', "\ufeffsep=;"])
+def test_excel_sep_line_sets_the_delimiter_and_is_not_the_header(tmp_path, capsys, first):
+    body = "x;z;label\n" + "".join(";".join(str(v).replace(".", ",") for v in r) + "\n" for r in rows(30))
+    f = tmp_path / "excel.csv"
+    f.write_text(first + "\r\n" + body, encoding="utf-8")
+    info = ReadInfo()
+    t = read_table(f, info=info)
+    assert t.column_names == ["x", "z", "label"] and t.num_rows == 30
+    assert t.column("x").to_pylist()[:2] == [rows(30)[0][0], rows(30)[1][0]]  # decimal commas as well
+    assert info.notes[0] == "delimiter ';' (from the file's first line `sep=`; --delimiter overrides)"
+    # an explicit --delimiter wins, and the sep= line is still skipped
+    t = read_table(f, delimiter=";", info=ReadInfo())
+    assert t.column_names == ["x", "z", "label"] and t.num_rows == 30
+    code, out, err = run_cli(capsys, "train", f, "--target", "label", "--epochs", "1", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "first line `sep=`" in out
+
+
 def test_ambiguous_delimiter_says_which_flag_to_pass(tmp_path, capsys):
     f = write(tmp_path / "d.csv", "a,b;c\n1,2;3\n4,5;6\n")
     with pytest.raises(TableError, match=r"cannot tell the delimiter: ',' \(2 fields\) and ';' \(2 fields\).*"

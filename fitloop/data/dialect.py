@@ -12,6 +12,8 @@ separators, unnamed and duplicate header names.
   (thousands separator) are parsed when every value of the column reads one way only; a column whose
   values read both ways (``3,750``: 3.75 or 3750?) follows ``--decimal`` or the file's other columns,
   and otherwise stops with an error naming the column and the option.
+- **Excel's ``sep=`` line**: a first line ``sep=;`` (which Excel writes and reads as "the delimiter is
+  ``;``") sets the delimiter and is skipped; an explicit ``--delimiter`` still wins.
 - **Header**: an empty name becomes ``(unnamed N)`` (N its 1-based position; the table treats it as a
   row id), and a name that appears twice stops with an error naming it and its positions.
 """
@@ -26,7 +28,7 @@ from typing import Any
 
 from .errors import TableError
 
-__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "parse_number_columns", "check_header",
+__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "excel_sep_line", "parse_number_columns", "check_header",
            "UNNAMED_PREFIX"]
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
@@ -86,6 +88,17 @@ def _field_counts(text: str, delimiter: str, complete: bool) -> list[int]:
     if not complete and rows:
         rows.pop()  # the sample cut the last record
     return [len(r) for r in rows if r and any(c.strip() for c in r)]
+
+
+def excel_sep_line(path: str | Path, *, encoding: str = "utf-8") -> str | None:
+    """The delimiter named by an Excel ``sep=X`` first line (optionally quoted, after a byte-order mark),
+    or None when the file does not start with one."""
+    import re
+
+    text, _ = _sample(Path(path), encoding)
+    first = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    m = re.fullmatch(r'"?sep=(.)"?\s*', first, flags=re.IGNORECASE)
+    return m.group(1) if m else None
 
 
 def sniff_delimiter(path: str | Path, *, encoding: str = "utf-8", default: str = ",") -> str:

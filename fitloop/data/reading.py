@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .dialect import ReadInfo, check_header, parse_number_columns, sniff_delimiter
+from .dialect import ReadInfo, check_header, excel_sep_line, parse_number_columns, sniff_delimiter
 from .errors import TableError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,16 +83,19 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     sep = _check_delimiter(delimiter)
     detected = sep is None
     try:
+        hint = excel_sep_line(path, encoding=encoding)
         if sep is None:
-            sep = sniff_delimiter(path, encoding=encoding, default="\t" if ext.startswith(".tsv") else ",")
+            sep = hint or sniff_delimiter(path, encoding=encoding, default="\t" if ext.startswith(".tsv") else ",")
     except LookupError as e:
         raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
     if info is not None:
         info.delimiter, info.delimiter_detected = sep, detected
         if detected:
-            info.notes.append(f"delimiter {'tab' if sep == chr(9) else repr(sep)} (detected from the first "
-                              f"lines; --delimiter overrides)")
+            how = "from the file's first line `sep=`" if hint else "detected from the first lines"
+            info.notes.append(f"delimiter {'tab' if sep == chr(9) else repr(sep)} ({how}; --delimiter overrides)")
     read_opts, parse_opts, conv_opts = _csv_options(encoding, sep, decimal)
+    if hint is not None:
+        read_opts.skip_rows = 1  # Excel's `sep=` line is not the header
     try:
         try:
             # Streaming keeps peak memory near the final table size, but infers types from the first
