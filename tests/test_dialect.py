@@ -65,6 +65,25 @@ def test_excel_sep_line_sets_the_delimiter_and_is_not_the_header(tmp_path, capsy
     assert "first line `sep=`" in out
 
 
+def test_predict_and_evaluate_read_with_the_training_delimiter(tmp_path, capsys):
+    """A file only `--delimiter ';'` reads (`,` splits every line too): the run remembers the flag."""
+    lines = ["x;z;kind,code"] + [f"{a};{b};{'p,q' if i % 2 else 'r,s'}" for i, (a, b, _) in enumerate(rows(40))]
+    f = write(tmp_path / "d.csv", "\n".join(lines) + "\n")
+    with pytest.raises(TableError, match="cannot tell the delimiter"):
+        read_table(f)
+    code, _, err = run_cli(capsys, "train", f, "--target", "kind,code", "--delimiter", ";", "--epochs", "1",
+                           "--out", tmp_path / "r")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "predict", tmp_path / "r", f)
+    assert code == 0, err
+    assert out.splitlines()[0] == '"prediction"' and len(out.splitlines()) == 41
+    assert set(out.splitlines()[1:]) <= {'"p,q"', '"r,s"'}
+    code, out, err = run_cli(capsys, "evaluate", tmp_path / "r", f)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "predict", tmp_path / "r", f, "--delimiter", ",")  # the flag still wins
+    assert code == 2 and "internal error" not in err
+
+
 def test_ambiguous_delimiter_says_which_flag_to_pass(tmp_path, capsys):
     f = write(tmp_path / "d.csv", "a,b;c\n1,2;3\n4,5;6\n")
     with pytest.raises(TableError, match=r"cannot tell the delimiter: ',' \(2 fields\) and ';' \(2 fields\).*"

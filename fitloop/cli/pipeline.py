@@ -169,7 +169,8 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
     d = cfg.data
     plan.notes.extend(_leakage_notes(splits, cfg.train.guards))
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
-                            "feature_names": pre.feature_names, "decimal": d.decimal}  # predict's default
+                            "feature_names": pre.feature_names, "decimal": d.decimal,  # predict's defaults:
+                            "delimiter": d.delimiter}  # the explicit --decimal / --delimiter of training
     targets: dict[str, Any] = {}
     if task == "classification":
         counts = torch.bincount(splits["train"][1], minlength=len(classes)).double()

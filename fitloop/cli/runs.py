@@ -159,8 +159,9 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
-        enc = transform_table(run.preprocessor, data, encoding=encoding, delimiter=delimiter,
-                              decimal=decimal or run.info.get("decimal"))  # the --decimal the run was trained with
+        enc = transform_table(run.preprocessor, data, encoding=encoding,  # the run's --delimiter / --decimal
+                              delimiter=delimiter or run.info.get("delimiter"),
+                              decimal=decimal or run.info.get("decimal"))
     cols: dict[str, Any] = {}
     if run.info.get("id") and enc.ids is not None:
         cols[run.info["id"]] = pa.array(enc.ids)
@@ -204,7 +205,8 @@ def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: s
     from ..data import TableError, read_table, transform_table
 
     if not hasattr(data, "column_names"):
-        data = read_table(data, encoding=encoding, delimiter=delimiter, decimal=decimal or run.info.get("decimal"))
+        data = read_table(data, encoding=encoding, delimiter=delimiter or run.info.get("delimiter"),
+                          decimal=decimal or run.info.get("decimal"))
     target = run.info["target"]
     if target not in data.column_names:
         raise TableError(f"the file has no target column {target!r}, so there is nothing to evaluate against; "
