@@ -273,6 +273,16 @@ def test_table_too_small_for_the_split_exits_2(tmp_path, capsys, case):
     assert not (tmp_path / "r").exists()
 
 
+def test_python_split_of_a_tiny_table_names_the_empty_part():
+    tab = Table.from_arrow(pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0], "y": [1.5, 2.0, 0.5, 3.0, 1.0]}), "y")
+    with pytest.raises(TableError, match=exactly(
+            "table: 5 row(s) are too few for fractions (0.8, 0.1, 0.1): the val part would get no rows. Add "
+            "rows, or give it a larger fraction.")):
+        tab.prepare()
+    assert {k: len(v) for k, v in tab.split_indices((0.6, 0.2, 0.2)).items()} == {"train": 3, "val": 1, "test": 1}
+    assert len(tab.split_indices((0.8, 0.2, 0.0))["test"]) == 0  # a part not asked for may be empty
+
+
 # --------------------------------------------------------------------------- exit codes, float32 metrics
 
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from .errors import TableError
 
-__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "excel_sep_line", "parse_number_columns", "check_header",
-           "UNNAMED_PREFIX"]
+__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "excel_sep_line", "parse_number_columns",
+           "check_header", "UNNAMED_PREFIX"]
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 SAMPLE_BYTES, SAMPLE_LINES, MAX_SAMPLE_BYTES = 1 << 14, 50, 1 << 22  # the sniffer's sample

@@ -291,7 +291,13 @@ class Table:
         perm = np.random.default_rng(seed).permutation(len(self))
         cuts = np.round(np.cumsum(fractions) / sum(fractions) * len(self)).astype(int)
         parts = np.split(perm, cuts[:-1])
-        return {name: np.sort(p) for name, p in zip(("train", "val", "test"), parts)}
+        names = ("train", "val", "test")
+        empty = [n for n, p, f in zip(names, parts, fractions) if f > 0 and len(p) == 0]
+        if empty:
+            raise TableError(f"{self.source}: {len(self)} row(s) are too few for fractions {tuple(fractions)}: "
+                             f"the {' and '.join(empty)} part{'s' if len(empty) > 1 else ''} would get no rows. "
+                             f"Add rows, or give {'them' if len(empty) > 1 else 'it'} a larger fraction.")
+        return {name: np.sort(p) for name, p in zip(names, parts)}
 
     def fit_preprocessor(self, train_rows: Any) -> Preprocessor:
         """Fit the `Preprocessor` on the training rows: every per-column decision of a run (kept or
