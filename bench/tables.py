@@ -159,6 +159,24 @@ def write_csv(t: Table, path: Path) -> None:
     pcsv.write_csv(pa.table({k: pa.array(v) for k, v in t.columns.items()}), str(path))
 
 
+def robust_clip(t: Table, train_rows: np.ndarray) -> Table:
+    """RealMLP-TD's numeric preprocessing (Holzmüller et al. 2024): centre at the train rows' median, divide by
+    their interquartile range (the range / 2 when that is 0), then smooth-clip `x / sqrt(1 + (x / 3)^2)`.
+    Columns with two values or fewer, and text, are left alone; fitloop standardises the result again."""
+    cols = dict(t.columns)
+    for c in t.features():
+        v = cols[c]
+        if v.dtype.kind not in "fi" or len(np.unique(v)) <= 2:
+            continue
+        v = v.astype(np.float64)
+        fit = v[train_rows]
+        q1, med, q3 = np.nanquantile(fit, [0.25, 0.5, 0.75])
+        iqr = q3 - q1 if q3 > q1 else max(float(np.nanmax(fit) - np.nanmin(fit)) / 2, 1e-12)
+        z = (v - med) / iqr
+        cols[c] = z / np.sqrt(1 + (z / 3) ** 2)
+    return Table(t.name, cols, t.target, t.task, t.note, t.pass_task)
+
+
 # ---------------------------------------------------------------------------------------- baselines
 
 
@@ -346,6 +364,8 @@ def main() -> int:
     ap.add_argument("--anchors", action="store_true", help="also CatBoost and RealMLP-TD (optional deps)")
     ap.add_argument("--set", action="append", default=[], help="passed to fitloop train as --set (an ablation arm)")
     ap.add_argument("--flag", action="append", default=[], help="a raw fitloop train flag, e.g. --flag=--epochs=50")
+    ap.add_argument("--robust-clip", action="store_true", help="ablation: RealMLP-TD's robust scaling and smooth "
+                    "clipping of the numeric features (fitted on each run's train rows) applied to the file first")
     ap.add_argument("--in-process", action="store_true", help="run fitloop in this process (no start-up in the time)")
     ap.add_argument("--before", default=None, help="also run fitloop train from this checkout (e.g. the main "
                     "branch), interleaved, as the column `before`")
@@ -368,6 +388,13 @@ def main() -> int:
             write_csv(t, csv)
             for seed in seeds:
                 fl = run_fitloop(csv, t, seed, Path(tmp) / f"run-{t.name}-{seed}", extra, args.in_process)
+                if args.robust_clip:  # the same rows (the split depends on the seed only), transformed inputs
+                    t_rc = robust_clip(t, np.asarray(fl["splits"]["train"]))
+                    write_csv(t_rc, Path(tmp) / f"{t.name}-rc.csv")
+                    rc = run_fitloop(Path(tmp) / f"{t.name}-rc.csv", t_rc, seed, Path(tmp) / f"rc-{t.name}-{seed}",
+                                     extra, args.in_process)
+                    assert rc["splits"] == fl["splits"], "the transformed file split differently"
+                    fl = rc
                 test = np.asarray(fl["splits"]["test"])
                 train = np.sort(np.asarray(fl["splits"]["train"]))
                 train_val = np.sort(np.concatenate([np.asarray(fl["splits"][k]) for k in ("train", "val")
