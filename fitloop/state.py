@@ -41,6 +41,7 @@ class TrainState:
     epoch_lr: float = 0.0          # lr of the last step taken (the history records it)
     outputs: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)  # for train metrics
     grad_norms: list[torch.Tensor] = field(default_factory=list)  # per step, when clipping
+    discard: int = 0               # a skipped step's micro-batches, left out of the epoch's loss by `record`
 
     def start_epoch(self, generator_state: torch.Tensor) -> None:
         """Forget the last epoch's progress; remember where this epoch's data order starts."""
@@ -49,12 +50,21 @@ class TrainState:
         self.epoch_time = 0.0
 
     def record(self, loss: torch.Tensor, rows: int, output: tuple[torch.Tensor, torch.Tensor | None] | None) -> None:
-        """One batch done: its loss, its row count, its (output, target) for the train metrics."""
+        """One batch done: its loss, its row count, its (output, target) for the train metrics. After a
+        step skipped with on_nonfinite="skip" (`discard` set), its micro-batches are left out instead: the
+        epoch's loss and metrics are those of the steps applied."""
+        self.batch += 1
+        if self.discard:
+            earlier, self.discard = self.discard - 1, 0  # this step's micro-batches recorded before this one
+            if earlier:
+                del self.epoch_losses[-earlier:], self.epoch_sizes[-earlier:]
+                if output is not None:
+                    del self.outputs[-earlier:]
+            return
         self.epoch_losses.append(loss)
         self.epoch_sizes.append(rows)
         if output is not None:
             self.outputs.append(output)
-        self.batch += 1
 
     def finish_epoch(self) -> tuple[dict[str, Any], list[tuple[torch.Tensor, torch.Tensor | None]]]:
         """Count the epoch as done. Returns its train logs (`loss`, `skipped_steps`, `grad_norm`, as
@@ -72,6 +82,8 @@ class TrainState:
     def epoch_loss(self) -> torch.Tensor:
         """The epoch's loss: the mean of the step losses weighted by rows (one reduction per epoch)."""
         losses, sizes = self.epoch_losses, self.epoch_sizes
+        if not losses:  # every step of the epoch was skipped (on_nonfinite="skip")
+            return torch.tensor(float("nan"))
         if len(losses) == 1:
             return losses[0]
         stacked = torch.stack(losses)
@@ -100,6 +112,7 @@ class TrainState:
         for k in ("epoch", "batch", "step", "target_epochs", "skipped_steps", "epoch_time", "epoch_lr"):
             setattr(self, k, d[k])
         self.seeded = bool(d.get("seeded", True))
+        self.discard = 0  # only ever set between a skipped step and its `record` (lr_find's skips end here)
         self.epoch_generator_state = d["epoch_generator_state"]
         self.epoch_losses = [t.to(device) for t in d["epoch_losses"]]
         self.epoch_sizes = list(d["epoch_sizes"])

@@ -194,6 +194,7 @@ class TrainingStep:
         st = self.trainer.state
         if self.on_nonfinite == "skip":
             st.skipped_steps += 1
+            st.discard = st.batch % self.accumulate + 1  # the step's micro-batches, this one included
             return
         what = (f"the loss is {loss.item()}" if not loss_ok
                 else f"the gradient of parameter {bad_param!r} is not finite")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -349,13 +350,37 @@ def test_skip_nonfinite_steps_counts_them(tmp_path):
     class Watch(fl.Callback):
         def on_train_batch_end(self, trainer, step, loss):
             before.append((bool(torch.isfinite(loss)), step))
+            losses.append(float(loss))
 
+    losses: list[float] = []
     t.callbacks.append(Watch())
     hist = t.fit((X, train.y), val)
     assert hist[-1]["skipped_steps"] == 2  # one bad row, seen once per epoch
+    # the epoch's loss is the row-weighted mean over the steps applied: the skipped batch is left out
+    rows = [min(16, len(X) - i) for i in range(0, len(X), 16)]
+    for e, h in enumerate(hist):
+        per = list(zip(losses[e * len(rows):(e + 1) * len(rows)], rows, strict=True))
+        kept = [(v, r) for v, r in per if math.isfinite(v)]
+        assert len(kept) == len(rows) - 1
+        assert h["loss"] == pytest.approx(sum(v * r for v, r in kept) / sum(r for _, r in kept), rel=1e-6)
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
     bad = [i for i, (ok, _) in enumerate(before) if not ok]
     assert all(before[i][1] == before[i - 1][1] for i in bad if i)  # the step counter did not advance
+
+
+def test_a_skipped_accumulated_step_leaves_all_its_micro_batches_out_of_the_epoch_loss():
+    train, val = _data()
+    X = train.X.clone()
+    X[0, 1] = float("nan")  # the first micro-batch of the first step: its loss is NaN, the step's gradients too
+    t = _trainer(None, on_nonfinite="skip", epochs=1, accumulate=2, scheduler=None)
+    hist = t.fit((X, train.y), val)
+    assert hist[0]["skipped_steps"] == 1 and math.isfinite(hist[0]["loss"])
+    assert t.global_step == 1  # 60 rows: batches of 16, 16, 16, 12, two steps of two micro-batches
+    st = t.state  # the epoch's records (cleared when the next epoch starts): the applied step's two only
+    assert len(st.epoch_losses) == 2 and sum(st.epoch_sizes) in (32, 28)
+    assert all(math.isfinite(float(v)) for v in st.epoch_losses)
+    mean = sum(float(v) * r for v, r in zip(st.epoch_losses, st.epoch_sizes, strict=True)) / sum(st.epoch_sizes)
+    assert hist[0]["loss"] == pytest.approx(mean, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- determinism

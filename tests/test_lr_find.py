@@ -119,3 +119,16 @@ def test_lr_find_arguments_validated():
         trainer.lr_find(data(), start_lr=1.0, end_lr=0.1)
     with pytest.raises(ValueError, match="num_steps"):
         trainer.lr_find(data(), num_steps=1)
+
+
+def test_a_step_the_sweep_skipped_does_not_leak_into_the_next_fit():
+    X, y = data()
+    bad = X.clone()
+    bad[:8, 0] = float("nan")  # the sweep's steps on these rows are NaN, skipped, and end it
+    a = make_trainer()
+    a.lr_find((bad, y), num_steps=10)
+    assert a.state.discard == 0
+    a.fit(data())
+    b = make_trainer()
+    b.fit(data())
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
