@@ -9,6 +9,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from queue import Queue
@@ -205,6 +206,36 @@ def test_sigint_and_sigterm_checkpoint_and_exit_code(tmp_path, reference, capsys
     t = _trainer(tmp_path / "run")
     assert _strip(t.resume(train, val)) == reference[0]
     assert _equal(_weights(t), reference[1])
+
+
+class SendTwice(fl.Callback):
+    """Two SIGINTs at one step, `gap` seconds apart (each handled before the next is sent)."""
+
+    def __init__(self, n, gap):
+        self.n, self.gap = n, gap
+
+    def on_train_batch_end(self, trainer, step, loss):
+        if step == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(self.gap)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_repeated_signal_is_the_same_request_unless_it_comes_later(tmp_path, capsys):
+    """A terminal's Ctrl-C under torchrun reaches a worker twice (from the terminal, then from the agent): the
+    run still writes its checkpoint. A second Ctrl-C after REPEAT_SECONDS stops at once."""
+    from fitloop.callbacks.checkpoint import REPEAT_SECONDS
+
+    train, val = _data()
+    with pytest.raises(RunInterrupted) as ei:
+        _trainer(tmp_path / "a", callbacks=[SendTwice(3, 0.05)]).fit(train, val)
+    assert ei.value.code == 130
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["step"] == 3
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "b", callbacks=[SendTwice(3, REPEAT_SECONDS + 0.2)]).fit(train, val)
+    names = [p.name for p in (tmp_path / "b" / "checkpoints").glob("ckpt-*.safetensors")]
+    assert names and not any(n.endswith("-s3.safetensors") for n in names)  # stopped without the step-3 one
 
 
 # --------------------------------------------------------------------------- refusals

@@ -220,6 +220,47 @@ def test_cli_nproc_restarts_after_a_death_resumes_and_predicts(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_on_the_cli_job_checkpoints_and_resume_finishes_it(tmp_path):
+    """A terminal's Ctrl-C: SIGINT to every process of the job (fitloop, torchrun's agent, the workers), and the
+    agent forwards its own copy to each worker. The workers still finish the step and write a checkpoint, the
+    command exits 130 naming the resume command, and that command finishes the run."""
+    import signal
+
+    csv, run = tmp_path / "data.csv", tmp_path / "run"
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(2000, 2, generator=g)
+    y = 2 * X[:, 0] - X[:, 1] + 0.1 * torch.rand(2000, generator=g)
+    csv.write_text("x1,x2,y\n" + "".join(f"{a:.4f},{b:.4f},{t:.4f}\n" for (a, b), t in zip(X.tolist(), y.tolist())))
+    proc = subprocess.Popen([sys.executable, "-m", "fitloop", "train", str(csv), "--target", "y", "--epochs", "300",
+                             "--out", str(run), "--nproc", "2", "--checkpoint-every", "off"], env=_env(),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        history = run / "history.jsonl"
+        while not (history.is_file() and len(history.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "internal error" not in err, err[-3000:]
+    assert err.count("Run interrupted by SIGINT") == 1  # rank 0 says it, after both ranks agreed on the step
+    assert f"fitloop: the job was interrupted by SIGINT; the workers wrote a checkpoint at the step they stopped " \
+           f"at: `fitloop resume {run} --nproc 2` continues it." in err
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["exit_code"] == 130
+    assert any(p.name.endswith(f"-s{info['step']}.safetensors") for p in (run / "checkpoints").iterdir())
+    again = subprocess.run([sys.executable, "-m", "fitloop", "resume", str(run), "--nproc", "2"], env=_env(),
+                           capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = json.loads((run / "run.json").read_text())
+    assert done["status"] == "finished" and done["sessions"] == 2 and done["step"] > info["step"]
+
+
+@pytest.mark.slow
 def test_two_nodes_on_loopback(tmp_path):
     csv = tmp_path / "data.csv"
     csv.write_text("x,y\n" + "".join(f"{i / 10},{i % 7}\n" for i in range(120)))

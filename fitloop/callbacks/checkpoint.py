@@ -73,6 +73,7 @@ __all__ = ["Checkpointer", "RunInterrupted", "data_fingerprint", "EXIT_SIGINT", 
 
 EXIT_SIGINT = 130   # 128 + SIGINT, the shell convention
 EXIT_SIGTERM = 143  # 128 + SIGTERM
+REPEAT_SECONDS = 1.0  # a second signal this soon after the first is the same request (see `_handler`)
 
 
 def _now() -> str:
@@ -127,6 +128,7 @@ class Checkpointer(Callback):
         self._signal: int | None = None  # the signal the run stops for (with several processes: agreed on)
         self.pending_signal: int | None = None  # caught on this rank, not yet agreed on (DistributedSync)
         self._old_handlers: dict[int, Any] = {}
+        self._signal_at = 0.0  # when the first signal came (time.monotonic)
         self._started = self._finished = False
         self._info: dict[str, Any] = {}
         self._data_fp: dict[str, Any] | None = None
@@ -367,6 +369,7 @@ class Checkpointer(Callback):
 
     def _install_handlers(self) -> None:
         self._signal = self.pending_signal = None
+        self._signal_at = 0.0
         if threading.current_thread() is threading.main_thread() and not self._old_handlers:
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._old_handlers[s] = signal.signal(s, self._handler)
@@ -378,9 +381,13 @@ class Checkpointer(Callback):
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self._signal is not None or self.pending_signal is not None:  # a second signal: stop now
+            if time.monotonic() - self._signal_at < REPEAT_SECONDS:
+                return  # the same request delivered twice: a terminal's Ctrl-C reaches every process of the
+                # job, and torchrun's agent forwards its own copy to each worker a moment later
             if signum == signal.SIGINT:  # (the last checkpoint is intact)
                 raise KeyboardInterrupt
             raise SystemExit(EXIT_SIGTERM)
+        self._signal_at = time.monotonic()
         if world_size() > 1:
             self.pending_signal = signum  # every rank stops at the same step: DistributedSync agrees on it
         else:

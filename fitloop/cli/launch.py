@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         argv: the command line, passed on to the workers without the launch flags.
         out: the run directory every worker uses (resolved once here).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -98,15 +100,20 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         if args.node_rank is not None:
             targs += ["--node-rank", str(args.node_rank)]
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun would pick, without its banner
+    again = f"fitloop resume {out} --nproc {nproc}" + (f" --nnodes {nnodes} ..." if nnodes > 1 else "")
     try:
         resuming = "resume" in argv[:1]
         run(parse_args([*targs, "--module", "fitloop", *_worker_argv(argv, None if resuming else out)]))
+    except SignalException as e:  # Ctrl-C or a SIGTERM to the job: the workers got it too and checkpointed
+        name = signal.Signals(e.sigval).name
+        print(f"fitloop: the job was interrupted by {name}; the workers wrote a checkpoint at the step they "
+              f"stopped at: `{again}` continues it.", file=sys.stderr, flush=True)
+        return 128 + int(e.sigval)
     except ChildFailedError as e:
         rank, first = e.get_first_failure()
         how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
         others = sorted(r for r in e.failures if r != rank)
         also = f" (then rank(s) {', '.join(map(str, others))} stopped too)" if others else ""
-        again = f"fitloop resume {out} --nproc {nproc}" + (f" --nnodes {nnodes} ..." if nnodes > 1 else "")
         print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. The run "
               f"directory {out} keeps its last checkpoint: `{again}` continues it.", file=sys.stderr, flush=True)
         codes = {f.exitcode for f in e.failures.values()}
