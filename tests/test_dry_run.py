@@ -115,3 +115,16 @@ def test_dry_run_without_validation_says_early_stopping_is_off(tmp_path, capsys,
     flat = " ".join(out.replace("│", " ").split())
     assert "early stopping off" in flat and "note: early stopping is off: there is no validation split" in flat
     assert "# -> off for this run: there is no validation split" in (tmp_path / "config.toml").read_text()
+
+
+def test_bracketed_names_print_as_written_and_the_launch_flags_are_kept(tmp_path, capsys, monkeypatch):
+    """Column names and classes are data, not rich markup: `x[/b]` once crashed the dry run, `price[usd]`
+    printed as `price`. A --nproc plan's next command launches the same way."""
+    rows = [[round(0.1 * i, 2), round(0.3 * i % 7, 2), "[up]" if i % 2 else "down"] for i in range(60)]
+    data = write_rows(tmp_path / "b.csv", ["price[usd]", "x[/b]", "dir"], rows)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, err = _cli(capsys, "train", data, "--target", "dir", "--dry-run", "--nproc", "2")
+    assert code == 0, err
+    assert "price[usd]" in out and "x[/b]" in out and "'[up]'" in out
+    assert "fitloop train --config " in out and out.rstrip().endswith("--nproc 2")

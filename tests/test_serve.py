@@ -139,6 +139,26 @@ def reg_server(runs):
     sock.close()
 
 
+def test_csv_bodies_in_other_dialects_give_the_same_answers(server, runs, tmp_path):
+    """A `;` or tab body is detected as `fitloop predict` detects a file; ?delimiter= settles an ambiguous one."""
+    client, _, _ = server
+    cli = _cli_predict(runs, "run_cls", tmp_path / "cli.csv")
+    table = pcsv.read_csv(runs / "new.csv")
+    for sep, query in ((";", ""), ("\t", ""), ("\t", "?delimiter=tab"), ("|", "?delimiter=%7C")):
+        sink = io.BytesIO()
+        pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(delimiter=sep))
+        r = client.post(f"/predict_csv{query}", content=sink.getvalue())
+        assert r.status_code == 200, (sep, r.text)
+        assert r.content == cli, sep
+    ambiguous = b"x1,x2;color\n1,2;red\n"
+    _check_refusal(client.post("/predict_csv", content=ambiguous), 400, "bad_csv", None, None,
+                   "cannot tell the delimiter: ',' (2 fields) and ';' (2 fields) each split every line of the "
+                   "first lines into the same number of fields. Pass the right one: `?delimiter=,` or "
+                   "`?delimiter=;`.")
+    _check_refusal(client.post("/predict_csv?delimiter=ab", content=ambiguous), 422, "bad_query", None, None,
+                   "query parameter delimiter='ab': pass one character")
+
+
 def _records(path: Path) -> list[dict]:
     return pcsv.read_csv(path).to_pylist()
 
@@ -215,6 +235,8 @@ def _rows(n: int = 1, **change) -> bytes:
 
 BAD_JSON = [  # (body, status, kind, column, row, text in the detail)
     (b'[{"x1": 1,', 400, "malformed_json", None, None, "the body is not valid JSON"),
+    (b"[" * 20000 + b"]" * 20000, 400, "malformed_json", None, None, "the body's JSON nests too deeply"),
+    (b'[{"x1": ' + b"1" * 5000 + b"}]", 400, "malformed_json", None, None, "holds a value that cannot be read"),
     (b'{"x1": 1}', 422, "bad_shape", None, None, "the body is a JSON object; send a JSON list of records"),
     (b"[1, 2]", 422, "bad_shape", None, 0, "row 0 is a JSON number, not an object"),
     (json.dumps([{k: v for k, v in GOOD.items() if k != "x2"}]).encode(), 422, "missing_column", "x2", None,
@@ -414,8 +436,14 @@ def test_cli_errors_exit_2(runs, monkeypatch, capsys):
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     assert main(["serve", str(runs / "run_cls"), "--port", str(busy.getsockname()[1])]) == 2
-    assert f"cannot listen on 127.0.0.1:{busy.getsockname()[1]}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{busy.getsockname()[1]}" in err and "Pick another --port" in err
     busy.close()
+    assert main(["serve", str(runs / "run_cls"), "--port", "70000"]) == 2  # argparse's error, naming the range
+    assert "a TCP port is 0-65535" in capsys.readouterr().err
+    assert main(["serve", str(runs / "run_cls"), "--host", "203.0.113.7", "--port", "0"]) == 2  # not this machine's
+    err = capsys.readouterr().err
+    assert "cannot listen on 203.0.113.7:0" in err and "Check --host" in err and "internal error" not in err
 
 
 @pytest.mark.slow

@@ -307,10 +307,13 @@ def cmd_dry_run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None
     _check_round_trip(text, plan.cfg)
     atomic_write_bytes(target, text.encode("utf-8"))
     next_cmd = f"fitloop train --config {target}" + (f" --out {args.out}" if args.out else "")
+    for flag in ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "max_restarts"):  # how to launch is not a setting
+        if getattr(args, flag, None) is not None:
+            next_cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     if getattr(args, "quiet", False):
         print(target)
         return 0
-    _print_plan(Console(highlight=False), plan, target, next_cmd, args.out)
+    _print_plan(Console(highlight=False, markup=False), plan, target, next_cmd, args.out)  # names are data
     return 0
 
 

@@ -49,6 +49,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is 0-65535 (0 picks a free one)")
+    return n
+
+
 def add_serve_parser(sub: argparse._SubParsersAction, common: object) -> None:
     """Add `serve` to the `fitloop` subcommands; `common` adds the shared --quiet/--debug options."""
     from ..integrations.serve import DEFAULT_MAX_BODY, DEFAULT_MAX_ROWS
@@ -60,7 +70,7 @@ def add_serve_parser(sub: argparse._SubParsersAction, common: object) -> None:
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
-    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    s.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     s.add_argument("--workers", type=_positive, default=1,
                    help="worker processes, each with its own copy of the model (default 1)")
     s.add_argument("--max-rows", type=_positive, default=DEFAULT_MAX_ROWS, metavar="N",

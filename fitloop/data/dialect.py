@@ -28,8 +28,8 @@ from typing import Any
 
 from .errors import TableError
 
-__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "excel_sep_line", "parse_number_columns",
-           "check_header", "UNNAMED_PREFIX"]
+__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "sniff_text", "excel_sep_line",
+           "parse_number_columns", "check_header", "UNNAMED_PREFIX"]
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 SAMPLE_BYTES, SAMPLE_LINES, MAX_SAMPLE_BYTES = 1 << 14, 50, 1 << 22  # the sniffer's sample
@@ -45,8 +45,10 @@ def _name(d: str) -> str:
     return "tab" if d == "\t" else repr(d)
 
 
-def _flag(d: str) -> str:
-    return "--delimiter $'\\t'" if d == "\t" else f"--delimiter '{d}'"
+def _flag(d: str, flag: str = "--delimiter") -> str:
+    if flag.startswith("?"):  # a query parameter
+        return f"{flag}={'%09' if d == chr(9) else d}"
+    return f"{flag} $'\\t'" if d == "\t" else f"{flag} '{d}'"
 
 
 @dataclass
@@ -118,19 +120,27 @@ def sniff_delimiter(path: str | Path, *, encoding: str = "utf-8", default: str =
     """
     path = Path(path)
     text, complete = _sample(path, encoding)
+    return sniff_text(text, complete, str(path), default=default,
+                      prefer_tab=path.name.lower().endswith((".tsv", ".tsv.gz")))
+
+
+def sniff_text(text: str, complete: bool, source: str, *, default: str = ",", prefer_tab: bool = False,
+               flag: str = "--delimiter") -> str:
+    """`sniff_delimiter`'s rule on text already in memory (the first lines of a file, or a request body):
+    `complete` says whether `text` is all of it; `flag` is how the error names the option to pass."""
     counts = {d: _field_counts(text, d, complete) for d in CANDIDATE_DELIMITERS}
     consistent = [d for d, c in counts.items() if c and c[0] >= 2 and all(n == c[0] for n in c)]
     if len(consistent) == 1:
         return consistent[0]
     if len(consistent) > 1:
-        if "\t" in consistent and path.name.lower().endswith((".tsv", ".tsv.gz")):
+        if "\t" in consistent and prefer_tab:
             return "\t"
         consistent.sort(key=lambda d: -counts[d][0])
         how = " and ".join(f"{_name(d)} ({counts[d][0]} fields)" for d in consistent)
         raise TableError(
-            f"{path}: cannot tell the delimiter: {how} each split every line of the first lines into the "
-            f"same number of fields. Pass the right one: `{_flag(consistent[0])}`"
-            + "".join(f" or `{_flag(d)}`" for d in consistent[1:]) + ".")
+            f"{source}: cannot tell the delimiter: {how} each split every line of the first lines into the "
+            f"same number of fields. Pass the right one: `{_flag(consistent[0], flag)}`"
+            + "".join(f" or `{_flag(d, flag)}`" for d in consistent[1:]) + ".")
     # No candidate is consistent (ragged rows): take the one whose header count most lines share, so the
     # reader's error points at the first bad line; a single column falls back to the default.
     best, best_score = default, 0

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import dialect
 from .dialect import ReadInfo, check_header, excel_sep_line, parse_number_columns, sniff_delimiter
 from .errors import TableError
 
@@ -158,13 +159,14 @@ def _csv_options(encoding: str, sep: str, decimal: str | None = None) -> tuple[A
     return read_opts, parse_opts, conv_opts
 
 
-def read_csv_bytes(data: bytes, *, delimiter: str = ",", decimal: str | None = None,
-                   source: str = "the CSV body") -> pa.Table:
+def read_csv_bytes(data: bytes, *, delimiter: str | None = ",", decimal: str | None = None,
+                   source: str = "the CSV body", delimiter_flag: str = "--delimiter") -> pa.Table:
     """Parse UTF-8 delimited text held in memory (an HTTP body) as `read_table` parses a file.
 
     Args:
         data: The text, header row first.
-        delimiter: Field separator.
+        delimiter: Field separator; None detects it from the first 16 KiB, as `read_table` does (an
+            ambiguous text is an error naming `delimiter_flag`, the option that settles it).
         decimal: The decimal mark of numbers written as text, as in `read_table`.
         source: How error messages name the text.
 
@@ -180,6 +182,10 @@ def read_csv_bytes(data: bytes, *, delimiter: str = ",", decimal: str | None = N
 
     if not data.strip():
         raise TableError(f"{source} is empty; it needs a header row and at least one data row.")
+    if delimiter is None:
+        head = data[:dialect.SAMPLE_BYTES]
+        delimiter = dialect.sniff_text(head.decode("utf-8", errors="replace"), len(head) == len(data), source,
+                               flag=delimiter_flag)
     read_opts, parse_opts, conv_opts = _csv_options("utf-8", delimiter, decimal)
     try:
         table = pcsv.read_csv(pa.BufferReader(data), read_options=read_opts, parse_options=parse_opts,

@@ -290,8 +290,9 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         out: the file to write (``.onnx`` / ``.pt2``) or a directory; default ``RUN_DIR/export/model.<ext>``.
             The input layout goes next to it as ``<out>.json``.
         overwrite: replace an existing file.
-        tolerance: the largest allowed absolute difference from fitloop's own predictions (probabilities
-            for classification, values in the target's units for regression).
+        tolerance: the largest allowed absolute difference from fitloop's own predictions: probabilities
+            for classification; for regression, in standard deviations of the training target (the raw
+            difference in the target's units is reported too).
         debug: let torch's export output through to the terminal.
 
     Returns:

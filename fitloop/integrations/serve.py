@@ -241,6 +241,17 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
     def proba_flag(request: Request) -> bool:
         return _flag(dict(request.query_params), "proba") if request.scope["query_string"] else False
 
+    def delimiter_param(request: Request) -> str | None:
+        """``?delimiter=X`` (one character; ``tab`` or ``%09`` for a tab), or None."""
+        value = request.query_params.get("delimiter") if request.scope["query_string"] else None
+        if value is None:
+            return None
+        d = {"tab": "\t", "\\t": "\t"}.get(value, value)
+        if len(d) != 1 or d in "\"\r\n":
+            raise RequestError(422, "bad_query", f"query parameter delimiter={value!r}: pass one character, e.g. "
+                               "?delimiter=; (or ?delimiter=tab).")
+        return d
+
     async def predict(request: Request) -> Response:
         try:
             proba = proba_flag(request)
@@ -263,7 +274,8 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
         try:
             proba = proba_flag(request)
             table, info = csv_table(await _read_body(request, max_body), model.pre, max_rows=max_rows,
-                                    decimal=model.run.info.get("decimal"))  # the --decimal it was trained with
+                                    decimal=model.run.info.get("decimal"),  # the --decimal it was trained with
+                                    delimiter=delimiter_param(request) or model.run.info.get("delimiter"))
             try:
                 out, notes = model.predict_table(table, proba)
             except TableError as e:  # a cell the preprocessing refuses: still the client's input
@@ -314,10 +326,18 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as e:
+    except (OSError, OverflowError) as e:
         sock.close()
-        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port, or stop "
-                         f"what is using it.") from None
+        import errno
+
+        if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+            fix = "Pick another --port, or stop what is using it."
+        elif isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+            fix = "Ports below 1024 need root: pick --port 1024 or above."
+        else:
+            fix = "Check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0) and --port (0-65535)."
+        msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ServeError(f"cannot listen on {host}:{port}: {msg}. {fix}") from None
     sock.listen(2048)  # uvicorn's backlog; listening now, so a client that read the start-up line connects
     sock.set_inheritable(True)
     return sock

@@ -66,6 +66,11 @@ def loads(body: bytes) -> Any:
         return json.loads(body, parse_constant=constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(400, "malformed_json", f"the body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise RequestError(400, "malformed_json", "the body's JSON nests too deeply to read; send a list of "
+                           "row objects (or {column: [values]}).") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python converts (4300 digits)
+        raise RequestError(400, "malformed_json", f"the body's JSON holds a value that cannot be read: {e}.") from None
 
 
 class RequestError(Exception):
@@ -260,8 +265,8 @@ def _texts(values: Sequence[Any], name: str) -> Sequence[Any]:
 # --------------------------------------------------------------------------------------------- CSV text
 
 
-def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int,
-              decimal: str | None = None) -> tuple[pa.Table, InputInfo]:
+def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int, decimal: str | None = None,
+              delimiter: str | None = None) -> tuple[pa.Table, InputInfo]:
     """Parse a CSV body as `fitloop predict` parses a file, check it, keep the model's columns.
 
     Args:
@@ -269,6 +274,8 @@ def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int,
         pre: The run's fitted preprocessor.
         max_rows: The most rows one request may hold.
         decimal: The decimal mark of numbers written as text (the run's ``--decimal``; None detects it).
+        delimiter: The field separator (``?delimiter=``, else the run's ``--delimiter``); None detects it as
+            `fitloop predict` does for a file.
 
     Returns:
         ``(table, info)``: the model's columns and the id column (when present), as read.
@@ -284,7 +291,7 @@ def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int,
     from ..data.reading import _float64, _numeric_mask, read_csv_bytes
 
     try:
-        data = read_csv_bytes(body, decimal=decimal)
+        data = read_csv_bytes(body, decimal=decimal, delimiter=delimiter, delimiter_flag="?delimiter")
     except TableError as e:
         raise RequestError(400, "bad_csv", str(e)) from None
     _check_rows(data.num_rows, max_rows, "the CSV body")
