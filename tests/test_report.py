@@ -264,13 +264,16 @@ def test_runs_lists_sorts_and_prints_json(runs, tmp_path, capsys):
     killed = root / "killed"
     shutil.copytree(root / "wine", killed)
     info = json.loads((killed / "run.json").read_text())
-    info.update(status="running", pid=2 ** 22 + 12345)  # no such process: a SIGKILLed run
+    info.update(status="running", pid=2 ** 22 + 12345, epoch=1)  # no such process: a SIGKILLed run, whose
+    # last checkpoint was epoch 1 while history.jsonl went on
     (killed / "run.json").write_text(json.dumps(info))
     code, out, err = run_cli(capsys, "runs", root, "--json")
     assert code == 0, err
     rows = {r["name"]: r for r in json.loads(out)}
     assert sorted(rows) == ["failed", "group/diabetes", "killed", "wine"]
     assert [rows[n]["status"] for n in ("failed", "killed", "wine")] == ["failed", "interrupted", "finished"]
+    epochs = len((killed / "history.jsonl").read_text().splitlines())
+    assert rows["killed"]["epochs"] == rows["wine"]["epochs"] == epochs
     wine_metrics = json.loads((root / "wine" / "metrics.json").read_text())["metrics"]
     assert rows["wine"]["test"] == {"metric": "accuracy", "value": wine_metrics["accuracy"], "split": "test"}
     assert rows["group/diabetes"]["test"]["metric"] == "r2" and rows["failed"]["test"] is None
@@ -278,12 +281,15 @@ def test_runs_lists_sorts_and_prints_json(runs, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "runs", root, "--json", "--sort", "time", "--reverse")
     times = [r["time"] for r in json.loads(out)]
     assert times == sorted(times, reverse=True)
-    os.environ["COLUMNS"] = "160"
+    os.environ["COLUMNS"] = "80"  # what rich assumes when stdout is not a terminal
     try:
         code, out, _ = run_cli(capsys, "runs", root)
     finally:
         del os.environ["COLUMNS"]
-    assert code == 0 and "group/diabetes" in out and "interrupted" in out and "diverged" in out
+    assert code == 0 and "…" not in out  # one full line per run, nothing cut
+    lines = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.count("│") > 2}
+    assert {"group/diabetes", "killed", "failed", "wine"} <= set(lines)
+    assert "interrupted" in lines["killed"] and "diverged" in lines["failed"] and "finished" in lines["wine"]
     assert run_cli(capsys, "runs", tmp_path / "nope")[0:1] == (2,)
     code, _, err = run_cli(capsys, "runs", root, "--sort", "colour")
     assert code == 2 and "invalid choice: 'colour'" in err

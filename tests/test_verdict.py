@@ -118,6 +118,24 @@ def test_diverged_nonfinite_is_saved_in_run_json(tmp_path, capsys):
     assert info["verdict"]["facts"]["lr"] == 1000.0
 
 
+def test_a_run_that_fails_in_its_first_epoch_does_not_claim_it_had_no_validation_data(tmp_path, capsys):
+    from fitloop.report.data import from_run_dir
+
+    X, y = _reg(128)
+    X = X.clone()
+    X[0, 0] = float("nan")  # the first step's loss is NaN: no epoch finishes
+    t = fl.Trainer(nn.Linear(3, 1), "mse", "sgd", lr=0.1, epochs=5, batch_size=None, seed=0,
+                   run_dir=tmp_path / "run")
+    with pytest.raises(fl.NonFiniteError):
+        t.fit((X, y), _reg(64, seed=1))
+    assert t.history == [] and "no validation data" not in capsys.readouterr().out
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["verdict"]["kind"] == "diverged" and info["verdict"]["not_judged"] == []
+    absent = from_run_dir(tmp_path / "run").absent
+    assert "the history is empty: no epoch finished, so no curves" in absent
+    assert not any("no validation data" in a for a in absent)
+
+
 def test_no_validation_says_what_it_could_not_judge(tmp_path):
     t = _fit(nn.Linear(3, 1), _reg(128), run_dir=tmp_path / "run")
     v = _verdict(t)

@@ -79,7 +79,9 @@ def run_row(run: Path, root: Path) -> dict[str, Any]:
     verdict = info.get("verdict") or {}
     elapsed = info.get("elapsed_s")
     return {"name": str(run.relative_to(root)) if run != root else run.name, "path": str(run),
-            "status": run_status(info) if info else "unreadable", "epochs": info.get("epoch", len(history)),
+            "status": run_status(info) if info else "unreadable",
+            # run.json's epoch is the last checkpoint's; a killed run's history.jsonl may hold more epochs
+            "epochs": max(int(info.get("epoch") or 0), len(history)),
             "best_val": _best_val(history), "test": _test(run), "verdict": verdict.get("kind"),
             "time": float(elapsed) if isinstance(elapsed, (int, float)) else None,
             "created": info.get("created")}
@@ -137,11 +139,17 @@ def cmd_runs(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     t = Table(title=f"runs under {args.dir}", title_justify="left")
-    for col in COLUMNS:
-        t.add_column(col.replace("_", " "), justify="right" if col in ("epochs", "time") else "left")
-    for r in rows:
-        t.add_row(*(_cell(r[c]) for c in COLUMNS))
-    Console(highlight=False).print(t)
+    cells = [[_cell(r[c]) for c in COLUMNS] for r in rows]
+    for col in COLUMNS:  # a narrow terminal wraps a cell, never cuts it to "…"
+        t.add_column(col.replace("_", " "), justify="right" if col in ("epochs", "time") else "left",
+                     overflow="fold")
+    for row in cells:
+        t.add_row(*row)
+    console = Console(highlight=False, markup=False)
+    if not console.is_terminal:  # a pipe or a file: one full line per run, however long
+        widths = [max(len(col), *(len(row[j]) for row in cells)) for j, col in enumerate(COLUMNS)]
+        console.width = sum(widths) + 3 * len(COLUMNS) + 1
+    console.print(t)
     return 0
 
 

@@ -116,9 +116,10 @@ def judge(history: list[dict[str, Any]], *, baseline_loss: float | None = None, 
     facts["kept_epoch"] = kept_epoch if kept_epoch is not None else (history[-1].get("epoch", epochs) if history
                                                                       else None)
     facts["restored"] = kept_epoch is not None  # early stopping put the weights it chose back
-    not_judged = [] if has_val else ["overfitting and whether the validation loss stayed close to the training "
-                                     "loss: the run had no validation data (pass val to fit, or keep a "
-                                     "validation split)"]
+    # with no epoch finished there is no history to tell whether there was validation data: say nothing of it
+    not_judged = [] if has_val or not history else [
+        "overfitting and whether the validation loss stayed close to the training loss: the run had no "
+        "validation data (pass val to fit, or keep a validation split)"]
     if baseline_loss is None or not _finite(baseline_loss):
         not_judged.append("underfitting: there is no trivial baseline loss for this loss function or data "
                           "(fitloop computes it for torch.nn losses on in-memory training targets)")

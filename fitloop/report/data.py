@@ -191,7 +191,9 @@ def from_run_dir(path: str | os.PathLike) -> ReportData:
     d.task = d.task or table.get("task") or (meta or {}).get("task")
     d.classes = table.get("classes") or None
     d.model = _bundle_summary(p / "model", meta, d.absent)
-    if not d.history or "val_loss" not in d.history[0]:
+    if not d.history:
+        d.absent.append("the history is empty: no epoch finished, so no curves")
+    elif "val_loss" not in d.history[0]:
         d.absent.append("validation: the run had no validation data, so no val_loss curve and no overfitting "
                         "check")
     d.best_epoch = info["best_epoch"] if isinstance(info.get("best_epoch"), int) else _best_epoch(  # 0: the start
