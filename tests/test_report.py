@@ -237,6 +237,34 @@ def test_report_failed_interrupted_and_no_validation_runs(tmp_path, capsys):
     assert noval.verdict["not_judged"] and noval.model is None  # a bare nn.Linear has no spec to rebuild
 
 
+def test_report_of_a_killed_cli_run_says_what_it_trained_on(tmp_path, capsys):
+    """run.json holds the data, target, task and rows from the start: a SIGKILLed `fitloop train` still
+    reports them, and a classification run lists no regression plots as absent."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fitloop", "train", str(DATASETS / "wine.csv"), "--target",
+                             "cultivar", "--epochs", "100000", "--early-stopping", "100000", "--out", str(run), "-q"],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "history.jsonl").is_file() and len((run / "history.jsonl").read_text().splitlines()) > 3):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    d = from_run_dir(run)
+    assert d.status == "interrupted" and d.task == "classification"
+    assert d.data["target"] == "cultivar" and d.data["data"] == str(DATASETS / "wine.csv")
+    assert d.data["rows"] == {"train": 125, "val": 27, "test": 26}
+    assert not any("predicted against actual" in a or "residuals" in a for a in d.absent), d.absent
+    code, out, err = run_cli(capsys, "report", run)
+    assert code == 0, err
+    assert "None" not in out.split("\n")[0] and "cultivar" in out
+
+
 @pytest.mark.parametrize("case", ["missing", "file", "empty", "foreign"])
 def test_report_on_a_non_run_exits_2_naming_what_is_missing(tmp_path, capsys, case):
     path = tmp_path / "x"

@@ -129,6 +129,9 @@ class Checkpointer(Callback):
         self.pending_signal: int | None = None  # caught on this rank, not yet agreed on (DistributedSync)
         self._old_handlers: dict[int, Any] = {}
         self._signal_at = 0.0  # when the first signal came (time.monotonic)
+        # fields run.json holds from the start (`fitloop train` adds the data, target, task and rows), so an
+        # interrupted or failed run still says what it trained on
+        self.run_info: dict[str, Any] = {}
         self._started = self._finished = False
         self._info: dict[str, Any] = {}
         self._data_fp: dict[str, Any] | None = None
@@ -241,7 +244,7 @@ class Checkpointer(Callback):
                 (self.dir / "history.jsonl").write_text("")
                 self._csv.rewrite([])
             self._info = {"format": RUN_FORMAT, "format_version": 1, "created": _now(), "sessions": 1,
-                          "elapsed_s": 0.0}
+                          "elapsed_s": 0.0, **self.run_info}
         if is_main_process():
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self._data_fp = {"train": data_fingerprint(trainer.train_data), "val": data_fingerprint(trainer.val_data)}

@@ -311,6 +311,10 @@ def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | Non
     barrier()  # the other ranks' Checkpointers find the directory written
     _build_trainer(cfg, p, out_dir)
     p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task}
+    if p.trainer.checkpointer is not None:  # in run.json from the start: a killed run still reports its data
+        p.trainer.checkpointer.run_info.update({
+            **p.run_fields, "rows": {k: len(v[0]) for k, v in p.splits.items()}, "inputs": p.n_inputs,
+            "features": p.n_features, "target_distribution": _target_distribution(p)})
 
 
 def _clear_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
