@@ -166,6 +166,29 @@ def test_cli_log_tensorboard_and_mlflow(tmp_path, monkeypatch, mlflow_uri, capsy
     assert resolve_run_config(load_toml(str(out / "config.toml"))).train.log == ["tensorboard", "mlflow"]
 
 
+def test_mlflow_plain_directory_uri_and_a_bad_uri(tmp_path, monkeypatch, capsys):
+    """MLFLOW_TRACKING_URI=./mlruns (a directory, as `mlflow ui` takes it) is the local file store; a URI
+    MLflow cannot use is a user error (exit 2) naming it, not an internal error."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "./store")
+    assert fl.MLflowLogger().tracking_uri == (tmp_path / "store").as_uri()
+    assert main(["train", WINE, "--target", "cultivar", "--epochs", "2", "--quiet", "--out", str(tmp_path / "a"),
+                 "--log", "mlflow"]) == 0, capsys.readouterr().err
+    client = MlflowClient(tracking_uri=(tmp_path / "store").as_uri())
+    assert len(client.search_runs([client.get_experiment_by_name("fitloop").experiment_id])) == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    code = main(["train", WINE, "--target", "cultivar", "--epochs", "2", "--quiet", "--out", str(tmp_path / "b"),
+                 "--log", "mlflow"])
+    err = capsys.readouterr().err
+    assert code == 2 and "MLflow: cannot use the tracking URI 'http://127.0.0.1:9'" in err, err
+    assert "internal error" not in err
+
+
 @pytest.mark.parametrize("module, extra, make", [
     ("tensorboard", "tensorboard", lambda: fl.TensorBoardLogger()),
     ("mlflow", "mlflow", lambda: fl.MLflowLogger()),

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 __all__ = ["MLflowLogger"]
 
 
+def _tracking_uri(uri: str) -> str:
+    """A plain directory (``./mlruns``, as `mlflow ui --backend-store-uri` takes it) as a ``file:`` URI;
+    anything with a scheme (``http://``, ``file:``, ``databricks``, ``sqlite:///``) as given."""
+    if "://" in uri or ":" in uri.split("/", 1)[0] or uri == "databricks":
+        return uri
+    return Path(uri).expanduser().resolve().as_uri()
+
+
 def _mlflow_client(uri: str) -> Any:
     if uri.startswith("file:"):
         # MLflow 3 refuses its file store unless asked; a local file store is this logger's default.
@@ -57,7 +65,7 @@ class MLflowLogger(Callback):
                  *, log_model: bool = True, grad_norm: str = "last", params: dict[str, Any] | None = None,
                  tags: dict[str, str] | None = None):
         require("mlflow", "mlflow", "MLflowLogger", package="mlflow-skinny")
-        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
+        self.tracking_uri = _tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns")
         self.experiment, self.run_name, self.log_model = experiment, run_name, log_model
         self.params, self.tags = dict(params or {}), dict(tags or {})
         self.grad_norm = GradNorm(grad_norm)
@@ -77,8 +85,14 @@ class MLflowLogger(Callback):
             return
         self.client = client = _mlflow_client(self.tracking_uri)
         if self.run_id is None:
-            exp = client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+            try:
+                exp = client.get_experiment_by_name(self.experiment)
+                exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+            except Exception as e:  # noqa: BLE001 - MlflowException, a refused connection: the URI is wrong
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise ValueError(f"MLflow: cannot use the tracking URI {self.tracking_uri!r}: {first}. Set "
+                                 "MLFLOW_TRACKING_URI to a running server (http://HOST:5000) or a local directory "
+                                 "(./mlruns), or train without MLflow logging.") from e
             run_dir = trainer.config.run_dir
             tags = {**({"fitloop.run_dir": str(Path(run_dir).resolve())} if run_dir else {}), **self.tags}
             name = self.run_name or (Path(run_dir).name if run_dir else None)
