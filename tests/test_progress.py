@@ -57,8 +57,9 @@ def test_the_trainers_own_printer_writes_plain_lines_when_stdout_is_a_pipe(capsy
 
 def test_quiet_prints_nothing(capsys):
     X, y = _data()
+    Xv, yv = _data(20, 1)
     t = _trainer([fl.EarlyStopping("val_loss", patience=1)], epochs=30, lr=5.0, quiet=True)
-    t.fit((X, y), (X[:20], y[:20] + 5))
+    t.fit((X, y), (Xv, yv + 5))  # (rows of its own: no leakage warning, which quiet leaves to `warnings`)
     assert t.stop_reason is not None  # early stopping, which prints unless quiet
     assert capsys.readouterr() == ("", "")
 
@@ -112,6 +113,33 @@ def test_bar_in_a_pseudo_terminal(monkeypatch):
     assert re.search(r"(?<!\d)50/50(?!\d)", text) and "Epoch 1/3" in text and "validating" in text
     lines = re.findall(r"Epoch (\d)/3  loss [^\r\n]*\(\d+\.\d\ds\)", text)
     assert lines == ["1", "2", "3"]
+
+
+def test_the_bar_names_the_current_epoch_even_when_epochs_are_shorter_than_its_timer(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm-256color")
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    with os.fdopen(slave, "w", encoding="utf-8", closefd=True) as tty:
+        printer = fl.ProgressPrinter(stream=tty, refresh_per_second=1e-6)  # the timer fires once, at the start
+        _trainer([printer], quiet=True, epochs=3, batch_size=8).fit(_data(400), _data(40, 1))
+    reader.join(timeout=5)
+    os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    frames = re.findall(r"Epoch (\d)/3 [^\r\n]*?50/50", text)  # the bar, redrawn under each summary line
+    assert {"2", "3"} <= set(frames), frames
 
 
 def test_the_bar_reads_the_loss_only_when_its_timer_fires(monkeypatch):

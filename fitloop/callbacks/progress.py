@@ -141,8 +141,10 @@ class ProgressPrinter(Callback):
             line = format_logs(epoch, trainer.target_epochs, logs)
             if self._progress is not None:  # printing redraws the bar: show the finished epoch on it
                 loss = logs.get("loss")
-                self._progress.update(self._task, completed=trainer.steps_per_epoch,
+                self._progress.update(self._task, description=self._description(trainer, epoch),
+                                      completed=trainer.steps_per_epoch, total=trainer.steps_per_epoch,
                                       info=f"loss {loss:.4g}" if isinstance(loss, float) else "")
+                self._progress.refresh()  # the bar drawn under the line is this epoch's, not the last redraw's
                 self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
             else:
                 print(line, file=self.stream or sys.stdout, flush=True)
@@ -183,6 +185,9 @@ class ProgressPrinter(Callback):
         self._epoch_t0 = time.perf_counter()
         self._batch0, self._seen, self._rows0 = st.batch, 0, sum(st.epoch_sizes)
         self._loss_sum, self._rows = 0.0, 0
+        if self._progress is not None:  # the next redraw names this epoch, however short the last one was
+            self._progress.update(self._task, description=self._description(trainer, st.epoch + 1),
+                                  completed=st.batch, total=trainer.steps_per_epoch, info="")
 
     def _refresh(self, trainer: Trainer, now: float, status: str = "") -> None:
         """Redraw the bar: the only place the progress display reads a loss (one host sync)."""
@@ -210,10 +215,13 @@ class ProgressPrinter(Callback):
             info.append(f"loss {self._loss_sum / self._rows:.4g}")
         if batches > 0:
             info.append(f"{(self._rows - self._rows0) / elapsed:,.0f} samples/s")
-        width = len(str(trainer.target_epochs))
-        self._progress.update(self._task, description=f"Epoch {st.epoch + 1:>{width}}/{trainer.target_epochs}",
+        self._progress.update(self._task, description=self._description(trainer, st.epoch + 1),
                               completed=done, total=total, info="  ".join([*info, status] if status else info))
         self._progress.refresh()
+
+    @staticmethod
+    def _description(trainer: Trainer, epoch: int) -> str:
+        return f"Epoch {epoch:>{len(str(trainer.target_epochs))}}/{trainer.target_epochs}"
 
 
 def _clock(seconds: float) -> str:
