@@ -89,6 +89,9 @@ class TrainingStep:
         self.filler = getattr(batches, "filler", None)
         strategy = getattr(trainer, "strategy", None)
         self._no_sync = strategy.no_sync if strategy is not None and self.accumulate > 1 else None
+        # several processes: a loss only this rank sees as NaN/inf poisons its gradients, so that the
+        # all-reduced gradients tell every rank, and all of them skip (or stop at) the same step
+        self._poison = self.check_every_step and strategy is not None
 
     # ------------------------------------------------------------------ the step
 
@@ -110,6 +113,8 @@ class TrainingStep:
             if self.weighted:
                 share = self._share(i, rows)
                 total = total * share if share != 1.0 else total
+            if self._poison and self.ends_step(i) and not math.isfinite(loss.item()):
+                total = total * float("nan")
             self.backward(total)
         if rows == 0 and self.filler is not None:
             loss, out = torch.zeros_like(loss), out[:0]

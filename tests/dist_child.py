@@ -202,7 +202,43 @@ def kill(out: Path) -> None:
     trainer("sgd", callbacks=[Die()], epochs=50, dist_timeout=float(os.environ.get("TIMEOUT", "5"))).fit((X, y))
 
 
-SCENARIOS = {"equal": equal, "count": count, "resume": resume, "fsdp": fsdp, "kill": kill}
+def timed(out: Path) -> None:
+    """Time-based checkpoints (each rank's own clock, rank 1 a little slower) land on the same step on
+    every rank: the run finishes (it deadlocked in the checkpoint's collectives when each rank decided)."""
+    import time
+
+    class Slower(Callback):
+        def on_optimizer_step(self, trainer, step):
+            if rank() == 1 and step % 7 == 0:
+                time.sleep(0.003)
+
+    X, y = data(2000)
+    t = trainer("sgd", callbacks=[Slower()], epochs=2, run_dir=str(out / "timed"), checkpoint_every_seconds=0.05,
+                checkpoint_every_steps=None, dist_timeout=20)
+    t.fit((X, y))
+    save(out, "timed", {"steps": t.global_step,
+                        "ckpts": sorted(p.name for p in (out / "timed" / "checkpoints").glob("ckpt-*"))})
+
+
+def nonfinite(out: Path) -> None:
+    """A loss that is inf on one rank only (its gradients finite): every rank skips the same step, or every
+    rank stops (it hung, one rank stepping and the other not)."""
+    X, y = data(32)
+    y = y.clone()
+    y[5] = 1e30  # (out - y)^2 overflows float32 to inf; the gradient 2 (out - y) stays finite
+    results = {}
+    for mode in ("skip", "stop"):
+        t = trainer("sgd", epochs=1, shuffle=False, on_nonfinite=mode, lr=1e-40)
+        try:
+            t.fit((X, y))
+            results[mode] = {"skipped": t.state.skipped_steps, "steps": t.global_step}
+        except fl.NonFiniteError as e:
+            results[mode] = {"error": str(e)[:200], "steps": t.global_step}
+    save(out, "nonfinite", results)
+
+
+SCENARIOS = {"equal": equal, "count": count, "resume": resume, "fsdp": fsdp, "kill": kill, "timed": timed,
+             "nonfinite": nonfinite}
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

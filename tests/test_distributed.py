@@ -53,7 +53,7 @@ def job(tmp_path_factory):
     """One 2-process torchrun job running every in-process scenario; its output directory."""
     out = tmp_path_factory.mktemp("dist")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(CHILD), str(out), "equal", "count", "resume", "fsdp"],
+                           str(CHILD), str(out), "equal", "count", "resume", "fsdp", "timed", "nonfinite"],
                           env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
@@ -98,6 +98,23 @@ def test_every_row_once_per_epoch_on_an_odd_number_of_rows(job):
         counts = collections.Counter(r0["dataset"][epoch] + r1["dataset"][epoch])
         assert set(counts) == set(range(101)) and sum(counts.values()) == 102
     assert r0["dataset"][1] != r0["dataset"][2]
+
+
+@pytest.mark.slow
+def test_time_based_checkpoints_land_on_the_same_step_on_every_rank(job):
+    out, _ = job
+    r0, r1 = _load(out, "timed")
+    assert r0["steps"] == r1["steps"] == 2 * 125  # 2000 rows, global batch 16: finished, no deadlock
+    steps = sorted(int(n.split("-s")[1].split(".")[0]) for n in r0["ckpts"] if n.endswith(".safetensors"))
+    assert any(s % 64 == 0 and s % 125 for s in steps), steps  # mid-epoch ones, at the agreement points
+
+
+@pytest.mark.slow
+def test_a_loss_nonfinite_on_one_rank_only_is_acted_on_by_every_rank(job):
+    out, _ = job
+    r0, r1 = _load(out, "nonfinite")
+    assert r0["skip"] == r1["skip"] == {"skipped": 1, "steps": 1}  # 32 rows, global batch 16: step 1 skipped
+    assert "error" in r0["stop"] and "error" in r1["stop"] and r0["stop"]["steps"] == r1["stop"]["steps"] == 0
 
 
 @pytest.mark.slow

@@ -132,6 +132,7 @@ class Checkpointer(Callback):
         # fields run.json holds from the start (`fitloop train` adds the data, target, task and rows), so an
         # interrupted or failed run still says what it trained on
         self.run_info: dict[str, Any] = {}
+        self.save_agreed = False  # several processes: every rank agreed a time-based checkpoint is due
         self._started = self._finished = False
         self._info: dict[str, Any] = {}
         self._data_fp: dict[str, Any] | None = None
@@ -266,9 +267,16 @@ class Checkpointer(Callback):
         n = self.config.checkpoint_every_steps
         if n and step % n == 0 and step != self._last_saved_step:
             self.save(trainer)
-        secs = self.config.checkpoint_every_seconds  # bounds the work a kill loses in a long epoch
-        if secs and time.perf_counter() - self._last_save_t >= secs and step != self._last_saved_step:
+        # the time-based checkpoint bounds the work a kill loses in a long epoch; with several processes
+        # each rank's clock differs, so DistributedSync agrees on it (`save_agreed`) at its sync points
+        due, self.save_agreed = (self.save_agreed if world_size() > 1 else self.time_due()), False
+        if due and step != self._last_saved_step:
             self.save(trainer)
+
+    def time_due(self) -> bool:
+        """Whether `checkpoint_every_seconds` have passed since the last checkpoint, by this process's clock."""
+        secs = self.config.checkpoint_every_seconds
+        return secs is not None and secs > 0 and time.perf_counter() - self._last_save_t >= secs
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         st = trainer.state
@@ -276,7 +284,8 @@ class Checkpointer(Callback):
         self._csv.append(logs, trainer.history)
         every = self.config.checkpoint_every_epochs
         last = st.epoch >= st.target_epochs or trainer.should_stop
-        if self._signal is not None or last or (every and st.epoch % every == 0):
+        due, self.save_agreed = self.save_agreed, False  # agreed at this epoch's end (several processes)
+        if self._signal is not None or last or due or (every and st.epoch % every == 0):
             self.save(trainer, logs)
         if self._signal is not None:
             self._stop(trainer)

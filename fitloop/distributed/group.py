@@ -230,6 +230,14 @@ class Collective:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def flags(self, *flags: bool) -> list[bool]:
+        """For each flag: true on every rank when it is true on any of them (one all-reduce for all)."""
+        if self.world == 1:
+            return list(flags)
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         """Every rank's rows of `t` concatenated in rank order (the ranks may hold different row counts)."""
         if self.world == 1:

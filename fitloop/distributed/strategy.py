@@ -144,8 +144,11 @@ class DistributedSync(Callback):
     A stop that one rank asks for during an epoch (a callback's `should_stop`, a SIGINT/SIGTERM the
     run-directory callback caught) is held back and agreed on by all-reduce every `sync_every` optimizer
     steps and at every epoch's end: then every rank stops at the same step (and writes the same
-    checkpoint). Early stopping, the best checkpoint and the NaN/inf check decide on values that are
-    already identical on every rank (the epoch's logs are global; gradients are all-reduced). A failed
+    checkpoint). A time-based checkpoint (`checkpoint_every_seconds`: each rank's own clock) is agreed on
+    in the same all-reduce, so it lands on the same step everywhere. Early stopping, the best checkpoint
+    and the NaN/inf check decide on values that are already identical on every rank (the epoch's logs are
+    global; gradients are all-reduced, and a rank whose loss alone is NaN/inf poisons its gradients so
+    that every rank sees it). A failed
     collective (a rank died or hangs) becomes `RankFailure`, naming the rank, within the timeout.
     """
 
@@ -176,10 +179,15 @@ class DistributedSync(Callback):
         self.agree(trainer)
 
     def agree(self, trainer: Trainer) -> None:
-        """One all-reduce: does any rank want to stop (or has a signal)? Then every rank stops alike."""
+        """One all-reduce: does any rank want to stop (or has a signal), and is a time-based checkpoint due
+        by any rank's clock? Then every rank stops, or checkpoints, alike."""
         ckpt = trainer.checkpointer
         signum = ckpt.pending_signal if ckpt is not None else None
-        if not self.strategy.collective.any(self._pending is not None or signum is not None):
+        stop, save = self.strategy.collective.flags(self._pending is not None or signum is not None,
+                                                    ckpt is not None and ckpt.time_due())
+        if save and ckpt is not None:
+            ckpt.save_agreed = True  # it writes the checkpoint at this step (or this epoch's end) on every rank
+        if not stop:
             return
         wishes = self.strategy.collective.gather_objects((self._pending, signum))
         reason = next((r for r, _ in wishes if r is not None), None)
