@@ -62,6 +62,14 @@ def test_budget_follows_budget_steps_accumulation_and_batch_size():
     assert (full.batch_size, full.steps_per_epoch, full.epochs) == (None, 1, MAX_EPOCHS)
 
 
+def test_the_budget_counts_the_steps_of_every_process():
+    """Under --nproc N each step takes batch_size rows on each of N processes: N times fewer steps an epoch,
+    and the epochs scale up so the run still makes about budget_steps optimizer steps."""
+    one, two = (training_budget(resolve_run_config({}), 1400, world) for world in (1, 2))
+    assert (one.steps_per_epoch, one.epochs) == (22, 137) and (two.steps_per_epoch, two.epochs) == (11, 273)
+    assert "batch 64 x 2 processes, 1400 training rows" in two.describe()
+
+
 def test_settings_the_user_gave_always_win(tmp_path):
     flags = {"train.epochs": 50, "train.early_stopping": 5}
     b = training_budget(resolve_run_config(flags), 210)

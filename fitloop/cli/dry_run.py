@@ -77,7 +77,7 @@ class DryRun:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def dry_run(cfg: RunConfig) -> DryRun:
+def dry_run(cfg: RunConfig, world: int | None = None) -> DryRun:
     """Take every decision `train_table(cfg)` would take (through `plan_run`), and train nothing.
 
     Raises:
@@ -90,7 +90,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
     from .pipeline import plan_run
 
     t0 = time.perf_counter()
-    plan = plan_run(cfg)
+    plan = plan_run(cfg, world=world)
     table, pre = plan.table, plan.preprocessor
     cfg.data.path = str(Path(str(cfg.data.path)).resolve())  # as train_table records it
     kept = {f["name"]: f for f in pre.features}
@@ -118,7 +118,8 @@ def dry_run(cfg: RunConfig) -> DryRun:
                   {k: len(v) for k, v in plan.rows.items()}, table.task == "classification", f"MLP {desc}",
                   sum(p.numel() for p in model.parameters()), plan.loss, plan.early_stopping,
                   f"{cfg.train.device} -> {pick_device(cfg.train.device)}",
-                  1 if bs is None else math.ceil(n_train / bs), plan.notes,
+                  plan.budget.steps_per_epoch if plan.budget is not None else
+                  (1 if bs is None else math.ceil(n_train / bs)), plan.notes,
                   {"load": plan.load_seconds, "decide": time.perf_counter() - t0 - plan.load_seconds})
 
 
@@ -301,7 +302,7 @@ def cmd_dry_run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None
                           f"write the plan elsewhere.")
     if not target.parent.is_dir():
         raise FileNotFoundError(f"--config-out {target}: the directory {target.parent} does not exist.")
-    plan = dry_run(cfg)
+    plan = dry_run(cfg, world=(getattr(args, "nproc", None) or 1) * (getattr(args, "nnodes", None) or 1))
     command = "fitloop " + " ".join(argv) if argv else None
     text = commented_toml(plan, command)
     _check_round_trip(text, plan.cfg)

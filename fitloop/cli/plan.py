@@ -98,13 +98,14 @@ class RunPlan:
     budget: Budget | None = None
 
 
-def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPlan:
+def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None, world: int | None = None) -> RunPlan:
     """Read the table and take every decision of the run: the column kinds and the task, the split,
     the preprocessing (fitted on the training rows), the model and the loss. Deterministic for a config,
     so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written.
 
     `fitloop train --dry-run` shows what this returns: a decision taken from the data anywhere else
-    would be missing from the dry run, so new ones belong here."""
+    would be missing from the dry run, so new ones belong here. `world`: the processes that will train
+    (default: torchrun's ``WORLD_SIZE``; the dry run passes ``--nproc`` x ``--nnodes``)."""
     from ..data import Table, TableError
     from ..models import MLPSpec
 
@@ -127,7 +128,11 @@ def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunPla
         raise TableError(f"no usable feature columns are left ({'; '.join(notes) or 'none found'}); "
                          f"the model needs at least one input.")
     classes = table.classes
-    budget = training_budget(cfg, len(rows["train"]))  # epochs, patience, checkpoints: from the training rows
+    if world is None:  # under torchrun: the job's size (every worker plans alike)
+        from ..distributed.group import env_world_size
+
+        world = env_world_size()
+    budget = training_budget(cfg, len(rows["train"]), world)  # epochs, patience, checkpoints: from the data
     budget.apply(cfg)
     log(budget.describe() + ".")
     spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,

@@ -399,6 +399,7 @@ class Budget:
         checkpoint_every_epochs: how often an epoch checkpoint is written.
         max_time: training-time limit in seconds (`None`: none).
         decided: the keys this budget set (the others came from the user), e.g. `["train.epochs"]`.
+        world: processes training together (each step takes `batch_size` rows on each).
     """
 
     rows: int
@@ -409,6 +410,7 @@ class Budget:
     checkpoint_every_epochs: int
     max_time: float | None
     decided: list[str]
+    world: int = 1
 
     @property
     def steps(self) -> int:
@@ -422,7 +424,8 @@ class Budget:
             else "no early stopping"
         limit = f", at most {self.max_time:g}s" if self.max_time else ""
         return (f"budget ({how}): {self.epochs} epochs x {self.steps_per_epoch} steps = {self.steps} steps "
-                f"(batch {self.batch_size or 'full'}, {self.rows} training rows); {stop}{limit}")
+                f"(batch {self.batch_size or 'full'}{f' x {self.world} processes' if self.world > 1 else ''}, "
+                f"{self.rows} training rows); {stop}{limit}")
 
     def apply(self, cfg: RunConfig) -> None:
         """Write the decided values into `cfg.train` (what `config.toml` then records)."""
@@ -431,7 +434,7 @@ class Budget:
             self.checkpoint_every_epochs
 
 
-def training_budget(cfg: RunConfig, train_rows: int) -> Budget:
+def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
     """The training budget of a run on `train_rows` rows: the one rule `fitloop train` (and a dry run) uses.
 
     Small tables get as many epochs as it takes to reach about `train.budget_steps` optimizer steps
@@ -444,13 +447,15 @@ def training_budget(cfg: RunConfig, train_rows: int) -> Budget:
     Args:
         cfg: the resolved configuration (`cfg.explicit` names what the user set).
         train_rows: rows in the training split.
+        world: processes training together (`--nproc` x nodes): each step takes `batch_size` rows on
+            every one of them, so an epoch has that many times fewer steps.
 
     Returns:
         The `Budget`; `budget.apply(cfg)` writes it into the config.
     """
     t, given = cfg.train, cfg.explicit
     bs = t.batch_size
-    batches = math.ceil(train_rows / bs) if bs else 1
+    batches = math.ceil(train_rows / (bs * max(1, world))) if bs else 1
     steps_per_epoch = max(1, math.ceil(batches / t.accumulate))
     decided: list[str] = []
     epochs = t.epochs
@@ -465,7 +470,7 @@ def training_budget(cfg: RunConfig, train_rows: int) -> Budget:
     if "train.checkpoint_every_epochs" not in given:
         every = max(1, epochs // CHECKPOINTS_PER_RUN)
         decided.append("train.checkpoint_every_epochs")
-    return Budget(train_rows, bs, steps_per_epoch, epochs, patience, every, t.max_time, decided)
+    return Budget(train_rows, bs, steps_per_epoch, epochs, patience, every, t.max_time, decided, max(1, world))
 
 
 def _all_keys() -> list[str]:
