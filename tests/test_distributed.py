@@ -278,6 +278,34 @@ def test_ctrl_c_on_the_cli_job_checkpoints_and_resume_finishes_it(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_user_mistake_under_nproc_exits_2_without_a_resume_hint(tmp_path):
+    csv = _table(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "fitloop", "train", str(csv), "--target", "nope", "--nproc", "2",
+                           "--out", str(tmp_path / "run")], env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "target column 'nope' not found" in proc.stderr and "fitloop resume" not in proc.stderr
+    assert "fitloop: the job stopped: the workers refused the command (the error above)" in proc.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nproc", "0"], "argument --nproc: '0': must be at least 1"),
+    (["--nproc", "-2"], "argument --nproc: '-2': must be at least 1"),
+    (["--nproc", "2", "--max-restarts", "-1"], "argument --max-restarts: '-1': must be at least 0"),
+    (["--nnodes", "2", "--node-rank", "3", "--rdzv-endpoint", "127.0.0.1:1"],
+     "--node-rank 3: machines are numbered 0..nnodes-1 (--nnodes 2)."),
+    (["--node-rank", "1"], "--node-rank 1: machines are numbered 0..nnodes-1; pass --nnodes N with it."),
+])
+def test_bad_launch_flags_exit_2_naming_them(tmp_path, capsys, flags, message):
+    from fitloop.cli import main
+
+    csv = _table(tmp_path)
+    code = main(["train", str(csv), "--target", "y", "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
 def test_two_nodes_on_loopback(tmp_path):
     csv = tmp_path / "data.csv"
     csv.write_text("x,y\n" + "".join(f"{i / 10},{i % 7}\n" for i in range(120)))

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_launch_options", "wants_launch", "launch", "LAUNCH_FLAGS", "restarted_run"]
 
@@ -32,12 +33,12 @@ def add_launch_options(p: argparse.ArgumentParser, config: bool = True) -> None:
     """The "scaling out" options of `fitloop train` (and, without `config`'s --strategy/--dist-timeout, of
     `fitloop resume`, whose settings come from the run)."""
     g = p.add_argument_group("scaling out (torch.distributed)")
-    g.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (DDP; gloo on CPU, "
+    g.add_argument("--nproc", type=_count(1), metavar="N", help="processes on this machine (DDP; gloo on CPU, "
                    "nccl on CUDA); batch-size is per process")
-    g.add_argument("--nnodes", type=int, metavar="N", help="machines in the job (default 1)")
-    g.add_argument("--node-rank", type=int, metavar="R", help="this machine's index, 0..nnodes-1")
+    g.add_argument("--nnodes", type=_count(1), metavar="N", help="machines in the job (default 1)")
+    g.add_argument("--node-rank", type=_count(0), metavar="R", help="this machine's index, 0..nnodes-1")
     g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address (node 0), for --nnodes > 1")
-    g.add_argument("--max-restarts", type=int, metavar="K", help="restart failed workers up to K times; they "
+    g.add_argument("--max-restarts", type=_count(0), metavar="K", help="restart failed workers up to K times; they "
                    "resume from the latest checkpoint (default 0)")
     if not config:
         return
@@ -46,9 +47,29 @@ def add_launch_options(p: argparse.ArgumentParser, config: bool = True) -> None:
                    "before the job stops, naming it (default 60)")
 
 
+def _count(least: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be at least {least}")
+        return n
+    return parse
+
+
 def wants_launch(args: argparse.Namespace) -> bool:
-    """Whether this command should start workers (and is not one already)."""
-    several = (getattr(args, "nproc", None) or 1) > 1 or (getattr(args, "nnodes", None) or 1) > 1
+    """Whether this command should start workers (and is not one already).
+
+    Raises:
+        ValueError: --node-rank without --nnodes, or not below it.
+    """
+    nnodes, node_rank = getattr(args, "nnodes", None), getattr(args, "node_rank", None)
+    if node_rank is not None and node_rank >= (nnodes or 1):
+        raise ValueError(f"--node-rank {node_rank}: machines are numbered 0..nnodes-1"
+                         + (f" (--nnodes {nnodes})" if nnodes else "; pass --nnodes N with it") + ".")
+    several = (getattr(args, "nproc", None) or 1) > 1 or (nnodes or 1) > 1
     return several and "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ
 
 
@@ -114,10 +135,19 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
         others = sorted(r for r in e.failures if r != rank)
         also = f" (then rank(s) {', '.join(map(str, others))} stopped too)" if others else ""
-        print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. The run "
-              f"directory {out} keeps its last checkpoint: `{again}` continues it.", file=sys.stderr, flush=True)
         codes = {f.exitcode for f in e.failures.values()}
-        return 2 if codes == {2} else 3
+        if codes == {2}:  # every worker refused the input (its error is printed above): nothing to resume
+            print("fitloop: the job stopped: the workers refused the command (the error above); fix it and "
+                  "run it again.", file=sys.stderr, flush=True)
+            return 2
+        from ..checkpoint_format import find_checkpoints
+
+        kept = (f"The run directory {out} keeps its last checkpoint: `{again}` continues it."
+                if Path(out).is_dir() and find_checkpoints(Path(out)) else
+                f"No checkpoint was written yet, so `{again}` starts the run again from the beginning.")
+        print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. {kept}",
+              file=sys.stderr, flush=True)
+        return 3
     return 0
 
 
