@@ -404,3 +404,33 @@ def test_one_process_needs_no_group_and_bad_settings_are_named():
         fl.Trainer(torch.nn.Linear(2, 1), strategy="zero")
     with pytest.raises(ValueError, match="dist_timeout: got 0; pass a number of seconds > 0"):
         fl.Trainer(torch.nn.Linear(2, 1), dist_timeout=0)
+
+
+def test_a_dataloader_with_its_own_sampler_is_refused_under_several_processes():
+    from torch.utils.data import WeightedRandomSampler
+
+    from fitloop.data.batches import LoaderBatches
+
+    ds = TensorDataset(torch.randn(40, 2), torch.randn(40, 1))
+    weighted = DataLoader(ds, batch_size=8, sampler=WeightedRandomSampler(torch.ones(40), 40))
+    with pytest.raises(ValueError, match=r"a DataLoader with its own sampler \(WeightedRandomSampler\) cannot be "
+                                         r"sharded over the processes"):
+        LoaderBatches(weighted, None, True, rank=0, world=2)
+    assert len(LoaderBatches(weighted, None, True)) == 5  # one process: the user's loader as it is
+    assert len(LoaderBatches(DataLoader(ds, batch_size=8, shuffle=True), None, True, rank=1, world=2)) == 3
+
+
+def test_device_errors_in_a_distributed_run_say_what_is_missing(monkeypatch):
+    from fitloop.distributed.group import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="got 'cuda', but CUDA is not available on this machine; pass device='cpu'"):
+        _device("cuda")
+    assert _device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ValueError, match=r"this machine has 2 CUDA device\(s\), and local rank 3 would need cuda:3"):
+        _device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _device("auto") == torch.device("cuda", 1)

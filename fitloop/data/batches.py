@@ -129,6 +129,11 @@ class LoaderBatches:
             if loader is not None and loader.batch_size is None:
                 raise ValueError("data: a DataLoader with its own batch_sampler cannot be sharded over the "
                                  "processes; pass its Dataset (and batch_size=), or shard it yourself.")
+            if loader is not None and not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+                raise ValueError(f"data: a DataLoader with its own sampler ({type(loader.sampler).__name__}) cannot "
+                                 "be sharded over the processes (each rank would need its part of that "
+                                 "sampler's order); pass a DataLoader with shuffle=True/False, or give each "
+                                 "rank its own sampler and DataLoader yourself.")
             ds: Any = loader.dataset if loader is not None else data
             shuffle = isinstance(loader.sampler, RandomSampler) if loader is not None else shuffle
             self.sampler = DistributedEpochSampler(ds, world, rank, shuffle)

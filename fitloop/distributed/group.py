@@ -69,7 +69,14 @@ def _device(requested: str) -> torch.device:
     """This rank's device: ``cuda:LOCAL_RANK`` when CUDA is asked for (or `auto` finds it), else the CPU."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if requested in ("auto", "cuda") and torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"device: this machine has {torch.cuda.device_count()} CUDA device(s), and local rank "
+                             f"{local} would need cuda:{local}; start at most that many processes per machine "
+                             "(--nproc), or pass device='cpu'.")
         return torch.device("cuda", local)
+    if requested == "cuda":
+        raise ValueError("device: got 'cuda', but CUDA is not available on this machine; pass device='cpu' "
+                         "(or 'auto', which picks CUDA where it is).")
     if requested.startswith("cuda"):
         raise ValueError(f"device: got {requested!r} in a distributed run; pass device='cuda' (each rank uses "
                          f"cuda:LOCAL_RANK) or 'cpu'.")
