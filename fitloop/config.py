@@ -35,7 +35,7 @@ class TrainConfig:
 
     Attributes:
         epochs: number of passes over the training data.
-        batch_size: rows per step; `None` trains on the full batch.
+        batch_size: rows per step, on each process when several train together; `None` trains on the full batch.
         lr: learning rate; `None` keeps the optimizer's own default.
         seed: seeds the data order, dropout and noise (everything fitloop controls).
         device: `"auto"` (cuda, then mps, then cpu), or any torch device string.

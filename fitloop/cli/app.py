@@ -200,7 +200,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     tr = t.add_argument_group("training")
     tr.add_argument("--epochs", type=int,
                     help="maximum epochs (default: from the data, about train.budget_steps=3000 optimizer steps)")
-    tr.add_argument("--batch-size", metavar="N", help="rows per step (default 64; 'none' = full batch)")
+    tr.add_argument("--batch-size", metavar="N", help="rows per step and process (default 64; 'none' = full batch)")
     tr.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     tr.add_argument("--optimizer", help="any torch.optim name (default adam)")
     tr.add_argument("--max-time", metavar="SECONDS",
