@@ -85,6 +85,10 @@ def test_summary_prints_and_names_a_bad_shape(capsys):
         fl.summary(nn.Linear(3, 2), (5,), verbose=False)
     emb = fl.summary(nn.Embedding(10, 4), input=torch.zeros(2, 7, dtype=torch.long), verbose=False)
     assert emb.output_shape == "[N, 7, 4]" and emb.total == 40
+    for bad in ("abc", (3, 0), (2.5,)):
+        with pytest.raises(ValueError, match=r"summary: input_shape must be positive whole numbers, one sample's "
+                                             r"shape without the batch dimension, e.g. \(8,\) for 8 features; got"):
+            fl.summary(nn.Linear(3, 2), bad, verbose=False)
 
 
 # ------------------------------------------------------------------------------------ trainer.report

@@ -79,7 +79,9 @@ def _wait_for_start(log: Path, proc: subprocess.Popen) -> int:
     while time.time() < deadline:
         for line in log.read_text().splitlines():
             if '"event": "start"' in line:
-                return int(json.loads(line)["url"].rsplit(":", 1)[1])
+                url = json.loads(line)["url"]
+                assert url.startswith("http://127.0.0.1:"), url  # the default host: this machine only
+                return int(url.rsplit(":", 1)[1])
         if proc.poll() is not None:
             raise AssertionError(f"fitloop serve exited with {proc.returncode}: {log.read_text()}")
         time.sleep(0.05)

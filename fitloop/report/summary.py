@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -108,7 +109,11 @@ def summary(model: Any, input_shape: Sequence[int] | None = None, *, input: Any 
     if input is None:
         if input_shape is None:
             raise ValueError("summary: pass input_shape (one sample's shape, e.g. (8,) for 8 features) or input=.")
-        shape = [int(s) for s in ([input_shape] if isinstance(input_shape, int) else input_shape)]
+        dims = [input_shape] if isinstance(input_shape, int) else input_shape
+        if isinstance(dims, (str, bytes)) or not all(isinstance(s, numbers.Integral) and s > 0 for s in dims):
+            raise ValueError(f"summary: input_shape must be positive whole numbers, one sample's shape without "
+                             f"the batch dimension, e.g. (8,) for 8 features; got {input_shape!r}.")
+        shape = [int(s) for s in dims]
         float_dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
         device = params[0].device if params else torch.device("cpu")
         input = torch.zeros(batch_size, *shape, dtype=dtype or float_dtype, device=device)
