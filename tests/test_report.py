@@ -163,6 +163,9 @@ def test_cli_report_classification_run(runs, capsys, tmp_path):
     html = (tmp_path / "report.html").read_text()
     _self_contained(html)
     assert sorted(_images(html)) == ["confusion", "loss", "lr", "metrics"]
+    (tmp_path / "afile").write_text("")
+    code, _, err = run_cli(capsys, "report", runs / "wine", "--out", tmp_path / "afile")
+    assert code == 2 and f"--out {tmp_path / 'afile'}: it is a file; pass a directory" in err
     d = from_run_dir(runs / "wine")
     metrics = json.loads((runs / "wine" / "metrics.json").read_text())
     assert d.confusion == metrics["metrics"]["confusion_matrix"]  # test_predictions.csv agrees with metrics.json

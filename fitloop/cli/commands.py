@@ -265,6 +265,9 @@ def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from ..report.data import from_run_dir
 
     data = from_run_dir(args.run_dir)  # NotARunDirectory (exit 2) names what is missing
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out}: it is a file; pass a directory for report.html and plots/ "
+                                 "(created when missing).")
     console = _console()
     quiet = getattr(args, "quiet", False)
     if not quiet:
