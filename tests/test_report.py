@@ -141,6 +141,13 @@ def test_trainer_report_regression_with_and_without_test(tmp_path):
     assert d.y_true == test.y.tolist() and d.baseline_kind == "train mean"
     assert d.baseline["mse"] == pytest.approx(float(((test.y - train.y.mean()) ** 2).mean()), rel=1e-5)
     assert "overfitting and whether the validation loss" in full.html.read_text()  # not judged, said so
+    # trained from a DataLoader: the model summary takes its shape from test=, the missing baseline is said
+    from torch.utils.data import DataLoader, TensorDataset
+
+    t.fit(DataLoader(TensorDataset(train.X, train.y), batch_size=32))
+    loaded = t.report(tmp_path / "loader", test=test).data
+    assert loaded.model is not None and loaded.data["features"] == 3 and not loaded.baseline
+    assert any(a.startswith("baseline: the training targets are not in memory") for a in loaded.absent)
 
 
 def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys, runs):

@@ -324,14 +324,19 @@ def from_trainer(trainer: Trainer, test: Any = None) -> ReportData:
         y = targets_of(data)
         if y is not None:
             d.data["target_distribution"][k] = target_distribution(y, d.task)
-    x: Any = getattr(splits["train"], "X", None)
-    if x is None and isinstance(splits["train"], (tuple, list)):
-        x = splits["train"][0]
+    x: Any = None
+    for part in (splits["train"], test):  # the input shape: from the training data, else the test split's
+        x = getattr(part, "X", None)
+        if x is None and isinstance(part, (tuple, list)) and len(part) == 2:
+            x = part[0]
+        if x is not None:
+            break
     if x is not None and hasattr(x, "shape") and len(x.shape) >= 1:
         d.data["features"] = int(x.shape[1]) if len(x.shape) == 2 else list(x.shape[1:])
         d.model = summary(trainer.model, tuple(x.shape[1:]), verbose=False)
     else:
-        d.absent.append("model summary: the input shape is unknown (the training data is not in memory)")
+        d.absent.append("model summary: the input shape is unknown (neither the training data nor test= is in "
+                        "memory)")
     if test is None:
         d.absent.append("test split: pass test= to trainer.report for test metrics, the baseline and the "
                         + ("confusion matrix" if d.is_classification else "predicted-vs-actual plots"))
@@ -368,6 +373,8 @@ def _score_test(trainer: Trainer, d: ReportData, test: Any, train: Any) -> None:
     else:
         d.y_pred, d.y_true = raw.reshape(-1).tolist(), y.float().reshape(-1).tolist()
     if y_train is None:
+        d.absent.append("baseline: the training targets are not in memory (a DataLoader), so there is no trivial "
+                        "baseline to compare the test metrics with")
         return
     y_train = y_train.cpu()
     n = len(y)
