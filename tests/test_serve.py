@@ -441,6 +441,12 @@ def test_cli_errors_exit_2(runs, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{busy.getsockname()[1]}" in err and "Pick another --port" in err
     busy.close()
+    assert main(["serve", str(runs / "run_cls"), "--api-key", " "]) == 2
+    assert "--api-key is empty; pass a secret" in capsys.readouterr().err
+    monkeypatch.setenv("FITLOOP_API_KEY", "")  # an unset variable expanded into it: refused, never served open
+    assert main(["serve", str(runs / "run_cls")]) == 2
+    assert "FITLOOP_API_KEY is empty; pass a secret (or unset it to serve without one)." in capsys.readouterr().err
+    monkeypatch.delenv("FITLOOP_API_KEY")
     assert main(["serve", str(runs / "run_cls"), "--port", "70000"]) == 2  # argparse's error, naming the range
     assert "a TCP port is 0-65535" in capsys.readouterr().err
     assert main(["serve", str(runs / "run_cls"), "--host", "203.0.113.7", "--port", "0"]) == 2  # not this machine's

@@ -93,9 +93,10 @@ def cmd_serve(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"fitloop: error: {e}", file=sys.stderr)
         return 2
-    api_key = args.api_key if args.api_key is not None else (os.environ.get("FITLOOP_API_KEY") or None)
-    if api_key is not None and not api_key.strip():
-        raise ValueError("--api-key is empty; pass a secret (or leave it out to serve without one).")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("FITLOOP_API_KEY")
+    if api_key is not None and not api_key.strip():  # e.g. FITLOOP_API_KEY=$UNSET_VARIABLE: never serve open
+        where = "--api-key" if args.api_key is not None else "FITLOOP_API_KEY"
+        raise ValueError(f"{where} is empty; pass a secret (or unset it to serve without one).")
     serve(args.run_dir, host=args.host, port=args.port, workers=args.workers, max_rows=args.max_rows,
           max_body=args.max_body, api_key=api_key, access_log=not getattr(args, "quiet", False))
     return 0
