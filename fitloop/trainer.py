@@ -352,14 +352,14 @@ class Trainer:
         return self._metric_set
 
     def evaluate(self, data: Data) -> dict[str, Any]:
-        """Loss and task metrics on labelled data (e.g. the held-out test split).
+        """Loss and task metrics on labelled data (e.g. the held-out test split), its targets checked by the guards.
 
         Returns:
             A dict of floats: `loss` plus accuracy/F1/precision/recall (and `confusion_matrix`, a
             nested list) for classification, or MSE/RMSE/MAE/R2 for regression.
         """
         with thread_policy(self.device, self.params, self.config.threads):
-            logs = evaluate_batches(self, self.batches(data, train=False))
+            logs = evaluate_batches(self, self.batches(data, train=False), guard=True)
         self.last_metrics = {k: to_python(v) for k, v in logs.items()}
         return self.last_metrics
 

@@ -292,6 +292,44 @@ def test_sanity_check_reports_a_model_that_cannot_learn():
     assert not report.can_learn and "the training step failed" in report.message
 
 
+def test_sanity_check_runs_the_first_step_guards_and_restores():
+    X, _ = _data(n=100)
+    t = fl.Trainer(nn.Linear(3, 3), quiet=True, lr=1e-2)  # (N, 3) output, (N, 1) target: would broadcast
+    y1 = torch.randn(100, 1)
+    before = _states(t)
+    with pytest.raises(ValueError, match=r"loss: the model's output has shape \(100, 3\) but the target has "
+                                         r"shape \(100, 1\); MSELoss cannot match them"):
+        t.sanity_check((X, y1))
+    _assert_same(before, _states(t))
+    y = torch.randint(0, 3, (100,))
+    y[[7, 60]] = 5
+    with pytest.raises(ValueError, match=r"train y: the model has 3 outputs \(classes 0\.\.2\), but rows 7, 60 "
+                                         r"hold labels 5, 5"):
+        fl.Trainer(nn.Linear(3, 3), loss="cross_entropy", quiet=True).sanity_check((X, y))
+    ok = fl.Trainer(nn.Linear(3, 3), loss="cross_entropy", quiet=True, guards={"class_targets": False})
+    with pytest.raises(IndexError):  # without the guard: torch's own error
+        ok.sanity_check((X, torch.full((100,), 5)))
+
+
+def test_evaluate_checks_class_targets_and_loss_shapes():
+    X, _ = _data()
+    t = _fit(nn.Linear(3, 3), (X, torch.randint(0, 3, (64,))), loss="cross_entropy")
+    yb = torch.randint(0, 3, (64,))
+    yb[4] = 7
+    with pytest.raises(ValueError, match=r"evaluate y: the model has 3 outputs \(classes 0\.\.2\), but rows 4 "
+                                         r"hold labels 7\. Give the model out_features=8"):
+        t.evaluate((X, yb))
+    r = _fit(nn.Linear(3, 1), (X, torch.randn(64, 1)))
+    with pytest.raises(ValueError, match=r"evaluate: loss: the model's output has shape \(64, 1\) but the target "
+                                         r"has shape \(64, 2\)"):
+        r.evaluate((X, torch.randn(64, 2)))
+    assert set(r.evaluate((X, torch.randn(64, 1)))) >= {"loss", "mse"}  # matching data still evaluates
+    off = _fit(nn.Linear(3, 1), (X, torch.randn(64, 1)), guards={"loss_shapes": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert "loss" in off.evaluate((X, torch.randn(64, 2)))  # switched off: torch broadcasts, as before
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none available here)")
 def test_class_target_messages_are_the_same_on_cuda_as_on_cpu():
