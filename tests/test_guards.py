@@ -96,6 +96,33 @@ def test_fractional_float_labels_name_rows():
         _fit(nn.Linear(3, 3), (X, y), loss="cross_entropy")
 
 
+def test_fractional_float_labels_name_the_split():
+    X, _ = _data()
+    y = torch.randint(0, 3, (64,))
+    yv = y[:8].float()
+    yv[3] = 1.5
+    with pytest.raises(ValueError, match=r"^val y: cross-entropy needs class indices \(0\.\.C-1\) but y has "
+                                         r"fractional values \(rows 3: 1\.5\)"):
+        _fit(nn.Linear(3, 3), (X, y), (X[:8] + 5, yv), loss="cross_entropy")
+
+
+def test_whole_float_labels_are_converted_with_a_warning_naming_the_split():
+    X, _ = _data()
+    y = torch.randint(0, 3, (64,))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        t = _fit(nn.Linear(3, 3), (X, y.float()), (X[:8] + 5, y[:8].double()), loss="cross_entropy")
+    msgs = _guard_warnings(rec)
+    assert any(m.startswith("train y: the class targets are floats (torch.float32); their whole values were "
+                            "converted to class indices (int64)") for m in msgs)
+    assert any(m.startswith("val y: the class targets are floats (torch.float") for m in msgs)
+    assert t.history and "val_loss" in t.history[-1]  # and it trains
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        _fit(nn.Linear(3, 3), (X, y), loss="cross_entropy")  # integer labels: no warning
+    assert not [m for m in _guard_warnings(rec) if "class targets are floats" in m]
+
+
 def test_binary_targets_outside_0_1():
     X, _ = _data()
     y = torch.randint(0, 2, (64,)).float()
