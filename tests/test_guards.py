@@ -176,6 +176,20 @@ def test_leakage_between_train_and_val_warns_with_counts_or_errors():
     assert not any("leakage" in m for m in _guard_warnings(rec))
 
 
+def test_leakage_is_found_across_dtypes():
+    X, y = _data()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        _fit(nn.Linear(3, 1), (X.double(), y), (X[:10], y[:10]))  # float64 train, its float32 rows in val
+    assert any("leakage: identical input rows in more than one split (10 of 10 val rows also occur in train)" in m
+               for m in _guard_warnings(rec))
+    X64 = torch.randn(50, 3, dtype=torch.float64)  # float64 values; val keeps a float32 copy of 7 rows
+    assert check_leakage({"train": X64.numpy(), "val": X64[:7].float()}, mode=False) == {("train", "val"): 7}
+    ints = torch.randint(0, 5, (30, 2))
+    assert check_leakage({"train": ints, "val": ints[:4].float()}, mode=False) == {("train", "val"): 4}
+    assert check_leakage({"train": X64, "val": torch.randn(9, 3)}, mode=False) == {}
+
+
 def test_split_checks_all_three_parts():
     X = torch.randn(40, 2)
     X[30:] = X[:10]  # 10 duplicated rows

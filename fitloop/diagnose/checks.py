@@ -205,7 +205,9 @@ def _shared(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) 
 
 
 def check_leakage(parts: dict[str, Any], mode: str | bool = "warn") -> dict[tuple[str, str], int]:
-    """Count the rows of X that appear, identical, in more than one part (train/val/test).
+    """Count the rows of X that appear, identical, in more than one part (train/val/test). Parts of different
+    dtypes are compared in the narrowest float dtype among them (float64 train against float32 val: as
+    float32), so a copy kept at lower precision still counts.
 
     Args:
         parts: part name -> `(X, y)`, a `Split` or an X tensor/array; `None` parts are skipped.
@@ -219,18 +221,23 @@ def check_leakage(parts: dict[str, Any], mode: str | bool = "warn") -> dict[tupl
     """
     if not any(mode is m for m in (True, False)) and mode not in ("warn", "error"):
         raise ValueError(f"leakage: got {mode!r}; choose 'warn', 'error' or False.")
-    keys = {}
+    tensors = {}
     for name, data in parts.items():
         if data is None:
             continue
         X = torch.as_tensor(data) if isinstance(data, (torch.Tensor, np.ndarray)) else data_tensors(data)[0]
         if X is not None and len(X):
-            keys[name] = _row_keys(X)
+            tensors[name] = X
+    # one dtype for every part, so that a float64 train row and its float32 copy in val compare equal: the
+    # narrowest float dtype among them (the precision the copy kept), else int64 (exact for integers)
+    floats = [X.dtype for X in tensors.values() if X.is_floating_point()]
+    common = min(floats, key=lambda d: d.itemsize) if floats else torch.int64
+    keys = {name: _row_keys(X.to(common)) for name, X in tensors.items()}
     names = list(keys)
     found: dict[tuple[str, str], int] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if keys[a][0].dtype != keys[b][0].dtype:
+            if keys[a][0].dtype != keys[b][0].dtype:  # different column counts: no row can be shared
                 continue
             n = _shared(keys[a], keys[b])
             if n:
