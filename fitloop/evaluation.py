@@ -36,11 +36,17 @@ def run_eval(trainer: Trainer, batches: Any, *, inference: bool = False) -> tupl
     return gather(out, y) if gather is not None else (out, y)
 
 
-def evaluate_batches(trainer: Trainer, batches: Any, prefix: str = "") -> dict[str, Any]:
-    """`loss` and the task metrics (tensors), each key prefixed with `prefix` (`"val_"`)."""
+def evaluate_batches(trainer: Trainer, batches: Any, prefix: str = "", *, guard: bool = False) -> dict[str, Any]:
+    """`loss` and the task metrics (tensors), each key prefixed with `prefix` (`"val_"`). With `guard`
+    (`Trainer.evaluate`), the class-target and loss-shape guards check the data first
+    (`fitloop.diagnose.checks.eval_checks`); the fit's validation was checked at its first step."""
     out, y = run_eval(trainer, batches)
     if y is None:
         raise ValueError("evaluate: the data has no targets (y); use predict() for unlabelled data.")
+    if guard:
+        from .diagnose.checks import eval_checks
+
+        eval_checks(trainer, out, y)
     with torch.no_grad():
         res: dict[str, Any] = {"loss": trainer.compute_loss(out, y)}
         res.update(trainer.metrics.compute(out, y))

@@ -23,7 +23,7 @@ on it) as long as the model pickles (a module-level factory, no lambdas); the Tr
 the pickle, so a `partial_fit` after unpickling starts a fresh optimizer. Pickle runs code when loading:
 prefer the bundle for anything you keep or share.
 
-scikit-learn is imported when this module is; `import fitloop` stays free of it.
+scikit-learn (1.6 or newer) is imported when this module is; `import fitloop` stays free of it.
 """
 
 from __future__ import annotations
@@ -33,16 +33,35 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+
+SKLEARN_MIN = (1, 6)  # validate_data and __sklearn_tags__
+
+
+def _sklearn_import_error(error: ImportError) -> str:
+    """The ImportError's message: scikit-learn not installed, too old (found X.Y, need 1.6), or failing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    need = ".".join(map(str, SKLEARN_MIN))
+    try:
+        found = version("scikit-learn")
+    except PackageNotFoundError:
+        return (f"fitloop.sklearn needs scikit-learn {need} or newer, which is not installed: "
+                "pip install 'fitloop[sklearn]'")
+    parts = [int(p) if p.isdigit() else 0 for p in found.split(".")[:2]]
+    if tuple(parts) < SKLEARN_MIN:
+        return (f"fitloop.sklearn needs scikit-learn {need} or newer (for validate_data and __sklearn_tags__), but "
+                f"found {'.'.join(map(str, parts))} ({found}): pip install -U 'scikit-learn>={need}'")
+    return f"fitloop.sklearn: scikit-learn {found} is installed but failed to import ({error}); reinstall it."
+
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
-except ImportError:  # pragma: no cover - the message is the point
-    raise ImportError("fitloop.sklearn needs scikit-learn: pip install 'fitloop[sklearn]'") from None
-
-import torch
-from torch import nn
+except ImportError as _e:
+    raise ImportError(_sklearn_import_error(_e)) from None
 
 __all__ = ["FitloopRegressor", "FitloopClassifier"]
 

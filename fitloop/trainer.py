@@ -340,7 +340,8 @@ class Trainer:
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
         cfg, dtype = self.config, self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
         return make_batches(data, train=train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, device=self.device,
-                            float_dtype=dtype, task=self.task, num_workers=cfg.num_workers)
+                            float_dtype=dtype, task=self.task, num_workers=cfg.num_workers,
+                            split="train" if train else "val" if data is self.val_data is not None else "evaluate")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -352,14 +353,14 @@ class Trainer:
         return self._metric_set
 
     def evaluate(self, data: Data) -> dict[str, Any]:
-        """Loss and task metrics on labelled data (e.g. the held-out test split).
+        """Loss and task metrics on labelled data (e.g. the held-out test split), its targets checked by the guards.
 
         Returns:
             A dict of floats: `loss` plus accuracy/F1/precision/recall (and `confusion_matrix`, a
             nested list) for classification, or MSE/RMSE/MAE/R2 for regression.
         """
         with thread_policy(self.device, self.params, self.config.threads):
-            logs = evaluate_batches(self, self.batches(data, train=False))
+            logs = evaluate_batches(self, self.batches(data, train=False), guard=True)
         self.last_metrics = {k: to_python(v) for k, v in logs.items()}
         return self.last_metrics
 

@@ -96,6 +96,33 @@ def test_fractional_float_labels_name_rows():
         _fit(nn.Linear(3, 3), (X, y), loss="cross_entropy")
 
 
+def test_fractional_float_labels_name_the_split():
+    X, _ = _data()
+    y = torch.randint(0, 3, (64,))
+    yv = y[:8].float()
+    yv[3] = 1.5
+    with pytest.raises(ValueError, match=r"^val y: cross-entropy needs class indices \(0\.\.C-1\) but y has "
+                                         r"fractional values \(rows 3: 1\.5\)"):
+        _fit(nn.Linear(3, 3), (X, y), (X[:8] + 5, yv), loss="cross_entropy")
+
+
+def test_whole_float_labels_are_converted_with_a_warning_naming_the_split():
+    X, _ = _data()
+    y = torch.randint(0, 3, (64,))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        t = _fit(nn.Linear(3, 3), (X, y.float()), (X[:8] + 5, y[:8].double()), loss="cross_entropy")
+    msgs = _guard_warnings(rec)
+    assert any(m.startswith("train y: the class targets are floats (torch.float32); their whole values were "
+                            "converted to class indices (int64)") for m in msgs)
+    assert any(m.startswith("val y: the class targets are floats (torch.float") for m in msgs)
+    assert t.history and "val_loss" in t.history[-1]  # and it trains
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        _fit(nn.Linear(3, 3), (X, y), loss="cross_entropy")  # integer labels: no warning
+    assert not [m for m in _guard_warnings(rec) if "class targets are floats" in m]
+
+
 def test_binary_targets_outside_0_1():
     X, _ = _data()
     y = torch.randint(0, 2, (64,)).float()
@@ -147,6 +174,20 @@ def test_leakage_between_train_and_val_warns_with_counts_or_errors():
         warnings.simplefilter("always")
         _fit(nn.Linear(3, 1), (X, y), val, guards={"leakage": False})
     assert not any("leakage" in m for m in _guard_warnings(rec))
+
+
+def test_leakage_is_found_across_dtypes():
+    X, y = _data()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        _fit(nn.Linear(3, 1), (X.double(), y), (X[:10], y[:10]))  # float64 train, its float32 rows in val
+    assert any("leakage: identical input rows in more than one split (10 of 10 val rows also occur in train)" in m
+               for m in _guard_warnings(rec))
+    X64 = torch.randn(50, 3, dtype=torch.float64)  # float64 values; val keeps a float32 copy of 7 rows
+    assert check_leakage({"train": X64.numpy(), "val": X64[:7].float()}, mode=False) == {("train", "val"): 7}
+    ints = torch.randint(0, 5, (30, 2))
+    assert check_leakage({"train": ints, "val": ints[:4].float()}, mode=False) == {("train", "val"): 4}
+    assert check_leakage({"train": X64, "val": torch.randn(9, 3)}, mode=False) == {}
 
 
 def test_split_checks_all_three_parts():
@@ -290,6 +331,44 @@ def test_sanity_check_reports_a_model_that_cannot_learn():
 
     report = fl.Trainer(Detached(3, 1), quiet=True).sanity_check((X, y))
     assert not report.can_learn and "the training step failed" in report.message
+
+
+def test_sanity_check_runs_the_first_step_guards_and_restores():
+    X, _ = _data(n=100)
+    t = fl.Trainer(nn.Linear(3, 3), quiet=True, lr=1e-2)  # (N, 3) output, (N, 1) target: would broadcast
+    y1 = torch.randn(100, 1)
+    before = _states(t)
+    with pytest.raises(ValueError, match=r"loss: the model's output has shape \(100, 3\) but the target has "
+                                         r"shape \(100, 1\); MSELoss cannot match them"):
+        t.sanity_check((X, y1))
+    _assert_same(before, _states(t))
+    y = torch.randint(0, 3, (100,))
+    y[[7, 60]] = 5
+    with pytest.raises(ValueError, match=r"train y: the model has 3 outputs \(classes 0\.\.2\), but rows 7, 60 "
+                                         r"hold labels 5, 5"):
+        fl.Trainer(nn.Linear(3, 3), loss="cross_entropy", quiet=True).sanity_check((X, y))
+    ok = fl.Trainer(nn.Linear(3, 3), loss="cross_entropy", quiet=True, guards={"class_targets": False})
+    with pytest.raises(IndexError):  # without the guard: torch's own error
+        ok.sanity_check((X, torch.full((100,), 5)))
+
+
+def test_evaluate_checks_class_targets_and_loss_shapes():
+    X, _ = _data()
+    t = _fit(nn.Linear(3, 3), (X, torch.randint(0, 3, (64,))), loss="cross_entropy")
+    yb = torch.randint(0, 3, (64,))
+    yb[4] = 7
+    with pytest.raises(ValueError, match=r"evaluate y: the model has 3 outputs \(classes 0\.\.2\), but rows 4 "
+                                         r"hold labels 7\. Give the model out_features=8"):
+        t.evaluate((X, yb))
+    r = _fit(nn.Linear(3, 1), (X, torch.randn(64, 1)))
+    with pytest.raises(ValueError, match=r"evaluate: loss: the model's output has shape \(64, 1\) but the target "
+                                         r"has shape \(64, 2\)"):
+        r.evaluate((X, torch.randn(64, 2)))
+    assert set(r.evaluate((X, torch.randn(64, 1)))) >= {"loss", "mse"}  # matching data still evaluates
+    off = _fit(nn.Linear(3, 1), (X, torch.randn(64, 1)), guards={"loss_shapes": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert "loss" in off.evaluate((X, torch.randn(64, 2)))  # switched off: torch broadcasts, as before
 
 
 @pytest.mark.gpu

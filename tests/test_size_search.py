@@ -108,6 +108,54 @@ def test_bad_arguments_are_refused():
         fl.size_search(torch.zeros(3), VAL)
 
 
+def test_arguments_are_checked_naming_the_argument_and_the_fix():
+    train, X = teacher(50), teacher(50)[0]
+    for kw, msg in [({"max_seconds": -1}, r"max_seconds must be a number >= 0 \(or None for no limit\), got -1"),
+                    ({"gap_tolerance": -0.1}, r"gap_tolerance must be a number >= 0 \(e\.g\. 0\.1 for 10%\), "
+                                              r"got -0\.1"),
+                    ({"val_margin": -1}, r"val_margin must be a number >= 0"),
+                    ({"improve_margin": float("nan")}, r"improve_margin must be a number >= 0 .*got nan"),
+                    ({"widths": (16, 8)}, r"widths must be whole numbers >= 1 in increasing order \(smallest first\)"),
+                    ({"widths": (0, 8)}, r"widths must be whole numbers >= 1 .*got \(0, 8\)"),
+                    ({"sizes": [8, 16]}, r"sizes= is the ladder of a make_model factory, and none was given; pass "
+                                         r"make_model=")]:
+        with pytest.raises(ValueError, match=msg):
+            fl.size_search(train, VAL, **kw)
+    with pytest.raises(ValueError, match=r"train X and val X have 5 and 3 features \(train X \(50, 5\), val X "
+                                         r"\(1000, 3\)\); they must have the same columns"):
+        fl.size_search((X, train[1]), (VAL[0][:, :3], VAL[1]))
+
+
+def test_no_trial_within_the_budget_says_so_and_plots_nothing(tmp_path):
+    res = fl.size_search(teacher(50), VAL, max_seconds=0, plot=tmp_path / "s.png")
+    assert res.chosen is None and not res.trials and not res.nothing_to_learn
+    assert res.reason == ("no size was tried: the wall-time budget of 0s was spent before the first trial. "
+                          "Raise max_seconds (or drop it) to run trials.")
+    assert "chosen: nothing (no trial ran)" in res.table() and "nothing to learn" not in res.table()
+    assert not (tmp_path / "s.png").exists()
+    with pytest.raises(ValueError, match=r"size_search plot: no trial to plot \(no size was tried"):
+        res.plot(tmp_path / "t.png")
+
+
+@pytest.mark.slow
+def test_jobs_in_an_unguarded_script_says_to_add_the_main_guard(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "top.py"
+    script.write_text("import torch\nimport fitloop as fl\nX = torch.randn(40, 3)\ny = X[:, 0]\n"
+                      "fl.size_search((X[:30], y[:30]), (X[30:], y[30:]), widths=(2, 4), depths=(1,), epochs=1, "
+                      "jobs=2)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=tmp_path)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("RuntimeError: size_search: jobs=2 runs trials in spawned worker")
+    assert "Put the call under `if __name__ == \"__main__\":`" in last and "or use jobs=1" in last
+    assert "BrokenProcessPool" not in r.stderr.replace("(BrokenProcessPool:", "")
+
+
 def _module_level_factory(width):
     return nn.Sequential(nn.Linear(5, width), nn.ReLU(), nn.Linear(width, 1))
 
@@ -179,3 +227,14 @@ def test_cli_with_nothing_to_learn_trains_nothing_and_says_so(tmp_path, capsys):
     assert "nothing to learn" in capsys.readouterr().out
     assert json.loads((out / "size_search.json").read_text())["nothing_to_learn"] is True
     assert not (out / "model").exists() and not (out / "run.json").exists()
+
+
+def test_cli_with_no_trial_in_the_budget_says_why_and_draws_no_plot(tmp_path, capsys):
+    from fitloop.cli import main
+
+    out = tmp_path / "run"
+    assert main(["size-search", str(_csv(tmp_path / "t.csv", n=80)), "--target", "y", "--max-seconds", "0",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "size-search: no size was tried: the wall-time budget of 0s was spent before the first trial" in printed
+    assert (out / "size_search.json").exists() and not (out / "size_search.png").exists()

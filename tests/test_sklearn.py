@@ -135,3 +135,28 @@ def test_bad_module_argument_and_one_class():
     with pytest.raises(ValueError, match="at least 2 classes"):
         FitloopClassifier().fit(X, np.zeros(20))
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("installed, expected", [
+    (None, r"needs scikit-learn 1\.6 or newer, which is not installed: pip install 'fitloop\[sklearn\]'"),
+    ("1.5.2", r"needs scikit-learn 1\.6 or newer \(for validate_data and __sklearn_tags__\), but found 1\.5 "
+              r"\(1\.5\.2\): pip install -U 'scikit-learn>=1\.6'"),
+])
+def test_import_error_tells_missing_from_too_old(monkeypatch, installed, expected):
+    import importlib
+    import importlib.metadata
+    import sys
+    import types
+
+    def version(name):
+        if installed is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    old = types.ModuleType("sklearn.utils.validation")  # scikit-learn < 1.6: no validate_data
+    old.check_is_fitted = old.column_or_1d = lambda *a, **k: None
+    monkeypatch.setitem(sys.modules, "sklearn.utils.validation", None if installed is None else old)
+    monkeypatch.delitem(sys.modules, "fitloop.sklearn")
+    with pytest.raises(ImportError, match=expected):
+        importlib.import_module("fitloop.sklearn")

@@ -96,6 +96,8 @@ def _write_search(out: Path, result: Any) -> list[str]:
 
     write_json_atomic(out / "size_search.json", result.to_dict())
     atomic_write_bytes(out / "size_search.txt", (result.table() + "\n").encode())
+    if not any(t.used for t in result.trials):
+        return ["no size_search.png: no trial ran"]
     try:
         result.plot(out / "size_search.png")
     except ImportError as e:

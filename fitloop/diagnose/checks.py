@@ -20,10 +20,11 @@ if TYPE_CHECKING:
     from ..trainer import Trainer
 
 __all__ = ["GuardWarning", "check_leakage", "check_loss_shapes", "check_class_targets", "check_scales",
-           "guard_settings", "first_step_checks", "warn", "data_tensors"]
+           "guard_settings", "first_step_checks", "eval_checks", "warn", "data_tensors"]
 
 SCALE_RATIO = 100.0  # feature scales further apart than this get the `unscaled` warning
 _SHOW = 5  # bad values / rows shown in a message
+_FIT = object()  # first_step_checks' default: the fit's own data
 _REGRESSION_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss)
 
 
@@ -204,7 +205,9 @@ def _shared(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) 
 
 
 def check_leakage(parts: dict[str, Any], mode: str | bool = "warn") -> dict[tuple[str, str], int]:
-    """Count the rows of X that appear, identical, in more than one part (train/val/test).
+    """Count the rows of X that appear, identical, in more than one part (train/val/test). Parts of different
+    dtypes are compared in the narrowest float dtype among them (float64 train against float32 val: as
+    float32), so a copy kept at lower precision still counts.
 
     Args:
         parts: part name -> `(X, y)`, a `Split` or an X tensor/array; `None` parts are skipped.
@@ -218,18 +221,23 @@ def check_leakage(parts: dict[str, Any], mode: str | bool = "warn") -> dict[tupl
     """
     if not any(mode is m for m in (True, False)) and mode not in ("warn", "error"):
         raise ValueError(f"leakage: got {mode!r}; choose 'warn', 'error' or False.")
-    keys = {}
+    tensors = {}
     for name, data in parts.items():
         if data is None:
             continue
         X = torch.as_tensor(data) if isinstance(data, (torch.Tensor, np.ndarray)) else data_tensors(data)[0]
         if X is not None and len(X):
-            keys[name] = _row_keys(X)
+            tensors[name] = X
+    # one dtype for every part, so that a float64 train row and its float32 copy in val compare equal: the
+    # narrowest float dtype among them (the precision the copy kept), else int64 (exact for integers)
+    floats = [X.dtype for X in tensors.values() if X.is_floating_point()]
+    common = min(floats, key=lambda d: d.itemsize) if floats else torch.int64
+    keys = {name: _row_keys(X.to(common)) for name, X in tensors.items()}
     names = list(keys)
     found: dict[tuple[str, str], int] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if keys[a][0].dtype != keys[b][0].dtype:
+            if keys[a][0].dtype != keys[b][0].dtype:  # different column counts: no row can be shared
                 continue
             n = _shared(keys[a], keys[b])
             if n:
@@ -249,21 +257,29 @@ def check_leakage(parts: dict[str, Any], mode: str | bool = "warn") -> dict[tupl
 # ------------------------------------------------------------------------------------- the first step
 
 
-def first_step_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor | None) -> None:
+def first_step_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor | None,
+                      train: Any = _FIT, val: Any = _FIT) -> None:
     """Run by the fit's `TrainingStep` on its first batch, between the forward pass and the loss: the
     output's real shape is known, nothing has been applied yet, and no extra forward pass is needed.
+    `sanity_check` runs it on its batch too, with its own `train` data (and no `val`).
 
     Class targets are read from the host copy of the whole training (and validation) data when it is
-    in memory, so the rows named are rows of the data; for a Dataset, the first batch's."""
+    in memory, so the rows named are rows of the data; for a Dataset, the first batch's.
+
+    Args:
+        train, val: the data the batch comes from; default: the fit's (`trainer.train_data`, `val_data`).
+    """
     from ..metrics import normalize_task
 
     s = guard_settings(trainer.config.guards)
-    if y is None or not isinstance(out, torch.Tensor):
+    if y is None or not isinstance(out, torch.Tensor) or trainer.config.guards is False:
         return
+    train = trainer.train_data if train is _FIT else train
+    val = trainer.val_data if val is _FIT else val
     n_outputs = out.shape[1] if out.ndim >= 2 else 1
     task = normalize_task(trainer.task, n_outputs)
     if s["class_targets"] and task in ("multiclass", "binary"):
-        parts = [("train y", data_tensors(trainer.train_data)[1]), ("val y", data_tensors(trainer.val_data)[1])]
+        parts = [("train y", data_tensors(train)[1]), ("val y", data_tensors(val)[1])]
         if parts[0][1] is None:
             parts = [("y (the first batch)", y)]
         for name, yy in parts:
@@ -277,5 +293,28 @@ def first_step_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor | Non
                      f"0..{seen - 1} ({seen} classes). If there are {seen} classes, use out_features={seen}; "
                      "if some classes are just rare, this is fine (guards={'class_targets': False}).")
     if s["loss_shapes"]:
-        X = data_tensors(trainer.train_data)[0]
+        X = data_tensors(train)[0]
         check_loss_shapes(trainer.loss_fn, tuple(out.shape), tuple(y.shape), len(X) if X is not None else len(y))
+
+
+def eval_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor, where: str = "evaluate") -> None:
+    """`Trainer.evaluate`'s guards, on the whole data's outputs and targets before its loss: the class
+    targets (labels in 0..C-1, binary 0/1) and the loss shapes, with the fit's messages.
+
+    Raises:
+        ValueError: as `check_class_targets` and `check_loss_shapes`, the message starting with `where`.
+    """
+    from ..metrics import normalize_task
+
+    s = guard_settings(trainer.config.guards)
+    if trainer.config.guards is False or not isinstance(out, torch.Tensor) or not isinstance(y, torch.Tensor):
+        return
+    n_outputs = out.shape[1] if out.ndim >= 2 else 1
+    task = normalize_task(trainer.task, n_outputs)
+    if s["class_targets"] and task in ("multiclass", "binary"):
+        check_class_targets(y, task, n_outputs if task == "multiclass" else None, where=f"{where} y")
+    if s["loss_shapes"]:
+        try:
+            check_loss_shapes(trainer.loss_fn, tuple(out.shape), tuple(y.shape), len(y))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None

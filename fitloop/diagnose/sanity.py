@@ -14,6 +14,7 @@ import torch
 
 from ..devices import thread_policy
 from ..step import TrainingStep
+from .checks import first_step_checks
 from .restore import restored
 
 if TYPE_CHECKING:
@@ -44,13 +45,18 @@ class SanityResult:
         return self.can_learn
 
 
-def _batch_loss(trainer: Trainer, x: torch.Tensor, y: torch.Tensor | None) -> float:
+def _batch_loss(trainer: Trainer, x: torch.Tensor, y: torch.Tensor | None, train: Any = None) -> float:
+    """The batch's loss in eval mode; with `train` (the data it came from), the fit's first-step guards
+    (class targets, loss shapes) check the output and the data before the loss."""
     model = trainer.model
     was = model.training
     model.eval()  # no dropout: the loss of the weights, not of a random mask
     try:
         with torch.no_grad():
-            return float(trainer.compute_loss(trainer.forward(x), y))
+            out = trainer.forward(x)
+            if train is not None:
+                first_step_checks(trainer, out, y, train=train, val=None)
+            return float(trainer.compute_loss(out, y))
     finally:
         model.train(was)
 
@@ -73,6 +79,11 @@ def sanity_check(trainer: Trainer, train: Any, *, rows: int = 16, steps: int = 3
     Returns:
         A `SanityResult` (truthy when the model can learn).
 
+    Raises:
+        ValueError: for the mistakes `fit`'s first step stops on (the guards' class-target and loss-shape
+            checks, with the same messages): class labels outside the model's outputs, an output shape
+            the target would broadcast against.
+
     Example:
         >>> report = trainer.sanity_check(train)
         >>> print(report.message)
@@ -86,7 +97,7 @@ def sanity_check(trainer: Trainer, train: Any, *, rows: int = 16, steps: int = 3
         x, y = x[:rows], None if y is None else y[:rows]
         step = TrainingStep(trainer, schedule=False, on_nonfinite="skip")
         trainer.model.train()
-        first = _batch_loss(trainer, x, y)
+        first = _batch_loss(trainer, x, y, train)  # the guards first: the errors fit would raise
         try:
             for _ in range(steps):
                 step(x, y)

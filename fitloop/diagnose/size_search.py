@@ -26,11 +26,14 @@ import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from .size_inputs import as_xy, baseline, broken_pool_message, check_arguments, check_features
 
 __all__ = ["SizeTrial", "SizeSearchResult", "size_search"]
 
@@ -104,8 +107,10 @@ class SizeSearchResult:
                          f"{t.seconds:.2f}s", mark))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.rjust(w) if 0 < i < 6 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-                 for r in rows]
-        chosen = "nothing (nothing to learn)" if self.chosen is None else _label(self.chosen)
+                 for r in rows] if self.trials else ["(no trials)"]
+        chosen = _label(self.chosen) if self.chosen is not None else (
+            "nothing (nothing to learn)" if self.nothing_to_learn else "nothing (no trial ran)" if not self.trials
+            else "nothing")
         base = "" if self.baseline_val_loss is None else f"baseline val loss {self.baseline_val_loss:.4g}; "
         return "\n".join([*lines, "", f"chosen: {chosen}", f"{base}reason: {self.reason}"])
 
@@ -128,6 +133,8 @@ class SizeSearchResult:
             from matplotlib.figure import Figure
         except ImportError:
             raise ImportError("size_search plot: matplotlib is not installed; pip install 'fitloop[plot]'") from None
+        if not any(t.used for t in self.trials):
+            raise ValueError(f"size_search plot: no trial to plot ({self.reason})")
         fig = Figure(figsize=(6, 4))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
@@ -199,36 +206,6 @@ def _run_trial(p: dict[str, Any], size: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- the search
 
 
-def _as_xy(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..data import as_tensor
-
-    X, y = (data.X, data.y) if hasattr(data, "X") and hasattr(data, "y") else (data if isinstance(data, (
-        tuple, list)) and len(data) == 2 else (None, None))
-    if X is None or y is None:
-        raise TypeError(f"size_search: {name} must be (X, y) tensors/arrays or a Split from fl.split, got "
-                        f"{type(data).__name__}.")
-    return as_tensor(X, f"{name} X"), as_tensor(y, f"{name} y")
-
-
-def _baseline(loss_fn: Any, ytr: torch.Tensor, yva: torch.Tensor, out_features: int) -> float | None:
-    """The loss of the trivial prediction (train mean; class prior) on the validation targets."""
-    with torch.no_grad():
-        if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)) and ytr.ndim == 1:
-            counts = torch.bincount(ytr.long(), minlength=out_features).double()
-            logits = torch.log((counts + 1e-3) / (counts + 1e-3).sum()).float()
-            out = logits.expand(len(yva), -1)
-            if isinstance(loss_fn, nn.NLLLoss):
-                out = torch.log_softmax(out, dim=1)
-            return float(loss_fn(out, yva.long()))
-        if isinstance(loss_fn, nn.BCEWithLogitsLoss):
-            p = ytr.float().mean().clamp(1e-4, 1 - 1e-4)
-            return float(loss_fn(torch.log(p / (1 - p)).expand(yva.shape), yva.float()))
-        if isinstance(loss_fn, (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss)):
-            center = ytr.float().median(dim=0).values if isinstance(loss_fn, nn.L1Loss) else ytr.float().mean(dim=0)
-            return float(loss_fn(center.expand(yva.shape), yva.float()))
-    return None
-
-
 def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] | None = None,
                 sizes: Sequence[Any] | None = None, loss: Any = None, task: str | None = None,
                 optimizer: Any = "adam", widths: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
@@ -258,12 +235,17 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
         max_trials, epochs, max_seconds: the budgets: trials in all, epochs per trial, wall time (no new
             trial starts after it).
         seed: every trial's seed (initial weights, data order).
-        jobs: trials run at once, each in its own spawned process with one thread.
+        jobs: trials run at once, each in its own spawned process with one thread; in a script, call
+            size_search under `if __name__ == "__main__":` (the workers import the script).
         plot: a path to save the loss-against-parameters plot to.
         **settings: Trainer settings for every trial (`lr`, `batch_size`, `weight_decay`, `device`, ...).
 
     Returns:
         A `SizeSearchResult`: `.table()`, `.chosen`, `.reason`, `.model()`, `.plot()`, `.to_dict()`.
+
+    Raises:
+        ValueError: a bad argument (named, with the fix), or train and val with different feature counts.
+        RuntimeError: a worker process died (`jobs > 1`; most often an unguarded top-level call).
 
     Example:
         >>> result = fl.size_search(train, val, epochs=40, jobs=2)
@@ -273,17 +255,14 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
     from ..optim import make_loss
     from .checks import check_leakage, guard_settings
 
-    if make_model is not None and not sizes:
-        raise ValueError("size_search: with make_model, pass sizes=[...] (smallest first), e.g. sizes=[8, 16, 32].")
-    if make_model is None and (not widths or not depths or min(widths) < 1 or min(depths) < 1):
-        raise ValueError(f"size_search: widths and depths must be non-empty and >= 1; got {widths}, {depths}.")
-    for name, v in (("max_trials", max_trials), ("epochs", epochs), ("jobs", jobs)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"size_search: {name} must be a whole number >= 1, got {v!r}.")
+    check_arguments(make_model, sizes, widths, depths, {"max_trials": max_trials, "epochs": epochs, "jobs": jobs},
+                    {"improve_margin": improve_margin, "gap_tolerance": gap_tolerance, "val_margin": val_margin,
+                     "nothing_margin": nothing_margin}, max_seconds)
     if "run_dir" in settings:
         raise ValueError("size_search: trials write no run directory; train the chosen size with run_dir=... after.")
-    Xtr, ytr = _as_xy(train, "train")
-    Xva, yva = _as_xy(val, "val")
+    Xtr, ytr = as_xy(train, "train")
+    Xva, yva = as_xy(val, "val")
+    check_features(Xtr, Xva)
     if loss is None:
         classes = task in ("multiclass", "classification") or (task is None and not ytr.is_floating_point())
         loss = "bce_with_logits" if task == "binary" else ("cross_entropy" if classes else "mse")
@@ -317,29 +296,29 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
                          val_margin)
     finally:
         runner.close()
-    baseline = _baseline(loss_fn, ytr, yva, out_features)
+    base = baseline(loss_fn, ytr, yva, out_features)
     used = [t for t in runner.trials if t.used]
     chosen, reason = result
-    nothing = baseline is not None and bool(used) and min(t.val_loss for t in used) > baseline * (1 - nothing_margin)
+    nothing = base is not None and bool(used) and min(t.val_loss for t in used) > base * (1 - nothing_margin)
     if nothing:
         best = min(t.val_loss for t in used)
         what = "the class prior" if classify else "the train mean"
         chosen, reason = None, (f"nothing to learn: no size beat the trivial baseline ({what}) on validation by "
-                                f"{nothing_margin:.0%}: best val loss {best:.4g} against {baseline:.4g}. The inputs "
+                                f"{nothing_margin:.0%}: best val loss {best:.4g} against {base:.4g}. The inputs "
                                 "may not predict the target.")
-    if runner.budget_note:
+    if runner.budget_note and runner.trials:
         reason += f" ({runner.budget_note})"
     spec = None
     if chosen is not None and make_model is None:
         spec = {"in_features": payload["in_features"], "hidden": list(chosen), "out_features": out_features,
                 "activation": activation, "dropout": 0.0}
-    res = SizeSearchResult(runner.trials, chosen, reason, nothing, baseline, spec,
+    res = SizeSearchResult(runner.trials, chosen, reason, nothing, base, spec,
                            {"epochs": epochs, "seed": seed, "loss": loss if isinstance(loss, str) else repr(loss),
                             "max_trials": max_trials, "jobs": jobs, "target_loss": target_loss,
                             "improve_margin": improve_margin, "gap_tolerance": gap_tolerance,
                             "val_margin": val_margin, "nothing_margin": nothing_margin},
                            _factory=make_model)
-    if plot is not None:
+    if plot is not None and used:  # no trial, no plot (the reason says why)
         res.plot(plot)
     return res
 
@@ -386,7 +365,14 @@ class _Runner:
 
                     self.pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
                                                     initializer=_init_worker, initargs=(self.payload,))
-                results = list(self.pool.map(_trial_in_worker, todo))
+                try:
+                    results = list(self.pool.map(_trial_in_worker, todo))
+                except BrokenProcessPool as e:  # a worker died: most often, an unguarded top-level call
+                    raise RuntimeError(broken_pool_message(self.jobs, e)) from None
+                except RuntimeError as e:  # in a spawned worker re-running an unguarded script
+                    if "bootstrapping phase" not in str(e):
+                        raise
+                    raise RuntimeError(broken_pool_message(self.jobs, e)) from None
             else:
                 results = [_run_trial(self.payload, todo[0])]
                 todo = todo[:1]
@@ -437,7 +423,9 @@ def _search(r: _Runner, ladder: list[Any], mlp: bool, depths: Sequence[int], tar
     r.walk(ladder, "grow (width)" if mlp else "grow", grow)
     fit: SizeTrial | None = state["best"]
     if fit is None:
-        return None, "no trial ran within the budget"
+        spent = r.budget_note.replace("stopped at ", "") or "the budget"
+        return None, (f"no size was tried: {spent} was spent before the first trial. Raise max_seconds (or "
+                      "drop it) to run trials.")
     if mlp and not state.get("reached") and len(depths) > 1 and not r.budget_note:
         width, state["why"] = fit.size[0], ""
         r.walk([(width,) * d for d in depths[1:]], "grow (depth)", grow)
