@@ -196,6 +196,9 @@ def test_cli_searches_trains_the_chosen_size_and_predict_uses_the_bundle(tmp_pat
     assert run["size_search"]["chosen"] == search["chosen"] and search["chosen"] in ([4], [16])
     assert [t["label"] for t in search["trials"]][:2] == ["4", "16"]
     assert json.dumps(search["chosen"]) in json.dumps(bundle)  # the bundle's spec has the chosen hidden layers
+    # the trials are the model `train` trains (the MLP and its linear path, started at the ridge fit)
+    chosen = next(t for t in search["trials"] if t["size"] == search["chosen"])
+    assert chosen["params"] == run["parameters"] and bundle["spec"]["skip"] is True
     assert (out / "size_search.png").is_file() and "reason:" in (out / "size_search.txt").read_text()
     capsys.readouterr()
     assert main(["predict", str(out), str(data), "-o", str(tmp_path / "p.csv")]) == 0

@@ -18,6 +18,7 @@ files only, and the command says so (exit code 0: it is a finding about the data
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,10 @@ def search_table(cfg: Any, args: argparse.Namespace, log: Any) -> Any:
     if isinstance(tcfg.guards, dict):  # the pipeline checked leakage over all three splits, and standardised
         tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     loss = cfg.train.loss or ("cross_entropy" if p.task == "classification" else "mse")
-    options: dict[str, Any] = {"activation": cfg.model.activation}
+    # the trials build the model `train` builds: the same MLP, its linear path and where that path starts
+    options: dict[str, Any] = {"activation": cfg.model.activation, "dropout": cfg.model.dropout,
+                               "skip": cfg.model.skip,
+                               "init": functools.partial(_start, cfg, p.task, p.info["classes"])}
     if args.widths:
         options["widths"] = args.widths
     if args.depths:
@@ -88,6 +92,13 @@ def search_table(cfg: Any, args: argparse.Namespace, log: Any) -> Any:
                        target_loss=args.target_loss, gap_tolerance=args.gap_tolerance, val_margin=args.val_margin,
                        max_trials=args.max_trials, epochs=args.trial_epochs or cfg.train.epochs,
                        max_seconds=args.max_seconds, seed=cfg.train.seed, jobs=args.jobs, config=tcfg, **options)
+
+
+def _start(cfg: Any, task: str, classes: list[Any] | None, model: Any, X: Any, y: Any) -> None:
+    """A trial's model starts as `train`'s does (`start_linear_path`); module-level, so --jobs can pickle it."""
+    from .training import start_linear_path
+
+    start_linear_path(cfg, model, task, classes, X, y)
 
 
 def _write_search(out: Path, result: Any) -> list[str]:

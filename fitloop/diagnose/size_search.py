@@ -193,7 +193,10 @@ def _run_trial(p: dict[str, Any], size: Any) -> dict[str, Any]:
         if not isinstance(model, nn.Module):
             raise TypeError(f"size_search: make_model({size!r}) returned {type(model).__name__}, not an nn.Module.")
     else:
-        model = build_mlp(MLPSpec(p["in_features"], list(size), p["out_features"], p["activation"]))
+        model = build_mlp(MLPSpec(p["in_features"], list(size), p["out_features"], p["activation"],
+                                  dropout=p["dropout"], skip=p["skip"]))
+    if p["init"] is not None:
+        p["init"](model, *p["train"])
     trainer = Trainer(model, loss=p["loss"], optimizer=p["optimizer"], **{**p["settings"], "epochs": p["epochs"]})
     trainer.fit(p["train"])
     train_loss = float(trainer.evaluate(p["train"])["loss"])
@@ -209,7 +212,8 @@ def _run_trial(p: dict[str, Any], size: Any) -> dict[str, Any]:
 def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] | None = None,
                 sizes: Sequence[Any] | None = None, loss: Any = None, task: str | None = None,
                 optimizer: Any = "adam", widths: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
-                depths: Sequence[int] = (1, 2, 3), activation: str = "relu", target_loss: float | None = None,
+                depths: Sequence[int] = (1, 2, 3), activation: str = "relu", dropout: float = 0.0,
+                skip: bool = False, init: Callable[..., Any] | None = None, target_loss: float | None = None,
                 improve_margin: float = 0.05, gap_tolerance: float = 0.25, val_margin: float = 0.1,
                 nothing_margin: float = 0.02, max_trials: int = 16, epochs: int = 30,
                 max_seconds: float | None = None, seed: int = 0, jobs: int = 1,
@@ -226,7 +230,9 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
         task: `"regression"`, `"binary"`, `"multiclass"`; inferred from the loss and targets when None.
         optimizer: any Trainer optimizer (a name or `(name, kwargs)`; picklable for `jobs > 1`).
         widths, depths: the MLP ladder: widths at `depths[0]` hidden layers, then the deeper ones.
-        activation: the MLP's activation.
+        activation, dropout, skip: the MLP's activation, dropout and linear path (`MLPSpec`).
+        init: called as `init(model, X_train, y_train)` on every freshly built model, after seeding (e.g. to
+            start a `SkipMLP`'s linear path at the ridge fit, as `fitloop train` does); picklable for `jobs > 1`.
         target_loss: stop growing once the train loss is at or below it.
         improve_margin: a bigger size must lower the best train loss by this fraction to count as better.
         gap_tolerance: a size does not overfit when `val_loss - train_loss <= gap_tolerance * val_loss`.
@@ -288,7 +294,8 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
     if isinstance(guards, dict):
         settings["guards"] = {**guards, "leakage": False}
     payload = {"train": (Xtr, ytr), "val": (Xva, yva), "factory": make_model, "in_features": Xtr.shape[1] if
-               Xtr.ndim == 2 else 1, "out_features": out_features, "activation": activation, "loss": loss,
+               Xtr.ndim == 2 else 1, "out_features": out_features, "activation": activation, "dropout": dropout,
+               "skip": skip, "init": init, "loss": loss,
                "optimizer": optimizer, "seed": seed, "epochs": epochs, "settings": settings}
     runner = _Runner(payload, jobs, max_trials, max_seconds)
     try:
@@ -311,7 +318,7 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
     spec = None
     if chosen is not None and make_model is None:
         spec = {"in_features": payload["in_features"], "hidden": list(chosen), "out_features": out_features,
-                "activation": activation, "dropout": 0.0}
+                "activation": activation, "dropout": dropout, "skip": skip}
     res = SizeSearchResult(runner.trials, chosen, reason, nothing, base, spec,
                            {"epochs": epochs, "seed": seed, "loss": loss if isinstance(loss, str) else repr(loss),
                             "max_trials": max_trials, "jobs": jobs, "target_loss": target_loss,
