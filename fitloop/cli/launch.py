@@ -136,7 +136,9 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         others = sorted(r for r in e.failures if r != rank)
         also = f" (then rank(s) {', '.join(map(str, others))} stopped too)" if others else ""
         codes = {f.exitcode for f in e.failures.values()}
-        if codes == {2}:  # every worker refused the input (its error is printed above): nothing to resume
+        # a worker refused the input (its error is printed above), and the others refused it too or were
+        # stopped by the agent after it (a signal): nothing ran, nothing to resume
+        if first.exitcode == 2 and all(c == 2 or c < 0 for c in codes):
             print("fitloop: the job stopped: the workers refused the command (the error above); fix it and "
                   "run it again.", file=sys.stderr, flush=True)
             return 2
