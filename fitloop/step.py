@@ -113,8 +113,8 @@ class TrainingStep:
             if self.weighted:
                 share = self._share(i, rows)
                 total = total * share if share != 1.0 else total
-            if self._poison and self.ends_step(i) and not math.isfinite(loss.item()):
-                total = total * float("nan")
+            if self._poison and self.ends_step(i):  # x 1 when finite (exact), x NaN when not: no host sync
+                total = total * torch.where(torch.isfinite(loss.detach()), 1.0, float("nan")).to(total.dtype)
             self.backward(total)
         if rows == 0 and self.filler is not None:
             loss, out = torch.zeros_like(loss), out[:0]

@@ -82,9 +82,8 @@ def test_only_the_main_process_prints(monkeypatch):
     assert buf.getvalue() == ""
 
 
-def test_bar_in_a_pseudo_terminal(monkeypatch):
-    """Under a pty the bar is drawn (control characters, batches, ETA, loss, samples/s) and every epoch
-    ends with its summary line."""
+def _in_a_pty(monkeypatch, run) -> str:
+    """What `run(tty)` writes to a pseudo-terminal (read as it is written), as text."""
     monkeypatch.setenv("TERM", "xterm-256color")
     master, slave = pty.openpty()
     chunks: list[bytes] = []
@@ -102,13 +101,22 @@ def test_bar_in_a_pseudo_terminal(monkeypatch):
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     with os.fdopen(slave, "w", encoding="utf-8", closefd=True) as tty:
+        run(tty)
+    reader.join(timeout=5)
+    os.close(master)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_bar_in_a_pseudo_terminal(monkeypatch):
+    """Under a pty the bar is drawn (control characters, batches, ETA, loss, samples/s) and every epoch
+    ends with its summary line."""
+    def run(tty):
         assert progress.progress_mode(tty) == "bar"
         printer = fl.ProgressPrinter(stream=tty, refresh_per_second=1e6)  # redraw at every batch
         _trainer([printer], quiet=True, epochs=3, batch_size=8).fit(_data(400), _data(40, 1))
         assert printer.mode == "bar"
-    reader.join(timeout=5)
-    os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace")
+
+    text = _in_a_pty(monkeypatch, run)
     assert "\x1b[" in text and "samples/s" in text and "eta " in text and re.search(r"loss \d", text)
     assert re.search(r"(?<!\d)50/50(?!\d)", text) and "Epoch 1/3" in text and "validating" in text
     lines = re.findall(r"Epoch (\d)/3  loss [^\r\n]*\(\d+\.\d\ds\)", text)
@@ -116,29 +124,11 @@ def test_bar_in_a_pseudo_terminal(monkeypatch):
 
 
 def test_the_bar_names_the_current_epoch_even_when_epochs_are_shorter_than_its_timer(monkeypatch):
-    monkeypatch.setenv("TERM", "xterm-256color")
-    master, slave = pty.openpty()
-    chunks: list[bytes] = []
-
-    def drain():
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    with os.fdopen(slave, "w", encoding="utf-8", closefd=True) as tty:
+    def run(tty):
         printer = fl.ProgressPrinter(stream=tty, refresh_per_second=1e-6)  # the timer fires once, at the start
         _trainer([printer], quiet=True, epochs=3, batch_size=8).fit(_data(400), _data(40, 1))
-    reader.join(timeout=5)
-    os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace")
-    frames = re.findall(r"Epoch (\d)/3 [^\r\n]*?50/50", text)  # the bar, redrawn under each summary line
+
+    frames = re.findall(r"Epoch (\d)/3 [^\r\n]*?50/50", _in_a_pty(monkeypatch, run))  # redrawn under each line
     assert {"2", "3"} <= set(frames), frames
 
 

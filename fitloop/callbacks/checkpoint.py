@@ -269,7 +269,7 @@ class Checkpointer(Callback):
             self.save(trainer)
         # the time-based checkpoint bounds the work a kill loses in a long epoch; with several processes
         # each rank's clock differs, so DistributedSync agrees on it (`save_agreed`) at its sync points
-        due, self.save_agreed = (self.save_agreed if world_size() > 1 else self.time_due()), False
+        due, self.save_agreed = (self.save_agreed if trainer.strategy is not None else self.time_due()), False
         if due and step != self._last_saved_step:
             self.save(trainer)
 

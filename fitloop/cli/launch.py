@@ -21,7 +21,8 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+
+from .argtypes import whole_number
 
 __all__ = ["add_launch_options", "wants_launch", "launch", "LAUNCH_FLAGS", "restarted_run"]
 
@@ -33,30 +34,18 @@ def add_launch_options(p: argparse.ArgumentParser, config: bool = True) -> None:
     """The "scaling out" options of `fitloop train` (and, without `config`'s --strategy/--dist-timeout, of
     `fitloop resume`, whose settings come from the run)."""
     g = p.add_argument_group("scaling out (torch.distributed)")
-    g.add_argument("--nproc", type=_count(1), metavar="N", help="processes on this machine (DDP; gloo on CPU, "
+    g.add_argument("--nproc", type=whole_number(1), metavar="N", help="processes on this machine (DDP; gloo on CPU, "
                    "nccl on CUDA); batch-size is per process")
-    g.add_argument("--nnodes", type=_count(1), metavar="N", help="machines in the job (default 1)")
-    g.add_argument("--node-rank", type=_count(0), metavar="R", help="this machine's index, 0..nnodes-1")
+    g.add_argument("--nnodes", type=whole_number(1), metavar="N", help="machines in the job (default 1)")
+    g.add_argument("--node-rank", type=whole_number(0), metavar="R", help="this machine's index, 0..nnodes-1")
     g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address (node 0), for --nnodes > 1")
-    g.add_argument("--max-restarts", type=_count(0), metavar="K", help="restart failed workers up to K times; they "
-                   "resume from the latest checkpoint (default 0)")
+    g.add_argument("--max-restarts", type=whole_number(0), metavar="K", help="restart failed workers up to K "
+                   "times; they resume from the latest checkpoint (default 0)")
     if not config:
         return
     g.add_argument("--strategy", choices=("ddp", "fsdp"), help="DDP (default) or FSDP (fully_shard) sharding")
     g.add_argument("--dist-timeout", type=float, metavar="S", help="seconds a process waits for another "
                    "before the job stops, naming it (default 60)")
-
-
-def _count(least: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if n < least:
-            raise argparse.ArgumentTypeError(f"{text!r}: must be at least {least}")
-        return n
-    return parse
 
 
 def wants_launch(args: argparse.Namespace) -> bool:

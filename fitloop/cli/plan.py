@@ -129,9 +129,9 @@ def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None, world: in
                          f"the model needs at least one input.")
     classes = table.classes
     if world is None:  # under torchrun: the job's size (every worker plans alike)
-        from ..distributed.group import env_world_size
+        from ..distributed import world_size
 
-        world = env_world_size()
+        world = world_size()
     budget = training_budget(cfg, len(rows["train"]), world)  # epochs, patience, checkpoints: from the data
     budget.apply(cfg)
     log(budget.describe() + ".")

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from .argtypes import whole_number
+
 __all__ = ["add_serve_parser", "cmd_serve"]
 
 SERVE_EXAMPLES = """\
@@ -39,26 +41,6 @@ def _size(text: str) -> int:
     return n
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return n
-
-
-def _port(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is 0-65535 (0 picks a free one)")
-    return n
-
-
 def add_serve_parser(sub: argparse._SubParsersAction, common: object) -> None:
     """Add `serve` to the `fitloop` subcommands; `common` adds the shared --quiet/--debug options."""
     from ..integrations.serve import DEFAULT_MAX_BODY, DEFAULT_MAX_ROWS
@@ -70,10 +52,11 @@ def add_serve_parser(sub: argparse._SubParsersAction, common: object) -> None:
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
-    s.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    s.add_argument("--workers", type=_positive, default=1,
+    s.add_argument("--port", type=whole_number(0, 65535, "a TCP port is 0-65535 (0 picks a free one)"), default=8000,
+                   help="TCP port (default 8000; 0 picks a free one)")
+    s.add_argument("--workers", type=whole_number(1), default=1,
                    help="worker processes, each with its own copy of the model (default 1)")
-    s.add_argument("--max-rows", type=_positive, default=DEFAULT_MAX_ROWS, metavar="N",
+    s.add_argument("--max-rows", type=whole_number(1), default=DEFAULT_MAX_ROWS, metavar="N",
                    help=f"most rows per request; more get 413 (default {DEFAULT_MAX_ROWS:,})")
     s.add_argument("--max-body", type=_size, default=DEFAULT_MAX_BODY, metavar="SIZE",
                    help=f"largest request body, e.g. 512k or 10m; larger gets 413 (default {DEFAULT_MAX_BODY // MIB}m)")

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import TableError
 
-__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "sniff_text", "excel_sep_line",
+__all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "sniff_text", "sample", "excel_sep",
            "parse_number_columns", "check_header", "UNNAMED_PREFIX"]
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
@@ -68,7 +68,7 @@ class ReadInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def _sample(path: Path, encoding: str) -> tuple[str, bool]:
+def sample(path: Path, encoding: str) -> tuple[str, bool]:
     """The file's first `SAMPLE_BYTES` (more, up to `MAX_SAMPLE_BYTES`, until `SAMPLE_LINES` lines are in),
     as text, and whether that is the whole file."""
     import gzip
@@ -92,12 +92,11 @@ def _field_counts(text: str, delimiter: str, complete: bool) -> list[int]:
     return [len(r) for r in rows if r and any(c.strip() for c in r)]
 
 
-def excel_sep_line(path: str | Path, *, encoding: str = "utf-8") -> str | None:
-    """The delimiter named by an Excel ``sep=X`` first line (optionally quoted, after a byte-order mark),
-    or None when the file does not start with one."""
+def excel_sep(text: str) -> str | None:
+    """The delimiter named by an Excel ``sep=X`` first line of `text` (optionally quoted, after a byte-order
+    mark), or None when it does not start with one."""
     import re
 
-    text, _ = _sample(Path(path), encoding)
     first = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     m = re.fullmatch(r'"?sep=(.)"?\s*', first, flags=re.IGNORECASE)
     return m.group(1) if m else None
@@ -119,7 +118,7 @@ def sniff_delimiter(path: str | Path, *, encoding: str = "utf-8", default: str =
         LookupError: unknown encoding.
     """
     path = Path(path)
-    text, complete = _sample(path, encoding)
+    text, complete = sample(path, encoding)
     return sniff_text(text, complete, str(path), default=default,
                       prefer_tab=path.name.lower().endswith((".tsv", ".tsv.gz")))
 

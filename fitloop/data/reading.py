@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import dialect
-from .dialect import ReadInfo, check_header, excel_sep_line, parse_number_columns, sniff_delimiter
+from .dialect import ReadInfo, check_header, parse_number_columns
 from .errors import TableError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,9 +84,11 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     sep = _check_delimiter(delimiter)
     detected = sep is None
     try:
-        hint = excel_sep_line(path, encoding=encoding)
+        text, complete = dialect.sample(path, encoding)  # the first lines, read once for both
+        hint = dialect.excel_sep(text)
         if sep is None:
-            sep = hint or sniff_delimiter(path, encoding=encoding, default="\t" if ext.startswith(".tsv") else ",")
+            sep = hint or dialect.sniff_text(text, complete, str(path), default="\t" if ext.startswith(".tsv") else ",",
+                                             prefer_tab=ext.startswith(".tsv"))
     except LookupError as e:
         raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
     if info is not None:

@@ -229,14 +229,6 @@ class Collective:
         dist.all_reduce(out)
         return out
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on any of them."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
     def flags(self, *flags: bool) -> list[bool]:
         """For each flag: true on every rank when it is true on any of them (one all-reduce for all)."""
         if self.world == 1:
