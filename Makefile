@@ -34,7 +34,8 @@ test: $(STAMP)
 
 # A few minutes: the compiled-step study (bench/COMPILED.md), then 3 interleaved rounds of W1-W4 (+ compile
 # arm), import time, memory. The slower side studies (threads, fused optimizers, loop details) run with
-# `$(PY) -m bench`; their last results are kept. `$(PY) -m bench.fastpath` reruns the fast-path study.
+# `$(PY) -m bench`; their last results are kept. The finished one-off studies (bench/studies/README.md) rerun
+# by hand, e.g. `$(PY) -m bench.studies.fastpath`.
 bench: $(STAMP)
 	$(PY) -m bench.compiled --rounds 3
 	$(PY) -m bench.progress --rounds 5

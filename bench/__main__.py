@@ -111,7 +111,7 @@ def memory_probe(wname: str, arms: list[str], reps: int) -> dict:
 def run_workload(wl, arms: dict, rounds: int) -> dict:
     import torch
 
-    from .studies import _sub
+    from .side_studies import _sub
     from .workloads import score
 
     default_threads = torch.get_num_threads()
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from . import report, studies
+    from . import report, side_studies
     from .workloads import ARMS, WORKLOADS, fitloop_available, fitloop_compile_loop
 
     rounds = args.rounds or (2 if args.quick else 5)
@@ -227,16 +227,16 @@ def main(argv=None) -> int:
 
     if not args.no_studies:
         log("threads study ...")
-        results["threads"] = studies.threads_study(rounds=2 if args.quick else 3, quick=args.quick, log=log)
-        results["thread_sweep"] = studies.thread_sweep(rounds=2 if args.quick else 3, quick=args.quick,
+        results["threads"] = side_studies.threads_study(rounds=2 if args.quick else 3, quick=args.quick, log=log)
+        results["thread_sweep"] = side_studies.thread_sweep(rounds=2 if args.quick else 3, quick=args.quick,
                                                        log=log)
         log("fused study ...")
-        results["fused"] = studies.fused_study(rounds=3 if args.quick else 5, quick=args.quick, log=log)
+        results["fused"] = side_studies.fused_study(rounds=3 if args.quick else 5, quick=args.quick, log=log)
         log("micro study ...")
-        results["micro"] = studies.micro_study(rounds=2 if args.quick else 5, quick=args.quick, log=log)
+        results["micro"] = side_studies.micro_study(rounds=2 if args.quick else 5, quick=args.quick, log=log)
         if not args.no_compile:
             log("compile study ...")
-            results["compile"] = studies.compile_study(steps=500 if args.quick else 1500,
+            results["compile"] = side_studies.compile_study(steps=500 if args.quick else 1500,
                                                        rounds=2 if args.quick else 3, log=log)
     else:  # keep the studies of the last full run, so BENCHMARKS.md stays complete
         last = ROOT / "bench" / "last_results.json"

@@ -253,12 +253,17 @@ def render(res) -> str:
         L.append("No CUDA device was present for this run, so the GPU section (W2 and W4 with the data resident on "
                  "the device: `hand`, `hand_fused`, `fitloop`) did not run. `python -m bench` runs it "
                  "automatically when `torch.cuda.is_available()`.\n")
-    for extra in ("ANALYSIS.md", "COMPILED.md", "FASTPATH.md",  # analysis, compiled step, fast-path study
+    # The notes, in this order: bench/*.md belong to the harness (rerun by `make bench` or by hand), bench/studies/*.md
+    # to the finished one-off studies (bench/studies/README.md).
+    for extra in ("ANALYSIS.md",  # reading the targets (hand-written)
+                  "COMPILED.md",  # the compiled step (python -m bench.compiled)
+                  "studies/FASTPATH.md",  # the fast-path study (python -m bench.studies.fastpath)
                   "PROGRESS.md",  # the progress bar's cost (python -m bench.progress)
-                  "DRY_RUN.md",  # fitloop train --dry-run on 1M rows (bench/dry_run_scale.py)
-                  "DDP.md",  # the DDP study (bench/ddp.py)
-                  "TABLES.md",  # the CLI's tables and start-up (bench/tables.py, bench/startup.py)
-                  "SERVE.md"):  # fitloop serve vs a minimal FastAPI app (bench/serve.py)
+                  "studies/DRY_RUN.md",  # fitloop train --dry-run on 1M rows (python -m bench.studies.dry_run_scale)
+                  "studies/DDP.md",  # the DDP study (python -m bench.studies.ddp)
+                  "studies/TABLES.md",  # the CLI's defaults on real tables (python -m bench.studies.tables)
+                  "STARTUP.md",  # the CLI's start-up (python bench/startup.py)
+                  "studies/SERVE.md"):  # fitloop serve vs a minimal FastAPI app (python -m bench.studies.serve)
         path = Path(__file__).parent / extra
         if path.is_file():
             L.append(path.read_text().rstrip() + "\n")

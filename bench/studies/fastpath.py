@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (markdown prose in f-strings)
-"""Fast-path study on W2 (``python -m bench.fastpath``): how close can a compiled step get to 0.5x the hand loop?
+"""Fast-path study on W2 (``python -m bench.studies.fastpath``): how close can a compiled step get to 0.5x the hand loop?
 
 W2 = MLP 8-16-10-1, batch 64, Adam lr 1e-3, MSE, at 1 intra-op thread.  Every candidate trains its own copy of
 the same model (seed 0) on the same batch stream (one ``randperm``, full batches of 64, ``X[idx]`` gathered every
@@ -26,7 +26,7 @@ Artefact reuse: the study runs with TORCHINDUCTOR_CACHE_DIR set to a fresh folde
 caches); then a second process (``--compile-only``) compiles the same candidates against the same folder.
 
 Finally a torch.profiler breakdown of the eager hand loop + fused Adam (where the eager floor is).
-Writes bench/FASTPATH.md and prints the tables.
+Writes bench/studies/FASTPATH.md and prints the tables.
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ def render(res, second, warm1, graphs, prof, args) -> str:
     L.append("## Fast path study (W2, 1 intra-op thread)")
     L.append("")
     L.append(
-        f"`python -m bench.fastpath` (torch {torch.__version__}, {os.cpu_count()} CPU cores, shared): W2 "
+        f"`python -m bench.studies.fastpath` (torch {torch.__version__}, {os.cpu_count()} CPU cores, shared): W2 "
         f"(8-16-10-1 MLP, batch 64, Adam lr 1e-3, MSE), same seed and same batch stream for every candidate. "
         f"Steady state = {args.steps} timed steps after {args.warmup} warm-up steps, median of {args.rounds} "
         f"interleaved rounds; ratio = median of per-round ratios to `hand` timed in the same round. Compile s = "
@@ -491,7 +491,7 @@ def main(argv=None):
     res, warm1 = study(names, args.rounds, args.warmup, args.steps)
     second = {"compile_s": {}}
     if not args.no_second:
-        p = subprocess.run([sys.executable, "-m", "bench.fastpath", "--compile-only", "--only", ",".join(names),
+        p = subprocess.run([sys.executable, "-m", "bench.studies.fastpath", "--compile-only", "--only", ",".join(names),
                             "--warmup", str(args.warmup)], capture_output=True, text=True, env=os.environ.copy())
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("JSON:")]
         if line:

@@ -1,6 +1,6 @@
 """Scale check for fitloop.data.table: 1,000,000 rows x 20 columns (numeric + categorical, some missing).
 
-Run: python bench/table_scale.py [--rows N]. Prints load time, preprocess time and peak RSS vs the
+Run: python -m bench.studies.table_scale [--rows N]. Prints load time, preprocess time and peak RSS vs the
 size of the float32 feature matrix. Not a test.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def rss_mib() -> float:

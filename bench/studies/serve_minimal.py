@@ -1,9 +1,9 @@
-"""The baseline for bench/serve.py: a minimal hand-written FastAPI app serving a run's model, no checks.
+"""The baseline for bench/studies/serve.py: a minimal hand-written FastAPI app serving a run's model, no checks.
 
 It reads the same bundle (weights and preprocessing JSON) and encodes the JSON records the way the
 run's preprocessor does (standardise, impute with the median, one-hot), column by column with numpy,
 then answers class labels. No validation, no metrics, no logs, no auth: what a user would write by
-hand in a few minutes, and as fast as that gets. Run: python bench/serve_minimal.py RUN_DIR PORT.
+hand in a few minutes, and as fast as that gets. Run: python bench/studies/serve_minimal.py RUN_DIR PORT.
 """
 
 import json
@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import fitloop as fl  # noqa: E402
 

@@ -1,6 +1,8 @@
-"""Scale check for `fitloop train --dry-run` on a generated 1,000,000-row x 20-column CSV (bench/table_scale.py's).
+"""Scale check for `fitloop train --dry-run` on a generated 1,000,000-row x 20-column CSV.
 
-Run: python bench/dry_run_scale.py [--rows N] [--repeats 2]. Runs the real command in a subprocess, as a
+The CSV is the one bench/studies/table_scale.py writes.
+
+Run: python -m bench.studies.dry_run_scale [--rows N] [--repeats 2]. Runs the real command in a subprocess, as a
 user would, and reports the wall time (imports included) and the plan's own read/decide times, next to a
 subprocess that only imports the same libraries (the start-up floor). Not a test.
 """
@@ -16,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.table_scale import write_csv  # noqa: E402
+from bench.studies.table_scale import write_csv  # noqa: E402
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:

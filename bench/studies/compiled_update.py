@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (markdown prose in f-strings)
 """The optimizer update inside a compiled training step: a hand-written Adam vs torch's own optimizer code.
 
-``python -m bench.compiled_update`` (or ``python bench/compiled_update.py``): standalone, it does not import
+``python -m bench.studies.compiled_update`` (or ``python bench/studies/compiled_update.py``): standalone, it does not import
 fitloop. The workload mirrors bench/workloads.py's W2 (MLP 8-16-10-1 with ReLU and Sigmoid, MSE, Adam lr 1e-3,
 batch 64, 180k synthetic rows), one intra-op thread (fitloop's setting for small models).
 

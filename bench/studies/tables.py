@@ -1,7 +1,7 @@
 """`fitloop train` with its defaults on real and generated tables, against the baselines a user would try.
 
-Run: python bench/tables.py [--seeds 0,1,2] [--tables iris,wine] [--anchors] [--set KEY=VALUE ...]
-                            [--in-process] [--json out.json] [--markdown bench/TABLES.md]
+Run: python -m bench.studies.tables [--seeds 0,1,2] [--tables iris,wine] [--anchors] [--set KEY=VALUE ...]
+                                     [--in-process] [--json out.json] [--markdown bench/studies/TABLES.md]
 
 For every table and seed it runs the real command (`python -m fitloop train FILE --target T --seed S
 --out RUN -q`, a subprocess, wall time measured around it), reads the run's own `splits.json` to get
@@ -51,7 +51,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # the target: fitloop within this much of the better baseline (or above), per metric
 TOLERANCE = {"accuracy": 0.01, "r2": 0.02}
@@ -330,7 +330,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     anchor_arms = [a for a in ("before", "catboost", "realmlp_td") if any(a in r["median"] for r in rows)]
     arms = ["fitloop", "linear", "hgb", "linear+val", "hgb+val", *anchor_arms]
     L = [f"### Tables: `fitloop train` defaults vs baselines ({meta['when']})\n",
-         f"`python bench/tables.py {meta['args']}`: seeds {meta['seeds']}, median over seeds; test accuracy "
+         f"`python -m bench.studies.tables {meta['args']}`: seeds {meta['seeds']}, median over seeds; test accuracy "
          "(classification) or R² (regression) on the exact test rows of each run (its `splits.json`); "
          "baselines and anchors fit on the run's train rows, `+val` on its train + val rows. Time: the "
          "whole `fitloop train` command (start-up, reading, training, evaluation, writing the run) vs each "
@@ -370,7 +370,7 @@ def main() -> int:
     ap.add_argument("--before", default=None, help="also run fitloop train from this checkout (e.g. the main "
                     "branch), interleaved, as the column `before`")
     ap.add_argument("--json", default=None, help="write the raw results here")
-    ap.add_argument("--markdown", default=None, help="write the table here (e.g. bench/TABLES.md)")
+    ap.add_argument("--markdown", default=None, help="write the table here (e.g. bench/studies/TABLES.md)")
     args = ap.parse_args()
     if args.in_process:
         sys.path.insert(0, str(ROOT))

@@ -1,7 +1,7 @@
 """DDP overhead: W2 on 2 processes x 1 thread, fitloop vs a hand-written DDP loop, in the same job; and the
 input forms of one process (`(X, y)`, `TensorDataset`, `DataLoader(TensorDataset)`, a plain `Dataset`).
 
-    python -m bench.ddp [--rounds 3] [--rows 180000] [--form-rows 40000]
+    python -m bench.studies.ddp [--rounds 3] [--rows 180000] [--form-rows 40000]
 
 The 2-process part runs as one torchrun job (`torch.distributed.run`, started in-process): after the
 process group and a first DDP construction (their start-up times are reported), the two arms alternate
@@ -9,7 +9,7 @@ round by round on the same data, model initialisation, optimizer and sharding: e
 seeded permutation per epoch and takes its part of each global batch of 2 x 64 rows (the rule of
 `fitloop.data.sharding`), one gather per epoch, `DistributedDataParallel`, `zero_grad`, `backward`,
 `step`. Time per step = the median duration of an epoch's steps (no validation); the ratio is taken
-within each round, median over rounds. Results go to bench/ddp_results.json; BENCHMARKS.md quotes them.
+within each round, median over rounds. Results go to bench/studies/ddp_results.json; BENCHMARKS.md quotes them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "ddp_results.json"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).with_name("ddp_results.json")
 
 
 def _w2(rows: int):
@@ -159,7 +159,7 @@ def input_forms(rounds: int, rows: int) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.ddp")
+    p = argparse.ArgumentParser(prog="python -m bench.studies.ddp")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rows", type=int, default=180_000)
     p.add_argument("--form-rows", type=int, default=40_000)
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "PYTHONPATH", "")])}
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                    "-m", "bench.ddp", "--worker", "--rounds", str(a.rounds), "--rows", str(a.rows), "--out", a.out],
+                    "-m", "bench.studies.ddp", "--worker", "--rounds", str(a.rounds), "--rows", str(a.rows),
+                    "--out", a.out],
                    env=env, check=True, cwd=ROOT)
     ddp = json.loads(Path(a.out).read_text())
     Path(a.out).unlink()
@@ -191,20 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     text = render(result)
-    (ROOT / "bench" / "DDP.md").write_text(text)
+    Path(__file__).with_name("DDP.md").write_text(text)
     print(text)
     return 0
 
 
 def render(r: dict) -> str:
-    """The markdown section BENCHMARKS.md carries (bench/DDP.md, appended by `python -m bench`)."""
+    """The markdown section BENCHMARKS.md carries (bench/studies/DDP.md, appended by `python -m bench`)."""
     import platform
 
     d, s, f = r["ddp"], r["ddp"]["startup"], r["forms"]
     ratios = d["ratios"]
     verdict = "PASS" if d["ratio_median"] <= 1.10 else "FAIL"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    L = ["## Scaling out: DDP overhead and input forms (`python -m bench.ddp`)", "",
+    L = ["## Scaling out: DDP overhead and input forms (`python -m bench.studies.ddp`)", "",
          f"Run on {r['date']} ({platform.node() or 'this machine'}, 1-min load {load:.1f} after the run; "
          f"{r['rounds']} interleaved rounds, {r['total_s']:.0f} s). W2's model and data ({r['rows']:,} rows), "
          "Adam, batch 64 per process, 2 processes x 1 thread on gloo (CPU); the hand-written arm is a DDP loop "

@@ -1,6 +1,6 @@
 """Scale check for the command line: `fitloop train` on a generated 1,000,000-row x 20-column CSV, 1 epoch.
 
-Run: python bench/cli_scale.py [--rows N] [--epochs 1] [--batch-size 64]. Runs the real command in a
+Run: python -m bench.studies.cli_scale [--rows N] [--epochs 1] [--batch-size 64]. Runs the real command in a
 subprocess (same as a user would) and reports wall time, the run's own timings (load, preprocess,
 train) and the peak RSS of the child against the float32 feature matrix plus torch's baseline (the RSS
 of a process that only imports fitloop and torch). Not a test.
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.table_scale import write_csv  # noqa: E402
+from bench.studies.table_scale import write_csv  # noqa: E402
 
 
 def child_peak_mib(cmd: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess]:
