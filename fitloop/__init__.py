@@ -34,7 +34,7 @@ _EXPORTS = {
     "TrainState": "state", "seed_everything": "state",
     "export": "integrations.export",
     "summary": "report.summary", "VerdictReporter": "callbacks.verdict",
-    "size_search": "diagnose.size_search", "SizeSearchResult": "diagnose.size_search",
+    "size_search": "tune.size_search", "SizeSearchResult": "tune.size_search",
     "GuardWarning": "diagnose.checks", "SanityResult": "diagnose.sanity",
     "FitloopRegressor": "sklearn", "FitloopClassifier": "sklearn",  # needs scikit-learn (fitloop[sklearn])
 }
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .data import Preprocessor, Split, Table, TableError, split, transform_table  # noqa: F401
     from .diagnose.checks import GuardWarning  # noqa: F401
     from .diagnose.sanity import SanityResult  # noqa: F401
-    from .diagnose.size_search import SizeSearchResult, size_search  # noqa: F401
+    from .tune.size_search import SizeSearchResult, size_search  # noqa: F401
     from .integrations.export import export  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
     from .report.summary import summary  # noqa: F401

@@ -65,7 +65,7 @@ def size_search_options(p: argparse.ArgumentParser) -> None:
 
 def search_table(cfg: Any, args: argparse.Namespace, log: Any) -> Any:
     """Read and split the table as `train` does and run the search on its train and val splits."""
-    from ..diagnose.size_search import size_search
+    from ..tune.size_search import size_search
     from .pipeline import _prepare
     from .run_config import ConfigError
 
@@ -129,8 +129,8 @@ def cmd_size_search(args: argparse.Namespace, argv: list[str] | None = None) -> 
             raise ConfigError(f"--{name.replace('_', '-')}: got {v}; pass a whole number >= 1.")
     quiet = getattr(args, "quiet", False)
     cfg = config_from_args(args)
-    out = Path(args.out) if args.out else _default_out(cfg.data.target or "run")
-    _check_out(out, args.overwrite)  # before the search: a bad --out fails in a second, not after it
+    out = _check_out(args.out if args.out is not None else _default_out(cfg.data.target or "run"), args.overwrite,
+                     cfg.data.path)  # before the search: a bad --out fails in a second, not after it
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = search_table(cfg, args, log)

@@ -1,6 +1,6 @@
 """Diagnostics that drive a Trainer (or its one training step) from outside the loop: the LR finder, the
-guards against silent bugs and the sanity check. The capacity search (`fitloop.diagnose.size_search`)
-drives whole Trainers, so it is imported on its own (`fl.size_search`), never from here."""
+guards against silent bugs and the sanity check. Model selection (the capacity search, `fl.size_search`)
+is in `fitloop.tune`."""
 
 from .guards import GuardCallback, GuardWarning, check_leakage
 from .lr_find import LRFinderResult, lr_find, suggest_lr

@@ -22,10 +22,12 @@ not depend on `jobs`. Budgets: `max_trials`, `epochs` per trial, `max_seconds` o
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..devices import pick_device
+from ..diagnose.checks import check_leakage, guard_settings
+from ..models import MLPSpec, build_mlp
+from ..optim import make_loss
+from ..state import seed_everything
+from ..trainer import Trainer
 from .size_inputs import as_xy, baseline, broken_pool_message, check_arguments, check_features
 
 __all__ = ["SizeTrial", "SizeSearchResult", "size_search"]
@@ -92,8 +100,6 @@ class SizeSearchResult:
         trial = self.chosen_trial
         if trial is None or trial.state is None:
             raise ValueError(f"size_search: no model was chosen ({self.reason})")
-        from ..models import MLPSpec, build_mlp
-
         model = build_mlp(MLPSpec(**self.spec)) if self.spec else self._factory(trial.size)  # type: ignore[misc]
         model.load_state_dict(trial.state)
         return model
@@ -182,10 +188,6 @@ def _trial_in_worker(size: Any) -> dict[str, Any]:
 
 def _run_trial(p: dict[str, Any], size: Any) -> dict[str, Any]:
     """Train `size` from the seed; the train and val loss measured in eval mode afterwards."""
-    from ..models import MLPSpec, build_mlp
-    from ..state import seed_everything
-    from ..trainer import Trainer
-
     t0 = time.perf_counter()
     seed_everything(p["seed"])  # the initial weights follow the seed
     if p["factory"] is not None:
@@ -258,9 +260,6 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
         >>> print(result.table())
         >>> model = result.model()          # the chosen size, trained
     """
-    from ..optim import make_loss
-    from .checks import check_leakage, guard_settings
-
     check_arguments(make_model, sizes, widths, depths, {"max_trials": max_trials, "epochs": epochs, "jobs": jobs},
                     {"improve_margin": improve_margin, "gap_tolerance": gap_tolerance, "val_margin": val_margin,
                      "nothing_margin": nothing_margin}, max_seconds)
@@ -269,50 +268,30 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
     Xtr, ytr = as_xy(train, "train")
     Xva, yva = as_xy(val, "val")
     check_features(Xtr, Xva)
-    if loss is None:
-        classes = task in ("multiclass", "classification") or (task is None and not ytr.is_floating_point())
-        loss = "bce_with_logits" if task == "binary" else ("cross_entropy" if classes else "mse")
+    loss = _default_loss(ytr, task) if loss is None else loss
     loss_fn = make_loss(loss)
     classify = isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)) and ytr.ndim == 1
     out_features = int(max(int(ytr.max()), int(yva.max())) + 1) if classify else (ytr.shape[1] if ytr.ndim == 2 else 1)
-    if make_model is None:
-        ladder_w = [(w,) * depths[0] for w in widths]
-    else:
-        ladder_w = list(sizes or [])
-    settings = {"quiet": True, "seed": seed, **settings}
-    cfg = settings.get("config")
-    if "threads" not in settings and (cfg is None or cfg.threads is None):
-        from ..devices import pick_device
-
-        if pick_device(settings.get("device", cfg.device if cfg is not None else "auto")).type == "cpu":
-            settings["threads"] = 1  # the same numbers serially and in parallel workers
-    if task is not None:
-        settings["task"] = task
-    guards = settings.get("guards", cfg.guards if cfg is not None else {})
-    if guard_settings(guards)["leakage"]:  # once for the search, not once per trial
-        check_leakage({"train": (Xtr, ytr), "val": (Xva, yva)}, mode=guard_settings(guards)["leakage"])
-    if isinstance(guards, dict):
-        settings["guards"] = {**guards, "leakage": False}
+    ladder = [(w,) * depths[0] for w in widths] if make_model is None else list(sizes or [])
+    trial_settings = _trial_settings({"quiet": True, "seed": seed, **settings}, task, (Xtr, ytr), (Xva, yva))
     payload = {"train": (Xtr, ytr), "val": (Xva, yva), "factory": make_model, "in_features": Xtr.shape[1] if
                Xtr.ndim == 2 else 1, "out_features": out_features, "activation": activation, "dropout": dropout,
                "skip": skip, "init": init, "loss": loss,
-               "optimizer": optimizer, "seed": seed, "epochs": epochs, "settings": settings}
+               "optimizer": optimizer, "seed": seed, "epochs": epochs, "settings": trial_settings}
     runner = _Runner(payload, jobs, max_trials, max_seconds)
     try:
-        result = _search(runner, ladder_w, make_model is None, depths, target_loss, improve_margin, gap_tolerance,
-                         val_margin)
+        chosen, reason = _search(runner, ladder, make_model is None, depths, target_loss, improve_margin,
+                                 gap_tolerance, val_margin)
     finally:
         runner.close()
     base = baseline(loss_fn, ytr, yva, out_features)
     used = [t for t in runner.trials if t.used]
-    chosen, reason = result
     nothing = base is not None and bool(used) and min(t.val_loss for t in used) > base * (1 - nothing_margin)
     if nothing:
-        best = min(t.val_loss for t in used)
         what = "the class prior" if classify else "the train mean"
         chosen, reason = None, (f"nothing to learn: no size beat the trivial baseline ({what}) on validation by "
-                                f"{nothing_margin:.0%}: best val loss {best:.4g} against {base:.4g}. The inputs "
-                                "may not predict the target.")
+                                f"{nothing_margin:.0%}: best val loss {min(t.val_loss for t in used):.4g} against "
+                                f"{base:.4g}. The inputs may not predict the target.")
     if runner.budget_note and runner.trials:
         reason += f" ({runner.budget_note})"
     spec = None
@@ -328,6 +307,30 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
     if plot is not None and used:  # no trial, no plot (the reason says why)
         res.plot(plot)
     return res
+
+
+def _default_loss(y_train: torch.Tensor, task: str | None) -> str:
+    """`cross_entropy` for integer targets (or task "multiclass"), `bce_with_logits` for "binary", else `mse`."""
+    classes = task in ("multiclass", "classification") or (task is None and not y_train.is_floating_point())
+    return "bce_with_logits" if task == "binary" else ("cross_entropy" if classes else "mse")
+
+
+def _trial_settings(settings: dict[str, Any], task: str | None, train: tuple[torch.Tensor, torch.Tensor],
+                    val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """Every trial's Trainer settings: one CPU thread unless set, the task, and leakage checked here once
+    (for the search) and turned off in the trials."""
+    cfg = settings.get("config")
+    if "threads" not in settings and (cfg is None or cfg.threads is None):
+        if pick_device(settings.get("device", cfg.device if cfg is not None else "auto")).type == "cpu":
+            settings["threads"] = 1  # the same numbers serially and in parallel workers
+    if task is not None:
+        settings["task"] = task
+    guards = settings.get("guards", cfg.guards if cfg is not None else {})
+    if guard_settings(guards)["leakage"]:  # once for the search, not once per trial
+        check_leakage({"train": train, "val": val}, mode=guard_settings(guards)["leakage"])
+    if isinstance(guards, dict):
+        settings["guards"] = {**guards, "leakage": False}
+    return settings
 
 
 class _Runner:
@@ -367,9 +370,6 @@ class _Runner:
             todo = todo[:self.max_trials - len(self.trials)]
             if self.jobs > 1 and len(todo) > 1:
                 if self.pool is None:
-                    import multiprocessing as mp
-                    from concurrent.futures import ProcessPoolExecutor
-
                     self.pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
                                                     initializer=_init_worker, initargs=(self.payload,))
                 try:
@@ -411,6 +411,21 @@ class _Runner:
 def _search(r: _Runner, ladder: list[Any], mlp: bool, depths: Sequence[int], target: float | None,
             improve: float, tol: float, val_margin: float) -> tuple[Any, str]:
     """The grow and shrink rules; returns `(chosen size, reason)`."""
+    fit, why = _grow(r, ladder, mlp, depths, target, improve)
+    if fit is None:
+        spent = r.budget_note.replace("stopped at ", "") or "the budget"
+        return None, (f"no size was tried: {spent} was spent before the first trial. Raise max_seconds (or "
+                      "drop it) to run trials.")
+    if fit.gap <= tol * fit.val_loss:
+        return fit.size, (f"{why}; its val-train gap {fit.gap:.3g} is within {tol:g} x its val loss, so it does "
+                          "not overfit.")
+    return _shrink(r, _smaller_sizes(r, ladder, mlp, fit), fit, why, tol, val_margin)
+
+
+def _grow(r: _Runner, ladder: list[Any], mlp: bool, depths: Sequence[int], target: float | None,
+          improve: float) -> tuple[SizeTrial | None, str]:
+    """Walk up the ladder (for MLPs: the widths, then the depths at the width reached) while the train loss
+    improves; returns the smallest size that fits (None when no trial ran) and why."""
     state: dict[str, Any] = {"best": None, "why": ""}
 
     def grow(t: SizeTrial) -> bool:
@@ -430,31 +445,35 @@ def _search(r: _Runner, ladder: list[Any], mlp: bool, depths: Sequence[int], tar
     r.walk(ladder, "grow (width)" if mlp else "grow", grow)
     fit: SizeTrial | None = state["best"]
     if fit is None:
-        spent = r.budget_note.replace("stopped at ", "") or "the budget"
-        return None, (f"no size was tried: {spent} was spent before the first trial. Raise max_seconds (or "
-                      "drop it) to run trials.")
+        return None, ""
     if mlp and not state.get("reached") and len(depths) > 1 and not r.budget_note:
         width, state["why"] = fit.size[0], ""
         r.walk([(width,) * d for d in depths[1:]], "grow (depth)", grow)
         fit = state["best"]
     if not state["why"]:
         state["why"] = f"{fit.label} is the largest size tried and still improving (the ladder or budget ended)"
-    why = state["why"]
-    if fit.gap <= tol * fit.val_loss:
-        return fit.size, (f"{why}; its val-train gap {fit.gap:.3g} is within {tol:g} x its val loss, so it does "
-                          "not overfit.")
-    # shrink: smaller sizes, largest first (halved widths at the same depth, and any smaller size already trained)
-    if mlp:
-        n_in, n_out = r.payload["in_features"], r.payload["out_features"]
-        halved, w = [], fit.size[0] // 2
-        while w >= 1:
-            halved.append((w,) * len(fit.size))
-            w //= 2
-        pool = set(halved) | {t.size for t in r.trials if t.used}
-        smaller = [s for s in pool if _mlp_params(n_in, s, n_out) < fit.params]
-        candidates = sorted(smaller, key=lambda s: (-_mlp_params(n_in, s, n_out), s))
-    else:
-        candidates = ladder[:next(i for i, s in enumerate(ladder) if s == fit.size)][::-1]
+    return fit, state["why"]
+
+
+def _smaller_sizes(r: _Runner, ladder: list[Any], mlp: bool, fit: SizeTrial) -> list[Any]:
+    """The sizes below `fit`, largest first: for MLPs, halved widths at the same depth and any smaller size
+    already trained; for a factory, the ladder's smaller sizes."""
+    if not mlp:
+        return ladder[:next(i for i, s in enumerate(ladder) if s == fit.size)][::-1]
+    n_in, n_out = r.payload["in_features"], r.payload["out_features"]
+    halved, w = [], fit.size[0] // 2
+    while w >= 1:
+        halved.append((w,) * len(fit.size))
+        w //= 2
+    pool = set(halved) | {t.size for t in r.trials if t.used}
+    smaller = [s for s in pool if _mlp_params(n_in, s, n_out) < fit.params]
+    return sorted(smaller, key=lambda s: (-_mlp_params(n_in, s, n_out), s))
+
+
+def _shrink(r: _Runner, candidates: list[Any], fit: SizeTrial, why: str, tol: float,
+            val_margin: float) -> tuple[Any, str]:
+    """`fit` overfits: take the largest smaller size whose gap is within tolerance and whose val loss is within
+    the margin of the best; failing that, the size with the smallest relative gap within the margin."""
     chosen: dict[str, Any] = {}
 
     def shrink(t: SizeTrial) -> bool:
