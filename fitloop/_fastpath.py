@@ -15,7 +15,8 @@ The shortcuts and what they save (2 shared CPU cores, torch 2.13; BENCHMARKS.md)
   (-13 us/step: `zero_grad()` opens a profiler range and checks hooks). Public API only, but a
   microsecond shortcut all the same, so it lives here and is switchable.
 * `nonfinite_grads`: one fused NaN/inf check over all gradients with torch's AMP kernel
-  (~2 us instead of ~6 us).
+  (~2 us instead of ~6 us); its fallback and its search for the bad parameter are the step's own
+  check (`fitloop.step.functions`).
 * `private_code`: a private copy of a function's code object, so that dynamo's per-code-object
   cache (8 entries, then a silent eager fallback) is per CompiledStep, not per process.
 * `build_optimizer`, `optimizer_state_dict` and the step above skip torch's `_disable_dynamo` /
@@ -33,6 +34,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from .step.functions import CONCAT_LIMIT, all_finite, finite_flags, first_nonfinite
 
 __all__ = ["enabled", "optimizer_step", "zero_grad", "nonfinite_grads", "sparse_values", "private_code",
            "mark_optimizer_stepped", "unwrap_model", "compile_errors", "build_optimizer", "optimizer_state_dict"]
@@ -178,18 +181,19 @@ def sparse_values(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce().values()
 
 
-# Public fallback of the NaN/inf check: gradients up to this many elements are checked as one concatenated
-# copy (one kernel instead of one per tensor); larger models check tensor by tensor (no memory spike).
-_CAT_LIMIT = 1 << 20
+# The public fallback's limit for checking the gradients as one concatenated copy
+# (`fitloop.step.functions.all_finite`); read at each check, so tests can lower it.
+_CAT_LIMIT = CONCAT_LIMIT
 
 
 def nonfinite_grads(named_params: Sequence[tuple[str, nn.Parameter]]) -> Callable[[], str | None]:
     """A check, built once per fit, that returns the name of the first parameter whose gradient
     holds NaN/inf, or None.
 
-    The shortcut runs torch's fused AMP non-finite check over all dense gradients (a scale of 1,
-    so they are unchanged; 4 us for W2's 6 tensors); the fallback checks them with `torch.isfinite`
-    (14 us). Either way the per-parameter search runs only on a hit.
+    The shortcut answers "all finite?" with torch's fused AMP non-finite check over all dense gradients
+    (a scale of 1, so they are unchanged; 4 us for W2's 6 tensors); the fallback with the step's own
+    check, `fitloop.step.functions.all_finite` (14 us). Either way the per-parameter search
+    (`finite_flags`, `first_nonfinite`) runs only on a hit.
     """
     kernel = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None) if enabled() else None
     devices = {p.device for _, p in named_params}
@@ -200,29 +204,27 @@ def nonfinite_grads(named_params: Sequence[tuple[str, nn.Parameter]]) -> Callabl
         dev = devices.pop()
         found, one = torch.zeros(1, device=dev), torch.ones(1, device=dev)
 
-    def values(g: torch.Tensor) -> torch.Tensor:
-        return sparse_values(g) if g.is_sparse else g
+    def dense_finite(dense: list[torch.Tensor]) -> bool:
+        if kernel is None or found is None:
+            return bool(all_finite(dense, concat_limit=_CAT_LIMIT))
+        kernel(dense, found, one)
+        ok = found.item() == 0
+        if not ok:
+            found.zero_()
+        return ok
 
     def check() -> str | None:
-        dense: list[torch.Tensor] = []
-        sparse: list[torch.Tensor] = []
-        for _, p in named_params:
-            g = p.grad
-            if g is not None:
-                (sparse if g.is_sparse else dense).append(g)
-        if kernel is not None and found is not None and dense:
-            kernel(dense, found, one)
-            dense_ok = found.item() == 0
-            if not dense_ok:
-                found.zero_()
-        elif dense and len({g.dtype for g in dense}) == 1 and sum(g.numel() for g in dense) <= _CAT_LIMIT:
-            dense_ok = bool(torch.cat([g.reshape(-1) for g in dense]).isfinite().all())  # 14 us vs 46 for 6 tensors
-        else:
-            dense_ok = all(bool(torch.isfinite(g).all()) for g in dense)
-        if dense_ok and all(torch.isfinite(values(g)).all() for g in sparse):
+        names, grads = [], []
+        for name, p in named_params:
+            if p.grad is not None:
+                names.append(name)
+                grads.append(p.grad)
+        dense = [g for g in grads if not g.is_sparse]
+        sparse = [sparse_values(g) for g in grads if g.is_sparse]
+        if (not dense or dense_finite(dense)) and (not sparse or bool(all_finite(sparse, concat_limit=_CAT_LIMIT))):
             return None
-        return next((n for n, p in named_params if p.grad is not None and not torch.isfinite(values(p.grad)).all()),
-                    None)
+        values = [sparse_values(g) if g.is_sparse else g for g in grads]
+        return first_nonfinite(names, finite_flags(values).tolist())
 
     return check
 

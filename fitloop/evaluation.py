@@ -4,19 +4,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .metrics import normalize_task
+from .step.batches import BatchSource, ShardedBatchSource
 
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["run_eval", "evaluate_batches", "as_predictions", "resolved_task"]
+__all__ = ["run_eval", "evaluate_batches", "as_predictions", "resolved_task", "EvalCheck"]
+
+EvalCheck = Callable[["Trainer", torch.Tensor, torch.Tensor], None]
+"""`(trainer, outputs, targets)`: checks of the whole data's outputs and targets before its loss."""
 
 
-def run_eval(trainer: Trainer, batches: Any, *, inference: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def run_eval(trainer: Trainer, batches: BatchSource, *,
+             inference: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The model's outputs (and the targets, when the data has them) over every batch, in eval mode
     under `no_grad` (or `inference_mode`); the model's train/eval mode is restored after."""
     model = trainer.model
@@ -32,21 +38,22 @@ def run_eval(trainer: Trainer, batches: Any, *, inference: bool = False) -> tupl
     finally:
         model.train(was_training)
     out, y = torch.cat(outs), (torch.cat(ys) if ys else None)
-    gather = getattr(batches, "gather", None)  # several processes: every rank's rows, in the data's order
-    return gather(out, y) if gather is not None else (out, y)
+    if isinstance(batches, ShardedBatchSource):  # several processes: every rank's rows, in the data's order
+        return batches.gather(out, y)
+    return out, y
 
 
-def evaluate_batches(trainer: Trainer, batches: Any, prefix: str = "", *, guard: bool = False) -> dict[str, Any]:
-    """`loss` and the task metrics (tensors), each key prefixed with `prefix` (`"val_"`). With `guard`
-    (`Trainer.evaluate`), the class-target and loss-shape guards check the data first
-    (`fitloop.diagnose.checks.eval_checks`); the fit's validation was checked at its first step."""
+def evaluate_batches(trainer: Trainer, batches: BatchSource, prefix: str = "", *,
+                     check: EvalCheck | None = None) -> dict[str, Any]:
+    """`loss` and the task metrics (tensors), each key prefixed with `prefix` (`"val_"`). `check` sees the
+    whole data's outputs and targets first: `Trainer.evaluate` passes the guards' class-target and
+    loss-shape checks (`fitloop.diagnose.checks.eval_checks`); the fit's validation was checked at its
+    first step."""
     out, y = run_eval(trainer, batches)
     if y is None:
         raise ValueError("evaluate: the data has no targets (y); use predict() for unlabelled data.")
-    if guard:
-        from .diagnose.checks import eval_checks
-
-        eval_checks(trainer, out, y)
+    if check is not None:
+        check(trainer, out, y)
     with torch.no_grad():
         res: dict[str, Any] = {"loss": trainer.compute_loss(out, y)}
         res.update(trainer.metrics.compute(out, y))

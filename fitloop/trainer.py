@@ -33,12 +33,12 @@ from .callbacks.checkpoint import Checkpointer
 from .callbacks.progress import ProgressPrinter
 from .callbacks.verdict import VerdictReporter
 from .checkpoint_format import ResumeMismatchError
-from .compiled import CompiledStep
 from .config import TrainConfig
 from .data import Split, as_tensor
 from .data.batches import Batches, make_batches
 from .devices import pick_device, thread_policy
 from .diagnose import GuardCallback, lr_find, sanity_check
+from .diagnose.checks import eval_checks, first_step_checks
 from .distributed import is_main_process
 from .distributed.strategy import Strategy
 from .evaluation import as_predictions, evaluate_batches, resolved_task, run_eval
@@ -46,7 +46,8 @@ from .metrics import MetricSet, normalize_task, to_python
 from .models import as_module, trainable_parameters
 from .optim import make_loss, make_optimizer, make_scheduler, step_scheduler_epoch, task_of_loss
 from .state import TrainState, rng_state, seed_everything, set_rng_state
-from .step import NonFiniteError, TrainingStep
+from .step.compiled import CompiledStep
+from .step.eager import NonFiniteError, TrainingStep
 
 __all__ = ["Trainer", "TrainState", "seed_everything", "pick_device", "NonFiniteError"]  # the last three: re-exported
 
@@ -283,7 +284,8 @@ class Trainer:
         if cfg.compile == "step" and self._compiled_step is None:  # raises, naming the reason, if it cannot
             self._compiled_step = CompiledStep.build(self, train_batches,
                                                      overridden=type(self).train_step is not Trainer.train_step)
-        self.training_step = TrainingStep(self, train_batches, compiled=self._compiled_step)
+        self.training_step = TrainingStep(self, train_batches, compiled=self._compiled_step,
+                                          first_batch_check=first_step_checks)
         return train_batches, val_batches, self.training_step
 
     def _end_fit(self) -> None:
@@ -360,7 +362,7 @@ class Trainer:
             nested list) for classification, or MSE/RMSE/MAE/R2 for regression.
         """
         with thread_policy(self.device, self.params, self.config.threads):
-            logs = evaluate_batches(self, self.batches(data, train=False), guard=True)
+            logs = evaluate_batches(self, self.batches(data, train=False), check=eval_checks)
         self.last_metrics = {k: to_python(v) for k, v in logs.items()}
         return self.last_metrics
 

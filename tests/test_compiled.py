@@ -1,4 +1,4 @@
-"""compile="step": the whole training step as one torch.compile graph (fitloop.compiled).
+"""compile="step": the whole training step as one torch.compile graph (fitloop.step.compiled).
 
 Each compile costs seconds on a small CPU, so the cases are combined: every test compiles once or
 twice. The compiled update is torch's formula in a different kernel, so it matches the eager
@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import fitloop as fl
-from fitloop.compiled import unsupported
 from fitloop.data import TensorBatches
+from fitloop.step.compiled import unsupported
 
 pytestmark = pytest.mark.slow
 

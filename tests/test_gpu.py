@@ -52,7 +52,7 @@ def test_compile_on_cuda_matches_eager_to_tolerance():
 def test_compiled_step_on_cuda_matches_eager_without_a_sync_per_step(kw, monkeypatch):
     """compile="step" on the GPU: every compiled call after the one that compiles runs under
     set_sync_debug_mode("error"), and the result matches the eager Trainer to tolerance."""
-    from fitloop.compiled import CompiledStep
+    from fitloop.step.compiled import CompiledStep
 
     original = CompiledStep.__call__
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..step import TrainingStep
+from ..step.eager import TrainingStep
 from .restore import restored
 
 if TYPE_CHECKING:

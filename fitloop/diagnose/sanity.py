@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..devices import thread_policy
-from ..step import TrainingStep
+from ..step.eager import TrainingStep
 from .checks import first_step_checks
 from .restore import restored
 

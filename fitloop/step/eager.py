@@ -2,9 +2,10 @@
 the NaN/inf check, the optimizer step and the step bookkeeping.
 
 `Trainer.train_step` calls it for every batch; closure optimizers (LBFGS), the LR finder and
-`compile="step"` use the same object, so the pieces cannot drift apart. It uses only the
-Trainer's public surface (`model`, `optimizer`, `scheduler`, `scaler`, `config`, `state`,
-`params`, `forward`, `compute_loss`, `log`).
+`compile="step"` use the same object, and every path composes the same pieces
+(`fitloop.step.functions`), so they cannot drift apart. It uses only the Trainer's public surface
+(`model`, `optimizer`, `scheduler`, `scaler`, `strategy`, `config`, `state`, `params`, `forward`,
+`compute_loss`, `log`).
 
 One call, in order::
 
@@ -15,42 +16,44 @@ One call, in order::
     at the group's last micro-batch:
         clip (unscaling fp16 gradients first); check loss and gradients for NaN/inf;
         optimizer.step(); state.step += 1; state.epoch_lr; a per-step scheduler steps
+
+A closure optimizer (LBFGS) runs forward, loss, backward and clipping inside its closure; with
+`on_nonfinite="skip"` the closure's first evaluation is checked, and a NaN/inf one leaves the step
+before the optimizer changes anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import _fastpath
+from .. import _fastpath
+from .batches import BatchSource, RowCountedBatches, ShardedBatchSource
+from .functions import add_input_noise, apply_update, clip, first_nonfinite, loss_is_finite, penalised_loss
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ..trainer import Trainer
+    from .compiled import CompiledStep
 
-__all__ = ["TrainingStep", "NonFiniteError", "add_input_noise", "penalty"]
+__all__ = ["TrainingStep", "NonFiniteError", "FirstBatchCheck"]
 
 
 _NO_OP = contextlib.nullcontext()
+
+FirstBatchCheck = Callable[["Trainer", torch.Tensor, "torch.Tensor | None"], None]
+"""`(trainer, output, target)`: checks run once, on the fit's first batch between the forward pass and the loss."""
 
 
 class NonFiniteError(FloatingPointError):
     """The loss or a gradient became NaN or infinite."""
 
 
-def add_input_noise(x: torch.Tensor, std: float) -> torch.Tensor:
-    """Gaussian noise of standard deviation `std` added to float inputs (training only)."""
-    return x + std * torch.randn_like(x) if std and x.is_floating_point() else x
-
-
-def penalty(params: Iterable[torch.Tensor], kind: str, strength: float) -> torch.Tensor:
-    """`strength` times the sum of squares (`"l2"`) or of absolute values (`"l1"`) of `params`."""
-    if kind == "l2":
-        return strength * sum(p.pow(2).sum() for p in params)  # type: ignore[return-value]
-    return strength * sum(p.abs().sum() for p in params)  # type: ignore[return-value]
+class _StepSkipped(Exception):
+    """Raised inside a closure optimizer's closure to leave its step before it changes anything."""
 
 
 class TrainingStep:
@@ -58,16 +61,20 @@ class TrainingStep:
 
     Args:
         trainer: the Trainer whose model, optimizer, scheduler and state the step uses.
-        batches: the epoch's batch source (`len()`, and for in-memory data `batch_size` and `n`),
-            used for the accumulation shares; `None` for single steps (no accumulation).
+        batches: the epoch's batch source, used for the accumulation shares; `None` for single steps
+            (no accumulation).
         schedule: step a per-step scheduler after each optimizer step (off for the LR sweep).
         on_nonfinite: `"stop"` or `"skip"`; defaults to the config's.
-        compiled: a `fitloop.compiled.CompiledStep` that runs the step as one graph once the
+        compiled: a `fitloop.step.compiled.CompiledStep` that runs the step as one graph once the
             optimizer state exists (`compile="step"`).
+        first_batch_check: run once, on the first batch between the forward pass and the loss, when
+            `batches` is given and the guards are on (the Trainer passes
+            `fitloop.diagnose.checks.first_step_checks`).
     """
 
-    def __init__(self, trainer: Trainer, batches: Any = None, *, schedule: bool = True,
-                 on_nonfinite: str | None = None, compiled: Any = None):
+    def __init__(self, trainer: Trainer, batches: BatchSource | None = None, *, schedule: bool = True,
+                 on_nonfinite: str | None = None, compiled: CompiledStep | None = None,
+                 first_batch_check: FirstBatchCheck | None = None):
         cfg = trainer.config
         self.trainer = trainer
         self.batches = batches
@@ -77,17 +84,23 @@ class TrainingStep:
         self.compiled = compiled
         self.closure = isinstance(trainer.optimizer, torch.optim.LBFGS)  # re-evaluates the loss itself
         # On the CPU reading the loss costs no device sync, so every step is checked; elsewhere the
-        # epoch's loss is checked at its end, unless skipping bad steps needs the per-step answer.
-        self.check_every_step = (trainer.device.type == "cpu" or self.on_nonfinite == "skip") and not self.closure
+        # epoch's loss is checked at its end, unless skipping bad steps needs the per-step answer. A closure
+        # optimizer is checked per step only to skip (a NaN loss that stops a run stops it at the epoch's end).
+        per_step = trainer.device.type == "cpu" and not self.closure
+        self.check_every_step = per_step or self.on_nonfinite == "skip"
         self._optimizer_step = _fastpath.optimizer_step(trainer.optimizer)
         self._zero_grad = _fastpath.zero_grad(trainer.optimizer)
         self._bad_gradient = _fastpath.nonfinite_grads(list(trainer.model.named_parameters()))
         # the fit's step (it has the epoch's batches) runs the guards' first-step checks once
-        self._first_step_checks = batches is not None and trainer.config.guards is not False
-        # several processes (fitloop.data.sharding): each rank's loss is weighted by its share of the batch
-        self.weighted = self.accumulate > 1 or getattr(batches, "world", 1) > 1
-        self.filler = getattr(batches, "filler", None)
-        strategy = getattr(trainer, "strategy", None)
+        checks_on = batches is not None and cfg.guards is not False
+        self._first_batch_check = first_batch_check if checks_on else None
+        # in-memory batches know their sizes; several processes (fitloop.data.sharding): each rank's loss
+        # is weighted by its share of the batch
+        self._row_counted = batches if isinstance(batches, RowCountedBatches) else None
+        world = self._row_counted.world if self._row_counted is not None else 1
+        self.weighted = self.accumulate > 1 or world > 1
+        self.filler = batches.filler if isinstance(batches, ShardedBatchSource) else None
+        strategy = trainer.strategy
         self._no_sync = strategy.no_sync if strategy is not None and self.accumulate > 1 else None
         # several processes: a loss only this rank sees as NaN/inf poisons its gradients, so that the
         # all-reduced gradients tell every rank, and all of them skip (or stop at) the same step
@@ -121,11 +134,7 @@ class TrainingStep:
         if self.ends_step(i):
             self.clip()
             if self.finite(loss):  # or the step is skipped (on_nonfinite="skip"), or NonFiniteError
-                if t.scaler is not None:
-                    t.scaler.step(t.optimizer)
-                    t.scaler.update()
-                else:
-                    self._optimizer_step()  # optimizer.step() (fitloop._fastpath)
+                apply_update(t.optimizer, t.scaler, self._optimizer_step)  # optimizer.step() (fitloop._fastpath)
                 self.stepped()
         return loss.detach(), out.detach()
 
@@ -133,14 +142,11 @@ class TrainingStep:
         """`(total, loss, out)`: the forward pass, the loss, and the loss plus the penalty."""
         t = self.trainer
         out = t.forward(x)
-        if self._first_step_checks:  # loss shapes, class targets: before the first loss (fitloop.diagnose.guards)
-            from .diagnose.checks import first_step_checks
-
-            self._first_step_checks = False
-            first_step_checks(t, out, y)
-        loss = t.compute_loss(out, y)
-        pen = t.config.penalty
-        return (loss + penalty(t.params, *pen) if pen is not None else loss), loss, out
+        if self._first_batch_check is not None:  # loss shapes, class targets: before the first loss
+            check, self._first_batch_check = self._first_batch_check, None
+            check(t, out, y)
+        total, loss = penalised_loss(t.compute_loss, out, y, t.params, t.config.penalty)
+        return total, loss, out
 
     def backward(self, total: torch.Tensor) -> None:
         scaler = self.trainer.scaler
@@ -151,9 +157,11 @@ class TrainingStep:
         the CPU, or when skipping bad steps; elsewhere the epoch's loss is checked at its end)."""
         if not self.check_every_step:
             return True
-        loss_ok = math.isfinite(loss.item())
+        loss_ok = loss_is_finite(loss)
         # with fp16's GradScaler, overflowing gradients are normal: its step skips them and lowers the scale
-        bad = self._bad_gradient() if self.trainer.scaler is None else None
+        # (a closure optimizer steps without the scaler, so its gradients are checked)
+        scaled = self.trainer.scaler is not None and not self.closure
+        bad = self._bad_gradient() if not scaled else None
         if loss_ok and bad is None:
             return True
         self._zero_grad()
@@ -161,20 +169,19 @@ class TrainingStep:
         return False
 
     def clip(self, record: bool = True) -> None:
-        """Clip the gradients as configured; record their total norm (before clipping) per step."""
+        """Clip the gradients as configured (`fitloop.step.functions.clip`); record their total norm
+        (before clipping) per step."""
         t, cfg = self.trainer, self.trainer.config
         if not (cfg.clip_grad_norm or cfg.clip_grad_value):
             return
         if t.scaler is not None and not self.closure:
             t.scaler.unscale_(t.optimizer)
-        if cfg.clip_grad_norm:
-            norm = torch.nn.utils.clip_grad_norm_(t.params, cfg.clip_grad_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in t.params if p.grad is not None])
-        if record:
+        with_grads = [(p, g) for p in t.params if (g := p.grad) is not None]
+        clipped, norm = clip([g for _, g in with_grads], cfg.clip_grad_norm, cfg.clip_grad_value)
+        for (p, _), grad in zip(with_grads, clipped):
+            p.grad = grad  # clip returns new tensors: the optimizer reads these
+        if record and norm is not None:
             t.state.grad_norms.append(norm.detach())  # a tensor (no sync), averaged per epoch
-        if cfg.clip_grad_value:
-            torch.nn.utils.clip_grad_value_(t.params, cfg.clip_grad_value)
 
     def stepped(self) -> None:
         """The bookkeeping of a step taken: the count, the lr it used, a per-step scheduler."""
@@ -196,14 +203,14 @@ class TrainingStep:
 
     def nonfinite(self, loss: torch.Tensor, loss_ok: bool, bad_param: str | None) -> None:
         """A step with a NaN/inf loss or gradient, not applied: count it (`skip`) or raise."""
-        st = self.trainer.state
+        state = self.trainer.state
         if self.on_nonfinite == "skip":
-            st.skipped_steps += 1
-            st.discard = st.batch % self.accumulate + 1  # the step's micro-batches, this one included
+            state.skipped_steps += 1
+            state.discard = state.batch % self.accumulate + 1  # the step's micro-batches, this one included
             return
         what = (f"the loss is {loss.item()}" if not loss_ok
                 else f"the gradient of parameter {bad_param!r} is not finite")
-        where = f"epoch {st.epoch + 1}, step {st.batch + 1} of the epoch (global step {st.step + 1})"
+        where = f"epoch {state.epoch + 1}, step {state.batch + 1} of the epoch (global step {state.step + 1})"
         grad_note = f"; the gradient of {bad_param!r} is not finite too" if bad_param and not loss_ok else ""
         lr = self.trainer.optimizer.param_groups[0]["lr"]
         raise NonFiniteError(f"Training stopped at {where}: {what}{grad_note}. The last good checkpoint was "
@@ -213,7 +220,9 @@ class TrainingStep:
     # ------------------------------------------------------------------ variants
 
     def _closure_step(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Optimizers such as LBFGS evaluate the loss several times per step, through a closure."""
+        """Optimizers such as LBFGS evaluate the loss several times per step, through a closure. The first
+        evaluation is at the step's starting point: when it is checked (`check_every_step`) and not finite,
+        the step is left there, before the optimizer changed its parameters or its state."""
         first: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def closure() -> torch.Tensor:
@@ -223,15 +232,21 @@ class TrainingStep:
             self.clip(record=not first)
             if not first:
                 first.append((loss.detach(), out.detach()))
+                if not self.finite(loss):  # counted as skipped (or NonFiniteError)
+                    raise _StepSkipped
             return total
 
-        self.trainer.optimizer.step(closure)  # type: ignore[arg-type]
+        try:
+            self.trainer.optimizer.step(closure)  # type: ignore[arg-type]
+        except _StepSkipped:
+            return first[0]
         self.stepped()
         return first[0]
 
     def _compiled_step(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same step as one graph (`compile="step"`, see fitloop.compiled)."""
+        """The same step as one graph (`compile="step"`, see fitloop.step.compiled)."""
         cs, t = self.compiled, self.trainer
+        assert cs is not None
         compiled_before = cs.compile_seconds
         loss, out, finite, ok, norm = cs(x, y)
         if cs.compile_seconds != compiled_before:
@@ -241,8 +256,7 @@ class TrainingStep:
             t.state.grad_norms.append(norm.detach())
         if self.check_every_step and not ok.item():  # the graph changed nothing: report it as eager does
             flags = finite.tolist()
-            bad = next((n for n, f in zip(cs.all_names, flags) if not f), None)
-            self.nonfinite(loss, flags[-1], bad)
+            self.nonfinite(loss, flags[-1], first_nonfinite(cs.all_names, flags[:-1]))
             return loss, out
         self.stepped()
         return loss, out
@@ -253,7 +267,7 @@ class TrainingStep:
         """Whether batch `i` of the epoch ends an optimizer step: its accumulation group's last, or the
         epoch's."""
         k = self.accumulate
-        return k == 1 or (i + 1) % k == 0 or i + 1 == len(self.batches)
+        return k == 1 or (i + 1) % k == 0 or i + 1 == len(self.batches)  # type: ignore[arg-type]
 
     def _sync(self, i: int) -> contextlib.AbstractContextManager[Any]:
         """`no_sync` of the DDP/FSDP model on the micro-batches that don't end a step, else nothing."""
@@ -264,10 +278,11 @@ class TrainingStep:
         the number of processes (DDP averages the ranks' gradients), so that k micro-batches on N ranks of a
         mean-reduced loss give the gradient of one batch of all their rows (also when the epoch's last group
         is short, its last batch smaller, or a rank's share of it smaller or empty)."""
+        assert self.batches is not None  # weighted steps have batches
         k = self.accumulate
         first = i - i % k
         n_micro = min(k, len(self.batches) - first)
-        rows_of = getattr(self.batches, "global_rows", None)
-        if rows_of is not None:  # in-memory batches: sizes are known
-            return rows * self.batches.world / sum(rows_of(j) for j in range(first, first + n_micro))
+        source = self._row_counted
+        if source is not None:  # in-memory batches: sizes are known
+            return rows * source.world / sum(source.global_rows(j) for j in range(first, first + n_micro))
         return 1.0 / n_micro  # loaders: assume equal batch sizes

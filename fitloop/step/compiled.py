@@ -4,10 +4,11 @@
 models the step's time is framework glue around them: the autograd engine, `Optimizer.step`'s
 Python, per-op dispatch (bench/FASTPATH.md has the profile). This module compiles forward, loss,
 gradients (`torch.func.grad`), gradient clipping, the NaN/inf check and the optimizer update into
-ONE graph, called once per step. It shares the step's pieces with `fitloop.step` (input noise,
-`Trainer.compute_loss`, the penalty, the bookkeeping after the step); the Adam/AdamW update is torch's
-own functional `torch.optim.adam.adam` traced into the graph, and SGD's is its formula written as
-tensor ops (why: see `_sgd`).
+ONE graph, called once per step. It traces the step's own pieces (`fitloop.step.functions`: input
+noise, `Trainer.compute_loss` plus the penalty, clipping, the NaN/inf check, the update) and shares the
+bookkeeping after the step with the eager step; the Adam/AdamW update is torch's own functional
+`torch.optim.adam.adam` traced into the graph, and SGD's is its formula written as tensor ops (why: see
+`masked_sgd_update`).
 
 The optimizer stays the user's `torch.optim` object: its `param_groups` (lr, betas, weight decay,
 momentum...) are read before every step, so schedulers work, and its state tensors (`step`,
@@ -25,21 +26,21 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.optim.adam import adam as torch_adam  # torch's functional Adam (public: torch.optim.adam.__all__)
 
-from . import _fastpath
-from .data import TensorBatches
-from .step import add_input_noise, penalty
+from .. import _fastpath
+from ..data import TensorBatches
+from .batches import BatchSource
+from .functions import add_input_noise, clip, finite_flags, masked_adam_update, masked_sgd_update, penalised_loss
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ..trainer import Trainer
 
 __all__ = ["CompiledStep", "unsupported"]
 
 _KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
 
 
-def unsupported(trainer: Trainer, batches: Any) -> str | None:
+def unsupported(trainer: Trainer, batches: BatchSource) -> str | None:
     """Why `compile="step"` cannot run this configuration, or None when it can."""
     cfg = trainer.config
     opt = trainer.optimizer
@@ -75,7 +76,7 @@ class CompiledStep:
     """
 
     @classmethod
-    def build(cls, trainer: Trainer, batches: Any, *, overridden: bool = False) -> CompiledStep:
+    def build(cls, trainer: Trainer, batches: BatchSource, *, overridden: bool = False) -> CompiledStep:
         """The compiled step for `trainer`, or a ValueError that names what it cannot compile and the fix."""
         reason = unsupported(trainer, batches)
         if reason is None and overridden:
@@ -195,17 +196,16 @@ class CompiledStep:
         clip_norm, clip_value = cfg.clip_grad_norm, cfg.clip_grad_value
         names, kind, buffer_names = self.names, self.kind, self.buffer_names
         n_state = [len(_state_tensors(None, kind, fl)) for fl in flags]
-        update = _adam if kind == "adam" else _sgd
+        update = masked_adam_update if kind == "adam" else masked_sgd_update
 
-        def loss_of(pd, bd, x, y):  # TrainingStep.loss, on functional parameters
+        def loss_of(pd, bd, x, y):  # TrainingStep's noise, forward and loss, on functional parameters
             x = add_input_noise(x, noise)
             if autocast is not None:
                 with torch.autocast(device_type, dtype=autocast):
                     out = torch.func.functional_call(model, (pd, bd), (x,))
             else:
                 out = torch.func.functional_call(model, (pd, bd), (x,))
-            loss = compute_loss(out, y)
-            total = loss + penalty(pd.values(), *pen) if pen is not None else loss
+            total, loss = penalised_loss(compute_loss, out, y, pd.values(), pen)
             return total, (loss.detach(), out.detach())
 
         def step(tensors, x, y):
@@ -220,22 +220,16 @@ class CompiledStep:
             flat = {n: p for ns, ps in zip(names, params) for n, p in zip(ns, ps)}
             buffers = dict(zip(buffer_names, tensors[i:]))
             grads, (loss, out) = torch.func.grad(loss_of, has_aux=True)(flat, buffers, x, y)
-            grad_list = [[grads[n] for n in ns] for ns in names]
-            flat_grads = [g for gs in grad_list for g in gs]
-            finite = torch.stack([torch.isfinite(g).all() for g in flat_grads] + [torch.isfinite(loss)])
+            flat_grads = [grads[n] for ns in names for n in ns]
+            finite = finite_flags(flat_grads + [loss])  # the loss's flag last
             ok = finite.all()
-            norm = None
-            if clip_norm or clip_value:
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in flat_grads]))
-            if clip_norm and norm is not None:  # torch.nn.utils.clip_grad_norm_'s formula
-                coef = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)
-                grad_list = [[g * coef for g in gs] for gs in grad_list]
-            if clip_value:
-                grad_list = [[g.clamp(-clip_value, clip_value) for g in gs] for gs in grad_list]
+            flat_grads, norm = clip(flat_grads, clip_norm, clip_value)
+            grad_list, j = [], 0
+            for ns in names:  # back into parameter groups
+                grad_list.append(flat_grads[j:j + len(ns)])
+                j += len(ns)
             for ps, gs, ss, hp, fl in zip(params, grad_list, states, hps, flags):
-                # a NaN/inf step changes nothing: zero gradients, and updates that are masked out
-                gs = [torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in gs]
-                update(ps, gs, ss, hp, fl, ok)
+                update(ps, gs, ss, hp, fl, ok)  # a NaN/inf step (not ok) changes nothing
             return loss, out, finite, ok, norm
 
         return step
@@ -249,45 +243,3 @@ def _state_tensors(s: dict | None, kind: str, flags: tuple) -> list:
     else:
         names = ("momentum_buffer",) if flags[2] else ()
     return [s.get(n) for n in names]
-
-
-def _adam(params, grads, states, hp, flags, ok):
-    """torch's own Adam/AdamW update, `torch.optim.adam.adam` (single-tensor, capturable: lr and betas
-    are tensors, so a scheduler does not recompile), run on copies of the parameters and state and
-    written back where `ok`: a NaN/inf step changes nothing. The copies cost nothing measurable on small
-    models (bench/COMPILED_UPDATE.md)."""
-    lr, b1, b2 = hp.unbind()
-    amsgrad, maximize, decoupled, wd, eps = flags
-    olds = [list(params)] + [[s[k] for s in states] for k in range(len(states[0]))]
-    news = [[t.clone() for t in ts] for ts in olds]
-    torch_adam(news[0], grads, news[2], news[3], news[4] if amsgrad else [], news[1], foreach=False,
-               capturable=True, decoupled_weight_decay=decoupled, amsgrad=amsgrad, beta1=b1, beta2=b2, lr=lr,
-               weight_decay=wd, eps=eps, maximize=maximize)
-    for old_ts, new_ts in zip(olds, news):
-        for old, new in zip(old_ts, new_ts):
-            old.copy_(torch.where(ok, new, old))
-
-
-def _sgd(params, grads, states, hp, flags, ok):
-    """torch.optim.SGD's update (its single-tensor formula, written as tensor ops); no change at all when
-    not `ok`.
-
-    Not torch's functional `torch.optim.sgd.sgd`: it takes lr and momentum only as Python floats
-    (`param.add_(grad, alpha=-lr)`, `if momentum != 0`). As tensors, fullgraph compilation fails
-    ("data-dependent branching"); as floats, each scheduled value is a new graph constant, and 5 lr values
-    compiled 5 graphs (6.4 s). tests/test_compiled.py checks this formula against torch.optim.SGD.
-    """
-    lr, momentum, dampening, wd = hp.unbind()
-    okf = ok.to(torch.float64)
-    nesterov, maximize, has_momentum, has_wd = flags
-    keep_mom = torch.where(ok, momentum, torch.ones_like(momentum))
-    for p, g, bufs in zip(params, grads, states):
-        if maximize:
-            g = -g
-        if has_wd:
-            g = g + wd.to(g.dtype) * p
-        if has_momentum:
-            buf = bufs[0]
-            buf.mul_(keep_mom.to(buf.dtype)).add_(((1 - dampening) * okf).to(buf.dtype) * g)
-            g = g + momentum.to(g.dtype) * buf if nesterov else buf
-        p.sub_((lr * okf).to(p.dtype) * g)
