@@ -18,6 +18,7 @@ __all__ = ["TrainConfig"]
 PRECISIONS = ("fp32", "bf16", "fp16")
 # run.json's "format": what `fitloop predict/evaluate/resume/report` look for (here: no torch import needed).
 RUN_FORMAT = "fitloop-run"
+CONFIG_HEADER = "# fitloop run configuration"  # config.toml's first line (how `resume` knows a run's file)
 # Settings that may differ on resume (they do not change the numbers a run produces): left out of
 # the config fingerprint and of the resume check. The one list both use.
 RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "epochs", "checkpoint_every_seconds",

@@ -204,7 +204,8 @@ def test_train_bad_input(tmp_path, capsys, monkeypatch, case):
         (tmp_path / "runs" / "keep").mkdir(parents=True)
         (tmp_path / "runs" / "keep" / "mine.txt").write_text("x")
         args += ["--out", "runs/keep"]
-        expect = ["exists and is not empty", "--overwrite"]
+        expect = ["--out runs/keep: is not a fitloop run directory: it holds 1 file or folder that fitloop did "
+                  "not write, e.g. mine.txt"]
     elif case == "diverges":
         f.write_text("x,y\n" + "".join(f"{i},{i * 3.5}\n" for i in range(60)))
         args += ["--lr", "1e30", "--optimizer", "sgd", "--epochs", "3"]

@@ -65,7 +65,7 @@ def test_dry_run_prints_every_decision_and_trains_nothing(tmp_path, capsys, monk
     # never overwrite without --overwrite; --config-out writes elsewhere; --quiet prints only the path
     before = text
     code, _, err = _cli(capsys, "train", data, *FLAGS, "--dry-run", "--epochs", "9")
-    assert code == 2 and "config.toml already exists; pass --overwrite" in err
+    assert code == 2 and "--config-out config.toml: already exists; pass --overwrite" in err
     assert (tmp_path / "config.toml").read_text() == before
     code, out, _ = _cli(capsys, "train", data, *FLAGS, "--dry-run", "--config-out", "plan.toml", "--quiet")
     assert code == 0 and out.strip() == "plan.toml" and (tmp_path / "plan.toml").is_file()

@@ -16,6 +16,7 @@ from fitloop.cli.pipeline import train_table
 from fitloop.cli.run_config import ConfigError, load_toml, resolve_run_config
 from fitloop.cli.runs import NotARunError, evaluate_file, load_run, predict_file
 from fitloop.data import TableError
+from fitloop.outputs import OutputPathError
 
 WINE_CLASSES = ["class_0", "class_1", "class_2"]
 RUN_FILES = {"run.json", "config.toml", "metrics.json", "history.jsonl", "splits.json", "model"}
@@ -113,8 +114,8 @@ def test_bad_settings_and_data_write_nothing(tmp_path):
         train_table(wine_config(**{"data.target": "cultivr"}), out=out)
     assert not out.exists()
     (out / "keep").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="exists and is not empty; pass --overwrite"):
-        train_table(wine_config(), out=out)
+    with pytest.raises(OutputPathError, match="is not a fitloop run directory: it holds 1 file or folder"):
+        train_table(wine_config(), out=out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep"]
 
 

@@ -261,13 +261,13 @@ def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """The run's summary, then its plots and report.html (in RUN_DIR, or --out)."""
+    from ..outputs import check_report_dir
     from ..report import write_report
     from ..report.data import from_run_dir
 
     data = from_run_dir(args.run_dir)  # NotARunDirectory (exit 2) names what is missing
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise NotADirectoryError(f"--out {args.out}: it is a file; pass a directory for report.html and plots/ "
-                                 "(created when missing).")
+    if args.out is not None:  # nothing there of the same name that fitloop did not write
+        check_report_dir(args.out)
     console = _console()
     quiet = getattr(args, "quiet", False)
     if not quiet:
@@ -282,7 +282,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             console.print(f"verdict: {data.verdict['kind']}. {reason[:1].upper()}{reason[1:]}", markup=False,
                           soft_wrap=True)
     try:
-        files = write_report(data, args.out or args.run_dir)
+        files = write_report(data, args.run_dir if args.out is None else args.out)
     except ImportError as e:  # the `plot` extra is missing: the summary above still stands
         print(f"fitloop: error: {e}", file=sys.stderr)
         return 2

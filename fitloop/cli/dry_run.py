@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..config import CONFIG_HEADER
+from ..outputs import check_out_file
 from .run_config import ConfigError, DataSection, RunConfig, TrainSection
 
 __all__ = ["DryRun", "dry_run", "commented_toml", "cmd_dry_run", "DEFAULT_CONFIG"]
@@ -296,10 +298,9 @@ def cmd_dry_run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None
 
     from ..files import atomic_write_bytes
 
-    target = Path(getattr(args, "config_out", None) or DEFAULT_CONFIG)
-    if target.exists() and not args.overwrite:
-        raise ConfigError(f"{target} already exists; pass --overwrite to replace it, or --config-out PATH to "
-                          f"write the plan elsewhere.")
+    config_out = getattr(args, "config_out", None)
+    target = check_out_file(DEFAULT_CONFIG if config_out is None else config_out, overwrite=args.overwrite,
+                            option="--config-out", header=CONFIG_HEADER, inputs=[cfg.data.path])
     if not target.parent.is_dir():
         raise FileNotFoundError(f"--config-out {target}: the directory {target.parent} does not exist.")
     plan = dry_run(cfg, world=(getattr(args, "nproc", None) or 1) * (getattr(args, "nnodes", None) or 1))

@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import numpy as np
 from ..config import RUN_FORMAT
 from ..distributed import is_main_process
 from ..files import atomic_write_bytes, write_json_atomic
+from ..outputs import OutputPathError, check_out_dir, clear_run_dir, is_run_dir
 from . import training
 from .plan import RunPlan, plan_run
 from .run_config import CONFIG_HEADER, Budget, ConfigError, RunConfig
@@ -103,24 +103,26 @@ def start_out(cfg: RunConfig, out: str | os.PathLike | None, overwrite: bool) ->
         raise ConfigError(f"no data file {cfg.data.path!r}: pass DATA (fitloop train DATA --target COL).")
     if not cfg.data.target:
         raise ConfigError("no target column: pass --target COL or set data.target.")
-    out_dir = Path(out) if out is not None else _default_out(cfg.data.target)
-    _check_out(out_dir, overwrite)
-    return out_dir
+    return _check_out(out if out is not None else _default_out(cfg.data.target), overwrite, cfg.data.path)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: str | os.PathLike, overwrite: bool, data: str | None = None) -> Path:
+    """`out` may become this run's directory (`fitloop.outputs.check_out_dir`), and no live run holds it."""
     from ..runlock import RunLockedError, lock_holder
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory.")
-    holder = lock_holder(out) if out.is_dir() else None
+    out_dir = Path(out)
+    holder = lock_holder(out_dir) if os.fspath(out).strip() and out_dir.is_dir() else None
     if holder is not None:  # a live run: never replaced, --overwrite or not
-        raise RunLockedError(out, holder)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        unfinished = (out / "config.toml").is_file() and not (out / "metrics.json").is_file()
-        hint = f" It holds a run that did not finish: continue it with `fitloop resume {out}`." if unfinished else ""
-        raise ConfigError(f"--out {out}: the directory exists and is not empty; pass --overwrite to replace "
-                          f"it, or choose another --out.{hint}")
+        raise RunLockedError(out_dir, holder)
+    try:
+        check_out_dir(out, overwrite=overwrite, inputs=[data])  # the raw text: an empty --out is named so
+    except OutputPathError as e:
+        unfinished = (out_dir / "config.toml").is_file() and not (out_dir / "metrics.json").is_file()
+        if unfinished and not overwrite and is_run_dir(out_dir):
+            raise OutputPathError(f"{e} It holds a run that did not finish: continue it with "
+                                  f"`fitloop resume {out_dir}`.") from None
+        raise
+    return out_dir
 
 
 @dataclass
@@ -269,8 +271,8 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
 
     log = log or (lambda msg: None)
     init_from_env(cfg.train.dist_timeout, cfg.train.device)  # several processes: the group comes first
-    out_dir = Path(out) if out is not None else _default_out(cfg.data.target or "run")
-    _check_out(out_dir, overwrite)
+    out_dir = _check_out(out if out is not None else _default_out(cfg.data.target or "run"), overwrite,
+                         cfg.data.path)
     t_start = time.perf_counter()
     p = _prepare(cfg, log)
     p.t_command = t_start if t_command is None else t_command
@@ -281,12 +283,12 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     # rank 0 holds the lock: raises, naming the pid, if another live run took the directory meanwhile
     with hold_run_dir(out_dir) if main else contextlib.nullcontext() as lock:
         if main:
-            _clear_run_dir(out_dir)
+            clear_run_dir(out_dir)
         try:
             _start(cfg, p, out_dir, argv)
         except BaseException:
             if lock is not None:
-                _clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
+                clear_run_dir(out_dir)  # nothing trained yet: leave nothing behind
                 lock.release()
                 if created:
                     out_dir.rmdir()
@@ -317,17 +319,6 @@ def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | Non
             "features": p.n_features, "target_distribution": _target_distribution(p)})
 
 
-def _clear_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
-    """Empty `run_dir` except `keep` and the lock this process holds on it (`fitloop.runlock`)."""
-    from ..runlock import LOCK_NAME
-
-    for entry in run_dir.iterdir():
-        if entry.name in (LOCK_NAME, *keep):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
 
 
 def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] | None = None,
@@ -365,7 +356,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
         else:  # every seed is in the config: the same run as one never interrupted
             log("no checkpoint yet: starting the run again from the beginning")
             if main:
-                _clear_run_dir(run_dir, keep=("config.toml",))
+                clear_run_dir(run_dir, keep=("config.toml",))
             _start(cfg, p, run_dir, info.get("command"))
             p.trainer.fit(p.splits["train"], p.splits.get("val"))
         p.timings["train"] = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import CONFIG_HEADER, TrainConfig
 from ..data.fractions import check_fractions
 from ..mlp_checks import check_mlp
 
@@ -23,7 +23,6 @@ __all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSe
            "LEGACY_DEFAULTS"]
 
 
-CONFIG_HEADER = "# fitloop run configuration"  # config.toml's first line (how `resume` knows a run's file)
 
 
 # `train.log` / `--log`: the loggers the CLI can add (fitloop.callbacks: TensorBoardLogger, MLflowLogger).
