@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 __all__ = ["CheckpointError", "ResumeMismatchError", "CheckpointWarning", "serialize", "load_checkpoint",
            "find_checkpoints", "load_latest", "checkpoint_name", "CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION"]
@@ -84,8 +87,6 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def serialize(state: dict[str, Any]) -> bytes:
     """The bytes of one checkpoint file holding `state`."""
-    from safetensors.torch import save as st_save
-
     tensors: dict[str, torch.Tensor] = {}
     doc = json.dumps(_encode(state, "", tensors))
     raw = st_save(tensors)  # the data section does not depend on the header's metadata
@@ -105,9 +106,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         CheckpointError: naming the file, when it is missing, not a fitloop checkpoint (for example
             a pickle), from a newer format, or truncated/corrupted (checksum mismatch).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
     path = Path(path)
     try:
         data = path.read_bytes()

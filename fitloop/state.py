@@ -2,20 +2,26 @@
 
 Nothing that a resume needs lives in hidden iterators or loose attributes: the position in the
 epoch's permutation, the step counters, the epoch's losses, outputs and gradient norms so far, the
-lr, whether the run was seeded. `Trainer.state_dict()` saves it with the model, optimizer,
-scheduler, callbacks and RNG states; `Trainer.load_state_dict()` puts it back.
+lr, whether the run was seeded, the history, the stop flag and its reason, the epoch's timer.
+`Trainer.state_dict()` saves it with the model, optimizer, scheduler, callbacks and RNG states;
+`Trainer.load_state_dict()` puts it back.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["TrainState", "rng_state", "set_rng_state", "seed_everything"]
+__all__ = ["TrainState", "rng_state", "set_rng_state", "seed_everything", "TOP_LEVEL_KEYS"]
+
+# A checkpoint keeps these TrainState fields at its top level, beside "train_state" (its layout since fitloop 0.1)
+TOP_LEVEL_KEYS = ("history", "should_stop", "stop_reason")
 
 
 @dataclass
@@ -25,7 +31,9 @@ class TrainState:
     The epoch-local fields (`epoch_*`, `outputs`, `grad_norms`) hold the current epoch's
     progress: a checkpoint written mid-epoch carries them, so the resumed epoch's logs equal an
     uninterrupted run's. `batch % accumulate` is the position inside a gradient-accumulation group;
-    checkpoints are written only where it is 0 (between optimizer steps).
+    checkpoints are written only where it is 0 (between optimizer steps). `history` holds one dict
+    per finished epoch; a callback asks the run to stop by setting `should_stop` (and `stop_reason`),
+    which the Trainer's `should_stop`/`stop_reason` properties forward here.
     """
 
     epoch: int = 0                 # completed epochs
@@ -42,6 +50,25 @@ class TrainState:
     outputs: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)  # for train metrics
     grad_norms: list[torch.Tensor] = field(default_factory=list)  # per step, when clipping
     discard: int = 0               # a skipped step's micro-batches, left out of the epoch's loss by `record`
+    history: list[dict[str, Any]] = field(default_factory=list)  # one dict of logs per finished epoch
+    should_stop: bool = False      # a callback asked the run to stop
+    stop_reason: str | None = None  # why (printed, and run.json's message)
+    epoch_started: float | None = None  # time.perf_counter() when this epoch (or its resumed part) started
+
+    def start_timer(self) -> None:
+        """The epoch (or the part of it a resume continues) starts now."""
+        self.epoch_started = time.perf_counter()
+
+    def epoch_seconds(self) -> float:
+        """Seconds spent in the current epoch, across resumes."""
+        running = time.perf_counter() - self.epoch_started if self.epoch_started is not None else 0.0
+        return self.epoch_time + running
+
+    def stop_timer(self) -> None:
+        """A fit ends: an unfinished epoch keeps the time spent in it (a later fit or resume adds to it)."""
+        if self.epoch_started is not None and self.batch:
+            self.epoch_time = self.epoch_seconds()
+        self.epoch_started = None
 
     def start_epoch(self, generator_state: torch.Tensor) -> None:
         """Forget the last epoch's progress; remember where this epoch's data order starts."""
@@ -92,8 +119,9 @@ class TrainState:
         w = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
         return (stacked * w).sum() / sum(sizes)
 
-    def state_dict(self, epoch_time: float | None = None) -> dict[str, Any]:
-        """A plain dict (tensors, numbers, lists). Epoch-local progress is kept only mid-epoch."""
+    def state_dict(self) -> dict[str, Any]:
+        """A plain dict (tensors, numbers, lists). Epoch-local progress is kept only mid-epoch, with the
+        time spent in the epoch so far."""
         mid = self.batch != 0
         return {
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "target_epochs": self.target_epochs,
@@ -101,10 +129,11 @@ class TrainState:
             "epoch_generator_state": self.epoch_generator_state if mid else None,
             "epoch_losses": list(self.epoch_losses) if mid else [],
             "epoch_sizes": list(self.epoch_sizes) if mid else [],
-            "epoch_time": self.epoch_time if epoch_time is None else epoch_time,
+            "epoch_time": self.epoch_seconds() if mid else self.epoch_time,
             "epoch_lr": float(self.epoch_lr),
             "outputs": [list(o) for o in self.outputs] if mid else [],
             "grad_norms": list(self.grad_norms) if mid else [],
+            "history": list(self.history), "should_stop": self.should_stop, "stop_reason": self.stop_reason,
         }
 
     def load_state_dict(self, d: dict[str, Any], device: torch.device | str = "cpu") -> None:
@@ -118,6 +147,21 @@ class TrainState:
         self.epoch_sizes = list(d["epoch_sizes"])
         self.outputs = [(o[0].to(device), None if o[1] is None else o[1].to(device)) for o in d["outputs"]]
         self.grad_norms = [t.to(device) for t in d["grad_norms"]]
+        self.history = list(d["history"])
+        self.should_stop, self.stop_reason = d["should_stop"], d["stop_reason"]
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """`state_dict()` in a checkpoint's layout: `train_state`, and `TOP_LEVEL_KEYS` beside it."""
+        flat = self.state_dict()
+        return {"train_state": {key: value for key, value in flat.items() if key not in TOP_LEVEL_KEYS},
+                **{key: flat[key] for key in TOP_LEVEL_KEYS}}
+
+    def load_checkpoint_entries(self, state: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
+        """Restore from a checkpoint's (or `Trainer.state_dict()`'s) entries, as `checkpoint_entries` lays them out."""
+        flat = {**state["train_state"], **{key: state[key] for key in TOP_LEVEL_KEYS}}
+        for key in ("outputs", "grad_norms"):  # checkpoints of fitloop <= 0.1 kept these at the top level
+            flat.setdefault(key, state.get(key, []))
+        self.load_state_dict(flat, device)
 
 
 def seed_everything(seed: int) -> None:

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 import fitloop as fl
 from fitloop.callbacks.base import Callback
 from fitloop.distributed import rank, world_size
-from fitloop.distributed.strategy import DistributedSync
+from fitloop.callbacks.distributed_sync import DistributedSync
 
 GLOBAL_BATCH = 16
 

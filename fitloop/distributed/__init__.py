@@ -10,7 +10,8 @@ The rest of the package (imported on use):
   CPU, nccl on CUDA), device binding, `session()` (destroys the group at the end and on error), the
   collective timeout, barriers, the collectives (`Collective`) and the dead-rank diagnosis (`RankFailure`).
 * `fitloop.distributed.strategy`: `Strategy` (the DDP or FSDP wrap the Trainer asks for, the epoch's
-  global reductions, `no_sync`) and `DistributedSync` (the callback that makes every rank decide alike).
+  global reductions, `no_sync`). The callback that makes every rank decide alike, `DistributedSync`, is
+  `fitloop.callbacks.distributed_sync` (the callbacks use this package, never the other way round).
 * `fitloop.distributed.fsdp`: sharded checkpoints through `torch.distributed.checkpoint`, full state dicts.
 """
 

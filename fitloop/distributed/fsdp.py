@@ -8,7 +8,8 @@ A checkpoint of an FSDP run is two things next to each other in `checkpoints/`:
 The `.safetensors` file is written after the shards are complete, and `latest` points to it only then,
 so a crash leaves the previous checkpoint in charge. The final model bundle is one ordinary
 `model.safetensors` with full tensors: `fl.load` reads it in one process. Every function here is a
-collective: every rank calls it.
+collective: every rank calls it. torch.distributed's checkpoint and tensor modules are imported in the
+functions: only FSDP runs need them, they load much of torch.distributed, and some torch builds lack them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from ..checkpoint_format import CheckpointError
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -81,8 +84,6 @@ def load_sharded(trainer: Trainer, ck: dict[str, Any]) -> None:
 
     path = Path(str(ck["_path"])).parent / ck["dcp"]
     if not path.is_dir():
-        from ..checkpoint_format import CheckpointError
-
         raise CheckpointError(f"{ck['_path']}: its sharded model and optimizer states ({path}) are missing.")
     msd, osd = get_state_dict(trainer.model, trainer.optimizer)
     box: dict[str, Any] = {"model": msd, "optimizer": osd}

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..state import rng_state, set_rng_state
 from . import rank, world_size
 from .fsdp import save_sharded
 from .group import Collective
@@ -28,8 +29,6 @@ __all__ = ["add_rank_states", "restore_rank_state"]
 
 def add_rank_states(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
     """Add `world_size` and every rank's own state to `state` (the checkpoint rank 0 writes to `path`)."""
-    from ..state import rng_state
-
     st = trainer.state
     state["world_size"] = world_size()
     state["ranks"] = Collective(trainer.device).gather_objects({
@@ -41,8 +40,6 @@ def add_rank_states(trainer: Trainer, state: dict[str, Any], path: Path) -> None
 
 def restore_rank_state(trainer: Trainer, ck: dict[str, Any]) -> None:
     """On resume, after `Trainer.load_state_dict(ck)`: this rank's RNGs and its part of the current epoch."""
-    from ..state import set_rng_state
-
     if not ck.get("ranks"):
         return
     mine, st, dev = ck["ranks"][rank()], trainer.state, trainer.device

@@ -1,7 +1,9 @@
 """How a Trainer runs on several processes: the DDP or FSDP wrap, the epoch's global reductions, the
 agreed decisions. The Trainer asks for it once (`Strategy.from_config`) and otherwise only through
 public seams: the model it wraps, `finish_epoch` for the epoch's loss and metrics, `no_sync` for the
-training step, and the `DistributedSync` callback for every decision a rank could otherwise take alone.
+training step. Every decision a rank could otherwise take alone is agreed on by the `DistributedSync`
+callback (`fitloop.callbacks.distributed_sync`), which the Trainer adds with a strategy and which uses
+`collective`; this package imports nothing from the callbacks.
 
     torchrun --nproc-per-node 2 train.py       # or: fitloop train data.csv --target y --nproc 2
 
@@ -24,19 +26,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..callbacks.base import Callback
+from ..devices import pick_device
 from . import is_main_process
-from .group import Collective, diagnose, init_from_env, is_collective_error
+from .group import Collective, init_from_env
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..state import TrainState
     from ..trainer import Trainer
 
-__all__ = ["Strategy", "DistributedSync", "STRATEGIES"]
+__all__ = ["Strategy", "STRATEGIES"]
 
 STRATEGIES = ("auto", "ddp", "fsdp")
-SYNC_EVERY = 64  # steps between two agreements on a stop (a signal, a callback's request) mid-epoch
 
 
 class Strategy:
@@ -57,8 +58,6 @@ class Strategy:
     def setup(cls, cfg: TrainConfig) -> tuple[Strategy | None, torch.device]:
         """`(strategy, device)` for a Trainer: `from_config`'s strategy and its device, or `(None, the device
         `cfg.device` picks)` in one process."""
-        from ..devices import pick_device
-
         strategy = cls.from_config(cfg)
         return strategy, (pick_device(cfg.device) if strategy is None else strategy.device)
 
@@ -83,7 +82,7 @@ class Strategy:
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model for training, already on `self.device`: DDP-wrapped, or sharded in place by FSDP
         (before the optimizer is built: FSDP replaces the parameters)."""
-        if self.kind == "fsdp":
+        if self.kind == "fsdp":  # (imported here: only FSDP needs them, and they load much of torch.distributed)
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
@@ -106,11 +105,6 @@ class Strategy:
             yield
         finally:
             model.set_requires_gradient_sync(True)  # type: ignore[operator]
-
-    def callbacks(self) -> list[Callback]:
-        """The callbacks the Trainer adds after the user's (so it sees their stop requests) and before its
-        own printer and run-directory callback (so they see the agreed decision)."""
-        return [DistributedSync(self)]
 
     def finish_epoch(self, state: TrainState) -> tuple[dict[str, Any], list[tuple[torch.Tensor, Any]]]:
         """`state.finish_epoch()` over every rank: the loss is the global mean weighted by rows (not a mean
@@ -135,71 +129,3 @@ class Strategy:
         batch = "full batch" if b is None else f"batch_size {b} per process, global batch {b * self.world}"
         return (f"Distributed: {self.world} processes ({self.kind.upper()}, {self.backend} on "
                 f"{self.device.type}); {batch}.")
-
-
-class DistributedSync(Callback):
-    """Makes every rank take the same decisions at the same step, so no rank leaves the loop while another
-    waits in a collective.
-
-    A stop that one rank asks for during an epoch (a callback's `should_stop`, a SIGINT/SIGTERM the
-    run-directory callback caught) is held back and agreed on by all-reduce every `sync_every` optimizer
-    steps and at every epoch's end: then every rank stops at the same step (and writes the same
-    checkpoint). A time-based checkpoint (`checkpoint_every_seconds`: each rank's own clock) is agreed on
-    in the same all-reduce, so it lands on the same step everywhere. Early stopping, the best checkpoint
-    and the NaN/inf check decide on values that are already identical on every rank (the epoch's logs are
-    global; gradients are all-reduced, and a rank whose loss alone is NaN/inf poisons its gradients so
-    that every rank sees it). A failed
-    collective (a rank died or hangs) becomes `RankFailure`, naming the rank, within the timeout.
-    """
-
-    def __init__(self, strategy: Strategy, sync_every: int = SYNC_EVERY):
-        self.strategy, self.sync_every = strategy, sync_every
-        self._pending: str | None = None  # this rank's stop request, not yet agreed
-        self._asked = False
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self._pending = None
-        trainer.log(self.strategy.describe(trainer))
-
-    def _hold(self, trainer: Trainer) -> None:
-        if trainer.should_stop:  # asked for on this rank only: wait for the next agreement
-            self._pending = trainer.stop_reason or "stop requested"
-            trainer.should_stop = False
-
-    def on_train_batch_end(self, trainer: Trainer, step: int, loss: Any) -> None:
-        self._hold(trainer)
-
-    def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
-        self._hold(trainer)
-        if step % self.sync_every == 0 and trainer.state.batch < trainer.steps_per_epoch:
-            self.agree(trainer)
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
-        self._hold(trainer)
-        self.agree(trainer)
-
-    def agree(self, trainer: Trainer) -> None:
-        """One all-reduce: does any rank want to stop (or has a signal), and is a time-based checkpoint due
-        by any rank's clock? Then every rank stops, or checkpoints, alike."""
-        ckpt = trainer.checkpointer
-        signum = ckpt.pending_signal if ckpt is not None else None
-        stop, save = self.strategy.collective.flags(self._pending is not None or signum is not None,
-                                                    ckpt is not None and ckpt.time_due())
-        if save and ckpt is not None:
-            ckpt.save_agreed = True  # it writes the checkpoint at this step (or this epoch's end) on every rank
-        if not stop:
-            return
-        wishes = self.strategy.collective.gather_objects((self._pending, signum))
-        reason = next((r for r, _ in wishes if r is not None), None)
-        sig = next((s for _, s in wishes if s is not None), None)
-        self._pending = None
-        if sig is not None and ckpt is not None:
-            ckpt.agree_signal(sig)  # it writes the checkpoint and stops the run on every rank
-        if reason is not None:
-            trainer.should_stop, trainer.stop_reason = True, reason
-
-    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
-        if is_collective_error(error):
-            failure = diagnose(error, f"training (epoch {trainer.state.epoch + 1}, global step {trainer.state.step})")
-            if failure is not None:
-                raise failure from error
