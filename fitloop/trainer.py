@@ -9,8 +9,9 @@
         stop flag?
                                             on_fit_end (or on_exception)
 
-The Trainer owns its state (`TrainState`, the RNGs, the data order): `state_dict()` holds everything a
-resume needs and `load_state_dict()` puts it back; the run-directory callback uses nothing else.
+The Trainer owns its state (`TrainState`: the position, the history, the stop flag; the RNGs, the data
+order): `state_dict()` holds everything a resume needs and `load_state_dict()` puts it back; the
+run-directory callback uses nothing else.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +30,7 @@ from . import _fastpath
 from .bundle import check_state_shapes, save_bundle
 from .callbacks.base import EVENTS, Callback, callback_states, dispatch, handlers, load_callback_states
 from .callbacks.checkpoint import Checkpointer
+from .callbacks.distributed_sync import DistributedSync
 from .callbacks.progress import ProgressPrinter
 from .callbacks.verdict import VerdictReporter
 from .checkpoint_format import ResumeMismatchError
@@ -104,7 +105,10 @@ class Trainer:
         self.scheduler_interval = "epoch"
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.callbacks: list[Callback] = [*(callbacks or []), *(self.strategy.callbacks() if self.strategy else [])]
+        # several processes: DistributedSync after the user's callbacks (it sees their stop requests), before the
+        # Trainer's own (they see the agreed decision)
+        sync = [DistributedSync(self.strategy)] if self.strategy is not None else []
+        self.callbacks: list[Callback] = [*(callbacks or []), *sync]
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected Callback objects, got {type(cb).__name__}.")
@@ -114,9 +118,6 @@ class Trainer:
             cfg.print_every)]), *([Checkpointer(cfg.run_dir, cfg)] if cfg.run_dir else [])]
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order, on the CPU
         self.state = TrainState(epoch_lr=float(self.optimizer.param_groups[0]["lr"]))
-        self.history: list[dict[str, Any]] = []
-        self.should_stop = False
-        self.stop_reason: str | None = None
         self.last_metrics: dict[str, Any] | None = None
         self.train_data: Data = None  # what the current (or last) fit trains and validates on
         self.val_data: Data = None
@@ -130,7 +131,6 @@ class Trainer:
         self._compiled_step: CompiledStep | None = None  # compile="step": kept across fits
         self._keep_outputs = True
         self._handlers: dict[str, list[Callable[..., Any]]] = {}
-        self._epoch_t0: float | None = None  # when the current epoch (or its resumed part) started
         self._resuming = False
 
     # ------------------------------------------------------------------ properties
@@ -149,6 +149,33 @@ class Trainer:
     def target_epochs(self) -> int:
         """The epoch the current fit trains to."""
         return self.state.target_epochs
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict of logs per finished epoch (`state.history`)."""
+        return self.state.history
+
+    @history.setter
+    def history(self, value: list[dict[str, Any]]) -> None:
+        self.state.history = value
+
+    @property
+    def should_stop(self) -> bool:
+        """Set it (and `stop_reason`) in a callback to stop the run (`state.should_stop`)."""
+        return self.state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.should_stop = value
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run stopped early, or None (`state.stop_reason`)."""
+        return self.state.stop_reason
+
+    @stop_reason.setter
+    def stop_reason(self, value: str | None) -> None:
+        self.state.stop_reason = value
 
     @property
     def checkpointer(self) -> Checkpointer | None:
@@ -178,7 +205,7 @@ class Trainer:
             train_batches, val_batches, training_step = self._setup_fit(train, val)
             try:
                 self._emit("on_fit_start")
-                while st.epoch < st.target_epochs and not self.should_stop:
+                while st.epoch < st.target_epochs and not st.should_stop:
                     if self._begin_epoch():  # a new epoch (not one a resume continues)
                         self._emit("on_epoch_start", st.epoch + 1)
                     for x, y in train_batches.epoch(self.generator, st.batch):
@@ -187,7 +214,7 @@ class Trainer:
                         self._emit("on_train_batch_end", st.step, loss)
                         if training_step.ends_step(st.batch - 1):
                             self._emit("on_optimizer_step", st.step)
-                        if self.should_stop:
+                        if st.should_stop:
                             break
                     if st.batch < len(train_batches):  # stopped mid-epoch (a signal): no epoch record
                         break
@@ -198,15 +225,15 @@ class Trainer:
                     if val_batches is not None:
                         self._emit("on_validation_end", logs)
                     self._emit("on_epoch_end", st.epoch, logs)
-                if self.stop_reason:
-                    self.log(f"Stopped: {self.stop_reason}.")
+                if st.stop_reason:
+                    self.log(f"Stopped: {st.stop_reason}.")
                 self._emit("on_fit_end")
             except BaseException as error:
                 self._emit("on_exception", error)  # every handler runs, even if one raises
                 raise
             finally:
                 self._end_fit()
-        return self.history
+        return st.history
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step: forward, loss, zero_grad, backward, optimizer step.
@@ -263,7 +290,7 @@ class Trainer:
         if not resuming:  # a resume continues to the checkpoint's target; a fit trains `epochs` more
             if st.target_epochs <= st.epoch and st.batch == 0:
                 st.target_epochs = st.epoch + cfg.epochs
-            self.should_stop, self.stop_reason = False, None
+            st.should_stop, st.stop_reason = False, None
         if self._scheduler_arg is not None and self.scheduler is None:
             # A scheduler's constructor resets the lr (OneCycle: the betas too); a loaded state keeps its own.
             groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
@@ -290,14 +317,13 @@ class Trainer:
 
     def _end_fit(self) -> None:
         """After fit, however it ended: an unfinished epoch keeps its time; callbacks may change now."""
-        if self._epoch_t0 is not None and self.state.batch:
-            self.state.epoch_time += time.perf_counter() - self._epoch_t0
-        self._epoch_t0, self._handlers = None, {}
+        self.state.stop_timer()
+        self._handlers = {}
 
     def _begin_epoch(self) -> bool:
         """Start an epoch, or continue the one a checkpoint was written in. True for a new one."""
         st = self.state
-        self._epoch_t0 = time.perf_counter()
+        st.start_timer()
         if not self.model.training:  # validation puts it back after itself; this is for a first fit
             self.model.train()
         if st.batch == 0:
@@ -324,8 +350,8 @@ class Trainer:
         logs = {"epoch": st.epoch, **{k: to_python(v) for k, v in logs.items()}}
         if self.training_step is not None:
             self.training_step.check_epoch_loss(logs["loss"])
-        logs["time"] = st.epoch_time + time.perf_counter() - (self._epoch_t0 or time.perf_counter())
-        self.history.append(logs)
+        logs["time"] = st.epoch_seconds()
+        st.history.append(logs)
         return logs
 
     def _emit(self, event: str, *args: Any) -> None:
@@ -412,20 +438,15 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this Trainer exactly, as plain data and tensors: the config,
         model, optimizer, scheduler and scaler states, `TrainState`, the RNGs (the data generator's
-        included), every callback's state, the history and the stop flag."""
-        st = self.state
-        running = st.batch and self._epoch_t0 is not None
-        mid_epoch_time = st.epoch_time + time.perf_counter() - self._epoch_t0 if running else None  # type: ignore[operator]
+        included) and every callback's state. `TrainState` brings the history and the stop flag."""
         scheduler = self.scheduler.state_dict() if self.scheduler is not None else self._scheduler_state
         return {
             "config": self.config.to_dict(), "config_hash": self.config.fingerprint(),
             "model": _fastpath.unwrap_model(self.model).state_dict(),
             "optimizer": _fastpath.optimizer_state_dict(self.optimizer), "scheduler": scheduler,
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "train_state": st.state_dict(epoch_time=mid_epoch_time),
             "rng": rng_state(self.generator), "callbacks": callback_states(self.callbacks),
-            "history": list(self.history),
-            "should_stop": self.should_stop, "stop_reason": self.stop_reason,
+            **self.state.checkpoint_entries(),  # "train_state", "history", "should_stop", "stop_reason"
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
@@ -439,7 +460,7 @@ class Trainer:
         """
         where = state.get("_path", "the state dict")
         model = _fastpath.unwrap_model(self.model)
-        ts = dict(state["train_state"])
+        ts = state["train_state"]
         # everything that can refuse the state is checked before anything is changed
         check_state_shapes(model, state["model"], where=str(where))
         has_scheduler = self.scheduler is not None or self._scheduler_arg is not None
@@ -461,11 +482,7 @@ class Trainer:
         _fastpath.mark_optimizer_stepped(self.optimizer, ts["step"] > 0)
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
-        for key in ("outputs", "grad_norms"):  # checkpoints of fitloop <= 0.1 kept these at the top level
-            ts.setdefault(key, state.get(key, []))
-        self.state.load_state_dict(ts, self.device)
-        self.history = list(state["history"])
-        self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
+        self.state.load_checkpoint_entries(state, self.device)
         load_callback_states(self.callbacks, state["callbacks"], strict=strict)
         set_rng_state(self.generator, state["rng"])
 
