@@ -23,7 +23,8 @@ the new one; resuming picks the newest checkpoint that loads and verifies.
 
 The `Checkpointer` composes three parts, each with one job: `RunDirectory` (the files,
 `fitloop.callbacks.run_directory`), `SavePolicy` (when to checkpoint, which checkpoints to keep,
-`fitloop.callbacks.save_policy`) and `SignalHandler` (SIGINT/SIGTERM, `fitloop.callbacks.signals`).
+`fitloop.callbacks.save_policy`) and `SignalHandler` (SIGINT/SIGTERM, `fitloop.callbacks.signals`);
+the checks before a resume are `fitloop.callbacks.resume`.
 With several processes it agrees with the other ranks through `DistributedSync`, by the interface in
 `fitloop.callbacks.agreement`.
 """
@@ -32,31 +33,22 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
 from .._fastpath import unwrap_model
-from ..bundle import check_state_shapes
-from ..checkpoint_format import (
-    CheckpointWarning,
-    ResumeMismatchError,
-    checkpoint_name,
-    load_checkpoint,
-    load_latest,
-)
-from ..config import RESUME_IGNORED
+from ..checkpoint_format import checkpoint_name
 from ..distributed import is_main_process, world_size
-from ..distributed.fsdp import load_sharded
 from ..distributed.group import barrier
 from ..distributed.ranks import add_rank_states, restore_rank_state
 from ..files import versions
 from ..step import NonFiniteError
 from .agreement import LocalRequests
 from .base import Callback
-from .fingerprints import data_fingerprint, differences
+from .fingerprints import data_fingerprint
+from .resume import load_for_resume
 from .run_directory import RunDirectory, now, resolve_run_dir
 from .save_policy import SavePolicy
 from .signals import EXIT_SIGINT, EXIT_SIGTERM, REPEAT_SECONDS, RunInterrupted, SignalHandler
@@ -158,39 +150,10 @@ class Checkpointer(Callback):
             ValueError: the model's parameter shapes differ from the checkpoint's.
         """
         self.run.cleanup_temps()
-        ck = load_checkpoint(checkpoint) if checkpoint is not None else load_latest(self.dir)
-        where = str(ck.get("_path"))
-        if int(ck.get("world_size", 1)) != world_size():
-            raise ResumeMismatchError(f"Cannot resume from {where}: it was written by {ck.get('world_size', 1)} "
-                                      f"process(es), this run has {world_size()}; resume with as many (the shards "
-                                      "and the global batch depend on it).")
-        if "dcp" in ck:  # FSDP: every rank reads its shards of the model and optimizer states
-            load_sharded(trainer, ck)
-        check_state_shapes(unwrap_model(trainer.model), ck["model"], where=where)
-        problems = self._changes_since(ck, trainer, train, val)
-        if problems:
-            msg = (f"Cannot resume from {where}: what changed since the checkpoint (saved -> now): "
-                   + "; ".join(problems) + ". Resume with the same settings and data, or pass force=True "
-                   "(--force) to resume anyway.")
-            if not force:
-                raise ResumeMismatchError(msg)
-            warnings.warn(msg.replace("Cannot resume", "Resuming despite changes,"), CheckpointWarning,
-                          stacklevel=3)
+        ck = load_for_resume(self.dir, trainer, train, val, checkpoint=checkpoint, force=force)
         if "checkpointer" in ck and not any(c["class"] == type(self).__name__ for c in ck["callbacks"]):
             ck["callbacks"].append({"class": type(self).__name__, "state": ck["checkpointer"]})  # fitloop <= 0.1
         return ck
-
-    @staticmethod
-    def _changes_since(ck: dict[str, Any], trainer: Trainer, train: Any, val: Any) -> list[str]:
-        """What differs between checkpoint `ck` and now: the config's settings, the data's fingerprints."""
-        fingerprints = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
-        problems = differences("config ", ck.get("config"), trainer.config.to_dict(), RESUME_IGNORED)
-        for part in ("train", "val"):
-            old, new = (ck.get("data") or {}).get(part), fingerprints.get(part)
-            if old != new:
-                diffs = differences(f"{part} data ", old, new) or [f"{part} data: {old!r} -> {new!r}"]
-                problems += [d.replace(" data ", " data: ", 1) for d in diffs]
-        return problems
 
     def continue_from(self, ck: dict[str, Any]) -> None:
         """The Trainer has loaded `ck` (from `prepare_resume`): the next `on_fit_start` continues this
