@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ._fastpath import unwrap_model
@@ -29,8 +32,6 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] 
     The JSON holds the model's spec (when it was built from one), its class, the parameter shapes,
     `meta` (task, metrics, config, preprocessing, ...) and the library versions.
     """
-    from safetensors.torch import save as st_save
-
     model = unwrap_model(model)
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in full_state_dict(model).items()}  # FSDP: on every rank
@@ -58,7 +59,7 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] 
         "aliases": aliases,
         **(meta or {}),
     }
-    atomic_write_bytes(path / WEIGHTS, st_save(tensors, metadata={"format": "fitloop"}))
+    atomic_write_bytes(path / WEIGHTS, save_safetensors(tensors, metadata={"format": "fitloop"}))
     atomic_write_bytes(path / META, json.dumps(info, indent=2, default=_json_default).encode())
     return str(path)
 
@@ -103,9 +104,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, device: str
         ValueError: the bundle has no spec and no model was given, or the shapes don't match
             (the message lists the mismatching parameter names).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     meta = read_meta(path)
     weights = Path(path) / WEIGHTS
     try:

@@ -27,6 +27,18 @@ RESUME_IGNORED = ("quiet", "print_every", "run_dir", "device", "num_workers", "e
 GUARD_NAMES = ("loss_shapes", "class_targets", "leakage", "unscaled", "divergence")
 
 
+def _bad(name: str, value: Any, fix: str) -> None:
+    raise ValueError(f"{name}: got {value!r}; {fix}")
+
+
+def _whole(v: Any) -> bool:  # an int, not a bool (True == 1 would slip through)
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a `Trainer` that is plain data (so it can be saved, hashed and compared).
@@ -136,27 +148,25 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        def bad(name: str, value: Any, fix: str) -> None:
-            raise ValueError(f"{name}: got {value!r}; {fix}")
+        """Raise a `ValueError` naming the first bad setting and the fix; `penalty` becomes `(str, float)`."""
+        self._validate_training()
+        self._validate_loop()
+        self._validate_guards()
 
-        def whole(v: Any) -> bool:  # an int, not a bool (True == 1 would slip through)
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        if not whole(self.epochs) or self.epochs < 0:
-            bad("epochs", self.epochs, "pass a whole number >= 0.")
-        if self.batch_size is not None and (not whole(self.batch_size) or self.batch_size < 1):
-            bad("batch_size", self.batch_size, "pass a whole number >= 1, or None for full-batch training.")
-        if self.lr is not None and not (number(self.lr) and self.lr > 0):
-            bad("lr", self.lr, "pass a learning rate > 0, e.g. lr=1e-3.")
-        if not whole(self.accumulate) or self.accumulate < 1:
-            bad("accumulate", self.accumulate, "pass a whole number >= 1 (micro-batches per optimizer step).")
+    def _validate_training(self) -> None:
+        """What one optimizer step does: the budget, batch, lr, precision, task, regularisation, clipping."""
+        if not _whole(self.epochs) or self.epochs < 0:
+            _bad("epochs", self.epochs, "pass a whole number >= 0.")
+        if self.batch_size is not None and (not _whole(self.batch_size) or self.batch_size < 1):
+            _bad("batch_size", self.batch_size, "pass a whole number >= 1, or None for full-batch training.")
+        if self.lr is not None and not (_number(self.lr) and self.lr > 0):
+            _bad("lr", self.lr, "pass a learning rate > 0, e.g. lr=1e-3.")
+        if not _whole(self.accumulate) or self.accumulate < 1:
+            _bad("accumulate", self.accumulate, "pass a whole number >= 1 (micro-batches per optimizer step).")
         if self.precision not in PRECISIONS:
-            bad("precision", self.precision, f"choose one of {PRECISIONS}.")
+            _bad("precision", self.precision, f"choose one of {PRECISIONS}.")
         if self.task is not None and self.task not in ("regression", "binary", "multiclass", "classification"):
-            bad("task", self.task, "choose 'regression', 'binary', 'multiclass' or 'classification'.")
+            _bad("task", self.task, "choose 'regression', 'binary', 'multiclass' or 'classification'.")
         if self.penalty is not None:
             pen: tuple[Any, ...] = tuple(self.penalty)
             try:
@@ -164,47 +174,53 @@ class TrainConfig:
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                bad("penalty", self.penalty, "pass ('l1', strength) or ('l2', strength), e.g. ('l2', 1e-4).")
+                _bad("penalty", self.penalty, "pass ('l1', strength) or ('l2', strength), e.g. ('l2', 1e-4).")
             self.penalty = (str(pen[0]), float(pen[1]))
-        if not number(self.input_noise) or self.input_noise < 0:
-            bad("input_noise", self.input_noise, "pass a standard deviation >= 0.")
+        if not _number(self.input_noise) or self.input_noise < 0:
+            _bad("input_noise", self.input_noise, "pass a standard deviation >= 0.")
         for name in ("clip_grad_norm", "clip_grad_value"):
             v = getattr(self, name)
-            if v is not None and not (number(v) and v > 0):
-                bad(name, v, "pass a value > 0, or None to turn clipping off.")
+            if v is not None and not (_number(v) and v > 0):
+                _bad(name, v, "pass a value > 0, or None to turn clipping off.")
+
+    def _validate_loop(self) -> None:
+        """The loop around the steps: monitoring, schedules, checkpoints, compilation, processes, threads."""
         if self.mode not in ("min", "max"):
-            bad("mode", self.mode, "choose 'min' or 'max'.")
+            _bad("mode", self.mode, "choose 'min' or 'max'.")
         if self.on_nonfinite not in ("stop", "skip"):
-            bad("on_nonfinite", self.on_nonfinite, "choose 'stop' or 'skip'.")
+            _bad("on_nonfinite", self.on_nonfinite, "choose 'stop' or 'skip'.")
         if self.scheduler_interval not in (None, "step", "epoch"):
-            bad("scheduler_interval", self.scheduler_interval, "choose 'step' or 'epoch'.")
-        if self.checkpoint_every_steps is not None and (not whole(self.checkpoint_every_steps)
+            _bad("scheduler_interval", self.scheduler_interval, "choose 'step' or 'epoch'.")
+        if self.checkpoint_every_steps is not None and (not _whole(self.checkpoint_every_steps)
                                                         or self.checkpoint_every_steps < 1):
-            bad("checkpoint_every_steps", self.checkpoint_every_steps, "pass a whole number >= 1 or None.")
+            _bad("checkpoint_every_steps", self.checkpoint_every_steps, "pass a whole number >= 1 or None.")
         secs = self.checkpoint_every_seconds
-        if secs is not None and not (number(secs) and secs > 0):
-            bad("checkpoint_every_seconds", secs, "pass a number of seconds > 0 or None.")
-        if not whole(self.keep_last) or self.keep_last < 1:
-            bad("keep_last", self.keep_last, "keep at least 1 checkpoint.")
+        if secs is not None and not (_number(secs) and secs > 0):
+            _bad("checkpoint_every_seconds", secs, "pass a number of seconds > 0 or None.")
+        if not _whole(self.keep_last) or self.keep_last < 1:
+            _bad("keep_last", self.keep_last, "keep at least 1 checkpoint.")
         if not any(self.compile is c for c in (False, True)) and self.compile not in ("model", "step"):
-            bad("compile", self.compile, "pass True or 'model' (compile the model), 'step' (compile the whole "
+            _bad("compile", self.compile, "pass True or 'model' (compile the model), 'step' (compile the whole "
                 "training step) or False.")
         if self.strategy not in ("auto", "ddp", "fsdp"):
-            bad("strategy", self.strategy, "choose 'auto', 'ddp' or 'fsdp'.")
-        if not number(self.dist_timeout) or self.dist_timeout <= 0:
-            bad("dist_timeout", self.dist_timeout, "pass a number of seconds > 0.")
-        if self.threads is not None and (not whole(self.threads) or self.threads < 1):
-            bad("threads", self.threads, "pass a whole number >= 1 or None.")
+            _bad("strategy", self.strategy, "choose 'auto', 'ddp' or 'fsdp'.")
+        if not _number(self.dist_timeout) or self.dist_timeout <= 0:
+            _bad("dist_timeout", self.dist_timeout, "pass a number of seconds > 0.")
+        if self.threads is not None and (not _whole(self.threads) or self.threads < 1):
+            _bad("threads", self.threads, "pass a whole number >= 1 or None.")
+
+    def _validate_guards(self) -> None:
+        """`guards`: a bool, or a dict of known guard names to their allowed values."""
         if not isinstance(self.guards, (bool, dict)):
-            bad("guards", self.guards, 'pass a dict such as {"leakage": False}, True (all on) or False (all off).')
+            _bad("guards", self.guards, 'pass a dict such as {"leakage": False}, True (all on) or False (all off).')
         for name, v in (self.guards.items() if isinstance(self.guards, dict) else ()):
             if name not in GUARD_NAMES:
                 close = difflib.get_close_matches(str(name), GUARD_NAMES, n=1)
-                bad("guards", self.guards, f"unknown guard {name!r}" + (f" (did you mean {close[0]!r}?)" if close
+                _bad("guards", self.guards, f"unknown guard {name!r}" + (f" (did you mean {close[0]!r}?)" if close
                     else "") + f"; the guards are {', '.join(GUARD_NAMES)}.")
             allowed: tuple[Any, ...] = (True, False, "warn", "error") if name == "leakage" else (True, False)
             if not any(v is a or (isinstance(a, str) and v == a) for a in allowed):
-                bad(f"guards[{name!r}]", v, f"choose one of {allowed}.")
+                _bad(f"guards[{name!r}]", v, f"choose one of {allowed}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+
 __all__ = ["atomic_write_bytes", "write_json_atomic", "versions"]
 
 _UMASK = os.umask(0)
@@ -61,8 +63,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 def versions() -> dict[str, str]:
     """The fitloop, torch and Python versions, as stored in run files, checkpoints and bundles."""
-    import torch
-
-    from . import __version__
+    import torch  # here, not at the top: the CLI imports this module before it needs torch (`fitloop --help`)
 
     return {"fitloop": __version__, "torch": torch.__version__, "python": platform.python_version()}

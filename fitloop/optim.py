@@ -25,6 +25,8 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
     "bce_with_logits": nn.BCEWithLogitsLoss,
 }
 
+_Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
 _TASK_OF_LOSS = {
     nn.MSELoss: "regression", nn.L1Loss: "regression", nn.HuberLoss: "regression",
     nn.SmoothL1Loss: "regression", nn.CrossEntropyLoss: "multiclass", nn.NLLLoss: "multiclass",
@@ -167,7 +169,6 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
         `(scheduler, interval)`.
     """
     sched_mod = torch.optim.lr_scheduler
-    natural = "epoch"
     if interval not in (None, "step", "epoch"):
         raise ValueError(f"scheduler_interval: expected 'step' or 'epoch', got {interval!r}.")
     if isinstance(scheduler, tuple) and len(scheduler) == 2 and isinstance(scheduler[0], str):
@@ -177,54 +178,15 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
     else:
         name, kw = None, {}
     monitor = kw.pop("monitor", None)
+    sched: _Scheduler
     if name is not None:
-        key = name.lower()
-        natural = "step" if key in ("onecycle", "warmup_cosine") else "epoch"
-        per_step = (interval or natural) == "step"
+        natural = "step" if name.lower() in ("onecycle", "warmup_cosine") else "epoch"
         # Schedules are counted in the unit they step in: optimizer steps, or epochs.
-        units_per_epoch = steps_per_epoch if per_step else 1
-        total = epochs * units_per_epoch
-        sched: sched_mod.LRScheduler | sched_mod.ReduceLROnPlateau
-        if key == "step":
-            sched = sched_mod.StepLR(optimizer, **{"step_size": 30, "gamma": 0.1, **kw})
-        elif key == "multistep":
-            sched = sched_mod.MultiStepLR(optimizer, **kw)
-        elif key == "exponential":
-            sched = sched_mod.ExponentialLR(optimizer, **{"gamma": 0.95, **kw})
-        elif key == "cosine":
-            sched = sched_mod.CosineAnnealingLR(optimizer, **{"T_max": total, **kw})
-        elif key == "linear":
-            sched = sched_mod.LinearLR(optimizer, **{"start_factor": 1.0, "end_factor": 0.0,
-                                                     "total_iters": total, **kw})
-        elif key == "constant":
-            sched = sched_mod.ConstantLR(optimizer, **{"factor": 1.0, **kw})
-        elif key == "plateau":
-            sched = sched_mod.ReduceLROnPlateau(optimizer, **kw)
-        elif key == "onecycle":
-            max_lr = kw.pop("max_lr", [g["lr"] for g in optimizer.param_groups])
-            sched = sched_mod.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs,
-                                         steps_per_epoch=units_per_epoch, **kw)
-        elif key == "warmup_cosine":
-            if "warmup_epochs" in kw:
-                kw["warmup_steps"] = kw.pop("warmup_epochs") * units_per_epoch
-            kw.setdefault("warmup_steps", max(1, total // 20))
-            kw.setdefault("total_steps", total)
-            sched = warmup_cosine(optimizer, **kw)
-        else:
-            raise ValueError(f"scheduler: unknown name {name!r}.{_suggest(key, SCHEDULER_NAMES)} "
-                             f"Valid names: {', '.join(SCHEDULER_NAMES)}; or pass a scheduler instance.")
-    elif isinstance(scheduler, (sched_mod.LRScheduler, sched_mod.ReduceLROnPlateau)):
-        sched = scheduler
-    elif callable(scheduler):
-        sched = scheduler(optimizer)
-        if not isinstance(sched, (sched_mod.LRScheduler, sched_mod.ReduceLROnPlateau)):
-            raise TypeError(f"scheduler: the factory returned {type(sched).__name__}, "
-                            "not a torch LR scheduler.")
+        units_per_epoch = steps_per_epoch if (interval or natural) == "step" else 1
+        sched = _named_scheduler(name, kw, optimizer, epochs, units_per_epoch)
     else:
-        raise TypeError(f"scheduler: expected a name, a (name, kwargs) pair, a scheduler or a factory, "
-                        f"got {type(scheduler).__name__}.")
-    if name is None and isinstance(sched, sched_mod.OneCycleLR):
-        natural = "step"  # OneCycleLR is defined in steps
+        sched = _given_scheduler(scheduler, optimizer)
+        natural = "step" if isinstance(sched, sched_mod.OneCycleLR) else "epoch"  # OneCycleLR is defined in steps
     interval = interval or natural
     if monitor is not None:
         if not isinstance(sched, sched_mod.ReduceLROnPlateau):
@@ -234,6 +196,54 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
         raise ValueError("scheduler: ReduceLROnPlateau steps on a monitored metric once per epoch; "
                          "use scheduler_interval='epoch'.")
     return sched, interval
+
+
+def _named_scheduler(name: str, kw: dict, optimizer: torch.optim.Optimizer, epochs: int,
+                     units_per_epoch: int) -> _Scheduler:
+    """The scheduler `name` with its defaults, `kw` over them; lengths count `units_per_epoch` per epoch."""
+    sched_mod = torch.optim.lr_scheduler
+    key = name.lower()
+    total = epochs * units_per_epoch
+    if key == "step":
+        return sched_mod.StepLR(optimizer, **{"step_size": 30, "gamma": 0.1, **kw})
+    if key == "multistep":
+        return sched_mod.MultiStepLR(optimizer, **kw)
+    if key == "exponential":
+        return sched_mod.ExponentialLR(optimizer, **{"gamma": 0.95, **kw})
+    if key == "cosine":
+        return sched_mod.CosineAnnealingLR(optimizer, **{"T_max": total, **kw})
+    if key == "linear":
+        return sched_mod.LinearLR(optimizer, **{"start_factor": 1.0, "end_factor": 0.0, "total_iters": total, **kw})
+    if key == "constant":
+        return sched_mod.ConstantLR(optimizer, **{"factor": 1.0, **kw})
+    if key == "plateau":
+        return sched_mod.ReduceLROnPlateau(optimizer, **kw)
+    if key == "onecycle":
+        max_lr = kw.pop("max_lr", [g["lr"] for g in optimizer.param_groups])
+        return sched_mod.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=units_per_epoch, **kw)
+    if key == "warmup_cosine":
+        if "warmup_epochs" in kw:
+            kw["warmup_steps"] = kw.pop("warmup_epochs") * units_per_epoch
+        kw.setdefault("warmup_steps", max(1, total // 20))
+        kw.setdefault("total_steps", total)
+        return warmup_cosine(optimizer, **kw)
+    raise ValueError(f"scheduler: unknown name {name!r}.{_suggest(key, SCHEDULER_NAMES)} "
+                     f"Valid names: {', '.join(SCHEDULER_NAMES)}; or pass a scheduler instance.")
+
+
+def _given_scheduler(scheduler: object, optimizer: torch.optim.Optimizer) -> _Scheduler:
+    """A scheduler instance as it is, or the one a factory `optimizer -> scheduler` builds."""
+    sched_mod = torch.optim.lr_scheduler
+    if isinstance(scheduler, (sched_mod.LRScheduler, sched_mod.ReduceLROnPlateau)):
+        return scheduler
+    if callable(scheduler):
+        sched = scheduler(optimizer)
+        if not isinstance(sched, (sched_mod.LRScheduler, sched_mod.ReduceLROnPlateau)):
+            raise TypeError(f"scheduler: the factory returned {type(sched).__name__}, "
+                            "not a torch LR scheduler.")
+        return sched
+    raise TypeError(f"scheduler: expected a name, a (name, kwargs) pair, a scheduler or a factory, "
+                    f"got {type(scheduler).__name__}.")
 
 
 def step_scheduler_epoch(scheduler: object, interval: str, logs: dict, default_monitor: str = "val_loss") -> None:

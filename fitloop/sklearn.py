@@ -30,19 +30,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .bundle import load as load_bundle
+from .bundle import read_meta, save_bundle
+from .models import MLPSpec, build_mlp
+from .trainer import Trainer
+
 SKLEARN_MIN = (1, 6)  # validate_data and __sklearn_tags__
 
 
 def _sklearn_import_error(error: ImportError) -> str:
     """The ImportError's message: scikit-learn not installed, too old (found X.Y, need 1.6), or failing."""
-    from importlib.metadata import PackageNotFoundError, version
-
     need = ".".join(map(str, SKLEARN_MIN))
     try:
         found = version("scikit-learn")
@@ -154,8 +158,6 @@ class _FitloopEstimator(BaseEstimator):
         return torch.tensor(y)
 
     def _make_module(self, n_features: int) -> nn.Module:
-        from .models import MLPSpec, build_mlp
-
         n_out = self._n_outputs()
         if self.module is None or isinstance(self.module, MLPSpec):
             src = self.module
@@ -173,8 +175,6 @@ class _FitloopEstimator(BaseEstimator):
                         f"{type(self.module).__name__}.")
 
     def _new_trainer(self, model: nn.Module) -> Any:
-        from .trainer import Trainer
-
         settings = {"quiet": not self.verbose, "lr": self.lr, "batch_size": self.batch_size,
                     "weight_decay": self.weight_decay, "seed": self.random_state, "device": self.device,
                     **(self.trainer_kwargs or {})}
@@ -208,8 +208,6 @@ class _FitloopEstimator(BaseEstimator):
 
     def save(self, path: str | os.PathLike) -> str:
         """Write a fitloop bundle (`model.safetensors` + `fitloop.json`; no pickle). Returns the directory."""
-        from .bundle import save_bundle
-
         check_is_fitted(self, "model_")
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("module", "trainer_kwargs")}
         spec = getattr(self.model_, "spec", None)
@@ -234,8 +232,6 @@ class _FitloopEstimator(BaseEstimator):
         Raises:
             ValueError: the bundle was not written by this estimator class.
         """
-        from .bundle import load, read_meta
-
         meta = read_meta(path)
         info = meta.get(_BUNDLE_KEY)
         if not info or info.get("class") != cls.__name__:
@@ -257,9 +253,9 @@ class _FitloopEstimator(BaseEstimator):
                 raise ValueError(f"{path}: the model was built by a factory; pass it again: "
                                  f"{cls.__name__}.load(path, module=factory).")
             model = est._make_module(est.n_features_in_)
-            est.model_ = load(path, model=model)
+            est.model_ = load_bundle(path, model=model)
         else:
-            est.model_ = load(path)
+            est.model_ = load_bundle(path)
         est.trainer_ = None
         return est
 

@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..distributed import is_main_process
 from ..extras import require
 from ..files import atomic_write_bytes
@@ -189,8 +191,6 @@ class GradNorm:
             return
         if self.mode == "last" and trainer.state.batch < trainer.steps_per_epoch:
             return
-        import torch
-
         grads = [p.grad for p in trainer.params if p.grad is not None]
         if grads:  # compile="step" keeps its gradients inside the graph
             norm = torch.nn.utils.get_total_norm(grads).detach()
@@ -267,7 +267,7 @@ class TensorBoardLogger(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if not is_main_process():
             return
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # the `tensorboard` extra
 
         if self.log_dir is None:
             run_dir = trainer.config.run_dir
@@ -291,7 +291,7 @@ class TensorBoardLogger(Callback):
 
     def _write_hparams(self, trainer: Trainer, metric_tags: list[str]) -> None:
         """The HPARAMS tab: the settings, linked to the scalar tags it shows for them."""
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams  # the `tensorboard` extra
 
         exp, ssi, sei = hparams(run_params(trainer, self.hparams), dict.fromkeys(metric_tags, 0.0))
         for summary in (exp, ssi, sei):

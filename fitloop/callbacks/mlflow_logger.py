@@ -7,6 +7,8 @@ values are logged, the params, the gradient norm) are in `fitloop.callbacks.logg
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,9 +127,7 @@ class MLflowLogger(Callback):
 
     def log_metrics(self, metrics: dict[str, Any], step: int = 0) -> None:
         """Log numeric `metrics` to the run at `step` (e.g. the test metrics after `fit`)."""
-        import time
-
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # the `mlflow` extra
 
         if self.run_id is None or not is_main_process():
             return
@@ -151,8 +151,6 @@ class MLflowLogger(Callback):
         if self.client is None:
             return
         if self.log_model:
-            import tempfile
-
             with tempfile.TemporaryDirectory() as tmp:
                 bundle = trainer.save(str(Path(tmp) / "model"), extra={"mlflow_run_id": self.run_id})
                 self.log_artifacts(bundle, "model")

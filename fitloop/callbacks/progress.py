@@ -18,6 +18,8 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
+import torch
+
 from ..distributed import is_main_process
 from .base import Callback
 
@@ -58,7 +60,7 @@ def _isatty(stream: Any) -> bool:
 
 
 def _in_jupyter() -> bool:
-    from rich.console import Console
+    from rich.console import Console  # here: only a bar needs rich, and a quiet or piped run skips its import
 
     return Console().is_jupyter
 
@@ -158,6 +160,7 @@ class ProgressPrinter(Callback):
     # ---- the bar
 
     def _start_bar(self, stream: IO[str]) -> None:
+        # rich is imported here: the Trainer imports this module, and a quiet or piped run draws no bar
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -191,8 +194,6 @@ class ProgressPrinter(Callback):
 
     def _refresh(self, trainer: Trainer, now: float, status: str = "") -> None:
         """Redraw the bar: the only place the progress display reads a loss (one host sync)."""
-        import torch
-
         self._next = now + self.interval
         st = trainer.state
         new, sizes = st.epoch_losses[self._seen:], st.epoch_sizes[self._seen:]

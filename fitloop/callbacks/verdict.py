@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
+from ..diagnose.verdict import verdict_of
 from ..distributed import is_main_process
 from .base import Callback
 
@@ -38,8 +39,6 @@ class VerdictReporter(Callback):
             self._judge(trainer, error, show=type(error).__name__ == "NonFiniteError")
 
     def _judge(self, trainer: Trainer, error: BaseException | None, show: bool = True) -> None:
-        from ..diagnose.verdict import verdict_of
-
         self.verdict = verdict_of(trainer, error)
         if show and not trainer.config.quiet and is_main_process():
             print(str(self.verdict), file=self.stream or sys.stdout, flush=True)

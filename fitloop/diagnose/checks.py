@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import GUARD_NAMES
 from ..distributed import is_main_process
+from ..metrics import normalize_task
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -269,8 +270,6 @@ def first_step_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor | Non
     Args:
         train, val: the data the batch comes from; default: the fit's (`trainer.train_data`, `val_data`).
     """
-    from ..metrics import normalize_task
-
     s = guard_settings(trainer.config.guards)
     if y is None or not isinstance(out, torch.Tensor) or trainer.config.guards is False:
         return
@@ -304,8 +303,6 @@ def eval_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor, where: str
     Raises:
         ValueError: as `check_class_targets` and `check_loss_shapes`, the message starting with `where`.
     """
-    from ..metrics import normalize_task
-
     s = guard_settings(trainer.config.guards)
     if trainer.config.guards is False or not isinstance(out, torch.Tensor) or not isinstance(y, torch.Tensor):
         return

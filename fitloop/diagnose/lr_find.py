@@ -48,7 +48,7 @@ class LRFinderResult:
         matplotlib is imported here, and the figure is drawn with the Agg canvas without touching
         pyplot's global backend. Returns the matplotlib `Figure`.
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # the `plot` extra
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(6, 4))

@@ -30,6 +30,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from ..evaluation import resolved_task
+
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
@@ -104,20 +108,9 @@ def judge(history: list[dict[str, Any]], *, baseline_loss: float | None = None, 
         A `Verdict`.
     """
     loss, val = _series(history, "loss"), _series(history, "val_loss")
-    has_val = any("val_loss" in h for h in history)
-    epochs = len(history)
-    facts: dict[str, Any] = {"epochs": epochs, "baseline_loss": baseline_loss, "lr": lr}
-    if loss:
-        facts.update(first_loss=loss[0], final_loss=loss[-1], min_loss=min(loss))
-    if val:
-        k = min(range(len(val)), key=val.__getitem__)
-        facts.update(final_val_loss=val[-1], min_val_loss=val[k], best_epoch=history[k].get("epoch", k + 1))
-    # kept_epoch 0: early stopping kept the initial weights (no epoch beat the model it started as)
-    facts["kept_epoch"] = kept_epoch if kept_epoch is not None else (history[-1].get("epoch", epochs) if history
-                                                                      else None)
-    facts["restored"] = kept_epoch is not None  # early stopping put the weights it chose back
+    facts = _facts(history, loss, val, baseline_loss, lr, kept_epoch)
     # with no epoch finished there is no history to tell whether there was validation data: say nothing of it
-    not_judged = [] if has_val or not history else [
+    not_judged = [] if any("val_loss" in h for h in history) or not history else [
         "overfitting and whether the validation loss stayed close to the training loss: the run had no "
         "validation data (pass val to fit, or keep a validation split)"]
     if baseline_loss is None or not _finite(baseline_loss):
@@ -143,23 +136,46 @@ def judge(history: list[dict[str, Any]], *, baseline_loss: float | None = None, 
         under = _underfitting(loss, baseline_loss)
         if under:
             return verdict("underfitting", under, _underfit_advice(loss))
+    return verdict(*_trend(len(history), loss, val, baseline_loss, scale))
+
+
+def _facts(history: list[dict[str, Any]], loss: list[float], val: list[float], baseline_loss: float | None,
+           lr: float | None, kept_epoch: int | None) -> dict[str, Any]:
+    """The numbers the verdict rests on (`Verdict.facts`)."""
+    epochs = len(history)
+    facts: dict[str, Any] = {"epochs": epochs, "baseline_loss": baseline_loss, "lr": lr}
+    if loss:
+        facts.update(first_loss=loss[0], final_loss=loss[-1], min_loss=min(loss))
+    if val:
+        k = min(range(len(val)), key=val.__getitem__)
+        facts.update(final_val_loss=val[-1], min_val_loss=val[k], best_epoch=history[k].get("epoch", k + 1))
+    # kept_epoch 0: early stopping kept the initial weights (no epoch beat the model it started as)
+    facts["kept_epoch"] = kept_epoch if kept_epoch is not None else (history[-1].get("epoch", epochs) if history
+                                                                      else None)
+    facts["restored"] = kept_epoch is not None  # early stopping put the weights it chose back
+    return facts
+
+
+def _trend(epochs: int, loss: list[float], val: list[float], baseline_loss: float | None,
+           scale: float) -> tuple[str, str, str]:
+    """Rule 4 once rules 1-3 did not hold: `(kind, reason, suggestion)`, healthy or inconclusive."""
     if epochs < 2:
-        return verdict("inconclusive", "one epoch is too few to see a trend.", "Train for more epochs.")
+        return "inconclusive", "one epoch is too few to see a trend.", "Train for more epochs."
     if loss[-1] >= loss[0]:
-        return verdict("inconclusive", f"the training loss did not fall ({loss[0]:.4g} -> {loss[-1]:.4g}).",
-                       "Check the learning rate (try fitloop's lr_find) and that the targets match the loss.")
+        return ("inconclusive", f"the training loss did not fall ({loss[0]:.4g} -> {loss[-1]:.4g}).",
+                "Check the learning rate (try fitloop's lr_find) and that the targets match the loss.")
     if val and val[-1] >= val[0]:
-        return verdict("inconclusive", f"the training loss fell ({loss[0]:.4g} -> {loss[-1]:.4g}) but the "
-                       f"validation loss did not ({val[0]:.4g} -> {val[-1]:.4g}).",
-                       "Check that the validation data comes from the same distribution as the training data.")
+        return ("inconclusive", f"the training loss fell ({loss[0]:.4g} -> {loss[-1]:.4g}) but the "
+                f"validation loss did not ({val[0]:.4g} -> {val[-1]:.4g}).",
+                "Check that the validation data comes from the same distribution as the training data.")
     reason = f"the training loss fell from {loss[0]:.4g} to {loss[-1]:.4g}"
     if baseline_loss is not None:
         reason += f" (the trivial baseline's is {baseline_loss:.4g})"
     if val:
         reason += (f", and the validation loss fell to {val[-1]:.4g} and stayed within {GAP_SHARE:g} x "
                    f"{scale:.4g} of it")
-    return verdict("healthy", reason + ".", "Nothing to fix. To go further, try more epochs or a bigger model, "
-                   "and watch that the validation loss keeps up.")
+    return ("healthy", reason + ".", "Nothing to fix. To go further, try more epochs or a bigger model, "
+            "and watch that the validation loss keeps up.")
 
 
 def _diverged(history: list[dict[str, Any]], loss: list[float], error: BaseException | str | None) -> str | None:
@@ -251,8 +267,6 @@ def baseline_loss(loss_fn: Any, y: Any, task: str) -> float | None:
 
     Returns None when it cannot be computed (unlabelled data, a loss that rejects the constant output).
     """
-    import torch
-
     if not isinstance(y, torch.Tensor) or y.numel() == 0:
         return None
     try:
@@ -279,8 +293,6 @@ def targets_of(data: Any) -> Any:
     if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
         y = data[1]
     if y is not None and not hasattr(y, "numel"):
-        import torch
-
         try:
             y = torch.as_tensor(y)
         except (TypeError, ValueError, RuntimeError):
@@ -290,8 +302,6 @@ def targets_of(data: Any) -> Any:
 
 def verdict_of(trainer: Trainer, error: BaseException | None = None) -> Verdict:
     """The verdict on `trainer`'s history, its baseline loss computed from its training targets."""
-    from ..evaluation import resolved_task
-
     y = targets_of(trainer.train_data)
     task = resolved_task(trainer.task)
     if trainer.task == "classification" and y is not None and not y.is_floating_point():

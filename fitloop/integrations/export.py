@@ -39,8 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import torch
 
+from ..data import Table, TableError
 from ..extras import MissingExtraError, require
+from ..files import _fsync_dir, versions, write_json_atomic
 from .graph import build_graph, input_matrix, layout
 
 __all__ = ["export", "ExportResult", "ExportMismatchError", "MissingExtraError", "FORMATS", "input_matrix",
@@ -81,7 +85,6 @@ class ExportResult:
 def _test_rows(run: Any) -> tuple[Any, str, list[str]]:
     """The run's held-out rows, re-read from the data file its config names, or None (with a note)."""
     from ..cli.run_config import load_toml, resolve_run_config
-    from ..data import Table
 
     notes: list[str] = []
     try:
@@ -111,8 +114,6 @@ def _test_rows(run: Any) -> tuple[Any, str, list[str]]:
 
 def _edge_rows(pre: Any, n: int = EDGE_ROWS, seed: int = 0) -> Any:
     """`n` rows from the training statistics that also hit every missing-value and unseen-category path."""
-    import pyarrow as pa
-
     rng = np.random.default_rng(seed)
     cols: dict[str, Any] = {}
     for j, f in enumerate(pre.features):
@@ -147,8 +148,6 @@ def _reference(run: Any, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
 def _verification_inputs(run: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray | None], str, list[str]]:
     """(features, fitloop's outputs, where the rows come from, notes): the test rows (when they can be
     rebuilt and still fit the run) followed by the generated edge-case rows."""
-    from ..data import TableError
-
     pre = run.preprocessor
     test, source, notes = _test_rows(run)
     edge = _edge_rows(pre)
@@ -209,8 +208,6 @@ def quiet_torch(enabled: bool = True) -> Iterator[io.StringIO]:
 
 
 def _export_file(graph: Any, fmt: str, example: Any, path: str) -> None:
-    import torch
-
     batch = torch.export.Dim("batch", min=1)
     if fmt == "onnx":
         names = ["label", "probabilities"] if graph.task == "classification" else ["prediction"]
@@ -224,10 +221,8 @@ def _export_file(graph: Any, fmt: str, example: Any, path: str) -> None:
 
 def _run_file(fmt: str, path: str, x: np.ndarray) -> tuple[str, Callable[[np.ndarray], list[np.ndarray]]]:
     """Load the exported file with its own runtime; returns (runtime name, rows -> outputs)."""
-    import torch
-
     if fmt == "onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # the `export` extra
 
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         return f"onnxruntime {ort.__version__}", lambda a: list(sess.run(None, {"features": a}))
@@ -307,10 +302,7 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         >>> res = fl.export("runs/wine", format="onnx")       # doctest: +SKIP
         >>> res.path, res.max_abs_diff                        # doctest: +SKIP
     """
-    import torch
-
     from ..cli.runs import load_run
-    from ..files import _fsync_dir, versions, write_json_atomic
 
     t0 = time.perf_counter()
     if format not in FORMATS:
@@ -319,34 +311,19 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         _require_onnx()
     run = load_run(run_dir)
     path = _out_path(run.path, format, out, overwrite)
-    pre, info = run.preprocessor, run.info
-    graph = build_graph(run.model, pre, info)
+    graph = build_graph(run.model, run.preprocessor, run.info)
     x, ref, source, notes = _verification_inputs(run)
     made_dir = not path.parent.exists()
     path.parent.mkdir(exist_ok=True)  # only the default RUN_DIR/export can be missing here
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the export gets normal permissions
+    tmp = _temp_file(path)
     try:
         with quiet_torch(not debug):
             _export_file(graph, format, torch.from_numpy(x[:2].copy()), tmp)
             runtime, call = _run_file(format, tmp, x)
             outputs = call(x)
             single = call(x[:1].copy())  # batch size 1: the batch dimension really is dynamic
-        scale = float((info.get("target_scaling") or {"std": 1.0})["std"])
-        diff, diff_units, wrong = _compare(outputs, ref, scale)
-        one = _compare(single, (ref[0][:1], None if ref[1] is None else ref[1][:1]), scale)
-        diff, diff_units, wrong = max(diff, one[0]), max(diff_units, one[1]), wrong + one[2]
-        if not diff <= tolerance or wrong:
-            what = f", and the predicted class differs on {wrong} row(s)" if wrong else ""
-            units = f" ({diff_units:.3g} in {info['target']!r} units)" if run.task != "classification" else ""
-            raise ExportMismatchError(
-                f"verification failed: the exported {format} model's outputs differ from fitloop's by up to "
-                f"{diff:.3g}{units} (tolerance {tolerance:g}) on {source}{what}; nothing was written to {path}. "
-                f"This is a bug: please report it with the run directory.")
-        schema = layout(run.path, format, path, pre, info)
+        diff, diff_units = _verify(run, format, path, outputs, single, ref, tolerance, source)
+        schema = layout(run.path, format, path, run.preprocessor, run.info)
         schema["verification"] = {"rows": len(x), "source": source, "runtime": runtime, "max_abs_diff": diff,
                                   "max_abs_diff_target_units": diff_units, "tolerance": tolerance,
                                   "compared": _COMPARED[run.task], "notes": notes}
@@ -363,3 +340,32 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
             os.unlink(tmp)
     return ExportResult(path, Path(f"{path}.json"), format, len(x), diff, diff_units, tolerance, source, runtime,
                         time.perf_counter() - t0, notes)
+
+
+def _temp_file(path: Path) -> str:
+    """An empty temporary file next to `path`, with the permissions a new file gets (the umask's)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the export gets normal permissions
+    return tmp
+
+
+def _verify(run: Any, fmt: str, path: Path, outputs: list[np.ndarray], single: list[np.ndarray],
+            ref: tuple[np.ndarray, np.ndarray | None], tolerance: float, source: str) -> tuple[float, float]:
+    """The exported file's outputs (all rows, and the first row alone) against fitloop's: `(max abs
+    difference, the same in the target's units)`; raises `ExportMismatchError` beyond `tolerance` or
+    when a predicted class differs."""
+    scale = float((run.info.get("target_scaling") or {"std": 1.0})["std"])
+    diff, diff_units, wrong = _compare(outputs, ref, scale)
+    one = _compare(single, (ref[0][:1], None if ref[1] is None else ref[1][:1]), scale)
+    diff, diff_units, wrong = max(diff, one[0]), max(diff_units, one[1]), wrong + one[2]
+    if not diff <= tolerance or wrong:
+        what = f", and the predicted class differs on {wrong} row(s)" if wrong else ""
+        units = f" ({diff_units:.3g} in {run.info['target']!r} units)" if run.task != "classification" else ""
+        raise ExportMismatchError(
+            f"verification failed: the exported {fmt} model's outputs differ from fitloop's by up to "
+            f"{diff:.3g}{units} (tolerance {tolerance:g}) on {source}{what}; nothing was written to {path}. "
+            f"This is a bug: please report it with the run directory.")
+    return diff, diff_units

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import nn
+
+from ..data.reading import TableError, _as_strings, _float64
 
 __all__ = ["build_graph", "input_matrix", "layout"]
 
@@ -28,76 +34,78 @@ def build_graph(model: Any, pre: Any, info: dict[str, Any]) -> Any:
         A module taking ``features`` (float64, ``(batch, len(pre.features))``) and returning
         ``(label, probabilities)`` for classification or ``prediction`` for regression.
     """
-    import torch
-    from torch import nn
+    return FitloopGraph(model, pre, info).eval()
 
-    class FitloopGraph(nn.Module):
-        """raw float64 columns -> impute, standardize, one-hot (the `Preprocessor`'s math) -> MLP -> outputs."""
 
-        num_idx: torch.Tensor
-        median: torch.Tensor
-        mean: torch.Tensor
-        std: torch.Tensor
-        miss_pos: torch.Tensor
-        slots: torch.Tensor
-        perm: torch.Tensor
+class FitloopGraph(nn.Module):
+    """raw float64 columns -> impute, standardize, one-hot (the `Preprocessor`'s math) -> MLP -> outputs."""
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            feats = pre.features
-            num = [i for i, f in enumerate(feats) if f["kind"] == "numeric"]
-            self.register_buffer("num_idx", torch.tensor(num, dtype=torch.long))
-            for key in ("median", "mean", "std"):
-                self.register_buffer(key, torch.tensor([feats[i][key] for i in num], dtype=torch.float64))
-            miss = [p for p, i in enumerate(num) if feats[i]["missing"]]
-            self.register_buffer("miss_pos", torch.tensor(miss, dtype=torch.long))
-            self.cats = [(i, len(f["categories"]), bool(f["missing"])) for i, f in enumerate(feats)
-                         if f["kind"] == "categorical"]
-            width = max([k + 1 + m for _, k, m in self.cats], default=1)
-            self.register_buffer("slots", torch.arange(width, dtype=torch.float64))
-            # The blocks are built as [standardized numerics | missing indicators | one-hot blocks...];
-            # `perm` gathers them into the Preprocessor's feature order (`feature_names`).
-            order: list[int] = []
-            ind_base, off = len(num), len(num) + len(miss)
-            for i, f in enumerate(feats):
-                if f["kind"] == "numeric":
-                    p = num.index(i)
-                    order.append(p)
-                    if f["missing"]:
-                        order.append(ind_base + miss.index(p))
-                else:
-                    k = len(f["categories"]) + 1 + bool(f["missing"])
-                    order += range(off, off + k)
-                    off += k
-            self.register_buffer("perm", torch.tensor(order, dtype=torch.long))
-            self.task = info["task"]
-            scaling = info.get("target_scaling") or {"mean": 0.0, "std": 1.0}
-            self.y_mean, self.y_std = float(scaling["mean"]), float(scaling["std"])
+    num_idx: torch.Tensor
+    median: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    miss_pos: torch.Tensor
+    slots: torch.Tensor
+    perm: torch.Tensor
 
-        def forward(self, x: torch.Tensor) -> Any:
-            parts = []
-            if len(self.num_idx):
-                v = x.index_select(1, self.num_idx)
-                missing = ~torch.isfinite(v)
-                v = torch.where(missing, self.median, v)
-                v = (v - self.mean) / self.std  # float64, then float32: the same rounding as `transform`
-                parts.append(v.float())
-                if len(self.miss_pos):
-                    parts.append(missing.index_select(1, self.miss_pos).float())
-            for j, k, has_missing in self.cats:
-                c = x[:, j]
-                known = (c >= 0) & (c < k) & (c == torch.floor(c))  # NaN compares False: not known
-                slot = torch.where(known, c, torch.full_like(c, k))
-                if has_missing:
-                    slot = torch.where(torch.isnan(c), torch.full_like(c, k + 1), slot)
-                parts.append((slot.unsqueeze(1) == self.slots[:k + 1 + has_missing]).float())
-            out = self.model(torch.cat(parts, 1).index_select(1, self.perm)).float()
-            if self.task == "classification":
-                return out.argmax(-1), torch.softmax(out, -1)
-            return out.reshape(-1) * self.y_std + self.y_mean  # `unscale`, in float32 as `fitloop predict`
+    def __init__(self, model: nn.Module, pre: Any, info: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        feats = pre.features
+        num = [i for i, f in enumerate(feats) if f["kind"] == "numeric"]
+        self.register_buffer("num_idx", torch.tensor(num, dtype=torch.long))
+        for key in ("median", "mean", "std"):
+            self.register_buffer(key, torch.tensor([feats[i][key] for i in num], dtype=torch.float64))
+        miss = [p for p, i in enumerate(num) if feats[i]["missing"]]
+        self.register_buffer("miss_pos", torch.tensor(miss, dtype=torch.long))
+        self.cats = [(i, len(f["categories"]), bool(f["missing"])) for i, f in enumerate(feats)
+                     if f["kind"] == "categorical"]
+        width = max([k + 1 + m for _, k, m in self.cats], default=1)
+        self.register_buffer("slots", torch.arange(width, dtype=torch.float64))
+        self.register_buffer("perm", torch.tensor(_feature_order(feats, num, miss), dtype=torch.long))
+        self.task = info["task"]
+        scaling = info.get("target_scaling") or {"mean": 0.0, "std": 1.0}
+        self.y_mean, self.y_std = float(scaling["mean"]), float(scaling["std"])
 
-    return FitloopGraph().eval()
+    def forward(self, x: torch.Tensor) -> Any:
+        parts = []
+        if len(self.num_idx):
+            v = x.index_select(1, self.num_idx)
+            missing = ~torch.isfinite(v)
+            v = torch.where(missing, self.median, v)
+            v = (v - self.mean) / self.std  # float64, then float32: the same rounding as `transform`
+            parts.append(v.float())
+            if len(self.miss_pos):
+                parts.append(missing.index_select(1, self.miss_pos).float())
+        for j, k, has_missing in self.cats:
+            c = x[:, j]
+            known = (c >= 0) & (c < k) & (c == torch.floor(c))  # NaN compares False: not known
+            slot = torch.where(known, c, torch.full_like(c, k))
+            if has_missing:
+                slot = torch.where(torch.isnan(c), torch.full_like(c, k + 1), slot)
+            parts.append((slot.unsqueeze(1) == self.slots[:k + 1 + has_missing]).float())
+        out = self.model(torch.cat(parts, 1).index_select(1, self.perm)).float()
+        if self.task == "classification":
+            return out.argmax(-1), torch.softmax(out, -1)
+        return out.reshape(-1) * self.y_std + self.y_mean  # `unscale`, in float32 as `fitloop predict`
+
+
+def _feature_order(feats: list[dict[str, Any]], num: list[int], miss: list[int]) -> list[int]:
+    """The graph builds its blocks as [standardized numerics | missing indicators | one-hot blocks...]; the
+    positions that gather them into the Preprocessor's feature order (`feature_names`)."""
+    order: list[int] = []
+    ind_base, off = len(num), len(num) + len(miss)
+    for i, f in enumerate(feats):
+        if f["kind"] == "numeric":
+            p = num.index(i)
+            order.append(p)
+            if f["missing"]:
+                order.append(ind_base + miss.index(p))
+        else:
+            k = len(f["categories"]) + 1 + bool(f["missing"])
+            order += range(off, off + k)
+            off += k
+    return order
 
 
 def input_matrix(pre: Any, data: Any) -> np.ndarray:
@@ -113,11 +121,6 @@ def input_matrix(pre: Any, data: Any) -> np.ndarray:
     Raises:
         TableError: a column the model needs is missing, or a numeric column holds text.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from ..data.reading import TableError, _as_strings, _float64
-
     missing = [c for c in pre.input_columns if c not in data.column_names]
     if missing:
         raise TableError(f"the table lacks {len(missing)} column(s) the model needs: {missing}.")
@@ -132,7 +135,6 @@ def input_matrix(pre: Any, data: Any) -> np.ndarray:
         out[:, j] = np.asarray(idx.to_numpy(), dtype=np.float64)
         out[np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool), j] = np.nan
     return out
-
 
 
 def layout(run_dir: Path, fmt: str, path: Path, pre: Any, info: dict[str, Any]) -> dict[str, Any]:

@@ -25,20 +25,31 @@ thread hop costs more than the work, and one thread keeps the model's outputs de
 
 from __future__ import annotations
 
+import errno
+import gc
 import hashlib
 import json
 import os
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .. import __version__
 from ..extras import require
+from ..files import versions
 from .serve_input import InputInfo, RequestError, csv_table, loads, records_table
 from .serve_ops import Gate, Metrics, log_line
 
+# `fitloop --help` imports this module (serve's defaults), so what it imports at the top is light: torch,
+# numpy, pyarrow, the run loader and the `serve` extra (FastAPI, uvicorn) are imported where they are used.
+
 if TYPE_CHECKING:  # pragma: no cover
+    from starlette.requests import Request
+    from starlette.responses import Response
+
     from ..cli.runs import LoadedRun
 
 __all__ = ["create_app", "serve", "require_serve_extra", "ServeError", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_BODY"]
@@ -65,9 +76,7 @@ class _Model:
     """The run, loaded once, and what the read-only endpoints answer (computed once)."""
 
     def __init__(self, run_dir: str | os.PathLike, max_rows: int, max_body: int) -> None:
-        from .. import __version__
         from ..cli.runs import load_run
-        from ..files import versions
 
         self.run: LoadedRun = load_run(run_dir)
         self.pre = self.run.preprocessor
@@ -82,7 +91,7 @@ class _Model:
         self.schema = self._schema()
         # One prediction each way now, so the first request does not pay for lazy imports and first-call
         # set-up (pyarrow's first conversions alone take a fraction of a second).
-        import pyarrow as pa
+        import pyarrow as pa  # not at the top: `fitloop --help` imports this module
 
         numbers, codes, _ = records_table(self.schema["example"], self.pre, max_rows=1)
         self.predict_records(numbers, codes, False)
@@ -120,7 +129,7 @@ class _Model:
     def predict_records(self, numbers: Any, codes: list[Any], proba: bool) -> tuple[dict[str, Any], list[str]]:
         """JSON records' values through the encoding `transform` ends in, then the columns `predict_file`
         writes: ``({"prediction": ..., ["proba_<class>": ...]}, notes)``."""
-        import torch
+        import torch  # not at the top: `fitloop --help` imports this module
 
         from ..cli.runs import predict_columns
 
@@ -134,9 +143,9 @@ def _thread_policy(model: Any) -> int:
     """The Trainer's rule for small models, for the whole server process: one intra-op thread. Their ops
     are too small to split, and on a busy machine a split op waits for a descheduled thread (measured
     here: 100-row requests 40-100x slower with 2 threads on 2 shared cores)."""
-    import torch
+    import torch  # not at the top: `fitloop --help` imports this module
 
-    from ..devices import SMALL_MODEL_PARAMS
+    from ..devices import SMALL_MODEL_PARAMS  # imports torch
 
     if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
         torch.set_num_threads(1)
@@ -145,6 +154,7 @@ def _thread_policy(model: Any) -> int:
 
 def _json_answer(model: _Model, out: dict[str, Any], notes: list[str], info: InputInfo,
                  proba: bool) -> dict[str, Any]:
+    # not at the top: `fitloop --help` imports this module
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -214,9 +224,7 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
         NotARunError, ValueError: `run_dir` is not a finished run directory.
     """
     require_serve_extra()
-    from fastapi import FastAPI
-    from fastapi.responses import Response
-    from starlette.requests import Request
+    from fastapi import FastAPI  # the `serve` extra
 
     if max_rows < 1 or max_body < 1:
         raise ServeError(f"max_rows and max_body must be >= 1, got {max_rows} and {max_body}.")
@@ -224,58 +232,82 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
     metrics = Metrics()
     app = FastAPI(title="fitloop serve", version=model.version["fitloop"], docs_url=None, redoc_url=None,
                   openapi_url=None)  # no docs pages: they would load scripts from a CDN
+    endpoints = _Endpoints(model, metrics, log)
+    # Plain Starlette routes: the endpoints read the body themselves, so FastAPI's parameter machinery
+    # would only add work to every request.
+    for path, endpoint, method in [("/predict", endpoints.predict, "POST"),
+                                   ("/predict_csv", endpoints.predict_csv, "POST"),
+                                   ("/health", endpoints.health, "GET"), ("/schema", endpoints.schema, "GET"),
+                                   ("/version", endpoints.version, "GET"), ("/metrics", endpoints.prometheus, "GET")]:
+        app.add_route(path, endpoint, methods=[method])
 
-    def ok(body: Any) -> Response:
-        return Response(json.dumps(body).encode(), media_type="application/json")
+    return Gate(app, metrics, api_key, (log or sys.stderr) if access_log else None)
 
-    def refuse(request: Request, err: RequestError) -> Response:
+
+def _proba_flag(request: Request) -> bool:
+    return _flag(dict(request.query_params), "proba") if request.scope["query_string"] else False
+
+
+def _delimiter_param(request: Request) -> str | None:
+    """``?delimiter=X`` (one character; ``tab`` or ``%09`` for a tab), or None."""
+    value = request.query_params.get("delimiter") if request.scope["query_string"] else None
+    if value is None:
+        return None
+    d = {"tab": "\t", "\\t": "\t"}.get(value, value)
+    if len(d) != 1 or d in "\"\r\n":
+        raise RequestError(422, "bad_query", f"query parameter delimiter={value!r}: pass one character, e.g. "
+                           "?delimiter=; (or ?delimiter=tab).")
+    return d
+
+
+class _Endpoints:
+    """The app's request handlers, over the loaded model, the metrics and the log."""
+
+    def __init__(self, model: _Model, metrics: Metrics, log: TextIO | None) -> None:
+        from fastapi.responses import Response  # the `serve` extra
+
+        self.model, self.metrics, self.log, self.response = model, metrics, log, Response
+
+    def ok(self, body: Any) -> Response:
+        return self.response(json.dumps(body).encode(), media_type="application/json")
+
+    def refuse(self, request: Request, err: RequestError) -> Response:
         request.scope["fitloop"]["error"] = err.kind
-        return Response(json.dumps(err.body()).encode(), status_code=err.status, media_type="application/json")
+        return self.response(json.dumps(err.body()).encode(), status_code=err.status, media_type="application/json")
 
-    def failed(request: Request, e: Exception) -> Response:
+    def failed(self, request: Request, e: Exception) -> Response:
         # A fitloop bug, not bad input: say so, log it, keep serving.
         request.scope["fitloop"]["error"] = "internal"
-        log_line(log or sys.stderr, event="error", path=request.url.path, error=f"{type(e).__name__}: {e}")
-        return refuse(request, RequestError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
+        log_line(self.log or sys.stderr, event="error", path=request.url.path, error=f"{type(e).__name__}: {e}")
+        return self.refuse(request, RequestError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
 
-    def proba_flag(request: Request) -> bool:
-        return _flag(dict(request.query_params), "proba") if request.scope["query_string"] else False
-
-    def delimiter_param(request: Request) -> str | None:
-        """``?delimiter=X`` (one character; ``tab`` or ``%09`` for a tab), or None."""
-        value = request.query_params.get("delimiter") if request.scope["query_string"] else None
-        if value is None:
-            return None
-        d = {"tab": "\t", "\\t": "\t"}.get(value, value)
-        if len(d) != 1 or d in "\"\r\n":
-            raise RequestError(422, "bad_query", f"query parameter delimiter={value!r}: pass one character, e.g. "
-                               "?delimiter=; (or ?delimiter=tab).")
-        return d
-
-    async def predict(request: Request) -> Response:
+    async def predict(self, request: Request) -> Response:
+        model = self.model
         try:
-            proba = proba_flag(request)
-            numbers, codes, info = records_table(loads(await _read_body(request, max_body)), model.pre,
-                                                 max_rows=max_rows)
+            proba = _proba_flag(request)
+            numbers, codes, info = records_table(loads(await _read_body(request, model.max_body)), model.pre,
+                                                 max_rows=model.max_rows)
             out, notes = model.predict_records(numbers, codes, proba)
             request.scope["fitloop"]["rows"] = info.rows
-            return ok(_json_answer(model, out, notes, info, proba))
+            return self.ok(_json_answer(model, out, notes, info, proba))
         except RequestError as err:
-            return refuse(request, err)
+            return self.refuse(request, err)
         except Exception as e:  # noqa: BLE001 - see failed()
-            return failed(request, e)
+            return self.failed(request, e)
 
-    async def predict_csv(request: Request) -> Response:
+    async def predict_csv(self, request: Request) -> Response:
+        # not at the top: `fitloop --help` imports this module
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
         from ..data import TableError
 
+        model = self.model
         try:
-            proba = proba_flag(request)
-            table, info = csv_table(await _read_body(request, max_body), model.pre, max_rows=max_rows,
+            proba = _proba_flag(request)
+            table, info = csv_table(await _read_body(request, model.max_body), model.pre, max_rows=model.max_rows,
                                     decimal=model.run.info.get("decimal"),  # the --decimal it was trained with
-                                    delimiter=delimiter_param(request) or model.run.info.get("delimiter"))
+                                    delimiter=_delimiter_param(request) or model.run.info.get("delimiter"))
             try:
                 out, notes = model.predict_table(table, proba)
             except TableError as e:  # a cell the preprocessing refuses: still the client's input
@@ -285,32 +317,23 @@ def create_app(run_dir: str | os.PathLike, *, max_rows: int = DEFAULT_MAX_ROWS, 
             pcsv.write_csv(out, sink)  # the bytes `fitloop predict` writes to stdout
             headers = {"x-fitloop-ignored-columns": json.dumps(info.ignored),
                        "x-fitloop-notes": json.dumps(notes)}  # ASCII (json escapes the rest)
-            return Response(sink.getvalue().to_pybytes(), media_type="text/csv", headers=headers)
+            return self.response(sink.getvalue().to_pybytes(), media_type="text/csv", headers=headers)
         except RequestError as err:
-            return refuse(request, err)
+            return self.refuse(request, err)
         except Exception as e:  # noqa: BLE001 - see failed()
-            return failed(request, e)
+            return self.failed(request, e)
 
-    async def health(request: Request) -> Response:
-        return ok({"status": "ok"})
+    async def health(self, request: Request) -> Response:
+        return self.ok({"status": "ok"})
 
-    async def schema(request: Request) -> Response:
-        return ok(model.schema)
+    async def schema(self, request: Request) -> Response:
+        return self.ok(self.model.schema)
 
-    async def version(request: Request) -> Response:
-        return ok(model.version)
+    async def version(self, request: Request) -> Response:
+        return self.ok(self.model.version)
 
-    async def prometheus(request: Request) -> Response:
-        return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    # Plain Starlette routes: the endpoints read the body themselves, so FastAPI's parameter machinery
-    # would only add work to every request.
-    for path, endpoint, method in [("/predict", predict, "POST"), ("/predict_csv", predict_csv, "POST"),
-                                   ("/health", health, "GET"), ("/schema", schema, "GET"),
-                                   ("/version", version, "GET"), ("/metrics", prometheus, "GET")]:
-        app.add_route(path, endpoint, methods=[method])
-
-    return Gate(app, metrics, api_key, (log or sys.stderr) if access_log else None)
+    async def prometheus(self, request: Request) -> Response:
+        return self.response(self.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 # ------------------------------------------------------------------------------------------ the server
@@ -328,8 +351,6 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except (OSError, OverflowError) as e:
         sock.close()
-        import errno
-
         if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
             fix = "Pick another --port, or stop what is using it."
         elif isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
@@ -346,8 +367,6 @@ def _bind(host: str, port: int) -> socket.socket:
 def _freeze_heap() -> None:
     """Move everything loaded so far (torch, pyarrow, the model) out of the garbage collector's sight:
     requests allocate enough to trigger full collections, and each would otherwise walk those objects."""
-    import gc
-
     gc.collect()
     gc.freeze()
 
@@ -380,9 +399,7 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         ServeError: a bad setting, or the port cannot be bound.
     """
     require_serve_extra()
-    import tempfile
-
-    import uvicorn
+    import uvicorn  # the `serve` extra
 
     out = log or sys.stderr
     if workers < 1:
@@ -404,7 +421,7 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         if workers == 1:
             uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         else:
-            from uvicorn.supervisors import Multiprocess
+            from uvicorn.supervisors import Multiprocess  # the `serve` extra
 
             with tempfile.TemporaryDirectory(prefix="fitloop-metrics-") as metrics_dir:
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -22,11 +22,15 @@ hide it.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+# numpy, pyarrow and fitloop.data are imported in the functions that use them: `fitloop --help` imports
+# this module (through fitloop.integrations.serve, for the serve flags' defaults) and must stay fast.
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -55,8 +59,6 @@ def loads(body: bytes) -> Any:
     Raises:
         RequestError: the body is not UTF-8 JSON (400).
     """
-    import json
-
     def constant(literal: str) -> NonFinite:
         v = NonFinite(literal.replace("Infinity", "inf"))
         v.literal = literal

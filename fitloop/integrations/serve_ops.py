@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 from .serve_input import RequestError
 
+# prometheus_client (the `serve` extra) is imported where it is used: `fitloop --help` imports this module.
+
 __all__ = ["Metrics", "Gate", "log_line", "send_json", "ENDPOINTS", "LATENCY_BUCKETS"]
 
 ENDPOINTS = ("/predict", "/predict_csv", "/health", "/schema", "/metrics", "/version")

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..distributed import is_main_process
+from ..files import atomic_write_bytes
 from .data import NotARunDirectory, ReportData, from_run_dir, from_trainer
+from .html import render_html
+from .plots import make_plots, require_matplotlib
 from .summary import ModelSummary, summary
 
 __all__ = ["write_report", "ReportFiles", "ReportData", "NotARunDirectory", "summary", "ModelSummary",
@@ -49,11 +53,6 @@ def write_report(source: Any, out: str | os.PathLike | None = None, *, test: Any
         NotARunDirectory: `source` is a path that is not a run directory.
         ImportError: matplotlib is missing (`pip install 'fitloop[plot]'`).
     """
-    from ..distributed import is_main_process
-    from ..files import atomic_write_bytes
-    from .html import render_html
-    from .plots import make_plots, require_matplotlib
-
     require_matplotlib()  # before any work: a missing extra is the first thing the user hears
     if isinstance(source, ReportData):
         data = source

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import RUN_FORMAT
+from .summary import summary
+
+# `fitloop runs` and `fitloop report` read run directories through this module without torch, so what
+# needs torch (the bundle, the verdict, the metrics) or numpy is imported in the functions that use it.
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -223,7 +228,6 @@ def _bundle_summary(bundle: Path, meta: Any, absent: list[str]) -> ModelSummary 
                       "fitloop cannot rebuild it (trainer.report() summarises it)")
         return None
     from ..bundle import build_spec
-    from .summary import summary
 
     model = build_spec(spec)  # the architecture is all a summary needs: no weights are read
     return summary(model, (int(spec["in_features"]),), verbose=False)
@@ -278,9 +282,7 @@ def _judge_history(d: ReportData, train_cfg: dict[str, Any], table: dict[str, An
     the class entropy for cross-entropy, 1 for MSE on the standardized target)."""
     if not d.history:
         return None
-    import math
-
-    from ..diagnose.verdict import judge
+    from ..diagnose.verdict import judge  # imports torch
 
     base = None
     if table.get("class_prior"):
@@ -301,7 +303,6 @@ def from_trainer(trainer: Trainer, test: Any = None) -> ReportData:
     from ..data import Split
     from ..diagnose.verdict import targets_of, verdict_of
     from ..evaluation import resolved_task
-    from .summary import summary
 
     name = Path(trainer.config.run_dir).name if trainer.config.run_dir else type(trainer.model).__name__
     d = ReportData(title=name, source="Trainer", status="finished" if trainer.history else "not trained",

@@ -42,7 +42,7 @@ def require_matplotlib() -> None:
 
 
 def _figure(w: float = 6.4, h: float = 3.8) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # the `plot` extra
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(w, h), dpi=100, layout="constrained")

@@ -11,7 +11,12 @@ import numbers
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+# torch is imported inside the functions: `fitloop.report` re-exports `summary`, and `fitloop runs` and
+# `fitloop report` import that package to read a run's JSON files without paying for torch.
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ModelSummary", "LayerRow", "summary"]
 
@@ -107,18 +112,39 @@ def summary(model: Any, input_shape: Sequence[int] | None = None, *, input: Any 
     net = unwrap_model(model)
     params = list(net.parameters())
     if input is None:
-        if input_shape is None:
-            raise ValueError("summary: pass input_shape (one sample's shape, e.g. (8,) for 8 features) or input=.")
-        dims = [input_shape] if isinstance(input_shape, int) else input_shape
-        if isinstance(dims, (str, bytes)) or not all(isinstance(s, numbers.Integral) and s > 0 for s in dims):
-            raise ValueError(f"summary: input_shape must be positive whole numbers, one sample's shape without "
-                             f"the batch dimension, e.g. (8,) for 8 features; got {input_shape!r}.")
-        shape = [int(s) for s in dims]
+        shape = _sample_shape(input_shape)
         float_dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
         device = params[0].device if params else torch.device("cpu")
         input = torch.zeros(batch_size, *shape, dtype=dtype or float_dtype, device=device)
     else:
         shape = list(input.shape[1:])
+    shapes, out = _output_shapes(net, input, batch_size, shape)
+    unique = {id(p): p for p in params}.values()
+    total = sum(p.numel() for p in unique)
+    trainable = sum(p.numel() for p in unique if p.requires_grad)
+    result = ModelSummary(type(net).__name__, shape, _layer_rows(net, shapes), total, trainable, total - trainable,
+                          _shape(out))
+    if verbose:
+        print(str(result), file=stream or sys.stdout, flush=True)
+    return result
+
+
+def _sample_shape(input_shape: Sequence[int] | int | None) -> list[int]:
+    """`input_shape` checked: one sample's shape, positive whole numbers."""
+    if input_shape is None:
+        raise ValueError("summary: pass input_shape (one sample's shape, e.g. (8,) for 8 features) or input=.")
+    dims = [input_shape] if isinstance(input_shape, int) else input_shape
+    if isinstance(dims, (str, bytes)) or not all(isinstance(s, numbers.Integral) and s > 0 for s in dims):
+        raise ValueError(f"summary: input_shape must be positive whole numbers, one sample's shape without "
+                         f"the batch dimension, e.g. (8,) for 8 features; got {input_shape!r}.")
+    return [int(s) for s in dims]
+
+
+def _output_shapes(net: torch.nn.Module, input: Any, batch_size: int, shape: list[int]) -> tuple[dict[str, str], Any]:
+    """Every module's output shape (by qualified name) and the model's output, from one forward pass in eval
+    mode without gradients; the model's mode is put back."""
+    import torch
+
     shapes: dict[str, str] = {}
     hooks = []
     for name, mod in net.named_modules():
@@ -138,6 +164,11 @@ def summary(model: Any, input_shape: Sequence[int] | None = None, *, input: Any 
         for h in hooks:
             h.remove()
         net.train(was_training)
+    return shapes, out
+
+
+def _layer_rows(net: torch.nn.Module, shapes: dict[str, str]) -> list[LayerRow]:
+    """A row per leaf module and per container that owns parameters; shared parameters counted once."""
     seen: set[int] = set()
     rows = []
     for name, mod in net.named_modules():
@@ -149,10 +180,4 @@ def summary(model: Any, input_shape: Sequence[int] | None = None, *, input: Any 
         if next(mod.children(), None) is None or n:  # leaves, and containers that own parameters
             rows.append(LayerRow(name, type(mod).__name__, shapes.get(name, "-"), n, trainable,
                                  name.count(".") + 1))
-    unique = {id(p): p for p in params}.values()
-    total = sum(p.numel() for p in unique)
-    trainable = sum(p.numel() for p in unique if p.requires_grad)
-    result = ModelSummary(type(net).__name__, shape, rows, total, trainable, total - trainable, _shape(out))
-    if verbose:
-        print(str(result), file=stream or sys.stdout, flush=True)
-    return result
+    return rows

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import as_tensor
+
 __all__ = ["check_arguments", "as_xy", "check_features", "baseline", "broken_pool_message"]
 
 
@@ -47,8 +49,6 @@ def check_arguments(make_model: Callable[..., Any] | None, sizes: Sequence[Any] 
 
 def as_xy(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`(X, y)` tensors from `(X, y)` tensors/arrays or a `Split`."""
-    from ..data import as_tensor
-
     X, y = (data.X, data.y) if hasattr(data, "X") and hasattr(data, "y") else (data if isinstance(data, (
         tuple, list)) and len(data) == 2 else (None, None))
     if X is None or y is None:

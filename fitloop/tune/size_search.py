@@ -135,7 +135,7 @@ class SizeSearchResult:
         baseline drawn; saved to `path` when given. matplotlib is imported here (`pip install
         'fitloop[plot]'`). Returns the `Figure`."""
         try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.backends.backend_agg import FigureCanvasAgg  # the `plot` extra
             from matplotlib.figure import Figure
         except ImportError:
             raise ImportError("size_search plot: matplotlib is not installed; pip install 'fitloop[plot]'") from None
