@@ -7,6 +7,8 @@ Trainer to float tolerance, not bit for bit; resume with the same mode is bit fo
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -134,6 +136,31 @@ def test_compiled_step_nonfinite_stops_or_skips_without_touching_the_weights():
     assert all(torch.isfinite(s["exp_avg_sq"]).all() for s in t.optimizer.state.values())
     steps_taken = t.optimizer.state[next(iter(t.model.parameters()))]["step"].item()
     assert steps_taken == t.global_step == 2 * len(range(0, 72, 16)) - 2  # Adam's step skips them too
+
+
+@pytest.mark.parametrize("optimizer", [("adam", {}), ("sgd", {"momentum": 0.9})])
+def test_compiled_step_matches_eager_with_both_clips_and_a_nan_batch(optimizer):
+    """Clipping by norm then by value, and a skipped NaN batch, in the graph and in the eager step: the
+    same pieces (fitloop.step.functions), so the same run up to float tolerance (different kernels)."""
+    train, val = _data()
+    X = train.X.clone()
+    X[5, 2] = float("nan")
+    kw = dict(data=((X, train.y), val), epochs=2, batch_size=24, clip_grad_norm=0.3, clip_grad_value=0.05,
+              on_nonfinite="skip")  # 72 rows: 3 equal batches, one graph
+    eager, h_eager = _fit(False, optimizer, **kw)
+    comp, h_comp = _fit("step", optimizer, **kw)
+    assert comp.global_step == eager.global_step == 2 * 3 - 2
+    assert comp.training_step.compiled.steps > 0
+    _close(comp, eager)
+    for a, b in zip(h_comp, h_eager):
+        assert a["skipped_steps"] == b["skipped_steps"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-6)
+        assert math.isnan(a["grad_norm"]) and math.isnan(b["grad_norm"])  # the skipped step's norm is NaN
+    assert h_comp[-1]["skipped_steps"] == 2
+    for s_c, s_e in zip(comp.optimizer.state.values(), eager.optimizer.state.values()):
+        for k, v in s_e.items():
+            assert torch.allclose(s_c[k], v, rtol=1e-4, atol=1e-6), k
 
 
 def test_compiled_step_refuses_what_it_cannot_compile():

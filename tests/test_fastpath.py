@@ -36,6 +36,9 @@ CASES = {
     "rmsprop-penalty-noise": dict(optimizer="rmsprop", penalty=("l2", 1e-3), input_noise=0.05, clip_grad_value=0.3),
     "lbfgs": dict(optimizer="lbfgs", lr=0.5, batch_size=None),
     "skip-nonfinite": dict(optimizer="sgd", on_nonfinite="skip", nan_row=5),
+    "adam-clip-both-skip-nonfinite": dict(optimizer="adam", clip_grad_norm=0.5, clip_grad_value=0.1,
+                                          on_nonfinite="skip", nan_row=5),
+    "lbfgs-clip-skip-nonfinite": dict(optimizer="lbfgs", lr=0.1, clip_grad_norm=0.5, on_nonfinite="skip", nan_row=5),
     "dataset": dict(optimizer="adam", dataset=True),
 }
 
@@ -65,6 +68,8 @@ def test_fastpath_off_gives_identical_weights_and_history(case, monkeypatch):
     assert repr(h_fast) == repr(h_slow)  # repr: NaN entries compare equal too
     if case == "skip-nonfinite":
         assert h_fast[-1]["skipped_steps"] == 3  # one bad batch per epoch, skipped both ways
+    if case.endswith("-skip-nonfinite"):  # with clipping, and LBFGS's closure step
+        assert h_fast[-1]["skipped_steps"] == 3 and all(torch.isfinite(p).all() for p in fast.model.parameters())
     assert all(math.isfinite(h["loss"]) for h in h_fast)  # a skipped batch is left out of the epoch's loss
 
 

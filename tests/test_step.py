@@ -1,6 +1,12 @@
 """fitloop.step: the one training step. Accumulation over micro-batches (equal to one big batch),
 clipping by norm or by value (the norm is logged), the penalty and noise helpers, and the step used on
-its own (as the LR finder does) equal to a hand-written step."""
+its own (as the LR finder does) equal to a hand-written step.
+
+The step's pieces (fitloop.step.functions) are checked against torch's own clipping, and each path that
+composes them (the eager step with the fast path on and off, the closure step of LBFGS) against a
+hand-written step, for clipping by norm, clipping by value and a NaN batch. tests/test_compiled.py
+compares the compiled step with the eager one.
+"""
 
 import copy
 
@@ -97,3 +103,148 @@ def test_a_single_training_step_equals_a_hand_written_one():
     for p, q in zip(model.parameters(), hand.parameters()):
         assert torch.equal(p, q)
     assert t.state.step == 1 and len(t.state.grad_norms) == 1
+
+
+# ---------------------------------------------------------------------------------- the step's pieces
+
+
+def _grads(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    (model(10 * torch.randn(16, 3)) ** 2).mean().backward()
+    return model
+
+
+def test_clip_is_torchs_clip_grad_norm_and_clip_grad_value_exactly():
+    from fitloop.step.functions import clip
+
+    for max_norm, max_value in [(0.05, None), (1e6, None), (None, 0.01), (0.05, 0.01), (None, None)]:
+        ref, mine = _grads(), _grads()
+        ref_params = list(ref.parameters())
+        norm = torch.nn.utils.get_total_norm([p.grad for p in ref_params])
+        if max_norm:
+            norm = torch.nn.utils.clip_grad_norm_(ref_params, max_norm)
+        if max_value:
+            torch.nn.utils.clip_grad_value_(ref_params, max_value)
+        clipped, my_norm = clip([p.grad for p in mine.parameters()], max_norm, max_value)
+        for p, g in zip(ref_params, clipped):
+            assert torch.equal(p.grad, g), (max_norm, max_value)
+        if max_norm or max_value:
+            assert torch.equal(my_norm, norm)
+        else:
+            assert my_norm is None
+
+
+def test_the_nonfinite_check_pieces():
+    from fitloop.step.functions import all_finite, finite_flags, first_nonfinite, loss_is_finite
+
+    ok, bad = torch.ones(3), torch.tensor([1.0, float("nan")])
+    assert finite_flags([ok, bad, ok.double()]).tolist() == [True, False, True]
+    for limit in (0, 1 << 20):  # tensor by tensor, or one concatenated copy
+        assert not all_finite([ok, bad], concat_limit=limit)
+        assert all_finite([ok, ok], concat_limit=limit)
+    assert not all_finite([torch.tensor(float("inf"))])
+    assert first_nonfinite(["a", "b", "c"], [True, False, False]) == "b"
+    assert first_nonfinite(["a"], [True]) is None
+    assert loss_is_finite(torch.tensor(1.0)) and not loss_is_finite(torch.tensor(float("-inf")))
+
+
+# ---------------------------------------------------------------------------------- every path, by hand
+
+
+PATHS = {  # the eager step with the fast path on and off, and LBFGS's closure step
+    "eager": ("sgd", "1"), "eager-fastpath-off": ("sgd", "0"), "closure": ("lbfgs", "1"),
+    "closure-fastpath-off": ("lbfgs", "0"),
+}
+CLIPS = {"norm": dict(clip_grad_norm=0.05), "value": dict(clip_grad_value=0.01),
+         "norm+value": dict(clip_grad_norm=0.05, clip_grad_value=0.01)}
+
+
+def _hand_step(model, optimizer, x, y, clips):
+    """One step written with torch only: MSE, clip_grad_norm_ then clip_grad_value_, step."""
+    params = list(model.parameters())
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if "clip_grad_norm" in clips:
+            torch.nn.utils.clip_grad_norm_(params, clips["clip_grad_norm"])
+        if "clip_grad_value" in clips:
+            torch.nn.utils.clip_grad_value_(params, clips["clip_grad_value"])
+        return loss
+
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return optimizer.step(closure)
+    loss = closure()
+    optimizer.step()
+    return loss
+
+
+@pytest.mark.parametrize("clips", list(CLIPS))
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_path_clips_as_torch_does(path, clips, monkeypatch):
+    import fitloop as fl
+    from fitloop.step import TrainingStep
+
+    optimizer, fast = PATHS[path]
+    monkeypatch.setenv("FITLOOP_FASTPATH", fast)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    hand = copy.deepcopy(model)
+    t = fl.Trainer(model, "mse", optimizer, lr=0.1, quiet=True, **CLIPS[clips])
+    hand_opt = type(t.optimizer)(hand.parameters(), lr=0.1)
+    step = TrainingStep(t, schedule=False)
+    for i in range(3):
+        x, y = 10 * torch.randn(8, 3), torch.randn(8, 1)
+        loss, _ = step(x, y)
+        hand_loss = _hand_step(hand, hand_opt, x, y, CLIPS[clips])
+        assert torch.equal(loss, hand_loss.detach()), i
+        for p, q in zip(model.parameters(), hand.parameters()):
+            assert torch.equal(p, q), (i, path, clips)
+    assert t.state.step == 3 and len(t.state.grad_norms) == 3  # one norm per step (LBFGS: its first evaluation)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_path_skips_a_nan_batch_without_touching_anything(path, monkeypatch):
+    import fitloop as fl
+    from fitloop.step import TrainingStep
+
+    optimizer, fast = PATHS[path]
+    monkeypatch.setenv("FITLOOP_FASTPATH", fast)
+    torch.manual_seed(0)
+    t = fl.Trainer(nn.Linear(3, 1), "mse", optimizer, lr=0.1, quiet=True, clip_grad_norm=0.5, on_nonfinite="skip")
+    step = TrainingStep(t, schedule=False)
+    step(torch.randn(8, 3), torch.randn(8, 1))  # a good step first: the optimizer has state
+    params = params_of(t.model)
+    opt_state = copy.deepcopy(t.optimizer.state_dict())
+    x = torch.randn(8, 3)
+    x[2, 1] = float("nan")
+    loss, _ = step(x, torch.randn(8, 1))
+    assert loss.isnan()
+    assert all(torch.equal(p, q) for p, q in zip(t.model.parameters(), params))
+    assert repr(t.optimizer.state_dict()) == repr(opt_state)  # LBFGS: left before it changed its state
+    assert t.state.step == 1 and t.state.skipped_steps == 1
+    assert all(p.grad is None for p in t.model.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_a_nan_batch_stops_the_eager_step_and_the_closure_step_at_the_epoch_end(optimizer):
+    """On the CPU the eager step checks every step; LBFGS's closure step is checked per step only to skip
+    (a run that stops, stops at the epoch's end: tests/test_trainer.py)."""
+    import fitloop as fl
+    from fitloop.step import NonFiniteError, TrainingStep
+
+    t = fl.Trainer(nn.Linear(3, 1), "mse", optimizer, lr=0.1, quiet=True, clip_grad_value=0.5)
+    x = torch.randn(8, 3)
+    x[0, 0] = float("nan")
+    step = TrainingStep(t, schedule=False)
+    if optimizer == "sgd":
+        with pytest.raises(NonFiniteError, match="the loss is nan"):
+            step(x, torch.randn(8, 1))
+        assert t.state.step == 0
+    else:
+        assert not step.check_every_step
+        step(x, torch.randn(8, 1))
+        with pytest.raises(NonFiniteError, match="after epoch 0: the epoch's loss is nan"):
+            step.check_epoch_loss(float("nan"))
