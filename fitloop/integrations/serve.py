@@ -33,18 +33,17 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ..extras import require
-from ..files import versions
 from .serve_input import InputInfo, RequestError, csv_table, loads, records_table
 from .serve_ops import Gate, Metrics, log_line
 
 # `fitloop --help` imports this module (serve's defaults), so what it imports at the top is light: torch,
-# numpy, pyarrow, the run loader and the `serve` extra (FastAPI, uvicorn) are imported where they are used.
+# numpy, pyarrow, the run loader, fitloop.files and tempfile (platform, random), and the `serve` extra
+# (FastAPI, uvicorn) are imported where they are used.
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
@@ -77,6 +76,7 @@ class _Model:
 
     def __init__(self, run_dir: str | os.PathLike, max_rows: int, max_body: int) -> None:
         from ..cli.runs import load_run
+        from ..files import versions
 
         self.run: LoadedRun = load_run(run_dir)
         self.pre = self.run.preprocessor
@@ -399,6 +399,8 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         ServeError: a bad setting, or the port cannot be bound.
     """
     require_serve_extra()
+    import tempfile
+
     import uvicorn  # the `serve` extra
 
     out = log or sys.stderr
