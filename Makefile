@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck clean venv
+.PHONY: demo test docs bench lint typecheck clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ CORE_TESTS = tests/test_trainer.py tests/test_step.py tests/test_state.py tests/
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(MAKE) docs
 	$(PY) -m pytest
 	FITLOOP_FASTPATH=0 $(PY) -m pytest $(CORE_TESTS)
+
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link, anchor or API reference fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # A few minutes: the compiled-step study (bench/COMPILED.md), then 3 interleaved rounds of W1-W4 (+ compile
 # arm), import time, memory. The slower side studies (threads, fused optimizers, loop details) run with
