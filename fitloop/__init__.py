@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Callback": "callbacks", "EarlyStopping": "callbacks", "ProgressPrinter": "callbacks",
-    "TrainConfig": "config", "RunConfig": "cli.run_config",
+    "TrainConfig": "config", "RunConfig": "tabular",
     "Split": "data", "split": "data",
-    "Table": "data", "TableError": "data", "Preprocessor": "data", "transform_table": "data",
+    "Table": "tabular", "TableError": "tabular", "Preprocessor": "tabular", "transform_table": "tabular",
     "load": "bundle",
     "CheckpointError": "checkpoint_format", "ResumeMismatchError": "checkpoint_format",
     "RunInterrupted": "callbacks", "Checkpointer": "callbacks",
@@ -59,16 +59,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from .callbacks.verdict import VerdictReporter  # noqa: F401
     from .checkpoint_format import CheckpointError, ResumeMismatchError  # noqa: F401
-    from .cli.run_config import RunConfig  # noqa: F401
     from .config import TrainConfig  # noqa: F401
-    from .data import Preprocessor, Split, Table, TableError, split, transform_table  # noqa: F401
+    from .data import Split, split  # noqa: F401
     from .diagnose.checks import GuardWarning  # noqa: F401
     from .diagnose.sanity import SanityResult  # noqa: F401
-    from .tune.size_search import SizeSearchResult, size_search  # noqa: F401
     from .integrations.export import export  # noqa: F401
     from .models import FunctionModel, MLPSpec, build_mlp  # noqa: F401
     from .report.summary import summary  # noqa: F401
     from .sklearn import FitloopClassifier, FitloopRegressor  # noqa: F401
     from .state import TrainState, seed_everything  # noqa: F401
     from .step import NonFiniteError, TrainingStep  # noqa: F401
+    from .tabular import Preprocessor, RunConfig, Table, TableError, transform_table  # noqa: F401
     from .trainer import Trainer, pick_device  # noqa: F401
+    from .tune.size_search import SizeSearchResult, size_search  # noqa: F401

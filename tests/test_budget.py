@@ -15,8 +15,7 @@ from tablefiles import write_rows
 
 import fitloop as fl
 from fitloop.callbacks import TimeLimit
-from fitloop.cli.pipeline import train_table
-from fitloop.cli.run_config import (
+from fitloop.tabular.config import (
     CHECKPOINTS_PER_RUN,
     MAX_EPOCHS,
     MIN_EPOCHS,
@@ -25,7 +24,8 @@ from fitloop.cli.run_config import (
     resolve_run_config,
     training_budget,
 )
-from fitloop.cli.training import still_improving
+from fitloop.tabular.pipeline import train_table
+from fitloop.tabular.training import still_improving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_settings_the_user_gave_always_win(tmp_path):
     # from a TOML file or --set just as from a flag; a saved config.toml therefore reruns the same budget
     toml = tmp_path / "run.toml"
     toml.write_text("[train]\nepochs = 40\ncheckpoint_every_epochs = 3\n")
-    from fitloop.cli.run_config import load_toml
+    from fitloop.tabular.config import load_toml
 
     b = training_budget(resolve_run_config(load_toml(str(toml)), parse_set(["train.early_stopping=7"])), 210)
     assert (b.epochs, b.patience, b.checkpoint_every_epochs, b.decided) == (40, 7, 3, [])
@@ -215,7 +215,7 @@ def test_early_stopping_rel_delta_keeps_the_earlier_epoch_on_near_ties():
 
 def test_resume_of_a_run_written_before_the_new_settings_keeps_the_old_model(tmp_path):
     """A config.toml without `model.skip` & co. (fitloop before issue 15) resumes as it was: a plain MLP."""
-    from fitloop.cli.pipeline import resume_run
+    from fitloop.tabular.pipeline import resume_run
 
     rows = [[f"{math.sin(i):.3f}", f"{math.cos(i):.3f}", f"{math.sin(2 * i):.3f}"] for i in range(60)]
     data = write_rows(tmp_path / "t.csv", ["a", "b", "y"], rows)

@@ -143,7 +143,7 @@ def test_resume_keeps_every_log_consistent(tmp_path, mlflow_uri):
 def test_cli_log_tensorboard_and_mlflow(tmp_path, monkeypatch, mlflow_uri, capsys):
     from mlflow.tracking import MlflowClient
 
-    from fitloop.cli.run_config import load_toml, resolve_run_config
+    from fitloop.tabular.config import load_toml, resolve_run_config
 
     monkeypatch.chdir(tmp_path)  # the default MLflow store is ./mlruns
     out = tmp_path / "runs" / "wine"
@@ -236,7 +236,7 @@ def test_cli_resume_keeps_logging_to_the_same_runs(tmp_path, monkeypatch, mlflow
     MLflow run and TensorBoard curves, with no epoch twice."""
     from mlflow.tracking import MlflowClient
 
-    from fitloop.cli import training
+    from fitloop.tabular import training
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 from fitloop.cli import demo_data_path, main
-from fitloop.cli.pipeline import train_table
-from fitloop.cli.run_config import resolve_run_config
 from fitloop.outputs import (
     OutputPathError,
     check_out_dir,
@@ -22,6 +20,8 @@ from fitloop.outputs import (
     foreign_entries,
     is_run_dir,
 )
+from fitloop.tabular.config import resolve_run_config
+from fitloop.tabular.pipeline import train_table
 
 FAST = ["--target", "cultivar", "--epochs", "2", "--quiet"]
 

@@ -164,7 +164,7 @@ def test_time_based_checkpoint_mid_epoch_changes_no_result(reference, tmp_path, 
 def test_checkpoint_every_flag_and_setting(tmp_path, capsys):
     from fitloop import TrainConfig
     from fitloop.cli.commands import _seconds
-    from fitloop.cli.run_config import ConfigError
+    from fitloop.tabular.config import ConfigError
 
     assert [_seconds(t) for t in ("300", "30s", "5m", "1.5h", "off", "0")] == [300.0, 30.0, 300.0, 5400.0, None, None]
     with pytest.raises(ConfigError, match=r"--checkpoint-every: got 'soon'; pass seconds \(300\), or 30s, 5m, 1h"):

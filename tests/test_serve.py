@@ -209,8 +209,8 @@ def test_regression_answers_in_target_units(reg_server, runs, tmp_path):
 
 def test_records_encode_exactly_as_a_table_transforms():
     """JSON records skip the Arrow table: Preprocessor.encode on their values == transform on the table."""
-    from fitloop.data import Preprocessor
     from fitloop.integrations.serve_input import records_table
+    from fitloop.tabular import Preprocessor
 
     train = pa.table({"a": [1.0, None, 3.0, 4.5], "b": [True, False, True, True],
                       "c": ["x", None, "y", "x"], "d": ["p", "q", "q", "p"]})

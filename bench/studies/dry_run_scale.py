@@ -42,7 +42,7 @@ def main() -> None:
         write_csv(path, args.rows)
         mib = path.stat().st_size / 2**20
         print(f"rows={args.rows:,} csv {mib:.0f} MiB generated in {time.perf_counter() - t0:.1f}s")
-        libs = "import fitloop.cli.pipeline, torch, pyarrow.csv, pyarrow.compute, rich.table"
+        libs = "import fitloop.tabular.pipeline, torch, pyarrow.csv, pyarrow.compute, rich.table"
         floor_cmd = [sys.executable, "-c", libs]
         cmd = [sys.executable, "-m", "fitloop", "train", str(path), "--target", "target", "--id", "id", "--dry-run",
                "--config-out", str(Path(tmp) / "config.toml"), "--overwrite"]

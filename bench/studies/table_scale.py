@@ -1,4 +1,4 @@
-"""Scale check for fitloop.data.table: 1,000,000 rows x 20 columns (numeric + categorical, some missing).
+"""Scale check for fitloop.tabular.columns: 1,000,000 rows x 20 columns (numeric + categorical, some missing).
 
 Run: python -m bench.studies.table_scale [--rows N]. Prints load time, preprocess time and peak RSS vs the
 size of the float32 feature matrix. Not a test.
@@ -60,7 +60,7 @@ def main() -> None:
 
     import torch  # noqa: F401  (import cost is part of the baseline, not of the pipeline)
 
-    from fitloop.data import Table
+    from fitloop.tabular import Table
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scale.csv"

@@ -7,7 +7,7 @@
     fitloop serve runs/price --port 8000
 
 This module is the parser and `main`; what each command does is in `fitloop.cli.commands`, the
-settings in `fitloop.cli.run_config`, the table-to-run-directory work in `fitloop.cli.pipeline`.
+settings in `fitloop.tabular.config`, the table-to-run-directory work in `fitloop.tabular` (its Python API).
 Heavy modules (torch, pyarrow, rich) are imported inside the commands. Bad input is
 reported as one line on stderr (`fitloop: error: ...`) with exit code 2; `--debug` adds the traceback.
 """
@@ -20,7 +20,8 @@ import sys
 import time
 import traceback
 
-from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train, demo_data_path
+from ..tabular.datasets import demo_data_path
+from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train
 from .export import add_export_parser
 from .launch import add_launch_options
 from .serve import add_serve_parser

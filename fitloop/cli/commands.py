@@ -1,6 +1,9 @@
 """What each `fitloop` command does with its parsed arguments; `fitloop.cli.app` builds the parser.
 
-Heavy modules (torch, pyarrow, rich) are imported inside the commands, so `fitloop --help` stays fast.
+The work is `fitloop.tabular`'s Python API (`train`, `resume`, `load_run` ... `predict`, `evaluate`); this
+module turns the arguments into its calls and prints the results. Heavy modules (torch, pyarrow, rich) are
+imported inside the commands, so `fitloop --help` stays fast: `fitloop.tabular` imports its names on first
+use, and `fitloop.tabular.config` is plain Python.
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+
+from .. import tabular
+from ..tabular.config import ConfigError, load_toml, parse_set, parse_value, resolve_run_config
+from .dry_run import cmd_dry_run
+from .launch import launch, restarted_run, wants_launch
 
 EXIT_OK = 0
 
@@ -39,8 +47,6 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         elif dest == "hidden" and v.strip() == "":
             v = []
         elif dest in ("batch_size", "max_time"):
-            from .run_config import parse_value
-
             v = parse_value(v)
         elif dest == "checkpoint_every":
             v = _seconds(v)
@@ -50,8 +56,6 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _seconds(text: str) -> float | None:
     """`--checkpoint-every` as seconds: `300`, `30s`, `5m`, `1.5h`; `off`/`0` turn it off."""
-    from .run_config import ConfigError
-
     t = text.strip().lower()
     if t in ("off", "none", "0", "never"):
         return None
@@ -66,15 +70,13 @@ def _seconds(text: str) -> float | None:
 
 
 def _console():
-    from rich.console import Console
+    from rich.console import Console  # the CLI start-up path stays light: rich only when printing
 
     return Console(highlight=False)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The `RunConfig` of `train`'s options (also `size-search`'s): defaults < --config < flags < --set."""
-    from .run_config import load_toml, parse_set, resolve_run_config
-
     layers = [load_toml(args.config)] if args.config else []
     flags = _flag_overrides(args)
     if getattr(args, "quiet", False) and not getattr(args, "dry_run", False):
@@ -84,25 +86,23 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from ..distributed import is_main_process
-    from .launch import launch, restarted_run, wants_launch
-    from .pipeline import resume_run, start_out, train_table
+    """`fitloop train`: `fitloop.tabular.train` (or a dry run, or the launch of its workers), then the summary."""
+    from ..distributed import is_main_process  # torch: not on the start-up path
 
     cfg = config_from_args(args)
     if args.dry_run:
-        from .dry_run import cmd_dry_run
-
         return cmd_dry_run(args, cfg, argv)
     if wants_launch(args):  # --nproc N / --nnodes N: start the workers (each runs this command again)
-        return launch(args, list(argv or []), str(start_out(cfg, args.out, args.overwrite)))
+        return launch(args, list(argv or []), str(tabular.start_out(cfg, args.out, args.overwrite)))
     if not is_main_process():  # only rank 0 prints
         return _train_worker(cfg, args, argv, restarted_run(args.out))
     quiet = cfg.train.quiet  # --quiet, or train.quiet in the config file / --set: nothing but errors
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     resumed = restarted_run(args.out)  # a worker that torchrun restarted continues the run directory
-    result = resume_run(resumed, log=log) if resumed else train_table(
-        cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv, t_command=getattr(args, "t_start", None))
+    result = tabular.resume(resumed, log=log) if resumed else tabular.train(
+        config=cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
+        t_command=getattr(args, "t_start", None))
     if not quiet:
         _print_summary(console, result)
     return EXIT_OK
@@ -110,13 +110,11 @@ def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def _train_worker(cfg: Any, args: argparse.Namespace, argv: list[str] | None, resumed: Path | None) -> int:
     """`fitloop train` on a rank other than 0: the same work, quietly."""
-    from .pipeline import resume_run, train_table
-
     cfg.train.quiet = True
     if resumed:
-        resume_run(resumed, quiet=True)
+        tabular.resume(resumed, quiet=True)
     else:
-        train_table(cfg, out=args.out, overwrite=args.overwrite, argv=argv)
+        tabular.train(config=cfg, out=args.out, overwrite=args.overwrite, argv=argv)
     return EXIT_OK
 
 
@@ -174,11 +172,11 @@ def _note(msg: str, args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .runs import load_run, predict_file
-
-    run = load_run(args.run_dir)
-    table, notes = predict_file(run, args.data, proba=args.proba, encoding=args.encoding or "utf-8",
-                                delimiter=args.delimiter, decimal=args.decimal)
+    """`fitloop predict`: `fitloop.tabular.load_run(...).predict(...)`, written as CSV/TSV/Parquet."""
+    run = tabular.load_run(args.run_dir)
+    notes: list[str] = []
+    table = run.predict(args.data, proba=args.proba, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
+                        decimal=args.decimal, notes=notes)
     for n in notes:
         _note(n, args)
     if args.output is None:
@@ -226,13 +224,11 @@ def _write_table(table, path: Path) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """`fitloop evaluate`: `fitloop.tabular.load_run(...).evaluate(...)`, printed as a table or JSON."""
     import json
 
-    from .runs import evaluate_file, load_run
-
-    run = load_run(args.run_dir)
-    rep = evaluate_file(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
-                        decimal=args.decimal)
+    run = tabular.load_run(args.run_dir)
+    rep = run.evaluate(args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter, decimal=args.decimal)
     for n in rep["notes"]:
         _note(n, args)
     if args.json:
@@ -244,16 +240,15 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int
 
 
 def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from ..distributed import is_main_process
-    from .launch import launch, wants_launch
-    from .pipeline import resume_run
+    """`fitloop resume`: `fitloop.tabular.resume` (or the launch of its workers), then the summary."""
+    from ..distributed import is_main_process  # torch: not on the start-up path
 
     if wants_launch(args):  # --nproc N: as many processes as the run had
         return launch(args, list(argv or []), args.run_dir)
     quiet = getattr(args, "quiet", False) or not is_main_process()
     console = _console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    result = resume_run(args.run_dir, force=args.force, log=log, quiet=quiet)  # this command's flag decides
+    result = tabular.resume(args.run_dir, force=args.force, log=log, quiet=quiet)  # this command's flag decides
     if not quiet:
         _print_summary(console, result)
     return EXIT_OK
@@ -293,7 +288,3 @@ def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                       markup=False, soft_wrap=True)
     return EXIT_OK
 
-
-def demo_data_path() -> str:
-    """The wine table shipped in the package (`fitloop demo` trains on it)."""
-    return str(Path(__file__).resolve().parent.parent / "datasets" / "wine.csv")

@@ -42,7 +42,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..data import Table, TableError
+from ..tabular.columns import Table
+from ..tabular.errors import TableError
 from ..extras import MissingExtraError, require
 from ..files import _fsync_dir, versions, write_json_atomic
 from .graph import build_graph, input_matrix, layout
@@ -84,7 +85,7 @@ class ExportResult:
 
 def _test_rows(run: Any) -> tuple[Any, str, list[str]]:
     """The run's held-out rows, re-read from the data file its config names, or None (with a note)."""
-    from ..cli.run_config import load_toml, resolve_run_config
+    from ..tabular.config import load_toml, resolve_run_config
 
     notes: list[str] = []
     try:
@@ -134,7 +135,7 @@ def _edge_rows(pre: Any, n: int = EDGE_ROWS, seed: int = 0) -> Any:
 def _reference(run: Any, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """fitloop's own predictions for `data` (the `fitloop predict` code path): values or probabilities,
     and the class indices."""
-    from ..cli.runs import predict_file
+    from ..tabular.runs import predict_file
 
     table, _ = predict_file(run, data, proba=run.task == "classification")
     if run.task != "classification":
@@ -302,7 +303,7 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         >>> res = fl.export("runs/wine", format="onnx")       # doctest: +SKIP
         >>> res.path, res.max_abs_diff                        # doctest: +SKIP
     """
-    from ..cli.runs import load_run
+    from ..tabular.runs import load_run
 
     t0 = time.perf_counter()
     if format not in FORMATS:

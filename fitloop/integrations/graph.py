@@ -1,7 +1,7 @@
 """The exported graph: a run's preprocessing and model as one `nn.Module`, and its input layout.
 
 `build_graph` wraps the model so that raw column values go in and predictions come out (the math of
-`fitloop.data.Preprocessor.transform`, then the MLP, then softmax/argmax or the target's unscaling);
+`fitloop.tabular.Preprocessor.transform`, then the MLP, then softmax/argmax or the target's unscaling);
 `input_matrix` turns a table into its ``features`` input; `layout` is the JSON written next to an export.
 `fitloop.integrations.export` exports and verifies it.
 """
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from ..data.reading import TableError, _as_strings, _float64
+from ..tabular.reading import TableError, _as_strings, _float64
 
 __all__ = ["build_graph", "input_matrix", "layout"]
 

@@ -13,7 +13,7 @@ Endpoints (see the README, "Serve over HTTP"):
     GET  /version        fitloop/torch versions, the run, the model file's sha256
 
 The answers are `fitloop predict`'s: a CSV body becomes the Arrow table a file becomes and goes through
-`fitloop.cli.runs.predict_file` itself; JSON records become the numbers and category codes a file's cells
+`fitloop.tabular.runs.predict_file` itself; JSON records become the numbers and category codes a file's cells
 become inside `Preprocessor.transform`, and go through the same encoding (`Preprocessor.encode`) and the
 same output step (`predict_columns`), without the Arrow detour that would cost more than the rest of a
 small request. Bad input is a 4xx with a JSON body naming the column and the row, never a 500. The
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from ..cli.runs import LoadedRun
+    from ..tabular.runs import LoadedRun
 
 __all__ = ["create_app", "serve", "require_serve_extra", "ServeError", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_BODY"]
 
@@ -75,7 +75,7 @@ class _Model:
     """The run, loaded once, and what the read-only endpoints answer (computed once)."""
 
     def __init__(self, run_dir: str | os.PathLike, max_rows: int, max_body: int) -> None:
-        from ..cli.runs import load_run
+        from ..tabular.runs import load_run
         from ..files import versions
 
         self.run: LoadedRun = load_run(run_dir)
@@ -121,7 +121,7 @@ class _Model:
 
     def predict_table(self, table: Any, proba: bool) -> tuple[Any, list[str]]:
         """`fitloop predict`'s function on an in-memory table: ``(pyarrow.Table, notes)``."""
-        from ..cli.runs import predict_file
+        from ..tabular.runs import predict_file
 
         self._check_proba(proba)
         return predict_file(self.run, table, proba=proba)
@@ -131,7 +131,7 @@ class _Model:
         writes: ``({"prediction": ..., ["proba_<class>": ...]}, notes)``."""
         import torch  # not at the top: `fitloop --help` imports this module
 
-        from ..cli.runs import predict_columns
+        from ..tabular.runs import predict_columns
 
         self._check_proba(proba)
         notes: list[str] = []
@@ -300,7 +300,7 @@ class _Endpoints:
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
-        from ..data import TableError
+        from ..tabular.errors import TableError
 
         model = self.model
         try:

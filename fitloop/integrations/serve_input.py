@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-    from ..data import Preprocessor
+    from ..tabular.preprocess import Preprocessor
 
 __all__ = ["RequestError", "InputInfo", "NonFinite", "loads", "records_table", "csv_table", "json_kind"]
 
@@ -289,8 +289,8 @@ def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int, decimal: str | N
     import numpy as np
     import pyarrow.compute as pc
 
-    from ..data import TableError
-    from ..data.reading import _float64, _numeric_mask, read_csv_bytes
+    from ..tabular.errors import TableError
+    from ..tabular.reading import _float64, _numeric_mask, read_csv_bytes
 
     try:
         data = read_csv_bytes(body, decimal=decimal, delimiter=delimiter, delimiter_flag="?delimiter")

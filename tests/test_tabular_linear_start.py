@@ -13,9 +13,9 @@ import torch
 from tablefiles import write_rows
 
 import fitloop as fl
-from fitloop.cli.pipeline import resume_run, train_table
-from fitloop.cli.run_config import resolve_run_config
 from fitloop.models import RIDGE_GRID, fit_linear_path, fit_logistic_path
+from fitloop.tabular.config import resolve_run_config
+from fitloop.tabular.pipeline import resume_run, train_table
 
 
 def _skip(d: int, k: int = 1) -> fl.models.SkipMLP:
@@ -155,7 +155,7 @@ def test_a_run_written_before_these_settings_resumes_with_the_old_start(tmp_path
 
 
 def test_the_new_settings_are_checked_and_written_to_config_toml():
-    from fitloop.cli.run_config import ConfigError
+    from fitloop.tabular.config import ConfigError
 
     assert resolve_run_config({}).model.ridge == "gcv"  # written as "gcv": a resume tells it from a legacy run
     assert 'ridge = "gcv"' in resolve_run_config({}).to_toml()

@@ -12,9 +12,9 @@ from helpers import exactly
 from tablefiles import write
 
 from fitloop.cli import main
-from fitloop.data import Table, TableError, read_table
-from fitloop.data.reading import ReadInfo
-from fitloop.data.table import infer_task
+from fitloop.tabular import Table, TableError, read_table
+from fitloop.tabular.columns import infer_task
+from fitloop.tabular.reading import ReadInfo
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -288,10 +288,10 @@ def test_python_split_of_a_tiny_table_names_the_empty_part():
 
 def _user_error_instances():
     from fitloop.checkpoint_format import CheckpointError, ResumeMismatchError
-    from fitloop.cli.run_config import ConfigError
-    from fitloop.cli.runs import NotARunError
     from fitloop.runlock import RunLockedError
     from fitloop.step import NonFiniteError
+    from fitloop.tabular.config import ConfigError
+    from fitloop.tabular.runs import NotARunError
 
     return [TableError("bad table"), ConfigError("bad setting"), NotARunError("not a run"),
             CheckpointError("corrupt checkpoint"), ResumeMismatchError("data changed"), NonFiniteError("nan loss"),

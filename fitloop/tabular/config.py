@@ -1,8 +1,9 @@
-"""The command line's run configuration: `[data]`, `[model]` and `[train]`, from TOML, flags and `--set`.
+"""A table run's configuration: `[data]`, `[model]` and `[train]`, from TOML, flags, `--set` or Python settings.
 
-`fitloop train` flags, a TOML file (`--config run.toml`) and `--set section.key=value` all become
-one dict of dotted overrides applied by `resolve_run_config`; the result is a `RunConfig`, saved
-as `RUN_DIR/config.toml` with `RunConfig.to_toml`. Plain Python: importing it does not import torch.
+`fitloop train` flags, a TOML file (`--config run.toml`), `--set section.key=value` and the keyword
+settings of `fitloop.tabular.train` all become one dict of dotted overrides applied by `resolve_run_config`
+(`settings_overrides` maps the keyword settings); the result is a `RunConfig`, saved as
+`RUN_DIR/config.toml` with `RunConfig.to_toml`. Plain Python: importing it does not import torch.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from ..config import CONFIG_HEADER, TrainConfig
 from ..data.fractions import check_fractions
@@ -20,9 +26,7 @@ from ..mlp_checks import check_mlp
 
 __all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError",
            "resolve_run_config", "load_toml", "parse_set", "parse_value", "Budget", "training_budget",
-           "LEGACY_DEFAULTS"]
-
-
+           "LEGACY_DEFAULTS", "settings_overrides"]
 
 
 # `train.log` / `--log`: the loggers the CLI can add (fitloop.callbacks: TensorBoardLogger, MLflowLogger).
@@ -203,8 +207,6 @@ class RunConfig:
 
     def to_toml(self) -> str:
         """TOML text (`None` settings are left out when that is the default, written as `"none"` otherwise)."""
-        import tomli_w
-
         doc: dict[str, dict[str, Any]] = {}
         for s, values in self.to_dict().items():
             defaults = dataclasses.asdict(type(getattr(self, s))())
@@ -218,8 +220,6 @@ class RunConfig:
 
 
 def _section_types(section: str) -> dict[str, Any]:
-    import typing
-
     cls = {"data": DataSection, "model": ModelSection, "train": TrainSection}[section]
     return typing.get_type_hints(cls)
 
@@ -246,9 +246,6 @@ def _tomllib():
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check/convert `value` for a field annotated `hint`; strings like "64,32" become lists."""
-    import types
-    import typing
-
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{key}: got {value!r} ({type(value).__name__}); expected {expected}.")
 
@@ -311,8 +308,6 @@ def _flatten(d: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def load_toml(path: str) -> dict[str, Any]:
     """A TOML config file as dotted overrides (`{"train.lr": 0.01, ...}`)."""
-    from pathlib import Path
-
     tomllib = _tomllib()
     p = Path(path)
     if not p.is_file():
@@ -474,3 +469,31 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
 
 def _all_keys() -> list[str]:
     return [f"{s}.{k}" for s in RunConfig.SECTIONS for k in _section_types(s)]
+
+
+_SHARED_NAMES = {"seed": "train", "task": "data"}  # a name two sections have: the section of its flag
+
+def settings_overrides(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword settings of `fitloop.tabular.train` as dotted overrides for `resolve_run_config`.
+
+    A name is a key of one section (`epochs=20` is `train.epochs`, `hidden=[32]` is `model.hidden`), or
+    a dotted key (`**{"data.seed": 1}`), kept as it is. `seed` and `task`, keys of two sections, go where
+    `--seed` and `--task` put them: `train.seed`, `data.task`.
+
+    Raises:
+        ConfigError: a name that is no section's key (with a suggestion).
+    """
+    out: dict[str, Any] = {}
+    for name, value in settings.items():
+        if "." in name:
+            out[name] = value
+            continue
+        sections = [s for s in RunConfig.SECTIONS if name in _section_types(s)]
+        if not sections:
+            close = difflib.get_close_matches(name, [key.partition(".")[2] for key in _all_keys()], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown setting {name!r}.{hint} Settings are the keys of [data], [model] and "
+                              f"[train] (`fitloop train --help`), by name or as 'section.key'.")
+        section = sections[0] if len(sections) == 1 else _SHARED_NAMES[name]
+        out[f"{section}.{name}"] = value
+    return out

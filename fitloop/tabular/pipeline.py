@@ -1,6 +1,6 @@
 """Table to run directory: what `fitloop train` and `resume` do, usable from Python too.
 
-    cfg = resolve_run_config({"data.path": "wine.csv", "data.target": "cultivar"})
+    cfg = resolve_run_config({"data.path": "wine.csv", "data.target": "cultivar"})  # or fitloop.tabular.train
     result = train_table(cfg, out="runs/wine")          # writes the run directory atomically
     run = load_run("runs/wine")
     preds, notes = predict_file(run, "new.csv")         # a pyarrow.Table: [id], prediction[, proba_*]
@@ -21,13 +21,15 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
 Bad settings or data raise before the directory is created. While a process works in a run directory
 it holds its lock (`fitloop.runlock`: RUN_DIR/.lock with the pid), so a second `train`/`resume` on it
 stops naming that pid, and `--overwrite` never deletes a live run's directory. Opening a run to
-predict and evaluate is `fitloop.cli.runs` (`load_run`, `predict_file` and `evaluate_file` are
+predict and evaluate is `fitloop.tabular.runs` (`load_run`, `predict_file` and `evaluate_file` are
 importable from here too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import re
@@ -39,14 +41,25 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import pyarrow as pa
+import torch
 
+from ..callbacks import MLflowLogger, TensorBoardLogger
+from ..checkpoint_format import find_checkpoints
 from ..config import RUN_FORMAT
+from ..diagnose.checks import check_leakage, guard_settings
 from ..distributed import is_main_process
+from ..distributed.group import barrier, init_from_env
 from ..files import atomic_write_bytes, write_json_atomic
+from ..models import build_mlp
 from ..outputs import OutputPathError, check_out_dir, clear_run_dir, is_run_dir
+from ..report.data import PREDICTIONS_FILE, target_distribution
+from ..report.summary import summary
+from ..runlock import RunLockedError, hold_run_dir, lock_holder
+from ..trainer import Trainer, seed_everything
 from . import training
+from .config import CONFIG_HEADER, LEGACY_DEFAULTS, Budget, ConfigError, RunConfig, load_toml, resolve_run_config
 from .plan import RunPlan, plan_run
-from .run_config import CONFIG_HEADER, Budget, ConfigError, RunConfig
 from .runs import (
     LoadedRun,
     NotARunError,
@@ -59,8 +72,8 @@ from .runs import (
     unscale,
 )
 
-__all__ = ["RunResult", "RunPlan", "plan_run", "LoadedRun", "train_table", "resume_run", "load_run", "predict_file",
-           "evaluate_file", "RUN_FORMAT", "NotARunError"]
+__all__ = ["RunResult", "RunPlan", "plan_run", "LoadedRun", "train_table", "resume_run", "start_out", "check_out",
+           "default_out", "merge_run_json", "load_run", "predict_file", "evaluate_file", "RUN_FORMAT", "NotARunError"]
 
 
 @dataclass
@@ -86,11 +99,16 @@ class RunResult:
     model_summary: Any = None
     still_improving: str | None = None  # the advice when the best epoch was the last one
 
+    def load(self) -> LoadedRun:
+        """The run opened to predict and evaluate (`load_run(run_dir)`)."""
+        return load_run(self.run_dir)
+
 
 # ------------------------------------------------------------------------------------------- train
 
 
-def _default_out(target: str) -> Path:
+def default_out(target: str) -> Path:
+    """`runs/<target>-<timestamp>`: a run's directory when none is given."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("._") or "run"
     return Path("runs") / f"{safe}-{stamp}"
@@ -103,13 +121,11 @@ def start_out(cfg: RunConfig, out: str | os.PathLike | None, overwrite: bool) ->
         raise ConfigError(f"no data file {cfg.data.path!r}: pass DATA (fitloop train DATA --target COL).")
     if not cfg.data.target:
         raise ConfigError("no target column: pass --target COL or set data.target.")
-    return _check_out(out if out is not None else _default_out(cfg.data.target), overwrite, cfg.data.path)
+    return check_out(out if out is not None else default_out(cfg.data.target), overwrite, cfg.data.path)
 
 
-def _check_out(out: str | os.PathLike, overwrite: bool, data: str | None = None) -> Path:
+def check_out(out: str | os.PathLike, overwrite: bool, data: str | None = None) -> Path:
     """`out` may become this run's directory (`fitloop.outputs.check_out_dir`), and no live run holds it."""
-    from ..runlock import RunLockedError, lock_holder
-
     out_dir = Path(out)
     holder = lock_holder(out_dir) if os.fspath(out).strip() and out_dir.is_dir() else None
     if holder is not None:  # a live run: never replaced, --overwrite or not
@@ -152,17 +168,13 @@ class _PreparedRun:
     ridge: float | None = None  # the linear start's penalty (model.ridge, or GCV's choice); None: no linear start
 
 
-def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
+def _prepare(cfg: RunConfig, log: Callable[[str], None], data: pa.Table | None = None) -> _PreparedRun:
     """`plan_run`, then the splits encoded as tensors (the preprocessor applied to every split)."""
-    import torch
-
-    plan = plan_run(cfg, log)
+    plan = plan_run(cfg, log, data=data)
     table = plan.table
     prep = table.prepare(plan.rows, preprocessor=plan.preprocessor)
     task, classes, n_inputs = table.task, cast(list[Any], table.classes), len(table.feature_columns)
     del table, plan.table  # the Arrow table is no longer needed: free it before training, and hand the pages back
-    import pyarrow as pa
-
     pa.default_memory_pool().release_unused()
     pre = prep.preprocessor
     n_features = len(pre.feature_names)
@@ -195,8 +207,6 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None]) -> _PreparedRun:
 def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> list[str]:
     """The leakage guard over all three splits (the Trainer sees only train and val): a note with the counts,
     or an error with `train.guards = {leakage = "error"}`."""
-    from ..diagnose.checks import check_leakage, guard_settings
-
     mode = guard_settings(guards)["leakage"]
     found = check_leakage(splits, mode="error" if mode == "error" else False) if mode else {}
     return [f"leakage: {n} {b} rows have the same encoded inputs as {a} rows" for (a, b), n in found.items()]
@@ -204,9 +214,6 @@ def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> lis
 
 def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
-    from ..models import build_mlp
-    from ..trainer import Trainer, seed_everything
-
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
     model = build_mlp(p.spec)
     X, y = p.splits["train"]
@@ -226,8 +233,6 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
 def _loggers(names: list[str]) -> list[Any]:
     """`--log tensorboard,mlflow`: the loggers (after EarlyStopping, so MLflow sees the kept weights).
     The MLflow run gets the final bundle (with the preprocessing) from `_finish`, not at fit's end."""
-    from ..callbacks import MLflowLogger, TensorBoardLogger
-
     made: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardLogger,
                                           "mlflow": lambda: MLflowLogger(log_model=False)}
     return [made[name]() for name in dict.fromkeys(names)]
@@ -235,8 +240,6 @@ def _loggers(names: list[str]) -> list[Any]:
 
 def _log_final(p: _PreparedRun, out_dir: Path, eval_split: str | None, metrics: dict[str, Any]) -> None:
     """The MLflow run also gets the held-out metrics (`test_*`) and the run's final files."""
-    from ..callbacks import MLflowLogger
-
     for logger in p.loggers:
         if isinstance(logger, MLflowLogger):
             if eval_split == "test":
@@ -248,8 +251,9 @@ def _log_final(p: _PreparedRun, out_dir: Path, eval_split: str | None, metrics: 
 
 def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
                 log: Callable[[str], None] | None = None, argv: list[str] | None = None,
-                t_command: float | None = None) -> RunResult:
-    """Read `cfg.data.path`, split, fit the preprocessing on train, train an MLP, evaluate, write the run.
+                t_command: float | None = None, data: pa.Table | None = None) -> RunResult:
+    """Read `cfg.data.path` (or take `data`), split, fit the preprocessing on train, train an MLP, evaluate,
+    write the run.
 
     Bad settings or data raise before the run directory is created. Once training starts the run
     directory holds checkpoints, so an interrupted or failed run can be resumed (`resume_run`);
@@ -262,21 +266,21 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
         log: where progress lines go (default: nowhere).
         argv: the command line, recorded in `run.json`.
         t_command: `time.perf_counter()` when the command started (for the time to the first step).
+        data: the rows as a ``pyarrow.Table`` already in memory, instead of the file `cfg.data.path`;
+            `run.json` records that (`data_in_memory`), and `resume_run` needs the table again.
 
     Raises:
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
     """
-    from ..distributed.group import barrier, init_from_env
-    from ..runlock import hold_run_dir
-
     log = log or (lambda msg: None)
     init_from_env(cfg.train.dist_timeout, cfg.train.device)  # several processes: the group comes first
-    out_dir = _check_out(out if out is not None else _default_out(cfg.data.target or "run"), overwrite,
+    out_dir = check_out(out if out is not None else default_out(cfg.data.target or "run"), overwrite,
                          cfg.data.path)
     t_start = time.perf_counter()
-    p = _prepare(cfg, log)
+    p = _prepare(cfg, log, data)
     p.t_command = t_start if t_command is None else t_command
-    cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())  # `resume` finds the data from any directory
+    if data is None:  # `resume` finds the data from any directory
+        cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())
     barrier()  # every rank has checked `out` before rank 0 takes it; only rank 0 writes
     main = is_main_process()
     created = not out_dir.exists()
@@ -301,8 +305,6 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
 
 def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
     """A fresh run in `out_dir`: config.toml and splits.json (rank 0 writes them), then the Trainer."""
-    from ..distributed.group import barrier
-
     if is_main_process():
         (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
         write_json_atomic(out_dir / "splits.json", {
@@ -312,7 +314,8 @@ def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | Non
             **{k: v.tolist() for k, v in p.rows.items()}}, indent=None)
     barrier()  # the other ranks' Checkpointers find the directory written
     _build_trainer(cfg, p, out_dir)
-    p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task}
+    source = {"data": cfg.data.path} if cfg.data.path else {"data_in_memory": True}  # `resume` needs it again
+    p.run_fields = {"command": argv, **source, "target": cfg.data.target, "task": p.task}
     if p.trainer.checkpointer is not None:  # in run.json from the start: a killed run still reports its data
         p.trainer.checkpointer.run_info.update({
             **p.run_fields, "rows": {k: len(v[0]) for k, v in p.splits.items()}, "inputs": p.n_inputs,
@@ -322,16 +325,16 @@ def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | Non
 
 
 def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] | None = None,
-               quiet: bool | None = None) -> RunResult:
+               quiet: bool | None = None, data: pa.Table | None = None) -> RunResult:
     """Resume an interrupted `fitloop train` run from its latest good checkpoint, then evaluate it.
 
-    The data is read again from the path in `config.toml` and prepared exactly as before; the
-    checkpoint refuses it when the data or the settings changed, unless `force`.
-    """
-    from ..checkpoint_format import find_checkpoints
-    from ..runlock import hold_run_dir
-    from .run_config import LEGACY_DEFAULTS, load_toml, resolve_run_config
+    The data is read again from the path in `config.toml` (a run trained on a table in memory: `data`,
+    that table again) and prepared exactly as before; the checkpoint refuses it when the data or the
+    settings changed, unless `force`.
 
+    Raises:
+        ConfigError: the run already finished, or it trained on a table in memory and `data` is None.
+    """
     log = log or (lambda msg: None)
     run_dir = Path(path)
     started = _killed_at_start(run_dir)
@@ -346,8 +349,11 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
         cfg = resolve_run_config(legacy, saved)
         if quiet is not None:
             cfg.train.quiet = quiet
+        if data is None and not cfg.data.path:
+            raise ConfigError(f"{run_dir}: this run trained on a table in memory, so resuming it needs that table "
+                              f"again: fitloop.tabular.resume({str(run_dir)!r}, data=TABLE).")
         t_start = time.perf_counter()
-        p = _prepare(cfg, log)
+        p = _prepare(cfg, log, data)
         p.t_command = t_start
         t0 = time.perf_counter()
         if find_checkpoints(run_dir):
@@ -374,8 +380,6 @@ def _killed_at_start(run_dir: Path) -> bool:
 
 def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> RunResult:
     """Evaluate on the held-out rows, write the bundle (with the preprocessor), metrics and summary."""
-    from ..report.summary import summary
-
     trainer, task, info = p.trainer, p.task, p.info
     history = trainer.history
     has_val = "val" in p.splits
@@ -415,7 +419,7 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
                        best_epoch, p.timings, eval_split, metrics, baseline, info["baseline_kind"], p.notes,
                        trainer.stop_reason, summary(trainer.model, (p.n_features,), verbose=False), improving)
     if is_main_process():
-        _merge_run_json(out_dir, {
+        merge_run_json(out_dir, {
             **p.run_fields, "rows": rows, "inputs": p.n_inputs, "features": p.n_features, "parameters": n_params,
             "epochs": trainer.epoch, "best_epoch": best_epoch, "stop_reason": trainer.stop_reason,
             "still_improving": improving is not None, "budget": training.budget_fields(p.budget),
@@ -428,11 +432,6 @@ def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> R
 def _write_predictions(out_dir: Path, rows: np.ndarray, y_true: Any, raw: Any, info: dict[str, Any]) -> None:
     """The held-out split's targets and predictions (original labels or units) as CSV, for `fitloop report`'s
     confusion matrix or predicted-vs-actual plots; `row` indexes the data file's rows (as splits.json)."""
-    import csv
-    import io
-
-    from ..report.data import PREDICTIONS_FILE
-
     if info["task"] == "classification":
         classes = info["classes"]
         target = [classes[i] for i in y_true.long().tolist()]
@@ -449,16 +448,15 @@ def _write_predictions(out_dir: Path, rows: np.ndarray, y_true: Any, raw: Any, i
 
 def _target_distribution(p: _PreparedRun) -> dict[str, Any]:
     """Per split: class counts, or the target's mean, std and quantiles in its own units."""
-    from ..report.data import target_distribution
-
     out = {}
     for name, (_, y) in p.splits.items():
         out[name] = target_distribution(p.targets.get(name, y), p.task, p.info["classes"])
     return out
 
 
-def _merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:
-    """Add the table run's fields to `run.json` (the checkpointer owns its status fields)."""
+def merge_run_json(run_dir: Path, fields: dict[str, Any]) -> None:
+    """Add the table run's fields to `run.json` (the checkpointer owns its status fields; the size search
+    adds its own)."""
     path = run_dir / "run.json"
     info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     info.update(fields)

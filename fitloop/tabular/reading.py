@@ -1,26 +1,29 @@
 """Reading tables: CSV/TSV(.gz)/Parquet files into pyarrow, and Arrow columns as numbers or text.
 
 `read_table` and `TableError` are the public part; the column helpers below are shared by
-`fitloop.data.table` (inference) and `fitloop.data.preprocess` (encoding). pyarrow is imported
-inside the functions.
+`fitloop.tabular.columns` (inference) and `fitloop.tabular.preprocess` (encoding).
 """
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import math
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from . import dialect
 from .dialect import ReadInfo, check_header, parse_number_columns
 from .errors import TableError
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
-__all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table", "read_csv_bytes"]
+__all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table", "read_csv_bytes", "in_memory"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 _NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
@@ -40,7 +43,7 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     """Read a `.csv`, `.tsv`, `.csv.gz`, `.tsv.gz` or `.parquet` file with pyarrow.
 
     The dialect rules (delimiter sniffing, decimal commas and thousands separators, unnamed and
-    duplicate header names) are `fitloop.data.dialect`'s.
+    duplicate header names) are `fitloop.tabular.dialect`'s.
 
     Args:
         path: File to read.
@@ -58,9 +61,6 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         TableError: Missing/empty file, unsupported extension, bad encoding, ragged rows, an ambiguous
             delimiter or decimal mark, or duplicate column names.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: file not found (check the path; cwd is {Path.cwd()}).")
@@ -73,8 +73,6 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     if path.stat().st_size == 0:
         raise TableError(f"{path}: the file is empty; it needs a header row and at least one data row.")
     if ext == ".parquet":
-        import pyarrow.parquet as pq
-
         try:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as e:
@@ -131,6 +129,21 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     return _finish(table, str(path), decimal, info)
 
 
+def in_memory(data: Any) -> pa.Table | None:
+    """`data` as a ``pyarrow.Table`` when it is a table in memory: a ``pyarrow.Table`` as it is, a
+    ``pandas.DataFrame`` converted (its index left out); None for anything else (a path).
+
+    pandas is not a dependency: a DataFrame can only come from a program that imported pandas already,
+    so it is looked up in `sys.modules`, never imported here.
+    """
+    if isinstance(data, pa.Table):
+        return data
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(data, pandas.DataFrame):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    return None
+
+
 def _check_delimiter(delimiter: str | None) -> str | None:
     """`--delimiter` as one character (``\\t`` and ``tab`` spelled out mean a tab); None to sniff."""
     if delimiter is None:
@@ -152,8 +165,6 @@ def _finish(table: pa.Table, source: str, decimal: str | None, info: ReadInfo | 
 
 def _csv_options(encoding: str, sep: str, decimal: str | None = None) -> tuple[Any, Any, Any]:
     """pyarrow's read, parse and convert options for delimited text: one place for files and request bodies."""
-    import pyarrow.csv as pcsv
-
     read_opts = pcsv.ReadOptions(encoding=encoding, block_size=1 << 22)
     parse_opts = pcsv.ParseOptions(delimiter=sep)
     conv_opts = pcsv.ConvertOptions(strings_can_be_null=True,  # empty text cells are missing values
@@ -179,9 +190,6 @@ def read_csv_bytes(data: bytes, *, delimiter: str | None = ",", decimal: str | N
     Raises:
         TableError: Empty text, bytes that are not UTF-8, ragged rows or unparsable text.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
     if not data.strip():
         raise TableError(f"{source} is empty; it needs a header row and at least one data row.")
     if delimiter is None:
@@ -205,9 +213,6 @@ def read_csv_bytes(data: bytes, *, delimiter: str | None = ",", decimal: str | N
 
 def _first_undecodable_line(path: Path, encoding: str) -> int | None:
     """1-based line number of the first line that does not decode (error path only)."""
-    import codecs
-    import gzip
-
     decoder = codecs.getincrementaldecoder(encoding)()
     with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
         for number, line in enumerate(f, 1):
@@ -230,8 +235,6 @@ def _encoding_error(path: Path, encoding: str, where: str) -> TableError:
 
 def _ragged_error(path: Path, sep: str, encoding: str, msg: str) -> TableError:
     """Re-parse single-threaded to learn the line number of the first ragged row (error path only)."""
-    import pyarrow.csv as pcsv
-
     bad: list[Any] = []
 
     def handler(row: Any) -> str:
@@ -261,21 +264,14 @@ def _ragged_error(path: Path, sep: str, encoding: str, msg: str) -> TableError:
 
 
 def _is_string(t: pa.DataType) -> bool:
-    import pyarrow as pa
-
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
 
 
 def _as_strings(col: Any) -> Any:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
 def _junk_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) -> TableError:
-    import pyarrow.compute as pc
-
     i = int(pc.index(bad, True).as_py())
     value = col[i].as_py()
     row = int(rows[i]) if rows is not None else i
@@ -289,16 +285,11 @@ def _junk_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) -> Table
 
 def _numeric_mask(col: Any) -> Any:
     """Boolean array: value looks like a number (null for missing)."""
-    import pyarrow.compute as pc
-
     return pc.match_substring_regex(_as_strings(col), _NUMBER_RE)
 
 
 def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
     """Column as float64 numpy (NaN = missing); numeric strings are parsed, junk raises TableError."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if rows is not None:
         col = col.take(rows)
     t = col.type
@@ -321,6 +312,4 @@ def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
 
 
 def _sorted_unique(col: Any) -> list[Any]:
-    import pyarrow.compute as pc
-
     return sorted(v for v in pc.unique(col).to_pylist() if v is not None and v == v)

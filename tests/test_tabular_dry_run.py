@@ -11,7 +11,7 @@ import pytest
 from tablefiles import write_rows
 
 from fitloop.cli import main
-from fitloop.cli import pipeline as pipeline_module
+from fitloop.tabular import decisions as decisions_module
 
 
 def _table(tmp: Path) -> Path:
@@ -39,8 +39,8 @@ def test_dry_run_prints_every_decision_and_trains_nothing(tmp_path, capsys, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "300")
     calls = []
-    real = pipeline_module.plan_run
-    monkeypatch.setattr(pipeline_module, "plan_run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = decisions_module.plan_run
+    monkeypatch.setattr(decisions_module, "plan_run", lambda *a, **k: calls.append(1) or real(*a, **k))
     code, out, err = _cli(capsys, "train", data, *FLAGS, "--dry-run", "--out", "runs/t")
     assert code == 0, err
     assert calls == [1]  # the dry run decides with the real run's function, not a copy

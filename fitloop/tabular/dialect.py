@@ -1,7 +1,7 @@
 """CSV as people write it: the delimiter sniffed from a sample, numbers with decimal commas or thousands
 separators, unnamed and duplicate header names.
 
-`read_table` (`fitloop.data.reading`) calls these; they are the rules `fitloop train`, `predict`,
+`read_table` (`fitloop.tabular.reading`) calls these; they are the rules `fitloop train`, `predict`,
 `evaluate` and `--dry-run` share:
 
 - **Delimiter** (when none is given): each of ``,`` ``;`` tab ``|`` parses the first 16 KiB (and
@@ -21,10 +21,15 @@ separators, unnamed and duplicate header names.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import TableError
 
@@ -71,8 +76,6 @@ class ReadInfo:
 def sample(path: Path, encoding: str) -> tuple[str, bool]:
     """The file's first `SAMPLE_BYTES` (more, up to `MAX_SAMPLE_BYTES`, until `SAMPLE_LINES` lines are in),
     as text, and whether that is the whole file."""
-    import gzip
-
     opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
         raw = f.read(SAMPLE_BYTES)
@@ -95,8 +98,6 @@ def _field_counts(text: str, delimiter: str, complete: bool) -> list[int]:
 def excel_sep(text: str) -> str | None:
     """The delimiter named by an Excel ``sep=X`` first line of `text` (optionally quoted, after a byte-order
     mark), or None when it does not start with one."""
-    import re
-
     first = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     m = re.fullmatch(r'"?sep=(.)"?\s*', first, flags=re.IGNORECASE)
     return m.group(1) if m else None
@@ -179,9 +180,6 @@ def check_header(names: list[str], source: str) -> list[str] | None:
 
 def _looks_numeric(head: Any) -> bool:
     """Whether most of these cells are numbers in one of the two comma formats."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     s = pc.utf8_trim_whitespace(head)
     s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
     n_valid = len(s) - s.null_count
@@ -190,8 +188,6 @@ def _looks_numeric(head: Any) -> bool:
 
 
 def _example(col: Any, mask: Any) -> str:
-    import pyarrow.compute as pc
-
     i = pc.index(mask, True).as_py()
     return str(col[i].as_py()) if i is not None and i >= 0 else ""
 
@@ -213,9 +209,6 @@ def parse_number_columns(table: Any, decimal: str | None, source: str, info: Rea
         TableError: a column's numbers read two ways and nothing decides (names the column and
             ``--decimal``), a column that contradicts ``--decimal``, or a few bad cells among numbers.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if decimal not in (None, ",", "."):
         raise TableError(f"decimal: got {decimal!r}; pass ',' or '.' (`--decimal ,`).")
     found: dict[str, tuple[int, Any, bool, bool, str]] = {}

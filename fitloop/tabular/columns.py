@@ -7,8 +7,8 @@ Typical use::
     X, y = prep.train.X, prep.train.y                          # float32 / (float32 | int64) tensors
     state = prep.preprocessor.to_dict()                        # JSON-able, no pickle
 
-Reading files is `fitloop.data.reading` (`read_table`); the preprocessing itself (`Preprocessor`,
-fitted on the training rows only, and `transform_table` for new files) is `fitloop.data.preprocess`.
+Reading files is `fitloop.tabular.reading` (`read_table`); the preprocessing itself (`Preprocessor`,
+fitted on the training rows only, and `transform_table` for new files) is `fitloop.tabular.preprocess`.
 Everything is vectorised (pyarrow compute and numpy).
 """
 
@@ -19,11 +19,15 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
 
 from .dialect import UNNAMED_PREFIX, ReadInfo, check_header
+from .preprocess import PreparedTable, Preprocessor, TableSplit
 from .reading import (
     SUPPORTED_EXTENSIONS,
     TableError,
@@ -35,11 +39,6 @@ from .reading import (
     _sorted_unique,
     read_table,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
-    from .preprocess import PreparedTable, Preprocessor
 
 __all__ = ["Table", "SUPPORTED_EXTENSIONS", "TableError", "read_table"]  # the last three: from .reading
 
@@ -56,9 +55,6 @@ MIN_ROWS_FOR_INDEX = 10  # below this, a column that happens to count 1, 2, 3 is
 
 def _infer_kind(name: str, col: Any) -> str:
     """One of 'numeric', 'bool', 'categorical', 'empty', 'other'. Mostly-numeric text raises TableError."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     t = col.type
     n_valid = len(col) - col.null_count
     if pa.types.is_floating(t):
@@ -117,8 +113,6 @@ def infer_task(kind: str, values: np.ndarray | None, n_distinct: int, n_rows: in
 
 def _row_index(col: Any) -> bool:
     """An integer column that is 0..n-1 or 1..n in order: the row numbers a `to_csv()` writes."""
-    import pyarrow as pa
-
     if not pa.types.is_integer(col.type) or col.null_count or len(col) < MIN_ROWS_FOR_INDEX:
         return False
     first, last = col[0].as_py(), col[len(col) - 1].as_py()
@@ -154,8 +148,6 @@ class Table:
     def __init__(self, data: pa.Table, *, target: str, task: str | None = None, drop: Sequence[str] = (),
                  id: str | None = None, max_categories: int = 50, source: str = "table",
                  load_seconds: float = 0.0) -> None:
-        import pyarrow.compute as pc
-
         self.source, self.load_seconds, self.max_categories = source, load_seconds, max_categories
         names = check_header(list(data.column_names), source)  # read_table did it for files; Arrow input too
         if names is not None:
@@ -236,8 +228,6 @@ class Table:
                                  f"be used for regression. Use --task classification.")
             self.task_reason = "as given (--task)"
             return task
-        import pyarrow.compute as pc
-
         values = _float64(col, self.target) if kind == "numeric" else None
         task, self.task_reason = infer_task(kind, values, len(pc.unique(col)), len(col))
         return task
@@ -307,8 +297,6 @@ class Table:
         Raises:
             TableError: the training rows hold a single class, or index outside the table.
         """
-        from .preprocess import Preprocessor
-
         rows = self._rows("train", train_rows)
         if rows.size == 0:
             raise TableError("the train split is empty.")
@@ -344,10 +332,6 @@ class Table:
         Returns:
             `PreparedTable` with the fitted preprocessor and one `TableSplit` (X, y, ids) per split.
         """
-        import torch
-
-        from .preprocess import PreparedTable, TableSplit
-
         if splits is None:
             named = self.split_indices(fractions, seed)
         elif isinstance(splits, Mapping):
@@ -374,9 +358,6 @@ class Table:
 
 
 def _float64_arrow(col: Any) -> Any:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if _is_string(col.type):
         col = pc.utf8_trim_whitespace(_as_strings(col))
     return pc.cast(col, pa.float64())

@@ -1,4 +1,4 @@
-"""Tests for fitloop.data.table: reading files, inferring column kinds and the task, error messages."""
+"""Tests for fitloop.tabular.columns: reading files, inferring column kinds and the task, error messages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gzip
 import pytest
 from tablefiles import SMALL, write, write_rows
 
-from fitloop.data import Table, TableError, read_table
+from fitloop.tabular import Table, TableError, read_table
 
 # ------------------------------------------------------------------------------------------ reading
 

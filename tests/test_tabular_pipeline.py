@@ -1,4 +1,4 @@
-"""Tests for the CLI's work called from Python: fitloop.cli.pipeline (train_table) and fitloop.cli.runs
+"""Tests for the CLI's work called from Python: fitloop.tabular.pipeline (train_table) and fitloop.tabular.runs
 (load_run, predict_file, evaluate_file)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 from tablefiles import write_rows
 
 from fitloop.cli import demo_data_path
-from fitloop.cli.pipeline import train_table
-from fitloop.cli.run_config import ConfigError, load_toml, resolve_run_config
-from fitloop.cli.runs import NotARunError, evaluate_file, load_run, predict_file
-from fitloop.data import TableError
 from fitloop.outputs import OutputPathError
+from fitloop.tabular import TableError
+from fitloop.tabular.config import ConfigError, load_toml, resolve_run_config
+from fitloop.tabular.pipeline import train_table
+from fitloop.tabular.runs import NotARunError, evaluate_file, load_run, predict_file
 
 WINE_CLASSES = ["class_0", "class_1", "class_2"]
 RUN_FILES = {"run.json", "config.toml", "metrics.json", "history.jsonl", "splits.json", "model"}

@@ -1,4 +1,4 @@
-"""Tests for fitloop.data.preprocess: leakage-free preprocessing, new tables, JSON state."""
+"""Tests for fitloop.tabular.preprocess: leakage-free preprocessing, new tables, JSON state."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from tablefiles import SMALL, write, write_rows
 
-from fitloop.data import Preprocessor, Table, TableError, transform_table
+from fitloop.tabular import Preprocessor, Table, TableError, transform_table
 
 
 def sklearn_features_csv(tmp_path: Path, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Tests for fitloop.cli.run_config: TOML files, --set, flags, resolve_run_config, ConfigError, config.toml."""
+"""Tests for fitloop.tabular.config: TOML files, --set, flags, resolve_run_config, ConfigError, config.toml."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from tablefiles import sklearn_csv
 
 from fitloop.cli import main
-from fitloop.cli.run_config import (
+from fitloop.tabular.config import (
     ConfigError,
     RunConfig,
     _tomllib,
@@ -143,7 +143,7 @@ def test_the_cli_and_the_library_share_their_checks():
 
 def test_resolving_a_config_does_not_import_torch():
     """`fitloop --help` and config errors stay fast: the run config is plain Python."""
-    code = ("import sys; import fitloop.cli; from fitloop.cli.run_config import resolve_run_config, ConfigError\n"
+    code = ("import sys; import fitloop.cli; from fitloop.tabular.config import resolve_run_config, ConfigError\n"
             "cfg = resolve_run_config({'data.path': 'x.csv', 'data.target': 'y', 'model.activation': 'gelu'})\n"
             "cfg.to_toml()\n"
             "try:\n    resolve_run_config({'model.dropout': 2.0})\nexcept ConfigError:\n    pass\n"

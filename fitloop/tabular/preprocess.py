@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
 
 from .reading import TableError, _as_strings, _float64, _sorted_unique, read_table
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-    import torch
-
-    from .table import Table
+if TYPE_CHECKING:  # pragma: no cover - a Table is accepted by duck typing (columns.py imports this module)
+    from .columns import Table
 
 __all__ = ["Preprocessor", "PreparedTable", "TableSplit", "transform_table"]
 
@@ -70,8 +70,6 @@ class Preprocessor:
             id: Id column name (excluded from features).
             max_categories: Categorical columns with more distinct training values are dropped.
         """
-        import pyarrow.compute as pc
-
         features: list[dict[str, Any]] = []
         dropped: dict[str, str] = {}  # column -> why: the notes, and `fitloop train --dry-run`'s table
         imputed: list[str] = []
@@ -155,8 +153,6 @@ class Preprocessor:
         Raises:
             TableError: Required columns are missing, or a numeric column contains junk.
         """
-        import pyarrow.compute as pc
-
         # schema.names, not column_names (~15x slower: it is built anew on every call); columns by position
         pos = {name: i for i, name in enumerate(data.schema.names)}
         missing = [c for c in self.input_columns if c not in pos]
@@ -261,8 +257,6 @@ class Preprocessor:
         first `transform` (the features do not change after fitting) instead of on every call."""
         if self._plan_cache is not None:
             return self._plan_cache
-        import pyarrow as pa
-
         num: list[dict[str, Any]] = []
         at: list[int] = []
         categorical: list[tuple[dict[str, Any], int, Any]] = []
@@ -291,9 +285,6 @@ class Preprocessor:
         Raises:
             TableError: Missing target values, or labels not seen when fitting.
         """
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         col = data.column(self.target)
         if rows is not None:
             col = col.take(rows)
@@ -350,8 +341,6 @@ _NUMBERISH_RE = ("^\\s*[$€£¥]?\\s*[+\\-(]?[$€£¥]?(?:\\d{1,3}(?:[ .,'\u00
 
 def _refuse_dropping_numbers(name: str, s: Any) -> None:
     """Raise instead of dropping a high-cardinality text column whose cells are numbers in some format."""
-    import pyarrow.compute as pc
-
     n_valid = len(s) - s.null_count
     hits = pc.fill_null(pc.match_substring_regex(s, _NUMBERISH_RE), False)
     if n_valid and int(pc.sum(hits).as_py() or 0) >= 0.9 * n_valid:
@@ -419,8 +408,6 @@ def transform_table(preprocessor: Preprocessor, table: str | Path | pa.Table | T
     Raises:
         TableError: Columns the model needs are missing, junk in numeric columns, unknown target labels.
     """
-    import torch
-
     if isinstance(table, (str, Path)):
         data = read_table(table, encoding=encoding, delimiter=delimiter, decimal=decimal)
     elif hasattr(table, "column_names"):  # a pyarrow.Table

@@ -1,22 +1,36 @@
 """A finished run directory: check it, open it, predict and evaluate with it.
 
     run = load_run("runs/wine")
-    preds, notes = predict_file(run, "new.csv")         # a pyarrow.Table: [id], prediction[, proba_*]
-    report = evaluate_file(run, "labelled.csv")         # {"metrics": ..., "baseline": ...}
+    preds = run.predict("new.csv")                      # a pyarrow.Table: [id], prediction[, proba_*]
+    report = run.evaluate("labelled.csv")               # {"metrics": ..., "baseline": ...}
+
+Both take a path, a ``pyarrow.Table`` or a ``pandas.DataFrame``; `predict_file` also returns the notes
+about the data (unseen categories, ignored columns), which `LoadedRun.predict` issues as warnings or
+collects.
 
 Also the metrics `fitloop train` reports (`score`, next to the trivial baseline's); writing a run is
-`fitloop.cli.pipeline`.
+`fitloop.tabular.pipeline`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..bundle import load
 from ..config import RUN_FORMAT
+from ..metrics import MetricSet, to_python
+from .errors import TableError
+from .preprocess import Preprocessor, transform_table
+from .reading import in_memory, read_table
 
 __all__ = ["LoadedRun", "NotARunError", "check_run", "load_run", "predict_file", "predict_columns", "evaluate_file",
            "score"]
@@ -36,10 +50,6 @@ def score(task: str, out, y, scaling: dict[str, float] | None = None) -> dict[st
 
     Regression outputs are in standardized units; `scaling` (`mean`, `std`) maps them back first.
     """
-    import torch
-
-    from ..metrics import MetricSet, to_python
-
     out = out.detach().float()
     if task == "classification":
         res: dict[str, Any] = {"loss": torch.nn.functional.cross_entropy(out, y.long())}
@@ -53,8 +63,6 @@ def score(task: str, out, y, scaling: dict[str, float] | None = None) -> dict[st
 def float32_value(v: Any) -> Any:
     """A float computed in float32 as the shortest decimal that reads back as the same float32
     (0.9722222, not 0.9722222089767456); lists element-wise; anything else unchanged."""
-    import numpy as np
-
     if isinstance(v, list):
         return [float32_value(x) for x in v]
     if isinstance(v, float):
@@ -68,8 +76,6 @@ def unscale(pred, scaling: dict[str, float] | None):
 
 def baseline_outputs(task: str, info: dict[str, Any], n: int):
     """The trivial model's raw outputs for `n` rows: log class priors (majority class) or the train mean."""
-    import torch
-
     if task == "classification":
         prior = torch.tensor(info["class_prior"], dtype=torch.float32)
         return torch.log(prior.clamp_min(1e-12)).expand(n, -1)
@@ -92,10 +98,37 @@ class LoadedRun:
     def task(self) -> str:
         return self.info["task"]
 
+    def predict(self, data: Any, *, proba: bool = False, encoding: str = "utf-8", delimiter: str | None = None,
+                decimal: str | None = None, notes: list[str] | None = None) -> pa.Table:
+        """Predictions for new rows (`fitloop predict`): a file path, a ``pyarrow.Table`` or a DataFrame.
+
+        Args:
+            data: the rows; the columns the model needs, by name (others are ignored).
+            proba: also one ``proba_<class>`` column per class (classification).
+            encoding, delimiter, decimal: how to read a file (default: the run's own settings, detected).
+            notes: receives the notes about the data (unseen categories, ignored columns); None: each is
+                issued as a `UserWarning`.
+
+        Returns:
+            A ``pyarrow.Table``: the id column (when the run has one and the data too), ``prediction``.
+        """
+        table, found = predict_file(self, data, proba=proba, encoding=encoding, delimiter=delimiter,
+                                    decimal=decimal)
+        if notes is not None:
+            notes.extend(found)
+        else:
+            for note in found:
+                warnings.warn(note, UserWarning, stacklevel=2)
+        return table
+
+    def evaluate(self, data: Any, *, encoding: str = "utf-8", delimiter: str | None = None,
+                 decimal: str | None = None) -> dict[str, Any]:
+        """Metrics on labelled rows (`fitloop evaluate`), next to the trivial baseline of the training data:
+        ``{"rows", "metrics", "baseline", "baseline_kind", "notes"}``. `data` as in `predict`."""
+        return evaluate_file(self, data, encoding=encoding, delimiter=delimiter, decimal=decimal)
+
     def outputs(self, X):
         """Raw model outputs for `X`, in batches, under inference mode."""
-        import torch
-
         with torch.inference_mode():
             outs = [self.model(X[i:i + PREDICT_BATCH]) for i in range(0, len(X), PREDICT_BATCH)]
         if len(outs) == 1:  # one batch (what a server sees): no copy through torch.cat
@@ -133,9 +166,6 @@ def check_run(path: str | os.PathLike, *, finished: bool = True) -> dict[str, An
 
 def load_run(path: str | os.PathLike) -> LoadedRun:
     """Open a run directory written by `train_table` (weights as safetensors, the rest JSON)."""
-    from ..bundle import load
-    from ..data import Preprocessor
-
     check_run(path)
     model = load(Path(path) / "model")
     meta = cast(dict[str, Any], model.fitloop_meta)  # set by `load`
@@ -146,17 +176,13 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
 
 def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "utf-8",
                  delimiter: str | None = None, decimal: str | None = None):
-    """Predictions for a new file (or `pyarrow.Table`): returns `(pyarrow.Table, notes)`.
+    """Predictions for a new file (or `pyarrow.Table`, or DataFrame): returns `(pyarrow.Table, notes)`.
 
     Columns: the id column (when the run has one and the file has it), `prediction` (original class
     labels or values in the target's units) and, with `proba`, one `proba_<class>` column per class.
     """
-    import warnings
-
-    import pyarrow as pa
-
-    from ..data import transform_table
-
+    table = in_memory(data)  # a DataFrame as Arrow
+    data = data if table is None else table
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
         enc = transform_table(run.preprocessor, data, encoding=encoding,  # the run's --delimiter / --decimal
@@ -180,8 +206,6 @@ def predict_columns(run: LoadedRun, X, *, proba: bool = False) -> dict[str, Any]
     Raises:
         ValueError: `proba` on a regression run.
     """
-    import torch
-
     out = run.outputs(X)
     cols: dict[str, Any] = {}
     if run.task == "classification":
@@ -199,11 +223,10 @@ def predict_columns(run: LoadedRun, X, *, proba: bool = False) -> dict[str, Any]
 
 def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: str | None = None,
                   decimal: str | None = None) -> dict:
-    """Metrics of the run's model on a labelled file, next to the trivial baseline of the training data."""
-    import warnings
-
-    from ..data import TableError, read_table, transform_table
-
+    """Metrics of the run's model on a labelled file (or `pyarrow.Table`, or DataFrame), next to the trivial
+    baseline of the training data."""
+    table = in_memory(data)
+    data = data if table is None else table
     if not hasattr(data, "column_names"):
         data = read_table(data, encoding=encoding, delimiter=delimiter or run.info.get("delimiter"),
                           decimal=decimal or run.info.get("decimal"))

@@ -1,7 +1,7 @@
 """Every decision of a `fitloop train` run, taken before any tensor is built: `plan_run`.
 
-`fitloop train` acts on the `RunPlan` (through `fitloop.cli.pipeline`) and `fitloop train --dry-run` shows
-it (`fitloop.cli.dry_run`): a decision taken from the data anywhere else would be missing from the dry run.
+`fitloop train` acts on the `RunPlan` (through `fitloop.tabular.pipeline`) and `fitloop train --dry-run` shows
+it (`fitloop.tabular.dry_run`): a decision taken from the data anywhere else would be missing from the dry run.
 """
 
 from __future__ import annotations
@@ -9,13 +9,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import pyarrow as pa
+import torch
 
-from .run_config import Budget, ConfigError, RunConfig, training_budget
+from ..data.splitting import _counts, split_indices
+from ..distributed import world_size
+from ..models import MLPSpec
+from .columns import Table
+from .config import Budget, ConfigError, RunConfig, training_budget
+from .errors import TableError
+from .preprocess import Preprocessor
 
-__all__ = ["RunPlan", "plan_run"]
+__all__ = ["RunPlan", "plan_run", "load_table", "IN_MEMORY"]
+
+IN_MEMORY = "the in-memory table"  # how messages name rows given as a table, not a file
 
 
 def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
@@ -25,11 +35,6 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
         TableError: the table is too small for the split: a requested part gets no rows, no part is
             held out, or a class has too few rows to appear in every part (each names the fix).
     """
-    import torch
-
-    from ..data import Preprocessor, TableError
-    from ..data.splitting import _counts, split_indices
-
     fr = tuple(cfg.data.split)
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
     names = ("train", "val", "test") if len(fr) == 3 else ("train", "test")
@@ -74,7 +79,7 @@ class RunPlan:
     `fitloop train --dry-run` shows. Built by `plan_run`, the one place that decides.
 
     Attributes:
-        table: the loaded `fitloop.data.Table` (column kinds, task, classes, notes).
+        table: the loaded `fitloop.tabular.columns.Table` (column kinds, task, classes, notes).
         rows: row indices of each non-empty split.
         preprocessor: the `Preprocessor` fitted on the training rows (kept and dropped columns).
         spec: the `MLPSpec` of the model.
@@ -98,26 +103,40 @@ class RunPlan:
     budget: Budget | None = None
 
 
-def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None, world: int | None = None) -> RunPlan:
+def load_table(cfg: RunConfig, data: pa.Table | None = None) -> Table:
+    """The run's table with its column kinds and task inferred: the file `cfg.data.path`, or `data`, a
+    table already in memory, which goes the way a file's rows go once read (no dialect to detect).
+
+    Raises:
+        ConfigError: no data (neither `data` nor `data.path`) or no target column set.
+        TableError: the file or the table does not fit the settings (e.g. no such target column).
+    """
+    d = cfg.data
+    if data is None and not d.path:
+        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
+    if not d.target:
+        raise ConfigError("no target column: pass --target COL or set data.target.")
+    if data is None:
+        return Table.read(cast(str, d.path), target=d.target, task=d.task, drop=d.drop, id=d.id,
+                          encoding=d.encoding, max_categories=d.max_categories, delimiter=d.delimiter,
+                          decimal=d.decimal)
+    return Table.from_arrow(data, d.target, task=d.task, drop=d.drop, id=d.id, max_categories=d.max_categories,
+                            source=IN_MEMORY)
+
+
+def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None, world: int | None = None,
+             data: pa.Table | None = None) -> RunPlan:
     """Read the table and take every decision of the run: the column kinds and the task, the split,
     the preprocessing (fitted on the training rows), the model and the loss. Deterministic for a config,
     so `resume` rebuilds exactly what `train` had. Raises on bad data before anything is written.
 
     `fitloop train --dry-run` shows what this returns: a decision taken from the data anywhere else
     would be missing from the dry run, so new ones belong here. `world`: the processes that will train
-    (default: torchrun's ``WORLD_SIZE``; the dry run passes ``--nproc`` x ``--nnodes``)."""
-    from ..data import Table, TableError
-    from ..models import MLPSpec
-
+    (default: torchrun's ``WORLD_SIZE``; the dry run passes ``--nproc`` x ``--nnodes``). `data`: the
+    rows as a ``pyarrow.Table`` already in memory, instead of the file `cfg.data.path`."""
     log = log or (lambda msg: None)
-    d = cfg.data
-    if not d.path:
-        raise ConfigError("no data file: pass DATA (fitloop train DATA --target COL) or set data.path.")
-    if not d.target:
-        raise ConfigError("no target column: pass --target COL or set data.target.")
-    table = Table.read(d.path, target=d.target, task=d.task, drop=d.drop, id=d.id, encoding=d.encoding,
-                       max_categories=d.max_categories, delimiter=d.delimiter, decimal=d.decimal)
-    log(f"Loaded {d.path}: {len(table)} rows, {len(table.columns)} columns ({table.load_seconds:.2f}s); "
+    table = load_table(cfg, data)
+    log(f"Loaded {table.source}: {len(table)} rows, {len(table.columns)} columns ({table.load_seconds:.2f}s); "
         f"task: {table.task}: {table.task_reason}.")
     t0 = time.perf_counter()
     rows = _split_rows(table, cfg)
@@ -129,8 +148,6 @@ def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None, world: in
                          f"the model needs at least one input.")
     classes = table.classes
     if world is None:  # under torchrun: the job's size (every worker plans alike)
-        from ..distributed import world_size
-
         world = world_size()
     budget = training_budget(cfg, len(rows["train"]), world)  # epochs, patience, checkpoints: from the data
     budget.apply(cfg)

@@ -1,4 +1,4 @@
-"""How long a table run trains, and what it says about it: the pieces `fitloop.cli.pipeline` adds to a run.
+"""How long a table run trains, and what it says about it: the pieces `fitloop.tabular.pipeline` adds to a run.
 
     start_linear_path(cfg, model, task, classes, X_train, y_train)   # the linear path starts at the ridge fit
     callbacks = length_callbacks(cfg, patience)                      # EarlyStopping, TimeLimit
@@ -6,16 +6,21 @@
     note = still_improving(trainer.history, trainer.stop_reason)     # "train longer with --epochs N"
 
 The budget itself (epochs, patience, checkpoints from the number of training rows) is
-`fitloop.cli.run_config.training_budget`, the one rule the run and a dry run share.
+`fitloop.tabular.config.training_budget`, the one rule the run and a dry run share.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Any
 
-from .run_config import Budget, RunConfig
+import torch
+
+from ..callbacks import Callback, EarlyStopping, TimeLimit
+from ..models import SkipMLP, fit_linear_path, fit_logistic_path
+from .config import Budget, RunConfig
 
 __all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "start_early_stopping",
            "best_epoch", "still_improving", "budget_fields",
@@ -34,10 +39,6 @@ def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] 
     Returns:
         The ridge penalty used (`model.ridge`, or the one GCV chose), or None when the model starts as built.
     """
-    import torch
-
-    from ..models import SkipMLP, fit_linear_path, fit_logistic_path
-
     if not (cfg.model.linear_init and isinstance(model, SkipMLP)):
         return None
     if task == "classification" and cfg.model.logistic_c is not None and \
@@ -49,8 +50,6 @@ def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] 
 
 def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
     """Early stopping (the budget's `patience`, `None` when off, and `rel_delta`) and the `max_time` limit."""
-    from ..callbacks import EarlyStopping, TimeLimit
-
     out: list[Any] = []
     if patience:
         out.append(EarlyStopping(patience=patience, rel_delta=cfg.train.early_stopping_rel_delta))
@@ -66,8 +65,6 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
     which no epoch beats it keeps those weights. With `model.linear_init` that start is the linear
     fit, so the run never ends worse on its validation rows than the linear model it started from.
     Without `model.linear_init` the start is random weights, nothing worth keeping: no epoch 0 then."""
-    from ..callbacks import EarlyStopping
-
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     if stopper is None or val is None or not (cfg.train.early_stopping_from_start and cfg.model.linear_init):
         return
@@ -78,10 +75,6 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
 def _standard_error(trainer: Any, val: Any) -> float:
     """The standard error of the mean val loss over its rows, for losses with a `reduction` (mse,
     cross-entropy, ...); 0 for others."""
-    import copy
-
-    import torch
-
     fn = trainer.loss_fn
     X, y = val
     if not isinstance(getattr(fn, "reduction", None), str) or len(X) < 2:
@@ -97,8 +90,6 @@ def _standard_error(trainer: Any, val: Any) -> float:
 
 def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
     """The epoch whose weights the run keeps: early stopping's best, else the lowest val_loss, else the last."""
-    from ..callbacks import EarlyStopping
-
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     if stopper is not None and (stopper.best_epoch or stopper.from_start):
         return stopper.best_epoch  # 0: no epoch beat the initial model (`train.early_stopping_from_start`)
@@ -151,25 +142,20 @@ def process_age() -> float | None:
         return None
 
 
-class FirstStep:
+class FirstStep(Callback):
     """A callback that records how long the command took to reach its first training step (imports,
     reading, preprocessing and set-up included): the start-up cost a user waits through. `seconds`
     counts from `t0` (the command's `main`), `since_launch` from the process's start (Linux; None
     elsewhere), `cpu` is the process's CPU seconds by then (steadier than wall time on a busy machine)."""
 
-    def __new__(cls, t0: float):
-        from ..callbacks import Callback
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.seconds: float | None = None
+        self.since_launch: float | None = None
+        self.cpu: float | None = None
 
-        class _FirstStep(Callback):
-            def __init__(self):
-                self.seconds: float | None = None
-                self.since_launch: float | None = None
-                self.cpu: float | None = None
-
-            def on_train_batch_end(self, trainer, step, loss):
-                if self.seconds is None:
-                    self.seconds = time.perf_counter() - t0
-                    self.since_launch = process_age()
-                    self.cpu = time.process_time()
-
-        return _FirstStep()
+    def on_train_batch_end(self, trainer: Any, step: int, loss: Any) -> None:
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - self.t0
+            self.since_launch = process_age()
+            self.cpu = time.process_time()

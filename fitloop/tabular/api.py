@@ -1,0 +1,185 @@
+"""The table workflow from Python, with `fitloop train`'s defaults and decisions (the command line calls these).
+
+    run = train("wine.csv", target="cultivar", out="runs/wine", epochs=50)    # a RunResult
+    run = train(arrow_table_or_dataframe, target="cultivar", out="runs/wine")
+    loaded = load_run("runs/wine")
+    preds = loaded.predict("new.csv")                  # also a pyarrow.Table or a pandas.DataFrame
+    report = loaded.evaluate(labelled_table)            # {"metrics": ..., "baseline": ...}
+
+Settings are the run config's keys, by name (`epochs=50`, `hidden=[32]`, `split=[0.8, 0.2]`) or dotted
+(`**{"data.seed": 1}`), on top of `config` (a `RunConfig`, a TOML file's path, or a dict of settings):
+defaults < config < settings, through the resolver `fitloop train` uses for its flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..tune.size_search import SizeSearchResult
+from .config import ConfigError, RunConfig, load_toml, resolve_run_config, settings_overrides
+from .decisions import DryRun, describe_plan
+from .pipeline import RunResult, check_out, default_out, merge_run_json, resume_run, train_table
+from .reading import in_memory
+from .runs import LoadedRun, load_run
+from .search import SearchOptions, search_table, write_search
+
+__all__ = ["train", "resume", "size_search", "dry_run", "load_run", "run_config", "SizedRun", "LoadedRun",
+           "RunResult"]
+
+Log = Callable[[str], None]
+
+
+def run_config(data: Any = None, target: str | None = None, config: Any = None,
+               **settings: Any) -> tuple[RunConfig, pa.Table | None]:
+    """The resolved `RunConfig` of a call (defaults < `config` < `data`, `target` and `settings`), and the
+    table when `data` is one in memory (then `data.path` is unset).
+
+    Args:
+        data: a file path (`data.path`), a ``pyarrow.Table`` or a ``pandas.DataFrame`` (its index left out).
+        target: the column to predict (`data.target`).
+        config: a `RunConfig` (copied, never changed), a TOML file's path, or a dict of settings.
+        settings: more settings, by name or dotted (`settings_overrides`).
+
+    Raises:
+        ConfigError: unknown settings, or values of the wrong type.
+        TypeError: `data` or `config` of a kind not listed above.
+    """
+    table = in_memory(data)
+    if data is not None and table is None and not isinstance(data, (str, os.PathLike)):
+        raise TypeError(f"data: expected a file path, a pyarrow.Table or a pandas.DataFrame, got "
+                        f"{type(data).__name__}.")
+    given: dict[str, Any] = {}
+    if data is not None:
+        given["data.path"] = None if table is not None else os.fspath(data)
+    if target is not None:
+        given["data.target"] = target
+    if isinstance(config, RunConfig) and not given and not settings:
+        return copy.deepcopy(config), table  # `fitloop train`: the flags are already resolved
+    return resolve_run_config(*_config_layers(config), given, settings_overrides(settings)), table
+
+
+def _config_layers(config: Any) -> list[Mapping[str, Any]]:
+    """`config` as layers of dotted overrides: a `RunConfig`'s explicit settings, a TOML file's, a dict's."""
+    if config is None:
+        return []
+    if isinstance(config, RunConfig):
+        return [{f"{section}.{key}": value for section, values in config.to_dict().items()
+                 for key, value in values.items() if f"{section}.{key}" in config.explicit}]
+    if isinstance(config, (str, os.PathLike)):
+        return [load_toml(os.fspath(config))]
+    if isinstance(config, Mapping):
+        return [settings_overrides(config)]
+    raise TypeError(f"config: expected a RunConfig, a TOML file's path or a dict, got {type(config).__name__}.")
+
+
+def train(data: Any = None, target: str | None = None, *, out: str | os.PathLike | None = None,
+          config: Any = None, overwrite: bool = False, log: Log | None = None, argv: list[str] | None = None,
+          t_command: float | None = None, **settings: Any) -> RunResult:
+    """Train on a table as `fitloop train` does and write the run directory.
+
+    Args:
+        data: a CSV/TSV(.gz)/Parquet path, a ``pyarrow.Table`` or a ``pandas.DataFrame`` (in memory:
+            `run.json` says so, and `resume` needs the table again); None: `data.path` of `config`.
+        target: the column to predict.
+        out: the run directory (default ``runs/<target>-<timestamp>``).
+        config, settings: the run's settings (see `run_config`).
+        overwrite: replace an existing run directory (only what fitloop wrote).
+        log: where progress lines go (default: nowhere).
+        argv, t_command: the command line and its start time (`time.perf_counter()`), for `run.json`.
+
+    Returns:
+        The `RunResult`: `run_dir`, `metrics`, `baseline`, `rows`, `timings`, ...; `.load()` opens the run.
+
+    Raises:
+        ConfigError, TableError, ValueError: bad settings or data (nothing is written).
+    """
+    cfg, table = run_config(data, target, config, **settings)
+    return train_table(cfg, out=out, overwrite=overwrite, log=log, argv=argv, t_command=t_command, data=table)
+
+
+def resume(run_dir: str | os.PathLike, *, data: Any = None, force: bool = False, log: Log | None = None,
+           quiet: bool | None = None) -> RunResult:
+    """Resume an interrupted run from its last checkpoint (`fitloop resume`), then evaluate it.
+
+    Args:
+        run_dir: the run directory.
+        data: a run that trained on a table in memory: that table again (``pyarrow.Table`` or DataFrame).
+        force: resume even when the data or the settings changed since the checkpoint.
+        log: where progress lines go.
+        quiet: print nothing but errors (None: as the run's config says).
+    """
+    table = in_memory(data)
+    if data is not None and table is None:
+        raise TypeError(f"data: expected the run's table (a pyarrow.Table or a pandas.DataFrame), got "
+                        f"{type(data).__name__}; a run trained on a file reads it again by itself.")
+    return resume_run(run_dir, force=force, log=log, quiet=quiet, data=table)
+
+
+def dry_run(data: Any = None, target: str | None = None, *, config: Any = None, world: int | None = None,
+            **settings: Any) -> DryRun:
+    """Every decision `train` would take on the same arguments (`fitloop train --dry-run`); trains nothing.
+
+    `world`: the processes that would train together (default: this one, or torchrun's).
+    """
+    cfg, table = run_config(data, target, config, **settings)
+    return describe_plan(cfg, world=world, data=table)
+
+
+@dataclass
+class SizedRun:
+    """What `size_search` did: the search, and the run of the chosen size (None when no size learned anything).
+
+    Attributes:
+        search: the `SizeSearchResult` (every trial, the choice and the reason).
+        run: the `RunResult` of training the chosen size, or None.
+        run_dir: the run directory (with the search's files even when no model was trained).
+    """
+
+    search: SizeSearchResult
+    run: RunResult | None
+    run_dir: Path
+
+
+def size_search(data: Any = None, target: str | None = None, *, out: str | os.PathLike | None = None,
+                config: Any = None, overwrite: bool = False, log: Log | None = None, argv: list[str] | None = None,
+                t_command: float | None = None, widths: tuple[int, ...] | None = None,
+                depths: tuple[int, ...] | None = None, trial_epochs: int | None = None, max_trials: int = 16,
+                max_seconds: float | None = None, jobs: int = 1, target_loss: float | None = None,
+                gap_tolerance: float = 0.25, val_margin: float = 0.1, **settings: Any) -> SizedRun:
+    """`fitloop size-search`: find the network size the table supports, then train it into `out`.
+
+    The arguments are `train`'s, plus the search's (`fitloop.tabular.search.SearchOptions`); the hidden
+    layers are the search's to choose. The trials' table goes to `log`; the search's files go to the run
+    directory (`size_search.json`, `.txt`, `.png`).
+    """
+    if "hidden" in settings or "model.hidden" in settings:
+        raise ConfigError("size_search chooses the hidden layers itself; leave out hidden (or use train).")
+    options = SearchOptions(widths, depths, trial_epochs, max_trials, max_seconds, jobs, target_loss, gap_tolerance,
+                            val_margin)
+    options.validate()
+    log = log or (lambda msg: None)
+    cfg, table = run_config(data, target, config, **settings)
+    run_dir = check_out(out if out is not None else default_out(cfg.data.target or "run"), overwrite,
+                        cfg.data.path)  # before the search: a bad `out` fails in a second, not after it
+    result = search_table(cfg, options, log, table)
+    log(result.table())
+    if result.chosen is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for note in write_search(run_dir, result):
+            log(f"note: {note}")
+        return SizedRun(result, None, run_dir)
+    cfg.model.hidden = list(result.chosen)
+    log(f"Training the chosen size (hidden {cfg.model.hidden}) for up to {cfg.train.epochs} epochs.")
+    run = train_table(cfg, out=run_dir, overwrite=overwrite, log=log, argv=argv, t_command=t_command, data=table)
+    run.notes += write_search(run_dir, result)
+    merge_run_json(run_dir, {"size_search": {"chosen": list(result.chosen), "reason": result.reason,
+                                              "trials": len(result.trials), "file": "size_search.json"}})
+    return SizedRun(result, run, run_dir)
+
