@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 
 import fitloop as fl
 from fitloop.callbacks.base import Callback
-from fitloop.distributed import rank, world_size
 from fitloop.callbacks.distributed_sync import DistributedSync
+from fitloop.distributed import rank, world_size
 
 GLOBAL_BATCH = 16
 
