@@ -157,48 +157,61 @@ class Table:
         self.read_info: ReadInfo | None = None  # set by `read`: the delimiter and decimal mark used
         if data.num_rows == 0:
             raise TableError(f"{source}: no data rows (only a header: {self.columns}); add rows to the file.")
-        for what, name in [("target", target), ("id", id), *(("--drop", d) for d in drop)]:
-            if name is not None and name not in self.columns:
-                raise TableError(f"{source}: {what} column {name!r} not found.{_closest(name, self.columns)} "
-                                 f"Columns are: {self.columns}.")
-        if target == id or target in drop:
-            raise TableError(f"{source}: the target {target!r} cannot also be the id or a --drop column.")
+        self._check_names(target, id, drop)
         self.target, self.id, self.drop = target, id, tuple(drop)
-        self.kinds: dict[str, str] = {}
         self.id_like = self._id_like(data)  # unnamed columns and row indices: ids, never features
-        for name in self.columns:
-            if name == id or name in self.drop or name in self.id_like:
-                continue
-            self.kinds[name] = kind = _infer_kind(name, data.column(name))
-            if kind == "empty":
-                if name == target:
-                    raise TableError(f"{source}: target column {name!r} has no values (all missing).")
-                self.notes.append(f"dropped column {name!r}: all values missing")
-            elif kind == "other":
-                self.notes.append(f"dropped column {name!r}: unsupported type {data.column(name).type}")
+        self.kinds: dict[str, str] = self._infer_kinds(data)
         if self.drop:
             self.notes.append(f"dropped columns as requested: {list(self.drop)}")
         self.feature_columns = [c for c, k in self.kinds.items()
                                 if c != target and k in ("numeric", "bool", "categorical")]
         if self.kinds[target] == "other":
             raise TableError(f"{source}: target {target!r} has unsupported type {data.column(target).type}.")
-        tcol = data.column(target)
-        valid = pc.is_valid(tcol)
-        if self.kinds[target] == "numeric":
-            valid = pc.and_(valid, pc.invert(pc.is_nan(_float64_arrow(tcol))))
-        n_missing = data.num_rows - int(pc.sum(valid).as_py() or 0)
-        if n_missing:
-            data = data.filter(valid)
-            self.notes.append(f"dropped {n_missing} row(s) with a missing target {target!r}")
-        self.data = data
+        self.data = self._with_target(data)
         self.task_reason = ""
         self.task = self._infer_task(task)
         self.classes: list[Any] | None = None
         if self.task == "classification":
-            self.classes = _sorted_unique(data.column(target))
+            self.classes = _sorted_unique(self.data.column(target))
             if len(self.classes) < 2:
                 raise TableError(f"{source}: target {target!r} has a single class ({self.classes[0]!r}); "
                                  f"classification needs at least 2 distinct values.")
+
+    def _check_names(self, target: str, id: str | None, drop: Sequence[str]) -> None:
+        """The target, id and dropped columns exist (else a close match is suggested), and are different."""
+        for what, name in [("target", target), ("id", id), *(("--drop", d) for d in drop)]:
+            if name is not None and name not in self.columns:
+                raise TableError(f"{self.source}: {what} column {name!r} not found.{_closest(name, self.columns)} "
+                                 f"Columns are: {self.columns}.")
+        if target == id or target in drop:
+            raise TableError(f"{self.source}: the target {target!r} cannot also be the id or a --drop column.")
+
+    def _infer_kinds(self, data: pa.Table) -> dict[str, str]:
+        """The kind of every column but the id, dropped and id-like ones; notes the columns left out."""
+        kinds: dict[str, str] = {}
+        for name in self.columns:
+            if name == self.id or name in self.drop or name in self.id_like:
+                continue
+            kinds[name] = kind = _infer_kind(name, data.column(name))
+            if kind == "empty":
+                if name == self.target:
+                    raise TableError(f"{self.source}: target column {name!r} has no values (all missing).")
+                self.notes.append(f"dropped column {name!r}: all values missing")
+            elif kind == "other":
+                self.notes.append(f"dropped column {name!r}: unsupported type {data.column(name).type}")
+        return kinds
+
+    def _with_target(self, data: pa.Table) -> pa.Table:
+        """The rows whose target is there (not null, not NaN); notes how many were dropped."""
+        tcol = data.column(self.target)
+        valid = pc.is_valid(tcol)
+        if self.kinds[self.target] == "numeric":
+            valid = pc.and_(valid, pc.invert(pc.is_nan(_float64_arrow(tcol))))
+        n_missing = data.num_rows - int(pc.sum(valid).as_py() or 0)
+        if n_missing:
+            data = data.filter(valid)
+            self.notes.append(f"dropped {n_missing} row(s) with a missing target {self.target!r}")
+        return data
 
     def _id_like(self, data: pa.Table) -> list[str]:
         """Columns without a header name (``df.to_csv()``'s index), and row indices (0..n-1 or 1..n in

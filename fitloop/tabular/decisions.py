@@ -225,59 +225,72 @@ def _comment(text: str, indent: str = "") -> list[str]:
 def commented_toml(plan: DryRun, command: str | None = None) -> str:
     """The plan's configuration as TOML, every key with its meaning and the data-driven decisions as
     comments. Loading it gives back `plan.cfg` (`check_round_trip` checks)."""
-    cfg = plan.cfg
     docs = {"data": _attribute_docs(DataSection), "model": _MODEL_DOCS,
             "train": _attribute_docs(TrainSection, *TrainSection.__mro__[1:2])}
-    s = plan.splits
-    decisions = {
-        ("data", "path"): [f"{plan.rows:,} rows x {plan.n_columns} columns"],
-        ("data", "split"): [", ".join(f"{k} {v:,}" for k, v in s.items()) + " rows"
-                            + (" (stratified by class)" if plan.stratified else "")],
-        ("train", "batch_size"): [f"{plan.steps_per_epoch:,} steps per epoch"],
-        ("train", "device"): [f"{plan.device} on this machine"],
-        ("train", "early_stopping"): ([] if plan.early_stopping or not cfg.train.early_stopping
-                                      else ["off for this run: there is no validation split"]),
-    }
     out = ["# fitloop run configuration, written by `fitloop train --dry-run`: every setting of the run, resolved",
            "# (defaults < --config file < flags < --set), with what fitloop decided from the data as comments.",
            "# Edit it, then train exactly this run with:  fitloop train --config THIS_FILE [--out RUN_DIR]"]
     if command:
         out += _comment(f"planned with: {command}")
-    values = cfg.to_dict()
+    values = plan.cfg.to_dict()
     for section in RunConfig.SECTIONS:
-        out += ["", f"[{section}]"]
-        if section == "model":
-            out += _comment(f"decided: {plan.model}, {plan.parameters:,} parameters"
-                            + (f"; {len(plan.classes)} outputs, one per class" if plan.classes else ""))
-        inline: list[str] = []
-        defaults = {f.name: f for f in fields(type(getattr(cfg, section)))}
-        for key, v in values[section].items():
-            if isinstance(v, dict):  # tables go after the section's keys
-                inline += ["", *_comment(f"{key}: {docs[section].get(key, '')}"), f"[{section}.{key}]",
-                           *(f"{k} = {_toml_value(x)}" for k, x in v.items())]
-                continue
-            out.append("")
-            unset = v is None and defaults[key].default is None and (section, key) not in _SHOWN_WHEN_UNSET
-            if key in docs[section]:
-                out += _comment(f"{key}: {docs[section][key]}" + (" (Not set.)" if unset else ""))
-            for d in decisions.get((section, key), []):
-                out += _comment(f"-> {d}")
-            if section == "data" and key == "task" and v is None:
-                out += _comment(f"-> {plan.task!r}, {plan.task_reason}; uncomment to force it:")
-                out.append(f"# task = {_toml_value(plan.task)}")
-            elif section == "train" and key == "loss" and v is None:
-                out += [f"# loss = {_toml_value(plan.loss)}   # the default for {plan.task}"]
-            elif v is None:
-                out += [] if unset else [f'{key} = "none"']
-            else:
-                out.append(f"{key} = {_toml_value(v)}")
-            if section == "data" and key == "drop":
-                out += ["#", "# what the run does with each column (change it with drop, id, max_categories):"]
-                width = max(len(c["name"]) for c in plan.columns)
-                for c in plan.columns:
-                    out.append(f"#   {c['name']:<{width}}  {c['decision']}  [{c['reason']}]")  # one line each
-        out += inline
+        out += _section_lines(plan, section, values[section], docs[section])
     return "\n".join(out) + "\n"
+
+
+def _decisions(plan: DryRun) -> dict[tuple[str, str], list[str]]:
+    """What was decided from the data next to a setting, as `-> ...` comments under its key."""
+    s = plan.splits
+    return {
+        ("data", "path"): [f"{plan.rows:,} rows x {plan.n_columns} columns"],
+        ("data", "split"): [", ".join(f"{k} {v:,}" for k, v in s.items()) + " rows"
+                            + (" (stratified by class)" if plan.stratified else "")],
+        ("train", "batch_size"): [f"{plan.steps_per_epoch:,} steps per epoch"],
+        ("train", "device"): [f"{plan.device} on this machine"],
+        ("train", "early_stopping"): ([] if plan.early_stopping or not plan.cfg.train.early_stopping
+                                      else ["off for this run: there is no validation split"]),
+    }
+
+
+def _section_lines(plan: DryRun, section: str, values: dict[str, Any], docs: dict[str, str]) -> list[str]:
+    """One `[section]`: each key with its meaning, the decisions about it and its value; tables last."""
+    out = ["", f"[{section}]"]
+    if section == "model":
+        out += _comment(f"decided: {plan.model}, {plan.parameters:,} parameters"
+                        + (f"; {len(plan.classes)} outputs, one per class" if plan.classes else ""))
+    decisions = _decisions(plan)
+    inline: list[str] = []
+    defaults = {f.name: f for f in fields(type(getattr(plan.cfg, section)))}
+    for key, v in values.items():
+        if isinstance(v, dict):  # tables go after the section's keys
+            inline += ["", *_comment(f"{key}: {docs.get(key, '')}"), f"[{section}.{key}]",
+                       *(f"{k} = {_toml_value(x)}" for k, x in v.items())]
+            continue
+        out.append("")
+        unset = v is None and defaults[key].default is None and (section, key) not in _SHOWN_WHEN_UNSET
+        if key in docs:
+            out += _comment(f"{key}: {docs[key]}" + (" (Not set.)" if unset else ""))
+        for d in decisions.get((section, key), []):
+            out += _comment(f"-> {d}")
+        out += _value_lines(plan, section, key, v, unset)
+        if section == "data" and key == "drop":
+            out += ["#", "# what the run does with each column (change it with drop, id, max_categories):"]
+            width = max(len(c["name"]) for c in plan.columns)
+            for c in plan.columns:
+                out.append(f"#   {c['name']:<{width}}  {c['decision']}  [{c['reason']}]")  # one line each
+    return out + inline
+
+
+def _value_lines(plan: DryRun, section: str, key: str, v: Any, unset: bool) -> list[str]:
+    """`key = value`; an unset task or loss as the commented-out value the run would use."""
+    if section == "data" and key == "task" and v is None:
+        return [*_comment(f"-> {plan.task!r}, {plan.task_reason}; uncomment to force it:"),
+                f"# task = {_toml_value(plan.task)}"]
+    if section == "train" and key == "loss" and v is None:
+        return [f"# loss = {_toml_value(plan.loss)}   # the default for {plan.task}"]
+    if v is None:
+        return [] if unset else [f'{key} = "none"']
+    return [f"{key} = {_toml_value(v)}"]
 
 
 def check_round_trip(text: str, cfg: RunConfig) -> None:

@@ -213,44 +213,12 @@ def parse_number_columns(table: Any, decimal: str | None, source: str, info: Rea
         raise TableError(f"decimal: got {decimal!r}; pass ',' or '.' (`--decimal ,`).")
     found: dict[str, tuple[int, Any, bool, bool, str]] = {}
     for i, (name, col) in enumerate(zip(table.column_names, table.columns)):
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-                or pa.types.is_dictionary(col.type)):
-            continue
-        raw = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
-        # a comma marks these numbers; with --decimal ',' also a dot (pyarrow left "1.234" as text)
-        if not any(pc.any(pc.match_substring(raw, m)).as_py() for m in ("," if decimal != "," else ",.")):
-            continue
-        if not _looks_numeric(raw.slice(0, _HEAD)):  # text: decided on the first rows, cheaply
-            continue
-        s = pc.utf8_trim_whitespace(raw)
-        s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
-        n_valid = len(s) - s.null_count
-        if n_valid == 0:
-            continue
-        dec = pc.fill_null(pc.match_substring_regex(s, _DECIMAL_COMMA_RE), False)
-        thou = pc.fill_null(pc.match_substring_regex(s, _THOUSANDS_RE), False)
-        n_dec, n_thou = int(pc.sum(dec).as_py() or 0), int(pc.sum(thou).as_py() or 0)
-        if max(n_dec, n_thou) < _MOSTLY * n_valid:
-            continue  # text
-        if max(n_dec, n_thou) < n_valid:  # numbers with a few bad cells
-            ok = dec if n_dec >= n_thou else thou
-            bad = pc.and_(pc.is_valid(s), pc.invert(ok))
-            n_bad = n_valid - max(n_dec, n_thou)
-            row = int(pc.index(bad, True).as_py())
-            raise TableError(f"{source}: column {name!r} holds numbers (like {_example(s, ok)!r}) but {n_bad} "
-                             f"cell(s) are not; first at data row {row + 1} (line {row + 2} of the file): "
-                             f"{s[row].as_py()!r}. Fix or blank out those cells, or `--drop {name}`.")
-        found[name] = (i, s, n_dec == n_valid, n_thou == n_valid, _example(s, pc.match_substring(s, ",")))
+        number = _number_column(name, col, decimal, source)
+        if number is not None:
+            found[name] = (i, *number)
     if not found:
         return table
-    only_dec = [n for n, f in found.items() if f[2] and not f[3]]
-    only_thou = [n for n, f in found.items() if f[3] and not f[2]]
-    file_mark, why = decimal, ""
-    if file_mark is None and bool(only_dec) != bool(only_thou):
-        file_mark, why = ("," if only_dec else "."), f"read like column {(only_dec or only_thou)[0]!r}"
-    elif file_mark is None and not only_dec and info.delimiter == ",":
-        # decimal-comma locales separate fields with ';' (a ',' file would have to quote every number)
-        file_mark, why = ".", "a ','-delimited file writes decimals with '.'"
+    file_mark, why = _file_mark(found, decimal, info)
     for name, (i, s, can_dec, can_thou, example) in found.items():
         if decimal is not None and not (can_dec if decimal == "," else can_thou):
             other = "." if decimal == "," else ","
@@ -264,11 +232,7 @@ def parse_number_columns(table: Any, decimal: str | None, source: str, info: Rea
                 f"{source}: column {name!r} has numbers like {example!r}, which read as a decimal comma "
                 f"({example.replace('.', '').replace(',', '.')}) or with a thousands separator "
                 f"({example.replace(',', '')}). Say which: `--decimal ,` or `--decimal .`.")
-        if mark == ",":
-            text = pc.replace_substring(pc.replace_substring(s, ".", ""), ",", ".")
-        else:
-            text = pc.replace_substring(s, ",", "")
-        table = table.set_column(i, name, pc.cast(text, pa.float64()))
+        table = table.set_column(i, name, _as_numbers(s, mark))
         how = "a decimal comma" if mark == "," else "',' as the thousands separator"
         detected = "" if decimal else (" (detected; --decimal overrides)" if alone else
                                         f" (ambiguous alone: {why}; --decimal overrides)")
@@ -276,3 +240,62 @@ def parse_number_columns(table: Any, decimal: str | None, source: str, info: Rea
                           + detected)
         info.decimal = info.decimal or mark
     return table
+
+
+def _number_column(name: str, col: Any, decimal: str | None, source: str) -> tuple[Any, bool, bool, str] | None:
+    """A text column of numbers written with a comma: `(trimmed text, reads with a decimal comma, reads with
+    a thousands separator, an example with a comma)`; None for any other column.
+
+    Raises:
+        TableError: the column holds such numbers but a few cells are not numbers.
+    """
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type)):
+        return None
+    raw = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+    # a comma marks these numbers; with --decimal ',' also a dot (pyarrow left "1.234" as text)
+    if not any(pc.any(pc.match_substring(raw, m)).as_py() for m in ("," if decimal != "," else ",.")):
+        return None
+    if not _looks_numeric(raw.slice(0, _HEAD)):  # text: decided on the first rows, cheaply
+        return None
+    s = pc.utf8_trim_whitespace(raw)
+    s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
+    n_valid = len(s) - s.null_count
+    if n_valid == 0:
+        return None
+    dec = pc.fill_null(pc.match_substring_regex(s, _DECIMAL_COMMA_RE), False)
+    thou = pc.fill_null(pc.match_substring_regex(s, _THOUSANDS_RE), False)
+    n_dec, n_thou = int(pc.sum(dec).as_py() or 0), int(pc.sum(thou).as_py() or 0)
+    if max(n_dec, n_thou) < _MOSTLY * n_valid:
+        return None  # text
+    if max(n_dec, n_thou) < n_valid:  # numbers with a few bad cells
+        ok = dec if n_dec >= n_thou else thou
+        bad = pc.and_(pc.is_valid(s), pc.invert(ok))
+        n_bad = n_valid - max(n_dec, n_thou)
+        row = int(pc.index(bad, True).as_py())
+        raise TableError(f"{source}: column {name!r} holds numbers (like {_example(s, ok)!r}) but {n_bad} "
+                         f"cell(s) are not; first at data row {row + 1} (line {row + 2} of the file): "
+                         f"{s[row].as_py()!r}. Fix or blank out those cells, or `--drop {name}`.")
+    return s, n_dec == n_valid, n_thou == n_valid, _example(s, pc.match_substring(s, ","))
+
+
+def _file_mark(found: dict[str, tuple[int, Any, bool, bool, str]], decimal: str | None,
+               info: ReadInfo) -> tuple[str | None, str]:
+    """The decimal mark of a file's columns that read both ways alone, and why: `--decimal`, else the
+    columns that read one way only, else a ','-delimited file's '.'; `(None, "")` when nothing decides."""
+    only_dec = [n for n, f in found.items() if f[2] and not f[3]]
+    only_thou = [n for n, f in found.items() if f[3] and not f[2]]
+    if decimal is None and bool(only_dec) != bool(only_thou):
+        return ("," if only_dec else "."), f"read like column {(only_dec or only_thou)[0]!r}"
+    if decimal is None and not only_dec and info.delimiter == ",":
+        # decimal-comma locales separate fields with ';' (a ',' file would have to quote every number)
+        return ".", "a ','-delimited file writes decimals with '.'"
+    return decimal, ""
+
+
+def _as_numbers(s: Any, mark: str) -> Any:
+    """Text numbers with decimal mark `mark` (the other of ',' and '.' separates thousands) as float64."""
+    if mark == ",":
+        text = pc.replace_substring(pc.replace_substring(s, ".", ""), ",", ".")
+    else:
+        text = pc.replace_substring(s, ",", "")
+    return pc.cast(text, pa.float64())

@@ -76,36 +76,15 @@ class Preprocessor:
         for name, kind in kinds.items():
             col = data.column(name)
             if kind in ("numeric", "bool"):
-                v = _float64(col, name, rows)
-                ok = np.isfinite(v)
-                n_missing = int(v.size - np.count_nonzero(ok))
-                valid = v[ok] if n_missing else v
-                if valid.size == 0:
-                    dropped[name] = "all values missing in the training rows"
-                    continue
-                if valid.min() == valid.max():
-                    dropped[name] = f"constant ({valid[0]:g}) in the training rows"
-                    continue
-                spec = {"name": name, "kind": "numeric", "mean": float(valid.mean()),
-                        "std": float(valid.std()), "median": float(np.median(valid)),
-                        "missing": n_missing > 0}
-                if n_missing:
+                spec, why, n_missing = _numeric_spec(name, col, rows)
+                if spec is not None and n_missing:
                     imputed.append(f"{name}: {n_missing} (median {spec['median']:g})")
-                features.append(spec)
             else:
-                s = _as_strings(col.take(rows) if rows is not None else col)
-                cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
-                has_null = s.null_count > 0
-                if len(cats) > max_categories:
-                    _refuse_dropping_numbers(name, s)
-                    dropped[name] = (f"{len(cats)} distinct values in the training rows > max_categories="
-                                     f"{max_categories} (text/ID-like); raise the limit to keep it")
-                    continue
-                if len(cats) + has_null <= 1:
-                    dropped[name] = f"constant ({cats[0] if cats else None!r}) in the training rows"
-                    continue
-                features.append({"name": name, "kind": "categorical", "categories": cats,
-                                 "missing": has_null})
+                spec, why = _categorical_spec(name, col, rows, max_categories)
+            if spec is None:
+                dropped[name] = why
+            else:
+                features.append(spec)
         notes = [f"dropped column {name!r}: {why}" for name, why in dropped.items()]
         if imputed:
             notes.append("imputed missing numeric values with the train median (+ COL__missing indicator): "
@@ -332,6 +311,37 @@ class Preprocessor:
     def __repr__(self) -> str:
         return (f"Preprocessor(target={self.target!r}, task={self.task!r}, inputs={len(self.features)}, "
                 f"features={len(self.feature_names)}, classes={self.num_classes})")
+
+
+def _numeric_spec(name: str, col: Any, rows: np.ndarray | None) -> tuple[dict[str, Any] | None, str, int]:
+    """A numeric (or bool) column's spec from the training rows (statistics, whether values are missing),
+    or None and why it is dropped (all missing, or constant); and how many values are missing."""
+    v = _float64(col, name, rows)
+    ok = np.isfinite(v)
+    n_missing = int(v.size - np.count_nonzero(ok))
+    valid = v[ok] if n_missing else v
+    if valid.size == 0:
+        return None, "all values missing in the training rows", n_missing
+    if valid.min() == valid.max():
+        return None, f"constant ({valid[0]:g}) in the training rows", n_missing
+    return {"name": name, "kind": "numeric", "mean": float(valid.mean()), "std": float(valid.std()),
+            "median": float(np.median(valid)), "missing": n_missing > 0}, "", n_missing
+
+
+def _categorical_spec(name: str, col: Any, rows: np.ndarray | None,
+                      max_categories: int) -> tuple[dict[str, Any] | None, str]:
+    """A text column's spec (its categories in the training rows), or `(None, why it is dropped)`: more
+    than `max_categories` values (ID-like text; numbers in a format fitloop does not read raise), or constant."""
+    s = _as_strings(col.take(rows) if rows is not None else col)
+    cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
+    has_null = s.null_count > 0
+    if len(cats) > max_categories:
+        _refuse_dropping_numbers(name, s)
+        return None, (f"{len(cats)} distinct values in the training rows > max_categories={max_categories} "
+                      f"(text/ID-like); raise the limit to keep it")
+    if len(cats) + has_null <= 1:
+        return None, f"constant ({cats[0] if cats else None!r}) in the training rows"
+    return {"name": name, "kind": "categorical", "categories": cats, "missing": has_null}, ""
 
 
 # Numbers in a format the reader does not parse ("1 234", "$3.50", "45%", "(12)"): never dropped as ID-like.

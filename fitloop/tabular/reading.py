@@ -62,6 +62,19 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
             delimiter or decimal mark, or duplicate column names.
     """
     path = Path(path)
+    ext = _check_file(path)
+    if ext == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise TableError(f"{path}: cannot read Parquet file: {e}") from e
+        return _finish(table, str(path), decimal, info)
+    sep, sep_line = _delimiter(path, ext, encoding, delimiter, info)
+    return _finish(_read_csv(path, encoding, sep, decimal, sep_line), str(path), decimal, info)
+
+
+def _check_file(path: Path) -> str:
+    """The extension of a file `read_table` can read; raises `TableError` for a missing, empty or other file."""
     if not path.is_file():
         raise TableError(f"{path}: file not found (check the path; cwd is {Path.cwd()}).")
     ext = _extension(path)
@@ -72,13 +85,13 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         )
     if path.stat().st_size == 0:
         raise TableError(f"{path}: the file is empty; it needs a header row and at least one data row.")
-    if ext == ".parquet":
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise TableError(f"{path}: cannot read Parquet file: {e}") from e
-        return _finish(table, str(path), decimal, info)
+    return ext
 
+
+def _delimiter(path: Path, ext: str, encoding: str, delimiter: str | None,
+               info: ReadInfo | None) -> tuple[str, bool]:
+    """The field separator (`delimiter`, else Excel's `sep=` first line, else sniffed from the first lines),
+    and whether the file starts with a `sep=` line (which is not the header); notes what was detected."""
     sep = _check_delimiter(delimiter)
     detected = sep is None
     try:
@@ -94,8 +107,13 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         if detected:
             how = "from the file's first line `sep=`" if hint else "detected from the first lines"
             info.notes.append(f"delimiter {'tab' if sep == chr(9) else repr(sep)} ({how}; --delimiter overrides)")
+    return sep, hint is not None
+
+
+def _read_csv(path: Path, encoding: str, sep: str, decimal: str | None, sep_line: bool) -> pa.Table:
+    """Delimited text as pyarrow reads it, every reader failure worded as a `TableError` about the file."""
     read_opts, parse_opts, conv_opts = _csv_options(encoding, sep, decimal)
-    if hint is not None:
+    if sep_line:
         read_opts.skip_rows = 1  # Excel's `sep=` line is not the header
     try:
         try:
@@ -126,7 +144,7 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     for name, col in zip(names, table.columns):
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
             raise _encoding_error(path, encoding, f"column {name!r}")
-    return _finish(table, str(path), decimal, info)
+    return table
 
 
 def in_memory(data: Any) -> pa.Table | None:
