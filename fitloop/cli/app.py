@@ -19,11 +19,14 @@ import os
 import sys
 import time
 import traceback
+from typing import Any
 
+from .. import __version__
 from ..tabular.datasets import demo_data_path
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train
 from .export import add_export_parser
 from .launch import add_launch_options
+from .runs_table import add_parser as add_runs_parser
 from .serve import add_serve_parser
 from .size_search import EXAMPLES as SIZE_SEARCH_EXAMPLES
 from .size_search import cmd_size_search, size_search_options
@@ -81,12 +84,6 @@ examples:
 """
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
@@ -104,6 +101,7 @@ def _read_opts(p: argparse._ActionsContainer) -> None:  # a parser or an argumen
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `fitloop` parser: one sub-parser per command, each with its options, examples and `func`."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="fitloop", formatter_class=fmt,
@@ -111,10 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fitloop train data.csv --target price\n  fitloop predict runs/price-... new.csv "
                "-o preds.csv\n  fitloop evaluate runs/price-... labelled.csv --json\n  fitloop demo\n\n"
                "`fitloop COMMAND --help` shows each command's options and examples.")
-    parser.add_argument("--version", action="version", version=f"fitloop {_version()}")
+    parser.add_argument("--version", action="version", version=f"fitloop {__version__}")
     _common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_training_parsers(sub, fmt)
+    _add_run_parsers(sub, fmt)
+    add_runs_parser(sub, fmt)
+    dm = sub.add_parser("demo", help="train on the bundled wine dataset", formatter_class=fmt,
+                        epilog=DEMO_EXAMPLES, description="`fitloop train` on the wine table shipped with fitloop.")
+    dm.add_argument("--epochs", type=int, default=None)
+    dm.add_argument("--out", default="runs/demo")
+    _common(dm)
+    dm.set_defaults(func=_cmd_demo)
+    add_export_parser(sub, _common)
+    add_serve_parser(sub, _common)
+    return parser
 
+
+def _add_training_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """`train` and `size-search`: a table in, a run directory out."""
     t = sub.add_parser("train", help="train on a table and write a run directory", formatter_class=fmt,
                        description="Train an MLP on a CSV/TSV(.gz)/Parquet table, evaluate it on held-out "
                                    "rows and write a run directory.", epilog=TRAIN_EXAMPLES)
@@ -131,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_options(ss)
     ss.set_defaults(func=cmd_size_search)
 
+
+def _add_run_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """`predict`, `evaluate`, `resume` and `report`: what takes a run directory."""
     p = sub.add_parser("predict", help="predictions for a new file", formatter_class=fmt, epilog=PREDICT_EXAMPLES,
                        description="Apply a run's saved preprocessing and model to a new file.")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -167,22 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rp)
     rp.set_defaults(func=cmd_report)
 
-    from .runs_table import add_parser as add_runs_parser
-
-    add_runs_parser(sub, fmt)
-
-    dm = sub.add_parser("demo", help="train on the bundled wine dataset", formatter_class=fmt,
-                        epilog=DEMO_EXAMPLES, description="`fitloop train` on the wine table shipped with fitloop.")
-    dm.add_argument("--epochs", type=int, default=None)
-    dm.add_argument("--out", default="runs/demo")
-    _common(dm)
-    dm.set_defaults(func=_cmd_demo)
-    add_export_parser(sub, _common)
-    add_serve_parser(sub, _common)
-    return parser
-
 
 def _train_options(t: argparse.ArgumentParser) -> None:
+    """`train`'s options (also `size-search`'s), in groups: data, model, training, config and output."""
     d = t.add_argument_group("data")
     d.add_argument("--target", "-t", metavar="COL", help="column to predict")
     d.add_argument("--task", choices=("classification", "regression"),
@@ -198,7 +201,14 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     m.add_argument("--hidden", metavar="N,N", help="hidden layer sizes (default 64,32; '' for linear)")
     m.add_argument("--activation", help="relu, gelu, silu, tanh, ... (default relu)")
     m.add_argument("--dropout", type=float)
-    tr = t.add_argument_group("training")
+    _training_options(t.add_argument_group("training"))
+    _output_options(t.add_argument_group("config and output"))
+    add_launch_options(t)
+    _common(t)
+
+
+def _training_options(tr: argparse._ArgumentGroup) -> None:
+    """How the run trains: each flag is the `[train]` setting of the same name (`commands.FLAG_KEYS`)."""
     tr.add_argument("--epochs", type=int,
                     help="maximum epochs (default: from the data, about train.budget_steps=3000 optimizer steps)")
     tr.add_argument("--batch-size", metavar="N", help="rows per step and process (default 64; 'none' = full batch)")
@@ -218,7 +228,10 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     tr.add_argument("--compile", choices=("model", "step"),
                     help="torch.compile the model, or the whole training step (the fast path for small "
                          "models; costs seconds of compilation up front)")
-    c = t.add_argument_group("config and output")
+
+
+def _output_options(c: argparse._ArgumentGroup) -> None:
+    """The config file, `--set`, the run directory, the loggers and the dry run."""
     c.add_argument("--config", "-c", metavar="TOML", help="a config file with [data], [model], [train] sections")
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any setting, e.g. --set train.weight_decay=1e-4 (repeatable)")
@@ -230,8 +243,6 @@ def _train_options(t: argparse.ArgumentParser) -> None:
                    help="decide everything (columns, task, split, model, settings), print it and write it as a "
                         "commented config.toml; train nothing")
     c.add_argument("--config-out", metavar="TOML", help="where --dry-run writes the config (default ./config.toml)")
-    add_launch_options(t)
-    _common(t)
 
 
 def _cmd_demo(args: argparse.Namespace, argv: list[str] | None = None) -> int:

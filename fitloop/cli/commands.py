@@ -1,9 +1,9 @@
 """What each `fitloop` command does with its parsed arguments; `fitloop.cli.app` builds the parser.
 
 The work is `fitloop.tabular`'s Python API (`train`, `resume`, `load_run` ... `predict`, `evaluate`); this
-module turns the arguments into its calls and prints the results. Heavy modules (torch, pyarrow, rich) are
-imported inside the commands, so `fitloop --help` stays fast: `fitloop.tabular` imports its names on first
-use, and `fitloop.tabular.config` is plain Python.
+module turns the arguments into its calls and prints the results. `fitloop.tabular` imports its names on
+first use; what the commands need besides (the run config's resolver, torch, pyarrow, rich) is imported
+inside them, so that `fitloop --help` stays fast.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import tabular
-from ..tabular.config import ConfigError, load_toml, parse_set, parse_value, resolve_run_config
-from .dry_run import cmd_dry_run
 from .launch import launch, restarted_run, wants_launch
 
 EXIT_OK = 0
@@ -47,6 +45,8 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         elif dest == "hidden" and v.strip() == "":
             v = []
         elif dest in ("batch_size", "max_time"):
+            from ..tabular.config import parse_value  # the resolver: not on `fitloop --help`'s path
+
             v = parse_value(v)
         elif dest == "checkpoint_every":
             v = _seconds(v)
@@ -56,6 +56,8 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _seconds(text: str) -> float | None:
     """`--checkpoint-every` as seconds: `300`, `30s`, `5m`, `1.5h`; `off`/`0` turn it off."""
+    from ..tabular.config import ConfigError  # the resolver: not on `fitloop --help`'s path
+
     t = text.strip().lower()
     if t in ("off", "none", "0", "never"):
         return None
@@ -77,6 +79,8 @@ def _console():
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The `RunConfig` of `train`'s options (also `size-search`'s): defaults < --config < flags < --set."""
+    from ..tabular.config import load_toml, parse_set, resolve_run_config  # not on `fitloop --help`'s path
+
     layers = [load_toml(args.config)] if args.config else []
     flags = _flag_overrides(args)
     if getattr(args, "quiet", False) and not getattr(args, "dry_run", False):
@@ -88,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """`fitloop train`: `fitloop.tabular.train` (or a dry run, or the launch of its workers), then the summary."""
     from ..distributed import is_main_process  # torch: not on the start-up path
+    from .dry_run import cmd_dry_run  # its output checks: not on the start-up path
 
     cfg = config_from_args(args)
     if args.dry_run:

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .argtypes import whole_number
 
@@ -88,27 +89,13 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         argv: the command line, passed on to the workers without the launch flags.
         out: the run directory every worker uses (resolved once here).
     """
+    # torch's launcher: imported when the workers start, never on `fitloop --help`'s start-up path
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     nproc, nnodes = args.nproc or 1, args.nnodes or 1
-    if nproc < 1 or nnodes < 1:
-        raise ValueError(f"--nproc/--nnodes: got {nproc}/{nnodes}; pass whole numbers >= 1.")
-    targs = ["--nproc-per-node", str(nproc), "--max-restarts", str(args.max_restarts or 0),
-             "--monitor-interval", "0.2"]
-    if nnodes == 1 and not args.rdzv_endpoint:
-        targs.append("--standalone")
-    else:
-        if not args.rdzv_endpoint:
-            raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the address of node 0, the same "
-                             "on every machine).")
-        # with --node-rank the machines' ranks are fixed (static rendezvous), else they join in any order (c10d)
-        backend = "c10d" if args.node_rank is None else "static"
-        targs += ["--nnodes", str(nnodes), "--rdzv-backend", backend, "--rdzv-endpoint", args.rdzv_endpoint,
-                  "--rdzv-id", f"fitloop-{Path(out).name}"]
-        if args.node_rank is not None:
-            targs += ["--node-rank", str(args.node_rank)]
+    targs = _torchrun_args(args, out)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun would pick, without its banner
     again = f"fitloop resume {out} --nproc {nproc}" + (f" --nnodes {nnodes} ..." if nnodes > 1 else "")
     try:
@@ -120,32 +107,63 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
               f"stopped at: `{again}` continues it.", file=sys.stderr, flush=True)
         return 128 + int(e.sigval)
     except ChildFailedError as e:
-        rank, first = e.get_first_failure()
-        how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
-        others = sorted(r for r in e.failures if r != rank)
-        also = f" (then rank(s) {', '.join(map(str, others))} stopped too)" if others else ""
-        codes = {f.exitcode for f in e.failures.values()}
-        # a worker refused the input (its error is printed above), and the others refused it too or were
-        # stopped by the agent after it (a signal): nothing ran, nothing to resume
-        if first.exitcode == 2 and all(c == 2 or c < 0 for c in codes):
-            print("fitloop: the job stopped: the workers refused the command (the error above); fix it and "
-                  "run it again.", file=sys.stderr, flush=True)
-            return 2
-        from ..checkpoint_format import find_checkpoints
-
-        kept = (f"The run directory {out} keeps its last checkpoint: `{again}` continues it."
-                if Path(out).is_dir() and find_checkpoints(Path(out)) else
-                f"No checkpoint was written yet, so `{again}` starts the run again from the beginning.")
-        print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. {kept}",
-              file=sys.stderr, flush=True)
-        return 3
+        return _job_failed(e, out, again)
     return 0
+
+
+def _torchrun_args(args: argparse.Namespace, out: str) -> list[str]:
+    """torchrun's own arguments: processes, restarts, and the rendezvous (standalone on one machine).
+
+    Raises:
+        ValueError: a count below 1, or several machines without --rdzv-endpoint.
+    """
+    nproc, nnodes = args.nproc or 1, args.nnodes or 1
+    if nproc < 1 or nnodes < 1:
+        raise ValueError(f"--nproc/--nnodes: got {nproc}/{nnodes}; pass whole numbers >= 1.")
+    targs = ["--nproc-per-node", str(nproc), "--max-restarts", str(args.max_restarts or 0),
+             "--monitor-interval", "0.2"]
+    if nnodes == 1 and not args.rdzv_endpoint:
+        return [*targs, "--standalone"]
+    if not args.rdzv_endpoint:
+        raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the address of node 0, the same "
+                         "on every machine).")
+    # with --node-rank the machines' ranks are fixed (static rendezvous), else they join in any order (c10d)
+    backend = "c10d" if args.node_rank is None else "static"
+    targs += ["--nnodes", str(nnodes), "--rdzv-backend", backend, "--rdzv-endpoint", args.rdzv_endpoint,
+              "--rdzv-id", f"fitloop-{Path(out).name}"]
+    if args.node_rank is not None:
+        targs += ["--node-rank", str(args.node_rank)]
+    return targs
+
+
+def _job_failed(e: Any, out: str, again: str) -> int:
+    """Say which rank failed first and what is left to resume (a `ChildFailedError`); returns the exit code:
+    2 when the workers refused the input, 3 for a failure during the run."""
+    from ..checkpoint_format import find_checkpoints  # torch: only once a job failed
+
+    rank, first = e.get_first_failure()
+    how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
+    others = sorted(r for r in e.failures if r != rank)
+    also = f" (then rank(s) {', '.join(map(str, others))} stopped too)" if others else ""
+    codes = {f.exitcode for f in e.failures.values()}
+    # a worker refused the input (its error is printed above), and the others refused it too or were
+    # stopped by the agent after it (a signal): nothing ran, nothing to resume
+    if first.exitcode == 2 and all(c == 2 or c < 0 for c in codes):
+        print("fitloop: the job stopped: the workers refused the command (the error above); fix it and "
+              "run it again.", file=sys.stderr, flush=True)
+        return 2
+    kept = (f"The run directory {out} keeps its last checkpoint: `{again}` continues it."
+            if Path(out).is_dir() and find_checkpoints(Path(out)) else
+            f"No checkpoint was written yet, so `{again}` starts the run again from the beginning.")
+    print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. {kept}",
+          file=sys.stderr, flush=True)
+    return 3
 
 
 def restarted_run(out: str | None) -> Path | None:
     """In a worker that torchrun restarted (`--max-restarts`): the run directory to resume, if it has a
     checkpoint."""
-    from ..distributed import restart_count
+    from ..distributed import restart_count  # torch: only in a worker, not on the start-up path
 
     if not out or restart_count() == 0:
         return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 from .. import tabular
-from ..tabular.config import ConfigError
 from .commands import EXIT_OK, _console, _print_summary, config_from_args
 
 __all__ = ["size_search_options", "cmd_size_search", "EXAMPLES"]
@@ -63,6 +62,8 @@ def size_search_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_size_search(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Search, print the trials, train the chosen size (`fitloop.tabular.size_search`), print the run."""
+    from ..tabular.config import ConfigError  # the resolver: not on `fitloop --help`'s path
+
     if args.hidden is not None:
         raise ConfigError("size-search chooses the hidden layers itself; drop --hidden (or use fitloop train).")
     for name in ("max_trials", "jobs", "trial_epochs"):
