@@ -7,7 +7,8 @@ The convention, for every page under docs/ (the API reference pages hold no exam
 - A ```console block holds `$ fitloop ...` lines. Each runs through `fitloop.cli.main` in the page's
   directory; the lines after it, up to the next `$` line, are its expected output (stdout and stderr
   together, as a terminal shows them). A command must exit 0, unless it ends with a `# exit N` comment.
-- A ```text title="Output" block right after a ```python block is that block's expected stdout.
+- A ```text title="Output" block right after a ```python block is what that block prints (stdout and stderr
+  together; Python warnings are left out).
 - A block with a file name as its title (```toml title="run.toml"```, ```csv title="new.csv"```) is
   written to that file in the page's directory before the next block runs.
 - A block preceded by `<!-- docs-test: skip REASON -->` is not run: REASON says why (a GPU, several
@@ -18,8 +19,9 @@ The convention, for every page under docs/ (the API reference pages hold no exam
 Expected output is compared line by line after normalising what must vary between runs, and only that:
 - durations (`0.21s`, `3ms`) become `<t>s`/`<t>ms`: timings differ on every run;
 - the page's temporary directory is removed from paths;
-- runs of spaces and of table-rule characters become one: a rich table's column widths follow the width of
-  the timings in it, and a tab or two spaces are not what a reader checks.
+- blank lines at the start and the end go, and runs of spaces and of table-rule characters become one:
+  a rich table's column widths follow the width of the timings in it, and a tab or two spaces are not what
+  a reader checks.
 In the expected text, a line that is only `...` stands for any number of lines, and `...` inside a line for
 any text on that line (doctest's ELLIPSIS), so a page may show only the part of an output it talks about.
 """
@@ -41,6 +43,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,9 +123,7 @@ def normalise(text: str, workdir: Path | None = None) -> str:
     text = DURATION.sub(r"<t>\1", text)
     text = RULES.sub("─", text)
     lines = [SPACES.sub(" ", line).strip() for line in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    return "\n".join(lines)
+    return "\n".join(lines).strip("\n")
 
 
 def matches(expected: str, actual: str) -> bool:
@@ -142,10 +143,12 @@ def mismatch(block: Block, expected: str, actual: str) -> str:
             f"--- docs ---\n{expected}\n--- actual ---\n{actual}\n")
 
 
-def run_python(block: Block, namespace: dict, workdir: Path) -> str:
-    """Runs a python block in `namespace`; returns its stdout."""
+def run_python(block: Block, namespace: dict) -> str:
+    """Runs a python block in `namespace`; returns what it printed, stdout and stderr interleaved as a terminal
+    shows them. Python warnings are not part of it: the test runner's warning capture would decide."""
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         exec(compile(block.code, block.where, "exec"), namespace)  # noqa: S102 - the docs' own examples
     return out.getvalue()
 

@@ -53,7 +53,7 @@ def all_blocks() -> list[Block]:
 def test_examples_run_and_print_what_the_page_shows(page, tmp_path, monkeypatch):
     """Every runnable block of the page runs in order in one namespace; shown output equals the real output."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "120")  # rich's width when stdout is not a terminal: the width the pages show
+    monkeypatch.setenv("COLUMNS", "200")  # rich's width when stdout is not a terminal: wide enough that no line wraps
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setattr(sys, "argv", ["docs-example"])
     namespace: dict = {"__name__": "__docs__"}
@@ -63,7 +63,7 @@ def test_examples_run_and_print_what_the_page_shows(page, tmp_path, monkeypatch)
         if is_file_title(block.title):
             write_file(block, tmp_path)
         elif block.lang == "python":
-            printed = run_python(block, namespace, tmp_path)
+            printed = run_python(block, namespace)
             if block.output is not None:
                 expected, actual = normalise(block.output.code, tmp_path), normalise(printed, tmp_path)
                 assert matches(expected, actual), mismatch(block, expected, actual)
