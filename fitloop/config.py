@@ -1,7 +1,7 @@
 """Training settings as one dataclass (`TrainConfig`): keyword arguments of the `Trainer` resolve to it.
 
 The command line's run configuration (`[data]`, `[model]`, `[train]` sections from TOML files,
-flags and `--set`) is `fitloop.cli.run_config`; its `[train]` section is a `TrainConfig`.
+flags and `--set`) is `fitloop.tabular.config`; its `[train]` section is a `TrainConfig`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class TrainConfig:
         precision: `"fp32"`, `"bf16"` (autocast on CPU and CUDA) or `"fp16"` (CUDA, with GradScaler).
         compile: `True` (or `"model"`) runs the model through `torch.compile`; `"step"` compiles
             the whole training step (forward, loss, gradients, clipping, Adam/AdamW/SGD update)
-            into one graph, the fast path for small models (see `fitloop.compiled_step`).
+            into one graph, the fast path for small models (see `fitloop.step.compiled`).
         penalty: `("l1" | "l2", strength)` added to the training loss, or `None`.
         input_noise: standard deviation of Gaussian noise added to float inputs in training only.
         train_metrics: compute task metrics on the training batches each epoch; `None` = on,

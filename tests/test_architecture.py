@@ -3,7 +3,10 @@
 * no import cycles among fitloop modules (imports inside functions count; imports under `if TYPE_CHECKING:` don't);
 * torch's private names (`torch._...`, optimizer hook dicts, `_orig_mod`, ...) only in fitloop/_fastpath.py;
 * no module other than fitloop/trainer.py touches a private attribute of an object named `trainer`;
-* no module is longer than MAX_LINES lines.
+* imports point down the layers of docs/architecture.md (LAYERS), and nothing outside fitloop/cli imports it;
+* imports sit at the top of their module, except optional extras and the modules whose imports are kept lazy
+  for the command line's start-up (FUNCTION_IMPORTS_ALLOWED, each with its reason);
+* no function has more than MAX_FUNCTION_LINES lines of code (size follows the job: modules have no cap).
 
 The last test checks the checkers themselves on tiny synthetic packages.
 """
@@ -18,7 +21,40 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "fitloop"
 FASTPATH = "fitloop/_fastpath.py"  # the one module allowed to use torch's private names
 TRAINER = "fitloop/trainer.py"  # the one module allowed to touch the Trainer's private attributes
-MAX_LINES = 500
+MAX_FUNCTION_LINES = 60  # lines of code: docstring, comments and blank lines left out
+
+# The layers of docs/architecture.md, top (highest number) to bottom, by top-level module of the package.
+# A module imports its own layer and those below, never one above. `fitloop` itself (the lazy facade that
+# maps public names to their modules) is left out: every module may read `fitloop.__version__`.
+LAYERS = {
+    "cli": 8, "__main__": 8,
+    "integrations": 7, "sklearn": 7,
+    "tabular": 6,
+    "tune": 5,
+    "trainer": 4,
+    "callbacks": 3, "diagnose": 3, "report": 3,
+    "step": 2, "_fastpath": 2, "optim": 2, "evaluation": 2, "bundle": 2,
+    "data": 1, "distributed": 1,
+    "_lazy": 0, "config": 0, "files": 0, "extras": 0, "runlock": 0, "outputs": 0, "mlp_checks": 0,
+    "devices": 0, "metrics": 0, "state": 0, "checkpoint_format": 0, "models": 0,
+}
+# Function-level imports: optional extras and platform modules anywhere (imported where they are used, so that
+# `import fitloop` stays light), and these modules' own lazy imports, each for the reason given.
+OPTIONAL_TOP_NAMES = {"matplotlib", "mlflow", "fastapi", "uvicorn", "prometheus_client", "onnx", "onnxruntime",
+                      "sklearn", "optuna", "tomli", "tomllib", "fcntl"}
+OPTIONAL_PREFIXES = ("torch.utils.tensorboard", "torch.distributed", "torch._dynamo")
+FUNCTION_IMPORTS_ALLOWED = {
+    "fitloop/cli": "the command line's start-up: `fitloop --help` imports neither torch nor pyarrow",
+    "fitloop/integrations/serve.py": "`fitloop --help` imports it for the serve flags; torch and pyarrow wait",
+    "fitloop/integrations/serve_input.py": "imported with serve.py on the command line's start-up path",
+    "fitloop/report/data.py": "`fitloop runs` and `fitloop report` read run directories without torch",
+    "fitloop/report/summary.py": "fl.summary is imported by the torch-free report package",
+    "fitloop/callbacks/progress.py": "rich is imported only when a live bar is drawn (the Trainer imports this)",
+    "fitloop/files.py": "the version stamp needs torch; atomic writes on the CLI's start-up path do not",
+    "fitloop/_fastpath.py": "torch.optim's private module names are looked up only when the shortcut is on",
+    "fitloop/trainer.py": "trainer.report(): the report package (matplotlib's caller) loads when asked for",
+    "fitloop/distributed/__init__.py": "rank and world size are read torch-free on the CLI's start-up path",
+}
 
 PRIVATE_TORCH_NAMES = {"_opt_called", "__wrapped__", "_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
                        "_global_optimizer_pre_hooks", "_global_optimizer_post_hooks", "_orig_mod"}
@@ -271,13 +307,83 @@ def private_trainer_uses(root: Path = ROOT, package: str = PACKAGE, allowed: str
     return out
 
 
-def long_modules(root: Path = ROOT, package: str = PACKAGE, limit: int = MAX_LINES) -> list[str]:
+def _layer(module: str, package: str) -> int | None:
+    parts = module.split(".")
+    return None if len(parts) < 2 else LAYERS.get(parts[1])
+
+
+def upward_imports(root: Path = ROOT, package: str = PACKAGE) -> list[str]:
+    """'a -> b (file:line)' for every import of a module in a higher layer (or of one LAYERS does not place)."""
+    out = []
+    for mod, targets in import_graph(root, package).items():
+        here = _layer(mod, package)
+        for target, where in targets.items():
+            there = _layer(target, package)
+            if target == package or mod == package:
+                continue
+            if here is None or there is None:
+                out.append(f"{mod} -> {target} ({where}): place the module in LAYERS")
+            elif there > here:
+                out.append(f"{mod} -> {target} ({where})")
+    return sorted(out)
+
+
+def cli_importers(root: Path = ROOT, package: str = PACKAGE) -> list[str]:
+    """Modules outside `package.cli` (and `__main__`) that import it."""
+    cli = f"{package}.cli"
+    return sorted(f"{mod} -> {target} ({where})" for mod, targets in import_graph(root, package).items()
+                  for target, where in targets.items()
+                  if (target == cli or target.startswith(cli + ".")) and not (mod == cli or mod.startswith(cli + "."))
+                  and mod != f"{package}.__main__")
+
+
+def _function_imports(tree: ast.AST):
+    """(import node, name) for every import inside a function body (TYPE_CHECKING blocks left out)."""
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in _imports(ast.Module(body=fn.body, type_ignores=[])):
+            if isinstance(node, ast.Import):
+                yield from ((node, a.name) for a in node.names)
+            else:
+                yield node, "." * node.level + (node.module or "")
+
+
+def hidden_imports(root: Path = ROOT, package: str = PACKAGE) -> list[str]:
+    """'file:line: name' for each function-level import that is neither an optional extra nor in a module of
+    FUNCTION_IMPORTS_ALLOWED."""
+    out = set()
+    for f in modules(root, package).values():
+        rel = _rel(f, root)
+        if any(rel == k or rel.startswith(k + "/") for k in FUNCTION_IMPORTS_ALLOWED):
+            continue
+        for node, name in _function_imports(_parse(f)):
+            if name.split(".")[0] in OPTIONAL_TOP_NAMES or name.startswith(OPTIONAL_PREFIXES):
+                continue
+            out.add(f"{rel}:{node.lineno}: {name}")
+    return sorted(out)
+
+
+def _code_lines(lines: list[str], first: int, last: int) -> int:
+    return sum(1 for text in lines[first - 1:last] if text.strip() and not text.strip().startswith("#"))
+
+
+def long_functions(root: Path = ROOT, package: str = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """'file:line name: N lines of code' for each function longer than `limit` (its docstring not counted)."""
     out = []
     for f in modules(root, package).values():
-        n = len(f.read_text(encoding="utf-8").splitlines())
-        if n > limit:
-            out.append(f"{_rel(f, root)}: {n} lines (limit {limit})")
-    return out
+        text = f.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for fn in ast.walk(ast.parse(text)):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = fn.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1:
+                body = body[1:]
+            n = _code_lines(lines, body[0].lineno, body[-1].end_lineno or body[-1].lineno)
+            if n > limit:
+                out.append(f"{_rel(f, root)}:{fn.lineno} {fn.name}: {n} lines of code (limit {limit})")
+    return sorted(out)
 
 
 # -------------------------------------------------------------------------------------------- tests
@@ -298,9 +404,25 @@ def test_no_private_trainer_attributes_outside_trainer():
     assert not uses, f"private Trainer attributes used outside {TRAINER}:\n" + "\n".join(uses)
 
 
-def test_module_size():
-    long = long_modules()
-    assert not long, f"modules longer than {MAX_LINES} lines:\n" + "\n".join(long)
+def test_imports_point_down_the_layers():
+    up = upward_imports()
+    assert not up, "imports of a higher layer (docs/architecture.md, LAYERS):\n" + "\n".join(up)
+
+
+def test_nothing_outside_the_cli_imports_it():
+    users = cli_importers()
+    assert not users, "library modules that import fitloop.cli (the top layer):\n" + "\n".join(users)
+
+
+def test_imports_at_the_top_of_their_module():
+    hidden = hidden_imports()
+    assert not hidden, ("imports inside functions (move them to the top, or add the module to "
+                        "FUNCTION_IMPORTS_ALLOWED with the reason):\n" + "\n".join(hidden))
+
+
+def test_function_size():
+    long = long_functions()
+    assert not long, "functions to split where there is a seam:\n" + "\n".join(long)
 
 
 def test_the_checkers_on_synthetic_packages(tmp_path):
@@ -355,4 +477,24 @@ def test_the_checkers_on_synthetic_packages(tmp_path):
     assert private_trainer_uses(root=privates, package="pkg", allowed="pkg/trainer.py") == [
         "pkg/m.py:14: trainer._needs_closure (read)", "pkg/m.py:15: trainer._x (write)",
         "pkg/m.py:16: getattr(trainer, '_y')"]
-    assert long_modules(privates, "pkg", limit=10) == ["pkg/m.py: 19 lines (limit 10)"]
+
+    # layers, the CLI on top, imports at the top, function sizes
+    layered = write({
+        "pkg/__init__.py": "",
+        "pkg/cli/__init__.py": "from ..trainer import T\n",
+        "pkg/trainer.py": "from .data import d\nT = 1\n",
+        "pkg/data.py": ("import os\nd = 1\ndef f():\n    import matplotlib.figure\n    from .trainer import T\n"
+                        "    from .cli import x\n    import json\n"),
+        "pkg/odd.py": "x = 1\n",
+        "pkg/user.py": "from .odd import x\n",
+    })
+    assert upward_imports(layered, "pkg") == [
+        "pkg.data -> pkg.cli (pkg/data.py:6)", "pkg.data -> pkg.trainer (pkg/data.py:5)",
+        "pkg.user -> pkg.odd (pkg/user.py:1): place the module in LAYERS"]
+    assert cli_importers(layered, "pkg") == ["pkg.data -> pkg.cli (pkg/data.py:6)"]
+    assert hidden_imports(layered, "pkg") == ["pkg/data.py:5: .trainer", "pkg/data.py:6: .cli",
+                                              "pkg/data.py:7: json"]
+    body = "".join(f"    x{i} = {i}  # a comment\n\n    # another\n" for i in range(5))
+    sized = write({"pkg/__init__.py": "", "pkg/m.py": f'def f():\n    """Doc.\n\n    More.\n    """\n{body}'})
+    assert long_functions(sized, "pkg", limit=5) == []
+    assert long_functions(sized, "pkg", limit=4) == ["pkg/m.py:1 f: 5 lines of code (limit 4)"]

@@ -35,6 +35,8 @@ from torch.utils.data import (
     default_collate,
 )
 
+from ..metrics import normalize_task
+from .checks import warn
 from .sharding import DistributedEpochSampler, ShardedBatches
 from .splitting import Split
 
@@ -299,9 +301,6 @@ def prepare_target(y: torch.Tensor, task: str, float_dtype: torch.dtype = torch.
     Float class targets (`split` names the data in messages: `"train"`, `"val"`): whole numbers are
     converted to int64 with a `GuardWarning` (once per split, under Python's default warning filter);
     fractional or non-finite values raise a `ValueError` naming the split, the rows and the values."""
-    from ..diagnose.checks import warn
-    from ..metrics import normalize_task
-
     kind = normalize_task(task, 2)
     if kind == "multiclass" and y.is_floating_point() and y.ndim == 1:
         if not torch.equal(y, y.round()):

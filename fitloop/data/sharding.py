@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from ..distributed.group import Collective
+
 __all__ = ["ShardedBatches", "DistributedEpochSampler", "shard_bounds"]
 
 
@@ -48,8 +50,6 @@ class ShardedBatches:
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor | None, batch_size: int | None, shuffle: bool, *,
                  rank: int, world: int, drop_last: bool = False):
-        from ..distributed.group import Collective
-
         self.X, self.y = X, y
         self.n = len(X)
         self.rank, self.world = rank, world

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .checks import check_leakage
 from .fractions import check_fractions
 
 __all__ = ["Split", "split", "as_tensor", "split_indices"]
@@ -177,8 +178,6 @@ def split(X: Any, y: Any = None, *, fractions: Sequence[float] = (0.7, 0.15, 0.1
         else:
             out.append(Split(X[idx], None if y is None else y[idx], idx, name))
     if leakage and not isinstance(X, Dataset):
-        from ..diagnose.checks import check_leakage
-
         check_leakage(dict(zip(names, out)), mode=leakage)
     return tuple(out)
 

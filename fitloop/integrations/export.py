@@ -42,10 +42,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..tabular.columns import Table
-from ..tabular.errors import TableError
 from ..extras import MissingExtraError, require
 from ..files import _fsync_dir, versions, write_json_atomic
+from ..tabular.columns import Table
+from ..tabular.config import load_toml, resolve_run_config
+from ..tabular.errors import TableError
+from ..tabular.runs import load_run, predict_file
 from .graph import build_graph, input_matrix, layout
 
 __all__ = ["export", "ExportResult", "ExportMismatchError", "MissingExtraError", "FORMATS", "input_matrix",
@@ -85,8 +87,6 @@ class ExportResult:
 
 def _test_rows(run: Any) -> tuple[Any, str, list[str]]:
     """The run's held-out rows, re-read from the data file its config names, or None (with a note)."""
-    from ..tabular.config import load_toml, resolve_run_config
-
     notes: list[str] = []
     try:
         d = resolve_run_config(load_toml(str(run.path / "config.toml"))).data
@@ -135,8 +135,6 @@ def _edge_rows(pre: Any, n: int = EDGE_ROWS, seed: int = 0) -> Any:
 def _reference(run: Any, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """fitloop's own predictions for `data` (the `fitloop predict` code path): values or probabilities,
     and the class indices."""
-    from ..tabular.runs import predict_file
-
     table, _ = predict_file(run, data, proba=run.task == "classification")
     if run.task != "classification":
         return table.column("prediction").to_numpy(), None
@@ -303,8 +301,6 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         >>> res = fl.export("runs/wine", format="onnx")       # doctest: +SKIP
         >>> res.path, res.max_abs_diff                        # doctest: +SKIP
     """
-    from ..tabular.runs import load_run
-
     t0 = time.perf_counter()
     if format not in FORMATS:
         raise ValueError(f"--format {format!r}: choose one of {', '.join(FORMATS)}.")

@@ -75,8 +75,8 @@ class _Model:
     """The run, loaded once, and what the read-only endpoints answer (computed once)."""
 
     def __init__(self, run_dir: str | os.PathLike, max_rows: int, max_body: int) -> None:
-        from ..tabular.runs import load_run
         from ..files import versions
+        from ..tabular.runs import load_run
 
         self.run: LoadedRun = load_run(run_dir)
         self.pre = self.run.preprocessor

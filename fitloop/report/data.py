@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["ReportData", "NotARunDirectory", "from_run_dir", "from_trainer", "target_distribution",
            "run_status", "read_history", "read_json", "PREDICTIONS_FILE"]
 
-PREDICTIONS_FILE = "test_predictions.csv"  # written by `fitloop train` (fitloop.cli.pipeline)
+PREDICTIONS_FILE = "test_predictions.csv"  # written by `fitloop train` (fitloop.tabular.pipeline)
 TIME_KEYS = ("load", "preprocess", "train", "compile", "to_first_step", "total")
 
 

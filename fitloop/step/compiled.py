@@ -2,7 +2,7 @@
 
 `torch.compile(model)` (`compile=True`) only fuses the forward and backward kernels; on small
 models the step's time is framework glue around them: the autograd engine, `Optimizer.step`'s
-Python, per-op dispatch (bench/FASTPATH.md has the profile). This module compiles forward, loss,
+Python, per-op dispatch (bench/studies/FASTPATH.md has the profile). This module compiles forward, loss,
 gradients (`torch.func.grad`), gradient clipping, the NaN/inf check and the optimizer update into
 ONE graph, called once per step. It traces the step's own pieces (`fitloop.step.functions`: input
 noise, `Trainer.compute_loss` plus the penalty, clipping, the NaN/inf check, the update) and shares the

@@ -153,7 +153,7 @@ def masked_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], st
     """torch's own Adam/AdamW update, `torch.optim.adam.adam` (single-tensor, capturable: lr and betas
     are tensors, so a scheduler does not recompile), run on copies of the parameters and state and
     written back where `ok`: a NaN/inf step changes nothing. The copies cost nothing measurable on small
-    models (bench/COMPILED_UPDATE.md).
+    models (bench/studies/COMPILED_UPDATE.md).
 
     Args:
         params: one parameter group's parameters (updated in place where `ok`).
