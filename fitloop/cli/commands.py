@@ -9,6 +9,7 @@ inside them, so that `fitloop --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def _fmt(v: Any) -> str:
 
 
 def _print_summary(console, r) -> None:
-    from rich.table import Table as RichTable
+    from rich.table import Table as RichTable  # rich only when printing (start-up path)
 
     t = RichTable(title=f"fitloop train: {r.task}", show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -156,7 +157,7 @@ def _print_summary(console, r) -> None:
 
 
 def _print_metrics(console, metrics: dict, baseline: dict, baseline_kind: str | None, title: str) -> None:
-    from rich.table import Table as RichTable
+    from rich.table import Table as RichTable  # rich only when printing (start-up path)
 
     if not metrics:
         console.print("no held-out rows to evaluate on (the split has no val/test part).")
@@ -185,7 +186,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     for n in notes:
         _note(n, args)
     if args.output is None:
-        import pyarrow.csv as pcsv
+        import pyarrow.csv as pcsv  # pyarrow: not on the start-up path
 
         buf = _csv_bytes(table, pcsv)
         sys.stdout.write(buf.decode("utf-8"))
@@ -198,7 +199,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def _csv_bytes(table, pcsv, delimiter: str = ",") -> bytes:
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: not on the start-up path
 
     sink = pa.BufferOutputStream()
     pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(delimiter=delimiter))
@@ -207,13 +208,13 @@ def _csv_bytes(table, pcsv, delimiter: str = ",") -> bytes:
 
 def _write_table(table, path: Path) -> None:
     """Write atomically by extension (.csv, .tsv, .parquet): a temporary file renamed at the end."""
-    import pyarrow.csv as pcsv
+    import pyarrow.csv as pcsv  # pyarrow: not on the start-up path
 
-    from ..files import atomic_write_bytes
+    from ..files import atomic_write_bytes  # (tempfile, random: not on the start-up path either)
 
     name = path.name.lower()
     if name.endswith(".parquet"):
-        import pyarrow as pa
+        import pyarrow as pa  # pyarrow: not on the start-up path
         import pyarrow.parquet as pq
 
         sink = pa.BufferOutputStream()
@@ -230,8 +231,6 @@ def _write_table(table, path: Path) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """`fitloop evaluate`: `fitloop.tabular.load_run(...).evaluate(...)`, printed as a table or JSON."""
-    import json
-
     run = tabular.load_run(args.run_dir)
     rep = run.evaluate(args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter, decimal=args.decimal)
     for n in rep["notes"]:
@@ -261,7 +260,7 @@ def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """The run's summary, then its plots and report.html (in RUN_DIR, or --out)."""
-    from ..outputs import check_report_dir
+    from ..outputs import check_report_dir  # the report's modules: not on the start-up path
     from ..report import write_report
     from ..report.data import from_run_dir
 

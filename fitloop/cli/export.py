@@ -8,6 +8,7 @@ the exported model disagrees with fitloop (a bug; nothing is left behind).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -45,7 +46,7 @@ def add_export_parser(sub: argparse._SubParsersAction, common: Callable[[argpars
 
 
 def cmd_export(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from ..integrations.export import ExportMismatchError, MissingExtraError, export
+    from ..integrations.export import ExportMismatchError, MissingExtraError, export  # torch: not at start-up
 
     debug = getattr(args, "debug", False) or os.environ.get("FITLOOP_DEBUG") == "1"  # as `main` decides
     try:
@@ -57,8 +58,6 @@ def cmd_export(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         print(res.path)
         return 0
-    import json
-
     schema = json.loads(res.schema_path.read_text(encoding="utf-8"))
     cols = schema["input"]["columns"]
     n_cat = sum(c["kind"] == "categorical" for c in cols)

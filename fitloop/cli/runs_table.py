@@ -57,7 +57,7 @@ def _best_val(history: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _test(run: Path) -> dict[str, Any] | None:
-    from ..report.data import read_json
+    from ..report.data import read_json  # the report's reader: not on `fitloop --help`'s path
 
     m = read_json(run / "metrics.json")
     metrics = m.get("metrics") if isinstance(m, dict) else None
@@ -71,7 +71,7 @@ def _test(run: Path) -> dict[str, Any] | None:
 
 def run_row(run: Path, root: Path) -> dict[str, Any]:
     """One run's row: plain data (the `--json` output)."""
-    from ..report.data import read_history, read_json, run_status
+    from ..report.data import read_history, read_json, run_status  # not on `fitloop --help`'s path
 
     info = read_json(run / "run.json")
     info = info if isinstance(info, dict) else {}
@@ -135,7 +135,7 @@ def cmd_runs(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no runs under {args.dir} (a run is a directory with a run.json).")
         return 0
-    from rich.console import Console
+    from rich.console import Console  # rich only when printing (start-up path)
     from rich.table import Table
 
     t = Table(title=f"runs under {args.dir}", title_justify="left")

@@ -43,7 +43,7 @@ def _size(text: str) -> int:
 
 def add_serve_parser(sub: argparse._SubParsersAction, common: object) -> None:
     """Add `serve` to the `fitloop` subcommands; `common` adds the shared --quiet/--debug options."""
-    from ..integrations.serve import DEFAULT_MAX_BODY, DEFAULT_MAX_ROWS
+    from ..integrations.serve import DEFAULT_MAX_BODY, DEFAULT_MAX_ROWS  # the server's own defaults, for --help
 
     s = sub.add_parser("serve", help="serve a run's model over HTTP", epilog=SERVE_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,7 +69,7 @@ def add_serve_parser(sub: argparse._SubParsersAction, common: object) -> None:
 
 def cmd_serve(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Run the server until SIGTERM/Ctrl-C; exit 0 after a graceful stop, 2 when the extra is missing."""
-    from ..integrations.serve import require_serve_extra, serve
+    from ..integrations.serve import require_serve_extra, serve  # the server: not on the start-up path
 
     try:
         require_serve_extra()
