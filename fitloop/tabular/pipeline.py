@@ -73,7 +73,8 @@ from .runs import (
 )
 
 __all__ = ["RunResult", "RunPlan", "plan_run", "LoadedRun", "train_table", "resume_run", "start_out", "check_out",
-           "default_out", "merge_run_json", "load_run", "predict_file", "evaluate_file", "RUN_FORMAT", "NotARunError"]
+           "default_out", "merge_run_json", "prepare_run", "PreparedRun", "load_run", "predict_file",
+           "evaluate_file", "RUN_FORMAT", "NotARunError"]
 
 
 @dataclass
@@ -142,7 +143,7 @@ def check_out(out: str | os.PathLike, overwrite: bool, data: str | None = None) 
 
 
 @dataclass
-class _PreparedRun:
+class PreparedRun:
     """Everything a run needs before training: splits as tensors, the fitted preprocessor, the model."""
 
     splits: dict[str, Any]
@@ -168,7 +169,7 @@ class _PreparedRun:
     ridge: float | None = None  # the linear start's penalty (model.ridge, or GCV's choice); None: no linear start
 
 
-def _prepare(cfg: RunConfig, log: Callable[[str], None], data: pa.Table | None = None) -> _PreparedRun:
+def prepare_run(cfg: RunConfig, log: Callable[[str], None], data: pa.Table | None = None) -> PreparedRun:
     """`plan_run`, then the splits encoded as tensors (the preprocessor applied to every split)."""
     plan = plan_run(cfg, log, data=data)
     table = plan.table
@@ -198,7 +199,7 @@ def _prepare(cfg: RunConfig, log: Callable[[str], None], data: pa.Table | None =
         splits = {k: (X, ((y - scaling["mean"]) / scaling["std"]).float()) for k, (X, y) in splits.items()}
     info["baseline_kind"] = "majority class" if task == "classification" else "train mean"
     timings = {"load": plan.load_seconds, "preprocess": time.perf_counter() - plan.t_decide}
-    prepared = _PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
+    prepared = PreparedRun(splits, plan.rows, pre, info, task, n_inputs, n_features, plan.notes, timings,
                             plan.spec, plan.loss, plan.early_stopping)
     prepared.targets, prepared.budget = targets, plan.budget
     return prepared
@@ -212,7 +213,7 @@ def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> lis
     return [f"leakage: {n} {b} rows have the same encoded inputs as {a} rows" for (a, b), n in found.items()]
 
 
-def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
+def _build_trainer(cfg: RunConfig, p: PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
     model = build_mlp(p.spec)
@@ -221,7 +222,7 @@ def _build_trainer(cfg: RunConfig, p: _PreparedRun, run_dir: Path) -> None:
     p.callbacks.extend(training.length_callbacks(cfg, p.early_stopping))
     tcfg = cfg.train.trainer_config()
     tcfg.run_dir = str(run_dir)
-    if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in _prepare; inputs: standardised
+    if isinstance(tcfg.guards, dict):  # leakage: checked over all three splits in prepare_run; inputs: standardised
         tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     p.loggers = _loggers(cfg.train.log)
     p.first_step = training.FirstStep(p.t_command)
@@ -238,7 +239,7 @@ def _loggers(names: list[str]) -> list[Any]:
     return [made[name]() for name in dict.fromkeys(names)]
 
 
-def _log_final(p: _PreparedRun, out_dir: Path, eval_split: str | None, metrics: dict[str, Any]) -> None:
+def _log_final(p: PreparedRun, out_dir: Path, eval_split: str | None, metrics: dict[str, Any]) -> None:
     """The MLflow run also gets the held-out metrics (`test_*`) and the run's final files."""
     for logger in p.loggers:
         if isinstance(logger, MLflowLogger):
@@ -277,7 +278,7 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     out_dir = check_out(out if out is not None else default_out(cfg.data.target or "run"), overwrite,
                          cfg.data.path)
     t_start = time.perf_counter()
-    p = _prepare(cfg, log, data)
+    p = prepare_run(cfg, log, data)
     p.t_command = t_start if t_command is None else t_command
     if data is None:  # `resume` finds the data from any directory
         cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())
@@ -303,7 +304,7 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
         return _finish(cfg, p, out_dir, t_start)
 
 
-def _start(cfg: RunConfig, p: _PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
+def _start(cfg: RunConfig, p: PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
     """A fresh run in `out_dir`: config.toml and splits.json (rank 0 writes them), then the Trainer."""
     if is_main_process():
         (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
@@ -353,7 +354,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
             raise ConfigError(f"{run_dir}: this run trained on a table in memory, so resuming it needs that table "
                               f"again: fitloop.tabular.resume({str(run_dir)!r}, data=TABLE).")
         t_start = time.perf_counter()
-        p = _prepare(cfg, log, data)
+        p = prepare_run(cfg, log, data)
         p.t_command = t_start
         t0 = time.perf_counter()
         if find_checkpoints(run_dir):
@@ -378,7 +379,7 @@ def _killed_at_start(run_dir: Path) -> bool:
         return f.readline().startswith(CONFIG_HEADER)
 
 
-def _finish(cfg: RunConfig, p: _PreparedRun, out_dir: Path, t_start: float) -> RunResult:
+def _finish(cfg: RunConfig, p: PreparedRun, out_dir: Path, t_start: float) -> RunResult:
     """Evaluate on the held-out rows, write the bundle (with the preprocessor), metrics and summary."""
     trainer, task, info = p.trainer, p.task, p.info
     history = trainer.history
@@ -446,7 +447,7 @@ def _write_predictions(out_dir: Path, rows: np.ndarray, y_true: Any, raw: Any, i
     atomic_write_bytes(out_dir / PREDICTIONS_FILE, buf.getvalue().encode("utf-8"))
 
 
-def _target_distribution(p: _PreparedRun) -> dict[str, Any]:
+def _target_distribution(p: PreparedRun) -> dict[str, Any]:
     """Per split: class counts, or the target's mean, std and quantiles in its own units."""
     out = {}
     for name, (_, y) in p.splits.items():

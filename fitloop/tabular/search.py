@@ -29,7 +29,7 @@ import pyarrow as pa
 from ..files import atomic_write_bytes, write_json_atomic
 from ..tune.size_search import SizeSearchResult, size_search
 from .config import ConfigError, RunConfig
-from .pipeline import _prepare
+from .pipeline import prepare_run
 from .training import start_linear_path
 
 __all__ = ["SearchOptions", "search_table", "write_search"]
@@ -76,7 +76,7 @@ def search_table(cfg: RunConfig, options: SearchOptions, log: Callable[[str], No
     Raises:
         ConfigError: the split has no validation part, which the search compares sizes on.
     """
-    p = _prepare(cfg, log, data)
+    p = prepare_run(cfg, log, data)
     if "val" not in p.splits:
         raise ConfigError("size-search compares sizes on a validation split, and this --split has none; "
                           "pass three fractions, e.g. --split 0.7,0.15,0.15.")
