@@ -35,7 +35,8 @@ from docs_support import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GUIDES = sorted(p for p in DOCS.glob("*.md") if p.name != "architecture.md")
+# The guides, and the README: its examples follow the same convention (tests/docs_support.py)
+GUIDES = sorted(p for p in DOCS.glob("*.md") if p.name != "architecture.md") + [ROOT / "README.md"]
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(name)), None)
 HAS_MKDOCS = all(importlib.util.find_spec(name) for name in ("mkdocs", "material", "mkdocstrings_handlers"))
@@ -106,6 +107,16 @@ def test_shown_output_follows_a_block_that_prints_it():
         attached = sum(1 for block in parse_blocks(page) if block.output is not None)
         shown = len(re.findall(r'^\s*```text title="Output"', text, flags=re.M))
         assert attached == shown, f"{page.name}: an Output block does not directly follow a python block"
+
+
+def test_readme_links_point_to_files():
+    """The README links to the guides as files (they render on a forge, and the site builds from them)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    assert targets, "the README links to no guide"
+    missing = [t for t in targets if "://" not in t and not (ROOT / t).exists()]
+    assert missing == [], f"README.md links to files that do not exist: {missing}"
+    assert len(readme.splitlines()) <= 250, "the README stays short: the rest belongs in docs/"
 
 
 # --- the site ---
