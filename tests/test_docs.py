@@ -50,8 +50,17 @@ def all_blocks() -> list[Block]:
 # --- the examples ---
 
 
+@pytest.fixture
+def restore_environ():
+    """An example may set environment variables (MLflowLogger sets MLFLOW_ALLOW_FILE_STORE): put them back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.mark.parametrize("page", GUIDES, ids=lambda p: p.name)
-def test_examples_run_and_print_what_the_page_shows(page, tmp_path, monkeypatch):
+def test_examples_run_and_print_what_the_page_shows(page, tmp_path, monkeypatch, restore_environ):
     """Every runnable block of the page runs in order in one namespace; shown output equals the real output."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "200")  # rich's width when stdout is not a terminal: wide enough that no line wraps
