@@ -94,7 +94,7 @@ def skipped_blocks() -> list[Block]:
 @pytest.mark.parametrize("block", skipped_blocks(), ids=lambda b: b.where)
 def test_examples_that_cannot_run_here(block):
     """Each example marked `docs-test: skip` is reported with its reason (a GPU, several machines, a server)."""
-    assert block.lang in RUNNABLE or block.lang == "python"
+    assert block.lang in RUNNABLE, f"{block.where}: only python and console blocks are examples to skip"
     pytest.skip(f"{block.where} ({block.lang}): {block.skip}")
 
 
@@ -103,8 +103,10 @@ def test_every_example_is_a_runnable_kind():
     known = RUNNABLE | {"text", "toml", "csv", "json", ""}
     for block in all_blocks():
         assert block.lang in known, f"{block.where}: ```{block.lang} blocks are neither run nor known"
-        if block.lang in RUNNABLE and not block.skip:
-            console_commands(block) if block.lang == "console" else compile(block.code, block.where, "exec")
+        if block.lang == "console" and not block.skip:
+            console_commands(block)  # raises on a line that is not `$ fitloop ...` or its output
+        elif block.lang == "python":
+            compile(block.code, block.where, "exec")  # skipped or not, a python example is valid Python
         if block.lang in ("toml", "csv", "json") and not block.skip:
             assert is_file_title(block.title), f'{block.where}: give the file a name: title="run.toml"'
 
@@ -113,9 +115,12 @@ def test_shown_output_follows_a_block_that_prints_it():
     """A ```text title="Output" block must follow a python block directly, or it would never be checked."""
     for page in GUIDES:
         text = page.read_text(encoding="utf-8")
-        attached = sum(1 for block in parse_blocks(page) if block.output is not None)
+        attached = [block for block in parse_blocks(page) if block.output is not None]
         shown = len(re.findall(r'^\s*```text title="Output"', text, flags=re.M))
-        assert attached == shown, f"{page.name}: an Output block does not directly follow a python block"
+        assert len(attached) == shown, f"{page.name}: an Output block does not directly follow a code block"
+        for block in attached:
+            assert block.lang == "python" and not block.skip, f"{block.where}: only a python example that runs " \
+                "has an Output block (a console block shows its output under each `$` line)"
 
 
 def test_readme_links_point_to_files():
