@@ -54,4 +54,4 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache .mypy_cache build *.egg-info
+	rm -rf runs site .pytest_cache .ruff_cache .mypy_cache build *.egg-info

@@ -223,7 +223,8 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
     """Find the size of network the data supports: grow until it fits, shrink until it stops overfitting.
 
     Args:
-        train, val: `(X, y)` tensors or arrays, or `Split`s from `fl.split`.
+        train: the training data: `(X, y)` tensors or arrays, or a `Split` from `fl.split`.
+        val: the validation data, in the same form.
         make_model: a factory `size -> nn.Module`; then `sizes` (small to large) is the ladder the search
             walks instead of MLP widths and depths. Must be picklable (a module-level function) for `jobs > 1`.
         sizes: the factory's sizes, smallest first.
@@ -231,8 +232,11 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
             `bce_with_logits` for task `"binary"`, else `mse`.
         task: `"regression"`, `"binary"`, `"multiclass"`; inferred from the loss and targets when None.
         optimizer: any Trainer optimizer (a name or `(name, kwargs)`; picklable for `jobs > 1`).
-        widths, depths: the MLP ladder: widths at `depths[0]` hidden layers, then the deeper ones.
-        activation, dropout, skip: the MLP's activation, dropout and linear path (`MLPSpec`).
+        widths: the MLP ladder's widths, tried at `depths[0]` hidden layers first.
+        depths: the ladder's depths (hidden layers), the deeper ones tried after the widths.
+        activation: the MLP's activation (`MLPSpec`).
+        dropout: the MLP's dropout (`MLPSpec`).
+        skip: the MLP's linear path beside the hidden layers (`MLPSpec`).
         init: called as `init(model, X_train, y_train)` on every freshly built model, after seeding (e.g. to
             start a `SkipMLP`'s linear path at the ridge fit, as `fitloop train` does); picklable for `jobs > 1`.
         target_loss: stop growing once the train loss is at or below it.
@@ -240,8 +244,9 @@ def size_search(train: Any, val: Any, *, make_model: Callable[[Any], nn.Module] 
         gap_tolerance: a size does not overfit when `val_loss - train_loss <= gap_tolerance * val_loss`.
         val_margin: shrinking may not raise the val loss more than this fraction above the best one.
         nothing_margin: "nothing to learn" unless the best val loss is this fraction below the baseline's.
-        max_trials, epochs, max_seconds: the budgets: trials in all, epochs per trial, wall time (no new
-            trial starts after it).
+        max_trials: the budget of trials in all.
+        epochs: epochs per trial.
+        max_seconds: the wall-time budget (no new trial starts after it).
         seed: every trial's seed (initial weights, data order).
         jobs: trials run at once, each in its own spawned process with one thread; in a script, call
             size_search under `if __name__ == "__main__":` (the workers import the script).
