@@ -50,7 +50,8 @@ def main() -> None:
         t0 = time.perf_counter()
         write_csv(path, args.rows)
         gen_s = time.perf_counter() - t0
-        libs = "import fitloop.tabular.pipeline, torch, pyarrow.csv, pyarrow.compute, torchmetrics.functional, rich.table"
+        libs = ("import fitloop.tabular.pipeline, torch, pyarrow.csv, pyarrow.compute, torchmetrics.functional, "
+                "rich.table")
         _, base_rss, _ = child_peak_mib([sys.executable, "-c", libs], env)
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "fitloop", "train", str(path), "--target", "target", "--id", "id",
