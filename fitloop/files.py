@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 
-__all__ = ["atomic_write_bytes", "write_json_atomic", "versions"]
+__all__ = ["atomic_write_bytes", "write_json_atomic", "versions", "fsync_dir"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -23,7 +23,8 @@ os.umask(_UMASK)
 _on_partial_write: Callable[[str], None] | None = None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush directory `path`'s entries to disk, so that a file just renamed into it survives a crash."""
     with contextlib.suppress(OSError):  # not every platform/filesystem allows it
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -53,7 +54,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:

@@ -119,9 +119,9 @@ def test_run_json_and_summary_say_the_model_was_still_improving(tmp_path, capsys
     assert run["still_improving"] is True and run["epochs"] == 5
     assert r.still_improving is not None and "--epochs 10" in r.still_improving
     assert run["budget"]["epochs"] == 5 and "train.epochs" not in run["budget"]["decided"]
-    from fitloop.cli.commands import _console, _print_summary
+    from fitloop.cli.commands import make_console, print_summary
 
-    _print_summary(_console(), r)
+    print_summary(make_console(), r)
     assert "the model was still improving" in capsys.readouterr().out.replace("\n", " ")
 
 

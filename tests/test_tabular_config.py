@@ -14,14 +14,14 @@ from fitloop.cli import main
 from fitloop.tabular.config import (
     ConfigError,
     RunConfig,
-    _tomllib,
     load_toml,
     parse_set,
     parse_value,
     resolve_run_config,
+    tomllib_module,
 )
 
-tomllib = _tomllib()
+tomllib = tomllib_module()
 ROOT = Path(__file__).resolve().parents[1]
 
 

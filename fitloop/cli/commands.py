@@ -72,7 +72,8 @@ def _seconds(text: str) -> float | None:
     return v
 
 
-def _console():
+def make_console() -> Any:
+    """The rich console every command prints its tables and messages on (no syntax highlighting)."""
     from rich.console import Console  # the CLI start-up path stays light: rich only when printing
 
     return Console(highlight=False)
@@ -103,14 +104,14 @@ def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if not is_main_process():  # only rank 0 prints
         return _train_worker(cfg, args, argv, restarted_run(args.out))
     quiet = cfg.train.quiet  # --quiet, or train.quiet in the config file / --set: nothing but errors
-    console = _console()
+    console = make_console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     resumed = restarted_run(args.out)  # a worker that torchrun restarted continues the run directory
     result = tabular.resume(resumed, log=log) if resumed else tabular.train(
         config=cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
         t_command=getattr(args, "t_start", None))
     if not quiet:
-        _print_summary(console, result)
+        print_summary(console, result)
     return EXIT_OK
 
 
@@ -130,30 +131,38 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _print_summary(console, r) -> None:
+def print_summary(console: Any, r: Any) -> None:
+    """Print a finished run (`fitloop.tabular.RunResult`): rows, size, epochs, time, metrics, notes, directory."""
     from rich.table import Table as RichTable  # rich only when printing (start-up path)
 
-    t = RichTable(title=f"fitloop train: {r.task}", show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("rows", ", ".join(f"{k} {v}" for k, v in r.rows.items()))
-    t.add_row("features", f"{r.inputs} columns -> {r.features} encoded")
-    t.add_row("parameters", f"{r.parameters:,}")
-    t.add_row("epochs", f"{r.epochs_run} of {r.max_epochs}" + (f" ({r.stop_reason})" if r.stop_reason else ""))
-    t.add_row("best epoch", _fmt(r.best_epoch))
-    tm = r.timings
-    t.add_row("time", f"load {tm['load']:.2f}s, preprocess {tm['preprocess']:.2f}s, train {tm['train']:.2f}s, "
-                      f"total {tm['total']:.2f}s"
-                      + (f"; first step {tm.get('launch_to_first_step', tm['to_first_step']):.2f}s after launch, "
-                         "imports included" if "to_first_step" in tm else "")
-                      + (f"; compiling the step {tm['compile']:.2f}s (in train)" if "compile" in tm else ""))
-    console.print(t)
+    table = RichTable(title=f"fitloop train: {r.task}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("rows", ", ".join(f"{k} {v}" for k, v in r.rows.items()))
+    table.add_row("features", f"{r.inputs} columns -> {r.features} encoded")
+    table.add_row("parameters", f"{r.parameters:,}")
+    table.add_row("epochs", f"{r.epochs_run} of {r.max_epochs}" + (f" ({r.stop_reason})" if r.stop_reason else ""))
+    table.add_row("best epoch", _fmt(r.best_epoch))
+    table.add_row("time", _time_line(r.timings))
+    console.print(table)
     if r.model_summary is not None:
         console.print(str(r.model_summary), markup=False)
     _print_metrics(console, r.metrics, r.baseline, r.baseline_kind, f"{r.eval_split} metrics")
     for note in r.notes:
         console.print(f"note: {note}", markup=False)
     console.print(f"run directory: {r.run_dir}", markup=False)
+
+
+def _time_line(timings: dict[str, float]) -> str:
+    """Where a run's time went: reading, preprocessing, training, in all; the first step and compiling when timed."""
+    line = (f"load {timings['load']:.2f}s, preprocess {timings['preprocess']:.2f}s, train {timings['train']:.2f}s, "
+            f"total {timings['total']:.2f}s")
+    if "to_first_step" in timings:
+        first_step = timings.get("launch_to_first_step", timings["to_first_step"])
+        line += f"; first step {first_step:.2f}s after launch, imports included"
+    if "compile" in timings:
+        line += f"; compiling the step {timings['compile']:.2f}s (in train)"
+    return line
 
 
 def _print_metrics(console, metrics: dict, baseline: dict, baseline_kind: str | None, title: str) -> None:
@@ -238,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int
     if args.json:
         print(json.dumps({k: v for k, v in rep.items() if k != "notes"}, indent=2))
     elif not getattr(args, "quiet", False):
-        _print_metrics(_console(), rep["metrics"], rep["baseline"], rep["baseline_kind"],
+        _print_metrics(make_console(), rep["metrics"], rep["baseline"], rep["baseline_kind"],
                        f"{args.data}: {rep['rows']} rows")
     return EXIT_OK
 
@@ -250,11 +259,11 @@ def cmd_resume(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if wants_launch(args):  # --nproc N: as many processes as the run had
         return launch(args, list(argv or []), args.run_dir)
     quiet = getattr(args, "quiet", False) or not is_main_process()
-    console = _console()
+    console = make_console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     result = tabular.resume(args.run_dir, force=args.force, log=log, quiet=quiet)  # this command's flag decides
     if not quiet:
-        _print_summary(console, result)
+        print_summary(console, result)
     return EXIT_OK
 
 
@@ -267,7 +276,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     data = from_run_dir(args.run_dir)  # NotARunDirectory (exit 2) names what is missing
     if args.out is not None:  # nothing there of the same name that fitloop did not write
         check_report_dir(args.out)
-    console = _console()
+    console = make_console()
     quiet = getattr(args, "quiet", False)
     if not quiet:
         info = data.data

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from .. import tabular
-from .commands import EXIT_OK, _console, _print_summary, config_from_args
+from .commands import EXIT_OK, config_from_args, make_console, print_summary
 
 __all__ = ["size_search_options", "cmd_size_search", "EXAMPLES"]
 
@@ -72,7 +72,7 @@ def cmd_size_search(args: argparse.Namespace, argv: list[str] | None = None) -> 
             raise ConfigError(f"--{name.replace('_', '-')}: got {v}; pass a whole number >= 1.")
     quiet = getattr(args, "quiet", False)
     cfg = config_from_args(args)
-    console = _console()
+    console = make_console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
     sized = tabular.size_search(config=cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
                                 t_command=getattr(args, "t_start", None),
@@ -82,5 +82,5 @@ def cmd_size_search(args: argparse.Namespace, argv: list[str] | None = None) -> 
     elif quiet:
         print(sized.run.run_dir)
     else:
-        _print_summary(console, sized.run)
+        print_summary(console, sized.run)
     return EXIT_OK

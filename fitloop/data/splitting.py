@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from .checks import check_leakage
 from .fractions import check_fractions
 
-__all__ = ["Split", "split", "as_tensor", "split_indices"]
+__all__ = ["Split", "split", "as_tensor", "split_indices", "split_counts"]
 
 
 def as_tensor(a: Any, name: str) -> torch.Tensor:
@@ -79,7 +79,7 @@ class _DatasetPart(torch.utils.data.Subset):
         return f"Subset({self.name}: {len(self)} rows)"
 
 
-def _counts(n: int, fractions: Sequence[float]) -> list[int]:
+def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
     """Rows per part: largest-remainder rounding, train takes what is left, every non-zero part >= 1."""
     raw = [n * f for f in fractions]
     counts = [int(np.floor(r)) for r in raw]
@@ -104,14 +104,14 @@ def split_indices(n: int, fractions: Sequence[float], seed: int,
     gen = torch.Generator().manual_seed(seed)
     if labels is None:
         perm = torch.randperm(n, generator=gen)
-        bounds = np.cumsum([0, *_counts(n, fractions)])
+        bounds = np.cumsum([0, *split_counts(n, fractions)])
         return [perm[bounds[i]: bounds[i + 1]] for i in range(len(fractions))]
     # Stratified: split each class by the fractions, then shuffle each part.
     parts: list[list[torch.Tensor]] = [[] for _ in fractions]
     for cls in torch.unique(labels):
         idx = torch.nonzero(labels == cls).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        bounds = np.cumsum([0, *_counts(len(idx), fractions)])
+        bounds = np.cumsum([0, *split_counts(len(idx), fractions)])
         for i in range(len(fractions)):
             parts[i].append(idx[bounds[i]: bounds[i + 1]])
     out = []

@@ -43,7 +43,7 @@ import pyarrow as pa
 import torch
 
 from ..extras import MissingExtraError, require
-from ..files import _fsync_dir, versions, write_json_atomic
+from ..files import fsync_dir, versions, write_json_atomic
 from ..tabular.columns import Table
 from ..tabular.config import load_toml, resolve_run_config
 from ..tabular.errors import TableError
@@ -327,7 +327,7 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         schema["versions"] = versions()
         write_json_atomic(Path(f"{path}.json"), schema)
         os.replace(tmp, path)  # only a verified file gets the real name
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         if made_dir:
             shutil.rmtree(path.parent, ignore_errors=True)

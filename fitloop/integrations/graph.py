@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from ..tabular.reading import TableError, _as_strings, _float64
+from ..tabular.reading import TableError, as_strings, column_as_float64
 
 __all__ = ["build_graph", "input_matrix", "layout"]
 
@@ -128,9 +128,9 @@ def input_matrix(pre: Any, data: Any) -> np.ndarray:
     for j, f in enumerate(pre.features):
         col = data.column(f["name"])
         if f["kind"] == "numeric":
-            out[:, j] = _float64(col, f["name"])
+            out[:, j] = column_as_float64(col, f["name"])
             continue
-        s = _as_strings(col)
+        s = as_strings(col)
         idx = pc.fill_null(pc.index_in(s, value_set=pa.array(f["categories"], pa.string())), -1)
         out[:, j] = np.asarray(idx.to_numpy(), dtype=np.float64)
         out[np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False), dtype=bool), j] = np.nan

@@ -290,7 +290,7 @@ def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int, decimal: str | N
     import pyarrow.compute as pc
 
     from ..tabular.errors import TableError
-    from ..tabular.reading import _float64, _numeric_mask, read_csv_bytes
+    from ..tabular.reading import column_as_float64, numeric_mask, read_csv_bytes
 
     try:
         data = read_csv_bytes(body, decimal=decimal, delimiter=delimiter, delimiter_flag="?delimiter")
@@ -310,9 +310,9 @@ def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int, decimal: str | N
         name = f["name"]
         col = data.column(name)
         try:
-            v = _float64(col, name)  # the conversion transform() does, so the same cells fail
+            v = column_as_float64(col, name)  # the conversion transform() does, so the same cells fail
         except TableError as e:  # its message names the column and the 1-based data row
-            bad = pc.invert(pc.fill_null(_numeric_mask(col), True))
+            bad = pc.invert(pc.fill_null(numeric_mask(col), True))
             raise RequestError(422, "wrong_type", str(e), column=name, row=int(pc.index(bad, True).as_py())) from None
         inf = np.isinf(v)
         if inf.any():

@@ -31,13 +31,13 @@ from .preprocess import PreparedTable, Preprocessor, TableSplit
 from .reading import (
     SUPPORTED_EXTENSIONS,
     TableError,
-    _as_strings,
-    _float64,
-    _is_string,
-    _junk_error,
-    _numeric_mask,
-    _sorted_unique,
+    as_strings,
+    column_as_float64,
+    is_text_type,
+    non_numeric_error,
+    numeric_mask,
     read_table,
+    sorted_unique,
 )
 
 __all__ = ["Table", "SUPPORTED_EXTENSIONS", "TableError", "read_table"]  # the last three: from .reading
@@ -65,13 +65,13 @@ def _infer_kind(name: str, col: Any) -> str:
         return "bool"
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         return "numeric"
-    if _is_string(t):
-        n_num = int(pc.sum(_numeric_mask(col)).as_py() or 0)
+    if is_text_type(t):
+        n_num = int(pc.sum(numeric_mask(col)).as_py() or 0)
         if n_num == n_valid:
             return "numeric"
         if n_num >= JUNK_NUMERIC_FRACTION * n_valid:
-            ok = _numeric_mask(col)
-            raise _junk_error(name, col, pc.invert(pc.fill_null(ok, True)), None)
+            ok = numeric_mask(col)
+            raise non_numeric_error(name, col, pc.invert(pc.fill_null(ok, True)), None)
         return "categorical"
     return "other"
 
@@ -172,7 +172,7 @@ class Table:
         self.task = self._infer_task(task)
         self.classes: list[Any] | None = None
         if self.task == "classification":
-            self.classes = _sorted_unique(self.data.column(target))
+            self.classes = sorted_unique(self.data.column(target))
             if len(self.classes) < 2:
                 raise TableError(f"{source}: target {target!r} has a single class ({self.classes[0]!r}); "
                                  f"classification needs at least 2 distinct values.")
@@ -241,7 +241,7 @@ class Table:
                                  f"be used for regression. Use --task classification.")
             self.task_reason = "as given (--task)"
             return task
-        values = _float64(col, self.target) if kind == "numeric" else None
+        values = column_as_float64(col, self.target) if kind == "numeric" else None
         task, self.task_reason = infer_task(kind, values, len(pc.unique(col)), len(col))
         return task
 
@@ -371,6 +371,6 @@ class Table:
 
 
 def _float64_arrow(col: Any) -> Any:
-    if _is_string(col.type):
-        col = pc.utf8_trim_whitespace(_as_strings(col))
+    if is_text_type(col.type):
+        col = pc.utf8_trim_whitespace(as_strings(col))
     return pc.cast(col, pa.float64())

@@ -26,7 +26,7 @@ from ..mlp_checks import check_mlp
 
 __all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError",
            "resolve_run_config", "load_toml", "parse_set", "parse_value", "Budget", "training_budget",
-           "LEGACY_DEFAULTS", "settings_overrides"]
+           "LEGACY_DEFAULTS", "settings_overrides", "tomllib_module", "dotted_overrides"]
 
 
 # `train.log` / `--log`: the loggers the CLI can add (fitloop.callbacks: TensorBoardLogger, MLflowLogger).
@@ -226,14 +226,19 @@ def _section_types(section: str) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """A `--set` value with TOML literal rules (`0.01`, `true`, `[64, 32]`, `"x"`); bare words are strings."""
-    tomllib = _tomllib()
+    tomllib = tomllib_module()
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text.strip()
 
 
-def _tomllib():
+def tomllib_module() -> Any:
+    """The TOML reader: the standard library's `tomllib`, else the `tomli` package on Python 3.10.
+
+    Raises:
+        ConfigError: Python 3.10 without `tomli` installed.
+    """
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -291,7 +296,16 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _flatten(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+def dotted_overrides(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Parsed TOML (``{"train": {"lr": 0.01}}``) as dotted overrides (``{"train.lr": 0.01}``).
+
+    Args:
+        d: The parsed document: one table per section.
+        where: The file the document came from, named in errors.
+
+    Raises:
+        ConfigError: An unknown section, or a section that is not a table of ``key = value`` lines.
+    """
     out: dict[str, Any] = {}
     for section, values in d.items():
         if section not in RunConfig.SECTIONS:
@@ -308,7 +322,7 @@ def _flatten(d: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def load_toml(path: str) -> dict[str, Any]:
     """A TOML config file as dotted overrides (`{"train.lr": 0.01, ...}`)."""
-    tomllib = _tomllib()
+    tomllib = tomllib_module()
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{path}: config file not found.")
@@ -316,7 +330,7 @@ def load_toml(path: str) -> dict[str, Any]:
         d = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e}).") from None
-    return _flatten(d, path)
+    return dotted_overrides(d, path)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

@@ -29,9 +29,17 @@ import pyarrow.compute as pc
 
 from ..devices import pick_device
 from ..models import build_mlp
-from .config import ConfigError, DataSection, RunConfig, TrainSection, _flatten, _tomllib, resolve_run_config
+from .config import (
+    ConfigError,
+    DataSection,
+    RunConfig,
+    TrainSection,
+    dotted_overrides,
+    resolve_run_config,
+    tomllib_module,
+)
 from .plan import RunPlan, plan_run
-from .reading import _is_string
+from .reading import is_text_type
 
 __all__ = ["DryRun", "describe_plan", "commented_toml", "check_round_trip"]
 
@@ -170,7 +178,7 @@ def _column_decision(name: str, table: Any, pre: Any, spec: dict[str, Any] | Non
         return f"one-hot ({slots})", f"categorical: {k} distinct strings in the training rows"
     t = table.data.column(name).type
     why = ("bool: true/false as 1/0" if kind == "bool" else
-           "numeric: text that parses as numbers" if _is_string(t) else f"numeric: {t}")
+           "numeric: text that parses as numbers" if is_text_type(t) else f"numeric: {t}")
     what = f"standardized (train mean {spec['mean']:.4g}, std {spec['std']:.4g})"
     if spec["missing"]:
         what += f"; missing -> train median {spec['median']:.4g} + {name}__missing indicator"
@@ -295,6 +303,6 @@ def _value_lines(plan: DryRun, section: str, key: str, v: Any, unset: bool) -> l
 
 def check_round_trip(text: str, cfg: RunConfig) -> None:
     """The written file must load back to the same settings: otherwise `--config` would train another run."""
-    back = resolve_run_config(_flatten(_tomllib().loads(text), "dry-run config"))
+    back = resolve_run_config(dotted_overrides(tomllib_module().loads(text), "dry-run config"))
     if back.to_dict() != cfg.to_dict():
         raise RuntimeError("the dry-run config does not load back to the same settings (a fitloop bug).")

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..data.splitting import _counts, split_indices
+from ..data.splitting import split_counts, split_indices
 from ..distributed import world_size
 from ..models import MLPSpec
 from .columns import Table
@@ -45,11 +45,11 @@ def _split_rows(table, cfg: RunConfig) -> dict[str, np.ndarray]:
                          f"val) part, e.g. --split 0.8,0.2 or the default 0.7,0.15,0.15.")
 
     def fits(n: int) -> bool:  # every requested part gets a row out of n
-        return all(c > 0 for c, f in zip(_counts(n, fr), fr) if f > 0)
+        return all(c > 0 for c, f in zip(split_counts(n, fr), fr) if f > 0)
 
     need = next(n for n in range(1, len(fr) + 2) if fits(n))  # more rows than parts always fit
     if not fits(len(table)):
-        empty = [name for name, c, f in zip(names, _counts(len(table), fr), fr) if f > 0 and c == 0]
+        empty = [name for name, c, f in zip(names, split_counts(len(table), fr), fr) if f > 0 and c == 0]
         what = " and ".join(empty) + (" parts" if len(empty) > 1 else " part")
         raise TableError(f"{table.source}: {len(table)} row(s) are too few for {flag}: the {what} would get "
                          f"no rows (the split needs at least {need} rows). Add rows, or give the held-out "

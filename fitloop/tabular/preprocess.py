@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .reading import TableError, _as_strings, _float64, _sorted_unique, read_table
+from .reading import TableError, as_strings, column_as_float64, read_table, sorted_unique
 
 if TYPE_CHECKING:  # pragma: no cover - a Table is accepted by duck typing (columns.py imports this module)
     from .columns import Table
@@ -91,7 +91,7 @@ class Preprocessor:
                          + ", ".join(imputed))
         if task == "classification" and classes is None:
             tcol = data.column(target)
-            classes = _sorted_unique(tcol.take(rows) if rows is not None else tcol)
+            classes = sorted_unique(tcol.take(rows) if rows is not None else tcol)
         if task == "classification" and classes is not None and len(classes) < 2:
             raise TableError(f"target {target!r} has a single class ({classes!r}) in the training rows; "
                              f"classification needs at least 2. Check the split or use --task regression.")
@@ -149,12 +149,12 @@ class Preprocessor:
             part = slice(b, b + per_block)
             V = np.empty((n, len(names_num[part])), dtype=np.float64)
             for i, name in enumerate(names_num[part]):
-                V[:, i] = _float64(data.column(pos[name]), name, rows)
+                V[:, i] = column_as_float64(data.column(pos[name]), name, rows)
             self._numbers_into(out, V, part)
         unknown: list[str] = []
         for k, (f, _, value_set) in enumerate(plan["categorical"]):
             col = data.column(pos[f["name"]])
-            s = _as_strings(col.take(rows) if rows is not None else col)
+            s = as_strings(col.take(rows) if rows is not None else col)
             idx = pc.index_in(s, value_set=value_set)
             codes = np.asarray((pc.fill_null(idx, -1) if idx.null_count else idx).to_numpy(), dtype=np.int64)
             if s.null_count:
@@ -268,13 +268,13 @@ class Preprocessor:
         if rows is not None:
             col = col.take(rows)
         if self.task == "regression":
-            y = _float64(col, self.target).astype(np.float32)
+            y = column_as_float64(col, self.target).astype(np.float32)
             if not np.isfinite(y).all():
                 n_bad = int((~np.isfinite(y)).sum())
                 raise TableError(f"target {self.target!r} has {n_bad} missing value(s); drop those rows.")
             return y
         assert self.classes is not None
-        s = _as_strings(col)
+        s = as_strings(col)
         idx = pc.index_in(s, value_set=pc.cast(pa.array(self.classes), pa.string()))
         if idx.null_count:
             bad = sorted({str(v) for v in pc.filter(s, pc.is_null(idx)).to_pylist()})
@@ -316,7 +316,7 @@ class Preprocessor:
 def _numeric_spec(name: str, col: Any, rows: np.ndarray | None) -> tuple[dict[str, Any] | None, str, int]:
     """A numeric (or bool) column's spec from the training rows (statistics, whether values are missing),
     or None and why it is dropped (all missing, or constant); and how many values are missing."""
-    v = _float64(col, name, rows)
+    v = column_as_float64(col, name, rows)
     ok = np.isfinite(v)
     n_missing = int(v.size - np.count_nonzero(ok))
     valid = v[ok] if n_missing else v
@@ -332,7 +332,7 @@ def _categorical_spec(name: str, col: Any, rows: np.ndarray | None,
                       max_categories: int) -> tuple[dict[str, Any] | None, str]:
     """A text column's spec (its categories in the training rows), or `(None, why it is dropped)`: more
     than `max_categories` values (ID-like text; numbers in a format fitloop does not read raise), or constant."""
-    s = _as_strings(col.take(rows) if rows is not None else col)
+    s = as_strings(col.take(rows) if rows is not None else col)
     cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
     has_null = s.null_count > 0
     if len(cats) > max_categories:

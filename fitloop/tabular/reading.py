@@ -1,7 +1,8 @@
 """Reading tables: CSV/TSV(.gz)/Parquet files into pyarrow, and Arrow columns as numbers or text.
 
-`read_table` and `TableError` are the public part; the column helpers below are shared by
-`fitloop.tabular.columns` (inference) and `fitloop.tabular.preprocess` (encoding).
+`read_table` and `TableError` are the public part; the column helpers at the end are shared by
+`fitloop.tabular.columns` (inference), `fitloop.tabular.preprocess` (encoding) and the integrations that
+convert request and graph inputs the same way (`fitloop.integrations.serve_input`, `.graph`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from . import dialect
 from .dialect import ReadInfo, check_header, parse_number_columns
 from .errors import TableError
 
-__all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table", "read_csv_bytes", "in_memory"]
+__all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table", "read_csv_bytes", "in_memory",
+           "is_text_type", "as_strings", "numeric_mask", "column_as_float64", "non_numeric_error", "sorted_unique"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 _NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
@@ -281,15 +283,25 @@ def _ragged_error(path: Path, sep: str, encoding: str, msg: str) -> TableError:
 # ----------------------------------------------------------------------------------- column helpers
 
 
-def _is_string(t: pa.DataType) -> bool:
+def is_text_type(t: pa.DataType) -> bool:
+    """Whether an Arrow column of type `t` holds text (plain, large or dictionary-encoded strings)."""
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
 
 
-def _as_strings(col: Any) -> Any:
+def as_strings(col: Any) -> Any:
+    """An Arrow column as a string column (cast unless it is one already)."""
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
-def _junk_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) -> TableError:
+def non_numeric_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) -> TableError:
+    """The error for a numeric column with cells that are not numbers, naming the first one and its line.
+
+    Args:
+        name: The column's name.
+        col: The column.
+        bad: Boolean array, true where a cell is not a number.
+        rows: The file's data rows `col` holds (None: all of them, in order), to name the right line.
+    """
     i = int(pc.index(bad, True).as_py())
     value = col[i].as_py()
     row = int(rows[i]) if rows is not None else i
@@ -301,12 +313,12 @@ def _junk_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) -> Table
     )
 
 
-def _numeric_mask(col: Any) -> Any:
+def numeric_mask(col: Any) -> Any:
     """Boolean array: value looks like a number (null for missing)."""
-    return pc.match_substring_regex(_as_strings(col), _NUMBER_RE)
+    return pc.match_substring_regex(as_strings(col), _NUMBER_RE)
 
 
-def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+def column_as_float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
     """Column as float64 numpy (NaN = missing); numeric strings are parsed, junk raises TableError."""
     if rows is not None:
         col = col.take(rows)
@@ -316,12 +328,12 @@ def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         return out if out.flags.writeable else np.array(out, dtype=np.float64, copy=True)
     if pa.types.is_null(t):
         return np.full(len(col), np.nan)
-    if _is_string(t):
-        ok = _numeric_mask(col)
+    if is_text_type(t):
+        ok = numeric_mask(col)
         bad = pc.invert(pc.fill_null(ok, True))
         if pc.any(bad).as_py():
-            raise _junk_error(name, col, bad, rows)
-        col = pc.utf8_trim_whitespace(_as_strings(col))
+            raise non_numeric_error(name, col, bad, rows)
+        col = pc.utf8_trim_whitespace(as_strings(col))
     elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
         raise TableError(f"column {name!r} has type {t}, which cannot be used as a number; `--drop {name}`.")
     out = pc.cast(col, pa.float64())
@@ -329,5 +341,6 @@ def _float64(col: Any, name: str, rows: np.ndarray | None = None) -> np.ndarray:
     return np.array(out, dtype=np.float64, copy=True) if not out.flags.writeable else out
 
 
-def _sorted_unique(col: Any) -> list[Any]:
+def sorted_unique(col: Any) -> list[Any]:
+    """The distinct values of an Arrow column, sorted, without missing values (null or NaN)."""
     return sorted(v for v in pc.unique(col).to_pylist() if v is not None and v == v)
