@@ -17,6 +17,10 @@ The shortcuts and what they save (2 shared CPU cores, torch 2.13; BENCHMARKS.md)
 * `nonfinite_grads`: one fused NaN/inf check over all gradients with torch's AMP kernel
   (~2 us instead of ~6 us); its fallback and its search for the bad parameter are the step's own
   check (`fitloop.step.functions`).
+* `scale_grads`, `clamp_grads`: clipping's in-place edits of the gradients with torch's foreach kernels
+  (`torch._foreach_mul_`, `_foreach_clamp_min_`/`_max_`: one call per device and dtype, as
+  `clip_grad_norm_` and `clip_grad_value_` do) instead of one call per tensor (`fitloop.step.functions.scale_`
+  and `clamp_`). The same arithmetic: the results are bit-identical.
 * `private_code`: a private copy of a function's code object, so that dynamo's per-code-object
   cache (8 entries, then a silent eager fallback) is per CompiledStep, not per process.
 * `build_optimizer`, `optimizer_state_dict` and the step above skip torch's `_disable_dynamo` /
@@ -35,10 +39,20 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .step.functions import CONCAT_LIMIT, all_finite, finite_flags, first_nonfinite
+from .step.functions import (
+    CONCAT_LIMIT,
+    ClampInPlace,
+    ScaleInPlace,
+    all_finite,
+    clamp_,
+    finite_flags,
+    first_nonfinite,
+    scale_,
+)
 
-__all__ = ["enabled", "optimizer_step", "zero_grad", "nonfinite_grads", "sparse_values", "private_code",
-           "mark_optimizer_stepped", "unwrap_model", "compile_errors", "build_optimizer", "optimizer_state_dict"]
+__all__ = ["enabled", "optimizer_step", "zero_grad", "nonfinite_grads", "sparse_values", "scale_grads", "clamp_grads",
+           "private_code", "mark_optimizer_stepped", "unwrap_model", "compile_errors", "build_optimizer",
+           "optimizer_state_dict"]
 
 
 def enabled() -> bool:
@@ -227,6 +241,58 @@ def nonfinite_grads(named_params: Sequence[tuple[str, nn.Parameter]]) -> Callabl
         return first_nonfinite(names, finite_flags(values).tolist())
 
     return check
+
+
+# --------------------------------------------------------------------------- clipping in place
+
+
+def _foreach_groups(grads: Sequence[torch.Tensor]) -> tuple[dict[tuple, list[torch.Tensor]], list[torch.Tensor]]:
+    """`(groups, rest)`: the plain dense gradients by (device, dtype), as torch's clipping groups them for
+    its foreach kernels, and the others (sparse, tensor subclasses such as DTensor) for the per-tensor path."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    rest = []
+    for g in grads:
+        if type(g) is torch.Tensor and g.layout == torch.strided:
+            groups.setdefault((g.device, g.dtype), []).append(g)
+        else:
+            rest.append(g)
+    return groups, rest
+
+
+def scale_grads() -> ScaleInPlace:
+    """`fitloop.step.functions.scale_` (multiply every gradient by a coefficient in place), built once per
+    fit; shortcut: torch's `_foreach_mul_` per device and dtype, as `clip_grad_norm_` calls it."""
+    kernel = getattr(torch, "_foreach_mul_", None) if enabled() else None
+    if kernel is None:
+        return scale_
+
+    def scale(grads: Sequence[torch.Tensor], coef: torch.Tensor) -> None:
+        groups, rest = _foreach_groups(grads)
+        for (device, _), group in groups.items():
+            kernel(group, coef.to(device))
+        if rest:
+            scale_(rest, coef)
+
+    return scale
+
+
+def clamp_grads() -> ClampInPlace:
+    """`fitloop.step.functions.clamp_` (clamp every gradient to `[-v, v]` in place), built once per fit;
+    shortcut: torch's `_foreach_clamp_min_` and `_foreach_clamp_max_`, as `clip_grad_value_` calls them."""
+    low = getattr(torch, "_foreach_clamp_min_", None) if enabled() else None
+    high = getattr(torch, "_foreach_clamp_max_", None) if enabled() else None
+    if low is None or high is None:
+        return clamp_
+
+    def clamp(grads: Sequence[torch.Tensor], max_value: float) -> None:
+        groups, rest = _foreach_groups(grads)
+        for group in groups.values():
+            low(group, -max_value)
+            high(group, max_value)
+        if rest:
+            clamp_(rest, max_value)
+
+    return clamp
 
 
 # --------------------------------------------------------------------------- torch.compile

@@ -135,6 +135,36 @@ def test_clip_is_torchs_clip_grad_norm_and_clip_grad_value_exactly():
             assert my_norm is None
 
 
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_clip_in_place_is_torchs_clipping_exactly_and_keeps_the_tensors(fast, monkeypatch):
+    """`clip_` with the public per-tensor edits and with the fast path's foreach kernels: the same values as
+    torch's clip_grad_norm_ / clip_grad_value_ (and as the out-of-place `clip`), in the same tensors."""
+    from fitloop import _fastpath
+    from fitloop.step.functions import clip, clip_
+
+    monkeypatch.setenv("FITLOOP_FASTPATH", fast)
+    kernels = dict(scale=_fastpath.scale_grads(), clamp=_fastpath.clamp_grads())
+    for max_norm, max_value in [(0.05, None), (1e6, None), (None, 0.01), (0.05, 0.01), (None, None)]:
+        ref, mine, out_of_place = _grads(), _grads(), _grads()
+        ref_params = list(ref.parameters())
+        norm = torch.nn.utils.get_total_norm([p.grad for p in ref_params])
+        if max_norm:
+            norm = torch.nn.utils.clip_grad_norm_(ref_params, max_norm)
+        if max_value:
+            torch.nn.utils.clip_grad_value_(ref_params, max_value)
+        grads = [p.grad for p in mine.parameters()]
+        pointers = [g.data_ptr() for g in grads]
+        my_norm = clip_(grads, max_norm, max_value, **kernels)
+        clipped, _ = clip([p.grad for p in out_of_place.parameters()], max_norm, max_value)
+        for p, q, g, ptr, c in zip(ref_params, mine.parameters(), grads, pointers, clipped):
+            assert q.grad is g and g.data_ptr() == ptr
+            assert torch.equal(p.grad, g) and torch.equal(c, g), (max_norm, max_value)
+        if max_norm or max_value:
+            assert torch.equal(my_norm, norm)
+        else:
+            assert my_norm is None
+
+
 def test_the_nonfinite_check_pieces():
     from fitloop.step.functions import all_finite, finite_flags, first_nonfinite, loss_is_finite
 
@@ -147,6 +177,27 @@ def test_the_nonfinite_check_pieces():
     assert first_nonfinite(["a", "b", "c"], [True, False, False]) == "b"
     assert first_nonfinite(["a"], [True]) is None
     assert loss_is_finite(torch.tensor(1.0)) and not loss_is_finite(torch.tensor(float("-inf")))
+
+
+def test_the_nonfinite_check_takes_tensors_on_several_devices():
+    """A model split over devices: the flags are gathered on the first tensor's device (the meta device
+    stands in for a second one here)."""
+    from fitloop.step.functions import all_finite, finite_flags
+
+    meta, cpu = torch.ones(2, device="meta"), torch.ones(3)
+    assert finite_flags([meta, cpu]).device.type == "meta" and finite_flags([meta, cpu]).shape == (2,)
+    assert all_finite([meta, cpu]).device.type == "meta"
+    assert finite_flags([]).shape == (0,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_nonfinite_check_on_cuda_and_cpu_together():
+    from fitloop.step.functions import all_finite, finite_flags, first_nonfinite
+
+    tensors = [torch.ones(2, device="cuda"), torch.tensor([1.0, float("nan")]), torch.ones(3, device="cuda")]
+    assert finite_flags(tensors).tolist() == [True, False, True]
+    assert not all_finite(tensors) and all_finite([tensors[0], torch.ones(1)])
+    assert first_nonfinite(["a", "b", "c"], finite_flags(tensors).tolist()) == "b"
 
 
 # ---------------------------------------------------------------------------------- every path, by hand
@@ -203,6 +254,30 @@ def test_every_path_clips_as_torch_does(path, clips, monkeypatch):
         for p, q in zip(model.parameters(), hand.parameters()):
             assert torch.equal(p, q), (i, path, clips)
     assert t.state.step == 3 and len(t.state.grad_norms) == 3  # one norm per step (LBFGS: its first evaluation)
+
+
+@pytest.mark.parametrize("clips", list(CLIPS))
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_the_eager_step_clips_the_gradients_in_place(fast, clips, monkeypatch):
+    """The optimizer steps on the very tensors backward wrote (same object, same storage): DDP's bucket
+    views, FSDP's DTensor gradients and users' gradient hooks rely on `.grad` keeping its identity."""
+    import fitloop as fl
+    from fitloop.step import TrainingStep
+
+    monkeypatch.setenv("FITLOOP_FASTPATH", fast)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    t = fl.Trainer(model, "mse", "sgd", lr=0.1, quiet=True, **CLIPS[clips])
+    after_backward, at_step = [], []
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: after_backward.append((p.grad, p.grad.data_ptr())))
+    t.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: at_step.extend((p.grad, p.grad.data_ptr()) for p in model.parameters()))
+    TrainingStep(t, schedule=False)(10 * torch.randn(8, 3), torch.randn(8, 1))
+    assert t.state.step == 1 and len(t.state.grad_norms) == 1 and len(at_step) == 4
+    by_param = {id(g): (g, ptr) for g, ptr in after_backward}
+    for grad, ptr in at_step:
+        assert by_param[id(grad)][0] is grad and by_param[id(grad)][1] == ptr
 
 
 @pytest.mark.parametrize("path", list(PATHS))

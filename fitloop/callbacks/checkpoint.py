@@ -36,8 +36,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
-
 from .._fastpath import unwrap_model
 from ..checkpoint_format import checkpoint_name
 from ..distributed import is_main_process, world_size
@@ -45,6 +43,7 @@ from ..distributed.group import barrier
 from ..distributed.ranks import add_rank_states, restore_rank_state
 from ..files import versions
 from ..step import NonFiniteError
+from ..step.functions import finite_flags, first_nonfinite
 from .agreement import LocalRequests
 from .base import Callback
 from .fingerprints import data_fingerprint
@@ -262,8 +261,9 @@ class Checkpointer(Callback):
 
     def _refuse_nonfinite(self, trainer: Trainer) -> None:
         """Raise `NonFiniteError` rather than write a checkpoint with a NaN/inf parameter."""
-        bad = next((name for name, p in unwrap_model(trainer.model).named_parameters()
-                    if not torch.isfinite(p).all()), None)
+        named = list(unwrap_model(trainer.model).named_parameters())
+        flags = finite_flags([p.detach() for _, p in named]).tolist()  # one host sync for all parameters
+        bad = first_nonfinite([name for name, _ in named], flags)
         if bad is not None:
             state = trainer.state
             raise NonFiniteError(f"Not writing a checkpoint at epoch {state.epoch + 1}, global step {state.step}: "

@@ -28,11 +28,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..distributed import is_main_process
 from ..extras import require
 from ..files import atomic_write_bytes
+from ..step.functions import total_norm
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -193,7 +192,7 @@ class GradNorm:
             return
         grads = [p.grad for p in trainer.params if p.grad is not None]
         if grads:  # compile="step" keeps its gradients inside the graph
-            norm = torch.nn.utils.get_total_norm(grads).detach()
+            norm = total_norm(grads).detach()
             self._sum = norm if self._sum is None else self._sum + norm
             self._count += 1
 

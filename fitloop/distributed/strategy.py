@@ -1,5 +1,5 @@
 """How a Trainer runs on several processes: the DDP or FSDP wrap, the epoch's global reductions, the
-agreed decisions. The Trainer asks for it once (`Strategy.from_config`) and otherwise only through
+agreed decisions. The Trainer asks for it once (`Strategy.setup`) and otherwise only through
 public seams: the model it wraps, `finish_epoch` for the epoch's loss and metrics, `no_sync` for the
 training step. Every decision a rank could otherwise take alone is agreed on by the `DistributedSync`
 callback (`fitloop.callbacks.distributed_sync`), which the Trainer adds with a strategy and which uses
@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.batches import LoaderBatches, TensorBatches
+from ..data.sharding import ShardedBatches
 from ..devices import pick_device
 from . import is_main_process
 from .group import Collective, init_from_env
@@ -123,9 +125,18 @@ class Strategy:
 
     def describe(self, trainer: Trainer) -> str:
         """One line for the start of a fit: processes, backend, device, per-process and global batch."""
-        source = getattr(trainer.training_step, "batches", None)
-        loader = getattr(source, "loader", None)  # the DataLoader path: its batch size
-        b = loader.batch_size if loader is not None else getattr(source, "batch_size", trainer.config.batch_size)
+        b = self._batch_size(trainer)
         batch = "full batch" if b is None else f"batch_size {b} per process, global batch {b * self.world}"
         return (f"Distributed: {self.world} processes ({self.kind.upper()}, {self.backend} on "
                 f"{self.device.type}); {batch}.")
+
+    @staticmethod
+    def _batch_size(trainer: Trainer) -> int | None:
+        """The rows per batch of one process (None: full batch): the fit's DataLoader's, or the in-memory
+        batches', else the config's."""
+        source = trainer.training_step.batches if trainer.training_step is not None else None
+        if isinstance(source, LoaderBatches):
+            return source.loader.batch_size
+        if isinstance(source, (ShardedBatches, TensorBatches)):
+            return source.batch_size
+        return trainer.config.batch_size

@@ -33,7 +33,15 @@ import torch
 
 from .. import _fastpath
 from .batches import BatchSource, RowCountedBatches, ShardedBatchSource
-from .functions import add_input_noise, apply_update, clip, first_nonfinite, loss_is_finite, penalised_loss
+from .functions import (
+    add_input_noise,
+    apply_update,
+    clip_,
+    first_nonfinite,
+    loss_is_finite,
+    nonfinite_poison,
+    penalised_loss,
+)
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -91,6 +99,8 @@ class TrainingStep:
         self._optimizer_step = _fastpath.optimizer_step(trainer.optimizer)
         self._zero_grad = _fastpath.zero_grad(trainer.optimizer)
         self._bad_gradient = _fastpath.nonfinite_grads(list(trainer.model.named_parameters()))
+        self._scale_grads = _fastpath.scale_grads()  # clipping's in-place edits (foreach kernels)
+        self._clamp_grads = _fastpath.clamp_grads()
         # the fit's step (it has the epoch's batches) runs the guards' first-step checks once
         checks_on = batches is not None and cfg.guards is not False
         self._first_batch_check = first_batch_check if checks_on else None
@@ -127,7 +137,7 @@ class TrainingStep:
                 share = self._share(i, rows)
                 total = total * share if share != 1.0 else total
             if self._poison and self.ends_step(i):  # x 1 when finite (exact), x NaN when not: no host sync
-                total = total * torch.where(torch.isfinite(loss.detach()), 1.0, float("nan")).to(total.dtype)
+                total = total * nonfinite_poison(loss, total.dtype)
             self.backward(total)
         if rows == 0 and self.filler is not None:
             loss, out = torch.zeros_like(loss), out[:0]
@@ -169,17 +179,17 @@ class TrainingStep:
         return False
 
     def clip(self, record: bool = True) -> None:
-        """Clip the gradients as configured (`fitloop.step.functions.clip`); record their total norm
-        (before clipping) per step."""
+        """Clip the gradients in `.grad` in place, as configured (`fitloop.step.functions.clip_`); record
+        their total norm (before clipping) per step."""
         t, cfg = self.trainer, self.trainer.config
         if not (cfg.clip_grad_norm or cfg.clip_grad_value):
             return
         if t.scaler is not None and not self.closure:
             t.scaler.unscale_(t.optimizer)
-        with_grads = [(p, g) for p in t.params if (g := p.grad) is not None]
-        clipped, norm = clip([g for _, g in with_grads], cfg.clip_grad_norm, cfg.clip_grad_value)
-        for (p, _), grad in zip(with_grads, clipped):
-            p.grad = grad  # clip returns new tensors: the optimizer reads these
+        grads = [g for p in t.params if (g := p.grad) is not None]
+        # in place: `.grad` stays the same tensor (DDP's bucket views, FSDP's DTensors, hooks see it)
+        norm = clip_(grads, cfg.clip_grad_norm, cfg.clip_grad_value, scale=self._scale_grads,
+                     clamp=self._clamp_grads)
         if record and norm is not None:
             t.state.grad_norms.append(norm.detach())  # a tensor (no sync), averaged per epoch
 

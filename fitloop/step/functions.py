@@ -4,9 +4,11 @@ and by value, the NaN/inf check and the optimizer update.
 Every path of the step composes these, none re-derives them: the eager step and the closure step
 (`fitloop.step.eager`), the compiled graph (`fitloop.step.compiled`, which traces them) and the
 shortcuts of `fitloop._fastpath`. A change here changes every path. Like optax's gradient
-transformations they take tensors and return new ones (no Trainer, no optimizer object), except the
-update functions, which write the optimizer's own state tensors in place so that checkpoints keep
-torch's format.
+transformations they take tensors and return new ones (no Trainer, no optimizer object), except those
+named with a trailing underscore (torch's convention): `clip_` edits the gradients in place (the eager
+and closure paths: `.grad` keeps its identity, which DDP's bucket views, FSDP's DTensor gradients and
+users' hooks rely on), and the update functions write the optimizer's own state tensors in place so
+that checkpoints keep torch's format.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch.optim.adam import adam as torch_adam  # torch's functional Adam (public: torch.optim.adam.__all__)
 
-__all__ = ["add_input_noise", "penalty", "penalised_loss", "total_norm", "clip_by_norm", "clip_by_value",
-           "clip", "loss_is_finite", "finite_flags", "all_finite", "first_nonfinite", "CONCAT_LIMIT", "apply_update",
-           "masked_adam_update", "masked_sgd_update"]
+__all__ = ["add_input_noise", "penalty", "penalised_loss", "total_norm", "clip_coefficient", "clip_by_norm",
+           "clip_by_value", "clip", "scale_", "clamp_", "clip_", "loss_is_finite", "nonfinite_poison", "finite_flags",
+           "all_finite", "first_nonfinite", "CONCAT_LIMIT", "apply_update", "masked_adam_update", "masked_sgd_update"]
+
+ScaleInPlace = Callable[[Sequence[torch.Tensor], torch.Tensor], None]
+"""`(grads, coefficient)`: multiplies every gradient by the coefficient in place (`scale_`, or a faster
+equivalent from `fitloop._fastpath.scale_grads`)."""
+ClampInPlace = Callable[[Sequence[torch.Tensor], float], None]
+"""`(grads, max_value)`: clamps every gradient to `[-max_value, max_value]` in place (`clamp_`, or a faster
+equivalent from `fitloop._fastpath.clamp_grads`)."""
 
 # all_finite checks gradients up to this many elements as one concatenated copy (one kernel instead of one
 # per tensor); larger models are checked tensor by tensor (no memory spike).
@@ -65,10 +74,16 @@ def total_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads)
 
 
+def clip_coefficient(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The factor that brings gradients of total norm `norm` down to at most `max_norm`: torch's
+    `clip_grad_norm_` formula, `max_norm / (norm + 1e-6)` capped at 1 (a tensor: no host sync). Both
+    `clip_by_norm` and `clip_` scale by it."""
+    return torch.clamp(max_norm / (norm + _NORM_EPS), max=1.0)
+
+
 def clip_by_norm(grads: Sequence[torch.Tensor], max_norm: float, norm: torch.Tensor) -> list[torch.Tensor]:
-    """The gradients scaled so that their total norm (`norm`) is at most `max_norm`: torch's
-    `clip_grad_norm_` formula (scale `max_norm / (norm + 1e-6)`, capped at 1), out of place."""
-    coef = torch.clamp(max_norm / (norm + _NORM_EPS), max=1.0)
+    """The gradients scaled so that their total norm (`norm`) is at most `max_norm`, out of place."""
+    coef = clip_coefficient(norm, max_norm)
     return [g * coef.to(g.device) for g in grads]
 
 
@@ -79,7 +94,8 @@ def clip_by_value(grads: Sequence[torch.Tensor], max_value: float) -> list[torch
 
 def clip(grads: Sequence[torch.Tensor], max_norm: float | None,
          max_value: float | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """`(clipped gradients, their total norm before clipping)`: by norm, then by value, as configured.
+    """`(clipped gradients, their total norm before clipping)`: by norm, then by value, as configured;
+    out of place (the compiled graph's gradients are values, not `.grad`).
 
     The norm is None (and the gradients are returned as they are) when neither clipping is on; it is
     computed for clipping by value too, because the run logs it (`grad_norm`).
@@ -93,6 +109,40 @@ def clip(grads: Sequence[torch.Tensor], max_norm: float | None,
     return clipped, norm
 
 
+def scale_(grads: Sequence[torch.Tensor], coef: torch.Tensor) -> None:
+    """Every gradient multiplied by `coef` in place (the coefficient copied once per device)."""
+    on_device: dict[torch.device, torch.Tensor] = {}
+    for g in grads:
+        g.mul_(on_device.setdefault(g.device, coef.to(g.device)))
+
+
+def clamp_(grads: Sequence[torch.Tensor], max_value: float) -> None:
+    """Every gradient element clamped to `[-max_value, max_value]` in place."""
+    for g in grads:
+        g.clamp_(-max_value, max_value)
+
+
+def clip_(grads: Sequence[torch.Tensor], max_norm: float | None, max_value: float | None, *,
+          scale: ScaleInPlace = scale_, clamp: ClampInPlace = clamp_) -> torch.Tensor | None:
+    """`clip`, in place: the same gradients (same tensors, same storage) clipped by norm, then by value, as
+    configured; returns their total norm before clipping (None when neither clipping is on).
+
+    Bit-identical to torch's `clip_grad_norm_` and `clip_grad_value_`, and to `clip`.
+
+    Args:
+        scale: multiplies the gradients by the coefficient in place (`fitloop._fastpath.scale_grads`).
+        clamp: clamps them in place (`fitloop._fastpath.clamp_grads`).
+    """
+    if not (max_norm or max_value):
+        return None
+    norm = total_norm(grads)
+    if max_norm:
+        scale(grads, clip_coefficient(norm, max_norm))
+    if max_value:
+        clamp(grads, max_value)
+    return norm
+
+
 # --------------------------------------------------------------------------------------------- NaN/inf
 
 
@@ -101,20 +151,37 @@ def loss_is_finite(loss: torch.Tensor) -> bool:
     return math.isfinite(loss.item())
 
 
+def nonfinite_poison(loss: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """1 when `loss` is finite, NaN when not, as a scalar of `dtype` (no host sync).
+
+    Multiplying a rank's loss by it before the backward pass leaves a finite loss exactly as it is and
+    makes every gradient NaN otherwise: the all-reduced gradients then tell every rank of a loss only
+    one rank saw as NaN/inf.
+    """
+    return torch.where(torch.isfinite(loss.detach()), 1.0, float("nan")).to(dtype)
+
+
 def finite_flags(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One bool per tensor: whether all its values are finite (a tensor: reading it is the only sync)."""
-    return torch.stack([torch.isfinite(t).all() for t in tensors])
+    """One bool per tensor: whether all its values are finite (a tensor on the first tensor's device:
+    reading it is the only sync). The tensors may live on several devices (a model split over them)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    if not flags:
+        return torch.ones(0, dtype=torch.bool)
+    device = flags[0].device
+    return torch.stack([flag.to(device) for flag in flags])
 
 
 def all_finite(tensors: Sequence[torch.Tensor], concat_limit: int = CONCAT_LIMIT) -> torch.Tensor:
     """Whether every value of every tensor is finite: `finite_flags(tensors).all()`, in fewer kernels.
 
-    Tensors of one dtype with at most `concat_limit` elements in all are checked as one concatenated copy
-    (14 us instead of 46 for 6 small tensors); larger ones tensor by tensor, with no such copy.
+    Tensors of one dtype on one device with at most `concat_limit` elements in all are checked as one
+    concatenated copy (14 us instead of 46 for 6 small tensors); others tensor by tensor, with no such copy.
     """
     if len(tensors) == 1:
         return torch.isfinite(tensors[0]).all()
-    if tensors and len({t.dtype for t in tensors}) == 1 and sum(t.numel() for t in tensors) <= concat_limit:
+    # one concatenated copy needs one dtype and one device
+    one_kind = len({(t.dtype, t.device) for t in tensors}) == 1
+    if tensors and one_kind and sum(t.numel() for t in tensors) <= concat_limit:
         return torch.cat([t.reshape(-1) for t in tensors]).isfinite().all()
     return finite_flags(tensors).all() if tensors else torch.tensor(True)
 
