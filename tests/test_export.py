@@ -197,6 +197,20 @@ def test_refuses_to_overwrite_and_bad_paths(onnx_cls, capsys):
     assert "is not a fitloop run directory" in capsys.readouterr().err
 
 
+def test_a_run_trained_in_memory_verifies_on_generated_rows_and_says_why(runs, tmp_path):
+    import pyarrow.csv as pcsv
+
+    import fitloop as fl
+
+    _, data = runs["reg"]
+    trained = fl.tabular.train(pcsv.read_csv(data), target="price", id="id", epochs=2, quiet=True,
+                               out=tmp_path / "run")
+    res = fl.export(trained.run_dir, format="torch-export")
+    assert res.rows_checked == 64 and res.source == "64 generated rows" and res.max_abs_diff <= 1e-5
+    assert res.notes[0] == ("the run was trained on a table in memory, so its held-out rows cannot be read again; "
+                            "verified on 64 rows generated from the training statistics instead")
+
+
 def test_data_file_gone_verifies_on_generated_rows(runs, tmp_path):
     import fitloop as fl
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import fitloop as fl
-from fitloop.diagnose.checks import check_leakage, check_scales
-from fitloop.diagnose.guards import DIVERGENCE_STEPS, GuardWarning
+from fitloop.diagnose.checks import GuardWarning, check_leakage, check_scales
+from fitloop.diagnose.guards import DIVERGENCE_STEPS
 
 
 def _data(n=64, d=3, seed=0):

@@ -215,6 +215,16 @@ def test_cli_refuses_hidden_and_a_split_without_val(tmp_path, capsys):
     assert "validation split" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("flag", ["--max-trials", "--jobs", "--trial-epochs"])
+def test_cli_names_a_count_below_one_by_its_flag(tmp_path, capsys, flag):
+    from fitloop.cli import main
+
+    data = _csv(tmp_path / "t.csv", n=40)
+    assert main(["size-search", str(data), "--target", "y", flag, "0", "--out", str(tmp_path / "a")]) == 2
+    assert f"{flag}: got 0; pass a whole number >= 1." in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_with_nothing_to_learn_trains_nothing_and_says_so(tmp_path, capsys):
     import json
 

@@ -171,7 +171,7 @@ def test_size_search_on_a_table(tmp_path, wine):
         assert sized.run.run_dir == sized.run_dir and list(sized.search.chosen) == sized.run.load().model.spec.hidden
     with pytest.raises(ConfigError, match="chooses the hidden layers itself"):
         ft.size_search(wine, target="cultivar", out=tmp_path / "x", hidden=[4])
-    with pytest.raises(ConfigError, match="jobs: got 0"):
+    with pytest.raises(ConfigError, match="^jobs: got 0; pass a whole number >= 1.$"):
         ft.size_search(wine, target="cultivar", out=tmp_path / "x", jobs=0)
 
 

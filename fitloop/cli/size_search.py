@@ -2,17 +2,17 @@
 
     fitloop size-search data.csv --target price --jobs 2 --out runs/price-sized
 
-The work is `fitloop.tabular.size_search` (the search on the run's own split, then `fitloop train` of the
-chosen size into a normal run directory, with the search's files next to the run's); this module is its
-options and what it prints. With nothing to learn (no size beats the trivial baseline), no model is
-trained and the command says so (exit code 0: it is a finding about the data, not an error).
+The work is `fitloop.tabular.api.search_and_train` (the search on the run's own split, then `fitloop train`
+of the chosen size into a normal run directory, with the search's files next to the run's), as
+`fitloop.tabular.size_search` does it; this module is its options, their check and what it prints. With
+nothing to learn (no size beats the trivial baseline), no model is trained and the command says so
+(exit code 0: it is a finding about the data, not an error).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .. import tabular
 from .commands import EXIT_OK, config_from_args, make_console, print_summary
 
 __all__ = ["size_search_options", "cmd_size_search", "EXAMPLES"]
@@ -29,7 +29,7 @@ The search trains each size for --trial-epochs epochs (default: train.epochs) wi
 (--lr, --batch-size, ...); the chosen size is then trained as `fitloop train --hidden ...` would.
 """
 
-# the search's own options, as `fitloop.tabular.size_search` names them
+# the search's own options, as `fitloop.tabular.search.SearchOptions` names them
 _SEARCH_OPTIONS = ("widths", "depths", "trial_epochs", "max_trials", "max_seconds", "jobs", "target_loss",
                    "gap_tolerance", "val_margin")
 
@@ -61,22 +61,22 @@ def size_search_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_size_search(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    """Search, print the trials, train the chosen size (`fitloop.tabular.size_search`), print the run."""
-    from ..tabular.config import ConfigError  # the resolver: not on `fitloop --help`'s path
+    """Search, print the trials, train the chosen size (`fitloop.tabular.api.search_and_train`), print the run."""
+    # the resolver and the search import torch: not on `fitloop --help`'s path
+    from ..tabular.api import search_and_train
+    from ..tabular.config import ConfigError
+    from ..tabular.search import SearchOptions
 
     if args.hidden is not None:
         raise ConfigError("size-search chooses the hidden layers itself; drop --hidden (or use fitloop train).")
-    for name in ("max_trials", "jobs", "trial_epochs"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}: got {v}; pass a whole number >= 1.")
+    options = SearchOptions(**{name: getattr(args, name) for name in _SEARCH_OPTIONS})
+    options.validate(as_flags=True)
     quiet = getattr(args, "quiet", False)
     cfg = config_from_args(args)
     console = make_console()
     log = (lambda msg: None) if quiet else (lambda msg: console.print(msg, markup=False))
-    sized = tabular.size_search(config=cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
-                                t_command=getattr(args, "t_start", None),
-                                **{name: getattr(args, name) for name in _SEARCH_OPTIONS})
+    sized = search_and_train(cfg, options, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
+                             t_command=getattr(args, "t_start", None))
     if sized.run is None:
         print(f"size-search: {sized.search.reason} No model was trained; the search is in {sized.run_dir}.")
     elif quiet:

@@ -2,7 +2,8 @@
 guards against silent bugs and the sanity check. Model selection (the capacity search, `fl.size_search`)
 is in `fitloop.tune`."""
 
-from .guards import GuardCallback, GuardWarning, check_leakage
+from ..data.checks import GuardWarning, check_leakage
+from .guards import GuardCallback
 from .lr_find import LRFinderResult, lr_find, suggest_lr
 from .sanity import SanityResult, sanity_check
 

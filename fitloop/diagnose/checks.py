@@ -43,7 +43,11 @@ def first_step_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor | Non
     in memory, so the rows named are rows of the data; for a Dataset, the first batch's.
 
     Args:
-        train, val: the data the batch comes from; default: the fit's (`trainer.train_data`, `val_data`).
+        trainer: the Trainer whose settings (`config.guards`), task and loss the checks read.
+        out: the model's output on the batch.
+        y: the batch's targets (None: nothing to check).
+        train: the training data the batch comes from; default: the fit's (`trainer.train_data`).
+        val: the validation data; default: the fit's (`trainer.val_data`).
     """
     s = guard_settings(trainer.config.guards)
     if y is None or not isinstance(out, torch.Tensor) or trainer.config.guards is False:

@@ -21,7 +21,8 @@ Every guard is on by default and is switched off on its own with `guards={"leaka
 (which runs before the Trainer's own progress and checkpoint callbacks, so a guard that raises leaves no run
 behind), loss shapes and class targets from the fit's first `TrainingStep` call, between its forward pass and
 its loss (`checks.first_step_checks`: no extra forward pass, nothing applied yet), divergence from
-`on_train_batch_end`. The checks themselves are plain functions in `fitloop.diagnose.checks`.
+`on_train_batch_end`. The checks themselves are plain functions in `fitloop.data.checks` (no Trainer);
+`fitloop.diagnose.checks` holds the first-step and `Trainer.evaluate` checks that run them on a fit.
 """
 
 from __future__ import annotations
@@ -30,22 +31,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..callbacks.base import Callback
-from .checks import (
-    GuardWarning,
-    check_class_targets,
-    check_leakage,
-    check_loss_shapes,
-    check_scales,
-    data_tensors,
-    guard_settings,
-    warn,
-)
+from ..data.checks import check_leakage, check_scales, data_tensors, guard_settings, warn
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-__all__ = ["GuardCallback", "GuardWarning", "check_leakage", "check_loss_shapes", "check_class_targets",
-           "check_scales", "guard_settings", "DIVERGENCE_STEPS"]
+__all__ = ["GuardCallback", "DIVERGENCE_STEPS"]
 
 DIVERGENCE_STEPS = 20  # early steps the divergence guard reads; none after them
 RISING_STEPS = 5  # consecutive rises that count as diverging (together with a doubled loss)

@@ -86,7 +86,8 @@ def lr_find(trainer: Trainer, train: Any, *, start_lr: float = 1e-7, end_lr: flo
     Args:
         trainer: the Trainer whose model, loss, optimizer and settings are used.
         train: training data, in any form `fit` accepts; cycled if shorter than `num_steps` batches.
-        start_lr, end_lr: the range of the sweep (`0 < start_lr < end_lr`).
+        start_lr: the sweep's first lr (`0 < start_lr < end_lr`).
+        end_lr: the sweep's last lr.
         num_steps: optimizer steps in the sweep.
         smooth: the factor of the exponential moving average of the loss (0 for none).
         diverge: stop once the smoothed loss exceeds `diverge` times its minimum (or is not finite).

@@ -29,8 +29,10 @@ class SanityResult:
 
     Attributes:
         can_learn: the batch's loss fell to at most `threshold` times its start.
-        initial_loss, final_loss: the batch's loss (eval mode) before and after the steps.
-        steps, rows: optimizer steps taken, rows in the batch.
+        initial_loss: the batch's loss (eval mode) before the steps.
+        final_loss: the batch's loss (eval mode) after the steps.
+        steps: optimizer steps taken.
+        rows: rows in the batch.
         message: one line for the user: the verdict, and what to check when it failed.
     """
 

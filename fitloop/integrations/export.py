@@ -93,8 +93,11 @@ def _test_rows(run: Any) -> tuple[Any, str, list[str]]:
         splits = json.loads((run.path / "splits.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         return None, "", [f"could not read the run's split ({e}); verified on generated rows only"]
+    if not d.path:  # run.json's data_in_memory: the table was never a file, so there is nothing to re-read
+        return None, "", ["the run was trained on a table in memory, so its held-out rows cannot be read again; "
+                          f"verified on {EDGE_ROWS} rows generated from the training statistics instead"]
     name = next((s for s in ("test", "val", "train") if splits.get(s)), None)
-    if name is None or not d.path:
+    if name is None:
         return None, "", ["the run records no held-out rows; verified on generated rows only"]
     if not Path(d.path).is_file():
         return None, "", [f"the run's data file {d.path} is gone, so its {name} rows cannot be rebuilt; "

@@ -391,7 +391,10 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         host: Interface to listen on; the default is loopback only.
         port: TCP port (0: any free port).
         workers: Worker processes, each with its own copy of the model; /metrics adds up all of them.
-        max_rows, max_body, api_key, access_log: As in `create_app`.
+        max_rows: The most rows one request may hold, as in `create_app`.
+        max_body: The largest request body in bytes, as in `create_app`.
+        api_key: The bearer token every endpoint but /health needs, as in `create_app`.
+        access_log: Write the per-request line, as in `create_app`.
         log: Where the start-up, shutdown and request lines go (default stderr).
 
     Raises:

@@ -30,8 +30,8 @@ from .reading import in_memory
 from .runs import LoadedRun, load_run
 from .search import SearchOptions, search_table, write_search
 
-__all__ = ["train", "resume", "size_search", "dry_run", "load_run", "run_config", "SizedRun", "LoadedRun",
-           "RunResult"]
+__all__ = ["train", "resume", "size_search", "search_and_train", "dry_run", "load_run", "run_config", "SizedRun",
+           "LoadedRun", "RunResult"]
 
 Log = Callable[[str], None]
 
@@ -89,10 +89,12 @@ def train(data: Any = None, target: str | None = None, *, out: str | os.PathLike
             `run.json` says so, and `resume` needs the table again); None: `data.path` of `config`.
         target: the column to predict.
         out: the run directory (default ``runs/<target>-<timestamp>``).
-        config, settings: the run's settings (see `run_config`).
+        config: a `RunConfig`, a TOML file's path, or a dict of settings (see `run_config`).
+        settings: more settings, by name or dotted, on top of `config` (see `run_config`).
         overwrite: replace an existing run directory (only what fitloop wrote).
         log: where progress lines go (default: nowhere).
-        argv, t_command: the command line and its start time (`time.perf_counter()`), for `run.json`.
+        argv: the command line, for `run.json`.
+        t_command: the command's start time (`time.perf_counter()`), for `run.json`'s timings.
 
     Returns:
         The `RunResult`: `run_dir`, `metrics`, `baseline`, `rows`, `timings`, ...; `.load()` opens the run.
@@ -164,8 +166,28 @@ def size_search(data: Any = None, target: str | None = None, *, out: str | os.Pa
     options = SearchOptions(widths, depths, trial_epochs, max_trials, max_seconds, jobs, target_loss, gap_tolerance,
                             val_margin)
     options.validate()
-    log = log or (lambda msg: None)
     cfg, table = run_config(data, target, config, **settings)
+    return search_and_train(cfg, options, table=table, out=out, overwrite=overwrite, log=log, argv=argv,
+                            t_command=t_command)
+
+
+def search_and_train(cfg: RunConfig, options: SearchOptions, *, table: pa.Table | None = None,
+                     out: str | os.PathLike | None = None, overwrite: bool = False, log: Log | None = None,
+                     argv: list[str] | None = None, t_command: float | None = None) -> SizedRun:
+    """`size_search` on a resolved config and checked options (`fitloop size-search` checks them itself,
+    naming its flags): the search, its files, and the run of the chosen size.
+
+    Args:
+        cfg: The run's settings; the search chooses `model.hidden`.
+        options: The search's settings, already checked (`SearchOptions.validate`).
+        table: The data when it is a table in memory (None: `cfg.data.path`).
+        out: The run directory (default ``runs/<target>-<timestamp>``).
+        overwrite: Replace an existing run directory (only what fitloop wrote).
+        log: Where progress lines and the trials' table go (default: nowhere).
+        argv: The command line, for `run.json`.
+        t_command: The command's start time (`time.perf_counter()`), for `run.json`.
+    """
+    log = log or (lambda msg: None)
     run_dir = check_out(out if out is not None else default_out(cfg.data.target or "run"), overwrite,
                         cfg.data.path)  # before the search: a bad `out` fails in a second, not after it
     result = search_table(cfg, options, log, table)

@@ -135,7 +135,10 @@ class Table:
     Attributes:
         data: The rows (rows with a missing target already removed); row indices refer to this.
         columns: All column names of the file.
-        target, task, id, drop: As given / inferred.
+        target: The column to predict, as given.
+        task: ``classification`` or ``regression``, as given or inferred.
+        id: The id column, as given (None: none).
+        drop: The columns left out, as given.
         kinds: Column -> ``numeric``/``bool``/``categorical``/``empty``/``other``.
         feature_columns: Columns used as features (before fit-time drops).
         classes: Sorted class labels over all rows (classification), else None.

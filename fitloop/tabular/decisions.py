@@ -64,10 +64,17 @@ class DryRun:
         rows: rows of the table (after dropping rows with a missing target).
         n_columns: columns of the file.
         columns: one dict per column of the file: name, type, missing, decision, reason.
-        task, task_reason: the task and why; classes: the class labels (classification).
-        splits: rows per split; stratified: whether the split keeps the class proportions.
-        model: the model's description (`MLP 13 -> 64 -> 32 -> 3`), parameters: its parameter count.
-        loss, early_stopping, device, steps_per_epoch: training decisions.
+        task: the task (classification or regression).
+        task_reason: why the task is what it is.
+        classes: the class labels (classification).
+        splits: rows per split.
+        stratified: whether the split keeps the class proportions.
+        model: the model's description (`MLP 13 -> 64 -> 32 -> 3`).
+        parameters: the model's parameter count.
+        loss: the loss the run would train with.
+        early_stopping: the epochs without a better validation loss after which training would stop (None: never).
+        device: the device the run would train on.
+        steps_per_epoch: optimizer steps per epoch.
         notes: what was dropped or switched off.
         seconds: {"load": s, "decide": s}.
     """

@@ -2,9 +2,8 @@
 
     cfg = resolve_run_config({"data.path": "wine.csv", "data.target": "cultivar"})  # or fitloop.tabular.train
     result = train_table(cfg, out="runs/wine")          # writes the run directory atomically
-    run = load_run("runs/wine")
-    preds, notes = predict_file(run, "new.csv")         # a pyarrow.Table: [id], prediction[, proba_*]
-    report = evaluate_file(run, "labelled.csv")         # {"metrics": ..., "baseline": ...}
+    result = resume_run("runs/wine")                    # a run that was stopped: on from its last checkpoint
+    run = result.load()                                 # the run opened to predict and evaluate
 
 Run directory layout (everything JSON/TOML/safetensors, no pickle)::
 
@@ -21,8 +20,7 @@ Run directory layout (everything JSON/TOML/safetensors, no pickle)::
 Bad settings or data raise before the directory is created. While a process works in a run directory
 it holds its lock (`fitloop.runlock`: RUN_DIR/.lock with the pid), so a second `train`/`resume` on it
 stops naming that pid, and `--overwrite` never deletes a live run's directory. Opening a run to
-predict and evaluate is `fitloop.tabular.runs` (`load_run`, `predict_file` and `evaluate_file` are
-importable from here too).
+predict and evaluate is `fitloop.tabular.runs` (`load_run`, `predict_file`, `evaluate_file`).
 """
 
 from __future__ import annotations
@@ -46,8 +44,7 @@ import torch
 
 from ..callbacks import MLflowLogger, TensorBoardLogger
 from ..checkpoint_format import find_checkpoints
-from ..config import RUN_FORMAT
-from ..diagnose.checks import check_leakage, guard_settings
+from ..data.checks import check_leakage, guard_settings
 from ..distributed import is_main_process
 from ..distributed.group import barrier, init_from_env
 from ..files import atomic_write_bytes, write_json_atomic
@@ -59,22 +56,18 @@ from ..runlock import RunLockedError, hold_run_dir, lock_holder
 from ..trainer import Trainer, seed_everything
 from . import training
 from .config import CONFIG_HEADER, LEGACY_DEFAULTS, Budget, ConfigError, RunConfig, load_toml, resolve_run_config
-from .plan import RunPlan, plan_run
+from .plan import plan_run
 from .runs import (
     LoadedRun,
-    NotARunError,
     baseline_outputs,
     check_run,
-    evaluate_file,
     load_run,
-    predict_file,
     score,
     unscale,
 )
 
-__all__ = ["RunResult", "RunPlan", "plan_run", "LoadedRun", "train_table", "resume_run", "start_out", "check_out",
-           "default_out", "merge_run_json", "prepare_run", "PreparedRun", "load_run", "predict_file",
-           "evaluate_file", "RUN_FORMAT", "NotARunError"]
+__all__ = ["RunResult", "train_table", "resume_run", "start_out", "check_out", "default_out", "merge_run_json",
+           "prepare_run", "PreparedRun"]
 
 
 @dataclass

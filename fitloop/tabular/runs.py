@@ -105,7 +105,9 @@ class LoadedRun:
         Args:
             data: the rows; the columns the model needs, by name (others are ignored).
             proba: also one ``proba_<class>`` column per class (classification).
-            encoding, delimiter, decimal: how to read a file (default: the run's own settings, detected).
+            encoding: the text encoding of a CSV/TSV file.
+            delimiter: the field separator of a CSV/TSV file (None: detected).
+            decimal: the decimal mark of numbers written as text, ``","`` or ``"."`` (None: detected).
             notes: receives the notes about the data (unseen categories, ignored columns); None: each is
                 issued as a `UserWarning`.
 

@@ -61,12 +61,21 @@ class SearchOptions:
     gap_tolerance: float = 0.25
     val_margin: float = 0.1
 
-    def validate(self) -> None:
-        """Raises `ConfigError` for a count below 1."""
+    def validate(self, as_flags: bool = False) -> None:
+        """Check the counts (`max_trials`, `jobs`, `trial_epochs`): each a whole number >= 1 when given.
+
+        Args:
+            as_flags: name an option as the command line spells it (``--max-trials``), not as the Python
+                argument (``max_trials``).
+
+        Raises:
+            ConfigError: A count below 1, named.
+        """
         for name in ("max_trials", "jobs", "trial_epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"{name}: got {value}; pass a whole number >= 1.")
+                shown = f"--{name.replace('_', '-')}" if as_flags else name
+                raise ConfigError(f"{shown}: got {value}; pass a whole number >= 1.")
 
 
 def search_table(cfg: RunConfig, options: SearchOptions, log: Callable[[str], None],

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.checks import check_leakage, guard_settings
 from ..devices import pick_device
-from ..diagnose.checks import check_leakage, guard_settings
 from ..models import MLPSpec, build_mlp
 from ..optim import make_loss
 from ..state import seed_everything
