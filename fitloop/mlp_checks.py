@@ -31,7 +31,8 @@ def check_mlp(hidden: Sequence[int], activation: str, dropout: float, *, in_feat
         hidden: hidden layer sizes (each >= 1; empty for a linear model).
         activation: one of `ACTIVATION_CLASSES`.
         dropout: in [0, 1).
-        in_features, out_features: also checked (>= 1) when given.
+        in_features: the input size, also checked (>= 1) when given.
+        out_features: the output size, also checked (>= 1) when given.
         names: how each message names the setting, by field (`hidden`, `activation`, `dropout`);
             default `MLPSpec` for all three.
 

@@ -156,7 +156,8 @@ def make_scheduler(scheduler, optimizer: torch.optim.Optimizer, *, steps_per_epo
     Args:
         scheduler: an `LRScheduler` (or `ReduceLROnPlateau`) instance, a name from `SCHEDULER_NAMES`,
             a `(name, kwargs)` pair, or a callable `optimizer -> scheduler`.
-        steps_per_epoch, epochs: used for schedules given in steps (`onecycle`, `warmup_cosine`).
+        steps_per_epoch: optimizer steps per epoch, for schedules given in steps (`onecycle`, `warmup_cosine`).
+        epochs: the run's epochs, for the same schedules.
         interval: `"step"` or `"epoch"`; `None` takes the scheduler's natural interval (per step for
             `onecycle` and `warmup_cosine`, also given as a `OneCycleLR` instance; per epoch otherwise).
             Always declared, never guessed from the schedule's progress. Schedules given by name

@@ -79,10 +79,15 @@ class _FitloopEstimator(BaseEstimator):
         module: `None` (an MLP of `hidden`, `activation`, `dropout`), an `MLPSpec` (its hidden layers,
             activation and dropout; the input and output sizes come from the data), or a factory
             `module(n_features, n_outputs) -> nn.Module`.
-        hidden, activation, dropout: the MLP when `module` is None.
+        hidden: the MLP's hidden layer sizes when `module` is None.
+        activation: the MLP's activation when `module` is None.
+        dropout: the MLP's dropout when `module` is None.
         loss: any Trainer loss; default `mse` (regressor) or `cross_entropy` (classifier).
         optimizer: any Trainer optimizer name (`"adam"`, `"sgd"`, `"adamw"`, ...).
-        lr, epochs, batch_size, weight_decay: the Trainer's settings (`batch_size=None`: full batch).
+        lr: the Trainer's learning rate.
+        epochs: the Trainer's epochs.
+        batch_size: the Trainer's batch size (`None`: full batch).
+        weight_decay: the Trainer's weight decay.
         random_state: seeds the initial weights and the data order of every `fit`.
         device: `"cpu"` (default: small tabular models are fastest there), `"auto"`, `"cuda"`, ...
         verbose: print the Trainer's epoch lines.

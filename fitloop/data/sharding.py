@@ -41,10 +41,12 @@ class ShardedBatches:
     """This rank's batches of in-memory tensors (already on the device), from one permutation per epoch.
 
     Args:
-        X, y: all the rows (every rank holds them); `y` None for unlabelled data.
+        X: all the rows' inputs (every rank holds them).
+        y: all the rows' targets; None for unlabelled data.
         batch_size: rows per process (`None`: the global batch is all rows).
         shuffle: a new permutation every epoch (from the generator passed to `epoch`).
-        rank, world: this process and the number of processes.
+        rank: this process.
+        world: the number of processes.
         drop_last: leave out the epoch's last global batch when it is short.
     """
 
