@@ -45,8 +45,7 @@ from .step.functions import (
     ScaleInPlace,
     all_finite,
     clamp_,
-    finite_flags,
-    first_nonfinite,
+    first_nonfinite_of,
     scale_,
 )
 
@@ -238,7 +237,7 @@ def nonfinite_grads(named_params: Sequence[tuple[str, nn.Parameter]]) -> Callabl
         if (not dense or dense_finite(dense)) and (not sparse or bool(all_finite(sparse, concat_limit=_CAT_LIMIT))):
             return None
         values = [sparse_values(g) if g.is_sparse else g for g in grads]
-        return first_nonfinite(names, finite_flags(values).tolist())
+        return first_nonfinite_of(names, values)
 
     return check
 

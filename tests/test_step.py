@@ -190,6 +190,14 @@ def test_the_nonfinite_check_takes_tensors_on_several_devices():
     assert finite_flags([]).shape == (0,)
 
 
+def test_first_nonfinite_of_names_the_first_bad_tensor():
+    from fitloop.step.functions import first_nonfinite_of
+
+    ok, bad = torch.ones(3), torch.tensor([1.0, float("inf")])
+    assert first_nonfinite_of(["a", "b", "c"], [ok, bad, bad]) == "b"
+    assert first_nonfinite_of(["a", "b"], [ok, ok]) is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_nonfinite_check_on_cuda_and_cpu_together():
     from fitloop.step.functions import all_finite, finite_flags, first_nonfinite

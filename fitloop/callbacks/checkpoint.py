@@ -43,7 +43,7 @@ from ..distributed.group import barrier
 from ..distributed.ranks import add_rank_states, restore_rank_state
 from ..files import versions
 from ..step import NonFiniteError
-from ..step.functions import finite_flags, first_nonfinite
+from ..step.functions import first_nonfinite_of
 from .agreement import LocalRequests
 from .base import Callback
 from .fingerprints import data_fingerprint
@@ -262,8 +262,7 @@ class Checkpointer(Callback):
     def _refuse_nonfinite(self, trainer: Trainer) -> None:
         """Raise `NonFiniteError` rather than write a checkpoint with a NaN/inf parameter."""
         named = list(unwrap_model(trainer.model).named_parameters())
-        flags = finite_flags([p.detach() for _, p in named]).tolist()  # one host sync for all parameters
-        bad = first_nonfinite([name for name, _ in named], flags)
+        bad = first_nonfinite_of([name for name, _ in named], [p.detach() for _, p in named])
         if bad is not None:
             state = trainer.state
             raise NonFiniteError(f"Not writing a checkpoint at epoch {state.epoch + 1}, global step {state.step}: "

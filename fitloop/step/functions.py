@@ -21,7 +21,8 @@ from torch.optim.adam import adam as torch_adam  # torch's functional Adam (publ
 
 __all__ = ["add_input_noise", "penalty", "penalised_loss", "total_norm", "clip_coefficient", "clip_by_norm",
            "clip_by_value", "clip", "scale_", "clamp_", "clip_", "loss_is_finite", "nonfinite_poison", "finite_flags",
-           "all_finite", "first_nonfinite", "CONCAT_LIMIT", "apply_update", "masked_adam_update", "masked_sgd_update"]
+           "all_finite", "first_nonfinite", "first_nonfinite_of", "CONCAT_LIMIT", "apply_update",
+           "masked_adam_update", "masked_sgd_update"]
 
 ScaleInPlace = Callable[[Sequence[torch.Tensor], torch.Tensor], None]
 """`(grads, coefficient)`: multiplies every gradient by the coefficient in place (`scale_`, or a faster
@@ -189,6 +190,17 @@ def all_finite(tensors: Sequence[torch.Tensor], concat_limit: int = CONCAT_LIMIT
 def first_nonfinite(names: Sequence[str], flags: Sequence[bool]) -> str | None:
     """The first name whose flag (from `finite_flags`) is False, or None."""
     return next((name for name, ok in zip(names, flags) if not ok), None)
+
+
+def first_nonfinite_of(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> str | None:
+    """The name of the first tensor holding NaN/inf, or None: `first_nonfinite` of `finite_flags`, read with
+    one host sync."""
+    flags = finite_flags(tensors)
+    if type(flags) is torch.Tensor:
+        return first_nonfinite(names, flags.tolist())
+    # a tensor subclass (FSDP's DTensor parameters) has no tolist(): its flags are read one by one, and
+    # bool() agrees on each across the ranks
+    return first_nonfinite(names, [bool(flag) for flag in flags.unbind()])
 
 
 # --------------------------------------------------------------------------------------------- the update
