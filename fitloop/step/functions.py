@@ -114,7 +114,9 @@ def scale_(grads: Sequence[torch.Tensor], coef: torch.Tensor) -> None:
     """Every gradient multiplied by `coef` in place (the coefficient copied once per device)."""
     on_device: dict[torch.device, torch.Tensor] = {}
     for g in grads:
-        g.mul_(on_device.setdefault(g.device, coef.to(g.device)))
+        if g.device not in on_device:
+            on_device[g.device] = coef.to(g.device)
+        g.mul_(on_device[g.device])
 
 
 def clamp_(grads: Sequence[torch.Tensor], max_value: float) -> None:
