@@ -7,24 +7,62 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["pick_device", "thread_policy", "SMALL_MODEL_PARAMS"]
+__all__ = ["pick_device", "available_devices", "thread_policy", "SMALL_MODEL_PARAMS"]
 
 # Models with fewer parameters than this run with one intra-op thread on CPU (see BENCHMARKS.md).
 SMALL_MODEL_PARAMS = 100_000
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """`"auto"` picks cuda, then mps, then cpu; anything else is passed to `torch.device`."""
+    """`"auto"` picks cuda, then mps, then cpu; anything else must name a device this machine has.
+
+    Raises:
+        ValueError: an unknown device name, or one this machine lacks (CUDA, an index past its GPUs,
+            MPS), or `meta` (it holds no data to compute on); the message lists `available_devices()`.
+    """
     if str(device) != "auto":
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: got {device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
-        return dev
+        return _checked_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def available_devices() -> list[str]:
+    """The device names this machine can train on: `auto`, `cpu`, then `cuda`, `cuda:N` and `mps` when present."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    return names
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """`device` as a `torch.device`, when this machine has it (see `pick_device`)."""
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"device (--device, train.device): got {str(device)!r}, {why}; this machine has: "
+                          f"{', '.join(available_devices())}.")
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):  # torch's message lists every device type it knows
+        raise refuse("which is not a device name") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: got {device!r} but CUDA is not available here; use device='auto' or 'cpu' "
+                         f"(this machine has: {', '.join(available_devices())}).")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise refuse(f"but this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not _mps_available():
+        raise refuse("but MPS (Apple's GPU) is not available here")
+    if dev.type == "meta":
+        raise refuse("which holds no data to compute on (it is for shapes only)")
+    return dev
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from typing import Any
 
 from .. import __version__
@@ -297,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     args.t_start = t_start
     debug = getattr(args, "debug", False) or os.environ.get("FITLOOP_DEBUG") == "1"
     try:
-        return args.func(args, argv)
+        with warnings.catch_warnings():  # the filters are put back when main returns (it is called in-process too)
+            if getattr(args, "quiet", False):  # --quiet: nothing but errors, so no Python warnings either
+                warnings.simplefilter("ignore")
+            return args.func(args, argv)
     except KeyboardInterrupt:
         print("fitloop: interrupted.", file=sys.stderr)
         return 130

@@ -26,7 +26,8 @@ from ..mlp_checks import check_mlp
 
 __all__ = ["CONFIG_HEADER", "RunConfig", "DataSection", "ModelSection", "TrainSection", "ConfigError",
            "resolve_run_config", "load_toml", "parse_set", "parse_value", "Budget", "training_budget",
-           "LEGACY_DEFAULTS", "settings_overrides", "tomllib_module", "dotted_overrides"]
+           "LEGACY_DEFAULTS", "settings_overrides", "tomllib_module", "dotted_overrides",
+           "check_seed"]
 
 
 # `train.log` / `--log`: the loggers the CLI can add (fitloop.callbacks: TensorBoardLogger, MLflowLogger).
@@ -35,6 +36,22 @@ LOGGER_NAMES = ("tensorboard", "mlflow")
 
 class ConfigError(ValueError):
     """A setting that is unknown or has a value of the wrong type; the message names the key."""
+
+
+# The seeds torch's generators take (a 64-bit integer, signed or not): outside them `manual_seed` fails
+# with "Overflow when unpacking long long", which names neither the setting nor the range.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+# The flag and an example of each list setting, for the message about an empty item.
+_LIST_FLAGS = {"data.split": ("--split", "0.7,0.15,0.15"), "model.hidden": ("--hidden", "64,32"),
+               "data.drop": ("--drop", "notes,row_id"), "train.log": ("--log", "tensorboard,mlflow")}
+
+
+def check_seed(name: str, seed: int) -> None:
+    """Raise `ConfigError` naming `name` when `seed` is outside the range torch's generators take."""
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ConfigError(f"{name}: got {seed}, outside the range of a seed; pass a whole number from "
+                          f"{SEED_MIN} to {SEED_MAX} (e.g. 0).")
 
 
 @dataclass
@@ -70,6 +87,10 @@ class DataSection:
     def validate(self) -> None:
         if self.task is not None and self.task not in ("classification", "regression"):
             raise ConfigError(f"data.task: got {self.task!r}; choose 'classification' or 'regression'.")
+        if any(not isinstance(f, (int, float)) or not math.isfinite(f) for f in self.split):
+            # NaN passes every comparison in check_fractions and then fails the split as a bare float error
+            raise ConfigError(f"data.split (--split): got {self.split!r}; each fraction must be a finite "
+                              "number from 0 to 1, e.g. 0.7,0.15,0.15.")
         try:
             check_fractions(self.split, name="data.split (--split)", example="0.7,0.15,0.15")
         except ValueError as e:
@@ -78,6 +99,8 @@ class DataSection:
             raise ConfigError(f"data.decimal (--decimal): got {self.decimal!r}; pass ',' or '.'.")
         if self.max_categories < 1:
             raise ConfigError(f"data.max_categories: got {self.max_categories}; pass a whole number >= 1.")
+        if self.seed is not None:
+            check_seed("data.seed", self.seed)
 
 
 @dataclass
@@ -163,6 +186,7 @@ class TrainSection(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_seed("train.seed (--seed)", self.seed)
         if self.early_stopping is not None and self.early_stopping < 0:
             raise ConfigError(f"train.early_stopping: got {self.early_stopping}; pass a patience >= 0 "
                               "(epochs), or 0 to turn it off.")
@@ -281,7 +305,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return value
     if origin is list:
         if isinstance(value, str):
-            value = [parse_value(p) for p in value.split(",") if p.strip()]
+            value = _list_items(key, value)
         elif not isinstance(value, (list, tuple)):
             value = [value]
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else list(value)
@@ -294,6 +318,25 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise fail("a table, e.g. {momentum = 0.9}")
         return dict(value)
     return value
+
+
+def _list_items(key: str, text: str) -> list[Any]:
+    """A comma-separated list setting ("64,32") as its items; blank text is the empty list.
+
+    Raises:
+        ConfigError: an empty item ("64,,32", a trailing comma): dropping it would silently change
+            the meaning (two split fractions instead of three), so the message names the setting.
+    """
+    if not text.strip():
+        return []
+    parts = text.split(",")
+    empty = [i + 1 for i, part in enumerate(parts) if not part.strip()]
+    if empty:
+        flag, example = _LIST_FLAGS.get(key, ("", "a,b"))
+        raise ConfigError(f"{key}{f' ({flag})' if flag else ''}: got {text!r}, whose item {empty[0]} of "
+                          f"{len(parts)} is empty; separate the values with single commas and no trailing "
+                          f"comma, e.g. {example}.")
+    return [parse_value(part) for part in parts]
 
 
 def dotted_overrides(d: Mapping[str, Any], where: str) -> dict[str, Any]:

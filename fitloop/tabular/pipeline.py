@@ -45,6 +45,7 @@ import torch
 from ..callbacks import MLflowLogger, TensorBoardLogger
 from ..checkpoint_format import find_checkpoints
 from ..data.checks import check_leakage, guard_settings
+from ..devices import pick_device
 from ..distributed import is_main_process
 from ..distributed.group import barrier, init_from_env
 from ..files import atomic_write_bytes, write_json_atomic
@@ -166,6 +167,8 @@ def prepare_run(cfg: RunConfig, log: Callable[[str], None], data: pa.Table | Non
     """`plan_run`, then the splits encoded as tensors (the preprocessor applied to every split)."""
     plan = plan_run(cfg, log, data=data)
     table = plan.table
+    # the decimal mark reading took (given, or detected from numbers like 1,000): predict/evaluate reuse it
+    decimal = cfg.data.decimal or (table.read_info.decimal if table.read_info is not None else None)
     prep = table.prepare(plan.rows, preprocessor=plan.preprocessor)
     task, classes, n_inputs = table.task, cast(list[Any], table.classes), len(table.feature_columns)
     del table, plan.table  # the Arrow table is no longer needed: free it before training, and hand the pages back
@@ -177,8 +180,8 @@ def prepare_run(cfg: RunConfig, log: Callable[[str], None], data: pa.Table | Non
     d = cfg.data
     plan.notes.extend(_leakage_notes(splits, cfg.train.guards))
     info: dict[str, Any] = {"target": d.target, "id": d.id, "task": task, "classes": classes,
-                            "feature_names": pre.feature_names, "decimal": d.decimal,  # predict's defaults:
-                            "delimiter": d.delimiter}  # the explicit --decimal / --delimiter of training
+                            "feature_names": pre.feature_names, "decimal": decimal,  # predict's defaults: the
+                            "delimiter": d.delimiter}  # decimal mark training read, its explicit --delimiter
     targets: dict[str, Any] = {}
     if task == "classification":
         counts = torch.bincount(splits["train"][1], minlength=len(classes)).double()
@@ -267,6 +270,7 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
     """
     log = log or (lambda msg: None)
+    pick_device(cfg.train.device)  # a device this machine lacks: the error lists those it has, before any work
     init_from_env(cfg.train.dist_timeout, cfg.train.device)  # several processes: the group comes first
     out_dir = check_out(out if out is not None else default_out(cfg.data.target or "run"), overwrite,
                          cfg.data.path)

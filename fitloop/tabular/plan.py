@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from ..data.splitting import split_counts, split_indices
@@ -117,11 +118,34 @@ def load_table(cfg: RunConfig, data: pa.Table | None = None) -> Table:
     if not d.target:
         raise ConfigError("no target column: pass --target COL or set data.target.")
     if data is None:
-        return Table.read(cast(str, d.path), target=d.target, task=d.task, drop=d.drop, id=d.id,
-                          encoding=d.encoding, max_categories=d.max_categories, delimiter=d.delimiter,
-                          decimal=d.decimal)
-    return Table.from_arrow(data, d.target, task=d.task, drop=d.drop, id=d.id, max_categories=d.max_categories,
-                            source=IN_MEMORY)
+        table = Table.read(cast(str, d.path), target=d.target, task=d.task, drop=d.drop, id=d.id,
+                           encoding=d.encoding, max_categories=d.max_categories, delimiter=d.delimiter,
+                           decimal=d.decimal)
+    else:
+        table = Table.from_arrow(data, d.target, task=d.task, drop=d.drop, id=d.id,
+                                 max_categories=d.max_categories, source=IN_MEMORY)
+    return _signless_zero_target(table, cfg)
+
+
+def _signless_zero_target(table: Table, cfg: RunConfig) -> Table:
+    """`table`, rebuilt with -0.0 read as 0.0 in the target when its classes hold both zeros.
+
+    Arrow tells the two apart by their bits, so a target of only 0.0 and -0.0 would train a 2-class
+    classifier; they are one number, and such a target is constant. Only that rare table is rebuilt (from
+    its rows as read, keeping the notes of reading them).
+    """
+    zeros = [c for c in table.classes or [] if isinstance(c, float) and c == 0.0]
+    if len(zeros) < 2:
+        return table
+    d = cfg.data
+    i = table.data.column_names.index(table.target)
+    column = table.data.column(i)
+    signless = pc.add(column, pa.scalar(0.0, column.type))  # -0.0 + 0.0 is 0.0
+    rebuilt = Table.from_arrow(table.data.set_column(i, table.target, signless), table.target, task=d.task,
+                               drop=d.drop, id=d.id, max_categories=d.max_categories, source=table.source,
+                               load_seconds=table.load_seconds)
+    rebuilt.read_info, rebuilt.notes = table.read_info, table.notes
+    return rebuilt
 
 
 def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None, world: int | None = None,

@@ -156,6 +156,10 @@ def check_run(path: str | os.PathLike, *, finished: bool = True) -> dict[str, An
             if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
                 what = "has a run.json that is not a fitloop run's"
     if what is None and finished and not (p / "model" / "fitloop.json").is_file():
+        if meta.get("status") == "finished":  # it did finish: the model was removed since
+            raise NotARunError(f"{path}: the run finished, but its model files are missing ({p / 'model'} has "
+                               f"no fitloop.json; it was deleted or moved). Restore {p / 'model'}, or train "
+                               f"again (`fitloop train ... --out {path} --overwrite`).")
         raise NotARunError(f"{path}: the run did not finish (status: {meta.get('status', 'unknown')}), so it has "
                            f"no model yet. Continue it with `fitloop resume {path}`.")
     if what is None and not finished and not (p / "config.toml").is_file():
@@ -187,15 +191,34 @@ def predict_file(run: LoadedRun, data, *, proba: bool = False, encoding: str = "
     data = data if table is None else table
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # unseen categories: reported in notes instead
-        enc = transform_table(run.preprocessor, data, encoding=encoding,  # the run's --delimiter / --decimal
-                              delimiter=delimiter or run.info.get("delimiter"),
-                              decimal=decimal or run.info.get("decimal"))
+        if isinstance(data, (str, os.PathLike)):
+            sep, mark = _dialect(run, delimiter, decimal)
+            data = read_table(Path(data), encoding=encoding, delimiter=sep, decimal=mark)
+        enc = transform_table(run.preprocessor, _without_target(run, data))
     cols: dict[str, Any] = {}
     if run.info.get("id") and enc.ids is not None:
         cols[run.info["id"]] = pa.array(enc.ids)
     for name, values in predict_columns(run, enc.X, proba=proba).items():
         cols[name] = pa.array(values)
     return pa.table(cols), enc.notes
+
+
+def _dialect(run: LoadedRun, delimiter: str | None, decimal: str | None) -> tuple[str | None, str | None]:
+    """The reader's `delimiter` and `decimal` for predict/evaluate: what was passed, else what training used
+    (its --delimiter; the decimal mark it read, given or detected, so `1,000` reads as in training).
+    An empty string is passed on, so the reader refuses it as `train` does."""
+    return (delimiter if delimiter is not None else run.info.get("delimiter"),
+            decimal if decimal is not None else run.info.get("decimal"))
+
+
+def _without_target(run: LoadedRun, data: Any) -> Any:
+    """The rows without the target column: predicting does not use it, so missing or unseen labels there
+    are no error (only `evaluate` needs them)."""
+    if not hasattr(data, "column_names"):  # a fitloop `Table`: its Arrow rows
+        data = data.data
+    names = data.schema.names
+    target = run.info["target"]
+    return data.select([n for n in names if n != target]) if target in names else data
 
 
 def predict_columns(run: LoadedRun, X, *, proba: bool = False) -> dict[str, Any]:
@@ -230,8 +253,8 @@ def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: s
     table = in_memory(data)
     data = data if table is None else table
     if not hasattr(data, "column_names"):
-        data = read_table(data, encoding=encoding, delimiter=delimiter or run.info.get("delimiter"),
-                          decimal=decimal or run.info.get("decimal"))
+        sep, mark = _dialect(run, delimiter, decimal)
+        data = read_table(data, encoding=encoding, delimiter=sep, decimal=mark)
     target = run.info["target"]
     if target not in data.column_names:
         raise TableError(f"the file has no target column {target!r}, so there is nothing to evaluate against; "
