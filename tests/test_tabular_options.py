@@ -129,6 +129,9 @@ def test_minus_zero_is_the_class_zero(capsys, tmp_path):
     code, _, err = train(capsys, data, tmp_path / "run")
     assert code == 0, err
     assert fitloop.tabular.load_run(tmp_path / "run").info["classes"] == [0.0, 1.0]
+    code, stdout, err = run_cli(capsys, "evaluate", tmp_path / "run", data, "--json")  # -0.0 is the class 0.0
+    assert code == 0, err
+    assert json.loads(stdout)["rows"] == 60
 
 
 # ---------------------------------------------------------------------------------- predict/evaluate
