@@ -118,6 +118,7 @@ def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridg
     """
     with torch.no_grad():
         X64, t64 = X.double(), targets.double().reshape(len(X), -1)
+        _check_finite(X64, t64)
         x_mean, t_mean = X64.mean(0), t64.mean(0)
         Xc, tc = X64 - x_mean, t64 - t_mean
         scale = float((Xc * Xc).sum(0).mean().clamp_min(1e-12))  # the mean diagonal of Xc'Xc
@@ -134,6 +135,17 @@ def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridg
         last.weight.zero_()
         last.bias.copy_(t_mean - x_mean @ w)
     return rel
+
+
+def _check_finite(X: torch.Tensor, targets: torch.Tensor) -> None:
+    """Raise a `ValueError` naming the first input column (or the targets) that holds inf or NaN: the
+    linear start's SVD and solve cannot use them (torch's own error names neither)."""
+    bad_columns = (~torch.isfinite(X)).any(0).nonzero().flatten().tolist()
+    if bad_columns:
+        raise ValueError(f"the linear start needs finite inputs, but input column {bad_columns[0]} (0-based) holds "
+                         f"inf or NaN (values beyond float32's range, 3.4e38?); rescale or drop that column.")
+    if not bool(torch.isfinite(targets).all()):
+        raise ValueError("the linear start needs finite targets, but they hold inf or NaN; rescale the target.")
 
 
 # `fit_logistic_path` solves by Newton's method with a dense Hessian up to this many weights (else: ridge)

@@ -209,12 +209,25 @@ class Table:
         tcol = data.column(self.target)
         valid = pc.is_valid(tcol)
         if self.kinds[self.target] == "numeric":
-            valid = pc.and_(valid, pc.invert(pc.is_nan(_float64_arrow(tcol))))
+            numbers = _float64_arrow(tcol)
+            valid = pc.and_(valid, pc.invert(pc.is_nan(numbers)))
+            self._check_not_infinite(numbers)
         n_missing = data.num_rows - int(pc.sum(valid).as_py() or 0)
         if n_missing:
             data = data.filter(valid)
             self.notes.append(f"dropped {n_missing} row(s) with a missing target {self.target!r}")
         return data
+
+    def _check_not_infinite(self, numbers: Any) -> None:
+        """Raise for a numeric target with infinite values: they are not missing (the row would be dropped
+        silently) and no model fits them."""
+        infinite = pc.fill_null(pc.is_inf(numbers), False)
+        n_inf = int(pc.sum(infinite).as_py() or 0)
+        if n_inf:
+            row = int(pc.index(infinite, True).as_py())
+            raise TableError(f"{self.source}: target {self.target!r} has {n_inf} infinite value(s), first at data row "
+                             f"{row + 1} (line {row + 2} of the file): {numbers[row].as_py()}. A model cannot fit "
+                             f"them: fix those cells, or delete those rows.")
 
     def _id_like(self, data: pa.Table) -> list[str]:
         """Columns without a header name (``df.to_csv()``'s index), and row indices (0..n-1 or 1..n in
@@ -319,12 +332,36 @@ class Table:
         kinds = {c: self.kinds[c] for c in self.feature_columns}
         pre = Preprocessor.fit(self.data, target=self.target, task=self.task, kinds=kinds, rows=rows,
                                classes=self.classes, id=self.id, max_categories=self.max_categories)
+        if not pre.features:
+            raise self._no_features_error(pre)
         if self.task == "classification":
             y = pre.encode_target(self.data, rows)
             if bool((y == y[0]).all()):
                 raise TableError(f"the train split has a single class ({(self.classes or [])[int(y[0])]!r}) for "
                                  f"target {self.target!r}; use a stratified or larger split.")
         return pre
+
+    def _no_features_error(self, pre: Preprocessor) -> TableError:
+        """The error for a table none of whose columns is left as a model input: why each was left out."""
+        others = [c for c in self.columns if c != self.target]
+        info = self.read_info
+        if not others:
+            hint = ""
+            if info is not None and info.delimiter is not None:
+                sep = "tab" if info.delimiter == "\t" else repr(info.delimiter)
+                hint = (f" It was read with the delimiter {sep}; if the file separates its fields with another, "
+                        f"pass it (`--delimiter ';'`).")
+            return TableError(f"{self.source}: the table has only the target column {self.target!r}, no input "
+                              f"column for the model.{hint}")
+        why: dict[str, str] = {self.id: "the row id (--id)"} if self.id else {}
+        why |= {c: "dropped as requested (--drop)" for c in self.drop}
+        why |= {c: "a row id (no header name, or it counts the rows)" for c in self.id_like}
+        why |= {c: {"empty": "all values missing", "other": "unsupported type"}[k]
+                for c, k in self.kinds.items() if k in ("empty", "other")}
+        why |= pre.dropped
+        reasons = "; ".join(f"{c!r}: {why.get(c, 'not used')}" for c in others)
+        return TableError(f"{self.source}: no usable feature columns are left ({reasons}); the model needs at least "
+                          f"one input. Add a column, or keep one (leave it out of --drop, raise --max-categories).")
 
     def _rows(self, name: str, idx: Any) -> np.ndarray:
         a = np.asarray(idx, dtype=np.int64).reshape(-1)
@@ -376,4 +413,4 @@ class Table:
 def _float64_arrow(col: Any) -> Any:
     if is_text_type(col.type):
         col = pc.utf8_trim_whitespace(as_strings(col))
-    return pc.cast(col, pa.float64())
+    return pc.cast(col, pa.float64(), safe=not pa.types.is_integer(col.type))  # uint64 ids beyond 2**53 round

@@ -24,6 +24,7 @@ import csv
 import gzip
 import io
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ import pyarrow.compute as pc
 from .errors import TableError
 
 __all__ = ["ReadInfo", "CANDIDATE_DELIMITERS", "sniff_delimiter", "sniff_text", "sample", "excel_sep",
-           "parse_number_columns", "check_header", "UNNAMED_PREFIX"]
+           "parse_number_columns", "check_header", "gzip_error", "UNNAMED_PREFIX"]
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 SAMPLE_BYTES, SAMPLE_LINES, MAX_SAMPLE_BYTES = 1 << 14, 50, 1 << 22  # the sniffer's sample
@@ -73,23 +74,58 @@ class ReadInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def sample(path: Path, encoding: str) -> tuple[str, bool]:
+def sample(path: Path, encoding: str, compressed: bool | None = None) -> tuple[str, bool]:
     """The file's first `SAMPLE_BYTES` (more, up to `MAX_SAMPLE_BYTES`, until `SAMPLE_LINES` lines are in),
-    as text, and whether that is the whole file."""
-    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read(SAMPLE_BYTES)
-        while raw.count(b"\n") < SAMPLE_LINES and len(raw) < MAX_SAMPLE_BYTES:  # wide rows: read on
-            more = f.read(len(raw))
-            if not more:
-                break
-            raw += more
-        complete = not f.read(1)
+    as text, and whether that is the whole file.
+
+    Args:
+        path: The file.
+        encoding: Its text encoding.
+        compressed: Whether it is gzip-compressed (None: when its name ends in ``.gz``).
+
+    Raises:
+        TableError: the gzip stream is truncated or damaged (the message names the file).
+    """
+    if compressed is None:
+        compressed = path.name.lower().endswith(".gz")
+    opener: Any = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(SAMPLE_BYTES)
+            while _count_lines(raw) < SAMPLE_LINES and len(raw) < MAX_SAMPLE_BYTES:  # wide rows: read on
+                more = f.read(len(raw))
+                if not more:
+                    break
+                raw += more
+            complete = not f.read(1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise gzip_error(path, e) from e
     return raw.decode(encoding, errors="replace"), complete
 
 
+def gzip_error(path: Path | str, error: BaseException) -> TableError:
+    """The error for a gzip stream that ends early or fails its checks, worded for the user."""
+    text = str(error)
+    if isinstance(error, EOFError) or "runcated" in text or "ended before" in text:
+        return TableError(f"{path}: the file is truncated: its gzip stream ends before the end marker (it was "
+                          f"cut off while copying or downloading). Copy or download it again.")
+    return TableError(f"{path}: the file is damaged: its gzip data fails the checks ({text}). Copy or download "
+                      f"it again, or recompress the original (gzip -k data.csv).")
+
+
+def _count_lines(raw: bytes) -> int:
+    """Line breaks in `raw`: LF, or CR alone (old Mac and some Excel exports end lines with CR only)."""
+    return max(raw.count(b"\n"), raw.count(b"\r"))
+
+
 def _field_counts(text: str, delimiter: str, complete: bool) -> list[int]:
-    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"'))
+    # newline="": the csv module reads CR, LF and CRLF line ends (Excel and old Mac files mix them)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"')
+    rows: list[list[str]] = []
+    try:
+        rows.extend(reader)
+    except csv.Error:  # a field over the csv module's 128 KiB limit: sniff on the rows before it
+        complete = False
     if not complete and rows:
         rows.pop()  # the sample cut the last record
     return [len(r) for r in rows if r and any(c.strip() for c in r)]
@@ -98,7 +134,7 @@ def _field_counts(text: str, delimiter: str, complete: bool) -> list[int]:
 def excel_sep(text: str) -> str | None:
     """The delimiter named by an Excel ``sep=X`` first line of `text` (optionally quoted, after a byte-order
     mark), or None when it does not start with one."""
-    first = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    first = re.split(r"\r\n|\r|\n", text.lstrip("\ufeff"), maxsplit=1)[0]
     m = re.fullmatch(r'"?sep=(.)"?\s*', first, flags=re.IGNORECASE)
     return m.group(1) if m else None
 

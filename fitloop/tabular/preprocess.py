@@ -13,6 +13,7 @@ filled column by column.
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover - a Table is accepted by duck typing (colu
     from .columns import Table
 
 __all__ = ["Preprocessor", "PreparedTable", "TableSplit", "transform_table"]
+
+_HUGE = 1e300  # a column whose mean or spread is above this is standardised in an order that cannot overflow
 
 
 class Preprocessor:
@@ -200,8 +203,12 @@ class Preprocessor:
         plan = self._plan()
         miss = ~np.isfinite(V)
         np.copyto(V, np.broadcast_to(plan["median"][part], V.shape), where=miss)
-        V -= plan["mean"][part]
-        V /= plan["std"][part]
+        mean, std, huge = plan["mean"][part], plan["std"][part], plan["huge"][part]
+        if huge.any():  # values near 1e308: x - mean overflows, x / std - mean / std does not
+            V[:, huge] = V[:, huge] / std[huge] - mean[huge] / std[huge]
+            mean, std = np.where(huge, 0.0, mean), np.where(huge, 1.0, std)  # the others as always (bit-exact)
+        V -= mean
+        V /= std
         out[:, plan["at"][part]] = V
         flagged = plan["flagged"][part]
         if flagged.any():
@@ -254,6 +261,7 @@ class Preprocessor:
                 "std": np.array([f["std"] for f in num], dtype=np.float64),
                 "at": np.array(at, dtype=np.int64), "flag_at": np.array(at, dtype=np.int64) + 1,
                 "flagged": np.array([bool(f["missing"]) for f in num], dtype=bool),
+                "huge": np.array([max(abs(f["mean"]), f["std"]) > _HUGE for f in num], dtype=bool),
                 "index": [{**{c: i for i, c in enumerate(f["categories"])}, None: -2} for f, _, _ in categorical]}
         self._plan_cache = plan
         return plan
@@ -268,10 +276,14 @@ class Preprocessor:
         if rows is not None:
             col = col.take(rows)
         if self.task == "regression":
-            y = column_as_float64(col, self.target).astype(np.float32)
+            y64 = column_as_float64(col, self.target)
+            _check_finite_target(self.target, y64, rows)
+            with np.errstate(over="ignore"):
+                y = y64.astype(np.float32)
             if not np.isfinite(y).all():
-                n_bad = int((~np.isfinite(y)).sum())
-                raise TableError(f"target {self.target!r} has {n_bad} missing value(s); drop those rows.")
+                big = float(np.abs(y64).max())
+                raise TableError(f"target {self.target!r} has values too large for float32 (up to {big:.3g}; the "
+                                 f"limit is 3.4e+38). Rescale the target (e.g. divide it by 1e30) before training.")
             return y
         assert self.classes is not None
         s = as_strings(col)
@@ -313,6 +325,19 @@ class Preprocessor:
                 f"features={len(self.feature_names)}, classes={self.num_classes})")
 
 
+def _check_finite_target(target: str, y: np.ndarray, rows: np.ndarray | None) -> None:
+    """Raise for missing or infinite target values, naming which (an infinite value is not a missing one)."""
+    n_nan = int(np.isnan(y).sum())
+    if n_nan:
+        raise TableError(f"target {target!r} has {n_nan} missing value(s); drop those rows.")
+    infinite = np.isinf(y)
+    if infinite.any():
+        at = int(np.argmax(infinite))
+        row = int(rows[at]) if rows is not None else at
+        raise TableError(f"target {target!r} has {int(infinite.sum())} infinite value(s) (first at data row "
+                         f"{row + 1}: {y[at]:g}); a model cannot fit them. Fix those cells, or delete those rows.")
+
+
 def _numeric_spec(name: str, col: Any, rows: np.ndarray | None) -> tuple[dict[str, Any] | None, str, int]:
     """A numeric (or bool) column's spec from the training rows (statistics, whether values are missing),
     or None and why it is dropped (all missing, or constant); and how many values are missing."""
@@ -324,8 +349,22 @@ def _numeric_spec(name: str, col: Any, rows: np.ndarray | None) -> tuple[dict[st
         return None, "all values missing in the training rows", n_missing
     if valid.min() == valid.max():
         return None, f"constant ({valid[0]:g}) in the training rows", n_missing
-    return {"name": name, "kind": "numeric", "mean": float(valid.mean()), "std": float(valid.std()),
+    mean, std = _mean_std(valid)
+    return {"name": name, "kind": "numeric", "mean": mean, "std": std,
             "median": float(np.median(valid)), "missing": n_missing > 0}, "", n_missing
+
+
+def _mean_std(valid: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of finite values; values near 1e308 would overflow the sums, so those
+    are computed on the values divided by their largest magnitude (both stay finite: |mean| and std are
+    at most that magnitude)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(valid.mean()), float(valid.std())
+    if math.isfinite(mean) and math.isfinite(std):
+        return mean, std
+    scale = float(np.abs(valid).max())
+    scaled = valid / scale
+    return float(scaled.mean()) * scale, float(scaled.std()) * scale
 
 
 def _categorical_spec(name: str, col: Any, rows: np.ndarray | None,

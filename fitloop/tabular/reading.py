@@ -10,7 +10,11 @@ from __future__ import annotations
 import codecs
 import gzip
 import math
+import re
+import stat
 import sys
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +69,22 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
     """
     path = Path(path)
     ext = _check_file(path)
-    if ext == ".parquet":
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise TableError(f"{path}: cannot read Parquet file: {e}") from e
-        return _finish(table, str(path), decimal, info)
-    sep, sep_line = _delimiter(path, ext, encoding, delimiter, info)
-    return _finish(_read_csv(path, encoding, sep, decimal, sep_line), str(path), decimal, info)
+    content = detect_content(path, ext, encoding)
+    if info is not None and content.note:
+        info.notes.append(content.note)
+    if content.format == "parquet":
+        return _finish(_read_parquet(path), str(path), decimal, info)
+    sep, sep_line = _delimiter(path, ext, content, delimiter, info)
+    return _finish(_read_csv(path, content, sep, decimal, sep_line), str(path), decimal, info)
 
 
 def _check_file(path: Path) -> str:
     """The extension of a file `read_table` can read; raises `TableError` for a missing, empty or other file."""
+    if path.is_dir():
+        raise _directory_error(path)
+    if path.exists() and not path.is_file():
+        raise TableError(f"{path}: is not a regular file but {_special_kind(path)}; fitloop reads a table from "
+                         f"a regular file (it reads it more than once). Save the data to a file and pass that.")
     if not path.is_file():
         raise TableError(f"{path}: file not found (check the path; cwd is {Path.cwd()}).")
     ext = _extension(path)
@@ -90,20 +98,189 @@ def _check_file(path: Path) -> str:
     return ext
 
 
-def _delimiter(path: Path, ext: str, encoding: str, delimiter: str | None,
+def _directory_error(path: Path) -> TableError:
+    """A directory passed as the table: say so, and name the data files in it (if any)."""
+    try:
+        files = sorted(p.name for p in path.iterdir() if _extension(p) and p.is_file())
+    except OSError:
+        files = []
+    if not files:
+        return TableError(f"{path}: is a directory, not a file, and holds no data files "
+                          f"({', '.join(SUPPORTED_EXTENSIONS)}). Pass the path of a table file.")
+    shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+    return TableError(f"{path}: is a directory, not a file. It holds {len(files)} data file(s): {shown}. "
+                      f"Pass one of them, e.g. {path / files[0]}.")
+
+
+def _special_kind(path: Path) -> str:
+    """What a path that exists but is neither a file nor a directory is, in words."""
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device (like /dev/null)"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+# ------------------------------------------------------------------------------------- file content
+
+
+@dataclass
+class Content:
+    """What a file holds, from its first bytes rather than its name (`detect_content`).
+
+    Attributes:
+        format: ``"text"`` (delimited text) or ``"parquet"``.
+        compressed: True when the bytes are gzip-compressed.
+        encoding: The text encoding to read it with (a byte-order mark or NUL pattern overrides UTF-8).
+        note: What differs from the file's name or the given encoding, for the user (None: nothing).
+    """
+
+    format: str
+    compressed: bool
+    encoding: str
+    note: str | None = None
+
+
+# Formats that are not tables, by their first bytes: what they are, and what to do instead
+_NOT_TABLES = (
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one)", "export the sheet as CSV, or unzip it"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel .xls (or other Office) document", "save the sheet as CSV"),
+    (b"\x7fELF", "an executable program (ELF)", "pass the data file"),
+    (b"MZ", "a Windows executable", "pass the data file"),
+    (b"\xcf\xfa\xed\xfe", "an executable program (Mach-O)", "pass the data file"),
+    (b"BZh", "bzip2-compressed", "decompress it (bunzip2), or compress it with gzip as .csv.gz"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it (unxz), or compress it with gzip as .csv.gz"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it (unzstd), or compress it with gzip as .csv.gz"),
+    (b"SQLite format 3\x00", "an SQLite database", "export the table as CSV"),
+    (b"%PDF", "a PDF document", "export the table as CSV"),
+)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_HEAD_BYTES = 4096
+
+
+def detect_content(path: Path, ext: str, encoding: str = "utf-8") -> Content:
+    """What the file holds, from its first bytes: gzip and Parquet are recognised whatever the name,
+    UTF-16/32 text from a byte-order mark or its NUL pattern, and files that are no table are refused.
+
+    Args:
+        path: The file (a regular, non-empty file).
+        ext: Its extension (one of `SUPPORTED_EXTENSIONS`).
+        encoding: The encoding asked for; UTF-8 (the default) gives way to what the bytes show.
+
+    Raises:
+        TableError: the file is not a table (binary data, an archive, an executable, JSON...), or its gzip
+            stream is truncated or damaged; the message says what it is and what to do.
+    """
+    head = _read_head(path, compressed=False)
+    compressed, note = ext.endswith(".gz"), None
+    if head.startswith(b"\x1f\x8b"):
+        if not compressed:
+            note = f"{path.name} is gzip-compressed (its name says {ext}): read decompressed"
+        compressed = True
+        head = _read_head(path, compressed=True)
+    elif compressed:
+        note = f"{path.name} is not gzip-compressed although its name ends in .gz: read as plain text"
+        compressed = False
+    if head.startswith(b"PAR1"):
+        if ext != ".parquet":
+            note = f"{path.name} is a Parquet file (its name says {ext}): read as Parquet"
+        return Content("parquet", False, encoding, note)
+    if ext == ".parquet":
+        raise TableError(f"{path}: is not a Parquet file (it does not start with the Parquet marker PAR1; first "
+                         f"bytes {head[:8]!r}). If it is delimited text, rename it to .csv.")
+    for magic, what, fix in _NOT_TABLES:
+        if head.startswith(magic):
+            raise TableError(f"{path}: is {what}, not a table; {fix}. fitloop reads delimited text (.csv, .tsv), "
+                             f"gzip-compressed text (.csv.gz, .tsv.gz) and Parquet (.parquet).")
+    found = _text_encoding(head) if _is_utf8(encoding) else None
+    if found is not None and not _is_utf8(found[0]):
+        note = f"{path.name}: encoding {found[0]} ({found[1]}; --encoding overrides)"
+        return Content("text", compressed, found[0], note)
+    if _one_byte_ascii(encoding):  # UTF-16/32 given explicitly: NUL bytes are their text
+        _check_text(path, head)
+    return Content("text", compressed, encoding, note)
+
+
+def _is_utf8(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False  # the reader names the unknown encoding
+
+
+def _one_byte_ascii(encoding: str) -> bool:
+    try:
+        return len("a".encode(encoding)) == 1
+    except LookupError:
+        return False  # the reader names the unknown encoding
+
+
+def _read_head(path: Path, compressed: bool) -> bytes:
+    """The first bytes of the file (decompressed when `compressed`)."""
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as f:
+            return f.read(_HEAD_BYTES)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise dialect.gzip_error(path, e) from e
+    except OSError as e:
+        raise TableError(f"{path}: cannot read the file ({e.strerror or e}).") from e
+
+
+def _text_encoding(head: bytes) -> tuple[str, str] | None:
+    """The encoding that the byte-order mark or the NUL pattern of ASCII text in UTF-16/32 shows, and how."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name, "from the byte-order mark"
+    n = len(head) // 4 * 4
+    if n < 8:
+        return None
+    zero = [sum(b == 0 for b in head[k:n:4]) / (n // 4) for k in range(4)]
+    patterns = {"utf-32-le": (0, 1, 1, 1), "utf-32-be": (1, 1, 1, 0), "utf-16-le": (0, 1, 0, 1),
+                "utf-16-be": (1, 0, 1, 0)}
+    for name, pattern in patterns.items():
+        if all((z > 0.9) if nul else (z < 0.1) for z, nul in zip(zero, pattern)):
+            return name, "detected from the NUL bytes between the characters"
+    return None
+
+
+def _check_text(path: Path, head: bytes) -> None:
+    """Refuse bytes that are no delimited text: NUL bytes, control characters, JSON."""
+    if not head.strip(b"\x00"):
+        raise TableError(f"{path}: holds only NUL (zero) bytes, no text: it may be a damaged copy, or a file not "
+                         f"yet fully written. Write the table again.")
+    if not head.strip() and len(head) < _HEAD_BYTES:  # the whole file, and nothing but whitespace
+        raise TableError(f"{path}: holds only blank lines, no header row and no data rows.")
+    controls = sum(b < 32 and b not in b"\t\n\r\x0c" for b in head)
+    if b"\x00" in head or controls > 0.05 * len(head):
+        raise TableError(f"{path}: is not a text file: its first bytes are binary data ({head[:12]!r}...). fitloop "
+                         f"reads delimited text (.csv, .tsv), gzip-compressed text (.csv.gz, .tsv.gz) and Parquet "
+                         f"(.parquet); check that this is the file you meant.")
+    if re.match(rb'\s*(\{\s*"|\[\s*[\[{"\d-])', head.lstrip(codecs.BOM_UTF8)):
+        raise TableError(f"{path}: looks like JSON, not a delimited table. fitloop reads CSV/TSV(.gz) and Parquet: "
+                         f"convert it first, e.g. `pandas.read_json(path).to_csv('data.csv', index=False)` "
+                         f"(JSON Lines: `lines=True`).")
+
+
+def _delimiter(path: Path, ext: str, content: Content, delimiter: str | None,
                info: ReadInfo | None) -> tuple[str, bool]:
     """The field separator (`delimiter`, else Excel's `sep=` first line, else sniffed from the first lines),
     and whether the file starts with a `sep=` line (which is not the header); notes what was detected."""
     sep = _check_delimiter(delimiter)
     detected = sep is None
     try:
-        text, complete = dialect.sample(path, encoding)  # the first lines, read once for both
+        text, complete = dialect.sample(path, content.encoding, content.compressed)  # read once for both
         hint = dialect.excel_sep(text)
         if sep is None:
             sep = hint or dialect.sniff_text(text, complete, str(path), default="\t" if ext.startswith(".tsv") else ",",
                                              prefer_tab=ext.startswith(".tsv"))
     except LookupError as e:
-        raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
+        raise TableError(f"{path}: unknown encoding {content.encoding!r}: {e}") from e
     if info is not None:
         info.delimiter, info.delimiter_detected = sep, detected
         if detected:
@@ -112,8 +289,14 @@ def _delimiter(path: Path, ext: str, encoding: str, delimiter: str | None,
     return sep, hint is not None
 
 
-def _read_csv(path: Path, encoding: str, sep: str, decimal: str | None, sep_line: bool) -> pa.Table:
+def _source(path: Path, content: Content) -> Any:
+    """What pyarrow's CSV reader reads: the path, decompressed by content rather than by name."""
+    return pa.input_stream(str(path), compression="gzip" if content.compressed else None)
+
+
+def _read_csv(path: Path, content: Content, sep: str, decimal: str | None, sep_line: bool) -> pa.Table:
     """Delimited text as pyarrow reads it, every reader failure worded as a `TableError` about the file."""
+    encoding = content.encoding
     read_opts, parse_opts, conv_opts = _csv_options(encoding, sep, decimal)
     if sep_line:
         read_opts.skip_rows = 1  # Excel's `sep=` line is not the header
@@ -121,32 +304,59 @@ def _read_csv(path: Path, encoding: str, sep: str, decimal: str | None, sep_line
         try:
             # Streaming keeps peak memory near the final table size, but infers types from the first
             # block only; if a later block disagrees, fall back to the whole-file reader (unifies types).
-            reader = pcsv.open_csv(path, read_options=read_opts, parse_options=parse_opts,
+            reader = pcsv.open_csv(_source(path, content), read_options=read_opts, parse_options=parse_opts,
                                    convert_options=conv_opts)
             table = reader.read_all()
         except pa.ArrowInvalid as e:
             if "conversion error" not in str(e):
                 raise
-            table = pcsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
+            table = pcsv.read_csv(_source(path, content), read_options=read_opts, parse_options=parse_opts,
                                   convert_options=conv_opts)
         names = table.column_names  # decodes the header: raises UnicodeDecodeError on bad bytes
     except UnicodeDecodeError as e:
-        raise _encoding_error(path, encoding, "the header row") from e
+        raise _encoding_error(path, content, "the header row") from e
     except LookupError as e:
         raise TableError(f"{path}: unknown encoding {encoding!r}: {e}") from e
     except pa.ArrowInvalid as e:
         msg = str(e)
         if "Empty CSV file" in msg:
-            raise TableError(f"{path}: the file is empty; it needs a header row and data rows.") from e
+            raise _no_rows_error(path, content) from e
         if "Expected" in msg and "columns" in msg:
-            raise _ragged_error(path, sep, encoding, msg) from e
+            raise _ragged_error(path, content, sep, msg) from e
         raise TableError(f"{path}: cannot parse as delimited text ({msg}).") from e
-    except pa.ArrowException as e:  # any other reader failure is about the file, never a fitloop bug
+    except (pa.ArrowException, OSError) as e:  # any other reader failure is about the file, never a fitloop bug
+        if content.compressed and ("compressed" in str(e) or "zlib" in str(e) or "gzip" in str(e)):
+            raise dialect.gzip_error(path, e) from e
         raise TableError(f"{path}: cannot read the file ({e}).") from e
     for name, col in zip(names, table.columns):
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-            raise _encoding_error(path, encoding, f"column {name!r}")
+            raise _encoding_error(path, content, f"column {name!r}")
     return table
+
+
+def _no_rows_error(path: Path, content: Content) -> TableError:
+    """Why a non-empty file gave pyarrow no row at all (its "Empty CSV file"): what the text holds instead."""
+    text, _ = dialect.sample(path, content.encoding, content.compressed)
+    if not text.strip():
+        return TableError(f"{path}: holds only blank lines, no header row and no data rows.")
+    first = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+    if first.count('"') % 2:
+        return TableError(f"{path}: line 1 (the header) opens a quote (\") that is never closed, so the rest of "
+                          f"the file reads as one field. Close or remove that quote: {first[:80]!r}.")
+    return TableError(f"{path}: has no complete line: the text has no line break outside quotes "
+                      f"({text[:60]!r}...). A table needs a header line and data lines.")
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    """A Parquet file as a ``pyarrow.Table``; duplicate column names and reader failures as one-line errors."""
+    try:
+        parquet = pq.ParquetFile(path)
+        check_header(list(parquet.schema_arrow.names), str(path))  # before reading: pyarrow cannot select them
+        return parquet.read()
+    except (pa.ArrowException, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TableError(f"{path}: cannot read the Parquet file ({first_line}). Check that the file is complete; "
+                         f"write it again if it was cut off.") from e
 
 
 def in_memory(data: Any) -> pa.Table | None:
@@ -231,10 +441,10 @@ def read_csv_bytes(data: bytes, *, delimiter: str | None = ",", decimal: str | N
     return _finish(table, source, decimal, None)
 
 
-def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+def _first_undecodable_line(path: Path, content: Content) -> int | None:
     """1-based line number of the first line that does not decode (error path only)."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+    decoder = codecs.getincrementaldecoder(content.encoding)()
+    with (gzip.open if content.compressed else open)(path, "rb") as f:
         for number, line in enumerate(f, 1):
             try:
                 decoder.decode(line)
@@ -243,8 +453,9 @@ def _first_undecodable_line(path: Path, encoding: str) -> int | None:
     return None
 
 
-def _encoding_error(path: Path, encoding: str, where: str) -> TableError:
-    line = _first_undecodable_line(path, encoding)
+def _encoding_error(path: Path, content: Content, where: str) -> TableError:
+    encoding = content.encoding
+    line = _first_undecodable_line(path, content)
     where += f" (first at line {line})" if line else ""
     return TableError(
         f"{path}: {where} contains bytes that are not valid {encoding}. If the file is in another "
@@ -253,7 +464,7 @@ def _encoding_error(path: Path, encoding: str, where: str) -> TableError:
     )
 
 
-def _ragged_error(path: Path, sep: str, encoding: str, msg: str) -> TableError:
+def _ragged_error(path: Path, content: Content, sep: str, msg: str) -> TableError:
     """Re-parse single-threaded to learn the line number of the first ragged row (error path only)."""
     bad: list[Any] = []
 
@@ -263,8 +474,8 @@ def _ragged_error(path: Path, sep: str, encoding: str, msg: str) -> TableError:
 
     try:
         pcsv.read_csv(
-            path,
-            read_options=pcsv.ReadOptions(encoding=encoding, use_threads=False),
+            _source(path, content),
+            read_options=pcsv.ReadOptions(encoding=content.encoding, use_threads=False),
             parse_options=pcsv.ParseOptions(delimiter=sep, invalid_row_handler=handler),
         )
     except Exception:  # noqa: BLE001 - we only want the recorded row
@@ -308,9 +519,15 @@ def non_numeric_error(name: str, col: Any, bad: Any, rows: np.ndarray | None) ->
     n_bad = int(pc.sum(bad).as_py() or 0)
     return TableError(
         f"column {name!r} is numeric but has {n_bad} non-numeric value(s); first at data row {row + 1} "
-        f"(line {row + 2} of the file, counting the header): {value!r}. Fix or blank out those cells "
+        f"(line {row + 2} of the file, counting the header): {_shorten(value)}. Fix or blank out those cells "
         f"(empty cells are treated as missing and imputed), or `--drop {name}`."
     )
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to about `limit` characters (a cell can hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
 
 
 def numeric_mask(col: Any) -> Any:
@@ -336,7 +553,8 @@ def column_as_float64(col: Any, name: str, rows: np.ndarray | None = None) -> np
         col = pc.utf8_trim_whitespace(as_strings(col))
     elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
         raise TableError(f"column {name!r} has type {t}, which cannot be used as a number; `--drop {name}`.")
-    out = pc.cast(col, pa.float64())
+    # integers beyond 2**53 (a uint64 id, 18446744073709551615) round to the nearest float, as numbers do
+    out = pc.cast(col, pa.float64(), safe=not pa.types.is_integer(col.type))
     out = (pc.fill_null(out, math.nan) if out.null_count else out).to_numpy()
     return np.array(out, dtype=np.float64, copy=True) if not out.flags.writeable else out
 
