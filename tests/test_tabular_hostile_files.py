@@ -272,3 +272,11 @@ def test_bom_detection_leaves_an_explicit_encoding_alone(at, capsys):
     code, out, err = _dry_run(capsys, path, "--encoding", "utf-16")
     assert code == 0, err
     assert "encoding utf-16" not in out  # nothing detected: the given encoding was used
+
+
+def test_a_ragged_row_with_bytes_that_are_not_utf8_prints_no_traceback(at, capsys):
+    """pyarrow decodes the bad row's text itself and printed "Exception ignored ... UnicodeDecodeError"."""
+    path = _write(at / "rag.csv", b"a,b,y\n1,2,3\n4,5,6\n7,\xe98,9,10\n" + b"1,2,3\n" * 30)
+    code, _, err = _dry_run(capsys, path)
+    _assert_refused(code, err, path, "line 4 has 4 fields but the header has 3")
+    assert "Exception ignored" not in err and len(err.strip().splitlines()) == 1

@@ -29,6 +29,7 @@ from .dialect import ReadInfo, check_header, parse_number_columns
 from .errors import TableError
 
 __all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table", "read_csv_bytes", "in_memory",
+           "Content", "detect_content",
            "is_text_type", "as_strings", "numeric_mask", "column_as_float64", "non_numeric_error", "sorted_unique"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
@@ -63,9 +64,13 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         The file as a ``pyarrow.Table`` (column types inferred by pyarrow; numbers with a decimal comma
         or thousands separators parsed; empty header names as ``(unnamed N)``).
 
+    The content, not the name, decides how the file is read (`detect_content`): gzip and Parquet by
+    their first bytes, UTF-16/32 text by its byte-order mark or NUL pattern (when `encoding` is UTF-8).
+
     Raises:
-        TableError: Missing/empty file, unsupported extension, bad encoding, ragged rows, an ambiguous
-            delimiter or decimal mark, or duplicate column names.
+        TableError: Missing/empty file, a directory, FIFO or device, unsupported extension, a file that is
+            no table (binary data, an archive, JSON...), a truncated or damaged gzip stream, bad encoding,
+            ragged rows, an ambiguous delimiter or decimal mark, or duplicate column names.
     """
     path = Path(path)
     ext = _check_file(path)
@@ -162,6 +167,7 @@ _NOT_TABLES = (
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _HEAD_BYTES = 4096
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\x0c")  # never in text (NUL among them)
 
 
 def detect_content(path: Path, ext: str, encoding: str = "utf-8") -> Content:
@@ -240,7 +246,7 @@ def _text_encoding(head: bytes) -> tuple[str, str] | None:
     n = len(head) // 4 * 4
     if n < 8:
         return None
-    zero = [sum(b == 0 for b in head[k:n:4]) / (n // 4) for k in range(4)]
+    zero = [head[k:n:4].count(0) / (n // 4) for k in range(4)]
     patterns = {"utf-32-le": (0, 1, 1, 1), "utf-32-be": (1, 1, 1, 0), "utf-16-le": (0, 1, 0, 1),
                 "utf-16-be": (1, 0, 1, 0)}
     for name, pattern in patterns.items():
@@ -256,7 +262,7 @@ def _check_text(path: Path, head: bytes) -> None:
                          f"yet fully written. Write the table again.")
     if not head.strip() and len(head) < _HEAD_BYTES:  # the whole file, and nothing but whitespace
         raise TableError(f"{path}: holds only blank lines, no header row and no data rows.")
-    controls = sum(b < 32 and b not in b"\t\n\r\x0c" for b in head)
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
     if b"\x00" in head or controls > 0.05 * len(head):
         raise TableError(f"{path}: is not a text file: its first bytes are binary data ({head[:12]!r}...). fitloop "
                          f"reads delimited text (.csv, .tsv), gzip-compressed text (.csv.gz, .tsv.gz) and Parquet "
@@ -472,10 +478,13 @@ def _ragged_error(path: Path, content: Content, sep: str, msg: str) -> TableErro
         bad.append(row)
         return "error"
 
+    # pyarrow decodes a bad row's text as UTF-8 before calling the handler, and prints a traceback when that
+    # fails: UTF-8 is read as latin-1 here (every byte decodes), and the text decoded back below
+    as_latin1 = _is_utf8(content.encoding)
     try:
         pcsv.read_csv(
             _source(path, content),
-            read_options=pcsv.ReadOptions(encoding=content.encoding, use_threads=False),
+            read_options=pcsv.ReadOptions(encoding="latin-1" if as_latin1 else content.encoding, use_threads=False),
             parse_options=pcsv.ParseOptions(delimiter=sep, invalid_row_handler=handler),
         )
     except Exception:  # noqa: BLE001 - we only want the recorded row
@@ -484,9 +493,10 @@ def _ragged_error(path: Path, content: Content, sep: str, msg: str) -> TableErro
         return TableError(f"{path}: rows have inconsistent column counts ({msg}).")
     row = bad[0]
     line = f"line {row.number}" if row.number is not None else "a row"
+    text = row.text.encode("latin-1").decode("utf-8", errors="replace") if as_latin1 else row.text
     return TableError(
         f"{path}: {line} has {row.actual_columns} fields but the header has {row.expected_columns} "
-        f"(row text: {row.text[:80]!r}). Fix that line: quote fields that contain {sep!r}, or pass the "
+        f"(row text: {text[:80]!r}). Fix that line: quote fields that contain {sep!r}, or pass the "
         f"right delimiter (`--delimiter` / `delimiter=`)."
     )
 
