@@ -280,3 +280,18 @@ def test_a_ragged_row_with_bytes_that_are_not_utf8_prints_no_traceback(at, capsy
     code, _, err = _dry_run(capsys, path)
     _assert_refused(code, err, path, "line 4 has 4 fields but the header has 3")
     assert "Exception ignored" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_and_evaluate_read_by_content_too(at, capsys):
+    data = _write(at / "ok.csv", TEXT.encode())
+    assert _train(capsys, data)[0] == 0
+    for name, content in [("g.csv", gzip.compress(TEXT.encode())), ("u.csv", TEXT.encode("utf-16")),
+                          ("cr.csv", TEXT.replace("\n", "\r").encode())]:
+        path = _write(at / name, content)
+        code, _, err = _cli(capsys, "predict", at / "run", path, "--out", at / f"pred_{name}")
+        assert code == 0, err
+        assert len((at / f"pred_{name}").read_text().strip().splitlines()) == ROWS + 1
+        code, _, err = _cli(capsys, "evaluate", at / "run", path)
+        assert code == 0, err
+    code, _, err = _cli(capsys, "predict", at / "run", _write(at / "z.csv", bytes(50)), "--out", at / "p.csv")
+    _assert_refused(code, err, at / "z.csv", "holds only NUL (zero) bytes")
