@@ -295,3 +295,15 @@ def test_predict_and_evaluate_read_by_content_too(at, capsys):
         assert code == 0, err
     code, _, err = _cli(capsys, "predict", at / "run", _write(at / "z.csv", bytes(50)), "--out", at / "p.csv")
     _assert_refused(code, err, at / "z.csv", "holds only NUL (zero) bytes")
+
+
+def test_predict_names_a_column_with_values_near_1e308(at, capsys):
+    """Ordinary training values, then 1.7e308 at predict time: standardised, it overflowed float32 (a
+    RuntimeWarning and an inf input)."""
+    data = _write(at / "ok.csv", TEXT.encode())
+    assert _train(capsys, data)[0] == 0
+    rows = "".join(f"{i * 0.5},{-1.7e308 if i == 4 else i * 2 % 7},{i % 3}\n" for i in range(ROWS))
+    path = _write(at / "new.csv", f"a,b,y\n{rows}".encode())
+    code, _, err = _cli(capsys, "predict", at / "run", path, "--out", at / "p.csv")
+    assert code == 2, err
+    assert "column 'b' has 1 value(s) too far outside the training range" in err and "Warning" not in err

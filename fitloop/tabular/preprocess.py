@@ -209,10 +209,26 @@ class Preprocessor:
             mean, std = np.where(huge, 0.0, mean), np.where(huge, 1.0, std)  # the others as always (bit-exact)
         V -= mean
         V /= std
-        out[:, plan["at"][part]] = V
+        try:
+            with np.errstate(over="raise"):  # free unless a value overflows float32
+                out[:, plan["at"][part]] = V
+        except FloatingPointError:
+            raise self._beyond_float32(V, part) from None
         flagged = plan["flagged"][part]
         if flagged.any():
             out[:, plan["flag_at"][part][flagged]] = miss[:, flagged]
+
+    def _beyond_float32(self, V: np.ndarray, part: slice) -> TableError:
+        """The error for standardised values beyond float32's range: a cell near 1e308 in a column whose
+        training values were ordinary (training values themselves always fit)."""
+        names = self._plan()["numeric"][part]
+        too_big = np.abs(V) > np.finfo(np.float32).max
+        column = int(np.argmax(too_big.any(0)))
+        row = int(np.argmax(too_big[:, column]))
+        return TableError(f"column {names[column]!r} has {int(too_big[:, column].sum())} value(s) too far outside "
+                          f"the training range to use (first at row {row + 1}: standardised "
+                          f"{V[row, column]:.3g}, beyond float32's 3.4e+38). Fix or blank out those cells (blank "
+                          f"cells are imputed).")
 
     def _codes_into(self, out: np.ndarray, k: int, codes: np.ndarray, unknown: list[str]) -> None:
         """One-hot the `k`-th categorical feature from its codes (-1 unseen, -2 missing)."""
