@@ -151,7 +151,7 @@ REFUSED = {
     "program.csv": (b"\x7fELF\x02\x01\x01" + bytes(200), ["is an executable program (ELF), not a table"]),
     "book.csv": (b"PK\x03\x04" + bytes(100), ["ZIP archive", "export the sheet as CSV"]),
     "zeros.csv": (bytes(64), ["holds only NUL (zero) bytes, no text"]),
-    "nul_inside.csv": (b"a,b,y\n1,2,\x003\n", ["is not a text file"]),
+    "nul_inside.csv": (TEXT.encode() + b"1,2,\x003\n", ["its text holds NUL (zero) bytes, first on line 42"]),
     "data.csv": (json.dumps({"a": [1, 2], "y": [3, 4]}).encode(), ["looks like JSON", "pandas.read_json"]),
     "lines.csv": (b'{"a": 1, "y": 2}\n{"a": 3, "y": 4}\n', ["looks like JSON", "lines=True"]),
     "quote.csv": (b'"a,b,y\n1,2,3\n4,5,6\n', ["line 1 (the header) opens a quote", "never closed"]),

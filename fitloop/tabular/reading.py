@@ -193,7 +193,7 @@ def detect_content(path: Path, ext: str, encoding: str = "utf-8") -> Content:
     elif compressed:
         note = f"{path.name} is not gzip-compressed although its name ends in .gz: read as plain text"
         compressed = False
-    if head.startswith(b"PAR1"):
+    if head.startswith((b"PAR1", b"PARE")):  # PARE: an encrypted footer
         if ext != ".parquet":
             note = f"{path.name} is a Parquet file (its name says {ext}): read as Parquet"
         return Content("parquet", False, encoding, note)
@@ -263,10 +263,14 @@ def _check_text(path: Path, head: bytes) -> None:
     if not head.strip() and len(head) < _HEAD_BYTES:  # the whole file, and nothing but whitespace
         raise TableError(f"{path}: holds only blank lines, no header row and no data rows.")
     controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
-    if b"\x00" in head or controls > 0.05 * len(head):
+    if controls > 0.05 * len(head):
         raise TableError(f"{path}: is not a text file: its first bytes are binary data ({head[:12]!r}...). fitloop "
                          f"reads delimited text (.csv, .tsv), gzip-compressed text (.csv.gz, .tsv.gz) and Parquet "
                          f"(.parquet); check that this is the file you meant.")
+    if b"\x00" in head:  # text with a few NUL bytes: a damaged copy, or a tool that pads with zeros
+        line = head[:head.index(b"\x00")].count(b"\n") + 1
+        raise TableError(f"{path}: its text holds NUL (zero) bytes, first on line {line}; a table has none. Remove "
+                         f"them (e.g. `tr -d '\\000' < {path.name} > clean.csv`) or write the file again.")
     if re.match(rb'\s*(\{\s*"|\[\s*[\[{"\d-])', head.lstrip(codecs.BOM_UTF8)):
         raise TableError(f"{path}: looks like JSON, not a delimited table. fitloop reads CSV/TSV(.gz) and Parquet: "
                          f"convert it first, e.g. `pandas.read_json(path).to_csv('data.csv', index=False)` "
