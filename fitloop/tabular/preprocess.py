@@ -365,22 +365,22 @@ def _numeric_spec(name: str, col: Any, rows: np.ndarray | None) -> tuple[dict[st
         return None, "all values missing in the training rows", n_missing
     if valid.min() == valid.max():
         return None, f"constant ({valid[0]:g}) in the training rows", n_missing
-    mean, std = _mean_std(valid)
+    mean, std, median = _statistics(valid)
     return {"name": name, "kind": "numeric", "mean": mean, "std": std,
-            "median": float(np.median(valid)), "missing": n_missing > 0}, "", n_missing
+            "median": median, "missing": n_missing > 0}, "", n_missing
 
 
-def _mean_std(valid: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of finite values; values near 1e308 would overflow the sums, so those
-    are computed on the values divided by their largest magnitude (both stay finite: |mean| and std are
-    at most that magnitude)."""
+def _statistics(valid: np.ndarray) -> tuple[float, float, float]:
+    """Mean, standard deviation and median of finite values; values near 1e308 would overflow the sums
+    (and the median's average of the middle two), so those are computed on the values divided by their
+    largest magnitude (all stay finite: each is at most that magnitude)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        mean, std = float(valid.mean()), float(valid.std())
-    if math.isfinite(mean) and math.isfinite(std):
-        return mean, std
+        stats = float(valid.mean()), float(valid.std()), float(np.median(valid))
+    if all(math.isfinite(x) for x in stats):
+        return stats
     scale = float(np.abs(valid).max())
     scaled = valid / scale
-    return float(scaled.mean()) * scale, float(scaled.std()) * scale
+    return float(scaled.mean()) * scale, float(scaled.std()) * scale, float(np.median(scaled)) * scale
 
 
 def _categorical_spec(name: str, col: Any, rows: np.ndarray | None,
