@@ -313,3 +313,9 @@ def test_predict_names_a_column_with_values_near_1e308(at, capsys):
     code, _, err = _cli(capsys, "predict", at / "run", path, "--out", at / "p.csv")
     assert code == 2, err
     assert "column 'b' has 1 value(s) too far outside the training range" in err and "Warning" not in err
+
+
+def test_a_single_line_without_a_line_break_is_not_called_empty(at, capsys):
+    path = _write(at / "one_line.csv", b"a,b,y")
+    code, _, err = _dry_run(capsys, path)
+    _assert_refused(code, err, path, "holds a single line and no line break outside quotes ('a,b,y')")

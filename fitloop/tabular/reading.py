@@ -353,8 +353,8 @@ def _no_rows_error(path: Path, content: Content) -> TableError:
     if first.count('"') % 2:
         return TableError(f"{path}: line 1 (the header) opens a quote (\") that is never closed, so the rest of "
                           f"the file reads as one field. Close or remove that quote: {first[:80]!r}.")
-    return TableError(f"{path}: has no complete line: the text has no line break outside quotes "
-                      f"({text[:60]!r}...). A table needs a header line and data lines.")
+    return TableError(f"{path}: holds a single line and no line break outside quotes ({text[:60]!r}); a table "
+                      f"needs a header line and data lines below it.")
 
 
 def _read_parquet(path: Path) -> pa.Table:
