@@ -65,6 +65,8 @@ def test_fraction_count_and_sign_are_checked():
         fl.split(X, y, fractions=(0.0, 1.0))
     with pytest.raises(ValueError, match="each fraction must be >= 0"):
         fl.split(X, y, fractions=(1.1, -0.1))
+    with pytest.raises(ValueError, match=r"fractions: got \(nan, 0\.5, 0\.5\); each fraction must be a finite number"):
+        fl.split(X, y, fractions=(float("nan"), 0.5, 0.5))
 
 
 def test_lengths_must_match():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 __all__ = ["check_fractions"]
@@ -22,6 +23,9 @@ def check_fractions(fractions: Sequence[float], *, name: str = "fractions",
     fr = tuple(float(f) for f in fractions)
     if len(fr) not in (2, 3):
         raise ValueError(f"{name}: got {fractions!r}; pass 2 or 3 fractions (train, val[, test]), "
+                         f"e.g. {example}.")
+    if not all(math.isfinite(f) for f in fr):
+        raise ValueError(f"{name}: got {fractions!r}; each fraction must be a finite number from 0 to 1, "
                          f"e.g. {example}.")
     if any(f < 0 for f in fr) or fr[0] <= 0:
         raise ValueError(f"{name}: got {fractions!r}; each fraction must be >= 0 and the train fraction > 0, "
