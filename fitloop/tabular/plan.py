@@ -13,7 +13,6 @@ from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from ..data.splitting import split_counts, split_indices
@@ -23,6 +22,7 @@ from .columns import Table
 from .config import Budget, ConfigError, RunConfig, training_budget
 from .errors import TableError
 from .preprocess import Preprocessor
+from .reading import signless_zero
 
 __all__ = ["RunPlan", "plan_run", "load_table", "IN_MEMORY"]
 
@@ -138,10 +138,7 @@ def _signless_zero_target(table: Table, cfg: RunConfig) -> Table:
     if len(zeros) < 2:
         return table
     d = cfg.data
-    i = table.data.column_names.index(table.target)
-    column = table.data.column(i)
-    signless = pc.add(column, pa.scalar(0.0, column.type))  # -0.0 + 0.0 is 0.0
-    rebuilt = Table.from_arrow(table.data.set_column(i, table.target, signless), table.target, task=d.task,
+    rebuilt = Table.from_arrow(signless_zero(table.data, table.target), table.target, task=d.task,
                                drop=d.drop, id=d.id, max_categories=d.max_categories, source=table.source,
                                load_seconds=table.load_seconds)
     rebuilt.read_info, rebuilt.notes = table.read_info, table.notes

@@ -30,7 +30,8 @@ from .errors import TableError
 
 __all__ = ["SUPPORTED_EXTENSIONS", "ReadInfo", "TableError", "read_table", "read_csv_bytes", "in_memory",
            "Content", "detect_content",
-           "is_text_type", "as_strings", "numeric_mask", "column_as_float64", "non_numeric_error", "sorted_unique"]
+           "is_text_type", "as_strings", "numeric_mask", "column_as_float64", "non_numeric_error", "sorted_unique",
+           "signless_zero"]
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 _NUMBER_RE = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))\s*$"
@@ -576,3 +577,16 @@ def column_as_float64(col: Any, name: str, rows: np.ndarray | None = None) -> np
 def sorted_unique(col: Any) -> list[Any]:
     """The distinct values of an Arrow column, sorted, without missing values (null or NaN)."""
     return sorted(v for v in pc.unique(col).to_pylist() if v is not None and v == v)
+
+
+def signless_zero(data: pa.Table, name: str) -> pa.Table:
+    """`data` with -0.0 read as 0.0 in the float column `name` (other columns and types as they are).
+
+    Arrow tells the two zeros apart by their bits, so a class target of 0.0 and -0.0 would be two classes;
+    they are one number. Training and `evaluate` read a target through this one rule.
+    """
+    i = data.schema.get_field_index(name)
+    column = data.column(i)
+    if not pa.types.is_floating(column.type):
+        return data
+    return data.set_column(i, name, pc.add(column, pa.scalar(0.0, column.type)))  # -0.0 + 0.0 is 0.0

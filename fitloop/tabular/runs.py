@@ -23,7 +23,6 @@ from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from ..bundle import load
@@ -31,7 +30,7 @@ from ..config import RUN_FORMAT
 from ..metrics import MetricSet, to_python
 from .errors import TableError
 from .preprocess import Preprocessor, transform_table
-from .reading import in_memory, read_table
+from .reading import in_memory, read_table, signless_zero
 
 __all__ = ["LoadedRun", "NotARunError", "check_run", "load_run", "predict_file", "predict_columns", "evaluate_file",
            "score"]
@@ -222,17 +221,6 @@ def _without_target(run: LoadedRun, data: Any) -> Any:
     return data.select([n for n in names if n != target]) if target in names else data
 
 
-def _signless_zero(data: pa.Table, name: str) -> pa.Table:
-    """`data` with -0.0 read as 0.0 in the float column `name`, as training read its target (one class 0.0)."""
-    if not isinstance(data, pa.Table):  # a fitloop `Table`: read by training's rules already
-        return data
-    i = data.schema.get_field_index(name)
-    column = data.column(i)
-    if not pa.types.is_floating(column.type):
-        return data
-    return data.set_column(i, name, pc.add(column, pa.scalar(0.0, column.type)))  # -0.0 + 0.0 is 0.0
-
-
 def predict_columns(run: LoadedRun, X, *, proba: bool = False) -> dict[str, Any]:
     """The prediction columns for encoded rows `X`: what `predict_file` writes, and `fitloop serve` answers.
 
@@ -273,7 +261,7 @@ def evaluate_file(run: LoadedRun, data, *, encoding: str = "utf-8", delimiter: s
                          f"use `fitloop predict` for unlabelled data. Columns are: {data.column_names}.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        enc = transform_table(run.preprocessor, _signless_zero(data, target))
+        enc = transform_table(run.preprocessor, data if not isinstance(data, pa.Table) else signless_zero(data, target))
     if enc.y is None:
         raise TableError(f"target column {target!r} is empty in this file; evaluate needs labels.")
     y = enc.y
