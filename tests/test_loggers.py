@@ -140,6 +140,31 @@ def test_resume_keeps_every_log_consistent(tmp_path, mlflow_uri):
     assert client.get_run(mls[0].run_id).info.status == "FINISHED"
 
 
+def test_a_resume_in_the_same_second_still_sorts_its_event_file_last(tmp_path):
+    """TensorBoard reads event files in name order, and a name starts with the creation second. A resume in the
+    same second as the interrupted run, whose file name sorts later within that second (another host, pid or
+    writer number: uid 10 sorts before uid 9), must still be read last, so that its purge hides the interrupted
+    epoch 3 instead of the other way round."""
+    import time
+
+    data, val = _data(), _data(32, 1)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer(run, [fl.TensorBoardLogger(), Crash(20)], epochs=5, checkpoint_every_epochs=2).fit(data, val)
+    (first,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    parts = first.name.split(".")
+
+    class SameSecond(fl.Callback):  # runs just before the logger's on_fit_start opens the new file
+        def on_fit_start(self, trainer):
+            parts[3], parts[4] = f"{int(time.time()):010d}", "~"  # this second, a host that sorts after any
+            first.rename(first.with_name(".".join(parts)))
+
+    _trainer(run, [SameSecond(), fl.TensorBoardLogger()], epochs=5, checkpoint_every_epochs=2).resume(data, val)
+    names = sorted(p.name for p in (run / "tensorboard").glob("events.out.tfevents.*"))
+    assert names[0] == ".".join(parts)
+    assert [e.step for e in _events(run / "tensorboard").Scalars("loss/train")] == [1, 2, 3, 4, 5]
+
+
 def test_cli_log_tensorboard_and_mlflow(tmp_path, monkeypatch, mlflow_uri, capsys):
     from mlflow.tracking import MlflowClient
 

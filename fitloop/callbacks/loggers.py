@@ -25,6 +25,7 @@ import csv
 import datetime as _dt
 import io
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,6 +229,23 @@ def _tb_tag(key: str) -> str:
     return f"{key[4:]}/val" if key.startswith("val_") else f"{key}/train"
 
 
+def _after_existing_event_files(log_dir: str) -> None:
+    """Wait, at most a second, until a new event file's name sorts after every one already in `log_dir`.
+
+    TensorBoard reads a directory's event files in name order, and a name starts with the creation second
+    (`events.out.tfevents.<seconds>.<host>.<pid>.<n>`). A resume within the same second as the run it resumes
+    (the Python API, a test) could otherwise sort first, and its purge of the interrupted epochs would be read
+    before them instead of after.
+    """
+    stamps = []
+    for path in Path(log_dir).glob("events.out.tfevents.*"):
+        field = path.name.split(".")[3]
+        if field.isdigit():
+            stamps.append(int(field))
+    if stamps and max(stamps) >= int(time.time()):
+        time.sleep(min(1.0, max(0.0, max(stamps) + 1 - time.time())))  # a clock set back: no long wait
+
+
 class TensorBoardLogger(Callback):
     """Per-epoch scalars and the hyperparameters as TensorBoard event files.
 
@@ -273,6 +291,7 @@ class TensorBoardLogger(Callback):
             self.log_dir = str(Path(run_dir) / "tensorboard") if run_dir else str(Path("tensorboard") / _stamp())
         # A resume: hide what the interrupted session logged after its checkpoint (epochs > state.epoch).
         purge = trainer.state.epoch + 1 if trainer.state.epoch or trainer.history else None
+        _after_existing_event_files(self.log_dir)
         self.writer = SummaryWriter(self.log_dir, purge_step=purge, flush_secs=self.flush_secs)
 
     def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
