@@ -36,7 +36,7 @@ from torch.utils.data import (
 )
 
 from ..metrics import normalize_task
-from .checks import warn
+from .checks import guard_settings, warn
 from .sharding import DistributedEpochSampler, ShardedBatches
 from .splitting import Split
 
@@ -204,12 +204,13 @@ Batches = TensorBatches | ShardedBatches | LoaderBatches  # what a Trainer itera
 
 def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: bool, device: torch.device,
                  float_dtype: torch.dtype = torch.float32, task: str | None = None,
-                 num_workers: int = 0, split: str = "data") -> Batches:
+                 num_workers: int = 0, split: str = "data", guards: dict[str, Any] | bool = True) -> Batches:
     """The batch source for `data`, which yields `(x, y)` on `device` (`y` None when unlabelled).
 
     In-memory data (`(X, y)`, a `Split`, a `TensorDataset`, a `Subset` of one or a default-collate
     `DataLoader` over one) goes to the device once, float features in `float_dtype` and targets in the
-    dtype `task`'s loss expects (`prepare_target`; `split` names the data in its messages), and is
+    dtype `task`'s loss expects (`prepare_target`; `split` names the data in its messages; `guards`, a
+    `TrainConfig.guards`, switches its float-class-target warning off with `{"class_targets": False}`), and is
     batched by index slicing; a loader's `batch_size`, `shuffle` and `drop_last` replace the given ones.
     Other `Dataset`s and `DataLoader`s go through a DataLoader. Evaluation (`train=False`) uses bigger
     batches and never shuffles. In a process group of several ranks, each rank gets its shard
@@ -238,7 +239,9 @@ def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: boo
     rank, world = _ranks()
     if isinstance(data, Split):
         X = data.X.to(device)
-        y = data.y if data.y is None or task is None else prepare_target(data.y, task, float_dtype, split)
+        warn_floats = bool(guard_settings(guards)["class_targets"])
+        y = data.y if data.y is None or task is None else prepare_target(data.y, task, float_dtype, split,
+                                                                         warn_floats=warn_floats)
         if X.is_floating_point():
             X = X.to(float_dtype)
         y = None if y is None else y.to(device)
@@ -294,12 +297,13 @@ def in_memory(data: Any) -> tuple[Split, dict[str, Any]] | None:
 
 
 def prepare_target(y: torch.Tensor, task: str, float_dtype: torch.dtype = torch.float32,
-                   split: str = "data") -> torch.Tensor:
+                   split: str = "data", *, warn_floats: bool = True) -> torch.Tensor:
     """Targets in the dtype the loss expects, converted once (not per step): class indices as
     int64 for cross-entropy, floats for regression and binary targets.
 
     Float class targets (`split` names the data in messages: `"train"`, `"val"`): whole numbers are
-    converted to int64 with a `GuardWarning` (once per split, under Python's default warning filter);
+    converted to int64 with a `GuardWarning` (once per split, under Python's default warning filter; none
+    with `warn_floats=False`, the `class_targets` guard switched off);
     fractional or non-finite values raise a `ValueError` naming the split, the rows and the values."""
     kind = normalize_task(task, 2)
     if kind == "multiclass" and y.is_floating_point() and y.ndim == 1:
@@ -309,9 +313,10 @@ def prepare_target(y: torch.Tensor, task: str, float_dtype: torch.dtype = torch.
             raise ValueError(f"{split} y: cross-entropy needs class indices (0..C-1) but y has fractional values "
                              f"(rows {', '.join(map(str, bad.tolist()))}: {values}); "
                              "use a regression loss, or pass integer labels.")
-        warn(f"{split} y: the class targets are floats ({y.dtype}); their whole values were converted to class "
-             "indices (int64) for cross-entropy. Pass integer labels (y.long()) to make this explicit, or use a "
-             "regression loss if y is a quantity.")
+        if warn_floats:
+            warn(f"{split} y: the class targets are floats ({y.dtype}); their whole values were converted to class "
+                 "indices (int64) for cross-entropy. Pass integer labels (y.long()) to make this explicit, or use "
+                 "a regression loss if y is a quantity. (guards={'class_targets': False} switches this off.)")
         return y.long()
     if kind in ("regression", "binary") and not y.is_floating_point():
         return y.to(float_dtype)
