@@ -230,6 +230,8 @@ def test_cli_nproc_restarts_after_a_death_resumes_and_predicts(tmp_path):
     assert info["status"] == "finished" and info["sessions"] == 2 and info["epoch"] == 4
     assert "-e2-" in info["resumed_from"]  # the checkpoint of epoch 2
     assert len((run / "history.jsonl").read_text().splitlines()) == 4
+    rows = (run / "history.csv").read_text().splitlines()  # rank 0 writes it, once per epoch
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2", "3", "4"]
     pred = subprocess.run([sys.executable, "-m", "fitloop", "predict", str(run), str(csv)], env=_env(),
                           capture_output=True, text=True, timeout=120)
     assert pred.returncode == 0, pred.stderr

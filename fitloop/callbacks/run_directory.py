@@ -147,7 +147,7 @@ class RunDirectory:
         if is_main_process():
             with open(self.path / "history.jsonl", "a") as f:
                 f.write(json.dumps(logs, default=str) + "\n")
-        self._csv.append(logs, history)
+            self._csv.append(logs, history)
 
     def rewrite_history(self, history: list[dict[str, Any]]) -> None:
         """Both history files, as `history` has them."""
