@@ -7,8 +7,13 @@ import torch
 from torch import nn
 
 import fitloop as fl
+import fitloop.tabular
+from fitloop.cli import main
 from fitloop.data.batches import make_batches
 from fitloop.diagnose.checks import GuardWarning
+from fitloop.tabular.config import ConfigError
+
+SMALL = "x,z,y\n" + "".join(f"{i * 0.5},{i % 3},{i * 1.5 + (i % 3)}\n" for i in range(40))
 
 
 def _guard_messages(record) -> list[str]:
@@ -47,3 +52,35 @@ def test_float_class_targets_in_a_fit_honour_the_class_targets_guard():
         fl.Trainer(nn.Linear(3, 3), loss="cross_entropy", epochs=1, quiet=True,
                    guards={"class_targets": False}).fit((X, y))
     assert not [m for m in _guard_messages(rec) if "class targets are floats" in m]
+
+
+# ------------------------------------------------------------------ --epochs 0 is a user error
+
+
+EPOCHS_0 = ("train.epochs: got 0; pass a whole number >= 1 (--epochs N, the epochs to train), or leave --epochs "
+            "out to decide it from the data. To score a trained run's model on a table without training, use "
+            "`fitloop evaluate RUN_DIR DATA`.")
+
+
+@pytest.mark.parametrize("how", ["flag", "set", "config"])
+def test_epochs_0_is_a_user_error_and_writes_no_run(tmp_path, capsys, how):
+    data = tmp_path / "d.csv"
+    data.write_text(SMALL)
+    args = {"flag": ["--epochs", "0"], "set": ["--set", "train.epochs=0"], "config": ["--config", "c.toml"]}[how]
+    (tmp_path / "c.toml").write_text("[train]\nepochs = 0\n")
+    out = tmp_path / "runs" / "zero"
+    code = main(["train", str(data), "--target", "y", "--out", str(out),
+                 *[str(tmp_path / a) if a == "c.toml" else a for a in args]])
+    stdout, err = capsys.readouterr()
+    assert code == 2
+    assert err == f"fitloop: error: {EPOCHS_0}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_epochs_0_is_refused_by_the_python_api_with_the_same_words(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text(SMALL)
+    with pytest.raises(ConfigError) as e:
+        fitloop.tabular.train(data, "y", epochs=0, out=tmp_path / "runs" / "zero")
+    assert str(e.value) == EPOCHS_0
+    assert not (tmp_path / "runs").exists()

@@ -185,6 +185,7 @@ class TrainSection(TrainConfig):
     max_time: float | None = 600.0
 
     def validate(self) -> None:
+        self._validate_epochs()
         super().validate()
         check_seed("train.seed (--seed)", self.seed)
         if self.early_stopping is not None and self.early_stopping < 0:
@@ -200,6 +201,14 @@ class TrainSection(TrainConfig):
             raise ConfigError(f"train.budget_steps: got {self.budget_steps}; pass a number of steps >= 1.")
         if self.max_time is not None and not self.max_time > 0:
             raise ConfigError(f"train.max_time: got {self.max_time}; pass seconds > 0, or none for no limit.")
+
+    def _validate_epochs(self) -> None:
+        """A table run trains at least one epoch. The library's `TrainConfig` allows 0 (a Trainer that only
+        evaluates), but a run of 0 epochs would be saved and listed as a trained run of the untrained model."""
+        if isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs < 1:
+            raise ConfigError(f"train.epochs: got {self.epochs}; pass a whole number >= 1 (--epochs N, the epochs "
+                              "to train), or leave --epochs out to decide it from the data. To score a trained "
+                              "run's model on a table without training, use `fitloop evaluate RUN_DIR DATA`.")
 
     def trainer_config(self) -> TrainConfig:
         """The plain `TrainConfig` part (what the `Trainer` takes)."""
