@@ -102,7 +102,7 @@ class TrainState:
         if self.skipped_steps:
             logs["skipped_steps"] = self.skipped_steps
         if self.grad_norms:
-            logs["grad_norm"] = torch.stack(self.grad_norms).mean()
+            logs["grad_norm"] = finite_mean(torch.stack(self.grad_norms))
         outputs, self.outputs, self.grad_norms = self.outputs, [], []
         return logs, outputs
 
@@ -188,3 +188,13 @@ def set_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def finite_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of the finite entries (no host sync); NaN when there are none.
+
+    An epoch's `grad_norm` is the mean over the steps that were applied: a step skipped for a non-finite
+    gradient has a non-finite norm, which would otherwise turn the whole epoch's value into NaN.
+    """
+    finite = values.isfinite()
+    return torch.where(finite, values, 0).sum() / finite.sum()

@@ -223,3 +223,11 @@ def test_cleanup_reaches_every_callback_and_handlers_follow_the_callback_list(tm
     ok.callbacks.append(Late())  # added after fit: still reached
     ok.notify_checkpoint("x")
     assert seen == ["x"]
+
+
+def test_the_epoch_grad_norm_leaves_out_skipped_steps():
+    """The mean over the applied steps; NaN only when every step of the epoch was skipped."""
+    from fitloop.state import finite_mean
+
+    assert finite_mean(torch.tensor([1.0, float("nan"), 3.0, float("inf")])).item() == 2.0
+    assert finite_mean(torch.tensor([float("nan")])).isnan()
