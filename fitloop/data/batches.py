@@ -8,6 +8,8 @@
   the loader's `batch_size`, `shuffle` and `drop_last` (the order follows the Trainer's seed).
 * **Any other `Dataset` or `DataLoader`**: batches come from a `DataLoader` whose sampler draws its
   permutation from the Trainer's own generator, so the order is seeded and resumable (`LoaderBatches`).
+* **A `ParquetSource`** (`fitloop.data.stream`): a table larger than memory, read block by block in a
+  seeded global order that does not depend on the number of processes (`StreamBatches`).
 * **Several processes** (a process group of more than one rank): in-memory data is sharded per rank by
   `fitloop.data.sharding.ShardedBatches`, the DataLoader path uses a `DistributedSampler`.
 
@@ -39,6 +41,7 @@ from ..metrics import normalize_task
 from .checks import guard_settings, warn
 from .sharding import DistributedEpochSampler, ShardedBatches
 from .splitting import Split
+from .stream import ParquetSource, StreamBatches
 
 __all__ = ["TensorBatches", "LoaderBatches", "COPY_LIMIT", "make_batches", "prepare_target", "in_memory", "Batches"]
 
@@ -199,7 +202,7 @@ class LoaderBatches:
         self.sampler.start_index = 0
 
 
-Batches = TensorBatches | ShardedBatches | LoaderBatches  # what a Trainer iterates over
+Batches = TensorBatches | ShardedBatches | LoaderBatches | StreamBatches  # what a Trainer iterates over
 
 
 def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: bool, device: torch.device,
@@ -216,6 +219,11 @@ def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: boo
     batches and never shuffles. In a process group of several ranks, each rank gets its shard
     (`fitloop.data.sharding`); `batch_size` is per process.
     """
+    if isinstance(data, ParquetSource):  # streamed: read block by block (fitloop.data.stream)
+        rank, world = _ranks()
+        return data.batches(train=train, batch_size=batch_size, shuffle=shuffle, device=device,
+                            float_dtype=float_dtype, rank=rank, world=world,
+                            prepare=None if task is None else lambda y: prepare_target(y, task, float_dtype, split))
     drop_last = False
     if isinstance(data, (tuple, list)) and len(data) == 2:
         data = Split(data[0], data[1])
