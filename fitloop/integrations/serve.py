@@ -25,6 +25,7 @@ thread hop costs more than the work, and one thread keeps the model's outputs de
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import hashlib
@@ -33,6 +34,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -381,6 +383,39 @@ def worker_app() -> Any:
     return app
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block, and the previous values put back after it."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _supervise(config: Any, sock: socket.socket, stopped: list[int]) -> None:
+    """Run uvicorn's worker supervisor until SIGTERM or Ctrl-C, appending the signal that stopped it to
+    `stopped`. The supervisor installs its own signal handlers (they replace `serve`'s), so the signal is
+    recorded where it handles it."""
+    from uvicorn.supervisors import Multiprocess  # the `serve` extra
+
+    class Supervisor(Multiprocess):
+        def handle_int(self) -> None:
+            stopped.append(signal.SIGINT)
+            super().handle_int()
+
+        def handle_term(self) -> None:
+            stopped.append(signal.SIGTERM)
+            super().handle_term()
+
+    Supervisor(config, sockets=[sock]).run()
+
+
 def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           max_rows: int = DEFAULT_MAX_ROWS, max_body: int = DEFAULT_MAX_BODY, api_key: str | None = None,
           log: TextIO | None = None, access_log: bool = True) -> None:
@@ -426,19 +461,18 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         if workers == 1:
             uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         else:
-            from uvicorn.supervisors import Multiprocess  # the `serve` extra
-
             with tempfile.TemporaryDirectory(prefix="fitloop-metrics-") as metrics_dir:
-                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-                os.environ[_SETTINGS_ENV] = json.dumps({"run_dir": str(Path(run_dir).resolve()),
-                                                        "max_rows": max_rows, "max_body": max_body,
-                                                        "api_key": api_key is not None,
-                                                        "access_log": access_log})
+                settings = json.dumps({"run_dir": str(Path(run_dir).resolve()), "max_rows": max_rows,
+                                       "max_body": max_body, "api_key": api_key is not None,
+                                       "access_log": access_log})
+                # the workers read these from the environment they inherit
+                worker_env = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir, _SETTINGS_ENV: settings}
                 if api_key is not None:
-                    os.environ["FITLOOP_API_KEY"] = api_key
+                    worker_env["FITLOOP_API_KEY"] = api_key
                 config = uvicorn.Config("fitloop.integrations.serve:worker_app", factory=True, workers=workers,
                                         **common)
-                Multiprocess(config, sockets=[sock]).run()
+                with _environment(worker_env):
+                    _supervise(config, sock, stopped)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
