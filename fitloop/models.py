@@ -12,8 +12,8 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "fit_linear_path", "gcv_ridge", "fit_logistic_path", "FunctionModel",
-           "ACTIVATIONS", "as_module", "trainable_parameters"]
+__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "EnsembleSpec", "Ensemble", "ENSEMBLE_AVERAGES", "fit_linear_path",
+           "gcv_ridge", "fit_logistic_path", "FunctionModel", "ACTIVATIONS", "as_module", "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
 ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, cls) for name, cls in ACTIVATION_CLASSES.items()}
@@ -98,6 +98,100 @@ class SkipMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.skip(x)
+
+
+ENSEMBLE_AVERAGES = ("probabilities", "outputs")  # classification / regression
+
+
+@dataclass
+class EnsembleSpec:
+    """A weighted average of MLPs (`Ensemble`), rebuilt from JSON like `MLPSpec`; stored next to its weights.
+
+    Args:
+        members: the members' specs; they share `in_features` and `out_features`.
+        weights: one positive weight per member, normalised to sum to 1 (greedy ensemble selection gives
+            each member its share of the picks).
+        average: ``"probabilities"`` (classification: the members' softmax probabilities are averaged and
+            the module returns their log, so softmax and argmax downstream read it as logits) or
+            ``"outputs"`` (regression: the members' outputs are averaged).
+
+    Example:
+        >>> spec = fl.EnsembleSpec([fl.MLPSpec(13, [64], 3), fl.MLPSpec(13, [32], 3)], weights=[2, 1])
+        >>> model = Ensemble(spec)   # spec.weights == [2/3, 1/3]
+    """
+
+    members: list[MLPSpec]
+    weights: list[float]
+    average: str = "probabilities"
+
+    def __post_init__(self) -> None:
+        self.members = list(self.members)
+        self.weights = [float(w) for w in self.weights]
+        if not self.members or not all(isinstance(m, MLPSpec) for m in self.members):
+            raise ValueError("EnsembleSpec: members must be a non-empty list of MLPSpec.")
+        if len(self.weights) != len(self.members):
+            raise ValueError(f"EnsembleSpec: {len(self.weights)} weights for {len(self.members)} members; "
+                             f"give one weight per member.")
+        if not all(math.isfinite(w) and w > 0 for w in self.weights):
+            raise ValueError(f"EnsembleSpec: weights must be finite and positive, got {self.weights}.")
+        if self.average not in ENSEMBLE_AVERAGES:
+            raise ValueError(f"EnsembleSpec: average={self.average!r}; choose one of {ENSEMBLE_AVERAGES}.")
+        shapes = {(m.in_features, m.out_features) for m in self.members}
+        if len(shapes) > 1:
+            raise ValueError(f"EnsembleSpec: the members' (in_features, out_features) differ: {sorted(shapes)}.")
+        total = sum(self.weights)
+        self.weights = [w / total for w in self.weights]
+
+    @property
+    def in_features(self) -> int:
+        return self.members[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.members[0].out_features
+
+    def to_dict(self) -> dict[str, Any]:
+        # in/out_features are derived, but readers of fitloop.json (the report's summary) look for them
+        return {"kind": "ensemble", "average": self.average, "weights": list(self.weights),
+                "in_features": self.in_features, "out_features": self.out_features,
+                "members": [m.to_dict() for m in self.members]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnsembleSpec:
+        members = []
+        for member in d["members"]:
+            if member.get("kind") != "mlp":
+                raise ValueError(f"EnsembleSpec: a member of kind {member.get('kind')!r}; members are MLPs.")
+            members.append(MLPSpec.from_dict(member))
+        return cls(members, list(d["weights"]), d.get("average", "probabilities"))
+
+
+class Ensemble(nn.Module):
+    """The weighted average of its members (`EnsembleSpec`), as one module that saves, loads and exports
+    like an MLP: the state dict is each member's under ``members.<i>.``.
+
+    Classification (``average="probabilities"``) returns ``log(sum_i w_i softmax(member_i(x)))``: the log of
+    the averaged probabilities, so `softmax` gives them back exactly and `argmax` picks the class they favour.
+    Regression (``average="outputs"``) returns ``sum_i w_i member_i(x)``.
+    """
+
+    weights: torch.Tensor
+
+    def __init__(self, spec: EnsembleSpec) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(build_mlp(m) for m in spec.members)
+        # derived from the spec, which the bundle stores: not part of the state dict
+        self.register_buffer("weights", torch.tensor(spec.weights, dtype=torch.float32), persistent=False)
+        self.spec = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack([member(x) for member in self.members])  # (members, batch, out)
+        weights = self.weights.to(outputs.dtype).reshape(-1, *([1] * (outputs.dim() - 1)))
+        if self.spec.average == "outputs":
+            return (weights * outputs).sum(0)
+        probabilities = (weights * torch.softmax(outputs, -1)).sum(0)
+        # the smallest normal float keeps log finite where every member gives a class probability 0
+        return torch.log(probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny))
 
 
 def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float | None = 1e-2) -> float:
