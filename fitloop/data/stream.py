@@ -461,7 +461,7 @@ def default_transform(table: pa.Table, columns: Sequence[str], target: str | Non
     x = np.empty((table.num_rows, len(columns)), dtype=np.float32)
     for j, name in enumerate(columns):
         x[:, j] = _numeric(table.column(name), name)
-    y = None if target is None else torch.from_numpy(np.ascontiguousarray(_numeric(table.column(target), target)))
+    y = None if target is None else torch.from_numpy(_numeric(table.column(target), target))
     return torch.from_numpy(x), y
 
 
@@ -469,7 +469,8 @@ def _numeric(column: pa.ChunkedArray, name: str) -> np.ndarray:
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)):
         raise StreamError(f"column {name!r} is {column.type}, not numeric: pass a transform (e.g. a fitted "
                           "preprocessor) that encodes it.")
-    return column.to_numpy()
+    values = column.to_numpy()
+    return values if values.flags.writeable else values.copy()  # torch refuses read-only (zero-copy) arrays
 
 
 class _BlockReader:
