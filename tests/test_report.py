@@ -108,7 +108,7 @@ def test_trainer_report_classification(tmp_path):
                    quiet=True)
     t.fit(train, val)
     files = t.report(tmp_path / "rep", test=test)
-    assert sorted(files.plots) == ["confusion", "loss", "lr", "metrics"] and files.absent == []
+    assert sorted(files.plots) == ["confusion", "loss", "metrics"] and files.absent == []  # a constant lr: text
     html = files.html.read_text()
     _self_contained(html)
     images = _images(html)
@@ -136,7 +136,7 @@ def test_trainer_report_regression_with_and_without_test(tmp_path):
     assert "predicted" not in bare.plots and any(a.startswith("test split: pass test=") for a in bare.absent)
     assert any(a.startswith("validation: fit had no validation data") for a in bare.absent)
     full = t.report(tmp_path / "full", test=test)
-    assert {"loss", "lr", "metrics", "predicted", "residuals"} <= set(full.plots)
+    assert {"loss", "metrics", "predicted", "residuals"} <= set(full.plots)
     d = full.data
     assert d.y_true == test.y.tolist() and d.baseline_kind == "train mean"
     assert d.baseline["mse"] == pytest.approx(float(((test.y - train.y.mean()) ** 2).mean()), rel=1e-5)
@@ -166,10 +166,10 @@ def test_cli_report_classification_run(runs, capsys, tmp_path):
     code, out, err = run_cli(capsys, "report", runs / "wine", "--out", tmp_path)
     assert code == 0, err
     assert "accuracy" in out and "baseline (majority class)" in out and "verdict: " in out
-    assert f"wrote {tmp_path / 'report.html'} (4 plots in {tmp_path / 'plots'})" in out
+    assert f"wrote {tmp_path / 'report.html'} (3 plots in {tmp_path / 'plots'})" in out  # a constant lr: text
     html = (tmp_path / "report.html").read_text()
     _self_contained(html)
-    assert sorted(_images(html)) == ["confusion", "loss", "lr", "metrics"]
+    assert sorted(_images(html)) == ["confusion", "loss", "metrics"]
     (tmp_path / "afile").write_text("")
     code, _, err = run_cli(capsys, "report", runs / "wine", "--out", tmp_path / "afile")
     assert code == 2 and f"--out {tmp_path / 'afile'}: it is a file; pass a directory" in err

@@ -1,7 +1,8 @@
 """`report.html`: one self-contained page (inline CSS, images as base64 PNG, no script, no network).
 
-Sections: the verdict, test metrics next to the trivial baseline, the plots, the data summary, the
-model summary, timings, the config, and what the run does not have (`absent`).
+Sections: the verdict, test metrics next to the trivial baseline, the plots (a constant learning rate as a
+line of text instead of a plot), the data summary, the model summary, timings, the config, and what the
+run does not have (`absent`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from .plots import PLOT_TITLES
+from .plots import PLOT_TITLES, constant_lr
 
 if TYPE_CHECKING:
     from .data import ReportData
@@ -91,6 +92,14 @@ def _metrics(d: ReportData) -> str:
     return (f"<p>On the {escape(d.split or 'test')} split, next to the trivial baseline ({kind}).</p>"
             f"<table><thead><tr><th>metric</th><th>model</th><th>baseline ({kind})</th><th></th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _lr_line(d: ReportData) -> str:
+    """The learning rate in words when it did not change (it gets no plot then), else nothing."""
+    lr = constant_lr(d.history)
+    if lr is None:
+        return ""
+    return f'<p id="lr-constant">Learning rate: {lr:g} in every epoch (constant, so not plotted).</p>'
 
 
 def _plots(images: dict[str, bytes]) -> str:
@@ -189,7 +198,7 @@ def render_html(d: ReportData, images: dict[str, bytes]) -> str:
 <h1>fitloop report: {escape(d.title)}</h1><p class="sub">{sub}</p>{message}
 <h2>Verdict</h2>{_verdict(d)}
 <h2>Test metrics</h2>{_metrics(d)}
-<h2>Plots</h2>{_plots(images)}
+<h2>Plots</h2>{_plots(images)}{_lr_line(d)}
 <h2>Data</h2>{_data(d)}
 <h2>Model</h2>{_model(d)}
 <h2>Timings</h2>{_timings(d)}

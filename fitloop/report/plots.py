@@ -1,7 +1,8 @@
 """The report's plots, drawn with matplotlib's Agg canvas (the `plot` extra), as PNG bytes.
 
     loss          train against validation loss per epoch, the best epoch marked
-    lr            the learning rate per epoch
+    lr            the learning rate per epoch, only when it changes during the run (a constant lr is one
+                  line of text in the page: `constant_lr`)
     metrics       each metric per epoch, train against validation
     confusion     classification: the confusion matrix on the test split
     predicted     regression: predicted against actual on the test split
@@ -22,7 +23,7 @@ from ..extras import require
 if TYPE_CHECKING:
     from .data import ReportData
 
-__all__ = ["make_plots", "PLOT_TITLES", "require_matplotlib"]
+__all__ = ["make_plots", "PLOT_TITLES", "require_matplotlib", "constant_lr"]
 
 PLOT_TITLES = {
     "loss": "Loss: train against validation",
@@ -131,17 +132,22 @@ def metrics_plot(d: ReportData) -> bytes | None:
     return _png(fig)
 
 
+def constant_lr(history: list[dict[str, Any]]) -> float | None:
+    """The learning rate when every epoch of `history` logged the same one; None when it changed or was not
+    logged. A constant lr is said in one line of text rather than drawn: a flat line says no more."""
+    _, ys = _series(history, "lr")
+    return ys[0] if ys and max(ys) == min(ys) else None
+
+
 def lr_plot(d: ReportData) -> bytes | None:
     xs, ys = _series(d.history, "lr")
-    if not ys:
+    if not ys or constant_lr(d.history) is not None:
         return None
     fig = _figure(5.2, 3.6)
     ax = fig.add_subplot()
     ax.plot(xs, ys, color=TRAIN, marker=_marker(len(xs)), drawstyle="steps-post" if len(xs) > 1 else "default")
     if min(ys) > 0 and max(ys) / min(ys) > 10:
         ax.set_yscale("log")
-    elif max(ys) == min(ys):  # a constant lr: a flat line in the middle, not a zoom on float noise
-        ax.set_ylim(0, 2 * ys[0] if ys[0] > 0 else 1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("lr (the epoch's last step)")
     ax.grid(alpha=0.3)
@@ -223,6 +229,8 @@ def make_plots(d: ReportData) -> dict[str, bytes]:
         png = draw(d)
         if png is not None:
             out[name] = png
+        elif name == "lr" and constant_lr(d.history) is not None:
+            continue  # not missing: the page gives the value in a line of text
         elif name in ("confusion", "predicted", "residuals"):
             d.absent.append(f"{PLOT_TITLES[name].lower()} plot: no test-split predictions")
         elif name != "metrics" and d.history:
