@@ -212,13 +212,12 @@ def _ensemble_model(runs: list[LoadedRun], counts: list[int]) -> tuple[Ensemble,
 
 
 def _check_out(out_dir: str | os.PathLike, runs: list[LoadedRun], data_file: str | None, overwrite: bool) -> Path:
-    out = check_out_dir(out_dir, overwrite=overwrite, inputs=[data_file], what="the ensemble")
-    target = out.resolve()
+    target = Path(out_dir).resolve()
     for run in runs:
         if target == run.path or target in run.path.parents:
             raise EnsembleError(f"{out_dir}: holds the member run {run.path}; write the ensemble to a directory of "
                                 f"its own, e.g. {run.path.parent / 'ensemble'}.")
-    return out
+    return check_out_dir(out_dir, overwrite=overwrite, inputs=[data_file], what="the ensemble")
 
 
 def _metrics(run: LoadedRun, model: Ensemble, split: tuple[torch.Tensor, torch.Tensor] | None,
