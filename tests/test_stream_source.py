@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -363,8 +362,7 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit(
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir()
     cut.mkdir()
-    done = _run("train", str(data), str(full))
-    assert done.returncode == 0, done.stderr[-3000:]
+    child_train(str(data), str(full), kill_at=None, resume=False)  # the reference, in this process
     killed = _run("train", str(data), str(cut), "--kill-at", "37")  # epoch 2 (25 batches an epoch), batch 12
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (cut / "params.pt").exists()
@@ -381,15 +379,8 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit(
     assert len(set(digest)) == 3  # a new order every epoch
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one(data, tmp_path):
-    one = _run("ddp", str(data), str(tmp_path))
-    assert one.returncode == 0, one.stderr[-3000:]
+    child_ddp(str(data), str(tmp_path))  # the one-process reference, in this process
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           __file__, "ddp", str(data), str(tmp_path)], env=_env(), capture_output=True, text=True,
                          timeout=180)

@@ -336,7 +336,9 @@ class StreamBatches:
             key = int(torch.randint(0, 2**62, (1,), generator=generator))
         else:
             order, key = list(range(len(blocks))), None
-        windows, members, first, rows = [], [], 0, 0
+        windows: list[Window] = []
+        members: list[int] = []
+        first = rows = 0
         for index in order:
             kept = blocks[index].kept
             if members and rows + kept > self.source.buffer_rows:
