@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ..extras import require
-from .serve_input import InputInfo, RequestError, csv_table, loads, records_table
+from .serve_input import InputInfo, RequestError, csv_table, is_bool_feature, loads, records_table
 from .serve_ops import Gate, Metrics, log_line
 
 # `fitloop --help` imports this module (serve's defaults), so what it imports at the top is light: torch,
@@ -103,7 +103,11 @@ class _Model:
         pre = self.pre
         columns, example = [], {}
         for f in pre.features:
-            if f["kind"] == "numeric":
+            if f["kind"] == "numeric" and is_bool_feature(f):  # true/false in training, 1/0 to the model
+                columns.append({"name": f["name"], "type": "boolean", "missing_in_training": f["missing"],
+                                "train_fraction_true": f["mean"]})
+                example[f["name"]] = bool(f["median"])
+            elif f["kind"] == "numeric":
                 columns.append({"name": f["name"], "type": "number", "missing_in_training": f["missing"],
                                 "train_mean": f["mean"], "train_std": f["std"], "train_median": f["median"]})
                 example[f["name"]] = f["median"]

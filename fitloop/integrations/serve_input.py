@@ -38,9 +38,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..tabular.preprocess import Preprocessor
 
-__all__ = ["RequestError", "InputInfo", "NonFinite", "loads", "records_table", "csv_table", "json_kind"]
+__all__ = ["RequestError", "InputInfo", "NonFinite", "loads", "records_table", "csv_table", "json_kind",
+           "is_bool_feature"]
 
-_NUMBER_TYPES = {int, float, bool, type(None)}
+_NUMBER_TYPES: set[type] = {int, float, type(None)}  # JSON true/false is refused in a numeric column
+_BOOL_TYPES: set[type] = {bool, type(None)}  # a column that was true/false in training (1/0 to the model)
+# A fitted numeric feature's "values" (numbers, or true/false read as 1/0) -> the JSON types it takes. A bundle
+# from before fitloop recorded it has no "values": it takes both, as it always did.
+_JSON_TYPES: dict[str | None, set[type]] = {"number": _NUMBER_TYPES, "bool": _BOOL_TYPES, None: _NUMBER_TYPES | {bool}}
 _TEXT_TYPES = {str, type(None)}
 
 
@@ -116,7 +121,7 @@ def json_kind(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = json.dumps(value) if type(value) is bool else repr(value)  # JSON's true/false, as the client sent
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -180,10 +185,10 @@ def records_table(records: Any, pre: Preprocessor, *,
         raise RequestError(422, "missing_column", f"row {i} lacks required column {c!r}; send null for a "
                                                   f"missing value (it is imputed).", column=c, row=i) from None
     columns = list(zip(*picked)) if len(needed) > 1 else [tuple(picked)]
-    numeric = [(f["name"], values) for f, values in zip(pre.features, columns) if f["kind"] == "numeric"]
-    block = _number_block([values for _, values in numeric]) if numeric else np.empty((0, len(records)))
+    numeric = [(f, values) for f, values in zip(pre.features, columns) if f["kind"] == "numeric"]
+    block = _number_block(numeric) if numeric else np.empty((0, len(records)))
     if not len(block) and numeric:  # a bad cell somewhere: check each column alone, for the message
-        block = np.array([_numbers(values, name) for name, values in numeric])
+        block = np.array([_numbers(values, f["name"], f.get("values")) for f, values in numeric])
     text = [(f["name"], values) for f, values in zip(pre.features, columns) if f["kind"] != "numeric"]
     codes = [pre.category_codes(k, _texts(values, name)) for k, (name, values) in enumerate(text)]
     used = set(needed)
@@ -199,15 +204,24 @@ def _first(values: Sequence[Any], bad: Any) -> int:
     return next(i for i, v in enumerate(values) if bad(v))
 
 
-def _number_block(columns: list[tuple[Any, ...]]) -> Any:
-    """All numeric columns checked and converted at once, as a ``(columns, rows)`` float64 array (null is
-    NaN); an empty list when any cell is not a finite number or null (then each column is checked alone,
-    for the message). NaN never comes as a float here (`loads` turns the literal into a `NonFinite`), so
-    an infinite value is the only non-finite number left to look for."""
+def is_bool_feature(feature: dict[str, Any]) -> bool:
+    """Whether a fitted numeric feature was a true/false column in training (encoded as 1/0)."""
+    return feature.get("values") == "bool"
+
+
+def _number_block(numeric: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> Any:
+    """All numeric columns (the true/false ones among them) checked and converted at once, as a
+    ``(columns, rows)`` float64 array (null is NaN); an empty list when any cell is not of its column's
+    type or not finite (then each column is checked alone, for the message). NaN never comes as a float
+    here (`loads` turns the literal into a `NonFinite`), so an infinite value is the only non-finite number
+    left to look for."""
     import numpy as np
 
-    if not set(map(type, itertools.chain.from_iterable(columns))) <= _NUMBER_TYPES:
-        return []
+    for kind, allowed in _JSON_TYPES.items():
+        group = [values for f, values in numeric if f.get("values") == kind]
+        if not set(map(type, itertools.chain.from_iterable(group))) <= allowed:
+            return []
+    columns = [values for _, values in numeric]
     try:
         block = np.array(columns, dtype=np.float64)
     except OverflowError:
@@ -215,18 +229,22 @@ def _number_block(columns: list[tuple[Any, ...]]) -> Any:
     return [] if np.isinf(block).any() else block
 
 
-def _numbers(values: Sequence[Any], name: str) -> Any:
-    """float64 numpy of a numeric column's JSON values: numbers and booleans; null is NaN (missing)."""
+def _numbers(values: Sequence[Any], name: str, kind: str | None) -> Any:
+    """float64 numpy of a numeric column's JSON values (numbers; true/false in a column that was true/false
+    in training, as 1/0); null is NaN (missing)."""
     import numpy as np
 
     types = set(map(type, values))
     if NonFinite in types:
         _refuse_non_finite(values, name)
-    if not types <= _NUMBER_TYPES:
-        i = _first(values, lambda v: type(v) not in _NUMBER_TYPES)
+    if kind == "bool":
+        _check_booleans(values, name)
+    elif not types <= _JSON_TYPES[kind]:
+        i = _first(values, lambda v: type(v) not in _JSON_TYPES[kind])
+        why = "; the column held numbers in training (see GET /schema)" if type(values[i]) is bool else ""
         raise RequestError(422, "wrong_type", f"column {name!r}, row {i}: expected a number (or null for a "
                                               f"missing value), got a {json_kind(values[i])} "
-                                              f"{_show(values[i])}.", column=name, row=i)
+                                              f"{_show(values[i])}{why}.", column=name, row=i)
     try:
         a = np.array(values, dtype=np.float64)  # None -> NaN
     except OverflowError:  # an integer beyond float64's range
@@ -236,6 +254,16 @@ def _numbers(values: Sequence[Any], name: str) -> Any:
     if np.isinf(a).any():  # 1e999 parses as a float infinity
         _refuse_non_finite(values, name)
     return a
+
+
+def _check_booleans(values: Sequence[Any], name: str) -> None:
+    """A true/false column's values: JSON true/false or null (missing); 1 and 0 are taken as a file's are."""
+    i = next((i for i, v in enumerate(values) if not (type(v) in _BOOL_TYPES or (type(v) is int and v in (0, 1)))),
+             None)
+    if i is not None:
+        raise RequestError(422, "wrong_type", f"column {name!r}, row {i}: expected true or false (or null for a "
+                                              f"missing value), got a {json_kind(values[i])} {_show(values[i])}.",
+                           column=name, row=i)
 
 
 def _refuse_non_finite(values: Sequence[Any], name: str) -> None:
