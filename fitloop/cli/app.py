@@ -31,6 +31,8 @@ from .runs_table import add_parser as add_runs_parser
 from .serve import add_serve_parser
 from .size_search import EXAMPLES as SIZE_SEARCH_EXAMPLES
 from .size_search import cmd_size_search, size_search_options
+from .tune import EXAMPLES as TUNE_EXAMPLES
+from .tune import cmd_tune, tune_options
 
 __all__ = ["main", "build_parser"]
 
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_training_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
-    """`train` and `size-search`: a table in, a run directory out."""
+    """`train`, `size-search` and `tune`: a table in, a run directory out."""
     t = sub.add_parser("train", help="train on a table and write a run directory", formatter_class=fmt,
                        description="Train an MLP on a CSV/TSV(.gz)/Parquet table, evaluate it on held-out "
                                    "rows and write a run directory.", epilog=TRAIN_EXAMPLES)
@@ -144,6 +146,16 @@ def _add_training_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     size_search_options(ss)
     _train_options(ss)
     ss.set_defaults(func=cmd_size_search)
+
+    tu = sub.add_parser("tune", help="search the hyperparameters; each trial a run, the best in OUT/best",
+                        formatter_class=fmt, epilog=TUNE_EXAMPLES,
+                        description="Search the learning rate, weight decay, width, depth, dropout and batch size "
+                                    "(or a --space file) with Optuna (TPE, pruned), each trial a run directory; "
+                                    "safe to kill: --resume OUT continues.")
+    tu.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
+    tune_options(tu)
+    _train_options(tu, dry_run=False)
+    tu.set_defaults(func=cmd_tune)
 
 
 def _add_run_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
@@ -185,8 +197,9 @@ def _add_run_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     rp.set_defaults(func=cmd_report)
 
 
-def _train_options(t: argparse.ArgumentParser) -> None:
-    """`train`'s options (also `size-search`'s), in groups: data, model, training, config and output."""
+def _train_options(t: argparse.ArgumentParser, dry_run: bool = True) -> None:
+    """`train`'s options (also `size-search`'s and, without the dry run, `tune`'s), in groups: data, model,
+    training, config and output."""
     d = t.add_argument_group("data")
     d.add_argument("--target", "-t", metavar="COL", help="column to predict")
     d.add_argument("--task", choices=("classification", "regression"),
@@ -203,7 +216,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     m.add_argument("--activation", help="relu, gelu, silu, tanh, ... (default relu)")
     m.add_argument("--dropout", type=float)
     _training_options(t.add_argument_group("training"))
-    _output_options(t.add_argument_group("config and output"))
+    _output_options(t.add_argument_group("config and output"), dry_run)
     add_launch_options(t)
     _common(t)
 
@@ -231,8 +244,8 @@ def _training_options(tr: argparse._ArgumentGroup) -> None:
                          "models; costs seconds of compilation up front)")
 
 
-def _output_options(c: argparse._ArgumentGroup) -> None:
-    """The config file, `--set`, the run directory, the loggers and the dry run."""
+def _output_options(c: argparse._ArgumentGroup, dry_run: bool = True) -> None:
+    """The config file, `--set`, the run directory, the loggers and the dry run (when `dry_run`)."""
     c.add_argument("--config", "-c", metavar="TOML", help="a config file with [data], [model], [train] sections")
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any setting, e.g. --set train.weight_decay=1e-4 (repeatable)")
@@ -240,6 +253,8 @@ def _output_options(c: argparse._ArgumentGroup) -> None:
     c.add_argument("--log", metavar="NAMES", help="also log to tensorboard and/or mlflow, comma-separated "
                    "(RUN_DIR/tensorboard, ./mlruns); needs pip install 'fitloop[tensorboard]' / 'fitloop[mlflow]'")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    if not dry_run:
+        return
     c.add_argument("--dry-run", action="store_true",
                    help="decide everything (columns, task, split, model, settings), print it and write it as a "
                         "commented config.toml; train nothing")

@@ -8,10 +8,11 @@ the task, preprocess without leakage, plan and train a run into a run directory,
     loaded.predict("new.csv")                  # a pyarrow.Table; also a pyarrow.Table or DataFrame in
     loaded.evaluate(labelled)                  # {"metrics": ..., "baseline": ...}
 
-`fitloop train`, `resume`, `predict`, `evaluate`, `size-search` and `demo` call exactly these functions,
+`fitloop train`, `resume`, `predict`, `evaluate`, `size-search`, `tune` and `demo` call exactly these functions,
 with the same defaults and decisions.
 
-    fitloop.tabular.api         train, resume, dry_run, size_search, run_config
+    fitloop.tabular.api         train, resume, dry_run, size_search, tune, run_config
+    fitloop.tabular.tuning      the hyperparameter search on a table (`tune`): each trial a run directory
     fitloop.tabular.datasets    demo_data_path: the wine table shipped with fitloop
     fitloop.tabular.errors      TableError
     fitloop.tabular.dialect     the CSV dialect: delimiter sniffing, decimal commas, header names
@@ -38,7 +39,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "train": "api", "resume": "api", "dry_run": "api", "size_search": "api", "run_config": "api",
-    "SizedRun": "api", "demo_data_path": "datasets",
+    "SizedRun": "api", "tune": "api", "TuneResult": "api", "demo_data_path": "datasets",
     "load_run": "runs", "LoadedRun": "runs", "NotARunError": "runs",
     "RunResult": "pipeline", "start_out": "pipeline",
     "RunConfig": "config", "ConfigError": "config", "resolve_run_config": "config",
@@ -54,7 +55,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .api import SizedRun, dry_run, resume, run_config, size_search, train  # noqa: F401
+    from .api import SizedRun, TuneResult, dry_run, resume, run_config, size_search, train, tune  # noqa: F401
     from .columns import Table  # noqa: F401
     from .config import ConfigError, RunConfig, resolve_run_config  # noqa: F401
     from .datasets import demo_data_path  # noqa: F401

@@ -23,15 +23,17 @@ from typing import Any
 import pyarrow as pa
 
 from ..tune.size_search import SizeSearchResult
+from ..tune.tuner import TuneResult
 from .config import ConfigError, RunConfig, load_toml, resolve_run_config, settings_overrides
 from .decisions import DryRun, describe_plan
 from .pipeline import RunResult, check_out, default_out, merge_run_json, resume_run, train_table
 from .reading import in_memory
 from .runs import LoadedRun, load_run
 from .search import SearchOptions, search_table, write_search
+from .tuning import tune_table
 
-__all__ = ["train", "resume", "size_search", "search_and_train", "dry_run", "load_run", "run_config", "SizedRun",
-           "LoadedRun", "RunResult"]
+__all__ = ["train", "resume", "size_search", "search_and_train", "tune", "dry_run", "load_run", "run_config",
+           "SizedRun", "LoadedRun", "RunResult", "TuneResult"]
 
 Log = Callable[[str], None]
 
@@ -205,3 +207,38 @@ def search_and_train(cfg: RunConfig, options: SearchOptions, *, table: pa.Table 
                                               "trials": len(result.trials), "file": "size_search.json"}})
     return SizedRun(result, run, run_dir)
 
+
+
+def tune(data: Any = None, target: str | None = None, *, out: str | os.PathLike | None = None,
+         trials: int | None = None, time: float | None = None, jobs: int = 1, space: Any = None,
+         pruner: str = "asha", resume: bool = False, overwrite: bool = False, config: Any = None,
+         quiet: bool = True, ensemble: bool = True, **settings: Any) -> TuneResult:
+    """`fitloop tune`: search the table's hyperparameters; each trial a run directory like `train`'s.
+
+    Args:
+        data: a CSV/TSV(.gz)/Parquet path, a ``pyarrow.Table`` or a ``pandas.DataFrame``; None with `resume`
+            (a search on a table in memory needs the table again).
+        target: the column to predict.
+        out: the tune directory (default ``runs/tune-<timestamp>``): `trials/NNNN/`, `best/`, `study.journal`.
+        trials: finished trials in all (default 20 when `time` is not given either).
+        time: no new trial starts after this many seconds.
+        jobs: trials at once, each in its own process.
+        space: the search space: None (the default table space), a dict or a TOML file
+            (`fitloop.tune.space`).
+        pruner: "asha" (successive halving), "hyperband" or "none".
+        resume: continue the search in `out` after a stop or a kill.
+        overwrite: replace an earlier search in `out` (only what fitloop wrote).
+        config: a `RunConfig`, a TOML file's path, or a dict of settings every trial starts from.
+        quiet: print no line per trial.
+        ensemble: also build the ensemble of the best trials (`OUT/ensemble`).
+        settings: more settings, by name or dotted, as `train`'s (`epochs=20` for each trial).
+
+    Returns:
+        The `TuneResult`: `.study`, `.best_trial`, `.best_run_dir` (open it with `load_run`), `.counts`.
+    """
+    if resume:
+        return tune_table(None, table=in_memory(data), out=out, trials=trials, time=time, jobs=jobs,
+                          pruner=pruner, resume=True, quiet=quiet, ensemble=ensemble)
+    cfg, table = run_config(data, target, config, **settings)
+    return tune_table(cfg, table=table, out=out, trials=trials, time=time, jobs=jobs, space=space, pruner=pruner,
+                      overwrite=overwrite, quiet=quiet, ensemble=ensemble)
