@@ -161,6 +161,7 @@ class PreparedRun:
     targets: dict[str, Any] = field(default_factory=dict)  # regression: each split's target in its own units
     budget: Budget | None = None
     ridge: float | None = None  # the linear start's penalty (model.ridge, or GCV's choice); None: no linear start
+    se_rows: Any = None  # a streamed run: the validation rows in memory the early-stopping start's SE uses
 
 
 def prepare_run(cfg: RunConfig, log: Callable[[str], None], data: pa.Table | None = None) -> PreparedRun:
@@ -224,7 +225,13 @@ def _build_trainer(cfg: RunConfig, p: PreparedRun, run_dir: Path) -> None:
     p.first_step = training.FirstStep(p.t_command)
     p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
                         callbacks=[*p.callbacks, *p.loggers, p.first_step], config=tcfg)
-    training.start_early_stopping(cfg, p.trainer, p.callbacks, p.splits.get("val"))  # a resume replaces it
+    training.start_early_stopping(cfg, p.trainer, p.callbacks, p.splits.get("val"), p.se_rows)  # a resume replaces it
+
+
+def build_trainer(cfg: RunConfig, p: PreparedRun, run_dir: Path) -> None:
+    """The model and Trainer of a run, as `train_table` builds them: for the streamed path
+    (`fitloop.tabular.stream_train`), whose `p.splits` hold `ParquetSource`s and a training sample."""
+    _build_trainer(cfg, p, run_dir)
 
 
 def _loggers(names: list[str]) -> list[Any]:

@@ -58,18 +58,21 @@ def length_callbacks(cfg: RunConfig, patience: int | None) -> list[Any]:
     return out
 
 
-def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any) -> None:
+def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any, se_rows: Any = None) -> None:
     """With `train.early_stopping_from_start`, the model as initialised is early stopping's "epoch 0":
     its val_loss (one evaluation before training) is the one to beat, by one standard error of that
     val_loss (the one-standard-error rule: on a statistical tie the simpler start wins), and a run in
     which no epoch beats it keeps those weights. With `model.linear_init` that start is the linear
     fit, so the run never ends worse on its validation rows than the linear model it started from.
-    Without `model.linear_init` the start is random weights, nothing worth keeping: no epoch 0 then."""
+    Without `model.linear_init` the start is random weights, nothing worth keeping: no epoch 0 then.
+    `se_rows`: the `(X, y)` rows that standard error is estimated on, when `val` is not in memory (a streamed
+    run passes a sample of its validation rows); default `val`."""
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     if stopper is None or val is None or not (cfg.train.early_stopping_from_start and cfg.model.linear_init):
         return
     value = float(trainer.evaluate(val)["loss"])
-    stopper.start_from(value, trainer.model, _standard_error(trainer, val) if cfg.train.early_stopping_se else 0.0)
+    rows = val if se_rows is None else se_rows
+    stopper.start_from(value, trainer.model, _standard_error(trainer, rows) if cfg.train.early_stopping_se else 0.0)
 
 
 def _standard_error(trainer: Any, val: Any) -> float:

@@ -1,0 +1,436 @@
+"""Tables larger than memory in the table workflow: when to stream, the streamed table, predict and evaluate.
+
+    streams, why = decide_streaming("big.parquet", stream=None, memory_budget="4G")
+    table = open_streamed(cfg, run_dir)              # kinds and task from a sample, the preprocessor in one pass
+    ParquetSource(table.path, ..., rows=table.fit.masks.rows("train"), transform=table.transform)
+    rows, notes = predict_stream(run, "big.csv", "predictions.parquet")   # memory constant in the file's size
+    report = evaluate_stream(run, "big.parquet")
+
+**When to stream.** `fitloop train` reads the table into memory unless it would not fit the memory budget
+(`--memory-budget`, default: `DEFAULT_MEMORY_FRACTION` of the memory available when the command starts,
+`MemAvailable` in /proc/meminfo) or `--stream` asks for it. The table's size in memory is estimated as
+`MEMORY_FACTOR` times its data: a Parquet file's uncompressed row groups (from the footers), a CSV's bytes
+(gzip: `GZIP_RATIO` times the compressed bytes): the Arrow table, the float32 features and the copies a
+split makes live together in the in-memory path.
+
+**The streamed table.** A CSV is converted once into a Parquet cache in the run directory
+(`fitloop.tabular.csv_cache`). The column kinds, the id-like columns and the task are inferred, by the rules
+of the in-memory `Table`, from the first `SAMPLE_ROWS` rows; the classes come from every row and the
+preprocessor from every training row, in one pass (`fitloop.tabular.stream_fit`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import torch
+
+from ..data.stream import ParquetSource, StreamPlan
+from ..outputs import OutputPathError
+from .columns import Table
+from .config import RunConfig
+from .csv_cache import csv_batches, parquet_cache
+from .dialect import ReadInfo
+from .errors import TableError
+from .preprocess import Preprocessor
+from .reading import signless_zero
+from .runs import LoadedRun, baseline_outputs, float32_value, predict_columns
+from .stream_fit import RowSplit, StreamFit, fit_streamed
+
+__all__ = ["decide_streaming", "parse_size", "available_memory", "estimated_memory", "StreamedTable",
+           "open_streamed", "row_groups", "predict_stream", "evaluate_stream", "StreamedScore",
+           "DEFAULT_MEMORY_FRACTION", "MEMORY_FACTOR", "SAMPLE_ROWS", "PREDICT_ROWS"]
+
+DEFAULT_MEMORY_FRACTION = 0.5
+MEMORY_FACTOR = 4.0
+GZIP_RATIO = 4.0
+SAMPLE_ROWS = 100_000
+PREDICT_ROWS = 65_536  # rows per batch of a streamed predict or evaluate
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------- when to stream
+
+
+def parse_size(text: str | int) -> int:
+    """`--memory-budget`: bytes, or a number with K, M, G or T (powers of 1024): ``"4G"``, ``"512M"``.
+
+    Raises:
+        TableError: anything else.
+    """
+    if isinstance(text, int):
+        return text
+    match = _SIZE_RE.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise TableError(f"--memory-budget: got {text!r}; pass a size such as 4G, 512M or 2000000000.")
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(float(match.group(1)) * 1024 ** power)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (`MemAvailable`; elsewhere, the free physical pages)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def estimated_memory(path: str | os.PathLike) -> int:
+    """Bytes the in-memory path would hold for the table at `path` (see the module docstring)."""
+    path = Path(path)
+    if path.is_dir() or path.name.lower().endswith(".parquet") or "*" in str(path):
+        plan = ParquetSource(path, columns=[]).plan()
+        data = sum(f.metadata.row_group(g).total_byte_size for f in plan.fragments
+                   for g in range(f.metadata.num_row_groups))
+    else:
+        size = path.stat().st_size
+        data = int(size * (GZIP_RATIO if path.name.lower().endswith(".gz") else 1.0))
+    return int(data * MEMORY_FACTOR)
+
+
+def decide_streaming(path: str | os.PathLike, *, stream: bool | None = None,
+                     memory_budget: str | int | None = None) -> tuple[bool, str]:
+    """Whether `fitloop train` streams the table at `path`, and the one line that says so and why.
+
+    Args:
+        path: the table (a file, a directory of Parquet files or a glob).
+        stream: True: stream (`--stream`); False: never; None: when the table would not fit the budget.
+        memory_budget: bytes or a size (``"4G"``); None: `DEFAULT_MEMORY_FRACTION` of the available memory.
+    """
+    if stream:
+        return True, "streaming the table (--stream)"
+    many = Path(path).is_dir() or any(c in str(path) for c in "*?[")
+    budget = parse_size(memory_budget) if memory_budget is not None else \
+        int(available_memory() * DEFAULT_MEMORY_FRACTION)
+    need = estimated_memory(path)
+    gib = f"{need / 2**30:.2f} GiB in memory, budget {budget / 2**30:.2f} GiB"
+    if stream is False and not many:
+        return False, f"reading the table into memory (about {gib})"
+    if need > budget or many:
+        what = "a directory or glob of Parquet files" if many and need <= budget else f"about {gib}"
+        return True, f"streaming the table: {what} (--memory-budget sets the budget)"
+    return False, f"reading the table into memory (about {gib}; --stream streams it)"
+
+
+# ------------------------------------------------------------------------------------ the streamed table
+
+
+def row_groups(plan: StreamPlan, columns: list[str]) -> Iterator[tuple[int, int, pa.Table]]:
+    """`(file index, row group, rows)` of every row group of `plan`, in its order (the positions
+    `fitloop.data.stream` filters by), with `columns` only."""
+    for index, fragment in enumerate(plan.fragments):
+        for group in range(fragment.metadata.num_row_groups):
+            try:
+                rows = fragment.subset(row_group_ids=[group]).to_table(columns=columns, schema=plan.schema)
+            except (OSError, pa.ArrowException) as error:
+                raise TableError(f"{plan.files[index]}: row group {group}: cannot be read ({error}).") from None
+            yield index, group, rows
+
+
+def _sample(plan: StreamPlan, rows: int) -> pa.Table:
+    """The first `rows` rows of the table (whole row groups, then cut)."""
+    parts, held = [], 0
+    for _, _, table in row_groups(plan, plan.schema.names):
+        parts.append(table)
+        held += table.num_rows
+        if held >= rows:
+            break
+    return pa.concat_tables(parts).slice(0, rows) if parts else plan.schema.empty_table()
+
+
+@dataclass
+class StreamedTable:
+    """A table read as a stream: where its Parquet data is, what `Table` inferred on a sample, the pass's fit.
+
+    Attributes:
+        path: the Parquet file, directory or glob (a CSV's cache).
+        sample: the `Table` of the first rows (kinds, task and its reason, id-like columns, notes).
+        fit: the one-pass fit: the preprocessor, the splits' row filters and counts, the classes.
+        read_info: how a CSV was read (delimiter, decimal mark); None for Parquet.
+    """
+
+    path: str
+    sample: Table
+    fit: StreamFit
+    read_info: ReadInfo | None = None
+
+    @property
+    def task(self) -> str:
+        return self.sample.task
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self.fit.preprocessor
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns a training source reads: the kept inputs (the target apart)."""
+        return self.fit.preprocessor.input_columns
+
+    def transform(self, rows: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(X, y)` of streamed rows: the fitted encoding, the target as class indices or standardised."""
+        pre = self.fit.preprocessor
+        X = torch.from_numpy(pre.transform(rows))
+        y = torch.from_numpy(pre.encode_target(rows))
+        if self.task == "regression":
+            mean, std = float(self.fit.target_mean or 0.0), float(self.fit.target_std or 1.0)
+            y = ((y.double() - mean) / std).float()
+        return X, y
+
+    def source(self, split: str, batch_size: int | None, *, shuffle_rows: int = 1 << 18) -> ParquetSource:
+        """The `ParquetSource` of one split's rows."""
+        return ParquetSource(self.path, columns=self.columns, target=self.sample.target, batch_size=batch_size,
+                             transform=self.transform, rows=self.fit.masks.rows(split), buffer_rows=shuffle_rows)
+
+
+def open_streamed(cfg: RunConfig, run_dir: str | os.PathLike, log: Any = None) -> StreamedTable:
+    """The run's table as a stream: a CSV cached as Parquet in `run_dir`, the kinds and the task from the
+    first rows, the preprocessor fitted in one pass over the training rows.
+
+    Raises:
+        TableError: the data does not fit the settings (no such target, a bad split column, ...).
+    """
+    d = cfg.data
+    if not d.target:
+        raise TableError("no target column: pass --target COL or set data.target.")
+    target: str = d.target
+    path, info = str(d.path), None
+    if not (Path(path).is_dir() or path.lower().endswith(".parquet") or any(c in path for c in "*?[")):
+        info = ReadInfo()
+        path = str(parquet_cache(path, run_dir, encoding=d.encoding, delimiter=d.delimiter, decimal=d.decimal,
+                                 info=info, log=log))
+    plan = ParquetSource(path, columns=[]).plan()
+    split_column = getattr(d, "split_column", None)
+    drop = [*d.drop, *([split_column] if split_column else [])]
+    sample = Table.from_arrow(_sample(plan, SAMPLE_ROWS), target, task=d.task, drop=drop, id=d.id,
+                              max_categories=d.max_categories, source=str(d.path))
+    kinds = {c: sample.kinds[c] for c in sample.feature_columns}
+    seed = d.seed if d.seed is not None else cfg.train.seed
+    split = RowSplit(tuple(d.split), seed, split_column)
+    wanted = [*kinds, target, *([split_column] if split_column else [])]
+    fit = fit_streamed(row_groups(plan, wanted), target=target, task=sample.task, kinds=kinds, split=split,
+                       id=d.id, max_categories=d.max_categories, seed=seed)
+    if not fit.preprocessor.features:
+        raise TableError(f"{d.path}: no usable feature columns are left ({'; '.join(fit.preprocessor.notes)}).")
+    return StreamedTable(path, sample, fit, info)
+
+
+# --------------------------------------------------------------------------------- predict and evaluate
+
+
+def _input_batches(run: LoadedRun, data: str | os.PathLike, columns: list[str], *, encoding: str,
+                   delimiter: str | None, decimal: str | None, batch_rows: int) -> Iterator[pa.Table]:
+    """The rows of a file (CSV/TSV(.gz), Parquet, a directory or glob of Parquet) in batches of
+    `batch_rows`, with those of `columns` it has."""
+    text = str(data)
+    if Path(text).is_dir() or text.lower().endswith(".parquet") or any(c in text for c in "*?["):
+        plan = ParquetSource(text, columns=[]).plan()
+        present = [c for c in columns if c in plan.schema.names]
+        for fragment in plan.fragments:
+            for batch in fragment.to_batches(columns=present, schema=plan.schema, batch_size=batch_rows):
+                yield pa.Table.from_batches([batch])
+        return
+    sep = delimiter if delimiter is not None else run.info.get("delimiter")
+    mark = decimal if decimal is not None else run.info.get("decimal")
+    pending: list[pa.RecordBatch] = []
+    for batch in csv_batches(text, encoding=encoding, delimiter=sep, decimal=mark, widen=True):
+        pending.append(batch.select([c for c in columns if c in batch.schema.names]))
+        if sum(b.num_rows for b in pending) >= batch_rows:
+            yield pa.Table.from_batches(pending)
+            pending = []
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+class _Notes:
+    """Notes of many batches as one set: the unseen-categories counts summed per column, others once."""
+
+    _UNSEEN = "unseen (or missing) categories mapped to the <unknown> slot (rows per column): "
+
+    def __init__(self) -> None:
+        self.unseen: dict[str, int] = {}
+        self.other: dict[str, None] = {}
+
+    def add(self, notes: list[str]) -> None:
+        for note in notes:
+            if note.startswith(self._UNSEEN):
+                for part in note[len(self._UNSEEN):].split(", "):
+                    name, _, count = part.rpartition(": ")
+                    self.unseen[name] = self.unseen.get(name, 0) + int(count)
+            else:
+                self.other[note] = None
+
+    def all(self) -> list[str]:
+        unseen = [self._UNSEEN + ", ".join(f"{n}: {c}" for n, c in self.unseen.items())] if self.unseen else []
+        return [*self.other, *unseen]
+
+
+def _writer(path: Path, schema: pa.Schema, name: str) -> Any:
+    """A batch-by-batch writer to `path` in the format the extension of `name` says: Parquet, CSV or TSV."""
+    if name.endswith(".parquet"):
+        return pq.ParquetWriter(str(path), schema)
+    return pcsv.CSVWriter(str(path), schema, write_options=pcsv.WriteOptions(
+        delimiter="\t" if name.endswith(".tsv") else ","))
+
+
+def predict_stream(run: LoadedRun, data: str | os.PathLike, out: str | os.PathLike, *, proba: bool = False,
+                   encoding: str = "utf-8", delimiter: str | None = None, decimal: str | None = None,
+                   batch_rows: int = PREDICT_ROWS) -> tuple[int, list[str]]:
+    """Predictions for a file of any size, read and written batch by batch: memory stays constant.
+
+    The output (`out`: .csv, .tsv or .parquet) has the columns `LoadedRun.predict` returns; it is written
+    to `out.partial` and renamed when complete.
+
+    Returns:
+        The rows predicted, and the notes (ignored columns, unseen categories summed over the batches).
+    """
+    out = Path(out)
+    if not out.name.lower().endswith((".csv", ".tsv", ".parquet")):
+        raise OutputPathError(f"-o {out}: unsupported output extension; use .csv, .tsv or .parquet.")
+    if not out.parent.is_dir():
+        raise OutputPathError(f"-o {out}: the directory {out.parent} does not exist.")
+    pre = run.preprocessor
+    wanted = [*pre.input_columns, *([pre.id] if pre.id else [])]
+    partial = out.with_name(out.name + ".partial")
+    writer, schema, rows, notes = None, None, 0, _Notes()
+    try:
+        for batch in _input_batches(run, data, wanted, encoding=encoding, delimiter=delimiter, decimal=decimal,
+                                    batch_rows=batch_rows):
+            table, found = run_predict(run, batch, proba)
+            notes.add(found)
+            if writer is None:
+                schema = table.schema
+                writer = _writer(partial, schema, out.name.lower())
+            writer.write_table(table.cast(schema) if table.schema != schema else table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise TableError(f"{data}: no data rows to predict.")
+    os.replace(partial, out)
+    return rows, notes.all()
+
+
+def run_predict(run: LoadedRun, batch: pa.Table, proba: bool) -> tuple[pa.Table, list[str]]:
+    """One batch's prediction table (the id column, then `prediction` [and `proba_<class>`]) and notes."""
+    notes: list[str] = []
+    X = torch.from_numpy(run.preprocessor.transform(batch, None, notes))
+    cols: dict[str, Any] = {}
+    pid = run.info.get("id")
+    if pid and pid in batch.schema.names:
+        cols[pid] = batch.column(pid)
+    for name, values in predict_columns(run, X, proba=proba).items():
+        cols[name] = pa.array(values)
+    return pa.table(cols), notes
+
+
+def evaluate_stream(run: LoadedRun, data: str | os.PathLike, *, encoding: str = "utf-8",
+                    delimiter: str | None = None, decimal: str | None = None,
+                    batch_rows: int = PREDICT_ROWS) -> dict[str, Any]:
+    """`LoadedRun.evaluate` for a file of any size, read batch by batch (memory constant): the run's model
+    and its training baseline scored on the labelled rows, ``{"rows", "metrics", "baseline", "baseline_kind",
+    "notes"}``. Metrics equal the in-memory ones within float rounding.
+
+    Raises:
+        TableError: the file has no target column, or no labelled row.
+    """
+    pre, info = run.preprocessor, run.info
+    wanted = [*pre.input_columns, pre.target]
+    scaling = info.get("target_scaling")
+    model, baseline = (StreamedScore(run.task, scaling, len(info["classes"] or []) or None) for _ in range(2))
+    notes = _Notes()
+    for batch in _input_batches(run, data, wanted, encoding=encoding, delimiter=delimiter, decimal=decimal,
+                                batch_rows=batch_rows):
+        if pre.target not in batch.schema.names:
+            raise TableError(f"the file has no target column {pre.target!r}, so there is nothing to evaluate "
+                             f"against; use `fitloop predict` for unlabelled data.")
+        found: list[str] = []
+        X = torch.from_numpy(pre.transform(batch, None, found))
+        notes.add(found)
+        y = torch.from_numpy(pre.encode_target(signless_zero(batch, pre.target)))
+        model.add(run.outputs(X), y)
+        baseline.add(baseline_outputs(run.task, info, len(y)), y)
+    if model.rows == 0:
+        raise TableError(f"target column {pre.target!r} is empty in this file; evaluate needs labels.")
+    return {"rows": model.rows, "metrics": model.result(), "baseline": baseline.result(),
+            "baseline_kind": info.get("baseline_kind"), "notes": notes.all()}
+
+
+class StreamedScore:
+    """Metrics accumulated batch by batch, equal (within float rounding) to `runs.score` on all rows at once:
+    classification keeps the confusion matrix and the summed cross-entropy, regression the summed errors and
+    the target's mean and spread (merged as `stream_fit.NumericSummary` merges them)."""
+
+    def __init__(self, task: str, scaling: dict[str, float] | None, classes: int | None) -> None:
+        self.task, self.scaling, self.classes = task, scaling, classes
+        self.rows = 0
+        self.loss = 0.0
+        self.confusion = torch.zeros((classes or 1, classes or 1), dtype=torch.int64)
+        self.squared = self.absolute = 0.0
+        self.y_mean = self.y_m2 = 0.0
+
+    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Raw outputs (standardised for regression) and targets (class indices or original units)."""
+        out = out.detach().float()
+        if self.task == "classification":
+            self.loss += float(torch.nn.functional.cross_entropy(out, y.long(), reduction="sum").double())
+            c = self.classes or 1
+            self.confusion += torch.bincount(y.long() * c + out.argmax(-1), minlength=c * c)[:c * c].view(c, c)
+        else:
+            pred = out.reshape(-1).double()
+            if self.scaling:
+                pred = pred * self.scaling["std"] + self.scaling["mean"]
+            err = pred - y.double().reshape(-1)
+            self.squared += float((err * err).sum())
+            self.absolute += float(err.abs().sum())
+            values = y.double().reshape(-1)
+            mean = float(values.mean())
+            n_a, n_b = self.rows, len(values)
+            delta = mean - self.y_mean
+            self.y_mean += delta * n_b / (n_a + n_b)
+            self.y_m2 += float(((values - mean) ** 2).sum()) + delta * delta * n_a * n_b / (n_a + n_b)
+        self.rows += len(y)
+
+    def result(self) -> dict[str, Any]:
+        """The metrics `runs.score` reports (same names, float32 values)."""
+        if self.task == "classification":
+            res = {"loss": self.loss / max(self.rows, 1), **_confusion_metrics(self.confusion)}
+        else:
+            mse = self.squared / max(self.rows, 1)
+            res = {"mse": mse, "mae": self.absolute / max(self.rows, 1), "rmse": math.sqrt(mse)}
+            if self.rows > 1:
+                res["r2"] = 1 - self.squared / self.y_m2 if self.y_m2 > 0 else 0.0
+        return {k: float32_value(float(np.float32(v))) if isinstance(v, float) else v for k, v in res.items()}
+
+
+def _confusion_metrics(confusion: torch.Tensor) -> dict[str, Any]:
+    """The multiclass metrics `runs.score` reports (`metrics.classification_metrics`, macro averages over the
+    classes present), from the confusion matrix alone: the formula written once more here, because
+    `classification_metrics` takes the rows, not their matrix (see the module's notes for the follow-up)."""
+    cm = confusion.double()
+    tp, true_n, pred_n = cm.diagonal(), cm.sum(1), cm.sum(0)
+
+    def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(b > 0, a / b.clamp_min(1), torch.zeros_like(a))
+
+    present = (true_n + pred_n) > 0
+    n_present = present.sum().clamp_min(1)
+    precision, recall, f1 = (float((v * present).sum() / n_present)
+                             for v in (ratio(tp, pred_n), ratio(tp, true_n), ratio(2 * tp, true_n + pred_n)))
+    return {"accuracy": float(tp.sum() / cm.sum().clamp_min(1)), "f1": f1, "precision": precision,
+            "recall": recall, "confusion_matrix": confusion.tolist()}
