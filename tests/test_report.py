@@ -142,9 +142,17 @@ def test_trainer_report_regression_with_and_without_test(tmp_path):
     assert d.baseline["mse"] == pytest.approx(float(((test.y - train.y.mean()) ** 2).mean()), rel=1e-5)
     assert "overfitting and whether the validation loss" in full.html.read_text()  # not judged, said so
     # trained from a DataLoader: the model summary takes its shape from test=, the missing baseline is said
-    from torch.utils.data import DataLoader, TensorDataset
+    # (a DataLoader over a Dataset of its own: one over a TensorDataset is in memory and has its baseline)
+    from torch.utils.data import DataLoader, Dataset
 
-    t.fit(DataLoader(TensorDataset(train.X, train.y), batch_size=32))
+    class Rows(Dataset):
+        def __len__(self):
+            return len(train.X)
+
+        def __getitem__(self, i):
+            return train.X[i], train.y[i]
+
+    t.fit(DataLoader(Rows(), batch_size=32))
     loaded = t.report(tmp_path / "loader", test=test).data
     assert loaded.model is not None and loaded.data["features"] == 3 and not loaded.baseline
     assert any(a.startswith("baseline: the training targets are not in memory") for a in loaded.absent)

@@ -131,3 +131,26 @@ def test_a_changing_lr_is_plotted_without_the_line(tmp_path):
     files, html = _report_of_a_fit(tmp_path, scheduler="cosine")
     assert "lr" in files.plots and 'id="plot-lr"' in html
     assert "lr-constant" not in html and "Learning rate: " not in html
+
+
+# ------------------------------------------------------------------ a DataLoader over a TensorDataset has a baseline
+
+
+def test_a_tensor_dataset_loader_gets_the_trivial_baseline():
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    from fitloop.callbacks.verdict import verdict_in
+    from fitloop.diagnose.verdict import baseline_loss
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(96, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 3.0
+    expected = baseline_loss(nn.MSELoss(), y, "regression")  # the loss of predicting the mean of y
+    for data in (TensorDataset(X, y), DataLoader(TensorDataset(X, y), batch_size=16, shuffle=True),
+                 DataLoader(Subset(TensorDataset(X, y), range(96)), batch_size=16)):
+        trainer = fl.Trainer(nn.Linear(3, 1), "mse", lr=0.05, epochs=3, quiet=True)
+        trainer.fit(data)
+        verdict = verdict_in(trainer)
+        assert verdict["facts"]["baseline_loss"] == pytest.approx(expected, rel=1e-6), type(data).__name__
+        assert not [n for n in verdict["not_judged"] if "baseline" in n]
+        assert "the trivial baseline's " in verdict["reason"]  # judged against it

@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from ..data.batches import in_memory
 from ..evaluation import resolved_task
 
 if TYPE_CHECKING:
@@ -288,7 +290,14 @@ def baseline_loss(loss_fn: Any, y: Any, task: str) -> float | None:
 
 
 def targets_of(data: Any) -> Any:
-    """The targets of in-memory training data (`(X, y)`, a `Split`), else None (a Dataset is not read)."""
+    """The targets of in-memory training data, else None (another Dataset is not read).
+
+    In memory: `(X, y)`, a `Split`, and what the Trainer batches as tensors too (`fitloop.data.batches.in_memory`):
+    a `TensorDataset` of `(X, y)`, a `Subset` of one, a default-collate `DataLoader` over one (its tensors).
+    """
+    memory = in_memory(data) if isinstance(data, (Dataset, DataLoader)) else None
+    if memory is not None:
+        return memory[0].y
     y = getattr(data, "y", None)
     if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
         y = data[1]
