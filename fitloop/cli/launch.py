@@ -17,15 +17,17 @@ error names the rank that failed first.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from .argtypes import whole_number
 
-__all__ = ["add_launch_options", "wants_launch", "launch", "LAUNCH_FLAGS", "restarted_run"]
+__all__ = ["add_launch_options", "wants_launch", "launch", "LAUNCH_FLAGS", "restarted_run", "print_user_error"]
 
 # flags the launcher consumes (with a value each); the workers get the rest of the command line
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
@@ -149,6 +151,8 @@ def _job_failed(e: Any, out: str, again: str) -> int:
     # a worker refused the input (its error is printed above), and the others refused it too or were
     # stopped by the agent after it (a signal): nothing ran, nothing to resume
     if first.exitcode == 2 and all(c == 2 or c < 0 for c in codes):
+        for message in _errors_not_shown(e):
+            print(message, file=sys.stderr, flush=True)
         print("fitloop: the job stopped: the workers refused the command (the error above); fix it and "
               "run it again.", file=sys.stderr, flush=True)
         return 2
@@ -158,6 +162,32 @@ def _job_failed(e: Any, out: str, again: str) -> int:
     print(f"fitloop: the job failed: rank {rank} (local rank {first.local_rank}) {how}{also}. {kept}",
           file=sys.stderr, flush=True)
     return 3
+
+
+def print_user_error(message: str) -> None:
+    """Print a user error (``fitloop: error: ...``) once per job: in a worker that `--nproc` started, only
+    local rank 0 prints it (every worker reads the same input and meets the same error). Each worker also
+    writes it to its torchelastic error file, where the launcher finds an error that only another rank met.
+    Outside a launched job it is printed as it is."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with open(error_file, "w") as f:  # the format torchelastic's ProcessFailure reads
+            json.dump({"message": message, "timestamp": int(time.time())}, f)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
+def _errors_not_shown(e: Any) -> list[str]:
+    """The user errors that workers other than local rank 0 met and local rank 0 did not print (from
+    their error files), each once, in rank order (a `ChildFailedError`)."""
+    failures = sorted(e.failures.items())
+    shown = {f.message for _, f in failures if f.local_rank == 0 and f.exitcode == 2}
+    extra: list[str] = []
+    for _, f in failures:
+        if f.exitcode == 2 and f.message.startswith("fitloop: error:") and f.message not in shown:
+            shown.add(f.message)
+            extra.append(f.message)
+    return extra
 
 
 def restarted_run(out: str | None) -> Path | None:
