@@ -368,7 +368,7 @@ class Trainer:
         go to the device once; batches are `(x, y)` on the device (`y` None for unlabelled data)."""
         cfg, dtype = self.config, self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
         return make_batches(data, train=train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, device=self.device,
-                            float_dtype=dtype, task=self.task, num_workers=cfg.num_workers,
+                            float_dtype=dtype, task=self.task, num_workers=cfg.num_workers, guards=cfg.guards,
                             split="train" if train else "val" if data is self.val_data is not None else "evaluate")
 
     # ------------------------------------------------------------------ evaluation

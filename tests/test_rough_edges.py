@@ -43,8 +43,6 @@ def test_float_class_target_warning_honours_the_class_targets_guard(guards, warn
     assert batches.y.dtype == torch.int64  # converted either way
 
 
-@pytest.mark.xfail(strict=True, reason="needs fitloop/trainer.py Trainer.batches to pass guards=cfg.guards "
-                                       "to make_batches (reported to the coordinator)")
 def test_float_class_targets_in_a_fit_honour_the_class_targets_guard():
     X, y = _float_class_data()
     with warnings.catch_warnings(record=True) as rec:
@@ -89,8 +87,6 @@ def test_epochs_0_is_refused_by_the_python_api_with_the_same_words(tmp_path):
 # ------------------------------------------------------------------ timings: one origin for the first step and total
 
 
-@pytest.mark.xfail(strict=True, reason="needs fitloop/tabular/pipeline.py train_table to measure total from "
-                                       "t_command, the origin of to_first_step (reported to the coordinator)")
 def test_time_to_first_step_is_within_the_total(tmp_path):
     """`fitloop train` passes the command's start (before its imports) as `t_command`; the time to the first
     step counts from there, so the total must count from there too."""

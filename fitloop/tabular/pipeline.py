@@ -32,7 +32,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..callbacks import MLflowLogger, TensorBoardLogger
+from ..callbacks import Callback, MLflowLogger, TensorBoardLogger
 from ..checkpoint_format import find_checkpoints
 from ..data.checks import check_leakage, guard_settings
 from ..devices import pick_device
@@ -155,6 +155,7 @@ class PreparedRun:
     trainer: Any = None
     callbacks: list = field(default_factory=list)
     loggers: list = field(default_factory=list)
+    user_callbacks: list = field(default_factory=list)  # `train_table(callbacks=...)`: after fitloop's own
     run_fields: dict[str, Any] = field(default_factory=dict)
     t_command: float = 0.0
     first_step: Any = None
@@ -224,7 +225,7 @@ def _build_trainer(cfg: RunConfig, p: PreparedRun, run_dir: Path) -> None:
     p.loggers = _loggers(cfg.train.log)
     p.first_step = training.FirstStep(p.t_command)
     p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
-                        callbacks=[*p.callbacks, *p.loggers, p.first_step], config=tcfg)
+                        callbacks=[*p.callbacks, *p.loggers, p.first_step, *p.user_callbacks], config=tcfg)
     training.start_early_stopping(cfg, p.trainer, p.callbacks, p.splits.get("val"), p.se_rows)  # a resume replaces it
 
 
@@ -255,7 +256,8 @@ def _log_final(p: PreparedRun, out_dir: Path, eval_split: str | None, metrics: d
 
 def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
                 log: Callable[[str], None] | None = None, argv: list[str] | None = None,
-                t_command: float | None = None, data: pa.Table | None = None) -> RunResult:
+                t_command: float | None = None, data: pa.Table | None = None,
+                callbacks: Sequence[Callback] = ()) -> RunResult:
     """Read `cfg.data.path` (or take `data`), split, fit the preprocessing on train, train an MLP, evaluate,
     write the run.
 
@@ -272,6 +274,9 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
         t_command: `time.perf_counter()` when the command started (for the time to the first step).
         data: the rows as a ``pyarrow.Table`` already in memory, instead of the file `cfg.data.path`;
             `run.json` records that (`data_in_memory`), and `resume_run` needs the table again.
+        callbacks: more callbacks for the run's Trainer, after fitloop's own (early stopping, loggers):
+            for example the pruning callback of `fitloop.tune`. They are not saved with the run, so a
+            `resume_run` of it needs them again.
 
     Raises:
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
@@ -284,6 +289,7 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
     t_start = time.perf_counter()
     p = prepare_run(cfg, log, data)
     p.t_command = t_start if t_command is None else t_command
+    p.user_callbacks = list(callbacks)
     if data is None:  # `resume` finds the data from any directory
         cfg.data.path = str(Path(cast(str, cfg.data.path)).resolve())
     barrier()  # every rank has checked `out` before rank 0 takes it; only rank 0 writes
@@ -305,7 +311,7 @@ def train_table(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwri
         t0 = time.perf_counter()
         p.trainer.fit(p.splits["train"], p.splits.get("val"))
         p.timings["train"] = time.perf_counter() - t0
-        return _finish(cfg, p, out_dir, t_start)
+        return _finish(cfg, p, out_dir)
 
 
 def _start(cfg: RunConfig, p: PreparedRun, out_dir: Path, argv: list[str] | None) -> None:
@@ -330,12 +336,13 @@ def _start(cfg: RunConfig, p: PreparedRun, out_dir: Path, argv: list[str] | None
 
 
 def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] | None = None,
-               quiet: bool | None = None, data: pa.Table | None = None) -> RunResult:
+               quiet: bool | None = None, data: pa.Table | None = None,
+               callbacks: Sequence[Callback] = ()) -> RunResult:
     """Resume an interrupted `fitloop train` run from its latest good checkpoint, then evaluate it.
 
     The data is read again from the path in `config.toml` (a run trained on a table in memory: `data`,
     that table again) and prepared exactly as before; the checkpoint refuses it when the data or the
-    settings changed, unless `force`.
+    settings changed, unless `force`. `callbacks`: as in `train_table` (those the run was trained with).
 
     Raises:
         ConfigError: the run already finished, or it trained on a table in memory and `data` is None.
@@ -360,6 +367,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
         t_start = time.perf_counter()
         p = prepare_run(cfg, log, data)
         p.t_command = t_start
+        p.user_callbacks = list(callbacks)
         t0 = time.perf_counter()
         if find_checkpoints(run_dir):
             _build_trainer(cfg, p, run_dir)
@@ -371,7 +379,7 @@ def resume_run(path: str | os.PathLike, *, force: bool = False, log: Callable[[s
             _start(cfg, p, run_dir, info.get("command"))
             p.trainer.fit(p.splits["train"], p.splits.get("val"))
         p.timings["train"] = time.perf_counter() - t0
-        return _finish(cfg, p, run_dir, t_start)
+        return _finish(cfg, p, run_dir)
 
 
 def _killed_at_start(run_dir: Path) -> bool:
@@ -383,7 +391,7 @@ def _killed_at_start(run_dir: Path) -> bool:
         return f.readline().startswith(CONFIG_HEADER)
 
 
-def _finish(cfg: RunConfig, p: PreparedRun, out_dir: Path, t_start: float) -> RunResult:
+def _finish(cfg: RunConfig, p: PreparedRun, out_dir: Path) -> RunResult:
     """Evaluate on the held-out rows, write the bundle (with the preprocessor), metrics and summary."""
     trainer, task, info = p.trainer, p.task, p.info
     history = trainer.history
@@ -409,7 +417,7 @@ def _finish(cfg: RunConfig, p: PreparedRun, out_dir: Path, t_start: float) -> Ru
                                                if eval_split else 0, "metrics": metrics, "baseline": baseline,
                                                "baseline_kind": info["baseline_kind"]})
         _log_final(p, out_dir, eval_split, metrics)
-    p.timings["total"] = time.perf_counter() - t_start
+    p.timings["total"] = time.perf_counter() - p.t_command  # from the command's start, as to_first_step
     if p.first_step is not None and p.first_step.seconds is not None:
         p.timings["to_first_step"] = p.first_step.seconds
         if p.first_step.since_launch is not None:
