@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # the target: fitloop within this much of the better baseline (or above), per metric
 TOLERANCE = {"accuracy": 0.01, "r2": 0.02}
+_MISSING = "<missing>"  # a missing text value, for the baselines that take no None
 
 
 @dataclass
@@ -156,7 +157,8 @@ def write_csv(t: Table, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    pcsv.write_csv(pa.table({k: pa.array(v) for k, v in t.columns.items()}), str(path))
+    # from_pandas: a NaN number is written as a missing value, not as the text "nan"
+    pcsv.write_csv(pa.table({k: pa.array(v, from_pandas=True) for k, v in t.columns.items()}), str(path))
 
 
 def robust_clip(t: Table, train_rows: np.ndarray) -> Table:
@@ -192,7 +194,7 @@ def _design(t: Table, rows_fit: np.ndarray, rows_all: list[np.ndarray]) -> list[
     cat = [i for i, c in enumerate(feats) if i not in num]
     X = np.empty((t.rows, len(feats)), dtype=object)
     for j, c in enumerate(feats):
-        X[:, j] = t.columns[c]
+        X[:, j] = t.columns[c] if j in num else [_MISSING if v is None else v for v in t.columns[c]]
     ct = ColumnTransformer([("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
                             ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cat)])
     ct.fit(X[rows_fit])
@@ -220,56 +222,116 @@ def baselines(t: Table, fit_rows: np.ndarray, test_rows: np.ndarray, anchors: bo
         "hgb": (HistGradientBoostingClassifier(random_state=seed) if cls
                 else HistGradientBoostingRegressor(random_state=seed)),
     }
-    out: dict[str, Any] = {}
-    for name, m in models.items():
-        t0 = time.perf_counter()
-        m.fit(Xf, y[fit_rows])
-        out[name] = {"score": _score(t, y[test_rows], m.predict(Xt)), "seconds": time.perf_counter() - t0}
+    out: dict[str, Any] = {name: fit_and_score(t, m, Xf, y[fit_rows], Xt, y[test_rows]) for name, m in models.items()}
     if anchors:
         out.update(_anchors(t, fit_rows, test_rows, seed, Xf, Xt))
     return out
 
 
 def _anchors(t: Table, fit_rows, test_rows, seed: int, Xf, Xt) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    y = np.asarray(t.columns[t.target])
-    cls = t.task == "classification"
+    """CatBoost and RealMLP-TD on the train rows (RealMLP-TD early-stops on its own 20% of them)."""
+    return {"catboost": catboost_anchor(t, fit_rows, test_rows, seed),
+            "realmlp_td": realmlp_anchor(t, fit_rows, test_rows, seed)}
+
+
+def log_loss_of(y_true: np.ndarray, proba: np.ndarray, classes: Any) -> float:
+    """Mean negative log-probability of the true class (natural log; a class the model never saw counts 1e-15)."""
+    column = {str(c): j for j, c in enumerate(np.asarray(classes).reshape(-1))}
+    p = np.array([proba[i, column[str(y)]] if str(y) in column else 0.0 for i, y in enumerate(y_true)])
+    return float(-np.mean(np.log(np.clip(p, 1e-15, 1.0))))
+
+
+def fit_and_score(t: Table, model: Any, X_fit: Any, y_fit: np.ndarray, X_test: Any, y_test: np.ndarray,
+                  **fit_kwargs: Any) -> dict[str, Any]:
+    """Fit, predict and score one model; `seconds` is fit + predict, `logloss` (classification) from
+    `predict_proba` after the clock stops."""
+    t0 = time.perf_counter()
+    model.fit(X_fit, y_fit, **fit_kwargs)
+    pred = model.predict(X_test)
+    out: dict[str, Any] = {"score": _score(t, y_test, np.asarray(pred).reshape(-1)),
+                           "seconds": time.perf_counter() - t0}
+    if t.task == "classification" and hasattr(model, "predict_proba"):
+        out["logloss"] = log_loss_of(y_test, np.asarray(model.predict_proba(X_test)), model.classes_)
+    return out
+
+
+def feature_frame(t: Table, text_as: str = "category") -> Any:
+    """The features as a pandas frame: text columns as pandas categories (LightGBM, pytabkit) or as text with
+    missing values spelled "<missing>" (CatBoost's categorical columns take no NaN)."""
+    import pandas as pd
+
+    df = pd.DataFrame({c: t.columns[c] for c in t.features()})
+    for c in text_columns(t):
+        if text_as == "category":
+            df[c] = df[c].astype("category")
+        else:
+            df[c] = [_MISSING if v is None else str(v) for v in t.columns[c]]
+    return df
+
+
+def text_columns(t: Table) -> list[str]:
+    return [c for c in t.features() if t.columns[c].dtype.kind not in "fiub"]
+
+
+def catboost_anchor(t: Table, fit_rows: np.ndarray, test_rows: np.ndarray, seed: int) -> dict[str, Any]:
+    """CatBoost's defaults on one thread, categorical columns native."""
     try:
         import catboost
     except ImportError as e:
-        out["catboost"] = {"error": f"not installed ({e})"}
-    else:
-        import pandas as pd
+        return {"error": f"not installed ({e})"}
+    y = np.asarray(t.columns[t.target])
+    df = feature_frame(t, text_as="text")
+    kind = catboost.CatBoostClassifier if t.task == "classification" else catboost.CatBoostRegressor
+    m = kind(thread_count=1, verbose=0, random_seed=seed, cat_features=text_columns(t) or None,
+             allow_writing_files=False)
+    return fit_and_score(t, m, df.iloc[fit_rows], y[fit_rows], df.iloc[test_rows], y[test_rows])
 
-        df = pd.DataFrame({c: t.columns[c] for c in t.features()})
-        cats = [c for c in t.features() if t.columns[c].dtype.kind not in "fiub"]
-        kind = catboost.CatBoostClassifier if cls else catboost.CatBoostRegressor
-        m = kind(thread_count=1, verbose=0, random_seed=seed, cat_features=cats or None,
-                 allow_writing_files=False)
-        t0 = time.perf_counter()
-        m.fit(df.iloc[fit_rows], y[fit_rows])
-        pred = m.predict(df.iloc[test_rows])
-        out["catboost"] = {"score": _score(t, y[test_rows], np.asarray(pred).reshape(-1)),
-                           "seconds": time.perf_counter() - t0}
+
+def lightgbm_anchor(t: Table, fit_rows: np.ndarray, test_rows: np.ndarray, seed: int) -> dict[str, Any]:
+    """LightGBM's defaults on one thread, pandas categories native."""
+    try:
+        import lightgbm
+    except ImportError as e:
+        return {"error": f"not installed ({e})"}
+    y = np.asarray(t.columns[t.target])
+    df = feature_frame(t)
+    kind = lightgbm.LGBMClassifier if t.task == "classification" else lightgbm.LGBMRegressor
+    m = kind(n_jobs=1, random_state=seed, verbose=-1)
+    return fit_and_score(t, m, df.iloc[fit_rows], y[fit_rows], df.iloc[test_rows], y[test_rows])
+
+
+def realmlp_anchor(t: Table, fit_rows: np.ndarray, test_rows: np.ndarray, seed: int,
+                   val_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """RealMLP-TD (pytabkit, CPU, one thread); with `val_rows` it early-stops on those rows (fitloop's own
+    validation rows) instead of holding out 20% of the train rows."""
     try:
         from pytabkit import RealMLP_TD_Classifier, RealMLP_TD_Regressor
     except ImportError as e:
-        out["realmlp_td"] = {"error": f"not installed ({e})"}
-    else:
-        import pandas as pd
+        return {"error": f"not installed ({e})"}
+    kind = RealMLP_TD_Classifier if t.task == "classification" else RealMLP_TD_Regressor
+    return _pytabkit_fit(t, kind(device="cpu", n_threads=1, random_state=seed, verbosity=0), fit_rows, test_rows,
+                         val_rows)
 
-        df = pd.DataFrame({c: t.columns[c] for c in t.features()})
-        for c in df.columns:
-            if df[c].dtype == object:
-                df[c] = df[c].astype("category")
-        kind = RealMLP_TD_Classifier if cls else RealMLP_TD_Regressor
-        m = kind(device="cpu", n_threads=1, random_state=seed, verbosity=0)
-        t0 = time.perf_counter()
-        m.fit(df.iloc[fit_rows], y[fit_rows])
-        pred = m.predict(df.iloc[test_rows])
-        out["realmlp_td"] = {"score": _score(t, y[test_rows], np.asarray(pred).reshape(-1)),
-                             "seconds": time.perf_counter() - t0}
-    return out
+
+def tabm_anchor(t: Table, fit_rows: np.ndarray, test_rows: np.ndarray, seed: int,
+                val_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """TabM's reference defaults (pytabkit's TabM_D: k = 32, width 512, AdamW, batch 256, patience 16), CPU,
+    one thread; early stopping on `val_rows` when given."""
+    try:
+        from pytabkit import TabM_D_Classifier, TabM_D_Regressor
+    except ImportError as e:
+        return {"error": f"not installed ({e})"}
+    kind = TabM_D_Classifier if t.task == "classification" else TabM_D_Regressor
+    return _pytabkit_fit(t, kind(device="cpu", n_threads=1, random_state=seed, verbosity=0), fit_rows, test_rows,
+                         val_rows)
+
+
+def _pytabkit_fit(t: Table, model: Any, fit_rows: np.ndarray, test_rows: np.ndarray,
+                  val_rows: np.ndarray | None) -> dict[str, Any]:
+    y = np.asarray(t.columns[t.target])
+    df = feature_frame(t)
+    val = {} if val_rows is None else {"X_val": df.iloc[val_rows], "y_val": y[val_rows]}
+    return fit_and_score(t, model, df.iloc[fit_rows], y[fit_rows], df.iloc[test_rows], y[test_rows], **val)
 
 
 # ------------------------------------------------------------------------------------------ fitloop
@@ -299,6 +361,7 @@ def run_fitloop(csv: Path, t: Table, seed: int, out: Path, extra: list[str], in_
     run = json.loads((out / "run.json").read_text())
     assert metrics["split"] == "test" and metrics["rows"] == len(splits["test"]), "the test rows must match"
     return {"score": float(metrics["metrics"][t.metric]), "seconds": wall, "splits": splits,
+            "loss": float(metrics["metrics"]["loss"]),
             "epochs": run.get("epochs"), "best_epoch": run.get("best_epoch"), "steps": run.get("step"),
             "timings": run.get("timings", {}), "still_improving": run.get("still_improving")}
 

