@@ -27,7 +27,7 @@ import fitloop as fl
 from fitloop.callbacks.base import Callback
 from fitloop.checkpoint_format import load_checkpoint, serialize
 from fitloop.data.batches import make_batches
-from fitloop.data.stream import ParquetSource, StreamBatches, StreamError
+from fitloop.data.stream import ParquetSource, StreamBatches, StreamError, _BlockReader
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -235,9 +235,9 @@ def test_resuming_at_a_batch_reads_no_window_before_it(data, monkeypatch):
     read: list[int] = []
     original = StreamBatches._convert
 
-    def counting(self, table):
-        read.append(table.num_rows)
-        return original(self, table)
+    def counting(self, table, order=None):
+        read.append(table.num_rows if order is None else len(order))
+        return original(self, table, order)
 
     monkeypatch.setattr(StreamBatches, "_convert", counting)
     for start in (0, 1, 17, 39, 40):
@@ -248,6 +248,27 @@ def test_resuming_at_a_batch_reads_no_window_before_it(data, monkeypatch):
     source.batch_size = 5
     halves = [ids_of(batches(source, rank=r, world=5).epoch(torch.Generator().manual_seed(5), 17)) for r in range(5)]
     assert [sum(parts, []) for parts in zip(*halves, strict=True)] == full[17:]
+
+
+def test_each_rank_reads_only_the_blocks_holding_its_rows(data, monkeypatch):
+    read: list[tuple[int, int]] = []
+    original = _BlockReader.read
+
+    def counting(self, index):
+        read.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(_BlockReader, "read", counting)
+    source = ParquetSource(data, columns=["id"], batch_size=100, buffer_rows=1000)
+    shares = {}
+    for rank in (0, 1):  # unshuffled: global batches of 200 rows, rank 0 takes the first 100 of each
+        mine = batches(source, rank=rank, world=2, shuffle=False)
+        assert mine.filler[0].tolist() == [[0.0]]  # read once (block 0), for an empty share
+        read.clear()
+        shares[rank] = sum(ids_of(mine.epoch(None)), [])
+        shares[f"read-{rank}"] = sorted(read)
+    assert shares[0][:100] == list(range(100)) and shares[1][:100] == list(range(100, 200))
+    assert shares["read-0"] == [0, 2, 4, 5, 6, 7] and shares["read-1"] == [1, 2, 3, 4, 7]  # of the 8 blocks
 
 
 def test_the_fingerprint_tells_a_changed_file_set(data, tmp_path):

@@ -318,7 +318,7 @@ class StreamBatches:
             return torch.empty(0), None
         if self._filler is None:
             x, y = self._convert(_BlockReader(self.source, self.plan).read(0).slice(0, 1))
-            self._filler = (x.to(self.device), None if y is None else y.to(self.device))
+            self._filler = (x.contiguous().to(self.device), None if y is None else y.to(self.device))
         return self._filler
 
     def gather(self, out: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -401,19 +401,26 @@ class StreamBatches:
                 continue
             positions = self._positions(window, start)
             if len(positions):
-                yield self._convert(reader.window_rows(window, _window_order(window, positions)))
+                yield self._convert(*reader.window_rows(window, _window_order(window, positions)))
 
-    def _convert(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(X, y)` of a table of rows: the source's transform (or the columns as float32), the target prepared."""
+    def _convert(self, table: pa.Table, order: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(X, y)` of rows `order` of `table` (None: all, in order): the source's transform (or the columns as
+        float32), the target prepared. The transform sees the rows in file order; the delivery order is one
+        row gather of its tensors (the default transform gathers each column while it copies it)."""
         source = self.source
-        if source.transform is not None:
-            x, y = source.transform(table)
-        else:
-            x, y = default_transform(table, source.columns, source.target)
+        if source.transform is None:
+            return self._prepared(*default_transform(table, source.columns, source.target, order))
+        x, y = source.transform(table)
         if len(x) != table.num_rows or (y is not None and len(y) != table.num_rows):
             raise StreamError(f"{source.path}: the transform returned {len(x)} rows of X"
                               f"{'' if y is None else f' and {len(y)} of y'} for {table.num_rows} rows; "
                               "it must keep every row, in order.")
+        if order is not None:
+            index = torch.from_numpy(order)
+            x, y = x[index], (None if y is None else y[index])
+        return self._prepared(x, y)
+
+    def _prepared(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.is_floating_point() and x.dtype != self.float_dtype:
             x = x.to(self.float_dtype)
         if y is not None and self.prepare is not None:
@@ -432,7 +439,7 @@ def _window_order(window: Window, positions: np.ndarray) -> np.ndarray:
     """The window's rows (indices into its blocks' kept rows, in block order) at delivery `positions`."""
     if window.seed is None:
         return positions
-    permutation = torch.randperm(window.rows, generator=torch.Generator().manual_seed(window.seed)).numpy()
+    permutation = np.random.default_rng(window.seed).permutation(window.rows)
     return permutation[positions]
 
 
@@ -457,22 +464,33 @@ def _take_front(parts: list[tuple[torch.Tensor, torch.Tensor | None]], size: int
     return (torch.cat([x for x, _ in taken]), None if ys[0] is None else torch.cat(ys)), rest  # type: ignore[arg-type]
 
 
-def default_transform(table: pa.Table, columns: Sequence[str], target: str | None
+def default_transform(table: pa.Table, columns: Sequence[str], target: str | None, order: np.ndarray | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The columns as a float32 matrix and the target as stored (a 1-D tensor), or None without one."""
-    x = np.empty((table.num_rows, len(columns)), dtype=np.float32)
+    """Rows `order` of `table` (None: all): the columns as a float32 matrix and the target as stored (a 1-D
+    tensor), or None without one. Each column is gathered on its own (a column fits the cache, the whole
+    window may not), then the matrix is transposed once."""
+    rows = table.num_rows if order is None else len(order)
+    x = np.empty((len(columns), rows), dtype=np.float32)
     for j, name in enumerate(columns):
-        x[:, j] = _numeric(table.column(name), name)
-    y = None if target is None else torch.from_numpy(_numeric(table.column(target), target))
-    return torch.from_numpy(x), y
+        values = _numeric(table.column(name), name)
+        if order is None:
+            x[j] = values
+        elif values.dtype == np.float32:
+            np.take(values, order, out=x[j])  # no temporary
+        else:
+            x[j] = values[order]
+    y = None
+    if target is not None:
+        values = _numeric(table.column(target), target)
+        y = torch.from_numpy(values[order] if order is not None else np.array(values))  # a copy: writable
+    return torch.from_numpy(x).T.contiguous(), y
 
 
 def _numeric(column: pa.ChunkedArray, name: str) -> np.ndarray:
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)):
         raise StreamError(f"column {name!r} is {column.type}, not numeric: pass a transform (e.g. a fitted "
                           "preprocessor) that encodes it.")
-    values = column.to_numpy()
-    return values if values.flags.writeable else values.copy()  # torch refuses read-only (zero-copy) arrays
+    return column.to_numpy()  # may be a read-only view of the Arrow buffer: the callers copy
 
 
 class _BlockReader:
@@ -513,18 +531,27 @@ class _BlockReader:
                 self._recent.popitem(last=False)
         return table
 
-    def window_rows(self, window: Window, rows: np.ndarray) -> pa.Table:
-        """Rows `rows` of `window` (indices into its blocks' kept rows), reading only the blocks they are in."""
+    def window_rows(self, window: Window, rows: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        """Rows `rows` of `window` (distinct indices into its blocks' kept rows), reading only the blocks
+        they are in: a table of them in file order, and the index of each of `rows` in it. Arrow keeps the
+        file order (a sorted take, or none when all the window's rows are wanted); the caller gathers the
+        delivery order once, on the converted tensors."""
+        tables = [self.read(i) for i in window.blocks] if len(rows) == window.rows else None
+        if tables is not None:  # the whole window (one process): no take
+            return (tables[0] if len(tables) == 1 else pa.concat_tables(tables)), rows
+        by_file = np.argsort(rows, kind="stable")
+        wanted = rows[by_file]
         bounds = np.cumsum([0] + [self.plan.blocks[i].kept for i in window.blocks])
-        owner = np.searchsorted(bounds, rows, side="right") - 1
-        needed = np.unique(owner)
+        owner = np.searchsorted(bounds, wanted, side="right") - 1
         tables, offsets, at = [], np.zeros(len(window.blocks), dtype=np.int64), 0
-        for member in needed:
+        for member in np.flatnonzero(np.bincount(owner, minlength=len(window.blocks))):
             tables.append(self.read(window.blocks[member]))
             offsets[member] = at - bounds[member]
             at += tables[-1].num_rows
         combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        return combined.take(pa.array(rows + offsets[owner]))
+        order = np.empty(len(rows), dtype=np.int64)
+        order[by_file] = np.arange(len(rows))
+        return combined.take(pa.array(wanted + offsets[owner])), order
 
 
 class _prefetched:
