@@ -30,6 +30,7 @@ from .pipeline import RunResult, check_out, default_out, merge_run_json, resume_
 from .reading import in_memory
 from .runs import LoadedRun, load_run
 from .search import SearchOptions, search_table, write_search
+from .stream_train import train_or_stream
 from .tuning import tune_table
 
 __all__ = ["train", "resume", "size_search", "search_and_train", "tune", "dry_run", "load_run", "run_config",
@@ -83,7 +84,8 @@ def _config_layers(config: Any) -> list[Mapping[str, Any]]:
 
 def train(data: Any = None, target: str | None = None, *, out: str | os.PathLike | None = None,
           config: Any = None, overwrite: bool = False, log: Log | None = None, argv: list[str] | None = None,
-          t_command: float | None = None, **settings: Any) -> RunResult:
+          t_command: float | None = None, stream: bool | None = None, memory_budget: str | int | None = None,
+          split_column: str | None = None, **settings: Any) -> RunResult:
     """Train on a table as `fitloop train` does and write the run directory.
 
     Args:
@@ -97,6 +99,10 @@ def train(data: Any = None, target: str | None = None, *, out: str | os.PathLike
         log: where progress lines go (default: nowhere).
         argv: the command line, for `run.json`.
         t_command: the command's start time (`time.perf_counter()`), for `run.json`'s timings.
+        stream: a file (or a directory or glob of Parquet files) is streamed instead of read into memory:
+            True always, None when it would not fit `memory_budget` (`fitloop.tabular.stream_train`).
+        memory_budget: bytes or a size like ``"4G"``; default: half the available memory.
+        split_column: a column of train/val/test values to split by (the table is then streamed).
 
     Returns:
         The `RunResult`: `run_dir`, `metrics`, `baseline`, `rows`, `timings`, ...; `.load()` opens the run.
@@ -105,6 +111,9 @@ def train(data: Any = None, target: str | None = None, *, out: str | os.PathLike
         ConfigError, TableError, ValueError: bad settings or data (nothing is written).
     """
     cfg, table = run_config(data, target, config, **settings)
+    if table is None and cfg.data.path:  # a file: in memory or streamed, as it fits
+        return train_or_stream(cfg, out, stream=stream, memory_budget=memory_budget, split_column=split_column,
+                               overwrite=overwrite, log=log, argv=argv, t_command=t_command)
     return train_table(cfg, out=out, overwrite=overwrite, log=log, argv=argv, t_command=t_command, data=table)
 
 

@@ -191,9 +191,9 @@ def _conform(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def parquet_cache(path: str | os.PathLike, run_dir: str | os.PathLike, *, encoding: str = "utf-8", delimiter: str | None = None,
-                  decimal: str | None = None, info: ReadInfo | None = None, show_progress: bool | None = None,
-                  log: Any = None) -> Path:
+def parquet_cache(path: str | os.PathLike, run_dir: str | os.PathLike, *, encoding: str = "utf-8",
+                  delimiter: str | None = None, decimal: str | None = None, info: ReadInfo | None = None,
+                  show_progress: bool | None = None, log: Any = None) -> Path:
     """`path` (delimited text) converted once into `RUN_DIR/data-cache/<name>.parquet`; reused when the source's
     size and modification time and the dialect still match (see the module docstring).
 

@@ -1,6 +1,7 @@
 """`fitloop train` on a table larger than memory: the run streamed from Parquet (a CSV cached as Parquet).
 
     result = train_streamed(cfg, out="runs/big")       # what `fitloop train big.parquet --stream` does
+    result = train_or_stream(cfg, out="runs/t")         # `fitloop train`: streams when it would not fit
 
 The recipe is the in-memory one (`fitloop.tabular.pipeline`: the same model, loss, budget, callbacks and
 Trainer, built by `pipeline.build_trainer`); only the data differs. The splits are `ParquetSource`s
@@ -37,19 +38,45 @@ from ..runlock import hold_run_dir
 from . import training
 from .config import RunConfig, training_budget
 from .csv_cache import CACHE_DIR
-from .pipeline import PreparedRun, RunResult, build_trainer, check_out, default_out, merge_run_json
+from .pipeline import PreparedRun, RunResult, build_trainer, check_out, default_out, merge_run_json, train_table
 from .runs import baseline_outputs
 from .stream_fit import SPLIT_NAMES
-from .streaming import SAMPLE_ROWS, StreamedScore, StreamedTable, open_streamed, row_groups
+from .streaming import SAMPLE_ROWS, StreamedScore, StreamedTable, decide_streaming, open_streamed, row_groups
 
-__all__ = ["train_streamed", "STREAM_BATCH_ROWS"]
+__all__ = ["train_or_stream", "train_streamed", "STREAM_BATCH_ROWS"]
 
 STREAM_BATCH_ROWS = 8192  # rows per evaluation batch of the held-out split
 
 
+def train_or_stream(cfg: RunConfig, out: str | os.PathLike | None = None, *, stream: bool | None = None,
+                    memory_budget: str | int | None = None, split_column: str | None = None,
+                    log: Callable[[str], None] | None = None, **options: Any) -> RunResult:
+    """`fitloop train` on the file `cfg.data.path`: in memory (`pipeline.train_table`) or streamed
+    (`train_streamed`), as `streaming.decide_streaming` decides; `log` gets the one line that says which.
+
+    Args:
+        cfg: the resolved configuration.
+        out: the run directory.
+        stream: True: stream; False: read into memory; None: stream when the table exceeds `memory_budget`.
+        memory_budget: bytes or a size like ``"4G"`` (default: a fraction of the available memory).
+        split_column: a column of train/val/test values that splits the rows (streamed runs only).
+        log: where progress lines go.
+        options: `overwrite`, `argv`, `t_command`, as `train_table` takes them.
+    """
+    log = log or (lambda msg: None)
+    streams, line = decide_streaming(str(cfg.data.path), stream=stream, memory_budget=memory_budget)
+    if split_column and not streams:
+        streams, line = True, "streaming the table (--split-column splits a streamed table)"
+    log(line[0].upper() + line[1:] + ".")
+    if streams:
+        return train_streamed(cfg, out, log=log, why=line, split_column=split_column, **options)
+    return train_table(cfg, out, log=log, **options)
+
+
 def train_streamed(cfg: RunConfig, out: str | os.PathLike | None = None, *, overwrite: bool = False,
                    log: Callable[[str], None] | None = None, argv: list[str] | None = None,
-                   t_command: float | None = None, why: str = "streaming the table") -> RunResult:
+                   t_command: float | None = None, why: str = "streaming the table",
+                   split_column: str | None = None) -> RunResult:
     """Train a table run from a stream (see the module docstring); the run directory as `train_table` writes it.
 
     Args:
@@ -60,6 +87,8 @@ def train_streamed(cfg: RunConfig, out: str | os.PathLike | None = None, *, over
         argv: the command line, recorded in `run.json`.
         t_command: `time.perf_counter()` when the command started.
         why: the line saying that (and why) the table is streamed, recorded in `run.json`.
+        split_column: a column of train/val/test values that splits the rows (default: `data.split`'s
+            fractions over the hash of each row's position).
 
     Raises:
         ConfigError, TableError, ValueError: bad settings or data.
@@ -78,7 +107,7 @@ def train_streamed(cfg: RunConfig, out: str | os.PathLike | None = None, *, over
             clear_run_dir(out_dir, keep=(CACHE_DIR,))
         barrier()  # rank 0 writes the CSV cache; the others read it after
         try:
-            table = _open(cfg, out_dir, log, main)
+            table = _open(cfg, out_dir, log, main, split_column)
             p = _prepare(cfg, table, log, why)
             p.t_command = t_start if t_command is None else t_command
             _start(cfg, p, table, out_dir, argv)
@@ -95,14 +124,15 @@ def train_streamed(cfg: RunConfig, out: str | os.PathLike | None = None, *, over
         return _finish(cfg, p, table, out_dir, t_start)
 
 
-def _open(cfg: RunConfig, out_dir: Path, log: Callable[[str], None], main: bool) -> StreamedTable:
+def _open(cfg: RunConfig, out_dir: Path, log: Callable[[str], None], main: bool,
+          split_column: str | None) -> StreamedTable:
     """The streamed table; rank 0 converts a CSV first, then every rank opens the same cache."""
     if main:
-        table = open_streamed(cfg, out_dir, log)
+        table = open_streamed(cfg, out_dir, log, split_column)
         barrier()
         return table
     barrier()
-    return open_streamed(cfg, out_dir)
+    return open_streamed(cfg, out_dir, split_column=split_column)
 
 
 def _prepare(cfg: RunConfig, table: StreamedTable, log: Callable[[str], None], why: str) -> PreparedRun:

@@ -116,14 +116,25 @@ def decide_streaming(path: str | os.PathLike, *, stream: bool | None = None,
     many = Path(path).is_dir() or any(c in str(path) for c in "*?[")
     budget = parse_size(memory_budget) if memory_budget is not None else \
         int(available_memory() * DEFAULT_MEMORY_FRACTION)
-    need = estimated_memory(path)
-    gib = f"{need / 2**30:.2f} GiB in memory, budget {budget / 2**30:.2f} GiB"
-    if stream is False and not many:
-        return False, f"reading the table into memory (about {gib})"
-    if need > budget or many:
-        what = "a directory or glob of Parquet files" if many and need <= budget else f"about {gib}"
-        return True, f"streaming the table: {what} (--memory-budget sets the budget)"
-    return False, f"reading the table into memory (about {gib}; --stream streams it)"
+    try:
+        need = estimated_memory(path)
+    except (OSError, ValueError, pa.ArrowException):  # no such file, not a table: the reader's errors say why
+        return False, "reading the table into memory"
+    sizes = f"it needs about {_size(need)} in memory, {{}} the budget of {_size(budget)}"
+    if need > budget and stream is not False:
+        return True, f"streaming the table: {sizes.format('over')} (--memory-budget sets the budget)"
+    if many and stream is not False:
+        return True, "streaming the table: a directory or glob of Parquet files"
+    return False, f"reading the table into memory: {sizes.format('within' if need <= budget else 'over')}" + \
+        (" (--stream streams it)" if stream is None else " (as asked)")
+
+
+def _size(n: int) -> str:
+    """Bytes in words: 5.2 MiB, 10.7 GiB."""
+    for unit, power in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << power:
+            return f"{n / 2**power:.1f} {unit}"
+    return f"{n} bytes"
 
 
 # ------------------------------------------------------------------------------------ the streamed table
@@ -197,9 +208,11 @@ class StreamedTable:
                              transform=self.transform, rows=self.fit.masks.rows(split), buffer_rows=shuffle_rows)
 
 
-def open_streamed(cfg: RunConfig, run_dir: str | os.PathLike, log: Any = None) -> StreamedTable:
+def open_streamed(cfg: RunConfig, run_dir: str | os.PathLike, log: Any = None,
+                  split_column: str | None = None) -> StreamedTable:
     """The run's table as a stream: a CSV cached as Parquet in `run_dir`, the kinds and the task from the
-    first rows, the preprocessor fitted in one pass over the training rows.
+    first rows, the preprocessor fitted in one pass over the training rows (split by `split_column`'s
+    values, train/val/test, when given; else by the hash of each row's position, with `data.split`).
 
     Raises:
         TableError: the data does not fit the settings (no such target, a bad split column, ...).
@@ -214,7 +227,7 @@ def open_streamed(cfg: RunConfig, run_dir: str | os.PathLike, log: Any = None) -
         path = str(parquet_cache(path, run_dir, encoding=d.encoding, delimiter=d.delimiter, decimal=d.decimal,
                                  info=info, log=log))
     plan = ParquetSource(path, columns=[]).plan()
-    split_column = getattr(d, "split_column", None)
+    split_column = split_column or getattr(d, "split_column", None)  # (a config key, when the config has one)
     drop = [*d.drop, *([split_column] if split_column else [])]
     sample = Table.from_arrow(_sample(plan, SAMPLE_ROWS), target, task=d.task, drop=drop, id=d.id,
                               max_categories=d.max_categories, source=str(d.path))
