@@ -134,8 +134,10 @@ def _add_training_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     t = sub.add_parser("train", help="train on a table and write a run directory", formatter_class=fmt,
                        description="Train an MLP on a CSV/TSV(.gz)/Parquet table, evaluate it on held-out "
                                    "rows and write a run directory.", epilog=TRAIN_EXAMPLES)
-    t.add_argument("data", nargs="?", metavar="DATA", help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file")
+    t.add_argument("data", nargs="?", metavar="DATA",
+                   help=".csv, .tsv, .csv.gz, .tsv.gz or .parquet file, or a directory or glob of Parquet files")
     _train_options(t)
+    _stream_options(t)
     t.set_defaults(func=cmd_train)
 
     ss = sub.add_parser("size-search", help="find the network size the data supports, then train it",
@@ -158,6 +160,19 @@ def _add_training_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     tu.set_defaults(func=cmd_tune)
 
 
+def _stream_options(t: argparse.ArgumentParser) -> None:
+    """`train`'s streaming flags (`fitloop.tabular.stream_train`): a table larger than memory."""
+    s = t.add_argument_group("tables larger than memory")
+    s.add_argument("--stream", action="store_true", default=None,
+                   help="stream the table from Parquet (a CSV is cached as Parquet in the run directory) "
+                        "instead of reading it into memory")
+    s.add_argument("--memory-budget", metavar="SIZE",
+                   help="stream when the table would need more memory than this, e.g. 4G (default: half the "
+                        "memory available at the start)")
+    s.add_argument("--split-column", metavar="COL",
+                   help="split by this column's values (train, val, test) instead of --split (streams)")
+
+
 def _add_run_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """`predict`, `evaluate`, `resume` and `report`: what takes a run directory."""
     p = sub.add_parser("predict", help="predictions for a new file", formatter_class=fmt, epilog=PREDICT_EXAMPLES,
@@ -166,6 +181,8 @@ def _add_run_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("data", metavar="DATA")
     p.add_argument("-o", "--output", default=None, help="output file (.csv, .tsv or .parquet); default stdout")
     p.add_argument("--proba", action="store_true", help="also write one probability column per class")
+    p.add_argument("--stream", action="store_true", default=None,
+                   help="read and write batch by batch, in constant memory (default: when the file is large)")
     _read_opts(p)
     _common(p)
     p.set_defaults(func=cmd_predict)
@@ -175,6 +192,8 @@ def _add_run_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("data", metavar="DATA")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--stream", action="store_true", default=None,
+                   help="read batch by batch, in constant memory (default: when the file is large)")
     _read_opts(e)
     _common(e)
     e.set_defaults(func=cmd_evaluate)
