@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -150,3 +151,69 @@ def test_a_tensor_dataset_loader_gets_the_trivial_baseline():
         assert verdict["facts"]["baseline_loss"] == pytest.approx(expected, rel=1e-6), type(data).__name__
         assert not [n for n in verdict["not_judged"] if "baseline" in n]
         assert "the trivial baseline's " in verdict["reason"]  # judged against it
+
+
+# ------------------------------------------------------------------ predict: float32 digits, notes not warnings
+
+CATEGORIES = "x,c,y\n" + "".join(f"{i * 0.25},{'abc'[i % 3]},{i * 1.75 + 5 * (i % 3) + (i * 7 % 5) * 0.37}\n"
+                           for i in range(45))
+NEW_ROWS = "x,c\n1.5,a\n2.25,zzz\n7.75,\n3.1,b\n"
+
+
+@pytest.fixture(scope="module")
+def category_run(tmp_path_factory):
+    """A regression run on a table with a category column, and new rows with an unseen and a missing one."""
+    root = tmp_path_factory.mktemp("category_run")
+    (root / "train.csv").write_text(CATEGORIES)
+    (root / "new.csv").write_text(NEW_ROWS)
+    (root / "labelled.csv").write_text("x,c,y\n1.5,a,3\n2.25,zzz,9\n7.75,,20\n3.1,b,11\n")
+    fitloop.tabular.train(root / "train.csv", "y", epochs=3, seed=0, out=root / "run")
+    return root
+
+
+def _float32_predictions(root) -> list[np.float32]:
+    """The model's own float32 outputs in the target's units, computed apart from `predict`."""
+    from fitloop.tabular.preprocess import transform_table
+
+    run = fitloop.tabular.load_run(root / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        X = transform_table(run.preprocessor, root / "new.csv").X
+    scaling = run.info["target_scaling"]
+    out = run.outputs(torch.as_tensor(X)).reshape(-1) * scaling["std"] + scaling["mean"]
+    assert out.dtype == torch.float32
+    return [np.float32(v) for v in out.tolist()]
+
+
+def test_predict_writes_the_shortest_digits_of_float32_values(category_run, tmp_path, capsys):
+    expected = _float32_predictions(category_run)
+    assert main(["predict", str(category_run / "run"), str(category_run / "new.csv"), "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout == '"prediction"\n' + "".join(str(v) + "\n" for v in expected)  # the shortest repr
+    assert all(len(line.replace(".", "").lstrip("-0")) <= 9 for line in stdout.splitlines()[1:])
+    assert main(["predict", str(category_run / "run"), str(category_run / "new.csv"), "-o",
+                 str(tmp_path / "p.tsv"), "--quiet"]) == 0
+    assert (tmp_path / "p.tsv").read_text() == stdout
+    # Parquet: float64 values, each the float32's shortest decimal (what the CSV shows)
+    import pyarrow.parquet as pq
+
+    assert main(["predict", str(category_run / "run"), str(category_run / "new.csv"), "-o",
+                 str(tmp_path / "p.parquet"), "--quiet"]) == 0
+    column = pq.read_table(tmp_path / "p.parquet").column("prediction")
+    assert str(column.type) == "double"
+    assert column.to_pylist() == [float(str(v)) for v in expected]
+
+
+NOTE = ("fitloop: note: unseen (or missing) categories mapped to the <unknown> slot (rows per column): c: 2\n")
+
+
+def test_predict_and_evaluate_print_unseen_categories_as_a_note_line(category_run, tmp_path, capsys):
+    args = [str(category_run / "run"), str(category_run / "new.csv")]
+    assert main(["predict", *args, "-o", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert err == NOTE + f"wrote 4 predictions to {tmp_path / 'p.csv'}\n"
+    assert main(["evaluate", str(category_run / "run"), str(category_run / "labelled.csv"), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err == NOTE
+    for text in (err,):
+        assert "UserWarning" not in text and "fitloop/" not in text

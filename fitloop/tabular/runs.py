@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from ..bundle import load
@@ -68,6 +69,14 @@ def float32_value(v: Any) -> Any:
     if isinstance(v, float):
         return float(str(np.float32(v)))
     return v
+
+
+def float32_decimals(values: Any) -> np.ndarray:
+    """float32 values as float64 arrays of their shortest decimals (74.15505, not 74.1550521850586): each
+    reads back as the same float32, and a float64 writer (CSV, JSON, Parquet) then shows those digits.
+    Arrow formats each float32 as its shortest round-trip decimal, and parses that back."""
+    text = pc.cast(pa.array(np.asarray(values, dtype=np.float32).reshape(-1)), pa.string())
+    return pc.cast(text, pa.float64()).to_numpy()
 
 
 def unscale(pred, scaling: dict[str, float] | None):
@@ -226,7 +235,8 @@ def predict_columns(run: LoadedRun, X, *, proba: bool = False) -> dict[str, Any]
 
     Returns:
         ``{"prediction": ..., ["proba_<class>": ...]}``: class labels (a list of the original values) or
-        float64 values in the target's units; with `proba`, one float32 array per class.
+        float64 values in the target's units, each the shortest decimal of the model's float32 value
+        (`float32_decimals`); with `proba`, one float32 array per class.
 
     Raises:
         ValueError: `proba` on a regression run.
@@ -242,7 +252,8 @@ def predict_columns(run: LoadedRun, X, *, proba: bool = False) -> dict[str, Any]
     else:
         if proba:
             raise ValueError("--proba is for classification runs; this run does regression.")
-        cols["prediction"] = unscale(out.reshape(-1), run.info["target_scaling"]).double().numpy()
+        # the model computes in float32: its shortest decimals, not float64 digits it never had
+        cols["prediction"] = float32_decimals(unscale(out.reshape(-1), run.info["target_scaling"]).numpy())
     return cols
 
 
