@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from torch import nn
 
 import fitloop as fl
 from fitloop.callbacks.base import Callback
-from fitloop.checkpoint_format import load_checkpoint, serialize
+from fitloop.callbacks.checkpoint import RunInterrupted
+from fitloop.callbacks.fingerprints import data_fingerprint
+from fitloop.checkpoint_format import ResumeMismatchError, load_checkpoint, serialize
 from fitloop.data.batches import make_batches
 from fitloop.data.stream import ParquetSource, StreamBatches, StreamError, _BlockReader
 
@@ -178,6 +181,15 @@ def test_the_order_does_not_depend_on_the_batch_size_or_the_prefetch(data):
     assert all(w.rows <= 250 or len(w.blocks) == 1 for w in windows)  # bounded (a bigger block: alone)
 
 
+def test_the_reader_thread_stops_when_the_epoch_is_left_early(data):
+    source = ParquetSource(data, columns=["id"], batch_size=10, buffer_rows=100, prefetch=1)
+    epoch = batches(source).epoch(torch.Generator().manual_seed(0))
+    next(epoch)
+    assert any(t.name == "fitloop-stream-reader" for t in threading.enumerate())
+    epoch.close()  # what a `break` out of the loop does
+    assert not any(t.name == "fitloop-stream-reader" for t in threading.enumerate())
+
+
 def test_rows_are_shuffled_across_blocks_and_within_the_buffer(data):
     source = ParquetSource(data, columns=["id"], buffer_rows=400, batch_size=1000)
     delivered = np.asarray(sum(ids_of(batches(source).epoch(torch.Generator().manual_seed(0))), []))
@@ -278,6 +290,41 @@ def test_the_fingerprint_tells_a_changed_file_set(data, tmp_path):
     write_files(tmp_path / "other", [[100, 37, 250], [13], [200, 1, 99], [301]])
     after = ParquetSource(tmp_path / "other", columns=["id"]).fingerprint()
     assert after["rows"] == 1001 and after["files_sha256"] != before["files_sha256"]
+
+
+class _SignalAt(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_optimizer_step(self, trainer, step):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_run_directory_resumes_mid_epoch_and_refuses_other_files(data, tmp_path):
+    source = ParquetSource(data, columns=["a", "b"], target="y", buffer_rows=300)
+    try:
+        data_fingerprint(source)
+    except TypeError:
+        pytest.skip("fitloop/callbacks/fingerprints.py does not fingerprint a ParquetSource yet")
+
+    def trainer(run: Path, callbacks=()) -> fl.Trainer:
+        torch.manual_seed(0)
+        return fl.Trainer(nn.Linear(2, 1), loss="mse", optimizer="adam", epochs=3, batch_size=40, quiet=True,
+                          threads=1, run_dir=str(run), checkpoint_every_steps=5, callbacks=list(callbacks))
+
+    full = trainer(tmp_path / "full")
+    full.fit(source)
+    with pytest.raises(RunInterrupted):
+        trainer(tmp_path / "cut", [_SignalAt(37)]).fit(source)  # epoch 2, batch 12: a checkpoint at step 37
+    resumed = trainer(tmp_path / "cut")
+    resumed.resume(source)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True))
+    write_files(tmp_path / "other", [[100, 37, 250], [13], [200, 1, 99], [301]])
+    with pytest.raises(ResumeMismatchError, match=r"train data: files_sha256: '[0-9a-f]+' -> '[0-9a-f]+'; "
+                                                  r"train data: rows: 1000 -> 1001"):
+        trainer(tmp_path / "cut").resume(ParquetSource(tmp_path / "other", columns=["a", "b"], target="y",
+                                                       buffer_rows=300))
 
 
 def test_fit_evaluate_and_predict_take_a_source(data):
