@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     resumed = restarted_run(args.out)  # a worker that torchrun restarted continues the run directory
     result = tabular.resume(resumed, log=log) if resumed else tabular.train(
         config=cfg, out=args.out, overwrite=args.overwrite, log=log, argv=argv,
-        t_command=getattr(args, "t_start", None))
+        t_command=getattr(args, "t_start", None), **_stream_flags(args))
     if not quiet:
         print_summary(console, result)
     return EXIT_OK
@@ -121,8 +121,22 @@ def _train_worker(cfg: Any, args: argparse.Namespace, argv: list[str] | None, re
     if resumed:
         tabular.resume(resumed, quiet=True)
     else:
-        tabular.train(config=cfg, out=args.out, overwrite=args.overwrite, argv=argv)
+        tabular.train(config=cfg, out=args.out, overwrite=args.overwrite, argv=argv, **_stream_flags(args))
     return EXIT_OK
+
+
+def _stream_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """`train --stream`, `--memory-budget` and `--split-column` (not config keys: how to read, not what to train)."""
+    return {"stream": getattr(args, "stream", None), "memory_budget": getattr(args, "memory_budget", None),
+            "split_column": getattr(args, "split_column", None)}
+
+
+def _streams(args: argparse.Namespace) -> bool:
+    """Whether `predict`/`evaluate` read DATA batch by batch: `--stream`, a directory or glob of Parquet files,
+    or a file too large for memory (`fitloop.tabular.streaming.decide_streaming`)."""
+    from ..tabular.streaming import decide_streaming  # pyarrow and torch: not on the start-up path
+
+    return decide_streaming(args.data, stream=getattr(args, "stream", None))[0]
 
 
 def _fmt(v: Any) -> str:
@@ -189,6 +203,8 @@ def _note(msg: str, args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """`fitloop predict`: `fitloop.tabular.load_run(...).predict(...)`, written as CSV/TSV/Parquet."""
     run = tabular.load_run(args.run_dir)
+    if _streams(args):
+        return _predict_streamed(run, args)
     notes: list[str] = []
     table = run.predict(args.data, proba=args.proba, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
                         decimal=args.decimal, notes=notes)
@@ -204,6 +220,19 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     _write_table(table, Path(args.output))
     if not getattr(args, "quiet", False):
         print(f"wrote {table.num_rows} predictions to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _predict_streamed(run: Any, args: argparse.Namespace) -> int:
+    """`fitloop predict` batch by batch (memory constant in the file's size): to -o, or CSV on stdout."""
+    from ..tabular.streaming import predict_stream  # pyarrow and torch: not on the start-up path
+
+    rows, notes = predict_stream(run, args.data, args.output, proba=args.proba, encoding=args.encoding or "utf-8",
+                                 delimiter=args.delimiter, decimal=args.decimal)
+    for n in notes:
+        _note(n, args)
+    if args.output is not None and not getattr(args, "quiet", False):
+        print(f"wrote {rows} predictions to {args.output} (streamed)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -241,7 +270,14 @@ def _write_table(table, path: Path) -> None:
 def cmd_evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """`fitloop evaluate`: `fitloop.tabular.load_run(...).evaluate(...)`, printed as a table or JSON."""
     run = tabular.load_run(args.run_dir)
-    rep = run.evaluate(args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter, decimal=args.decimal)
+    if _streams(args):
+        from ..tabular.streaming import evaluate_stream  # pyarrow and torch: not on the start-up path
+
+        rep = evaluate_stream(run, args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
+                              decimal=args.decimal)
+    else:
+        rep = run.evaluate(args.data, encoding=args.encoding or "utf-8", delimiter=args.delimiter,
+                           decimal=args.decimal)
     for n in rep["notes"]:
         _note(n, args)
     if args.json:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,25 +301,38 @@ def _writer(path: Path, schema: pa.Schema, name: str) -> Any:
         delimiter="\t" if name.endswith(".tsv") else ","))
 
 
-def predict_stream(run: LoadedRun, data: str | os.PathLike, out: str | os.PathLike, *, proba: bool = False,
+def predict_stream(run: LoadedRun, data: str | os.PathLike, out: str | os.PathLike | None, *, proba: bool = False,
                    encoding: str = "utf-8", delimiter: str | None = None, decimal: str | None = None,
                    batch_rows: int = PREDICT_ROWS) -> tuple[int, list[str]]:
     """Predictions for a file of any size, read and written batch by batch: memory stays constant.
 
-    The output (`out`: .csv, .tsv or .parquet) has the columns `LoadedRun.predict` returns; it is written
-    to `out.partial` and renamed when complete.
+    The output (`out`: .csv, .tsv or .parquet; None: CSV on stdout) has the columns `LoadedRun.predict`
+    returns; a file is written to `out.partial` and renamed when complete.
 
     Returns:
         The rows predicted, and the notes (ignored columns, unseen categories summed over the batches).
     """
+    if out is None:
+        return _predict_batches(run, data, None, None, proba=proba, encoding=encoding, delimiter=delimiter,
+                                decimal=decimal, batch_rows=batch_rows)
     out = Path(out)
     if not out.name.lower().endswith((".csv", ".tsv", ".parquet")):
         raise OutputPathError(f"-o {out}: unsupported output extension; use .csv, .tsv or .parquet.")
     if not out.parent.is_dir():
         raise OutputPathError(f"-o {out}: the directory {out.parent} does not exist.")
+    partial = out.with_name(out.name + ".partial")
+    result = _predict_batches(run, data, partial, out.name.lower(), proba=proba, encoding=encoding,
+                              delimiter=delimiter, decimal=decimal, batch_rows=batch_rows)
+    os.replace(partial, out)
+    return result
+
+
+def _predict_batches(run: LoadedRun, data: str | os.PathLike, path: Path | None, name: str | None, *, proba: bool,
+                     encoding: str, delimiter: str | None, decimal: str | None,
+                     batch_rows: int) -> tuple[int, list[str]]:
+    """Write each batch's predictions to `path` (in `name`'s format), or as CSV to stdout (`path` None)."""
     pre = run.preprocessor
     wanted = [*pre.input_columns, *([pre.id] if pre.id else [])]
-    partial = out.with_name(out.name + ".partial")
     writer, schema, rows, notes = None, None, 0, _Notes()
     try:
         for batch in _input_batches(run, data, wanted, encoding=encoding, delimiter=delimiter, decimal=decimal,
@@ -327,7 +341,8 @@ def predict_stream(run: LoadedRun, data: str | os.PathLike, out: str | os.PathLi
             notes.add(found)
             if writer is None:
                 schema = table.schema
-                writer = _writer(partial, schema, out.name.lower())
+                writer = _writer(path, schema, name) if path is not None else \
+                    pcsv.CSVWriter(pa.PythonFile(sys.stdout.buffer, mode="w"), schema)
             writer.write_table(table.cast(schema) if table.schema != schema else table)
             rows += table.num_rows
     finally:
@@ -335,7 +350,6 @@ def predict_stream(run: LoadedRun, data: str | os.PathLike, out: str | os.PathLi
             writer.close()
     if writer is None:
         raise TableError(f"{data}: no data rows to predict.")
-    os.replace(partial, out)
     return rows, notes.all()
 
 
