@@ -30,7 +30,7 @@ from .pipeline import RunResult, check_out, default_out, merge_run_json, resume_
 from .reading import in_memory
 from .runs import LoadedRun, load_run
 from .search import SearchOptions, search_table, write_search
-from .stream_train import train_or_stream
+from .stream_train import is_streamed_run, resume_streamed, train_or_stream
 from .tuning import tune_table
 
 __all__ = ["train", "resume", "size_search", "search_and_train", "tune", "dry_run", "load_run", "run_config",
@@ -132,6 +132,8 @@ def resume(run_dir: str | os.PathLike, *, data: Any = None, force: bool = False,
     if data is not None and table is None:
         raise TypeError(f"data: expected the run's table (a pyarrow.Table or a pandas.DataFrame), got "
                         f"{type(data).__name__}; a run trained on a file reads it again by itself.")
+    if table is None and is_streamed_run(run_dir):  # streamed: its Parquet (or CSV cache) again, in one pass
+        return resume_streamed(run_dir, force=force, log=log, quiet=quiet)
     return resume_run(run_dir, force=force, log=log, quiet=quiet, data=table)
 
 

@@ -112,7 +112,8 @@ def default_out(target: str) -> Path:
 def start_out(cfg: RunConfig, out: str | os.PathLike | None, overwrite: bool) -> Path:
     """The run directory a launcher hands to every worker: checked (as `train_table` would) and fixed once,
     so that every rank and a restart use the same one."""
-    if not cfg.data.path or not Path(cfg.data.path).is_file():
+    many = cfg.data.path and (Path(cfg.data.path).is_dir() or any(c in cfg.data.path for c in "*?["))  # streamed
+    if not cfg.data.path or not (Path(cfg.data.path).is_file() or many):
         raise ConfigError(f"no data file {cfg.data.path!r}: pass DATA (fitloop train DATA --target COL).")
     if not cfg.data.target:
         raise ConfigError("no target column: pass --target COL or set data.target.")

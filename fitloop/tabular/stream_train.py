@@ -17,6 +17,7 @@ split) and `splits.json` holds the rule of the split, not row indices.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..checkpoint_format import find_checkpoints
 from ..devices import pick_device
 from ..distributed import is_main_process, world_size
 from ..distributed.group import barrier, init_from_env
@@ -36,14 +38,14 @@ from ..outputs import clear_run_dir
 from ..report.summary import summary
 from ..runlock import hold_run_dir
 from . import training
-from .config import RunConfig, training_budget
+from .config import ConfigError, RunConfig, load_toml, resolve_run_config, training_budget
 from .csv_cache import CACHE_DIR
 from .pipeline import PreparedRun, RunResult, build_trainer, check_out, default_out, merge_run_json, train_table
-from .runs import baseline_outputs
+from .runs import baseline_outputs, check_run
 from .stream_fit import SPLIT_NAMES
 from .streaming import SAMPLE_ROWS, StreamedScore, StreamedTable, decide_streaming, open_streamed, row_groups
 
-__all__ = ["train_or_stream", "train_streamed", "STREAM_BATCH_ROWS"]
+__all__ = ["train_or_stream", "train_streamed", "resume_streamed", "is_streamed_run", "STREAM_BATCH_ROWS"]
 
 STREAM_BATCH_ROWS = 8192  # rows per evaluation batch of the held-out split
 
@@ -212,7 +214,8 @@ def _start(cfg: RunConfig, p: PreparedRun, table: StreamedTable, out_dir: Path, 
     barrier()
     build_trainer(cfg, p, out_dir)
     p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task,
-                    "streamed": {"parquet": table.path, "rows": table.fit.rows}}
+                    "streamed": {"parquet": table.path, "rows": table.fit.rows,
+                                 "split_column": table.fit.masks.split.column}}
     if p.trainer.checkpointer is not None:
         p.trainer.checkpointer.run_info.update({**p.run_fields, "rows": table.fit.rows, "inputs": p.n_inputs,
                                                 "features": p.n_features})
@@ -269,3 +272,49 @@ def _finish(cfg: RunConfig, p: PreparedRun, table: StreamedTable, out_dir: Path,
             "linear_init_ridge": p.ridge, "device": str(trainer.device), "timings": p.timings, "notes": p.notes})
     return result
 
+
+
+def resume_streamed(run_dir: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] | None = None,
+                    quiet: bool | None = None) -> RunResult:
+    """Resume a streamed run from its latest checkpoint (`fitloop resume`), then evaluate it.
+
+    The table is opened again as `train_streamed` opened it: a CSV's Parquet cache in the run directory is
+    reused when the CSV did not change (`fitloop.tabular.csv_cache`), the one-pass fit is repeated (the same
+    rows, so the same preprocessor), and the Trainer resumes at its position in the stream.
+
+    Raises:
+        ConfigError: the run already finished.
+    """
+    log = log or (lambda msg: None)
+    path = Path(run_dir)
+    info = check_run(path, finished=False)
+    if info.get("status") == "finished" and (path / "metrics.json").is_file():
+        raise ConfigError(f"{path}: this run already finished; nothing to resume. Use `fitloop report {path}` to "
+                          f"see it.")
+    main = is_main_process()
+    with hold_run_dir(path) if main else contextlib.nullcontext():
+        cfg = resolve_run_config(load_toml(str(path / "config.toml")))
+        if quiet is not None:
+            cfg.train.quiet = quiet
+        t_start = time.perf_counter()
+        table = _open(cfg, path, log, main, (info.get("streamed") or {}).get("split_column"))
+        p = _prepare(cfg, table, log, "streaming the table (resumed)")
+        p.t_command = t_start
+        t0 = time.perf_counter()
+        if find_checkpoints(path):
+            build_trainer(cfg, p, path)
+            p.run_fields = {k: info[k] for k in ("command", "data", "target", "task", "streamed") if k in info}
+            p.trainer.resume(p.splits["train_source"], p.splits.get("val"), force=force)
+        else:  # killed before the first checkpoint: the same run from the start
+            _start(cfg, p, table, path, info.get("command"))
+            p.trainer.fit(p.splits["train_source"], p.splits.get("val"))
+        p.timings["train"] = time.perf_counter() - t0
+        return _finish(cfg, p, table, path, t_start)
+
+
+def is_streamed_run(run_dir: str | os.PathLike) -> bool:
+    """Whether `run_dir` holds a streamed run (its run.json says so): `fitloop resume` resumes it here."""
+    try:
+        return "streamed" in json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
