@@ -330,6 +330,9 @@ def _pytabkit_fit(t: Table, model: Any, fit_rows: np.ndarray, test_rows: np.ndar
                   val_rows: np.ndarray | None) -> dict[str, Any]:
     y = np.asarray(t.columns[t.target])
     df = feature_frame(t)
+    for c in df.columns:  # pytabkit takes no NaN in a numeric column: the fit rows' median, as `linear` does
+        if c not in text_columns(t) and df[c].isna().any():
+            df[c] = df[c].fillna(float(df[c].iloc[fit_rows].median()))
     val = {} if val_rows is None else {"X_val": df.iloc[val_rows], "y_val": y[val_rows]}
     return fit_and_score(t, model, df.iloc[fit_rows], y[fit_rows], df.iloc[test_rows], y[test_rows], **val)
 
@@ -361,7 +364,7 @@ def run_fitloop(csv: Path, t: Table, seed: int, out: Path, extra: list[str], in_
     run = json.loads((out / "run.json").read_text())
     assert metrics["split"] == "test" and metrics["rows"] == len(splits["test"]), "the test rows must match"
     return {"score": float(metrics["metrics"][t.metric]), "seconds": wall, "splits": splits,
-            "loss": float(metrics["metrics"]["loss"]),
+            "loss": metrics["metrics"].get("loss"),
             "epochs": run.get("epochs"), "best_epoch": run.get("best_epoch"), "steps": run.get("step"),
             "timings": run.get("timings", {}), "still_improving": run.get("still_improving")}
 
