@@ -164,15 +164,19 @@ class ProgressPrinter(Callback):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        console = Console(file=stream, force_terminal=True, highlight=False)
+        # In a notebook rich draws the bar in a widget that it updates in place, and prints become outputs of
+        # their own: no terminal control codes there (they would show as stray escapes), and no routing of
+        # stdout through the bar (rich's Jupyter display writes to stdout itself: it would recurse).
+        notebook = "IPython" in sys.modules and _in_jupyter()
+        console = Console(file=stream, force_terminal=None if notebook else True, highlight=False)
         # few columns, no markup to parse: a redraw costs well under a millisecond
         # While the bar is live, prints go above it; stdout/stderr are routed through it only when they are
         # terminals themselves, so `2> errors.log` still gets the warnings.
         self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[info]}", markup=False),
                                   console=console, auto_refresh=False, transient=True,
-                                  redirect_stdout=stream is sys.stdout or _isatty(sys.stdout),
-                                  redirect_stderr=_isatty(sys.stderr))
+                                  redirect_stdout=not notebook and (stream is sys.stdout or _isatty(sys.stdout)),
+                                  redirect_stderr=not notebook and _isatty(sys.stderr))
         self._task = self._progress.add_task("", total=None, info="")
         self._progress.start()
         self._next = 0.0
