@@ -234,8 +234,17 @@ def test_a_transform_and_the_targets_dtype(data):
     x, y = next(got.epoch(torch.Generator().manual_seed(0)))
     assert x.dtype == torch.float64 and y.dtype == torch.float64 and len(x) == 100  # the source's batch size
     short = ParquetSource(data, columns=["id"], transform=lambda table: (torch.zeros(1, 1), None))
-    with pytest.raises(StreamError, match="the transform returned 1 rows of X for 1000 rows"):
+    with pytest.raises(StreamError, match=r"part-0\.parquet: row group 0: the transform returned 1 rows of X for "
+                                          r"100 rows; it must keep every row, in order"):
         list(batches(short, shuffle=False).epoch(None))
+
+    def refuse(table: pa.Table) -> tuple[torch.Tensor, None]:
+        if 650 in table["id"].to_pylist():
+            raise ValueError("column 'a': a value beyond float32's range")
+        return torch.zeros(table.num_rows, 1), None
+
+    with pytest.raises(ValueError, match=r"part-2\.parquet: row group 2: column 'a': a value beyond float32's range"):
+        list(batches(ParquetSource(data, columns=["id"], transform=refuse, batch_size=10)).epoch(None))
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -247,9 +256,9 @@ def test_resuming_at_a_batch_reads_no_window_before_it(data, monkeypatch):
     read: list[int] = []
     original = StreamBatches._convert
 
-    def counting(self, table, order=None):
-        read.append(table.num_rows if order is None else len(order))
-        return original(self, table, order)
+    def counting(self, parts, order=None):
+        read.append(sum(table.num_rows for _, table in parts) if order is None else len(order))
+        return original(self, parts, order)
 
     monkeypatch.setattr(StreamBatches, "_convert", counting)
     for start in (0, 1, 17, 39, 40):

@@ -323,7 +323,7 @@ class StreamBatches:
         if self.world == 1:
             return torch.empty(0), None
         if self._filler is None:
-            x, y = self._convert(_BlockReader(self.source, self.plan).read(0).slice(0, 1))
+            x, y = self._convert([(0, _BlockReader(self.source, self.plan).read(0).slice(0, 1))])
             self._filler = (x.contiguous().to(self.device), None if y is None else y.to(self.device))
         return self._filler
 
@@ -407,24 +407,42 @@ class StreamBatches:
                 continue
             positions = self._positions(window, start)
             if len(positions):
-                yield self._convert(*reader.window_rows(window, _window_order(window, positions)))
+                parts, order = reader.window_rows(window, _window_order(window, positions))
+                yield self._convert(parts, order)
 
-    def _convert(self, table: pa.Table, order: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(X, y)` of rows `order` of `table` (None: all, in order): the source's transform (or the columns as
-        float32), the target prepared. The transform sees the rows in file order; the delivery order is one
-        row gather of its tensors (the default transform gathers each column while it copies it)."""
+    def _convert(self, parts: list[tuple[int, pa.Table]], order: np.ndarray | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(X, y)` of rows `order` (None: all, in order) of the concatenated `(block, table)` parts: the
+        source's transform (or the columns as float32), the target prepared. The transform sees each block's
+        rows in file order, so its errors name the file and the row group; the delivery order is then one row
+        gather (the default transform gathers each column while it copies it)."""
         source = self.source
         if source.transform is None:
+            table = parts[0][1] if len(parts) == 1 else pa.concat_tables([table for _, table in parts])
             return self._prepared(*default_transform(table, source.columns, source.target, order))
-        x, y = source.transform(table)
-        if len(x) != table.num_rows or (y is not None and len(y) != table.num_rows):
-            raise StreamError(f"{source.path}: the transform returned {len(x)} rows of X"
-                              f"{'' if y is None else f' and {len(y)} of y'} for {table.num_rows} rows; "
-                              "it must keep every row, in order.")
+        converted = [self._transform(block, table) for block, table in parts]
+        x = converted[0][0] if len(converted) == 1 else torch.cat([x for x, _ in converted])
+        ys = [y for _, y in converted]
+        y = None if ys[0] is None else ys[0] if len(ys) == 1 else torch.cat(ys)  # type: ignore[arg-type]
         if order is not None:
             index = torch.from_numpy(order)
             x, y = x[index], (None if y is None else y[index])
         return self._prepared(x, y)
+
+    def _transform(self, block: int, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The source's transform of rows of one block; an error in it names the block's file and row group."""
+        assert self.source.transform is not None
+        where = self.plan.blocks[block]
+        path = self.plan.files[where.file]
+        try:
+            x, y = self.source.transform(table)
+        except Exception as error:
+            raise _named(error, f"{path}: row group {where.row_group}: {error}") from error
+        if len(x) != table.num_rows or (y is not None and len(y) != table.num_rows):
+            raise StreamError(f"{path}: row group {where.row_group}: the transform returned {len(x)} rows of X"
+                              f"{'' if y is None else f' and {len(y)} of y'} for {table.num_rows} rows; "
+                              "it must keep every row, in order.")
+        return x, y
 
     def _prepared(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.is_floating_point() and x.dtype != self.float_dtype:
@@ -432,6 +450,16 @@ class StreamBatches:
         if y is not None and self.prepare is not None:
             y = self.prepare(y)
         return x, y
+
+
+def _named(error: Exception, message: str) -> Exception:
+    """`error` as the same type with `message` (one that names where it happened), when that type can be
+    built from a message alone; otherwise a `StreamError` with it."""
+    try:
+        named = type(error)(message)
+    except Exception:
+        return StreamError(message)
+    return named if str(named) == message else StreamError(message)
 
 
 def _window_seed(key: int | None, index: int) -> int | None:
@@ -537,27 +565,26 @@ class _BlockReader:
                 self._recent.popitem(last=False)
         return table
 
-    def window_rows(self, window: Window, rows: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    def window_rows(self, window: Window, rows: np.ndarray) -> tuple[list[tuple[int, pa.Table]], np.ndarray]:
         """Rows `rows` of `window` (distinct indices into its blocks' kept rows), reading only the blocks
-        they are in: a table of them in file order, and the index of each of `rows` in it. Arrow keeps the
-        file order (a sorted take, or none when all the window's rows are wanted); the caller gathers the
-        delivery order once, on the converted tensors."""
-        tables = [self.read(i) for i in window.blocks] if len(rows) == window.rows else None
-        if tables is not None:  # the whole window (one process): no take
-            return (tables[0] if len(tables) == 1 else pa.concat_tables(tables)), rows
+        they are in: `(block, table)` of each block's wanted rows in file order, and the index of each of
+        `rows` in their concatenation. Arrow keeps the file order (a sorted take, or none when a block's
+        rows are all wanted); the caller gathers the delivery order once, on the converted tensors."""
+        if len(rows) == window.rows:  # the whole window (one process): no take
+            return [(i, self.read(i)) for i in window.blocks], rows
         by_file = np.argsort(rows, kind="stable")
         wanted = rows[by_file]
         bounds = np.cumsum([0] + [self.plan.blocks[i].kept for i in window.blocks])
-        owner = np.searchsorted(bounds, wanted, side="right") - 1
-        tables, offsets, at = [], np.zeros(len(window.blocks), dtype=np.int64), 0
-        for member in np.flatnonzero(np.bincount(owner, minlength=len(window.blocks))):
-            tables.append(self.read(window.blocks[member]))
-            offsets[member] = at - bounds[member]
-            at += tables[-1].num_rows
-        combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        cuts = np.searchsorted(wanted, bounds)  # wanted[cuts[m]:cuts[m + 1]] are in block m
+        parts = []
+        for member, block in enumerate(window.blocks):
+            if cuts[member + 1] > cuts[member]:
+                table = self.read(block)
+                local = wanted[cuts[member]: cuts[member + 1]] - bounds[member]
+                parts.append((block, table if len(local) == table.num_rows else table.take(pa.array(local))))
         order = np.empty(len(rows), dtype=np.int64)
         order[by_file] = np.arange(len(rows))
-        return combined.take(pa.array(wanted + offsets[owner])), order
+        return parts, order
 
 
 class _prefetched:
