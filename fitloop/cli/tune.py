@@ -66,15 +66,16 @@ def tune_options(p: argparse.ArgumentParser) -> None:
     """The search's own options (`fitloop.cli.app` adds `train`'s data, model and training options too)."""
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=_count, metavar="N",
-                   help="finished trials in all, pruned ones included (default 20, or none with --time)")
+                   help="finished trials in all, pruned ones included (default 20, or none with --time; "
+                        "--resume: the search's)")
     g.add_argument("--time", type=parse_duration, metavar="DURATION",
                    help="no new trial starts after this long: 90s, 30m, 2h")
     g.add_argument("--jobs", "-j", type=_count, default=1, metavar="N",
                    help="trials at once, each in its own process (threads shared out)")
     g.add_argument("--space", metavar="TOML", help="the parameters to search (default: lr, weight_decay, width, "
                    "depth, dropout, batch_size)")
-    g.add_argument("--pruner", choices=("asha", "hyperband", "none"), default="asha",
-                   help="stop unpromising trials early (default asha: successive halving)")
+    g.add_argument("--pruner", choices=("asha", "hyperband", "none"),
+                   help="stop unpromising trials early (default asha: successive halving; --resume: the search's)")
     g.add_argument("--no-ensemble", action="store_true",
                    help="skip the ensemble of the best trials (OUT/ensemble)")
     g.add_argument("--resume", metavar="OUT", help="continue the search in OUT (leave out DATA and the settings)")

@@ -222,7 +222,7 @@ def search_and_train(cfg: RunConfig, options: SearchOptions, *, table: pa.Table 
 
 def tune(data: Any = None, target: str | None = None, *, out: str | os.PathLike | None = None,
          trials: int | None = None, time: float | None = None, jobs: int = 1, space: Any = None,
-         pruner: str = "asha", resume: bool = False, overwrite: bool = False, config: Any = None,
+         pruner: str | None = None, resume: bool = False, overwrite: bool = False, config: Any = None,
          quiet: bool = True, ensemble: bool = True, **settings: Any) -> TuneResult:
     """`fitloop tune`: search the table's hyperparameters; each trial a run directory like `train`'s.
 
@@ -231,12 +231,12 @@ def tune(data: Any = None, target: str | None = None, *, out: str | os.PathLike 
             (a search on a table in memory needs the table again).
         target: the column to predict.
         out: the tune directory (default ``runs/tune-<timestamp>``): `trials/NNNN/`, `best/`, `study.journal`.
-        trials: finished trials in all (default 20 when `time` is not given either).
+        trials: finished trials in all (default 20 when `time` is not given either; resumed: the search's own).
         time: no new trial starts after this many seconds.
         jobs: trials at once, each in its own process.
         space: the search space: None (the default table space), a dict or a TOML file
             (`fitloop.tune.space`).
-        pruner: "asha" (successive halving), "hyperband" or "none".
+        pruner: "asha" (successive halving, the default), "hyperband" or "none".
         resume: continue the search in `out` after a stop or a kill.
         overwrite: replace an earlier search in `out` (only what fitloop wrote).
         config: a `RunConfig`, a TOML file's path, or a dict of settings every trial starts from.

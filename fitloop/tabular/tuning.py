@@ -32,7 +32,7 @@ from ..files import atomic_write_bytes
 from ..tune.ensemble import EnsembleError, build_ensemble
 from ..tune.pruning import TrialCallback
 from ..tune.space import DEFAULT_TABLE_SPACE, SpaceError, check_space, load_space, space_toml, suggest
-from ..tune.tuner import TuneResult, check_budget, search, start_search
+from ..tune.tuner import TuneResult, check_budget, read_settings, search, start_search
 from ..tune.workers import TrialRunner, WorkerSettings
 from .config import LEGACY_DEFAULTS, ConfigError, RunConfig, load_toml, resolve_run_config, settings_overrides
 from .pipeline import resume_run, train_table
@@ -99,8 +99,12 @@ class TableTrials(TrialRunner):
     space: dict[str, dict[str, Any]]
     table: pa.Table | None = None
 
+    def draw(self, trial: Any) -> dict[str, Any]:
+        """Every parameter of the space, drawn from `trial` (rank 0 broadcasts them under torchrun)."""
+        return suggest(trial, self.space)
+
     def run(self, trial: Any, run_dir: Path, callback: TrialCallback, resume_dir: Path | None) -> Any:
-        params = suggest(trial, self.space)
+        params = suggest(trial, self.space)  # the values `draw` drew (a trial returns them again)
         if resume_dir is not None and _resumable(resume_dir):
             return resume_run(resume_dir, quiet=True, data=self.table, callbacks=[callback])
         cfg = trial_config(self.cfg, params)
@@ -114,7 +118,7 @@ def _resumable(run_dir: Path) -> bool:
 
 def tune_table(cfg: RunConfig | None, *, table: pa.Table | None = None, out: str | os.PathLike | None = None,
                trials: int | None = None, time: float | None = None, jobs: int = 1,
-               space: Mapping[str, Any] | str | os.PathLike | None = None, pruner: str = "asha",
+               space: Mapping[str, Any] | str | os.PathLike | None = None, pruner: str | None = None,
                resume: bool = False, overwrite: bool = False, quiet: bool = True,
                ensemble: bool = True) -> TuneResult:
     """Search a table's hyperparameters; each trial a run directory, the best copied to `OUT/best`.
@@ -127,8 +131,8 @@ def tune_table(cfg: RunConfig | None, *, table: pa.Table | None = None, out: str
         time: no new trial starts after this many seconds.
         jobs: trials at once, each in its own process.
         space: the parameters searched (see `table_space`); a resumed search keeps its own.
-        pruner: "asha", "hyperband" or "none".
-        resume: continue the search in `out`.
+        pruner: "asha" (the default), "hyperband" or "none"; a resumed search keeps its own unless given.
+        resume: continue the search in `out` (with its own budget unless `trials` or `time` is given).
         overwrite: replace an earlier search in `out` (only what fitloop wrote).
         quiet: print no line per trial.
         ensemble: also build the ensemble of the best trials (`OUT/ensemble`).
@@ -136,16 +140,19 @@ def tune_table(cfg: RunConfig | None, *, table: pa.Table | None = None, out: str
     Raises:
         ConfigError, SpaceError, TableError, ValueError: bad settings, space or data (before any trial).
     """
-    trials = DEFAULT_TRIALS if trials is None and time is None else trials
-    check_budget(trials, time, jobs, pruner)
     if resume:
-        cfg, checked = _saved_search(out)
+        cfg, checked, saved = _saved_search(out)
+        trials = saved.get("n_trials") if trials is None and time is None else trials
+        pruner = pruner or saved.get("pruner") or "asha"
     else:
         if cfg is None:
             raise ConfigError("tune_table: pass the run settings (cfg), or resume=True with the tune directory.")
         checked = table_space(space)
         if cfg.data.path and table is None:  # a resume finds the data from any directory
             cfg.data.path = str(Path(cfg.data.path).resolve())
+        trials = DEFAULT_TRIALS if trials is None and time is None else trials
+        pruner = pruner or "asha"
+    check_budget(trials, time, jobs, pruner)
     settings = {"kind": "table", "n_trials": trials, "seed": cfg.train.seed, "pruner": pruner, "jobs": jobs,
                 "target": cfg.data.target}
     out_dir = start_search(out, resume=resume, overwrite=overwrite, settings=settings, inputs=(cfg.data.path,))
@@ -160,17 +167,18 @@ def tune_table(cfg: RunConfig | None, *, table: pa.Table | None = None, out: str
     return result
 
 
-def _saved_search(out: str | os.PathLike | None) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
-    """The settings and space of the search in `out`, for `resume`."""
+def _saved_search(out: str | os.PathLike | None) -> tuple[RunConfig, dict[str, dict[str, Any]], dict[str, Any]]:
+    """The run settings, the space and the search's own settings (`tune.json`) of the search in `out`."""
     if out is None:
         raise ConfigError("resume: pass the tune directory (out=..., or fitloop tune --resume OUT).")
     out_dir = Path(out)
+    saved = read_settings(out_dir)  # not a tune directory at all: said so first
     if not (out_dir / CONFIG_FILE).is_file() or not (out_dir / SPACE_FILE).is_file():
         raise ConfigError(f"{out_dir}: not a table search (no {CONFIG_FILE} and {SPACE_FILE}); pass the --out of "
                           "an earlier `fitloop tune`.")
-    saved = load_toml(str(out_dir / CONFIG_FILE))
-    legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved}
-    return resolve_run_config(legacy, saved), load_space(out_dir / SPACE_FILE)
+    given = load_toml(str(out_dir / CONFIG_FILE))
+    legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in given}
+    return resolve_run_config(legacy, given), load_space(out_dir / SPACE_FILE), saved
 
 
 def _finish(result: TuneResult, table: pa.Table | None, ensemble: bool) -> None:

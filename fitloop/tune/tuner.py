@@ -152,17 +152,18 @@ def read_settings(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 def tune(objective: Callable[[Any], Any] | TrialRunner, *, n_trials: int | None = None,
          timeout: float | None = None, n_jobs: int = 1, out: str | os.PathLike | None = None, seed: int = 0,
-         pruner: str = "asha", resume: bool = False, overwrite: bool = False, quiet: bool = True) -> TuneResult:
+         pruner: str | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = True) -> TuneResult:
     """Search hyperparameters with Optuna (TPE, seeded) and return the study and the best model.
 
     Args:
         objective: `build(trial) -> (trainer, train, val)` (see the module docstring), or a `TrialRunner`.
-        n_trials: the budget in finished trials (COMPLETE + PRUNED), over every worker and resume.
+        n_trials: the budget in finished trials (COMPLETE + PRUNED), over every worker and resume (a resumed
+            search keeps its own unless `n_trials` or `timeout` is given).
         timeout: no new trial starts after this many seconds (of this call).
         n_jobs: trials run at once, each in its own spawned process (`build` must be picklable).
         out: the tune directory (default ``runs/tune-<timestamp>``).
         seed: the sampler's seed.
-        pruner: "asha" (successive halving), "hyperband" or "none".
+        pruner: "asha" (successive halving, the default), "hyperband" or "none" (resumed: its own).
         resume: continue the search in `out` (a stopped or killed one): its unfinished trials run again.
         overwrite: replace an earlier search in `out` (only fitloop's entries).
         quiet: print no line per trial.
@@ -171,6 +172,11 @@ def tune(objective: Callable[[Any], Any] | TrialRunner, *, n_trials: int | None 
         ValueError: a bad budget or pruner; `out` may not be written (`OutputPathError`).
         MissingExtraError: Optuna is not installed (`pip install 'fitloop[tune]'`).
     """
+    if resume:
+        saved = read_settings(default_tune_out() if out is None else out)
+        n_trials = saved.get("n_trials") if n_trials is None and timeout is None else n_trials
+        pruner = pruner or saved.get("pruner")
+    pruner = pruner or "asha"
     check_budget(n_trials, timeout, n_jobs, pruner)
     runner = objective if isinstance(objective, TrialRunner) else FitTrials(objective)
     settings = {"kind": "python", "n_trials": n_trials, "seed": seed, "pruner": pruner, "jobs": n_jobs}
@@ -187,7 +193,7 @@ def start_search(out: str | os.PathLike | None, *, resume: bool, overwrite: bool
     if resume:
         saved = read_settings(out_dir)
         settings = {**saved, **{k: v for k, v in settings.items() if v is not None}}
-    else:
+    elif is_main_process():  # rank 0 alone: the others would find the files it writes next
         check_out_dir(out_dir, overwrite=overwrite, inputs=inputs, what="the search")
     if is_main_process():
         with hold_run_dir(out_dir):  # refuses a directory a live search holds, naming its pid

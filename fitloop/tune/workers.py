@@ -47,6 +47,11 @@ class TrialRunner(abc.ABC):
     def run(self, trial: Any, run_dir: Path, callback: TrialCallback, resume_dir: Path | None) -> Any:
         """Train the trial; returns what the caller may keep of it (e.g. the Trainer), or None."""
 
+    def draw(self, trial: Any) -> dict[str, Any] | None:
+        """The trial's parameters drawn up front (then `run` draws the same again), or None when only `run`
+        can draw them (define-by-run). Under torchrun rank 0 draws them here, to broadcast them."""
+        return None
+
 
 @dataclass
 class WorkerSettings:
@@ -133,7 +138,7 @@ def run_worker(runner: TrialRunner, settings: WorkerSettings, worker: int, keep:
         study = open_study(settings.out_dir, lock, seed=settings.seed, pruner=settings.pruner, worker=worker)
     best: TrialEnd | None = None
     while True:
-        claimed = _claim(study, lock, settings) if is_main_process() else None
+        claimed = _claim(runner, study, lock, settings) if is_main_process() else None
         task = collective.broadcast(None if claimed is None else claimed[1])
         if task is None:
             return best
@@ -147,17 +152,28 @@ def run_worker(runner: TrialRunner, settings: WorkerSettings, worker: int, keep:
             best = end
 
 
-def _claim(study: Any, lock: Any, settings: WorkerSettings) -> tuple[Any, dict[str, Any]] | None:
-    """Rank 0: the next trial and what the other ranks need of it, or None when the search is over."""
+def _claim(runner: TrialRunner, study: Any, lock: Any, settings: WorkerSettings
+           ) -> tuple[Any, dict[str, Any]] | None:
+    """Rank 0: the next trial and what the other ranks need of it, or None when the search is over.
+
+    Raises:
+        ValueError: under torchrun, a runner that cannot draw its parameters before it trains.
+    """
     if settings.deadline is not None and time.time() >= settings.deadline:
         return None
     trial = claim_trial(study, lock, settings.n_trials)
     if trial is None:
         return None
+    if runner.draw(trial) is None and world_size() > 1:
+        study.tell(trial, state=require("optuna", "tune", "fitloop tune").trial.TrialState.FAIL)
+        raise ValueError("tune: under torchrun every rank trains the same trial, so rank 0 draws its parameters "
+                         "first; a define-by-run build(trial) cannot: tune a table (fitloop tune), or run "
+                         "build's search on one process per trial (n_jobs).")
     resume_dir = trial.user_attrs.get("resume_dir")
     run_dir = resume_dir or str(settings.out_dir / "trials" / f"{trial.number:04d}")
     trial.set_user_attr("run_dir", run_dir)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr("threads", torch.get_num_threads())
     return trial, {"number": trial.number, "params": dict(trial.params), "run_dir": run_dir,
                    "resume_dir": resume_dir}
 
