@@ -143,12 +143,16 @@ class ParquetSource:
         return self._plan
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint remembers of this source: the files (names, sizes, row counts), the kept rows
-        and the settings the order depends on. A resume on a different file set differs here."""
+        """What a checkpoint remembers of this source: the files (names relative to their common folder,
+        sizes, row counts), the kept rows and the settings the order depends on. A resume on a different
+        file set differs here."""
         plan = self.plan()
         digest = hashlib.sha256()
+        # names relative to the files' common folder: the same files by a directory, a glob or a list, or
+        # moved elsewhere, fingerprint alike
+        base = os.path.commonpath([os.path.dirname(os.path.abspath(file)) for file in plan.files])
         for file, size in zip(plan.files, plan.sizes, strict=True):
-            digest.update(f"{file}\0{size}\n".encode())
+            digest.update(f"{os.path.relpath(os.path.abspath(file), base)}\0{size}\n".encode())
         digest.update(np.asarray([b.stop - b.start for b in plan.blocks], dtype=np.int64).tobytes())
         return {"kind": "parquet-stream", "files": len(plan.files), "rows": plan.rows,
                 "files_sha256": digest.hexdigest()[:16], "columns": list(self.columns), "target": self.target,
