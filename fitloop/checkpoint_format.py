@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from .warn import warn_user
 
 __all__ = ["CheckpointError", "ResumeMismatchError", "CheckpointWarning", "serialize", "load_checkpoint",
            "find_checkpoints", "load_latest", "checkpoint_name", "CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION"]
@@ -166,8 +167,7 @@ def load_latest(run_dir: str | os.PathLike) -> dict[str, Any]:
             return load_checkpoint(p)
         except CheckpointError as e:
             errors.append(str(e))
-            warnings.warn(f"{e} Renamed it to {p.name}.corrupt; trying the previous checkpoint.",
-                          CheckpointWarning, stacklevel=3)
+            warn_user(f"{e} Renamed it to {p.name}.corrupt; trying the previous checkpoint.", CheckpointWarning)
             with contextlib.suppress(OSError):
                 os.replace(p, p.with_name(p.name + ".corrupt"))
     raise CheckpointError(f"{run_dir}: no loadable checkpoint; " + " | ".join(errors))

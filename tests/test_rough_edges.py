@@ -217,3 +217,83 @@ def test_predict_and_evaluate_print_unseen_categories_as_a_note_line(category_ru
     assert err == NOTE
     for text in (err,):
         assert "UserWarning" not in text and "fitloop/" not in text
+
+
+# ------------------------------------------------------------------ library warnings point at the user's line
+
+
+def _one(record, category):
+    found = [w for w in record if issubclass(w.category, category)]
+    assert len(found) == 1, [str(w.message) for w in record]
+    return found[0]
+
+
+def test_a_guard_warning_points_at_the_users_fit_call():
+    import inspect
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g) * torch.tensor([1.0, 1000.0, 1.0])  # the unscaled-features guard
+    y = torch.randn(64, generator=g)
+    trainer = fl.Trainer(nn.Linear(3, 1), "mse", epochs=1, quiet=True)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        trainer.fit((X, y))
+    found = _one(rec, GuardWarning)
+    assert str(found.message).startswith("inputs: feature scales differ by ")
+    assert (found.filename, found.lineno) == (__file__, line)
+
+
+def test_warnings_from_a_users_callback_and_from_predict_point_at_the_user(category_run):
+    import inspect
+
+    from fitloop.diagnose.checks import check_leakage
+
+    lines = []
+
+    class Check(fl.Callback):
+        def on_fit_start(self, trainer):
+            lines.append(inspect.currentframe().f_lineno + 1)
+            check_leakage({"train": (X, y), "val": (X[:4], y[:4])})  # a fitloop call made by the user's code
+
+    X, y = torch.randn(16, 2), torch.randn(16)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        fl.Trainer(nn.Linear(2, 1), "mse", epochs=1, quiet=True, callbacks=[Check()],
+                   guards={"leakage": False}).fit((X, y))
+    found = _one(rec, GuardWarning)
+    assert str(found.message).startswith("leakage: identical input rows")
+    assert (found.filename, found.lineno) == (__file__, lines[0])
+
+    run = fitloop.tabular.load_run(category_run / "run")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        run.predict(category_run / "new.csv")
+    found = _one(rec, UserWarning)
+    assert str(found.message) == NOTE.removeprefix("fitloop: note: ").rstrip("\n")
+    assert (found.filename, found.lineno) == (__file__, line)
+
+
+def test_warn_user_skips_library_frames_between_fitloop_frames():
+    """fitloop code entered through contextlib (a library) from fitloop code: the user's frame is still found."""
+    import inspect
+    import os
+
+    from fitloop.warn import user_frame
+
+    source = (  # functions whose code says it is fitloop's (compiled with a file name in the package)
+        "import contextlib, inspect\n"
+        "from fitloop.warn import user_frame\n"
+        "@contextlib.contextmanager\n"
+        "def entered():\n"
+        "    frame = user_frame(inspect.currentframe())\n"
+        "    yield frame.f_code.co_filename, frame.f_lineno\n"
+        "def outer():\n"
+        "    with entered() as where:\n"
+        "        return where\n")
+    namespace: dict = {}
+    exec(compile(source, os.path.join(os.path.dirname(fl.__file__), "_fake_module.py"), "exec"), namespace)
+    line = inspect.currentframe().f_lineno + 1
+    assert namespace["outer"]() == (__file__, line)
+    assert user_frame(inspect.currentframe()).f_code.co_filename == __file__

@@ -6,7 +6,6 @@ checkpoint here and refuses, naming what changed, a resume that would not contin
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from ..checkpoint_format import CheckpointWarning, ResumeMismatchError, load_che
 from ..config import RESUME_IGNORED
 from ..distributed import world_size
 from ..distributed.fsdp import load_sharded
+from ..warn import warn_user
 from .fingerprints import data_fingerprint, differences
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ def load_for_resume(run_dir: Path, trainer: Trainer, train: Any, val: Any, *, ch
                "(--force) to resume anyway.")
         if not force:
             raise ResumeMismatchError(msg)
-        # the caller's caller is Trainer.resume: the warning points at the user's call of it
-        warnings.warn(msg.replace("Cannot resume", "Resuming despite changes,"), CheckpointWarning, stacklevel=4)
+        warn_user(msg.replace("Cannot resume", "Resuming despite changes,"), CheckpointWarning)
     return ck
 
 

@@ -6,7 +6,6 @@ train` call them directly; `fitloop.diagnose` runs them as the guards of a fit.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from torch import nn
 
 from ..config import GUARD_NAMES
 from ..distributed import is_main_process
+from ..warn import warn_user
 
 __all__ = ["GuardWarning", "check_leakage", "check_loss_shapes", "check_class_targets", "check_scales",
            "guard_settings", "warn", "data_tensors"]
@@ -36,9 +36,9 @@ def guard_settings(guards: dict[str, Any] | bool) -> dict[str, Any]:
 
 
 def warn(message: str) -> None:
-    """A `GuardWarning`, from the main process only."""
+    """A `GuardWarning`, from the main process only, shown at the user's line that led to it (`warn_user`)."""
     if is_main_process():
-        warnings.warn(message, GuardWarning, stacklevel=3)
+        warn_user(message, GuardWarning)
 
 
 def _rows(idx: np.ndarray) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from ..warn import warn_user
 from .reading import TableError, as_strings, column_as_float64, read_table, sorted_unique
 
 if TYPE_CHECKING:  # pragma: no cover - a Table is accepted by duck typing (columns.py imports this module)
@@ -250,7 +250,7 @@ class Preprocessor:
             msg = "unseen (or missing) categories mapped to the <unknown> slot (rows per column): "
             msg += ", ".join(unknown)
             if warn:
-                warnings.warn(msg, UserWarning, stacklevel=3)
+                warn_user(msg)
             if notes is not None:
                 notes.append(msg)
 

@@ -29,6 +29,7 @@ import torch
 from ..bundle import load
 from ..config import RUN_FORMAT
 from ..metrics import MetricSet, to_python
+from ..warn import warn_user
 from .errors import TableError
 from .preprocess import Preprocessor, transform_table
 from .reading import in_memory, read_table, signless_zero
@@ -129,7 +130,7 @@ class LoadedRun:
             notes.extend(found)
         else:
             for note in found:
-                warnings.warn(note, UserWarning, stacklevel=2)
+                warn_user(note)
         return table
 
     def evaluate(self, data: Any, *, encoding: str = "utf-8", delimiter: str | None = None,
