@@ -16,8 +16,6 @@ starts from) and `space.toml` (the space searched), which `--resume` reads back.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import time as clock
 from collections.abc import Mapping
@@ -31,6 +29,7 @@ from ..distributed import is_main_process
 from ..files import atomic_write_bytes
 from ..tune.ensemble import EnsembleError, build_ensemble
 from ..tune.pruning import TrialCallback
+from ..tune.report import write_tune_report
 from ..tune.space import DEFAULT_TABLE_SPACE, SpaceError, check_space, load_space, space_toml, suggest
 from ..tune.tuner import TuneResult, check_budget, read_settings, search, start_search
 from ..tune.workers import TrialRunner, WorkerSettings
@@ -182,7 +181,8 @@ def _saved_search(out: str | os.PathLike | None) -> tuple[RunConfig, dict[str, d
 
 
 def _finish(result: TuneResult, table: pa.Table | None, ensemble: bool) -> None:
-    """After the search: the ensemble of the best trials and the search's report (helper T2's modules)."""
+    """After the search: the ensemble of the best trials (`OUT/ensemble`) and the search's report
+    (`OUT/report.html`)."""
     complete = sorted((t for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
                        and t.value is not None), key=lambda t: (t.value, t.number))
     run_dirs = [t.user_attrs["run_dir"] for t in complete if "run_dir" in t.user_attrs]
@@ -192,11 +192,7 @@ def _finish(result: TuneResult, table: pa.Table | None, ensemble: bool) -> None:
                                                        data=table)
         except EnsembleError as e:
             result.extras["ensemble_note"] = f"no ensemble: {e}"
-    # T2's report (fitloop/tune/report.py: write_tune_report(study, out_dir)). TODO(coordinator): once that
-    # module exists, import it at the top of this module and call it here directly.
-    if importlib.util.find_spec("fitloop.tune.report") is not None:
-        report = importlib.import_module("fitloop.tune.report")
-        try:
-            result.extras["report"] = report.write_tune_report(result.study, result.out_dir)
-        except ImportError as e:  # matplotlib (the plot extra) missing: the search itself is done
-            result.extras["report_note"] = f"no report: {e}"
+    try:
+        result.extras["report"] = write_tune_report(result.study, result.out_dir)
+    except ImportError as e:  # matplotlib (the plot extra) missing: the search itself is done
+        result.extras["report_note"] = f"no report: {e}"
