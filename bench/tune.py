@@ -96,7 +96,7 @@ def splits_of(run_dir: Path) -> dict[str, np.ndarray]:
 def tune_arm(csv: Path, t: Table, out: Path, seed: int, trials: int, pruner: str, jobs: int,
              ensemble: bool) -> dict[str, Any]:
     """One `fitloop.tabular.tune` search: wall time, each trial's state, value and epochs, in trial order."""
-    extra = {"task": t.task} if t.pass_task else {}
+    extra: dict[str, Any] = {"task": t.task} if t.pass_task else {}
     t0 = time.perf_counter()
     result = ft.tune(str(csv), target=t.target, out=out, trials=trials, pruner=pruner, jobs=jobs, overwrite=True,
                      quiet=True, ensemble=ensemble, seed=seed, **extra)
@@ -173,7 +173,7 @@ def bench_table(t: Table, seed: int, trials: int, work: Path) -> dict[str, Any]:
     csv = work / f"{t.name}.csv"
     write_csv(t, csv)
     t0 = time.perf_counter()
-    extra = {"task": t.task} if t.pass_task else {}
+    extra: dict[str, Any] = {"task": t.task} if t.pass_task else {}
     ft.train(str(csv), target=t.target, out=work / "defaults", overwrite=True, seed=seed, quiet=True, **extra)
     defaults_seconds = time.perf_counter() - t0
     splits = splits_of(work / "defaults")
