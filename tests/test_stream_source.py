@@ -405,13 +405,19 @@ def child_train(data: str, out: str, kill_at: int | None, resume: bool) -> None:
     torch.save([p.detach().clone() for p in model.parameters()], out_dir / "params.pt")
 
 
+def _without_the_first_39(file_index: int, row_group: int, offsets: np.ndarray) -> np.ndarray:
+    return (offsets >= 39) | ((file_index, row_group) != (0, 0))
+
+
 def child_ddp(data: str, out: str) -> None:
-    """One rank of a torchrun job (or one process): 3 epochs with a global batch of 40 rows."""
+    """One rank of a torchrun job (or one process): 3 epochs with a global batch of 40 rows, of 961 rows (the
+    filter leaves out ids 0-38): the last global batch has 1 row, rank 1's share of it is empty."""
     from fitloop.distributed import rank, world_size
 
     model = _Ids()
     trainer = _stream_trainer(model, 40 // world_size())
-    trainer.fit(_source(data), _source(data))
+    train = ParquetSource(data, columns=["id", "a", "b"], target="y", buffer_rows=300, rows=_without_the_first_39)
+    trainer.fit(train, _source(data))
     result = {"params": [p.detach().clone() for p in model.parameters()], "seen": model.seen,
               "history": [{k: v for k, v in e.items() if k != "time"} for e in trainer.history]}
     torch.save(result, Path(out) / f"ddp-{world_size()}-{rank()}.pt")
@@ -468,9 +474,12 @@ def test_two_gloo_processes_equal_one(data, tmp_path):
     for a, b, c in zip(r0["params"], r1["params"], ref["params"], strict=True):
         assert torch.equal(a, b)  # DDP keeps the ranks identical
         assert torch.allclose(a, c, atol=1e-5), (a - c).abs().max()
-    # each global batch: rank 0's share then rank 1's is the one-process batch
-    assert [x + y for x, y in zip(r0["seen"], r1["seen"], strict=True)] == ref["seen"]
-    assert len(r0["seen"]) == len(r1["seen"]) == 3 * 25
+    # each global batch: rank 0's share then rank 1's is the one-process batch; rank 1 has no row of each
+    # epoch's last batch (1 row) and steps on the filler row (id 39, the first kept) with weight 0
+    assert len(r0["seen"]) == len(r1["seen"]) == len(ref["seen"]) == 3 * 25
+    for batch, (x, y, one) in enumerate(zip(r0["seen"], r1["seen"], ref["seen"], strict=True)):
+        assert (x == one and y == [39]) if batch % 25 == 24 else x + y == one
+    assert sorted(sum(ref["seen"][:25], [])) == list(range(39, 1000))
     for h, g in zip(r0["history"], ref["history"], strict=True):
         assert h.keys() == g.keys() and all(h[k] == pytest.approx(g[k], rel=1e-4, abs=1e-6) for k in h)
 

@@ -398,7 +398,9 @@ class StreamBatches:
                     pending.append((x.to(self.device, non_blocking=True),
                                     None if y is None else y.to(self.device, non_blocking=True)))
                     held += len(x)
-                batch, pending = _take_front(pending, size, empty=self.filler)
+                if not pending:  # an empty share of the last batch, after this rank's last row
+                    pending = [self.filler]
+                batch, pending = _take_front(pending, size)
                 held -= size
                 yield batch
 
@@ -481,11 +483,9 @@ def _window_order(window: Window, positions: np.ndarray) -> np.ndarray:
     return permutation[positions]
 
 
-def _take_front(parts: list[tuple[torch.Tensor, torch.Tensor | None]], size: int,
-                empty: tuple[torch.Tensor, torch.Tensor | None]
+def _take_front(parts: list[tuple[torch.Tensor, torch.Tensor | None]], size: int
                 ) -> tuple[tuple[torch.Tensor, torch.Tensor | None], list[tuple[torch.Tensor, torch.Tensor | None]]]:
-    """The first `size` rows of the concatenated `(x, y)` parts, and the parts left; `empty` gives the shape
-    of a 0-row batch when no part is left."""
+    """The first `size` rows of the concatenated `(x, y)` parts (at least one), and the parts left."""
     taken, rest, need = [], list(parts), size
     while need and rest:
         x, y = rest.pop(0)
@@ -493,8 +493,8 @@ def _take_front(parts: list[tuple[torch.Tensor, torch.Tensor | None]], size: int
         if len(x) > need:
             rest.insert(0, (x[need:], None if y is None else y[need:]))
         need -= len(taken[-1][0])
-    if not taken:
-        x, y = rest[0] if rest else empty
+    if not taken:  # size 0
+        x, y = parts[0]
         return (x[:0], None if y is None else y[:0]), rest
     if len(taken) == 1:
         return taken[0], rest
