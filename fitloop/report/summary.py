@@ -108,6 +108,7 @@ def summary(model: Any, input_shape: Sequence[int] | None = None, *, input: Any 
     import torch
 
     from .._fastpath import unwrap_model
+    from ..distributed.fsdp import plain_class  # imports torch
 
     net = unwrap_model(model)
     params = list(net.parameters())
@@ -122,8 +123,8 @@ def summary(model: Any, input_shape: Sequence[int] | None = None, *, input: Any 
     unique = {id(p): p for p in params}.values()
     total = sum(p.numel() for p in unique)
     trainable = sum(p.numel() for p in unique if p.requires_grad)
-    result = ModelSummary(type(net).__name__, shape, _layer_rows(net, shapes), total, trainable, total - trainable,
-                          _shape(out))
+    result = ModelSummary(plain_class(net).__name__, shape, _layer_rows(net, shapes), total, trainable,
+                          total - trainable, _shape(out))
     if verbose:
         print(str(result), file=stream or sys.stdout, flush=True)
     return result
@@ -169,6 +170,8 @@ def _output_shapes(net: torch.nn.Module, input: Any, batch_size: int, shape: lis
 
 def _layer_rows(net: torch.nn.Module, shapes: dict[str, str]) -> list[LayerRow]:
     """A row per leaf module and per container that owns parameters; shared parameters counted once."""
+    from ..distributed.fsdp import plain_class  # imports torch
+
     seen: set[int] = set()
     rows = []
     for name, mod in net.named_modules():
@@ -178,6 +181,6 @@ def _layer_rows(net: torch.nn.Module, shapes: dict[str, str]) -> list[LayerRow]:
         seen.update(id(p) for p in own)
         n, trainable = sum(p.numel() for p in own), sum(p.numel() for p in own if p.requires_grad)
         if next(mod.children(), None) is None or n:  # leaves, and containers that own parameters
-            rows.append(LayerRow(name, type(mod).__name__, shapes.get(name, "-"), n, trainable,
+            rows.append(LayerRow(name, plain_class(mod).__name__, shapes.get(name, "-"), n, trainable,
                                  name.count(".") + 1))
     return rows
