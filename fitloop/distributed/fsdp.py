@@ -53,11 +53,22 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def plain_class(model: nn.Module) -> type:
-    """The model's own class (FSDP makes a subclass `FSDP<Name>(FSDPModule, <Name>)`)."""
+    """The class the user wrote for `model`, for names shown or saved: `fully_shard` swaps a module's class
+    for a subclass ``FSDP<Name>(FSDPModule, <Name>)``, which is unwrapped here (DDP and `torch.compile`
+    wrap the module instead: `unwrap_model` reaches it)."""
     cls = type(model)
-    if cls.__name__.startswith("FSDP") and len(cls.__bases__) == 2:
-        return cls.__bases__[1]
-    return cls
+    fsdp_module = _fsdp_module_class()
+    if fsdp_module is None or not isinstance(model, fsdp_module):
+        return cls
+    return next(base for base in cls.__mro__[1:] if not issubclass(base, fsdp_module))
+
+
+def _fsdp_module_class() -> type | None:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without distributed support: nothing is sharded
+        return None
+    return FSDPModule
 
 
 def save_sharded(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
