@@ -159,8 +159,9 @@ def build(trial):
     return trainer, train, val
 
 
-def test_tune_a_define_by_run_function_returns_the_study_and_the_best_model(tmp_path):
-    result = tune(build, n_trials=4, out=tmp_path / "t", seed=0, pruner="asha")
+@pytest.mark.parametrize("pruner", ["asha", "hyperband"])
+def test_tune_a_define_by_run_function_returns_the_study_and_the_best_model(tmp_path, pruner):
+    result = tune(build, n_trials=4, out=tmp_path / "t", seed=0, pruner=pruner)
     states = [t.state.name for t in result.study.trials]
     assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"}
     best = result.best_trial
@@ -176,6 +177,16 @@ def test_tune_a_define_by_run_function_returns_the_study_and_the_best_model(tmp_
     assert torch.equal(loaded(X), result.trainer.model.cpu()(X))
     info = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert info["status"] == "finished" and info["best"]["number"] == best.number
+
+
+def test_a_time_budget_starts_no_trial_after_it_and_resume_extends_the_budget(tmp_path):
+    result = tune(build, timeout=2.0, out=tmp_path / "t", pruner="none")
+    started = [t.datetime_start.timestamp() for t in result.study.trials]
+    assert len(started) >= 1 and max(started) - started[0] < 2.0  # no trial started after the 2 s
+    done = result.counts["COMPLETE"]
+    again = tune(build, n_trials=done + 2, out=tmp_path / "t", resume=True)  # the budget counts every trial
+    assert again.counts == {"COMPLETE": done + 2}
+    assert again.best_trial.value == min(t.value for t in again.study.trials)
 
 
 def test_tune_refuses_a_missing_budget_and_a_bad_pruner(tmp_path):
