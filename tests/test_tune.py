@@ -214,6 +214,9 @@ def test_cli_tune_writes_trial_runs_and_the_best_run_predicts(tmp_path, capsys):
     assert main(["predict", str(out / "best"), WINE, "-o", str(preds)]) == 0
     assert len(preds.read_text().splitlines()) == 179
     assert load_run(out / "best").info["target"] == "cultivar"
+    capsys.readouterr()
+    assert main(["tune", WINE, "--target", "cultivar", "--out", str(out)]) == 2  # a second search: refused
+    assert f"continue it with `fitloop tune --resume {out}`" in capsys.readouterr().err
 
 
 def test_cli_tune_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -194,7 +194,7 @@ def start_search(out: str | os.PathLike | None, *, resume: bool, overwrite: bool
         saved = read_settings(out_dir)
         settings = {**saved, **{k: v for k, v in settings.items() if v is not None}}
     elif is_main_process():  # rank 0 alone: the others would find the files it writes next
-        check_out_dir(out_dir, overwrite=overwrite, inputs=inputs, what="the search")
+        _check_new_search(out_dir, overwrite, inputs)
     if is_main_process():
         with hold_run_dir(out_dir):  # refuses a directory a live search holds, naming its pid
             if not resume:
@@ -202,6 +202,17 @@ def start_search(out: str | os.PathLike | None, *, resume: bool, overwrite: bool
             write_json_atomic(out_dir / TUNE_FILE, {**settings, "format": TUNE_FORMAT, "status": "running"})
     barrier()
     return out_dir
+
+
+def _check_new_search(out_dir: Path, overwrite: bool, inputs: tuple[str | None, ...]) -> None:
+    """`out_dir` may take a new search (`check_out_dir`); one that holds a search says how to continue it."""
+    try:
+        check_out_dir(out_dir, overwrite=overwrite, inputs=inputs, what="the search")
+    except OutputPathError as e:
+        if (out_dir / TUNE_FILE).is_file() and not overwrite:
+            raise OutputPathError(f"{e} It holds a search: continue it with `fitloop tune --resume {out_dir}` "
+                                  "(tune(..., resume=True) in Python).") from None
+        raise
 
 
 def search(runner: TrialRunner, out_dir: Path, settings: WorkerSettings) -> TuneResult:
