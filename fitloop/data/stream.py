@@ -414,7 +414,8 @@ class StreamBatches:
             positions = self._positions(window, start)
             if len(positions):
                 parts, order = reader.window_rows(window, _window_order(window, positions))
-                yield self._convert(parts, order)
+                in_order = window.seed is None and len(order) == window.rows  # the whole window, unshuffled
+                yield self._convert(parts, None if in_order else order)
 
     def _convert(self, parts: list[tuple[int, pa.Table]], order: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -506,22 +507,36 @@ def default_transform(table: pa.Table, columns: Sequence[str], target: str | Non
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows `order` of `table` (None: all): the columns as a float32 matrix and the target as stored (a 1-D
     tensor), or None without one. Each column is gathered on its own (a column fits the cache, the whole
-    window may not), then the matrix is transposed once."""
-    rows = table.num_rows if order is None else len(order)
-    x = np.empty((len(columns), rows), dtype=np.float32)
+    window may not), then the matrix is transposed once; in order, each chunk is copied straight in."""
+    if order is None:
+        return _in_order(table, columns), _target(table, target, order)
+    x = np.empty((len(columns), len(order)), dtype=np.float32)
     for j, name in enumerate(columns):
         values = _numeric(table.column(name), name)
-        if order is None:
-            x[j] = values
-        elif values.dtype == np.float32:
+        if values.dtype == np.float32:
             np.take(values, order, out=x[j])  # no temporary
         else:
             x[j] = values[order]
-    y = None
-    if target is not None:
-        values = _numeric(table.column(target), target)
-        y = torch.from_numpy(values[order] if order is not None else np.array(values))  # a copy: writable
-    return torch.from_numpy(x).T.contiguous(), y
+    return torch.from_numpy(x).T.contiguous(), _target(table, target, order)
+
+
+def _in_order(table: pa.Table, columns: Sequence[str]) -> torch.Tensor:
+    """The columns as a row-major float32 matrix, chunk by chunk (no concatenated copy of a column)."""
+    x = np.empty((table.num_rows, len(columns)), dtype=np.float32)
+    for j, name in enumerate(columns):
+        at = 0
+        for chunk in table.column(name).chunks:
+            x[at: at + len(chunk), j] = _numeric(pa.chunked_array([chunk]), name)
+            at += len(chunk)
+    return torch.from_numpy(x)
+
+
+def _target(table: pa.Table, target: str | None, order: np.ndarray | None) -> torch.Tensor | None:
+    """The target column (rows `order`, None: all) as a 1-D tensor of its own dtype, or None without one."""
+    if target is None:
+        return None
+    values = _numeric(table.column(target), target)
+    return torch.from_numpy(values[order] if order is not None else np.array(values))  # a copy: writable
 
 
 def _numeric(column: pa.ChunkedArray, name: str) -> np.ndarray:
