@@ -13,6 +13,11 @@ CSV text, whose messages count data rows from 1 and name the line, as `fitloop p
 file). The checks run over whole columns at C speed (itemgetter, zip, set of types, one numpy
 conversion); the slow search for the first bad cell runs only when a check has already failed.
 
+JSON types: a numeric column takes numbers and refuses ``true``/``false`` (almost always a column mix-up
+upstream); a column that was true/false in training takes ``true``/``false`` (and 1/0), the 1/0 the model
+was trained on; a text column takes strings (and integers, as their digits). A bundle from before the
+fitted features recorded their "values" takes both in a numeric column, as it always did.
+
 Missing values: JSON ``null`` (or an empty CSV cell, or a CSV ``NaN``/``NA``) is missing and is imputed
 exactly as `fitloop predict` imputes an empty cell. ``NaN`` and ``Infinity`` JSON literals, and infinite
 numbers in a CSV, are refused: they are almost always an upstream bug, and silently imputing them would
