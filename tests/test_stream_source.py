@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -405,6 +406,19 @@ def child_train(data: str, out: str, kill_at: int | None, resume: bool) -> None:
     torch.save([p.detach().clone() for p in model.parameters()], out_dir / "params.pt")
 
 
+def child_resume(data: str, out: str) -> None:
+    """One rank of a torchrun job: continue OUT/state.pt (written by one process, global batch 40) with a
+    global batch of 40 rows split over the processes."""
+    from fitloop.distributed import rank, world_size
+
+    model = _Ids()
+    trainer = _stream_trainer(model, 40 // world_size())
+    trainer.load_state_dict(load_checkpoint(Path(out) / "state.pt"))
+    trainer.fit(_source(data))
+    result = {"params": [p.detach().clone() for p in model.parameters()], "seen": model.seen}
+    torch.save(result, Path(out) / f"resumed-{rank()}.pt")
+
+
 def _without_the_first_39(file_index: int, row_group: int, offsets: np.ndarray) -> np.ndarray:
     return (offsets >= 39) | ((file_index, row_group) != (0, 0))
 
@@ -443,7 +457,7 @@ def _epochs(log: Path) -> dict[int, list[int]]:
     return seen
 
 
-def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit(data, tmp_path):
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit_also_at_two_processes(data, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir()
     cut.mkdir()
@@ -451,6 +465,9 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit(
     killed = _run("train", str(data), str(cut), "--kill-at", "37")  # epoch 2 (25 batches an epoch), batch 12
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (cut / "params.pt").exists()
+    wider = tmp_path / "wider"
+    wider.mkdir()
+    shutil.copy(cut / "state.pt", wider / "state.pt")
     resumed = _run("train", str(data), str(cut), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = torch.load(full / "params.pt"), torch.load(cut / "params.pt")
@@ -462,6 +479,16 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit(
         assert sorted(ids) == list(range(1000))
     digest = [hashlib.sha256(json.dumps(ids).encode()).hexdigest() for ids in joined.values()]
     assert len(set(digest)) == 3  # a new order every epoch
+    # the same checkpoint resumed by 2 processes: the rest of the run's rows, in the same global batches
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          __file__, "resume", str(data), str(wider)], env=_env(), capture_output=True, text=True,
+                         timeout=180)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    r0, r1 = (torch.load(wider / f"resumed-{rank}.pt") for rank in (0, 1))
+    batches_after = [json.loads(line)["ids"] for line in (full / "ids.jsonl").read_text().splitlines()][37:]
+    assert [x + y for x, y in zip(r0["seen"], r1["seen"], strict=True)] == batches_after
+    for x, y, z in zip(r0["params"], r1["params"], a, strict=True):
+        assert torch.equal(x, y) and torch.allclose(x, z, atol=1e-5), (x - z).abs().max()
 
 
 def test_two_gloo_processes_equal_one(data, tmp_path):
@@ -489,5 +516,7 @@ if __name__ == "__main__":
     if command == "train":
         kill = int(options[options.index("--kill-at") + 1]) if "--kill-at" in options else None
         child_train(data_dir, out_dir, kill, "--resume" in options)
+    elif command == "resume":
+        child_resume(data_dir, out_dir)
     else:
         child_ddp(data_dir, out_dir)
