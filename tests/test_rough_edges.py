@@ -101,6 +101,18 @@ def test_time_to_first_step_is_within_the_total(tmp_path):
     assert run.timings["to_first_step"] <= run.timings["total"]
 
 
+
+def test_the_report_says_what_each_timing_counts_from():
+    from fitloop.report.data import ReportData
+    from fitloop.report.html import render_html
+
+    timings = {"total": 9.5, "to_first_step": 8.25, "launch_to_first_step": 8.5}
+    html = render_html(ReportData(title="t", source="s", timings=timings), {})
+    assert ("<tr><td>total (from the command's start)</td><td class=\"num\">9.50 s</td></tr>"
+            "<tr><td>to first step (from the command's start)</td><td class=\"num\">8.25 s</td></tr>"
+            "<tr><td>to first step from the process's launch (imports included)</td><td class=\"num\">8.50 s</td>"
+            "</tr>") in html.replace("&#x27;", "'")
+
 # ------------------------------------------------------------------ the lr panel only when the lr changes
 
 

@@ -165,8 +165,16 @@ def _model(d: ReportData) -> str:
             f"{m.frozen:,} frozen.</p>" + _table(["layer", "type", "output shape", "parameters"], rows, num_from=3))
 
 
+# What each timing counts from: `total` and `to_first_step` from the command's start, the `launch_` ones from
+# the process's launch (the interpreter's start-up too), so those may exceed the total
+TIME_LABELS = {"to_first_step": "to first step (from the command's start)",
+               "total": "total (from the command's start)",
+               "launch_to_first_step": "to first step from the process's launch (imports included)",
+               "launch_to_first_step_cpu": "CPU time to first step from the process's launch"}
+
+
 def _timings(d: ReportData) -> str:
-    rows = [[k.replace("_", " "), f"{v:.2f} s"] for k, v in d.timings.items()]
+    rows = [[TIME_LABELS.get(k, k.replace("_", " ")), f"{v:.2f} s"] for k, v in d.timings.items()]
     epochs = [float(h["time"]) for h in d.history if isinstance(h.get("time"), (int, float))]
     if epochs:
         rows.append(["epochs", f"{len(epochs)}, {sum(epochs) / len(epochs):.3f} s each on average"])
