@@ -457,6 +457,7 @@ def _epochs(log: Path) -> dict[int, list[int]]:
     return seen
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit_also_at_two_processes(data, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir()
@@ -491,6 +492,7 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run_bit_for_bit_
         assert torch.equal(x, y) and torch.allclose(x, z, atol=1e-5), (x - z).abs().max()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(data, tmp_path):
     child_ddp(str(data), str(tmp_path))  # the one-process reference, in this process
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
