@@ -323,12 +323,12 @@ def test_a_run_directory_resumes_mid_epoch_and_refuses_other_files(data, tmp_pat
     def trainer(run: Path, callbacks=()) -> fl.Trainer:
         torch.manual_seed(0)
         return fl.Trainer(nn.Linear(2, 1), loss="mse", optimizer="adam", epochs=3, batch_size=40, quiet=True,
-                          threads=1, run_dir=str(run), checkpoint_every_steps=5, callbacks=list(callbacks))
+                          threads=1, run_dir=str(run), callbacks=list(callbacks))
 
     full = trainer(tmp_path / "full")
     full.fit(source)
     with pytest.raises(RunInterrupted):
-        trainer(tmp_path / "cut", [_SignalAt(37)]).fit(source)  # epoch 2, batch 12: a checkpoint at step 37
+        trainer(tmp_path / "cut", [_SignalAt(37)]).fit(source)  # epoch 2, batch 12: checkpointed on SIGINT
     resumed = trainer(tmp_path / "cut")
     resumed.resume(source)
     assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True))
