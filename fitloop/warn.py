@@ -68,6 +68,7 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
         return
     module_globals = frame.f_globals
     registry = module_globals.setdefault("__warningregistry__", {})
+    # no module_globals, as warnings.warn itself passes none: with them, linecache asks the module's loader for
+    # its source, and `python -c`'s __main__ (a BuiltinImporter module) raises ImportError
     warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
-                           module=module_globals.get("__name__", "<string>"), registry=registry,
-                           module_globals=module_globals)
+                           module=module_globals.get("__name__", "<string>"), registry=registry)

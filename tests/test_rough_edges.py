@@ -309,3 +309,26 @@ def test_warn_user_skips_library_frames_between_fitloop_frames():
     line = inspect.currentframe().f_lineno + 1
     assert namespace["outer"]() == (__file__, line)
     assert user_frame(inspect.currentframe()).f_code.co_filename == __file__
+
+
+def test_python_shows_the_users_line_in_a_script_and_under_python_c(tmp_path):
+    """What the user sees: the script's line and its source (not fitloop/callbacks/base.py); `python -c` too,
+    whose __main__ has no source file (its loader cannot give source: no ImportError from the warning)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, fitloop as fl\n"
+            "X = torch.randn(64, 3); y = torch.randint(0, 3, (64,))\n"
+            "t = fl.Trainer(torch.nn.Linear(3, 3), loss='cross_entropy', epochs=1, quiet=True)\n"
+            "t.fit((X, y), (X, y))\n")
+    script = tmp_path / "user_script.py"
+    script.write_text(code)
+    for argv, where in (([str(script)], f"{script}:4: GuardWarning: leakage: "), (["-c", code], "<string>:4: ")):
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr.startswith(where), out.stderr
+        assert "fitloop/" not in out.stderr
+        if argv[0] == str(script):
+            assert out.stderr.endswith("\n  t.fit((X, y), (X, y))\n")  # the user's line, as Python shows it
+        else:
+            assert out.stderr.count("\n") == 1  # no source line to show
