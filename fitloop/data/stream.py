@@ -58,6 +58,13 @@ random order of the blocks (about 0.8 / sqrt(blocks)), which finer blocks (`bloc
 decides how mixed a batch is: a batch draws from about `buffer_rows / rows per block` blocks, so a buffer of
 a few hundred blocks' rows makes batches as mixed as a full shuffle. Memory: each process holds about
 `(prefetch + 2) * buffer_rows` rows of its needed blocks, decoded.
+
+**Throughput** (measured: 2,000,000 rows of 16 float32 features in 8 files of 65,536-row row groups, batches
+of 1,024, `nn.Linear(16, 1)`, one thread, on a shared 2-core machine; rows per CPU-second, best of 2): a raw
+pyarrow scan of the columns into a tensor 5.7 M; this source's reading alone 2.6 M shuffled (the per-window
+row gather is most of the difference) and 3.2 M unshuffled; training on it 0.9-1.0 M, against 1.06 M for
+the same rows in memory with `guards=False` and 0.70 M with the default guards (their checks read all the
+rows first). With so small a model the step, not the reading, bounds training.
 """
 
 from __future__ import annotations
@@ -370,6 +377,8 @@ class StreamBatches:
     def _positions(self, window: Window, start: int) -> np.ndarray:
         """This rank's delivery positions within `window` (relative to its first), from global batch `start` on."""
         G, lo, hi = self.global_batch, max(window.first, start * self.global_batch), window.first + window.rows
+        if self.world == 1:  # every position
+            return np.arange(lo - window.first, hi - window.first)
         parts = []
         for batch in range(lo // G, -(-hi // G)):
             offset, size = shard_bounds(self.global_rows(batch), self.rank, self.world)
@@ -398,8 +407,10 @@ class StreamBatches:
                     pending.append((x.to(self.device, non_blocking=True),
                                     None if y is None else y.to(self.device, non_blocking=True)))
                     held += len(x)
-                if not pending:  # an empty share of the last batch, after this rank's last row
-                    pending = [self.filler]
+                if not pending:  # an empty share (of the last batch only), after this rank's last row
+                    x, y = self.filler
+                    yield x[:0], (None if y is None else y[:0])
+                    continue
                 batch, pending = _take_front(pending, size)
                 held -= size
                 yield batch
