@@ -237,12 +237,12 @@ def _open_dataset(path: Any) -> pads.Dataset:
             raise StreamError(f"{path}: cannot be read as a directory of Parquet files ({error}).") from None
     if isinstance(path, (str, os.PathLike)):
         text = str(path)
-        files = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+        files = sorted(glob.glob(text, recursive=True)) if _is_glob(text) else [text]
     else:
         files = [str(p) for p in path]
     for file in files:
         if not Path(file).is_file():
-            raise StreamError(f"{file}: no such file." if not glob.has_magic(str(path)) else
+            raise StreamError(f"{file}: no such file." if not _is_glob(str(path)) else
                               f"{path}: the glob matches no file.")
     if not files:
         raise StreamError(f"{path}: the glob matches no file.")
@@ -250,6 +250,10 @@ def _open_dataset(path: Any) -> pads.Dataset:
         return pads.dataset(files, format="parquet")
     except (OSError, pa.ArrowException) as error:
         raise StreamError(f"{path}: cannot be read as Parquet ({error}).") from None
+
+
+def _is_glob(text: str) -> bool:
+    return any(character in text for character in "*?[")
 
 
 def _file_size(fragment: Any) -> int:
