@@ -8,9 +8,14 @@ the seed:
 
 * `defaults`: `fitloop.tabular.train` with its defaults (seed S);
 * `tuned`: `fitloop.tabular.tune(trials=N, pruner="asha", jobs=1)`, the best trial's run (`OUT/best`);
-  `ensemble`: the ensemble of its complete trials (`OUT/ensemble`, `fitloop.tune.ensemble`);
+  `ensemble`: the ensemble of its complete trials (`OUT/ensemble`, `fitloop.tune.ensemble`: none when fewer
+  than two completed), and `ensemble+pruned`: of its complete and pruned trials (each pruned trial's run keeps
+  the model of the epoch it stopped at; greedy selection only picks what lowers the validation loss);
+* `tuned-nopruning`, `ensemble-nopruning`: the best trial and the ensemble of every trial of the same search
+  without pruning;
 * `catboost-tuned`: Optuna's TPE (seed S) over CatBoost's usual space (depth, learning_rate, l2_leaf_reg,
-  random_strength, bagging_temperature; 1000 iterations with early stopping on the validation rows) for the
+  random_strength, bagging_temperature; depth 4-8 and 500 iterations with early stopping on the validation
+  rows, so that a multiclass search fits the machine's time) for the
   same N trials, on the train rows of fitloop's own split; the trial with the best validation loss is scored;
 * pruning: the same search with `pruner="none"`: its best validation loss, its trial-epochs, and the
   trial-epochs the ASHA search had spent when its best complete trial first reached that loss (target:
@@ -51,6 +56,7 @@ from bench.studies.tables import (  # noqa: E402
     text_columns,
     write_csv,
 )
+from fitloop.tune.ensemble import build_ensemble  # noqa: E402
 
 DEFAULT_TABLES = "wine,diabetes"
 PRUNING_TARGET = 1 / 3  # the share of no-pruning's trial-epochs within which ASHA should reach its best
@@ -94,20 +100,35 @@ def splits_of(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 def tune_arm(csv: Path, t: Table, out: Path, seed: int, trials: int, pruner: str, jobs: int,
-             ensemble: bool) -> dict[str, Any]:
+             ensemble: bool, settings: dict[str, Any]) -> dict[str, Any]:
     """One `fitloop.tabular.tune` search: wall time, each trial's state, value and epochs, in trial order."""
-    extra: dict[str, Any] = {"task": t.task} if t.pass_task else {}
+    extra: dict[str, Any] = {**settings, **({"task": t.task} if t.pass_task else {})}
     t0 = time.perf_counter()
     result = ft.tune(str(csv), target=t.target, out=out, trials=trials, pruner=pruner, jobs=jobs, overwrite=True,
                      quiet=True, ensemble=ensemble, seed=seed, **extra)
     wall = time.perf_counter() - t0
     history = [{"number": tr.number, "state": tr.state.name, "value": tr.value,
-                "epochs": int(tr.user_attrs.get("epochs") or 0)} for tr in result.study.get_trials(deepcopy=False)]
+                "epochs": int(tr.user_attrs.get("epochs") or 0), "run_dir": tr.user_attrs.get("run_dir")}
+               for tr in result.study.get_trials(deepcopy=False)]
     return {"seconds": wall, "trials": history, "best_value": result.best_trial.value if result.best_trial else None,
             "best_run": str(result.best_run_dir) if result.best_run_dir else None,
             "ensemble": str(result.extras["ensemble"]) if "ensemble" in result.extras else None,
             "ensemble_note": result.extras.get("ensemble_note"),
             "counts": dict(result.counts), "epochs": sum(h["epochs"] for h in history if h["state"] != "FAIL")}
+
+
+def ensemble_arm(t: Table, work: Path, name: str, search: dict[str, Any], states: tuple[str, ...],
+                 test_rows: np.ndarray) -> dict[str, Any]:
+    """`build_ensemble` over the search's trials in `states`, scored on the test rows."""
+    runs = [h["run_dir"] for h in search["trials"] if h["state"] in states and h["run_dir"]]
+    if len(runs) < 2:
+        return {"error": f"{len(runs)} trial(s) in {states}"}
+    t0 = time.perf_counter()
+    path = build_ensemble(runs, work / name, overwrite=True)
+    seconds = time.perf_counter() - t0
+    info = json.loads((path / "run.json").read_text())["ensemble"]
+    return {**score_run(t, path, test_rows), "seconds": seconds, "members": len(info["members"]),
+            "val_loss": info["val_loss"], "best_member_val_loss": info["best_member_val_loss"]}
 
 
 def epochs_to_reach(history: list[dict[str, Any]], target: float) -> int | None:
@@ -139,12 +160,12 @@ def catboost_tuned(t: Table, splits: dict[str, np.ndarray], trials: int, seed: i
     best: dict[str, Any] = {}
 
     def objective(trial: Any) -> float:
-        params = {"depth": trial.suggest_int("depth", 4, 10),
+        params = {"depth": trial.suggest_int("depth", 4, 8),
                   "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
                   "l2_leaf_reg": trial.suggest_float("l2_leaf_reg", 1.0, 10.0, log=True),
                   "random_strength": trial.suggest_float("random_strength", 1e-3, 10.0, log=True),
                   "bagging_temperature": trial.suggest_float("bagging_temperature", 0.0, 1.0)}
-        model = kind(iterations=1000, od_type="Iter", od_wait=50, use_best_model=True, thread_count=1, verbose=0,
+        model = kind(iterations=500, od_type="Iter", od_wait=50, use_best_model=True, thread_count=1, verbose=0,
                      random_seed=seed, cat_features=text_columns(t) or None, allow_writing_files=False, **params)
         model.fit(df.iloc[train], y[train], eval_set=(df.iloc[val], y[val]))
         if cls:
@@ -169,23 +190,27 @@ def catboost_tuned(t: Table, splits: dict[str, np.ndarray], trials: int, seed: i
 # ---------------------------------------------------------------------------------------------- one table
 
 
-def bench_table(t: Table, seed: int, trials: int, work: Path) -> dict[str, Any]:
+def bench_table(t: Table, seed: int, trials: int, work: Path, settings: dict[str, Any]) -> dict[str, Any]:
     csv = work / f"{t.name}.csv"
     write_csv(t, csv)
     t0 = time.perf_counter()
-    extra: dict[str, Any] = {"task": t.task} if t.pass_task else {}
+    extra: dict[str, Any] = {**settings, **({"task": t.task} if t.pass_task else {})}
     ft.train(str(csv), target=t.target, out=work / "defaults", overwrite=True, seed=seed, quiet=True, **extra)
     defaults_seconds = time.perf_counter() - t0
     splits = splits_of(work / "defaults")
-    asha = tune_arm(csv, t, work / "asha", seed, trials, "asha", 1, ensemble=True)
-    none = tune_arm(csv, t, work / "none", seed, trials, "none", 1, ensemble=False)
-    jobs2 = tune_arm(csv, t, work / "none-jobs2", seed, trials, "none", 2, ensemble=False)
+    asha = tune_arm(csv, t, work / "asha", seed, trials, "asha", 1, True, settings)
+    none = tune_arm(csv, t, work / "none", seed, trials, "none", 1, False, settings)
+    jobs2 = tune_arm(csv, t, work / "none-jobs2", seed, trials, "none", 2, False, settings)
     best_run = Path(asha["best_run"])
     assert np.array_equal(splits_of(best_run)["test"], splits["test"]), "the tune trials must share the split"
     scores = {"defaults": {**score_run(t, work / "defaults", splits["test"]), "seconds": defaults_seconds},
               "tuned": {**score_run(t, best_run, splits["test"]), "seconds": asha["seconds"]}}
     if asha["ensemble"]:
         scores["ensemble"] = score_run(t, Path(asha["ensemble"]), splits["test"])
+    scores["tuned-nopruning"] = score_run(t, Path(none["best_run"]), splits["test"])
+    for arm, search, states in (("ensemble+pruned", asha, ("COMPLETE", "PRUNED")),
+                                ("ensemble-nopruning", none, ("COMPLETE",))):
+        scores[arm] = ensemble_arm(t, work, arm, search, states, splits["test"])
     scores["catboost-tuned"] = catboost_tuned(t, splits, trials, seed)
     reach = epochs_to_reach(asha["trials"], none["best_value"]) if none["best_value"] is not None else None
     return {"table": t.name, "task": t.task, "metric": "accuracy" if t.task == "classification" else "r2",
@@ -211,11 +236,13 @@ def _fmt(arm: dict[str, Any]) -> str:
 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    arms = ["defaults", "tuned", "ensemble", "catboost-tuned"]
+    arms = ["defaults", "tuned", "ensemble", "ensemble+pruned", "tuned-nopruning", "ensemble-nopruning",
+            "catboost-tuned"]
     lines = [f"### Tuning: `fitloop tune` ({meta['when']})\n",
              f"`python -m bench.tune {meta['args']}`: {meta['trials']} trials per search, seed {meta['seed']}, one "
              f"thread per process, {meta['cpus']} cores (shared). Test accuracy (log-loss) or R² on the defaults' test "
-             f"rows; tuned = the best trial of TPE + ASHA; ensemble = greedy selection over its complete trials; "
+             f"rows; tuned = the best trial of TPE + ASHA; ensemble = greedy selection over its complete trials "
+             f"(+pruned: and its pruned ones); -nopruning: the same search without pruning; "
              f"CatBoost tuned by TPE for the same number of trials. Total {meta['elapsed']:.0f} s.\n",
              "| table | rows | metric | " + " | ".join(arms) + " | time defaults / tuned / catboost (s) |",
              "|---|---|---|" + "---|" * len(arms) + "---|"]
@@ -252,6 +279,8 @@ def main() -> int:
     ap.add_argument("--tables", default=DEFAULT_TABLES, help="comma-separated names from bench.studies.tables")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trials", type=int, default=8, help="trials per search (fitloop and CatBoost alike)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a run setting for the defaults and every trial, e.g. train.early_stopping_se=false")
     ap.add_argument("--json", default=None, help="write the raw results here")
     ap.add_argument("--markdown", default=None, help="write the tables here")
     args = ap.parse_args()
@@ -260,18 +289,21 @@ def main() -> int:
     unknown = [n for n in names if n not in every]
     if unknown:
         ap.error(f"--tables: unknown {unknown}; choose from {sorted(every)}")
+    settings = {key: json.loads(value) if value in ("true", "false") or value[:1].isdigit() else value
+                for key, value in (item.split("=", 1) for item in args.set)}
     t0 = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="fitloop-bench-tune-") as tmp:
         for name in names:
             work = Path(tmp) / name
             work.mkdir()
-            results.append(bench_table(every[name], args.seed, args.trials, work))
+            results.append(bench_table(every[name], args.seed, args.trials, work, settings))
             print(json.dumps({k: results[-1][k] for k in ("table", "scores", "pruning", "parallel")}, default=str),
                   flush=True)
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "seed": args.seed, "trials": args.trials,
             "cpus": os.cpu_count(), "elapsed": time.perf_counter() - t0,
-            "args": f"--tables {args.tables} --seed {args.seed} --trials {args.trials}"}
+            "args": f"--tables {args.tables} --seed {args.seed} --trials {args.trials}"
+                    + "".join(f" --set {item}" for item in args.set)}
     text = markdown(results, meta)
     print(text)
     if args.json:
