@@ -112,10 +112,10 @@ def test_sigkill_mid_trial_then_resume_loses_no_trial_and_counts_none_twice(tmp_
 
 @pytest.mark.slow
 def test_sigkill_from_outside_at_any_moment_then_resume_finishes_the_budget_exactly(tmp_path):
-    csv, space = _files(tmp_path, rows=2000)
+    csv, space = _files(tmp_path, rows=800)
     out = tmp_path / "tuned"
     cmd = [sys.executable, "-m", "fitloop", "tune", str(csv), "--target", "y", "--space", str(space), "--out",
-           str(out), "--no-ensemble", "--trials", "4", "--epochs", "5", "--pruner", "asha", "--jobs", "2"]
+           str(out), "--no-ensemble", "--trials", "4", "--epochs", "4", "--pruner", "asha", "--jobs", "2"]
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # kill once a trial has run an epoch
