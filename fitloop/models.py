@@ -116,7 +116,8 @@ class EnsembleSpec:
             ``"outputs"`` (regression: the members' outputs are averaged).
 
     Example:
-        >>> spec = fl.EnsembleSpec([fl.MLPSpec(13, [64], 3), fl.MLPSpec(13, [32], 3)], weights=[2, 1])
+        >>> from fitloop.models import Ensemble, EnsembleSpec, MLPSpec
+        >>> spec = EnsembleSpec([MLPSpec(13, [64], 3), MLPSpec(13, [32], 3)], weights=[2, 1])
         >>> model = Ensemble(spec)   # spec.weights == [2/3, 1/3]
     """
 
