@@ -20,11 +20,12 @@ import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .config import CONFIG_HEADER, RUN_FORMAT
 from .runlock import LOCK_NAME
 
-__all__ = ["OutputPathError", "RUN_DIR_ENTRIES", "is_run_dir", "foreign_entries", "check_out_dir",
+__all__ = ["OutputPathError", "RUN_DIR_ENTRIES", "TUNE_FORMAT", "is_run_dir", "foreign_entries", "check_out_dir",
            "check_out_file", "check_report_dir", "clear_run_dir"]
 
 # Every name fitloop writes at the top of a run directory (the Checkpointer, `fitloop train`, `report`,
@@ -33,7 +34,10 @@ RUN_DIR_ENTRIES = frozenset({
     "run.json", "config.toml", "config.json", "metrics.json", "test_predictions.csv", "history.jsonl",
     "history.csv", "splits.json", "model", "checkpoints", "tensorboard", "report.html", "plots", "export",
     "size_search.json", "size_search.txt", "size_search.png", LOCK_NAME,
+    # `fitloop tune`: the study's journal (and its lock), the trials' runs, the best run, the ensemble
+    "tune.json", "space.toml", "study.journal", "study.journal.lock", "trials", "best", "ensemble",
 })
+TUNE_FORMAT = "fitloop-tune/1"  # tune.json's marker: a search made with the Python API has no config.toml
 _REPORT_TITLE = "<title>fitloop report:"  # report.html's head (fitloop.report.html)
 _TMP = re.compile(r"\.(.+)\.[^.]+\.tmp")  # fitloop.files.atomic_write_bytes' temporary name
 
@@ -51,7 +55,18 @@ def is_run_dir(path: Path) -> bool:
         except (OSError, ValueError):
             return False
         return isinstance(meta, dict) and meta.get("format") == RUN_FORMAT
+    if _json_format(path / "tune.json") == TUNE_FORMAT:  # a `fitloop tune` directory
+        return True
     return _starts_with(path / "config.toml", CONFIG_HEADER)  # killed before its run.json was written
+
+
+def _json_format(path: Path) -> Any:
+    """The `"format"` of a JSON object file, or None (missing, unreadable, not an object)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return meta.get("format") if isinstance(meta, dict) else None
 
 
 def _starts_with(path: Path, marker: str, head: int = 1024) -> bool:

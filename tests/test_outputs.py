@@ -143,6 +143,24 @@ def test_a_run_killed_before_its_run_json_is_a_run_directory(tmp_path):
     assert not is_run_dir(run)
 
 
+def test_a_tune_directory_is_a_run_directory_and_only_its_entries_go(tmp_path):
+    """`fitloop tune --out DIR --overwrite` replaces a search (tune.json's marker; a Python-API search has no
+    config.toml), deleting only the names a search writes."""
+    out = tmp_path / "search"
+    (out / "trials" / "0000").mkdir(parents=True)
+    (out / "best").mkdir()
+    (out / "tune.json").write_text(json.dumps({"format": "fitloop-tune/1"}))
+    for name in ("study.journal", "study.journal.lock", "space.toml", "report.html"):
+        (out / name).write_text("x")
+    assert is_run_dir(out) and foreign_entries(out) == []
+    (out / "notes.md").write_text("mine")
+    assert foreign_entries(out) == ["notes.md"]
+    clear_run_dir(out)
+    assert [p.name for p in out.iterdir()] == ["notes.md"]
+    (out / "tune.json").write_text(json.dumps({"format": "fitloop-tune/0"}))  # not the marker
+    assert not is_run_dir(out)
+
+
 def test_the_python_api_refuses_the_same(user_folder):
     cfg = resolve_run_config({"data.path": "data.csv", "data.target": "cultivar", "train.epochs": 1})
     before = snapshot(user_folder)

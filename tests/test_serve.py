@@ -416,7 +416,7 @@ def test_schema_and_version(server, runs):
     assert (s["target"], s["task"], s["classes"], s["id"]) == ("label", "classification", ["high", "low", "mid"],
                                                               "row_id")
     assert [(c["name"], c["type"]) for c in s["columns"]] == [("x1", "number"), ("x2", "number"),
-                                                              ("color", "string"), ("flag", "number")]
+                                                              ("color", "string"), ("flag", "boolean")]
     assert s["columns"][2]["categories"] == ["blue", "green", "red"]
     assert s["columns"][0]["missing_in_training"] is True
     assert s["limits"] == {"max_rows": MAX_ROWS, "max_body_bytes": MAX_BODY}

@@ -26,7 +26,7 @@ from .. import __version__
 from ..tabular.datasets import demo_data_path
 from .commands import EXIT_OK, cmd_evaluate, cmd_predict, cmd_report, cmd_resume, cmd_train
 from .export import add_export_parser
-from .launch import add_launch_options
+from .launch import add_launch_options, print_user_error
 from .runs_table import add_parser as add_runs_parser
 from .serve import add_serve_parser
 from .size_search import EXAMPLES as SIZE_SEARCH_EXAMPLES
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as e:
         if debug:
             traceback.print_exc()
-        print(f"fitloop: error: {e}", file=sys.stderr)
+        print_user_error(f"fitloop: error: {e}")  # once per job under --nproc, not once per worker
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - a bug: say so, keep the traceback for --debug
         if debug:

@@ -80,6 +80,8 @@ class Preprocessor:
             col = data.column(name)
             if kind in ("numeric", "bool"):
                 spec, why, n_missing = _numeric_spec(name, col, rows)
+                if spec is not None:  # what the column held: serve's /schema and JSON checks say true/false
+                    spec["values"] = "bool" if kind == "bool" else "number"
                 if spec is not None and n_missing:
                     imputed.append(f"{name}: {n_missing} (median {spec['median']:g})")
             else:

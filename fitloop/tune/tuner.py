@@ -42,7 +42,7 @@ from ..bundle import load
 from ..distributed import is_main_process
 from ..distributed.group import barrier
 from ..files import write_json_atomic
-from ..outputs import OutputPathError, check_out_dir, clear_run_dir
+from ..outputs import TUNE_FORMAT, OutputPathError, check_out_dir, clear_run_dir
 from ..runlock import hold_run_dir
 from .pruning import TrialCallback
 from .study import JOURNAL, PRUNERS, JournalLock, open_study, requeue_stale, state_counts
@@ -52,7 +52,6 @@ __all__ = ["tune", "search", "TuneResult", "FitTrials", "TUNE_FILE", "TUNE_FORMA
            "default_tune_out", "check_budget"]
 
 TUNE_FILE = "tune.json"
-TUNE_FORMAT = "fitloop-tune/1"
 BEST_DIR = "best"
 
 
