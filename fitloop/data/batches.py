@@ -221,9 +221,11 @@ def make_batches(data: Any, *, train: bool, batch_size: int | None, shuffle: boo
     """
     if isinstance(data, ParquetSource):  # streamed: read block by block (fitloop.data.stream)
         rank, world = _ranks()
+        warn_floats = bool(guard_settings(guards)["class_targets"])
         return data.batches(train=train, batch_size=batch_size, shuffle=shuffle, device=device,
                             float_dtype=float_dtype, rank=rank, world=world,
-                            prepare=None if task is None else lambda y: prepare_target(y, task, float_dtype, split))
+                            prepare=None if task is None else
+                            lambda y: prepare_target(y, task, float_dtype, split, warn_floats=warn_floats))
     drop_last = False
     if isinstance(data, (tuple, list)) and len(data) == 2:
         data = Split(data[0], data[1])
