@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import Split
+from ..data.stream import ParquetSource
 
 __all__ = ["data_fingerprint", "split_row_indices", "differences"]
 
@@ -40,9 +41,12 @@ def _hash_item(h: Any, item: Any) -> None:
 
 def data_fingerprint(data: Any, sample: int = 64) -> dict[str, Any] | None:
     """A cheap fingerprint of training data: shape, dtype and a SHA-256 of the bytes of in-memory
-    tensors; for a Dataset its class, length and a hash of `sample` evenly spaced items."""
+    tensors; for a Dataset its class, length and a hash of `sample` evenly spaced items; for a streamed
+    `ParquetSource` its own fingerprint (the files, their sizes and row counts, the settings)."""
     if data is None:
         return None
+    if isinstance(data, ParquetSource):  # streamed: its files and settings, from the footers (no data read)
+        return data.fingerprint()
     if isinstance(data, (tuple, list)) and len(data) == 2:
         data = Split(data[0], data[1])
     if isinstance(data, Split):
