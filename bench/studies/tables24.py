@@ -486,16 +486,25 @@ STRICT = ("linear+val", "hgb+val")
 def run_one(t: Table, seed: int, csv: Path, run_dir: Path, methods: tuple[str, ...], extra: list[str]) -> dict:
     """Every method on one table and seed, on the rows of that seed's `fitloop train` run."""
     fl = run_fitloop(csv, t, seed, run_dir, extra, in_process=False)
-    test = np.asarray(fl["splits"]["test"])
-    train = np.sort(np.asarray(fl["splits"]["train"]))
-    val = np.sort(np.asarray(fl["splits"].get("val", [])))
-    train_val = np.sort(np.concatenate([train, val]))
-    arms: dict[str, dict[str, Any]] = {"fitloop": {
-        "score": fl["score"], "seconds": fl["seconds"], "train_seconds": fl["timings"].get("train"),
-        "pipeline_seconds": fl["timings"].get("total"), "epochs": fl["epochs"], "best_epoch": fl["best_epoch"],
-        **({"logloss": fl["loss"]} if t.task == "classification" else {})}}
-    if {"linear", "hgb"} & set(methods):
+    fitloop = {"score": fl["score"], "seconds": fl["seconds"], "train_seconds": fl["timings"].get("train"),
+               "pipeline_seconds": fl["timings"].get("total"), "epochs": fl["epochs"], "best_epoch": fl["best_epoch"],
+               **({"logloss": fl["loss"]} if t.task == "classification" else {})}
+    splits = {k: [int(i) for i in fl["splits"].get(k, [])] for k in ("train", "val", "test")}
+    result = {"table": t.name, "seed": seed, "metric": t.metric, "task": t.task, "rows": t.rows, "splits": splits,
+              "arms": {"fitloop": fitloop}}
+    return add_anchors(t, result, methods)
+
+
+def add_anchors(t: Table, result: dict[str, Any], methods: tuple[str, ...]) -> dict[str, Any]:
+    """Fit the anchors in `methods` that `result` lacks, on its stored rows (a resumed run adds arms this way
+    without running fitloop again)."""
+    arms, seed = result["arms"], result["seed"]
+    test = np.asarray(result["splits"]["test"])
+    train = np.sort(np.asarray(result["splits"]["train"]))
+    val = np.sort(np.asarray(result["splits"]["val"], dtype=np.int64))
+    if {"linear", "hgb"} & set(methods) and "linear" not in arms:
         arms.update(baselines(t, train, test, anchors=False, seed=seed))
+        train_val = np.sort(np.concatenate([train, val]))
         arms.update({f"{k}+val": v for k, v in baselines(t, train_val, test, anchors=False, seed=seed).items()})
     fits: dict[str, Callable[[], dict[str, Any]]] = {
         "lightgbm": lambda: lightgbm_anchor(t, train, test, seed),
@@ -503,34 +512,49 @@ def run_one(t: Table, seed: int, csv: Path, run_dir: Path, methods: tuple[str, .
         "realmlp_td": lambda: realmlp_anchor(t, train, test, seed, val_rows=val if len(val) else None),
         "tabm_d": lambda: tabm_anchor(t, train, test, seed, val_rows=val if len(val) else None)}
     for name, fit in fits.items():
-        if name in methods:
+        if name in methods and "score" not in arms.get(name, {}):
             try:
                 arms[name] = fit()
             except Exception as e:  # one anchor failing on one table must not end a long run
                 arms[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-    return {"table": t.name, "seed": seed, "metric": t.metric, "task": t.task, "rows": t.rows, "arms": arms}
+    return result
 
 
 def run_all(tables: list[Table], seeds: list[int], methods: tuple[str, ...], extra: list[str],
             json_path: Path | None) -> list[dict[str, Any]]:
-    """Run every table and seed; with `json_path`, resume from it and rewrite it after each table and seed."""
-    done: list[dict[str, Any]] = []
-    if json_path is not None and json_path.exists():
-        done = json.loads(json_path.read_text())["results"]
-    have = {(r["table"], r["seed"]) for r in done}
+    """Run every table and seed; with `json_path`, resume from it (a table and seed already there only gets the
+    methods it lacks) and rewrite it after each table and seed."""
+    done: list[dict[str, Any]] = load_results([json_path]) if json_path is not None and json_path.exists() else []
+    have = {(r["table"], r["seed"]): r for r in done}
     with tempfile.TemporaryDirectory() as tmp:
         for t in tables:
             csv = Path(tmp) / f"{t.name}.csv"
             write_csv(t, csv)
             for seed in seeds:
                 if (t.name, seed) in have:
-                    continue
-                result = run_one(t, seed, csv, Path(tmp) / f"run-{t.name}-{seed}", methods, extra)
-                done.append(result)
+                    result = add_anchors(t, have[(t.name, seed)], methods)
+                else:
+                    result = run_one(t, seed, csv, Path(tmp) / f"run-{t.name}-{seed}", methods, extra)
+                    done.append(result)
                 print(_progress_line(result), flush=True)
                 if json_path is not None:
-                    json_path.write_text(json.dumps({"results": done}, indent=1))
+                    json_path.write_text(json.dumps({"results": done}))
     return done
+
+
+def load_results(paths: list[Path]) -> list[dict[str, Any]]:
+    """The results of one or more `--json` files; the arms of a table and seed found in several are merged
+    (e.g. the cheap methods from one run, TabM from another run on the same rows)."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["results"]:
+            key = (r["table"], r["seed"])
+            if key in merged:
+                assert merged[key]["splits"]["test"] == r["splits"]["test"], f"{key}: the files used other rows"
+                merged[key]["arms"].update({k: v for k, v in r["arms"].items() if "score" in v})
+            else:
+                merged[key] = r
+    return list(merged.values())
 
 
 def _progress_line(r: dict[str, Any]) -> str:
@@ -735,10 +759,16 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="passed to fitloop train as --set (an ablation arm)")
     ap.add_argument("--json", default=None, help="raw results: resumed from and rewritten after every run")
     ap.add_argument("--markdown", default=None, help="write the report here (e.g. bench/studies/TABLES24.md)")
+    ap.add_argument("--report", default=None, help="comma-separated --json files: merge them and report, no run")
     args = ap.parse_args()
     if args.select:
         print(rule_markdown())
         return 0
+    t_all = time.perf_counter()
+    if args.report:
+        merged = load_results([Path(p) for p in args.report.split(",")])
+        fit_seconds = sum(a.get("seconds", 0.0) for r in merged for a in r["arms"].values())
+        return report(merged, args, fit_seconds)
     tables = benchmark_tables()
     if args.tables:
         wanted = args.tables.split(",")
@@ -747,14 +777,19 @@ def main() -> int:
             ap.error(f"unknown tables {sorted(unknown)}; the list: {[t.name for t in tables]}")
         tables = [t for t in tables if t.name in wanted]
     methods = tuple(m for m in METHODS if m in args.methods.split(",") or m == "fitloop")
-    t_all = time.perf_counter()
     results = run_all(tables, [int(s) for s in args.seeds.split(",")], methods,
                       [f for s in args.set for f in ("--set", s)], Path(args.json) if args.json else None)
+    return report(results, args, time.perf_counter() - t_all)
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> int:
+    """Summarize, print and write the report; exit status 1 when a target fails."""
     rows = summarize_tables(results)
     agg = aggregate(rows)
     checks = target_checks(rows, agg)
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": args.seeds,
-            "args": " ".join(sys.argv[1:]), "elapsed": time.perf_counter() - t_all,
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seeds": ",".join(map(str, sorted({r["seed"] for r in results}))),
+            "args": " ".join(sys.argv[1:]), "elapsed": elapsed,
             "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"}
     text = markdown24(rows, agg, checks, meta)
     print(text)
