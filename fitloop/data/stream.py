@@ -78,7 +78,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -95,6 +95,9 @@ RowFilter = Callable[[int, int, np.ndarray], np.ndarray]
 
 Transform = Callable[[pa.Table], tuple[torch.Tensor, "torch.Tensor | None"]]
 """A table of rows (the `columns` and the `target`) -> `(X, y)` tensors, one row per row (`y` None)."""
+
+
+_E = TypeVar("_E", bound=Exception)
 
 
 class StreamError(ValueError):
@@ -474,9 +477,10 @@ class StreamBatches:
         return x, y
 
 
-def _named(error: Exception, message: str) -> Exception:
+def _named(error: _E, message: str) -> _E | StreamError:
     """`error` as the same type with `message` (one that names where it happened), when that type can be
-    built from a message alone; otherwise a `StreamError` with it."""
+    built from a message alone; otherwise a `StreamError` with it. The class is kept, so the CLI maps the
+    error as it would the transform's own (a user error stays exit 2, a bug stays exit 1)."""
     try:
         named = type(error)(message)
     except Exception:
