@@ -360,8 +360,10 @@ class _Pass:
         else:
             masks.record(file, row_group, np.empty(0, dtype=object), has_target)
         splits = masks.assign(file, row_group, offsets)
-        for name in set(splits.tolist()) - {None}:
-            self.rows[name] = self.rows.get(name, 0) + int(np.count_nonzero(splits == name))
+        for name in SPLIT_NAMES:  # in this order: the counts print train, val, test
+            count = int(np.count_nonzero(splits == name))
+            if count or name in self.rows:
+                self.rows[name] = self.rows.get(name, 0) + count
         if self.task == "classification":
             labels = pc.unique(batch.column(self.target).filter(pa.array(has_target)))
             self.labels.update(v for v in labels.to_pylist() if v is not None and v == v)
@@ -426,7 +428,8 @@ def fit_streamed(row_groups: Iterable[tuple[int, int, pa.Table]], *, target: str
     if task == "classification" and len(classes or []) < 2:
         raise TableError(f"target {target!r} has a single class ({classes!r}); classification needs at least 2.")
     pre = _preprocessor(acc, target, task, kinds, classes, id)
-    fit = StreamFit(pre, masks, acc.rows, classes, dropped_target=acc.dropped_target, numeric=acc.numeric,
+    rows = {name: acc.rows[name] for name in SPLIT_NAMES if name in acc.rows}
+    fit = StreamFit(pre, masks, rows, classes, dropped_target=acc.dropped_target, numeric=acc.numeric,
                     categories={n: dict(c.counts) for n, c in acc.text.items() if c.counts is not None})
     if task == "classification":
         fit.class_counts = [acc.train_labels.get(c, 0) for c in classes or []]

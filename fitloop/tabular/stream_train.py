@@ -110,9 +110,9 @@ def train_streamed(cfg: RunConfig, out: str | os.PathLike | None = None, *, over
         barrier()  # rank 0 writes the CSV cache; the others read it after
         try:
             table = _open(cfg, out_dir, log, main, split_column)
-            p = _prepare(cfg, table, log, why)
+            p = _prepare(cfg, table, log)
             p.t_command = t_start if t_command is None else t_command
-            _start(cfg, p, table, out_dir, argv)
+            _start(cfg, p, table, out_dir, argv, why)
         except BaseException:
             if lock is not None:
                 clear_run_dir(out_dir)
@@ -137,12 +137,13 @@ def _open(cfg: RunConfig, out_dir: Path, log: Callable[[str], None], main: bool,
     return open_streamed(cfg, out_dir, split_column=split_column)
 
 
-def _prepare(cfg: RunConfig, table: StreamedTable, log: Callable[[str], None], why: str) -> PreparedRun:
+def _prepare(cfg: RunConfig, table: StreamedTable, log: Callable[[str], None]) -> PreparedRun:
     """The run's plan from the stream: the budget, the model spec and loss, the sources, the samples."""
     t0 = time.perf_counter()
     fit, pre = table.fit, table.preprocessor
-    log(f"{why}. {table.sample.source}: {sum(fit.rows.values())} rows ({fit.rows}); task: {table.task}: "
-        f"{table.sample.task_reason} (inferred from the first {min(SAMPLE_ROWS, len(table.sample))} rows).")
+    parts = ", ".join(f"{name} {count}" for name, count in fit.rows.items())
+    log(f"{table.sample.source}: {sum(fit.rows.values())} rows ({parts}).")
+    log(f"task: {table.task}: {table.sample.task_reason} (inferred from the first {len(table.sample)} rows).")
     budget = training_budget(cfg, fit.rows["train"], world_size())
     budget.apply(cfg)
     log(budget.describe() + ".")
@@ -156,7 +157,8 @@ def _prepare(cfg: RunConfig, table: StreamedTable, log: Callable[[str], None], w
         patience = None
         notes.append("early stopping is off: there is no validation split")
     notes.append(f"streamed: the kinds and the task from the first {len(table.sample)} rows; the linear start and "
-                 f"the initial model's standard error from the first training and validation rows")
+                 f"the initial model's standard error from the first training and validation rows; no train "
+                 f"metrics (only the loss) on the training rows")
     splits: dict[str, Any] = {"train": _sample_rows(table, "train"),
                               "train_source": table.source("train", cfg.train.batch_size)}
     if fit.rows.get("val"):
@@ -201,7 +203,8 @@ def _sample_rows(table: StreamedTable, split: str) -> tuple[torch.Tensor, torch.
     return table.transform(pa.concat_tables(parts).slice(0, SAMPLE_ROWS))
 
 
-def _start(cfg: RunConfig, p: PreparedRun, table: StreamedTable, out_dir: Path, argv: list[str] | None) -> None:
+def _start(cfg: RunConfig, p: PreparedRun, table: StreamedTable, out_dir: Path, argv: list[str] | None,
+           why: str) -> None:
     """config.toml and splits.json (the split's rule), then the Trainer."""
     if is_main_process():
         (out_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
@@ -212,13 +215,20 @@ def _start(cfg: RunConfig, p: PreparedRun, table: StreamedTable, out_dir: Path, 
             "seed": split.seed, "fractions": list(split.fractions), "column": split.column,
             "rows": table.fit.rows, "files": table.path})
     barrier()
-    build_trainer(cfg, p, out_dir)
+    _build(cfg, p, out_dir)
     p.run_fields = {"command": argv, "data": cfg.data.path, "target": cfg.data.target, "task": p.task,
-                    "streamed": {"parquet": table.path, "rows": table.fit.rows,
+                    "streamed": {"why": why, "parquet": table.path, "rows": table.fit.rows,
                                  "split_column": table.fit.masks.split.column}}
     if p.trainer.checkpointer is not None:
         p.trainer.checkpointer.run_info.update({**p.run_fields, "rows": table.fit.rows, "inputs": p.n_inputs,
                                                 "features": p.n_features})
+
+
+def _build(cfg: RunConfig, p: PreparedRun, run_dir: Path) -> None:
+    """`pipeline.build_trainer`, without train metrics: the Trainer computes them on the epoch's outputs kept
+    whole, memory that grows with the table (the validation metrics, on the held-out rows, stay)."""
+    build_trainer(cfg, p, run_dir)
+    p.trainer.config.train_metrics = False
 
 
 def _held_out(p: PreparedRun, table: StreamedTable, split: str) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -298,15 +308,16 @@ def resume_streamed(run_dir: str | os.PathLike, *, force: bool = False, log: Cal
             cfg.train.quiet = quiet
         t_start = time.perf_counter()
         table = _open(cfg, path, log, main, (info.get("streamed") or {}).get("split_column"))
-        p = _prepare(cfg, table, log, "streaming the table (resumed)")
+        log("Streaming the table (a streamed run, resumed).")
+        p = _prepare(cfg, table, log)
         p.t_command = t_start
         t0 = time.perf_counter()
         if find_checkpoints(path):
-            build_trainer(cfg, p, path)
+            _build(cfg, p, path)
             p.run_fields = {k: info[k] for k in ("command", "data", "target", "task", "streamed") if k in info}
             p.trainer.resume(p.splits["train_source"], p.splits.get("val"), force=force)
         else:  # killed before the first checkpoint: the same run from the start
-            _start(cfg, p, table, path, info.get("command"))
+            _start(cfg, p, table, path, info.get("command"), "a streamed run, resumed")
             p.trainer.fit(p.splits["train_source"], p.splits.get("val"))
         p.timings["train"] = time.perf_counter() - t0
         return _finish(cfg, p, table, path, t_start)
