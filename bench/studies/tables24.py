@@ -695,8 +695,9 @@ def markdown24(rows: list[dict[str, Any]], agg: dict[str, Any], checks: list[tup
     methods = [m for m in METHODS if any(m in r["score"] for r in rows)]
     lines = [f"### {len(rows)} tables: `fitloop train` defaults vs six anchors ({meta['when']})\n",
              f"`python -m bench.studies.tables24 {meta['args']}`; seeds {meta['seeds']}; {meta['elapsed']:.0f} s "
-             f"in all on {meta['machine']}. The tables and their targets: TABLES_RULE.md. Each method is fit on the "
-             "train rows of each seed's `fitloop train` run (its `splits.json`) and scored on its test rows; "
+             f"{meta.get('elapsed_what', 'in all')} on {meta['machine']}. The tables and their targets: "
+             "TABLES_RULE.md. Each method is fit on the train rows of each seed's `fitloop train` run (its "
+             "`splits.json`) and scored on its test rows; "
              "RealMLP-TD and TabM early-stop on the run's val rows, as fitloop does; `+val`: fit on train + val. "
              "Median over seeds; rank among the methods in parentheses (1 = best). Tie: within 0.01 accuracy "
              "or 0.02 R².\n"]
@@ -768,7 +769,7 @@ def main() -> int:
     if args.report:
         merged = load_results([Path(p) for p in args.report.split(",")])
         fit_seconds = sum(a.get("seconds", 0.0) for r in merged for a in r["arms"].values())
-        return report(merged, args, fit_seconds)
+        return report(merged, args, fit_seconds, "of fits and fitloop commands, summed over the merged files")
     tables = benchmark_tables()
     if args.tables:
         wanted = args.tables.split(",")
@@ -782,14 +783,15 @@ def main() -> int:
     return report(results, args, time.perf_counter() - t_all)
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> int:
+def report(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: float,
+           elapsed_what: str = "in all") -> int:
     """Summarize, print and write the report; exit status 1 when a target fails."""
     rows = summarize_tables(results)
     agg = aggregate(rows)
     checks = target_checks(rows, agg)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seeds": ",".join(map(str, sorted({r["seed"] for r in results}))),
-            "args": " ".join(sys.argv[1:]), "elapsed": elapsed,
+            "args": " ".join(sys.argv[1:]), "elapsed": elapsed, "elapsed_what": elapsed_what,
             "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"}
     text = markdown24(rows, agg, checks, meta)
     print(text)
