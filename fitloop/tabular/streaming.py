@@ -371,7 +371,7 @@ def _predict_batches(run: LoadedRun, data: str | os.PathLike, path: Path | None,
             notes.add(found)
             if writer is None:
                 schema = table.schema
-                writer = _writer(path, schema, name) if path is not None else \
+                writer = _writer(path, schema, name or "") if path is not None else \
                     pcsv.CSVWriter(pa.PythonFile(sys.stdout.buffer, mode="w"), schema)
             writer.write_table(table.cast(schema) if table.schema != schema else table)
             rows += table.num_rows
