@@ -20,6 +20,7 @@ from fitloop.tabular.config import (
     MAX_EPOCHS,
     MIN_EPOCHS,
     MIN_PATIENCE,
+    PATIENCE_STEPS,
     parse_set,
     resolve_run_config,
     training_budget,
@@ -43,7 +44,9 @@ def test_default_budget_counts_optimizer_steps(rows, spe, epochs):
     cfg = resolve_run_config({})
     b = training_budget(cfg, rows)
     assert (b.steps_per_epoch, b.epochs) == (spe, epochs)
-    assert b.patience == max(MIN_PATIENCE, math.ceil(0.25 * epochs))  # patience scales with the epochs
+    # patience: about PATIENCE_STEPS optimizer steps without a better val_loss (issue 24: not a quarter of the
+    # epochs, which waited 375 epochs on the wine table)
+    assert b.patience == min(epochs, max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / spe)))
     assert b.checkpoint_every_epochs == max(1, epochs // CHECKPOINTS_PER_RUN)
     assert b.decided == ["train.epochs", "train.early_stopping", "train.checkpoint_every_epochs"]
     b.apply(cfg)

@@ -21,11 +21,13 @@ class VerdictReporter(Callback):
 
     The Trainer adds one by default, before its run-directory `Checkpointer`, which saves the verdict
     in `run.json`. It prints nothing with `quiet=True` or off the main process; `verdict` holds the
-    last fit's `Verdict` either way.
+    last fit's `Verdict` either way. `units`: what the losses are in when they are not in the target's own
+    units (`fitloop.diagnose.verdict.STANDARDISED` for a table run's regression), named in the verdict.
     """
 
-    def __init__(self, stream: IO[str] | None = None):
+    def __init__(self, stream: IO[str] | None = None, units: str | None = None):
         self.stream = stream
+        self.units = units  # what the losses are in, when not the target's units (a table run's regression)
         self.verdict: Verdict | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -39,7 +41,7 @@ class VerdictReporter(Callback):
             self._judge(trainer, error, show=type(error).__name__ == "NonFiniteError")
 
     def _judge(self, trainer: Trainer, error: BaseException | None, show: bool = True) -> None:
-        self.verdict = verdict_of(trainer, error)
+        self.verdict = verdict_of(trainer, error, units=self.units)
         if show and not trainer.config.quiet and is_main_process():
             print(str(self.verdict), file=self.stream or sys.stdout, flush=True)
 

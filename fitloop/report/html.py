@@ -26,7 +26,7 @@ h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:28px 0 10px;border-b
 padding-bottom:4px}.sub{color:#5b6675;margin:0 0 16px}
 .card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:14px 18px;margin:10px 0}
 .verdict{border-left:6px solid #888}.healthy{border-left-color:#2ca02c}.overfitting{border-left-color:#ff7f0e}
-.underfitting{border-left-color:#9467bd}.diverged{border-left-color:#d62728}.inconclusive{border-left-color:#888}
+.underfitting{border-left-color:#9467bd}.diverged{border-left-color:#d62728}.inconclusive{border-left-color:#888}.plateau{border-left-color:#17becf}
 .kind{font-size:1.3em;font-weight:600;text-transform:capitalize}
 table{border-collapse:collapse;font-size:.92em}td,th{padding:4px 10px;border-bottom:1px solid #eceff2;
 text-align:left}th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -68,7 +68,7 @@ def _verdict(d: ReportData) -> str:
     kind = escape(str(v.get("kind", "?")))
     out = [f'<div class="card verdict {kind}"><div class="kind">{kind}</div>',
            f"<p>{escape(_cap(str(v.get('reason', ''))))}</p>",
-           f"<p><b>Suggestion:</b> {escape(str(v.get('suggestion', '')))}</p>"]
+           *([f"<p><b>Suggestion:</b> {escape(str(v['suggestion']))}</p>"] if v.get("suggestion") else [])]
     for n in v.get("not_judged") or []:
         out.append(f"<p><b>Not judged:</b> {escape(str(n))}</p>")
     return "".join(out) + "</div>"

@@ -441,8 +441,10 @@ LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": Fal
                                    "train.early_stopping_from_start": False, "train.early_stopping_se": False}
 
 # The default budget (measured in BENCHMARKS.md, "Tables"): the epochs that make about `budget_steps`
-# optimizer steps, within these bounds; patience a quarter of the epochs (at least MIN_PATIENCE).
-MIN_EPOCHS, MAX_EPOCHS, MIN_PATIENCE, PATIENCE_FRACTION = 10, 2000, 10, 0.25
+# optimizer steps, within these bounds. The patience counts optimizer steps too: PATIENCE_STEPS steps
+# without a better val_loss (at least MIN_PATIENCE epochs) end the run. It used to be a quarter of the
+# epochs, which on a 125-row table (2 steps an epoch, 1500 epochs) waited 375 epochs to keep epoch 0.
+MIN_EPOCHS, MAX_EPOCHS, MIN_PATIENCE, PATIENCE_STEPS = 10, 2000, 10, 100
 CHECKPOINTS_PER_RUN = 10  # about this many epoch checkpoints by default (each costs 5-50 ms of fsyncs)
 
 
@@ -499,8 +501,9 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
 
     Small tables get as many epochs as it takes to reach about `train.budget_steps` optimizer steps
     (50 epochs of 4 steps under-train a 250-row table), large ones at least `MIN_EPOCHS`; the
-    early-stopping patience is a quarter of those epochs (at least `MIN_PATIENCE`), so it scales the
-    same way; `train.max_time` bounds the wall time. Settings the user gave (`--epochs`,
+    early-stopping patience is the epochs of about `PATIENCE_STEPS` optimizer steps (at least
+    `MIN_PATIENCE`, at most the epochs): a run ends once its validation loss has stopped improving
+    for that long, whatever its maximum; `train.max_time` bounds the wall time. Settings the user gave (`--epochs`,
     `--early-stopping`, `--batch-size`, `train.checkpoint_every_epochs`, in flags, TOML or `--set`)
     are kept as they are.
 
@@ -524,7 +527,7 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
         decided.append("train.epochs")
     patience = t.early_stopping or None
     if "train.early_stopping" not in given:
-        patience = max(MIN_PATIENCE, math.ceil(PATIENCE_FRACTION * epochs))
+        patience = min(epochs, max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / steps_per_epoch)))
         decided.append("train.early_stopping")
     every = t.checkpoint_every_epochs
     if "train.checkpoint_every_epochs" not in given:

@@ -11,19 +11,19 @@ The budget itself (epochs, patience, checkpoints from the number of training row
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from typing import Any
 
 import torch
 
-from ..callbacks import Callback, EarlyStopping, TimeLimit
+from ..callbacks import Callback, EarlyStopping, TimeLimit, VerdictReporter
+from ..diagnose.verdict import STANDARDISED, val_standard_error
 from ..models import SkipMLP, fit_linear_path, fit_logistic_path
 from .config import Budget, RunConfig
 
 __all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "start_early_stopping",
-           "best_epoch", "still_improving", "budget_fields",
+           "best_epoch", "still_improving", "budget_fields", "label_units",
            "FirstStep", "process_age"]
 
 # linear_init for classification: the one-hot targets the linear start fits, as logits (+-2 around the mean)
@@ -66,29 +66,25 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
     fit, so the run never ends worse on its validation rows than the linear model it started from.
     Without `model.linear_init` the start is random weights, nothing worth keeping: no epoch 0 then.
     `se_rows`: the `(X, y)` rows that standard error is estimated on, when `val` is not in memory (a streamed
-    run passes a sample of its validation rows); default `val`."""
+    run passes a sample of its validation rows); default `val`. It also tells the run's verdict what its
+    losses are in (`label_units`)."""
+    label_units(trainer)
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     if stopper is None or val is None or not (cfg.train.early_stopping_from_start and cfg.model.linear_init):
         return
     value = float(trainer.evaluate(val)["loss"])
     rows = val if se_rows is None else se_rows
-    stopper.start_from(value, trainer.model, _standard_error(trainer, rows) if cfg.train.early_stopping_se else 0.0)
+    stopper.start_from(value, trainer.model, val_standard_error(trainer, rows) if cfg.train.early_stopping_se else 0.0)
 
 
-def _standard_error(trainer: Any, val: Any) -> float:
-    """The standard error of the mean val loss over its rows, for losses with a `reduction` (mse,
-    cross-entropy, ...); 0 for others."""
-    fn = trainer.loss_fn
-    X, y = val
-    if not isinstance(getattr(fn, "reduction", None), str) or len(X) < 2:
-        return 0.0
-    per_row = copy.copy(fn)
-    per_row.reduction = "none"
-    out = trainer.predict(X, output="raw")
-    with torch.no_grad():
-        target = y.view_as(out) if y.is_floating_point() and out.shape != y.shape else y
-        losses = per_row(out.float(), target).reshape(len(X), -1).sum(1).double()
-    return float(losses.std() / len(X) ** 0.5)
+def label_units(trainer: Any) -> None:
+    """A table run trains regression on the standardised target: its verdict says its losses are in those
+    units (`fitloop.diagnose.verdict.STANDARDISED`), not the target's own."""
+    if trainer.task != "regression":
+        return
+    for cb in trainer.callbacks:
+        if isinstance(cb, VerdictReporter):
+            cb.units = STANDARDISED
 
 
 def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
