@@ -101,6 +101,28 @@ def test_a_pruned_trial_stops_at_the_epoch_boundary_through_the_stop_flag():
     assert callback.best == min(h["val_loss"] for h in history)
 
 
+def test_a_trials_value_is_the_kept_models_validation_loss():
+    """The study ranks the models the trials keep: early stopping's restored best (its starting model when no
+    epoch beat that by its margin), else the last epoch's weights, not an epoch the trial dropped."""
+    X, y = torch.randn(64, 3), torch.randn(64, 1)
+    Xv, yv = torch.randn(32, 3), torch.randn(32, 1)
+    plain = TrialCallback(lambda epoch, value: False)
+    history = fl.Trainer(nn.Linear(3, 1), epochs=5, lr=0.3, quiet=True, callbacks=[plain], guards=False,
+                         seed=0).fit((X, y), (Xv, yv))
+    assert plain.kept == history[-1]["val_loss"]  # no early stopping: the model ends at the last epoch
+
+    stopper = fl.EarlyStopping(patience=10, min_delta=1e9)  # no epoch beats the start by this margin
+    tracked = TrialCallback(lambda epoch, value: False)
+    trainer = fl.Trainer(nn.Linear(3, 1), epochs=4, lr=0.3, quiet=True, callbacks=[stopper, tracked],
+                         guards=False, seed=0)
+    start = float(trainer.evaluate((Xv, yv))["loss"])
+    stopper.start_from(start, trainer.model)
+    history = trainer.fit((X, y), (Xv, yv))
+    assert stopper.best_epoch == 0 and tracked.kept == pytest.approx(start)
+    assert tracked.best == min(h["val_loss"] for h in history) != tracked.kept
+    assert float(trainer.evaluate((Xv, yv))["loss"]) == pytest.approx(tracked.kept)  # the weights it kept
+
+
 # ------------------------------------------------------------------------------------------ the journal
 
 

@@ -182,10 +182,15 @@ def _saved_search(out: str | os.PathLike | None) -> tuple[RunConfig, dict[str, d
 
 def _finish(result: TuneResult, table: pa.Table | None, ensemble: bool) -> None:
     """After the search: the ensemble of the best trials (`OUT/ensemble`) and the search's report
-    (`OUT/report.html`)."""
-    complete = sorted((t for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
-                       and t.value is not None), key=lambda t: (t.value, t.number))
-    run_dirs = [t.user_attrs["run_dir"] for t in complete if "run_dir" in t.user_attrs]
+    (`OUT/report.html`). The ensemble's candidates are the complete trials, best first, then the pruned
+    ones (each a finished run of the epochs it had): greedy selection is never worse than its best
+    candidate, and a pruned model can still add to the average."""
+    trials = result.study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state.name == "COMPLETE" and t.value is not None),
+                      key=lambda t: (t.value, t.number))
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    run_dirs = [t.user_attrs["run_dir"] for t in [*complete, *pruned] if "run_dir" in t.user_attrs
+                and (Path(t.user_attrs["run_dir"]) / "metrics.json").is_file()]
     if ensemble and len(run_dirs) >= 2:
         try:
             result.extras["ensemble"] = build_ensemble(run_dirs, result.out_dir / "ensemble", overwrite=True,

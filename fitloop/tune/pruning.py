@@ -3,7 +3,7 @@
     callback = TrialCallback(decide)        # decide(epoch, val_loss) -> True to prune (the tuner's rule)
     trainer = Trainer(..., callbacks=[callback])
     trainer.fit(train, val)
-    callback.best, callback.pruned_at
+    callback.kept, callback.best, callback.pruned_at
 
 The callback knows nothing of Optuna: `decide` reports the value to the study and asks its pruner (on
 rank 0 under torchrun, which then broadcasts the answer: `fitloop.tune.workers`). A pruned trial stops
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..callbacks.base import Callback
+from ..callbacks.early_stopping import EarlyStopping
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -34,6 +35,9 @@ class TrialCallback(Callback):
         monitor: the epoch log the trial is judged on (`val_loss`: lower is better).
 
     Attributes:
+        kept: the value of the model the fit ends with, set at its end: the trial's value. With early
+            stopping that restores its best weights, its best (the starting model's value when no epoch beat
+            it by its margin); otherwise the last epoch's. None until the fit ends, or without a value.
         best: the lowest value seen (epochs of an earlier, resumed part of the run included), or None.
         pruned_at: the epoch at which the trial was pruned, or None.
         epochs: the epochs the trial has run.
@@ -43,6 +47,8 @@ class TrialCallback(Callback):
         self.decide = decide
         self.monitor = monitor
         self.best: float | None = None
+        self.kept: float | None = None
+        self.last: float | None = None
         self.pruned_at: int | None = None
         self.epochs = 0
 
@@ -60,12 +66,23 @@ class TrialCallback(Callback):
             trainer.should_stop = True
             trainer.stop_reason = f"{PRUNED_REASON} at epoch {self.pruned_at}"
 
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """The kept model's value: the search must rank the models the trials keep, not epochs they dropped
+        (a run whose early stopping keeps its linear start would otherwise be scored by a better epoch)."""
+        stopper = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)), None)
+        kept = self.last
+        if (stopper is not None and stopper.restore_best_weights and stopper.monitor == self.monitor
+                and math.isfinite(stopper.best)):
+            kept = float(stopper.best)
+        self.kept = kept if kept is not None and math.isfinite(kept) else None
+
     def _record(self, logs: dict[str, Any]) -> float | None:
         self.epochs = max(self.epochs, int(logs.get("epoch", 0)))
         raw = logs.get(self.monitor)
         if raw is None:
             return None
         value = float(raw)
+        self.last = value
         if math.isfinite(value) and (self.best is None or value < self.best):
             self.best = value
         return value

@@ -194,11 +194,12 @@ def _run_one(runner: TrialRunner, study: Any, trial: Any, task: dict[str, Any], 
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
-    end = TrialEnd(task["number"], "COMPLETE", callback.best, callback.epochs, dict(trial.params),
+    value = callback.kept if callback.kept is not None else callback.best  # the kept model's, when known
+    end = TrialEnd(task["number"], "COMPLETE", value, callback.epochs, dict(trial.params),
                    time.perf_counter() - t0, kept)
     if callback.pruned_at is not None:
         end.state = "PRUNED"
-    elif callback.best is None:
+    elif value is None:
         end.state = "FAIL"  # no finite validation loss: nothing to compare
     if study is not None:
         _tell(study, trial, end, callback, optuna)
