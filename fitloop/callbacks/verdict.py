@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from ..diagnose.verdict import verdict_of
-from ..distributed import is_main_process
+from ..distributed import is_main_process, world_size
+from ..state import rng_state, set_rng_state
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -23,11 +25,16 @@ class VerdictReporter(Callback):
     in `run.json`. It prints nothing with `quiet=True` or off the main process; `verdict` holds the
     last fit's `Verdict` either way. `units`: what the losses are in when they are not in the target's own
     units (`fitloop.diagnose.verdict.STANDARDISED` for a table run's regression), named in the verdict.
+    `probe`: called with the trainer when the verdict is a plateau (one process only), it returns a capacity
+    probe's result (`fitloop.diagnose.verdict.capacity_probe`): the evidence that tells underfitting (a
+    larger model did better) from data at their limit. The table workflow sets one; by default there is none.
     """
 
-    def __init__(self, stream: IO[str] | None = None, units: str | None = None):
+    def __init__(self, stream: IO[str] | None = None, units: str | None = None,
+                 probe: Callable[[Trainer], dict[str, Any] | None] | None = None):
         self.stream = stream
         self.units = units  # what the losses are in, when not the target's units (a table run's regression)
+        self.probe = probe
         self.verdict: Verdict | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -42,6 +49,16 @@ class VerdictReporter(Callback):
 
     def _judge(self, trainer: Trainer, error: BaseException | None, show: bool = True) -> None:
         self.verdict = verdict_of(trainer, error, units=self.units)
+        if self.verdict.kind == "plateau" and self.probe is not None and error is None and world_size() == 1:
+            # the probe trains another model: the run's generators are put back, so a checkpoint written after
+            # the verdict (and a resume from it) is what it would have been without the probe
+            saved = rng_state(trainer.generator)
+            try:
+                result = self.probe(trainer)
+            finally:
+                set_rng_state(trainer.generator, saved)
+            if result:
+                self.verdict = verdict_of(trainer, error, probe=result, units=self.units)
         if show and not trainer.config.quiet and is_main_process():
             print(str(self.verdict), file=self.stream or sys.stdout, flush=True)
 

@@ -30,7 +30,8 @@ lowest validation loss stands in.
    data hold no more information. It is **underfitting** only with evidence that more training or more
    capacity would lower the validation loss: the training loss was still falling at the end while the
    validation loss was at its lowest, or a capacity probe (`probe`: a larger model trained briefly on
-   the same rows) reached a validation loss lower by more than the noise margin. Without that evidence
+   the same rows) reached a validation loss lower by more than `PROBE_MARGINS` (2) noise margins (its
+   lowest is the best of its epochs, a choice that flatters it). Without that evidence
    it is a **plateau**, reported with both causes and no advice to grow the model; a probe that did no
    better says the data are the limit.
 5. **healthy**: the training loss fell, and the validation loss fell too.
@@ -77,6 +78,9 @@ UNDERFIT_SHARE = 0.9  # final train loss / baseline loss
 PLATEAU_FALL = 0.01   # relative fall of the training loss over the last third of the epochs
 PLATEAU_HIGH = 0.5    # final train loss / baseline loss that counts as high
 PLATEAU_MIN_EPOCHS = 6
+# a probe's lowest validation loss is the best of its epochs (biased low by that choice): it must beat the
+# kept model by this many noise margins to count as evidence that more capacity helps
+PROBE_MARGINS = 2.0
 # what a table run's regression losses are in (`judge(units=...)`)
 STANDARDISED = "standardised target units: the target minus its training mean, over its training std"
 
@@ -320,14 +324,19 @@ def _high(loss: list[float], base: float) -> str | None:
 
 
 def _still_falling(loss: list[float], val: list[float], facts: dict[str, Any]) -> bool:
-    """The training loss was still falling at the end (by more than `PLATEAU_FALL` over the last third of the
-    epochs), and the validation loss was at its lowest at the last epoch: more training would likely help."""
+    """More training would likely help: over the last third of the epochs the training loss fell by more than
+    `PLATEAU_FALL`, and the validation loss (when there is one) fell by more than the noise margin and was at
+    its lowest at the last epoch."""
     n = len(loss)
     if n < 2:
         return False
-    start = loss[max(0, n - max(2, n // 3) - 1)]
-    falling = start - loss[-1] > PLATEAU_FALL * abs(start)
-    return falling and (not val or facts.get("best_epoch") == facts.get("epochs"))
+    start = n - max(2, n // 3) - 1 if n > 2 else 0
+    if loss[start] - loss[-1] <= PLATEAU_FALL * abs(loss[start]):
+        return False
+    if not val:
+        return True
+    return facts.get("best_epoch") == facts.get("epochs") and len(val) == n and \
+        val[start] - val[-1] > facts["margin"]
 
 
 def _capacity(high: str, loss: list[float], val: list[float], facts: dict[str, Any]) -> tuple[str, str, str]:
@@ -340,9 +349,9 @@ def _capacity(high: str, loss: list[float], val: list[float], facts: dict[str, A
     if probe and val and _finite(probe.get("val_loss")):
         what = f"a larger model ({probe.get('model', 'the probe')}, {probe.get('epochs', '?')} epochs)"
         gain = facts["kept_val_loss"] - float(probe["val_loss"])
-        if gain > facts["margin"]:
+        if gain > PROBE_MARGINS * facts["margin"]:
             return ("underfitting", f"{high}; {what} reached a validation loss of {probe['val_loss']:.4g}, lower "
-                    f"than this run's {facts['kept_val_loss']:.4g} by more than the noise "
+                    f"than this run's {facts['kept_val_loss']:.4g} by more than {PROBE_MARGINS:g} x the noise "
                     f"({_margin_words(facts)}): the model is too simple for the data.",
                     f"Use a larger model, like the probe's ({probe.get('model', 'larger')}), or "
                     f"{SIZE_SEARCH} to pick its size.")

@@ -11,6 +11,8 @@ The budget itself (epochs, patience, checkpoints from the number of training row
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 from typing import Any
@@ -18,16 +20,19 @@ from typing import Any
 import torch
 
 from ..callbacks import Callback, EarlyStopping, TimeLimit, VerdictReporter
-from ..diagnose.verdict import STANDARDISED, val_standard_error
-from ..models import SkipMLP, fit_linear_path, fit_logistic_path
+from ..diagnose.verdict import STANDARDISED, capacity_probe, rows_of, val_standard_error
+from ..models import MLPSpec, SkipMLP, build_mlp, fit_linear_path, fit_logistic_path
 from .config import Budget, RunConfig
 
 __all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "start_early_stopping",
-           "best_epoch", "still_improving", "budget_fields", "label_units",
+           "best_epoch", "still_improving", "budget_fields", "prepare_verdict",
+           "capacity_probe_for",
            "FirstStep", "process_age"]
 
 # linear_init for classification: the one-hot targets the linear start fits, as logits (+-2 around the mean)
 LOGIT_SCALE = 4.0
+# the capacity probe a plateau verdict runs (`capacity_probe_for`): widths, and a short budget
+PROBE_WIDEN, PROBE_WIDTH, PROBE_STEPS, PROBE_MAX_EPOCHS = 4, 128, 300, 60
 
 
 def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] | None, X: Any, y: Any
@@ -67,8 +72,8 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
     Without `model.linear_init` the start is random weights, nothing worth keeping: no epoch 0 then.
     `se_rows`: the `(X, y)` rows that standard error is estimated on, when `val` is not in memory (a streamed
     run passes a sample of its validation rows); default `val`. It also tells the run's verdict what its
-    losses are in (`label_units`)."""
-    label_units(trainer)
+    losses are in (`prepare_verdict`)."""
+    prepare_verdict(cfg, trainer)
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     if stopper is None or val is None or not (cfg.train.early_stopping_from_start and cfg.model.linear_init):
         return
@@ -77,14 +82,37 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
     stopper.start_from(value, trainer.model, val_standard_error(trainer, rows) if cfg.train.early_stopping_se else 0.0)
 
 
-def label_units(trainer: Any) -> None:
-    """A table run trains regression on the standardised target: its verdict says its losses are in those
-    units (`fitloop.diagnose.verdict.STANDARDISED`), not the target's own."""
-    if trainer.task != "regression":
-        return
+def prepare_verdict(cfg: RunConfig, trainer: Any) -> None:
+    """What a table run's verdict needs beyond the history: the units of its losses (a regression model trains
+    on the standardised target: `fitloop.diagnose.verdict.STANDARDISED`) and a capacity probe, run only when
+    the verdict is a plateau (`capacity_probe_for`)."""
     for cb in trainer.callbacks:
         if isinstance(cb, VerdictReporter):
-            cb.units = STANDARDISED
+            cb.units = STANDARDISED if trainer.task == "regression" else None
+            cb.probe = capacity_probe_for(cfg)
+
+
+def capacity_probe_for(cfg: RunConfig) -> Any:
+    """The probe a table run's verdict calls on a plateau: the run's MLP, `PROBE_WIDEN` times wider (at
+    least `PROBE_WIDTH` units a layer; two layers for a linear model), without dropout or skip, trained
+    about `PROBE_STEPS` optimizer steps (at most `PROBE_MAX_EPOCHS` epochs) on the same rows. It returns
+    None (no probe) for a model that is not an MLP spec (nothing to widen) and for rows not in memory."""
+
+    def probe(trainer: Any) -> dict[str, Any] | None:
+        spec = getattr(trainer.model, "spec", None)
+        train = rows_of(trainer.train_data)  # a streamed run's rows are not read again for a probe
+        if not isinstance(spec, MLPSpec) or train is None or rows_of(trainer.val_data) is None:
+            return None
+        hidden = [max(PROBE_WIDTH, PROBE_WIDEN * width) for width in spec.hidden] or [PROBE_WIDTH, PROBE_WIDTH]
+        wider = build_mlp(dataclasses.replace(spec, hidden=hidden, dropout=0.0, skip=False))
+        rows = len(train[0])
+        steps_per_epoch = max(1, math.ceil(rows / cfg.train.batch_size)) if cfg.train.batch_size else 1
+        epochs = min(PROBE_MAX_EPOCHS, math.ceil(PROBE_STEPS / steps_per_epoch))
+        result = capacity_probe(trainer, wider, epochs, optimizer=cfg.train.optimizer)
+        result["model"] = f"hidden={hidden}, {result['model']}"
+        return result
+
+    return probe
 
 
 def best_epoch(callbacks: list, history: list[dict[str, Any]]) -> int | None:
