@@ -8,7 +8,7 @@ the seed:
 
 * `defaults`: `fitloop.tabular.train` with its defaults (seed S);
 * `tuned`: `fitloop.tabular.tune(trials=N, pruner="asha", jobs=1)`, the best trial's run (`OUT/best`);
-  `ensemble`: the ensemble of its complete trials (`OUT/ensemble`, `fitloop.tune.ensemble`: none when fewer
+  `ensemble`: the ensemble of its complete trials (`OUT/ensemble`, `fitloop.tabular.ensemble`: none when fewer
   than two completed), and `ensemble+pruned`: of its complete and pruned trials (each pruned trial's run keeps
   the model of the epoch it stopped at; greedy selection only picks what lowers the validation loss);
 * `tuned-nopruning`, `ensemble-nopruning`: the best trial and the ensemble of every trial of the same search
@@ -56,7 +56,7 @@ from bench.studies.tables import (  # noqa: E402
     text_columns,
     write_csv,
 )
-from fitloop.tune.ensemble import build_ensemble  # noqa: E402
+from fitloop.tabular.ensemble import build_ensemble  # noqa: E402
 
 DEFAULT_TABLES = "wine,diabetes"
 PRUNING_TARGET = 1 / 3  # the share of no-pruning's trial-epochs within which ASHA should reach its best

@@ -1,5 +1,5 @@
-"""`fitloop.tune.ensemble`: greedy ensemble selection over finished runs, saved as a run directory that
-`fitloop predict`, `serve` and `export` read like any run.
+"""`fitloop.tabular.ensemble` (and `fitloop.tune.ensemble`'s greedy selection): ensembles of finished runs,
+saved as a run directory that `fitloop predict`, `serve` and `export` read like any run.
 
 Three tiny runs per task (classification with a categorical column and gaps; regression with a large target)
 are trained once for the module with the same data, split seed and preprocessing but different weight seeds.
@@ -26,7 +26,8 @@ from fitloop.cli import main
 from fitloop.models import Ensemble, EnsembleSpec, MLPSpec
 from fitloop.outputs import OutputPathError
 from fitloop.tabular import NotARunError, load_run
-from fitloop.tune.ensemble import EnsembleError, build_ensemble, greedy_selection
+from fitloop.tabular.ensemble import EnsembleError, build_ensemble
+from fitloop.tune.ensemble import greedy_selection
 
 MEMBERS = 3
 

@@ -13,6 +13,7 @@ with the same defaults and decisions.
 
     fitloop.tabular.api         train, resume, dry_run, size_search, tune, run_config
     fitloop.tabular.tuning      the hyperparameter search on a table (`tune`): each trial a run directory
+    fitloop.tabular.ensemble    build_ensemble: greedy ensemble selection over finished runs, as a run directory
     fitloop.tabular.datasets    demo_data_path: the wine table shipped with fitloop
     fitloop.tabular.errors      TableError
     fitloop.tabular.dialect     the CSV dialect: delimiter sniffing, decimal commas, header names
@@ -45,7 +46,7 @@ _EXPORTS = {
     "RunConfig": "config", "ConfigError": "config", "resolve_run_config": "config",
     "Table": "columns", "TableError": "errors", "read_table": "reading",
     "Preprocessor": "preprocess", "transform_table": "preprocess",
-    "DryRun": "decisions",
+    "DryRun": "decisions", "build_ensemble": "ensemble", "EnsembleError": "ensemble",
 }
 
 __all__ = list(_EXPORTS)
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .config import ConfigError, RunConfig, resolve_run_config  # noqa: F401
     from .datasets import demo_data_path  # noqa: F401
     from .decisions import DryRun  # noqa: F401
+    from .ensemble import EnsembleError, build_ensemble  # noqa: F401
     from .errors import TableError  # noqa: F401
     from .pipeline import RunResult, start_out  # noqa: F401
     from .preprocess import Preprocessor, transform_table  # noqa: F401

@@ -27,13 +27,13 @@ import pyarrow as pa
 
 from ..distributed import is_main_process
 from ..files import atomic_write_bytes
-from ..tune.ensemble import EnsembleError, build_ensemble
 from ..tune.pruning import TrialCallback
 from ..tune.report import write_tune_report
 from ..tune.space import DEFAULT_TABLE_SPACE, SpaceError, check_space, load_space, space_toml, suggest
 from ..tune.tuner import TuneResult, check_budget, read_settings, search, start_search
 from ..tune.workers import TrialRunner, WorkerSettings
 from .config import LEGACY_DEFAULTS, ConfigError, RunConfig, load_toml, resolve_run_config, settings_overrides
+from .ensemble import EnsembleError, build_ensemble
 from .pipeline import resume_run, train_table
 
 __all__ = ["TableTrials", "tune_table", "table_space", "trial_config", "DEFAULT_TRIALS", "SPACE_FILE",

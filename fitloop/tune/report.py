@@ -8,7 +8,7 @@ One self-contained page (inline CSS, images as base64 PNG, no script): the trial
 history (each trial's value, pruned trials at their last reported value, the best so far), the parameter
 importances (Optuna's `get_param_importances`; fewer than two complete trials get a line of text instead), the
 best complete trials as a table, and the ensemble of the best trials when the tune directory has one
-(`ensemble/run.json`, written by `fitloop.tune.ensemble`). The plots go to `plots/tune_*.png` too.
+(`ensemble/run.json`, written by `fitloop.tabular.ensemble`). The plots go to `plots/tune_*.png` too.
 Optuna (the `tune` extra) and matplotlib (the `plot` extra) are imported where they are used.
 """
 
