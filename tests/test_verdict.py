@@ -249,7 +249,7 @@ def test_overfitting_when_early_stopping_kept_the_initial_model_or_an_earlier_ep
     start = V.judge(_h([1.0, 0.5, 0.2, 0.1], [0.52, 0.5, 0.7, 0.9]), baseline_loss=1.0, kept_epoch=0,
                     kept_val_loss=0.51, val_se=0.05)
     assert start.kind == "healthy" and start.reason.startswith("kept the model the run started from (epoch 0; ")
-    assert start.suggestion == "" and "\n" not in str(start)  # one line
+    assert start.suggestion == "Nothing to fix." and "\n" not in start.reason  # one line, no problem
 
 
 def test_verdict_of_a_trainer_whose_early_stopping_kept_the_initial_weights():

@@ -138,4 +138,5 @@ def test_the_demo_gets_a_verdict_a_practitioner_agrees_with(tmp_path):
     assert verdict["kind"] not in PROBLEMS, verdict  # the headline is not a problem
     assert info["epoch"] <= 100  # the patience ends it once the validation loss stopped improving
     if verdict["facts"]["kept_epoch"] == 0:  # the starting (linear) fit, said in one line
-        assert verdict["reason"].startswith("kept the model the run started from") and verdict["suggestion"] == ""
+        assert verdict["reason"].startswith("kept the model the run started from")
+        assert verdict["suggestion"] == "Nothing to fix."

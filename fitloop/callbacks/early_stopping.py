@@ -56,6 +56,7 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.from_start = False  # `start_from` made the initial model "epoch 0"
         self.start_margin = 0.0  # what an epoch must gain over that start
+        self.start_logs: dict[str, Any] = {}  # that start's validation scores
         self.stopped_epoch = 0
         self.reason: str | None = None
         self._best_weights: dict[str, Any] | None = None
@@ -73,7 +74,7 @@ class EarlyStopping(Callback):
             return value < self.best - margin
         return value > self.best + margin
 
-    def start_from(self, value: float, model: Any, margin: float = 0.0) -> None:
+    def start_from(self, value: float, model: Any, margin: float = 0.0, logs: dict[str, Any] | None = None) -> None:
         """Count the model as it is now (before any training) as "epoch 0" with `monitor` at `value`.
 
         Later epochs must then beat it (by the same margins, and by `margin`) to count as better, and
@@ -86,9 +87,12 @@ class EarlyStopping(Callback):
             model: the module whose weights are kept (`trainer.model`).
             margin: how much better than `value` an epoch must be to replace the start (e.g. one standard
                 error of `value`: the one-standard-error rule keeps the simpler start on a statistical tie).
+            logs: the start's other validation scores (`{"val_accuracy": ...}`), kept in `start_logs` so
+                that a run that keeps the start can show them (`fitloop runs`' best-validation column).
         """
         self.best, self.best_epoch, self.wait = float(value), 0, 0
         self.from_start, self.start_margin = True, abs(float(margin))
+        self.start_logs = dict(logs or {})
         if self.restore_best_weights:
             self._best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -121,7 +125,7 @@ class EarlyStopping(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
                 "stopped_epoch": self.stopped_epoch, "reason": self.reason, "from_start": self.from_start,
-                "start_margin": self.start_margin,
+                "start_margin": self.start_margin, "start_logs": dict(self.start_logs),
                 "best_weights": copy.copy(self._best_weights)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -130,4 +134,5 @@ class EarlyStopping(Callback):
         self.reason = state.get("reason")
         self.from_start = bool(state.get("from_start", False))
         self.start_margin = float(state.get("start_margin", 0.0))
+        self.start_logs = dict(state.get("start_logs") or {})  # checkpoints before issue 24 have none
         self._best_weights = state.get("best_weights")

@@ -45,11 +45,24 @@ def _find(root: Path, depth: int = 0) -> list[Path]:
     return [run for c in children for run in _find(c, depth + 1)]
 
 
-def _best_val(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best epoch by the task's validation metric (accuracy or R2), else by val_loss."""
+def _best_val(history: list[dict[str, Any]], verdict: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The validation score of the epoch the run kept (its verdict's `kept_epoch`: early stopping's choice,
+    0 for the model the run started from), by the task's validation metric (accuracy or R2), else val_loss.
+    A run without a saved kept epoch (older runs) shows its best epoch by that metric."""
+    facts = (verdict or {}).get("facts") or {}
+    kept = facts.get("kept_epoch")
+    if kept == 0:  # the model the run started from: epoch 0 has no history line, its scores are in the verdict
+        scores = {"val_loss": facts.get("kept_val_loss"), **(facts.get("kept_scores") or {})}
+        key = next((k for k in ("val_accuracy", "val_r2", "val_loss") if isinstance(scores.get(k), (int, float))),
+                   None)
+        if key is not None:
+            return {"metric": key, "value": float(scores[key]), "epoch": 0}
     for key in ("val_accuracy", "val_r2", "val_loss"):
         rows = [h for h in history if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
         if rows:
+            kept_rows = [h for h in rows if h.get("epoch") == kept]
+            if kept_rows:
+                return {"metric": key, "value": float(kept_rows[0][key]), "epoch": kept}
             pick = max if key.removeprefix("val_") in HIGHER else min
             best = pick(rows, key=lambda h: h[key])
             return {"metric": key, "value": float(best[key]), "epoch": best.get("epoch")}
@@ -82,7 +95,7 @@ def run_row(run: Path, root: Path) -> dict[str, Any]:
             "status": run_status(info) if info else "unreadable",
             # run.json's epoch is the last checkpoint's; a killed run's history.jsonl may hold more epochs
             "epochs": max(int(info.get("epoch") or 0), len(history)),
-            "best_val": _best_val(history), "test": _test(run), "verdict": verdict.get("kind"),
+            "best_val": _best_val(history, verdict), "test": _test(run), "verdict": verdict.get("kind"),
             "time": float(elapsed) if isinstance(elapsed, (int, float)) else None,
             "created": info.get("created")}
 
@@ -156,8 +169,9 @@ def cmd_runs(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 def add_parser(sub: Any, fmt: Any) -> None:
     """Register `fitloop runs` on the CLI's subparsers."""
     r = sub.add_parser("runs", help="list the runs under a directory", formatter_class=fmt, epilog=EXAMPLES,
-                       description="List the runs under DIR (default runs/): name, status, epochs, the best "
-                                   "validation metric, the test metric, the verdict and the time.")
+                       description="List the runs under DIR (default runs/): name, status, epochs, the "
+                                   "validation metric of the epoch the run kept (best val), the test metric, the "
+                                   "verdict and the time.")
     r.add_argument("dir", nargs="?", default="runs", metavar="DIR")
     r.add_argument("--sort", default="name", choices=COLUMNS, metavar="COL",
                    help=f"sort by a column: {', '.join(COLUMNS)} (default name; missing values last)")

@@ -14,31 +14,33 @@ lowest validation loss stands in.
 1. **diverged**: a training or validation loss is NaN/inf (or fit stopped on one), or the final
    training loss is more than `DIVERGE_RATIO` (3) times the lowest training loss of the run and that
    rise is more than `DIVERGE_SHARE` (10%) of the fall before it (first loss - lowest).
-2. **overfitting** (needs validation data): the model the run kept is clearly worse on the validation
-   rows than the best epoch was: its validation loss is above the lowest by more than the noise margin
-   (typically: no early stopping, and the validation loss rose after epoch k while the training loss
-   kept falling). A validation loss that rose after epoch k while the run kept epoch k (early stopping)
-   or an epoch within the noise of it is no problem: the verdict is healthy and says what happened
-   ("the validation loss rose after epoch 30; early stopping kept epoch 30").
-3. **The starting fit** (needs `kept_epoch == 0`): early stopping kept the model the run started from
-   (the linear fit of a table run): no epoch of training beat it by the margin early stopping asks for.
-   That is said in one line, as healthy: the linear model was as good as the network here.
-4. **underfitting / plateau** (needs the baseline): the final training loss is at least
+2. **underfitting / plateau** (needs the baseline): the final training loss is at least
    `UNDERFIT_SHARE` (90%) of the baseline loss, or it plateaued high (at least 6 epochs, the last
    third of them lowered it by less than `PLATEAU_FALL` (1%), and it is still at least `PLATEAU_HIGH`
    (50%) of the baseline loss). That alone has two textbook causes: the model is too simple, or the
    data hold no more information. It is **underfitting** only with evidence that more training or more
-   capacity would lower the validation loss: the training loss was still falling at the end while the
-   validation loss was at its lowest, or a capacity probe (`probe`: a larger model trained briefly on
-   the same rows) reached a validation loss lower by more than `PROBE_MARGINS` (2) noise margins (its
-   lowest is the best of its epochs, a choice that flatters it). Without that evidence
-   it is a **plateau**, reported with both causes and no advice to grow the model; a probe that did no
-   better says the data are the limit.
+   capacity would lower the validation loss: over the last third of the epochs the training loss fell
+   by more than 1% and the validation loss by more than the noise margin, to its lowest at the last
+   epoch; or a capacity probe (`probe`: a larger model trained briefly on the same rows) reached a
+   validation loss lower by more than `PROBE_MARGINS` (2) noise margins (its lowest is the best of its
+   epochs, a choice that flatters it). Without that evidence it is a **plateau**, reported with both
+   causes and no advice to grow the model; a probe that did no better says the data are the limit.
+   A training loss this high has fitted no noise of its rows, so this rule comes before overfitting.
+3. **overfitting** (needs validation data): the model the run kept is clearly worse on the validation
+   rows than the best epoch was (its validation loss is above the lowest by more than the noise margin)
+   and the training loss kept falling after that best epoch (by more than 1%): typically no early
+   stopping, and the validation loss rose after epoch k. A validation loss that rose after epoch k
+   while the run kept epoch k (early stopping), or an epoch within the noise of it, is no problem: the
+   verdict is healthy and says what happened ("the validation loss rose after epoch 30 (...); early
+   stopping kept epoch 30").
+4. **The starting fit** (`kept_epoch == 0`): early stopping kept the model the run started from (a
+   table run's linear fit): no epoch of training beat it by the margin early stopping asks for. That is
+   said in one line, as healthy.
 5. **healthy**: the training loss fell, and the validation loss fell too.
 
 Anything else (a single epoch, a loss that did not fall) is **inconclusive**, naming why. Without
-validation data, rules 2, 3 and 5's validation half cannot be decided: the verdict says so in
-`not_judged`. Without a baseline (a custom loss, targets fitloop cannot see), rule 4 is not judged.
+validation data, rules 3, 4 and 5's validation half cannot be decided: the verdict says so in
+`not_judged`. Without a baseline (a custom loss, targets fitloop cannot see), rule 2 is not judged.
 Only `diverged`, `overfitting` and `underfitting` are problems (`Verdict.problem`).
 
 **Units.** The losses are in the units the model was trained in. A table run trains a regression model
@@ -99,7 +101,8 @@ class Verdict:
             one line).
         not_judged: the verdicts that could not be decided, each with why (no validation data, no baseline).
         facts: the numbers the rules used (epochs, best_epoch, losses, baseline_loss, lr, kept_epoch,
-            kept_val_loss, val_se, margin, units, probe).
+            kept_val_loss, val_se, margin, units, probe; kept_scores: the starting model's validation
+            scores when the run kept it).
     """
 
     kind: str
@@ -174,7 +177,7 @@ def judge(history: list[dict[str, Any]], *, baseline_loss: float | None = None, 
 
     def verdict(kind: str, reason: str, suggestion: str) -> Verdict:
         if units and kind not in ("inconclusive",) and loss:
-            reason = reason.rstrip(".") + f" (losses in {units})."
+            reason = reason.rstrip(".") + f"; losses in {units}."
         return Verdict(kind, reason, suggestion, not_judged, facts)
 
     diverged = _diverged(history, loss, error)
@@ -247,7 +250,7 @@ def _trend(epochs: int, loss: list[float], val: list[float], baseline_loss: floa
 
 def _rose_and_kept(facts: dict[str, Any]) -> tuple[str, str, str] | None:
     """Overfitting that the run already dealt with: the validation loss rose after its best epoch by more
-    than the noise, and the model kept is that epoch or one within the noise of it (rule 2 did not hold)."""
+    than the noise, and the model kept is that epoch or one within the noise of it (rule 3 did not hold)."""
     best, kept = facts["best_epoch"], facts["kept_epoch"]
     if best >= facts["epochs"] or facts["final_val_loss"] <= facts["min_val_loss"] + facts["margin"]:
         return None
@@ -268,10 +271,11 @@ def _margin_words(facts: dict[str, Any]) -> str:
 
 
 def _kept_start(facts: dict[str, Any]) -> tuple[str, str]:
-    """Rule 4, in one line and with no suggestion: the run kept the model it started from."""
+    """Rule 4, in one line (and nothing to fix): the run kept the model it started from."""
     return (f"kept the model the run started from (epoch 0; a table run's linear fit): no epoch of training beat "
             f"its validation loss {facts['kept_val_loss']:.4g} by more than the noise (the lowest, "
-            f"{facts['min_val_loss']:.4g} at epoch {facts['best_epoch']}, is within {_margin_words(facts)}).", "")
+            f"{facts['min_val_loss']:.4g} at epoch {facts['best_epoch']}, is within {_margin_words(facts)}).",
+            "Nothing to fix.")
 
 
 def _diverged(history: list[dict[str, Any]], loss: list[float], error: BaseException | str | None) -> str | None:
@@ -295,7 +299,7 @@ def _diverged(history: list[dict[str, Any]], loss: list[float], error: BaseExcep
 
 
 def _overfitting(loss: list[float], val: list[float], facts: dict[str, Any]) -> str | None:
-    """Rule 2: the kept model's validation loss is clearly (by more than the margin) above the lowest."""
+    """Rule 3: the kept model's validation loss is clearly (by more than the margin) above the lowest."""
     kept, low, best = facts["kept_val_loss"], facts["min_val_loss"], facts["best_epoch"]
     k = best - 1 if 0 < best <= len(loss) else len(loss) - 1
     # the training loss must have kept falling after the best epoch: a validation loss that wobbles while the
@@ -309,7 +313,7 @@ def _overfitting(loss: list[float], val: list[float], facts: dict[str, Any]) -> 
 
 
 def _high(loss: list[float], base: float) -> str | None:
-    """Rule 4's condition: the training loss is not clearly below the baseline, or it plateaued high."""
+    """Rule 2's condition: the training loss is not clearly below the baseline, or it plateaued high."""
     if loss[-1] >= UNDERFIT_SHARE * base:
         return (f"the final training loss {loss[-1]:.4g} is not clearly better than the trivial baseline's "
                 f"{base:.4g} (predicting the mean or the majority class; at least {UNDERFIT_SHARE:.0%} of it)")
@@ -340,7 +344,7 @@ def _still_falling(loss: list[float], val: list[float], facts: dict[str, Any]) -
 
 
 def _capacity(high: str, loss: list[float], val: list[float], facts: dict[str, Any]) -> tuple[str, str, str]:
-    """Rule 4: underfitting with evidence (still falling, or a probe that did better), else a plateau."""
+    """Rule 2: underfitting with evidence (still falling, or a probe that did better), else a plateau."""
     probe = facts.get("probe")
     if _still_falling(loss, val, facts):
         return ("underfitting", f"{high}, and it was still falling when the run ended (the validation loss "
@@ -507,9 +511,13 @@ def verdict_of(trainer: Trainer, error: BaseException | None = None, *, probe: d
     stopper = _stopper(trainer)
     kept = stopper.best_epoch if stopper is not None and (stopper.best_epoch or stopper.from_start) else None
     kept_val = float(stopper.best) if kept == 0 else None
+    kept_scores = dict(getattr(stopper, "start_logs", None) or {}) if kept == 0 else None
     se = _noise(trainer, stopper) if error is None and torch_loss else None
-    return judge(trainer.history, baseline_loss=base, lr=lr, kept_epoch=kept, error=error, val_se=se,
-                 kept_val_loss=kept_val, probe=probe, units=units)
+    verdict = judge(trainer.history, baseline_loss=base, lr=lr, kept_epoch=kept, error=error, val_se=se,
+                    kept_val_loss=kept_val, probe=probe, units=units)
+    if kept_scores:  # the start's scores: epoch 0 has no line in the history (`fitloop runs` shows them)
+        verdict.facts["kept_scores"] = kept_scores
+    return verdict
 
 
 def capacity_probe(trainer: Trainer, model: torch.nn.Module, epochs: int = 20, optimizer: Any = "adam"

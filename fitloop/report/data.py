@@ -61,6 +61,7 @@ class ReportData:
     y_true: list[Any] | None = None
     y_pred: list[Any] | None = None
     verdict: dict[str, Any] | None = None
+    loss_units: str | None = None  # what the losses are in when not the target's units ("standardised target")
     timings: dict[str, float] = field(default_factory=dict)
     absent: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -210,6 +211,8 @@ def from_run_dir(path: str | os.PathLike) -> ReportData:
     if not d.data["target_distribution"]:
         d.absent.append("target distribution: not recorded in this run")
     _read_metrics(p, d)
+    if table.get("target_scaling"):  # a table run's regression trains on the standardised target
+        d.loss_units = "standardised target"
     d.verdict = info.get("verdict") or _judge_history(d, train_cfg, table)
     d.timings = {k: float(v) for k, v in (info.get("timings") or {}).items() if isinstance(v, (int, float))}
     if isinstance(info.get("elapsed_s"), (int, float)):
@@ -282,14 +285,14 @@ def _judge_history(d: ReportData, train_cfg: dict[str, Any], table: dict[str, An
     the class entropy for cross-entropy, 1 for MSE on the standardized target)."""
     if not d.history:
         return None
-    from ..diagnose.verdict import judge  # imports torch
+    from ..diagnose.verdict import STANDARDISED, judge  # imports torch
 
     base = None
     if table.get("class_prior"):
         base = -sum(q * math.log(q) for q in table["class_prior"] if q > 0)
     elif table.get("target_scaling"):
         base = 1.0
-    v = judge(d.history, baseline_loss=base, lr=train_cfg.get("lr"))
+    v = judge(d.history, baseline_loss=base, lr=train_cfg.get("lr"), units=STANDARDISED if d.loss_units else None)
     d.notes.append("the verdict was judged by fitloop report from the history: this run predates saved verdicts")
     return v.to_dict()
 
@@ -344,6 +347,8 @@ def from_trainer(trainer: Trainer, test: Any = None) -> ReportData:
     else:
         _score_test(trainer, d, test, splits["train"])
     d.verdict = verdict_in(trainer) or (verdict_of(trainer).to_dict() if d.history else None)
+    if ((d.verdict or {}).get("facts") or {}).get("units"):  # the verdict knows the losses' units
+        d.loss_units = "standardised target"
     times = [float(h.get("time", 0.0)) for h in d.history]
     if times:
         d.timings = {"train": sum(times), "per_epoch": sum(times) / len(times)}

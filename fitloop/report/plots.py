@@ -95,7 +95,7 @@ def loss_plot(d: ReportData) -> bytes | None:
             ax.plot([d.best_epoch], [ys[d.best_epoch]], marker="*", markersize=14, color=BEST)
     _log_if_wide(ax, train + val)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(f"loss ({d.loss_units} units)" if d.loss_units else "loss")
     ax.grid(alpha=0.3)
     ax.legend()
     return _png(fig)

@@ -77,9 +77,11 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     if stopper is None or val is None or not (cfg.train.early_stopping_from_start and cfg.model.linear_init):
         return
-    value = float(trainer.evaluate(val)["loss"])
+    scores = trainer.evaluate(val)
     rows = val if se_rows is None else se_rows
-    stopper.start_from(value, trainer.model, val_standard_error(trainer, rows) if cfg.train.early_stopping_se else 0.0)
+    margin = val_standard_error(trainer, rows) if cfg.train.early_stopping_se else 0.0
+    logs = {f"val_{key}": value for key, value in scores.items() if isinstance(value, (int, float))}
+    stopper.start_from(float(scores["loss"]), trainer.model, margin, logs)
 
 
 def prepare_verdict(cfg: RunConfig, trainer: Any) -> None:
