@@ -454,6 +454,8 @@ def _preprocessor(acc: _Pass, target: str, task: str, kinds: Mapping[str, str], 
         if spec is None:
             dropped[name] = why
             continue
+        if numeric is not None:  # what the column held, as `Preprocessor.fit` records it (serve's /schema)
+            spec["values"] = "bool" if kinds[name] == "bool" else "number"
         features.append(spec)
         if numeric is not None and numeric.missing:
             imputed.append(f"{name}: {numeric.missing} (median {spec['median']:g})")
