@@ -25,9 +25,10 @@ class VerdictReporter(Callback):
     in `run.json`. It prints nothing with `quiet=True` or off the main process; `verdict` holds the
     last fit's `Verdict` either way. `units`: what the losses are in when they are not in the target's own
     units (`fitloop.diagnose.verdict.STANDARDISED` for a table run's regression), named in the verdict.
-    `probe`: called with the trainer when the verdict is a plateau (one process only), it returns a capacity
-    probe's result (`fitloop.diagnose.verdict.capacity_probe`): the evidence that tells underfitting (a
-    larger model did better) from data at their limit. The table workflow sets one; by default there is none.
+    `probe`: called with the trainer when the training loss stayed high (a plateau or underfitting; on one
+    process only), it returns a capacity probe's result (`fitloop.diagnose.verdict.capacity_probe`): the
+    evidence that tells underfitting (a larger model did better) from data at their limit. The table
+    workflow sets one; by default there is none.
     """
 
     def __init__(self, stream: IO[str] | None = None, units: str | None = None,
@@ -49,7 +50,10 @@ class VerdictReporter(Callback):
 
     def _judge(self, trainer: Trainer, error: BaseException | None, show: bool = True) -> None:
         self.verdict = verdict_of(trainer, error, units=self.units)
-        if self.verdict.kind == "plateau" and self.probe is not None and error is None and world_size() == 1:
+        # a training loss that stayed high (a plateau, or underfitting on a still-falling loss): the probe tells
+        # a model too simple from data at their limit
+        high = self.verdict.kind in ("plateau", "underfitting")
+        if high and self.probe is not None and error is None and world_size() == 1:
             # the probe trains another model: the run's generators are put back, so a checkpoint written after
             # the verdict (and a resume from it) is what it would have been without the probe
             saved = rng_state(trainer.generator)

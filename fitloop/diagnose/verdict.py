@@ -19,12 +19,12 @@ lowest validation loss stands in.
    third of them lowered it by less than `PLATEAU_FALL` (1%), and it is still at least `PLATEAU_HIGH`
    (50%) of the baseline loss). That alone has two textbook causes: the model is too simple, or the
    data hold no more information. It is **underfitting** only with evidence that more training or more
-   capacity would lower the validation loss: over the last third of the epochs the training loss fell
-   by more than 1% and the validation loss by more than the noise margin, to its lowest at the last
-   epoch; or a capacity probe (`probe`: a larger model trained briefly on the same rows) reached a
-   validation loss lower by more than `PROBE_MARGINS` (2) noise margins (its lowest is the best of its
-   epochs, a choice that flatters it). Without that evidence it is a **plateau**, reported with both
-   causes and no advice to grow the model; a probe that did no better says the data are the limit.
+   capacity would lower the validation loss: a capacity probe (`probe`: a larger model trained briefly
+   on the same rows) reached a validation loss lower by more than `PROBE_MARGINS` (2) noise margins (its
+   lowest is the best of its epochs, a choice that flatters it), which names the cause; or, over the
+   last third of the epochs, the training loss fell by more than 1% and the validation loss too, to its
+   lowest at the last epoch (train longer). Without that evidence it is a **plateau**, reported with
+   both causes and no advice to grow the model; a probe that did no better says the data are the limit.
    A training loss this high has fitted no noise of its rows, so this rule comes before overfitting.
 3. **overfitting** (needs validation data): the model the run kept is clearly worse on the validation
    rows than the best epoch was (its validation loss is above the lowest by more than the noise margin)
@@ -329,8 +329,7 @@ def _high(loss: list[float], base: float) -> str | None:
 
 def _still_falling(loss: list[float], val: list[float], facts: dict[str, Any]) -> bool:
     """More training would likely help: over the last third of the epochs the training loss fell by more than
-    `PLATEAU_FALL`, and the validation loss (when there is one) fell by more than the noise margin and was at
-    its lowest at the last epoch."""
+    `PLATEAU_FALL`, and the validation loss (when there is one) too, to its lowest at the last epoch."""
     n = len(loss)
     if n < 2:
         return False
@@ -339,30 +338,34 @@ def _still_falling(loss: list[float], val: list[float], facts: dict[str, Any]) -
         return False
     if not val:
         return True
+    # a trend of the same validation rows, epoch to epoch: not held to the noise margin, which is for telling two
+    # models apart (the rows' own spread would hide a steady fall over a few epochs)
     return facts.get("best_epoch") == facts.get("epochs") and len(val) == n and \
-        val[start] - val[-1] > facts["margin"]
+        val[start] - val[-1] > PLATEAU_FALL * abs(val[start])
 
 
 def _capacity(high: str, loss: list[float], val: list[float], facts: dict[str, Any]) -> tuple[str, str, str]:
     """Rule 2: underfitting with evidence (still falling, or a probe that did better), else a plateau."""
     probe = facts.get("probe")
-    if _still_falling(loss, val, facts):
-        return ("underfitting", f"{high}, and it was still falling when the run ended (the validation loss "
-                "too): more training would likely lower both.",
-                f"Train for more epochs (this run trained {facts['epochs']}; e.g. `--epochs {2 * facts['epochs']}`).")
+    still = _still_falling(loss, val, facts)
     if probe and val and _finite(probe.get("val_loss")):
         what = f"a larger model ({probe.get('model', 'the probe')}, {probe.get('epochs', '?')} epochs)"
         gain = facts["kept_val_loss"] - float(probe["val_loss"])
-        if gain > PROBE_MARGINS * facts["margin"]:
+        if gain > PROBE_MARGINS * facts["margin"]:  # the stronger evidence: it names the cause
             return ("underfitting", f"{high}; {what} reached a validation loss of {probe['val_loss']:.4g}, lower "
                     f"than this run's {facts['kept_val_loss']:.4g} by more than {PROBE_MARGINS:g} x the noise "
                     f"({_margin_words(facts)}): the model is too simple for the data.",
                     f"Use a larger model, like the probe's ({probe.get('model', 'larger')}), or "
                     f"{SIZE_SEARCH} to pick its size.")
-        return ("plateau", f"{high}; {what} did no better on the validation rows ({probe['val_loss']:.4g} against "
-                f"{facts['kept_val_loss']:.4g}): the data likely hold no more information about the target.",
-                "A bigger model will not help. More informative features or cleaner targets could; the model is "
-                "likely as good as these inputs allow.")
+        if not still:
+            return ("plateau", f"{high}; {what} did no better on the validation rows ({probe['val_loss']:.4g} "
+                    f"against {facts['kept_val_loss']:.4g}): the data likely hold no more information about the "
+                    "target.", "A bigger model will not help. More informative features or cleaner targets could; "
+                    "the model is likely as good as these inputs allow.")
+    if still:
+        return ("underfitting", f"{high}, and it was still falling when the run ended (the validation loss "
+                "too): more training would likely lower both.",
+                f"Train for more epochs (this run trained {facts['epochs']}; e.g. `--epochs {2 * facts['epochs']}`).")
     return ("plateau", f"{high}. Two textbook causes fit this: the model is too simple for the data, or the data "
             "hold no more information about the target (noise the inputs cannot explain).",
             f"Nothing here says which. A larger model that lowers the validation loss would show the first "
@@ -455,7 +458,7 @@ def val_standard_error(trainer: Trainer, rows: Any) -> float:
     """The standard error of the mean validation loss over its rows (`rows`: in-memory `(X, y)`): the
     per-row losses' standard deviation over the square root of the row count, with the trainer's model as
     it is. For losses with a `reduction` (mse, cross-entropy, ...); 0 for others or fewer than 2 rows."""
-    fn = trainer.loss_fn
+    fn: Any = trainer.loss_fn  # a torch loss module when it has a `reduction`
     X, y = rows
     if not isinstance(getattr(fn, "reduction", None), str) or len(X) < 2:
         return 0.0
@@ -535,7 +538,8 @@ def capacity_probe(trainer: Trainer, model: torch.nn.Module, epochs: int = 20, o
     """
     from ..trainer import Trainer as _Trainer  # the trainer imports this module: a cycle at import time
 
-    config = dataclasses.replace(trainer.config, epochs=epochs, quiet=True, run_dir=None)
+    # quiet, no run directory, and no guards: the run itself already checked (and warned about) these rows
+    config = dataclasses.replace(trainer.config, epochs=epochs, quiet=True, run_dir=None, guards=False)
     probe = _Trainer(model, trainer.loss_fn, optimizer, config=config)
     probe.fit(trainer.train_data, trainer.val_data)
     best = min(probe.history, key=lambda h: h["val_loss"])
