@@ -103,7 +103,9 @@ def train_streamed(cfg: RunConfig, out: str | os.PathLike | None = None, *, over
     cfg.data.path = str(Path(str(cfg.data.path)).resolve()) if "*" not in str(cfg.data.path) else cfg.data.path
     main = is_main_process()
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    barrier()  # every rank has checked `out` before rank 0 takes it (its lock would look like another run)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     with hold_run_dir(out_dir) if main else contextlib.nullcontext() as lock:
         if main:
             clear_run_dir(out_dir, keep=(CACHE_DIR,))
