@@ -383,3 +383,23 @@ def test_split_column_from_the_python_api(tmp_path):
                       split_column="fold")
     assert result.rows == {"train": 1400, "val": 300, "test": 300}  # the column's parts, exactly
     assert result.inputs == 1  # the split column is no feature
+
+
+def test_two_processes_train_a_streamed_table_as_one(tmp_path):
+    """`fitloop train DIR --nproc 2` (gloo): the same held-out metrics as one process with the same global batch."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for part in range(2):
+        x1 = rng.normal(size=1200)
+        pq.write_table(pa.table({"x1": x1, "y": 2 * x1 + rng.normal(size=1200) * 0.1}), data / f"p{part}.parquet",
+                       row_group_size=400)
+    common = [sys.executable, "-m", "fitloop", "train", str(data), "--target", "y", "--epochs", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([*common, "--out", str(tmp_path / "one"), "--batch-size", "64"], check=True, env=env, cwd=tmp_path)
+    subprocess.run([*common, "--out", str(tmp_path / "two"), "--batch-size", "32", "--nproc", "2"], check=True,
+                   env=env, cwd=tmp_path)
+    one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
+    assert one["rows"] == two["rows"] > 0
+    for name, value in one["metrics"].items():
+        assert two["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
