@@ -263,7 +263,10 @@ def render(res) -> str:
                   "studies/DDP.md",  # the DDP study (python -m bench.studies.ddp)
                   "studies/TABLES.md",  # the CLI's defaults on real tables (python -m bench.studies.tables)
                   "STARTUP.md",  # the CLI's start-up (python bench/startup.py)
-                  "studies/SERVE.md"):  # fitloop serve vs a minimal FastAPI app (python -m bench.studies.serve)
+                  "studies/SERVE.md",  # fitloop serve vs a minimal FastAPI app (python -m bench.studies.serve)
+                  "TUNE.md",  # fitloop tune: tuned, ensembled, pruning, jobs (python -m bench.tune)
+                  "STREAM.md",  # streaming: throughput and memory (python -m bench.stream)
+                  "studies/TABLES24.md"):  # the 27-table benchmark of the default run (bench.studies.tables24)
         path = Path(__file__).parent / extra
         if path.is_file():
             L.append(path.read_text().rstrip() + "\n")
