@@ -111,6 +111,12 @@ def classification_metrics(preds: torch.Tensor, target: torch.Tensor, num_classe
     """
     c = num_classes
     cm = torch.bincount(target * c + preds, minlength=c * c)[: c * c].view(c, c)
+    return confusion_metrics(cm, binary=binary)
+
+
+def confusion_metrics(cm: torch.Tensor, *, binary: bool) -> dict[str, torch.Tensor]:
+    """`classification_metrics` from the confusion matrix alone (rows: true class, columns: predicted), for
+    counts summed batch by batch (a streamed evaluation)."""
     cmd = cm.double()
     tp = cmd.diagonal()
     true_n, pred_n = cmd.sum(1), cmd.sum(0)

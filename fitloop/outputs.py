@@ -36,6 +36,7 @@ RUN_DIR_ENTRIES = frozenset({
     "size_search.json", "size_search.txt", "size_search.png", LOCK_NAME,
     # `fitloop tune`: the study's journal (and its lock), the trials' runs, the best run, the ensemble
     "tune.json", "space.toml", "study.journal", "study.journal.lock", "trials", "best", "ensemble",
+    "data-cache",  # a streamed CSV converted once to Parquet (fitloop.tabular.csv_cache)
 })
 TUNE_FORMAT = "fitloop-tune/1"  # tune.json's marker: a search made with the Python API has no config.toml
 _REPORT_TITLE = "<title>fitloop report:"  # report.html's head (fitloop.report.html)

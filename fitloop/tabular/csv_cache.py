@@ -36,10 +36,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import dialect
 from .dialect import ReadInfo, check_header, parse_number_columns
 from .errors import TableError
-from .reading import detect_content
+from .reading import detect_content, detect_delimiter
 
 __all__ = ["CsvDialect", "csv_dialect", "csv_batches", "parquet_cache", "ColumnTypeChanged", "CACHE_DIR",
            "BLOCK_BYTES"]
@@ -69,14 +68,9 @@ def csv_dialect(path: str | Path, *, encoding: str = "utf-8", delimiter: str | N
     content = detect_content(path, path.name.lower(), encoding)
     if content.format == "parquet":
         raise TableError(f"{path}: is a Parquet file, not delimited text.")
-    text, complete = dialect.sample(path, content.encoding, content.compressed)
-    hint = dialect.excel_sep(text)
-    tsv = path.name.lower().endswith((".tsv", ".tsv.gz"))
-    sep = delimiter or hint or dialect.sniff_text(text, complete, str(path), default="\t" if tsv else ",",
-                                                  prefer_tab=tsv)
-    if info is not None:
-        info.delimiter, info.delimiter_detected = sep, delimiter is None
-    return CsvDialect(content.encoding, sep, decimal, content.compressed, skip_rows=1 if hint else 0)
+    ext = ".tsv" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ".csv"
+    sep, sep_line = detect_delimiter(path, ext, content, delimiter, info)
+    return CsvDialect(content.encoding, sep, decimal, content.compressed, skip_rows=1 if sep_line else 0)
 
 
 def _open(path: Path, found: CsvDialect, types: dict[str, pa.DataType] | None) -> tuple[Any, Any]:

@@ -80,7 +80,7 @@ def read_table(path: str | Path, *, encoding: str = "utf-8", delimiter: str | No
         info.notes.append(content.note)
     if content.format == "parquet":
         return _finish(_read_parquet(path), str(path), decimal, info)
-    sep, sep_line = _delimiter(path, ext, content, delimiter, info)
+    sep, sep_line = detect_delimiter(path, ext, content, delimiter, info)
     return _finish(_read_csv(path, content, sep, decimal, sep_line), str(path), decimal, info)
 
 
@@ -278,10 +278,12 @@ def _check_text(path: Path, head: bytes) -> None:
                          f"(JSON Lines: `lines=True`).")
 
 
-def _delimiter(path: Path, ext: str, content: Content, delimiter: str | None,
+def detect_delimiter(path: Path, ext: str, content: Content, delimiter: str | None,
                info: ReadInfo | None) -> tuple[str, bool]:
     """The field separator (`delimiter`, else Excel's `sep=` first line, else sniffed from the first lines),
-    and whether the file starts with a `sep=` line (which is not the header); notes what was detected."""
+    and whether the file starts with a `sep=` line (which is not the header); notes what was detected.
+    `ext` is the file's extension (`.tsv...` prefers a tab); `read_table` and the streamed CSV cache
+    (`fitloop.tabular.csv_cache`) both read a file's dialect through here."""
     sep = _check_delimiter(delimiter)
     detected = sep is None
     try:

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..data.stream import ParquetSource, StreamPlan
+from ..metrics import confusion_metrics
 from ..outputs import OutputPathError
 from .columns import Table
 from .config import RunConfig
@@ -483,18 +484,8 @@ class StreamedScore:
 
 
 def _confusion_metrics(confusion: torch.Tensor) -> dict[str, Any]:
-    """The multiclass metrics `runs.score` reports (`metrics.classification_metrics`, macro averages over the
-    classes present), from the confusion matrix alone: the formula written once more here, because
-    `classification_metrics` takes the rows, not their matrix (see the module's notes for the follow-up)."""
-    cm = confusion.double()
-    tp, true_n, pred_n = cm.diagonal(), cm.sum(1), cm.sum(0)
-
-    def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.where(b > 0, a / b.clamp_min(1), torch.zeros_like(a))
-
-    present = (true_n + pred_n) > 0
-    n_present = present.sum().clamp_min(1)
-    precision, recall, f1 = (float((v * present).sum() / n_present)
-                             for v in (ratio(tp, pred_n), ratio(tp, true_n), ratio(2 * tp, true_n + pred_n)))
-    return {"accuracy": float(tp.sum() / cm.sum().clamp_min(1)), "f1": f1, "precision": precision,
-            "recall": recall, "confusion_matrix": confusion.tolist()}
+    """The classification metrics `runs.score` reports (`metrics.confusion_metrics`, macro averages over the
+    classes present), from the confusion matrix summed over the batches, as plain numbers."""
+    metrics = confusion_metrics(confusion, binary=False)
+    return {**{k: float(v) for k, v in metrics.items() if k != "confusion_matrix"},
+            "confusion_matrix": confusion.tolist()}
