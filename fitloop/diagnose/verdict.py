@@ -492,6 +492,18 @@ def _noise(trainer: Trainer, stopper: Any) -> float | None:
         return None
 
 
+def _margin_matters(history: list[dict[str, Any]], kept: int | None, kept_val: float | None) -> bool:
+    """Whether any rule will compare validation losses (so the noise margin is worth a pass over the
+    validation rows): the loss rose above its lowest, or the kept model is not the lowest epoch."""
+    val = _series(history, "val_loss")
+    if not val:
+        return False
+    low = min(val)
+    kept_row = next((h for h in history if h.get("epoch") == kept and "val_loss" in h), None)
+    kept_loss = float(kept_row["val_loss"]) if kept_row is not None else kept_val
+    return val[-1] > low or (kept_loss is not None and kept_loss > low)
+
+
 def verdict_of(trainer: Trainer, error: BaseException | None = None, *, probe: dict[str, Any] | None = None,
                units: str | None = None) -> Verdict:
     """The verdict on `trainer`'s history, its baseline loss computed from its training targets, its noise
@@ -515,7 +527,8 @@ def verdict_of(trainer: Trainer, error: BaseException | None = None, *, probe: d
     kept = stopper.best_epoch if stopper is not None and (stopper.best_epoch or stopper.from_start) else None
     kept_val = float(stopper.best) if kept == 0 else None
     kept_scores = dict(getattr(stopper, "start_logs", None) or {}) if kept == 0 else None
-    se = _noise(trainer, stopper) if error is None and torch_loss else None
+    needed = _margin_matters(trainer.history, kept, kept_val) or probe is not None
+    se = _noise(trainer, stopper) if error is None and torch_loss and needed else None
     verdict = judge(trainer.history, baseline_loss=base, lr=lr, kept_epoch=kept, error=error, val_se=se,
                     kept_val_loss=kept_val, probe=probe, units=units)
     if kept_scores:  # the start's scores: epoch 0 has no line in the history (`fitloop runs` shows them)
@@ -536,11 +549,9 @@ def capacity_probe(trainer: Trainer, model: torch.nn.Module, epochs: int = 20, o
     Returns:
         `{"val_loss": lowest, "epoch": at, "epochs": epochs, "model": "ClassName, N parameters"}`.
     """
-    from ..trainer import Trainer as _Trainer  # the trainer imports this module: a cycle at import time
-
     # quiet, no run directory, and no guards: the run itself already checked (and warned about) these rows
     config = dataclasses.replace(trainer.config, epochs=epochs, quiet=True, run_dir=None, guards=False)
-    probe = _Trainer(model, trainer.loss_fn, optimizer, config=config)
+    probe = type(trainer)(model, trainer.loss_fn, optimizer, config=config)  # a Trainer like the run's
     probe.fit(trainer.train_data, trainer.val_data)
     best = min(probe.history, key=lambda h: h["val_loss"])
     size = sum(p.numel() for p in model.parameters())
