@@ -69,6 +69,7 @@ rows first). With so small a model the step, not the reading, bounds training.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import hashlib
 import os
@@ -87,7 +88,7 @@ import torch
 
 from .sharding import shard_bounds
 
-__all__ = ["ParquetSource", "StreamBatches", "StreamError", "RowFilter", "Transform"]
+__all__ = ["ParquetSource", "StreamBatches", "StreamError", "RowFilter", "Transform", "return_freed_memory"]
 
 RowFilter = Callable[[int, int, np.ndarray], np.ndarray]
 """`(file_index, row_group, offsets) -> mask`: which rows of a block to keep, from their position only
@@ -97,11 +98,31 @@ Transform = Callable[[pa.Table], tuple[torch.Tensor, "torch.Tensor | None"]]
 """A table of rows (the `columns` and the `target`) -> `(X, y)` tensors, one row per row (`y` None)."""
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
 _E = TypeVar("_E", bound=Exception)
 
 
 class StreamError(ValueError):
     """A streamed file that cannot be read as asked: the message names the file (and the row group)."""
+
+
+def return_freed_memory() -> None:
+    """Have glibc's malloc give freed memory back to the system (`mallopt(M_TRIM_THRESHOLD, 1 MiB)`).
+
+    A stream frees a window of rows for each one it reads. By default glibc raises its mmap threshold to
+    32 MiB after such frees, so that the windows' arrays come from the heaps, where the training step's small
+    allocations between them keep the freed space from going back: the process grew with the table (1 GiB
+    above its start for a 1.5 GiB table, bench/stream.py) instead of staying near the buffers' size (about
+    100 MiB). Fixed thresholds (arrays over 128 KiB mapped and unmapped, heaps trimmed above 1 MiB free) keep
+    it there. Process-wide and idempotent; a no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator's own policy applies
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 17)  # back to glibc's initial 128 KiB: a window's arrays are mapped
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 20)
 
 
 @dataclass
@@ -326,6 +347,7 @@ class StreamBatches:
         self.global_batch = self.n if batch_size is None else min(batch_size * world, self.n)
         self.shuffle, self.device, self.float_dtype, self.prepare = shuffle, device, float_dtype, prepare
         self._filler: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        return_freed_memory()
 
     def __len__(self) -> int:
         return -(-self.n // self.global_batch)

@@ -21,7 +21,6 @@ preprocessor from every training row, in one pass (`fitloop.tabular.stream_fit`)
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import re
@@ -37,7 +36,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
 
-from ..data.stream import ParquetSource, StreamPlan
+from ..data.stream import ParquetSource, StreamPlan, return_freed_memory
 from ..metrics import confusion_metrics
 from ..outputs import OutputPathError
 from .columns import Table
@@ -52,8 +51,7 @@ from .stream_fit import RowSplit, StreamFit, fit_streamed
 
 __all__ = ["decide_streaming", "parse_size", "available_memory", "estimated_memory", "StreamedTable",
            "open_streamed", "row_groups", "predict_stream", "evaluate_stream", "StreamedScore",
-           "DEFAULT_MEMORY_FRACTION", "MEMORY_FACTOR", "SAMPLE_ROWS", "PREDICT_ROWS", "WINDOW_BYTES",
-           "return_freed_memory"]
+           "DEFAULT_MEMORY_FRACTION", "MEMORY_FACTOR", "SAMPLE_ROWS", "PREDICT_ROWS", "WINDOW_BYTES"]
 
 DEFAULT_MEMORY_FRACTION = 0.5
 MEMORY_FACTOR = 4.0
@@ -63,7 +61,6 @@ PREDICT_ROWS = 65_536  # rows per batch of a streamed predict or evaluate
 # A streamed training source's shuffle window, in bytes of rows: the reader, the transform and the prefetch
 # queue hold a few windows at once, so peak memory is a small multiple of this (bench/stream.py measures it)
 WINDOW_BYTES = 16 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -219,24 +216,6 @@ class StreamedTable:
             shuffle_rows = min(max(WINDOW_BYTES // row_bytes, 1 << 12), 1 << 18)
         return ParquetSource(self.path, columns=self.columns, target=self.sample.target, batch_size=batch_size,
                              transform=self.transform, rows=self.fit.masks.rows(split), buffer_rows=shuffle_rows)
-
-
-def return_freed_memory() -> None:
-    """Have glibc's malloc give freed memory back to the system (`mallopt(M_TRIM_THRESHOLD, 1 MiB)`).
-
-    A stream frees a window of rows for each one it reads. By default glibc raises its mmap threshold to
-    32 MiB after such frees, so that the windows' arrays come from the heaps, where the training step's small
-    allocations between them keep the freed space from going back: the process grew with the table (1 GiB
-    above its start for a 1.5 GiB table, bench/stream.py) instead of staying near the buffers' size (about
-    100 MiB). Fixed thresholds (arrays over 128 KiB mapped and unmapped, heaps trimmed above 1 MiB free) keep
-    it there. Process-wide and idempotent; a no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: its allocator's own policy applies
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 17)  # back to glibc's initial 128 KiB: a window's arrays are mapped
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 20)
 
 
 def open_streamed(cfg: RunConfig, run_dir: str | os.PathLike, log: Any = None,
