@@ -27,6 +27,10 @@ with the same defaults and decisions.
     fitloop.tabular.runs        load_run, LoadedRun (predict, evaluate), score
     fitloop.tabular.decisions   describe_plan, commented_toml: a dry run's decisions and its config file
     fitloop.tabular.search      the size search on a table
+    fitloop.tabular.streaming   tables larger than memory: decide_streaming, predict/evaluate batch by batch
+    fitloop.tabular.stream_fit  the one-pass preprocessing fit and the position-hash split of a stream
+    fitloop.tabular.stream_train  train, resume a streamed run (the in-memory recipe over ParquetSources)
+    fitloop.tabular.csv_cache   a CSV converted once to Parquet in the run directory
 
 The names below are imported on first use (PEP 562): `import fitloop.tabular` imports neither torch nor
 pyarrow.
