@@ -46,7 +46,7 @@ def test_default_budget_counts_optimizer_steps(rows, spe, epochs):
     assert (b.steps_per_epoch, b.epochs) == (spe, epochs)
     # patience: about PATIENCE_STEPS optimizer steps without a better val_loss (issue 24: not a quarter of the
     # epochs, which waited 375 epochs on the wine table)
-    assert b.patience == min(epochs, max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / spe)))
+    assert b.patience == max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / spe))
     assert b.checkpoint_every_epochs == max(1, epochs // CHECKPOINTS_PER_RUN)
     assert b.decided == ["train.epochs", "train.early_stopping", "train.checkpoint_every_epochs"]
     b.apply(cfg)

@@ -502,7 +502,8 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
     Small tables get as many epochs as it takes to reach about `train.budget_steps` optimizer steps
     (50 epochs of 4 steps under-train a 250-row table), large ones at least `MIN_EPOCHS`; the
     early-stopping patience is the epochs of about `PATIENCE_STEPS` optimizer steps (at least
-    `MIN_PATIENCE`, at most the epochs): a run ends once its validation loss has stopped improving
+    `MIN_PATIENCE`; not capped at the epochs, where it would only fire on the last one, announcing a stop
+    that changed nothing): a run ends once its validation loss has stopped improving
     for that long, whatever its maximum; `train.max_time` bounds the wall time. Settings the user gave (`--epochs`,
     `--early-stopping`, `--batch-size`, `train.checkpoint_every_epochs`, in flags, TOML or `--set`)
     are kept as they are.
@@ -527,7 +528,7 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
         decided.append("train.epochs")
     patience = t.early_stopping or None
     if "train.early_stopping" not in given:
-        patience = min(epochs, max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / steps_per_epoch)))
+        patience = max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / steps_per_epoch))
         decided.append("train.early_stopping")
     every = t.checkpoint_every_epochs
     if "train.checkpoint_every_epochs" not in given:

@@ -69,7 +69,8 @@ def train_or_stream(cfg: RunConfig, out: str | os.PathLike | None = None, *, str
     streams, line = decide_streaming(str(cfg.data.path), stream=stream, memory_budget=memory_budget)
     if split_column and not streams:
         streams, line = True, "streaming the table (--split-column splits a streamed table)"
-    log(line[0].upper() + line[1:] + ".")
+    if line:
+        log(line[0].upper() + line[1:] + ".")
     if streams:
         return train_streamed(cfg, out, log=log, why=line, split_column=split_column, **options)
     return train_table(cfg, out, log=log, **options)

@@ -109,7 +109,8 @@ def estimated_memory(path: str | os.PathLike) -> int:
 
 def decide_streaming(path: str | os.PathLike, *, stream: bool | None = None,
                      memory_budget: str | int | None = None) -> tuple[bool, str]:
-    """Whether `fitloop train` streams the table at `path`, and the one line that says so and why.
+    """Whether `fitloop train` streams the table at `path`, and the one line that says so and why (empty
+    when the table cannot be sized: the reader's error comes next).
 
     Args:
         path: the table (a file, a directory of Parquet files or a glob).
@@ -123,8 +124,8 @@ def decide_streaming(path: str | os.PathLike, *, stream: bool | None = None,
         int(available_memory() * DEFAULT_MEMORY_FRACTION)
     try:
         need = estimated_memory(path)
-    except (OSError, ValueError, pa.ArrowException):  # no such file, not a table: the reader's errors say why
-        return False, "reading the table into memory"
+    except (OSError, ValueError, pa.ArrowException):  # no such file, not a table: the reader's error says why,
+        return False, ""  # alone (a line about reading a file that is not there would come first)
     sizes = f"it needs about {_size(need)} in memory, {{}} the budget of {_size(budget)}"
     if need > budget and stream is not False:
         return True, f"streaming the table: {sizes.format('over')} (--memory-budget sets the budget)"
