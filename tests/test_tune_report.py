@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("matplotlib")
+
+from browser_support import CHROMIUM, NO_CHROMIUM, render  # noqa: E402  (tests/browser_support.py)
 
 from fitloop.outputs import OutputPathError  # noqa: E402
 from fitloop.tune.report import load_study, write_tune_report  # noqa: E402
@@ -113,29 +113,14 @@ def test_refusals(tmp_path):
 
 # ----------------------------------------------------------------------------------------- Chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PROBE = """<script>window.__errors=[];
-window.addEventListener('error',function(e){window.__errors.push(String(e.message||(e.target&&e.target.id)||'error'))},true);
-window.addEventListener('load',function(){var r={errors:window.__errors,images:[].map.call(document.images,
-function(i){return [i.id,i.naturalWidth,i.naturalHeight]})};var p=document.createElement('pre');p.id='probe';
-p.textContent=JSON.stringify(r);document.body.appendChild(p);});</script>"""
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install -y chromium); "
-                    "`.ci/run` installs it, so CI renders the report")
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_report_renders_in_headless_chromium(tmp_path):
     html = write_tune_report(_study(8), tmp_path).read_text()
-    page = tmp_path / "probe.html"  # the report with a probe that records load errors and decoded sizes
-    page.write_text(html.replace("<head>", "<head>" + PROBE, 1))
-    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-                           "--v=0", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    m = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout)
-    assert m, f"the page did not finish loading: {proc.stderr[-2000:]}"
-    result = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    result = render(html, tmp_path)  # load errors, decoded image sizes, console lines
     assert result["errors"] == []
     assert sorted(i[0] for i in result["images"]) == ["plot-tune_history", "plot-tune_importance"]
     assert all(w > 100 and h > 100 for _, w, h in result["images"]), result["images"]  # every image decoded
-    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
-    assert console == [], console
+    assert result["console"] == [], result["console"]
