@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs bench lint typecheck clean venv
+.PHONY: demo test test-slow docs bench lint typecheck clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ demo: $(STAMP)
 	$(VENV)/bin/fitloop train "$(DEMO_DATA)" --target cultivar --out runs/demo --overwrite
 
 # The core trainer tests run a second time with every private-torch shortcut off (fitloop/_fastpath.py).
+# `make test` is the default suite (under 15 minutes on 2 cores); the tests marked slow (real kills, several
+# processes, servers, notebooks, Chromium) run with `make test-slow`, and CI (.ci/run) runs both.
 CORE_TESTS = tests/test_trainer.py tests/test_step.py tests/test_state.py tests/test_callbacks.py tests/test_regularisation.py
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(MAKE) docs
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 	FITLOOP_FASTPATH=0 $(PY) -m pytest $(CORE_TESTS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link, anchor or API reference fails.
 docs: $(STAMP)

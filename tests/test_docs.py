@@ -174,9 +174,8 @@ SEARCH = """new Promise(done => { let tries = 0; const look = () => {
   else setTimeout(look, 100); }; look(); })"""
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install -y chromium); "
-                    "`.ci/run` installs it, so CI opens the site")
+                    "`.ci/run` installs it, so CI opens the site")  # in `make test` (issue 21): not marked slow
 def test_site_in_headless_chromium(site, tmp_path):
     """Every page loads without console errors, its images decode, and search finds pages offline."""
     pages = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html") if p.name != "404.html")
