@@ -105,7 +105,7 @@ def test_sigkill_mid_trial_then_resume_loses_no_trial_and_counts_none_twice(tmp_
     assert info["status"] == "finished" and info["sessions"] == 2 and "-e2-" in info["resumed_from"]
     history = [json.loads(line) for line in (out / "trials" / "0001" / "history.jsonl").read_text().splitlines()]
     assert len(history) == 4  # epochs 1-2 before the kill, 3-4 continued from the checkpoint
-    kept = next(h["val_loss"] for h in history if h["epoch"] == info["best_epoch"])  # the epoch the run kept
+    kept = info["verdict"]["facts"]["kept_val_loss"]  # the model the run kept (its linear start: epoch 0)
     assert retry.user_attrs["epochs"] == 4 and retry.value == pytest.approx(kept)  # the trial's value: the kept model's
     assert json.loads((out / "tune.json").read_text())["counts"] == {"COMPLETE": 3, "FAIL": 1}
     assert {t.number for t in done} == {0, 2, 3}
