@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
 
-from fitloop.cli.launch import _errors_not_shown
+from fitloop.cli.launch import _worker_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,12 +37,34 @@ def _failure(local_rank: int, exitcode: int, message: str) -> SimpleNamespace:
     return SimpleNamespace(local_rank=local_rank, exitcode=exitcode, message=message)
 
 
-def test_the_launcher_prints_only_the_errors_local_rank_0_did_not():
+def test_the_launcher_prints_each_workers_error_once():
     same = "fitloop: error: t.csv: target column 'nope' not found."
     failed = SimpleNamespace(failures={0: _failure(0, 2, same), 1: _failure(1, 2, same), 2: _failure(2, 2, same)})
-    assert _errors_not_shown(failed) == []
-    # rank 1 alone met it (rank 0 was stopped by the agent, printing nothing): the launcher prints it, once
+    assert _worker_errors(failed) == [same]
+    # rank 1 met it first and the agent stopped rank 0 (whose own print, if any, the launcher cannot see):
+    # the workers print nothing under the launcher, so it prints the error once
     alone = "fitloop: error: /data/t.csv: no such file"
     failed = SimpleNamespace(failures={0: _failure(0, -15, "Signal 15 (SIGTERM) received by PID 7"),
                                        1: _failure(1, 2, alone), 2: _failure(2, 2, alone)})
-    assert _errors_not_shown(failed) == [alone]
+    assert _worker_errors(failed) == [alone]
+
+
+def test_a_worker_of_the_launcher_leaves_printing_to_it(tmp_path, monkeypatch, capsys):
+    """Under `fitloop train --nproc` a worker only writes its error file (the launcher prints it once); under a
+    plain torchrun local rank 0 prints it too; outside a job it is printed."""
+    import json
+
+    from fitloop.cli.launch import LAUNCHED_ENV, print_user_error
+
+    message = "fitloop: error: t.csv: target column 'nope' not found."
+    print_user_error(message)
+    assert capsys.readouterr().err == message + "\n"
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    print_user_error(message)  # plain torchrun: local rank 0 prints
+    assert capsys.readouterr().err == message + "\n"
+    monkeypatch.setenv(LAUNCHED_ENV, "1")
+    print_user_error(message)
+    assert capsys.readouterr().err == ""
+    assert json.loads(error_file.read_text())["message"] == message

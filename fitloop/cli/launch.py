@@ -31,6 +31,7 @@ __all__ = ["add_launch_options", "wants_launch", "launch", "LAUNCH_FLAGS", "rest
 
 # flags the launcher consumes (with a value each); the workers get the rest of the command line
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
+LAUNCHED_ENV = "FITLOOP_LAUNCHED"  # set for the workers `launch` starts: the launcher prints their user errors
 
 
 def add_launch_options(p: argparse.ArgumentParser, config: bool = True) -> None:
@@ -100,6 +101,7 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
     targs = _torchrun_args(args, out)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun would pick, without its banner
     again = f"fitloop resume {out} --nproc {nproc}" + (f" --nnodes {nnodes} ..." if nnodes > 1 else "")
+    os.environ[LAUNCHED_ENV] = "1"  # the workers leave printing user errors to this process
     try:
         resuming = "resume" in argv[:1]
         run(parse_args([*targs, "--module", "fitloop", *_worker_argv(argv, None if resuming else out)]))
@@ -110,6 +112,8 @@ def launch(args: argparse.Namespace, argv: list[str], out: str) -> int:
         return 128 + int(e.sigval)
     except ChildFailedError as e:
         return _job_failed(e, out, again)
+    finally:
+        os.environ.pop(LAUNCHED_ENV, None)  # this process prints its own errors again (a later in-process call)
     return 0
 
 
@@ -151,7 +155,7 @@ def _job_failed(e: Any, out: str, again: str) -> int:
     # a worker refused the input (its error is printed above), and the others refused it too or were
     # stopped by the agent after it (a signal): nothing ran, nothing to resume
     if first.exitcode == 2 and all(c == 2 or c < 0 for c in codes):
-        for message in _errors_not_shown(e):
+        for message in _worker_errors(e):
             print(message, file=sys.stderr, flush=True)
         print("fitloop: the job stopped: the workers refused the command (the error above); fix it and "
               "run it again.", file=sys.stderr, flush=True)
@@ -165,29 +169,32 @@ def _job_failed(e: Any, out: str, again: str) -> int:
 
 
 def print_user_error(message: str) -> None:
-    """Print a user error (``fitloop: error: ...``) once per job: in a worker that `--nproc` started, only
-    local rank 0 prints it (every worker reads the same input and meets the same error). Each worker also
-    writes it to its torchelastic error file, where the launcher finds an error that only another rank met.
-    Outside a launched job it is printed as it is."""
+    """Print a user error (``fitloop: error: ...``) once per job.
+
+    A worker writes it to its torchelastic error file. Under `fitloop train --nproc` (`LAUNCHED_ENV`) the
+    workers print nothing and the launcher prints each distinct error once, from the files: a worker that
+    printed itself could be stopped by the agent before or after printing, as another rank failed first, so
+    the launcher could not tell whether to print it again. Under a plain `torchrun`, local rank 0 prints it
+    (every worker reads the same input and meets the same error). Outside a launched job it is printed as it is.
+    """
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         with open(error_file, "w") as f:  # the format torchelastic's ProcessFailure reads
             json.dump({"message": message, "timestamp": int(time.time())}, f)
+        if os.environ.get(LAUNCHED_ENV) == "1":
+            return
     if os.environ.get("LOCAL_RANK", "0") == "0":
         print(message, file=sys.stderr, flush=True)
 
 
-def _errors_not_shown(e: Any) -> list[str]:
-    """The user errors that workers other than local rank 0 met and local rank 0 did not print (from
-    their error files), each once, in rank order (a `ChildFailedError`)."""
-    failures = sorted(e.failures.items())
-    shown = {f.message for _, f in failures if f.local_rank == 0 and f.exitcode == 2}
-    extra: list[str] = []
-    for _, f in failures:
-        if f.exitcode == 2 and f.message.startswith("fitloop: error:") and f.message not in shown:
-            shown.add(f.message)
-            extra.append(f.message)
-    return extra
+def _worker_errors(e: Any) -> list[str]:
+    """The user errors the workers met (from their error files), each once, in rank order (a
+    `ChildFailedError`)."""
+    errors: list[str] = []
+    for _, f in sorted(e.failures.items()):
+        if f.exitcode == 2 and f.message.startswith("fitloop: error:") and f.message not in errors:
+            errors.append(f.message)
+    return errors
 
 
 def restarted_run(out: str | None) -> Path | None:
