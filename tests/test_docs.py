@@ -40,7 +40,6 @@ GUIDES = sorted(p for p in DOCS.glob("*.md") if p.name != "architecture.md") + [
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(name)), None)
 HAS_MKDOCS = all(importlib.util.find_spec(name) for name in ("mkdocs", "material", "mkdocstrings_handlers"))
-NO_MKDOCS = "mkdocs-material / mkdocstrings are not installed: pip install -e '.[docs]' (make test installs them)"
 
 
 def all_blocks() -> list[Block]:
@@ -93,9 +92,14 @@ def skipped_blocks() -> list[Block]:
 
 @pytest.mark.parametrize("block", skipped_blocks(), ids=lambda b: b.where)
 def test_examples_that_cannot_run_here(block):
-    """Each example marked `docs-test: skip` is reported with its reason (a GPU, several machines, a server)."""
+    """Each example marked `docs-test: skip` is a runnable kind, says why it cannot run here (a GPU, several
+    machines, a server) in words, and is still a well-formed example: valid Python (test_every_example_is_a_
+    runnable_kind compiles it), or console lines that each start with a prompt or are comments."""
     assert block.lang in RUNNABLE, f"{block.where}: only python and console blocks are examples to skip"
-    pytest.skip(f"{block.where} ({block.lang}): {block.skip}")
+    assert block.skip is not None and len(block.skip.split()) >= 2, f"{block.where}: say why it cannot run here"
+    if block.lang == "console":
+        lines = [line for line in block.code.splitlines() if line.strip()]
+        assert lines and all(line.startswith(("$ ", "# ")) for line in lines), block.where
 
 
 def test_every_example_is_a_runnable_kind():
@@ -139,7 +143,8 @@ def test_readme_links_point_to_files():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     if not HAS_MKDOCS:
-        pytest.skip(NO_MKDOCS)
+        pytest.skip(reason="mkdocs-material / mkdocstrings are not installed: pip install -e '.[docs]' (make test "
+                           "installs them)")
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})

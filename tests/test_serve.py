@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ httpx = pytest.importorskip("httpx")
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pcsv  # noqa: E402
+from serve_support import served  # noqa: E402  (tests/serve_support.py)
 
 from fitloop.cli import main  # noqa: E402
 
@@ -119,26 +119,12 @@ def server(runs):
 @pytest.fixture(scope="module")
 def reg_server(runs):
     """The regression run (a copy) served by uvicorn in a thread of this process."""
-    import uvicorn
-
     from fitloop.integrations.serve import create_app
 
     run_dir = runs / "run_reg_copy"
     shutil.copytree(runs / "run_reg", run_dir)
-    app = create_app(run_dir, log=io.StringIO())
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30)
-    yield client, run_dir
-    client.close()
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with served(create_app(run_dir, log=io.StringIO())) as client:
+        yield client, run_dir
 
 
 def test_csv_bodies_in_other_dialects_give_the_same_answers(server, runs, tmp_path):

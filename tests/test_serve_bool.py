@@ -7,9 +7,6 @@ feature remembers that it was true/false, and the server checks JSON values agai
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +18,7 @@ httpx = pytest.importorskip("httpx")
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pcsv  # noqa: E402
+from serve_support import served  # noqa: E402  (tests/serve_support.py)
 
 from fitloop.cli import main  # noqa: E402
 
@@ -28,8 +26,6 @@ from fitloop.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     """A run with a numeric, a true/false and a text column, served by uvicorn in a thread of this process."""
-    import uvicorn
-
     from fitloop.integrations.serve import create_app
 
     d = tmp_path_factory.mktemp("serve_bool")
@@ -41,22 +37,8 @@ def client(tmp_path_factory):
     pcsv.write_csv(pa.table({"x": x, "flag": flag, "color": color, "y": x + flag}), d / "t.csv")
     assert main(["train", str(d / "t.csv"), "--target", "y", "--epochs", "1", "--hidden", "4",
                  "--out", str(d / "run"), "-q"]) == 0
-    app = create_app(d / "run", log=io.StringIO())
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30)
-    try:
+    with served(create_app(d / "run", log=io.StringIO())) as http:
         yield http
-    finally:
-        http.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def test_schema_calls_a_true_false_column_boolean(client):

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
 import torch
+from serve_support import served  # noqa: E402  (tests/serve_support.py)
 from tablefiles import write_rows
 
 import fitloop as fl
@@ -233,28 +231,14 @@ def test_export_verifies_the_ensemble(tables, tmp_path, capsys, fmt, tasks):
 
 def test_serve_answers_predict_like_the_cli(tables, tmp_path):
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("httpx")
     from fitloop.integrations.serve import create_app
 
     data, _, ensemble = tables["cls"]
     cli = _predict(ensemble, data, tmp_path / "cli.csv", "--proba")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(ensemble, log=io.StringIO()), log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.01)
-        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as client:
-            r = client.post("/predict?proba=true", json=pcsv.read_csv(data).drop(["label"]).to_pylist())
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with served(create_app(ensemble, log=io.StringIO())) as client:
+        r = client.post("/predict?proba=true", json=pcsv.read_csv(data).drop(["label"]).to_pylist())
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["predictions"] == cli.column("prediction").to_pylist()
