@@ -17,7 +17,7 @@ from ._fastpath import unwrap_model
 from .distributed import is_main_process
 from .distributed.fsdp import full_state_dict, plain_class
 from .files import atomic_write_bytes, versions
-from .models import Ensemble, EnsembleSpec, MLPSpec, build_mlp
+from .models import Ensemble, EnsembleSpec, build_model, spec_from_dict
 
 __all__ = ["save_bundle", "load", "read_meta", "check_state_shapes", "FORMAT_VERSION"]
 
@@ -126,9 +126,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, device: str
 
 
 def build_spec(spec: dict[str, Any]) -> nn.Module:
-    """The module a bundle's stored spec describes (`MLPSpec` or `EnsembleSpec`), with fresh weights."""
-    if spec.get("kind") == "mlp":
-        return build_mlp(MLPSpec.from_dict(spec))
+    """The module a bundle's stored spec describes (`MLPSpec`, `TabMSpec` or `EnsembleSpec`), with fresh weights."""
+    if spec.get("kind") in ("mlp", "tabm"):
+        return build_model(spec_from_dict(spec))
     if spec.get("kind") == "ensemble":
         return Ensemble(EnsembleSpec.from_dict(spec))
     raise ValueError(f"unknown model spec kind {spec.get('kind')!r}.")

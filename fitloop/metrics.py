@@ -65,8 +65,13 @@ class MetricSet:
         self.user: dict[str, UserMetric] = dict(user)
 
     def compute(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Metrics of `out` against `y` as 0-d tensors (the confusion matrix as a 2-d tensor)."""
+        """Metrics of `out` against `y` as 0-d tensors (the confusion matrix as a 2-d tensor).
+
+        An output with a members axis, `(N, k, outputs)` against `N` targets (a `fitloop.tabm.TabM` in
+        training mode: the train metrics), is scored on the members' mean output."""
         out = out.detach().float()
+        if out.dim() == 3 and len(out) == len(y) and (y.dim() == 1 or y.shape[1:] == out.shape[2:]):
+            out = out.mean(1)
         res: dict[str, torch.Tensor] = {}
         if self.task == "regression":
             y = y.detach().float()

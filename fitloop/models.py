@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
+from .tabm import TabM, TabMSpec
 
-__all__ = ["MLPSpec", "build_mlp", "SkipMLP", "EnsembleSpec", "Ensemble", "ENSEMBLE_AVERAGES", "fit_linear_path",
+__all__ = ["MLPSpec", "build_mlp", "build_model", "spec_from_dict", "SkipMLP", "EnsembleSpec", "Ensemble",
+           "ENSEMBLE_AVERAGES", "fit_linear_path",
            "gcv_ridge", "fit_logistic_path", "FunctionModel", "ACTIVATIONS", "as_module", "trainable_parameters"]
 
 # the names are `mlp_checks.ACTIVATION_CLASSES` (checked there without importing torch)
@@ -99,13 +101,37 @@ class SkipMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.skip(x)
 
+    def start_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start the output at the linear map `x @ weight.T + bias`: the skip path gets `weight`, the MLP's
+        last layer zero weights and the bias, so the hidden layers learn what the linear map misses."""
+        last = self.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():
+            self.skip.weight.copy_(weight)
+            last.weight.zero_()
+            last.bias.copy_(bias)
+
+
+def build_model(spec: MLPSpec | TabMSpec) -> nn.Module:
+    """The module a model spec describes, with fresh weights: `build_mlp` or a `fitloop.tabm.TabM`."""
+    return TabM(spec) if isinstance(spec, TabMSpec) else build_mlp(spec)
+
+
+def spec_from_dict(d: Mapping[str, Any]) -> MLPSpec | TabMSpec:
+    """An `MLPSpec` or `TabMSpec` from its `to_dict()` (its ``"kind"``: ``"mlp"`` or ``"tabm"``)."""
+    if d.get("kind") == "mlp":
+        return MLPSpec.from_dict(d)
+    if d.get("kind") == "tabm":
+        return TabMSpec.from_dict(d)
+    raise ValueError(f"unknown model spec kind {d.get('kind')!r}; expected \"mlp\" or \"tabm\".")
+
 
 ENSEMBLE_AVERAGES = ("probabilities", "outputs")  # classification / regression
 
 
 @dataclass
 class EnsembleSpec:
-    """A weighted average of MLPs (`Ensemble`), rebuilt from JSON like `MLPSpec`; stored next to its weights.
+    """A weighted average of MLPs or TabMs (`Ensemble`), rebuilt from JSON like `MLPSpec`; stored next to its weights.
 
     Args:
         members: the members' specs; they share `in_features` and `out_features`.
@@ -121,15 +147,15 @@ class EnsembleSpec:
         >>> model = Ensemble(spec)   # spec.weights == [2/3, 1/3]
     """
 
-    members: list[MLPSpec]
+    members: list[MLPSpec | TabMSpec]
     weights: list[float]
     average: str = "probabilities"
 
     def __post_init__(self) -> None:
         self.members = list(self.members)
         self.weights = [float(w) for w in self.weights]
-        if not self.members or not all(isinstance(m, MLPSpec) for m in self.members):
-            raise ValueError("EnsembleSpec: members must be a non-empty list of MLPSpec.")
+        if not self.members or not all(isinstance(m, (MLPSpec, TabMSpec)) for m in self.members):
+            raise ValueError("EnsembleSpec: members must be a non-empty list of MLPSpec or TabMSpec.")
         if len(self.weights) != len(self.members):
             raise ValueError(f"EnsembleSpec: {len(self.weights)} weights for {len(self.members)} members; "
                              f"give one weight per member.")
@@ -161,9 +187,10 @@ class EnsembleSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> EnsembleSpec:
         members = []
         for member in d["members"]:
-            if member.get("kind") != "mlp":
-                raise ValueError(f"EnsembleSpec: a member of kind {member.get('kind')!r}; members are MLPs.")
-            members.append(MLPSpec.from_dict(member))
+            if member.get("kind") not in ("mlp", "tabm"):
+                raise ValueError(f"EnsembleSpec: a member of kind {member.get('kind')!r}; members are MLPs or "
+                                 f"TabMs.")
+            members.append(spec_from_dict(member))
         return cls(members, list(d["weights"]), d.get("average", "probabilities"))
 
 
@@ -180,7 +207,7 @@ class Ensemble(nn.Module):
 
     def __init__(self, spec: EnsembleSpec) -> None:
         super().__init__()
-        self.members = nn.ModuleList(build_mlp(m) for m in spec.members)
+        self.members = nn.ModuleList(build_model(m) for m in spec.members)
         # derived from the spec, which the bundle stores: not part of the state dict
         self.register_buffer("weights", torch.tensor(spec.weights, dtype=torch.float32), persistent=False)
         self.spec = spec
@@ -195,10 +222,11 @@ class Ensemble(nn.Module):
         return torch.log(probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny))
 
 
-def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridge: float | None = 1e-2) -> float:
-    """Start a `SkipMLP` at the ridge-regression fit of `targets` on `X`: the skip path gets the
-    weights, the MLP's last layer the intercept and zero weights, so the model's output is the linear
-    fit until training moves it (and the hidden layers learn what the linear fit misses).
+def fit_linear_path(model: SkipMLP | TabM, X: torch.Tensor, targets: torch.Tensor, ridge: float | None = 1e-2) -> float:
+    """Start a `SkipMLP` or a `fitloop.tabm.TabM` at the ridge-regression fit of `targets` on `X`
+    (`model.start_linear`): the skip path gets the weights, the output layer the intercept and zero weights,
+    so the model's output is the linear fit until training moves it (and the hidden layers learn what the
+    linear fit misses).
 
     Args:
         model: the model to initialise (in place).
@@ -224,11 +252,7 @@ def fit_linear_path(model: SkipMLP, X: torch.Tensor, targets: torch.Tensor, ridg
         gram = Xc.T @ Xc
         lam = rel * float(gram.diagonal().mean().clamp_min(1e-12))
         w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), Xc.T @ tc)  # (d, out)
-        last = model.mlp[-1]
-        assert isinstance(last, nn.Linear)
-        model.skip.weight.copy_(w.T)
-        last.weight.zero_()
-        last.bias.copy_(t_mean - x_mean @ w)
+        model.start_linear(w.T.float(), (t_mean - x_mean @ w).float())
     return rel
 
 
@@ -247,11 +271,11 @@ def _check_finite(X: torch.Tensor, targets: torch.Tensor) -> None:
 LOGISTIC_MAX_WEIGHTS = 2000
 
 
-def fit_logistic_path(model: SkipMLP, X: torch.Tensor, labels: torch.Tensor, c: float = 1.0,
+def fit_logistic_path(model: SkipMLP | TabM, X: torch.Tensor, labels: torch.Tensor, c: float = 1.0,
                       iterations: int = 25) -> bool:
-    """Start a `SkipMLP` at the L2-regularized multinomial logistic-regression fit of `labels` on `X`:
-    the skip path gets the weights, the MLP's last layer the intercepts and zero weights, so the
-    model's logits are the logistic fit's until training moves them.
+    """Start a `SkipMLP` or a `fitloop.tabm.TabM` at the L2-regularized multinomial logistic-regression fit of
+    `labels` on `X` (`model.start_linear`): the skip path gets the weights, the output layer the intercepts
+    and zero weights, so the model's logits are the logistic fit's until training moves them.
 
     The objective is scikit-learn's `LogisticRegression(C=c)`: `c * sum of cross-entropies + ||W||^2 / 2`
     (intercepts not penalized), minimised by Newton's method with step halving (it is strictly
@@ -268,6 +292,7 @@ def fit_logistic_path(model: SkipMLP, X: torch.Tensor, labels: torch.Tensor, c: 
         False (the model untouched) when the problem has more than `LOGISTIC_MAX_WEIGHTS` weights, so the
         caller can start elsewhere.
     """
+    assert model.skip is not None
     k = model.skip.out_features
     n, d = X.shape
     if (d + 1) * k > LOGISTIC_MAX_WEIGHTS:
@@ -310,11 +335,7 @@ def fit_logistic_path(model: SkipMLP, X: torch.Tensor, labels: torch.Tensor, c: 
             W, gain, f = W - t * step, f - f_new, f_new
             if gain <= 1e-8 * max(1.0, abs(f)):
                 break
-        last = model.mlp[-1]
-        assert isinstance(last, nn.Linear)
-        model.skip.weight.copy_(W[:, :-1])
-        last.weight.zero_()
-        last.bias.copy_(W[:, -1])
+        model.start_linear(W[:, :-1].float(), W[:, -1].float())
     return True
 
 

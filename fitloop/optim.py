@@ -53,7 +53,9 @@ def make_loss(loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 
 
 def task_of_loss(loss_fn) -> str | None:
-    """'regression', 'binary' or 'multiclass' for the built-in losses; None when it can't tell."""
+    """'regression', 'binary' or 'multiclass' for the built-in losses (also inside a wrapper that keeps the loss
+    as `.base`, such as `fitloop.tabm.MembersLoss`); None when it can't tell."""
+    loss_fn = getattr(loss_fn, "base", loss_fn)
     for cls, task in _TASK_OF_LOSS.items():
         if isinstance(loss_fn, cls):
             return task

@@ -154,6 +154,7 @@ class ParquetSource:
     buffer_rows: int = 1 << 18
     prefetch: int = 2
     _plan: StreamPlan | None = field(default=None, init=False, repr=False, compare=False)
+    _continue_at: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.columns, str):
@@ -176,7 +177,10 @@ class ParquetSource:
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint remembers of this source: the files (names relative to their common folder,
         sizes, row counts), the kept rows and the settings the order depends on. A resume on a different
-        file set differs here."""
+        file set differs here. `order: "global"` records that the epoch's order does not depend on the
+        number of processes and that a checkpoint's position is its batch index times the global batch
+        (`batch_size`, this source's own, or else the Trainer's, times the processes): what a resume at
+        another world size needs (`fitloop.callbacks.resume`); a checkpoint without it cannot change it."""
         plan = self.plan()
         digest = hashlib.sha256()
         # names relative to the files' common folder: the same files by a directory, a glob or a list, or
@@ -187,7 +191,25 @@ class ParquetSource:
         digest.update(np.asarray([b.stop - b.start for b in plan.blocks], dtype=np.int64).tobytes())
         return {"kind": "parquet-stream", "files": len(plan.files), "rows": plan.rows,
                 "files_sha256": digest.hexdigest()[:16], "columns": list(self.columns), "target": self.target,
-                "block_rows": self.block_rows, "buffer_rows": self.buffer_rows}
+                "block_rows": self.block_rows, "buffer_rows": self.buffer_rows, "batch_size": self.batch_size,
+                "order": "global"}
+
+    def global_batch(self, batch_size: int | None, world: int) -> int:
+        """The rows of one global training batch over `world` processes (this source's `batch_size` first,
+        else `batch_size`; None: the whole epoch)."""
+        size = self.batch_size or batch_size
+        rows = self.plan().rows
+        return rows if size is None else min(size * world, rows)
+
+    def continue_at(self, row: int, batch_size: int | None, world: int) -> int:
+        """Have the next training epoch start at `row` of the epoch's global order (a resume at another
+        world size, where a checkpoint's position is not on this run's grid of global batches). Returns the
+        batch index the Trainer continues at: the batch of this run's grid holding `row`, of which only the
+        rows from `row` on are delivered (its `global_rows` says so); the later batches are on the grid.
+        Applies once, to the first `epoch` started at that batch."""
+        batch = row // self.global_batch(batch_size, world)
+        self._continue_at = row
+        return batch
 
     def batches(self, *, train: bool, batch_size: int | None, shuffle: bool, device: torch.device,
                 float_dtype: torch.dtype = torch.float32,
@@ -202,9 +224,10 @@ class ParquetSource:
             raise StreamError(f"{self.path}: no rows to read (the files are empty, or the row filter keeps none).")
         if not train:  # no backward pass: bigger batches, bounded to keep memory modest
             size = max(size or 0, min(plan.rows, 8192))
+        continue_at, self._continue_at = (self._continue_at, None) if train else (None, self._continue_at)
         return StreamBatches(self, plan, batch_size=size, shuffle=train and shuffle, device=device,
                              float_dtype=float_dtype, prepare=prepare, rank=rank if train else 0,
-                             world=world if train else 1)
+                             world=world if train else 1, continue_at=continue_at)
 
 
 @dataclass(frozen=True)
@@ -335,11 +358,14 @@ class StreamBatches:
         prepare: converts each window's targets (None: as the transform gives them).
         rank: this process.
         world: the number of processes.
+        continue_at: the row of the global order the first epoch started at its batch (`row // global
+            batch`) starts at (`ParquetSource.continue_at`: a resume at another world size); None: the grid.
     """
 
     def __init__(self, source: ParquetSource, plan: StreamPlan, *, batch_size: int | None, shuffle: bool,
                  device: torch.device, float_dtype: torch.dtype = torch.float32,
-                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, rank: int = 0, world: int = 1):
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, rank: int = 0, world: int = 1,
+                 continue_at: int | None = None):
         self.source, self.plan = source, plan
         self.n = plan.rows
         self.rank, self.world = rank, world
@@ -347,14 +373,26 @@ class StreamBatches:
         self.global_batch = self.n if batch_size is None else min(batch_size * world, self.n)
         self.shuffle, self.device, self.float_dtype, self.prepare = shuffle, device, float_dtype, prepare
         self._filler: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._continue_at = continue_at  # pending until the epoch it applies to starts
+        self._first_row: int | None = None  # this epoch's: the row its batch `_first_row // G` starts at
         return_freed_memory()
 
     def __len__(self) -> int:
         return -(-self.n // self.global_batch)
 
     def global_rows(self, i: int) -> int:
-        """The rows of global batch `i`, summed over the processes (the step's loss weights use it)."""
-        return min(self.global_batch, self.n - i * self.global_batch)
+        """The rows of global batch `i`, summed over the processes (the step's loss weights use it). In an
+        epoch continued off the grid (`continue_at`), the batches before the first one have none and the
+        first one only its rows from there on."""
+        return max(0, min(self.global_batch * (i + 1), self.n) - self._batch_start(i))
+
+    def _batch_start(self, i: int) -> int:
+        """The first row of global batch `i` in the epoch's order (its end is always on the grid)."""
+        start = i * self.global_batch
+        first = self._first_row
+        if first is None or start + self.global_batch <= first:
+            return start if first is None else start + self.global_batch  # before the first: empty
+        return max(start, first)
 
     @property
     def filler(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -405,14 +443,15 @@ class StreamBatches:
 
     def _positions(self, window: Window, start: int) -> np.ndarray:
         """This rank's delivery positions within `window` (relative to its first), from global batch `start` on."""
-        G, lo, hi = self.global_batch, max(window.first, start * self.global_batch), window.first + window.rows
+        G, lo, hi = self.global_batch, max(window.first, self._batch_start(start)), window.first + window.rows
         if self.world == 1:  # every position
             return np.arange(lo - window.first, hi - window.first)
         parts = []
         for batch in range(lo // G, -(-hi // G)):
             offset, size = shard_bounds(self.global_rows(batch), self.rank, self.world)
-            first = max(batch * G + offset, lo)
-            last = min(batch * G + offset + size, hi)
+            begins = self._batch_start(batch)
+            first = max(begins + offset, lo)
+            last = min(begins + offset + size, hi)
             if last > first:
                 parts.append(np.arange(first - window.first, last - window.first))
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
@@ -425,8 +464,15 @@ class StreamBatches:
     # ------------------------------------------------------------------ reading
 
     def epoch(self, generator: torch.Generator | None, start: int = 0) -> Iterator[tuple]:
-        """Yield this rank's batches of one epoch from global batch `start` on (a share may have 0 rows)."""
-        windows = self.windows(generator)  # drawn now, before any data is read
+        """This rank's batches of one epoch from global batch `start` on (a share may have 0 rows). The
+        order is drawn now, before any data is read; so is whether the epoch continues off the grid (a
+        pending `continue_at` whose batch is `start`: every later epoch is on it)."""
+        pending, self._continue_at = self._continue_at, None
+        applies = pending is not None and pending // self.global_batch == start and pending < self.n
+        self._first_row = pending if applies else None
+        return self._epoch(self.windows(generator), start)
+
+    def _epoch(self, windows: list[Window], start: int) -> Iterator[tuple]:
         with _prefetched(self._chunks(windows, start), self.source.prefetch) as ready:
             pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
             held = 0
@@ -449,7 +495,7 @@ class StreamBatches:
         thread). Windows before batch `start` and blocks holding none of this rank's rows are not read."""
         reader = _BlockReader(self.source, self.plan)
         for window in windows:
-            if window.first + window.rows <= start * self.global_batch:
+            if window.first + window.rows <= self._batch_start(start):
                 continue
             positions = self._positions(window, start)
             if len(positions):

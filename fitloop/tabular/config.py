@@ -105,9 +105,17 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    """`[model]`: the MLP (`MLPSpec` minus the sizes the data decides).
+    """`[model]`: the model (`fitloop.tabm.TabMSpec` or `MLPSpec`, minus the sizes the data decides).
 
     Attributes:
+        kind: ``"tabm"`` (the default: a k-member parameter-efficient ensemble MLP with piecewise-linear
+            embeddings of the numeric columns, `fitloop.tabm.TabM`) or ``"mlp"`` (the plain MLP of
+            fitloop 0.1, `MLPSpec`). `hidden = []` is a linear model of either kind.
+        hidden: the hidden layers' widths; `None` (unset) picks the kind's default (`DEFAULT_HIDDEN`).
+        k: tabm: the ensemble's members.
+        embedding: tabm: the numeric columns' embedding, ``"piecewise"``, ``"periodic"`` or ``"none"``.
+        d_embedding: tabm: each numeric column's embedding width.
+        n_bins: tabm: the piecewise-linear bins (quantiles of the training rows), or periodic frequencies.
         skip: a linear path from the inputs to the outputs beside the hidden layers (`MLPSpec.skip`).
         linear_init: start the skip path at the ridge-regression fit of the training rows
             (`fitloop.models.fit_linear_path`), so training starts from what a linear model reaches.
@@ -118,19 +126,38 @@ class ModelSection:
             `none`: the ridge fit of one-hot classes scaled to logits.
     """
 
-    hidden: list[int] = field(default_factory=lambda: [64, 32])
+    kind: str = "tabm"
+    hidden: list[int] | None = None
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float | None = None
+    k: int = 8
+    embedding: str = "piecewise"
+    d_embedding: int = 8
+    n_bins: int = 16
     skip: bool = True
     linear_init: bool = True
     ridge: float | str = "gcv"
     logistic_c: float | None = 1.0
 
     def validate(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind (--model): got {self.kind!r}; choose {' or '.join(MODEL_KINDS)} "
+                              f"(tabm: the default ensemble MLP; mlp: the plain MLP).")
+        if self.hidden is None:
+            self.hidden = list(DEFAULT_HIDDEN[self.kind])
+        if self.dropout is None:
+            self.dropout = DEFAULT_DROPOUT[self.kind]
         try:
             check_mlp(self.hidden, self.activation, self.dropout, names=_MODEL_NAMES)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.k < 1:
+            raise ConfigError(f"model.k: got {self.k}; pass the ensemble's members, a whole number >= 1 (e.g. 8).")
+        if self.embedding not in EMBEDDINGS:
+            raise ConfigError(f"model.embedding: got {self.embedding!r}; choose one of {', '.join(EMBEDDINGS)}.")
+        if self.d_embedding < 1 or self.n_bins < 1:
+            raise ConfigError(f"model.d_embedding and model.n_bins: got {self.d_embedding} and {self.n_bins}; "
+                              f"pass whole numbers >= 1 (e.g. 8 and 16).")
         if isinstance(self.ridge, str) and self.ridge.strip().lower() == "gcv":
             self.ridge = "gcv"
         elif isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge > 0:
@@ -140,6 +167,10 @@ class ModelSection:
             raise ConfigError(f"model.logistic_c: got {self.logistic_c}; pass a C > 0 (e.g. 1.0), or none.")
 
 
+MODEL_KINDS = ("tabm", "mlp")
+EMBEDDINGS = ("piecewise", "periodic", "none")  # fitloop.tabm.EMBEDDINGS (this module imports no torch)
+DEFAULT_HIDDEN = {"tabm": (256, 256), "mlp": (64, 32)}
+DEFAULT_DROPOUT = {"tabm": 0.1, "mlp": 0.0}
 _MODEL_NAMES = {"hidden": "model.hidden (--hidden)", "activation": "model.activation", "dropout": "model.dropout"}
 
 
@@ -434,8 +465,8 @@ def resolve_run_config(*layers: Mapping[str, Any]) -> RunConfig:
 
 # Values of settings added after a run directory may have been written, as runs before them behaved:
 # `resume` of an old run gives a key its legacy value when the run's config.toml lacks it.
-LEGACY_DEFAULTS: dict[str, Any] = {"model.skip": False, "model.linear_init": False, "model.ridge": 1e-2,
-                                   "model.logistic_c": None,
+LEGACY_DEFAULTS: dict[str, Any] = {"model.kind": "mlp", "model.skip": False, "model.linear_init": False,
+                                   "model.ridge": 1e-2, "model.logistic_c": None,
                                    "train.scheduler": None,
                                    "train.max_time": None, "train.early_stopping_rel_delta": 0.0,
                                    "train.early_stopping_from_start": False, "train.early_stopping_se": False}

@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..devices import pick_device
-from ..models import build_mlp
+from ..models import MLPSpec, build_model
+from ..tabm import TabMSpec
 from .config import (
     ConfigError,
     DataSection,
@@ -126,17 +127,15 @@ def describe_plan(cfg: RunConfig, world: int | None = None, data: pa.Table | Non
     facts = f"{table.target!r}: {tcol.type}, {pc.count_distinct(tcol).as_py():,} distinct values"
     task_reason = f"set by data.task (--task); {facts}" if cfg.data.task else f"inferred from {facts}"
     spec = plan.spec
-    model = build_mlp(spec)  # the real builder: the same layers, so the same parameter count
-    sizes = [spec.in_features, *spec.hidden, spec.out_features]
-    desc = " -> ".join(map(str, sizes)) + f" ({spec.activation}" + (f", dropout {spec.dropout:g}" if spec.dropout
-                                                                     else "") + ")"
+    model = build_model(spec)  # the real builder: the same layers, so the same parameter count
+    desc = describe_spec(spec)
     if spec.skip and spec.hidden:  # the linear path beside it (and where it starts)
         desc += " + linear skip" + (f" (starts at {_linear_start(cfg, plan)})" if cfg.model.linear_init
                                     else "")
     n_train = len(plan.rows["train"])
     bs = cfg.train.batch_size
     return DryRun(cfg, len(table), len(table.columns), columns, table.task, task_reason, table.classes,
-                  {k: len(v) for k, v in plan.rows.items()}, table.task == "classification", f"MLP {desc}",
+                  {k: len(v) for k, v in plan.rows.items()}, table.task == "classification", desc,
                   sum(p.numel() for p in model.parameters()), plan.loss, plan.early_stopping,
                   f"{cfg.train.device} -> {pick_device(cfg.train.device)}",
                   plan.budget.steps_per_epoch if plan.budget is not None else
@@ -313,3 +312,19 @@ def check_round_trip(text: str, cfg: RunConfig) -> None:
     back = resolve_run_config(dotted_overrides(tomllib_module().loads(text), "dry-run config"))
     if back.to_dict() != cfg.to_dict():
         raise RuntimeError("the dry-run config does not load back to the same settings (a fitloop bug).")
+
+
+def describe_spec(spec: MLPSpec | TabMSpec) -> str:
+    """A model spec in words: `MLP 13 -> 64 -> 32 -> 3 (relu)`, or `TabM, 8 members: 13 inputs (10 numbers:
+    piecewise-linear embeddings, 16 bins, width 8) -> 256 -> 256 -> 3 (relu, dropout 0.1)`."""
+    extra = f", dropout {spec.dropout:g}" if spec.dropout else ""
+    if isinstance(spec, MLPSpec):
+        sizes = [spec.in_features, *spec.hidden, spec.out_features]
+        return "MLP " + " -> ".join(map(str, sizes)) + f" ({spec.activation}{extra})"
+    numbers = ""
+    if spec.embedded:
+        how = {"piecewise": f"piecewise-linear embeddings, {spec.n_bins} bins",
+               "periodic": f"periodic embeddings, {spec.n_bins} frequencies"}[spec.embedding]
+        numbers = f" ({len(spec.numeric)} numbers: {how}, width {spec.d_embedding})"
+    layers = " -> ".join(map(str, [*spec.hidden, spec.out_features]))
+    return f"TabM, {spec.k} members: {spec.in_features} inputs{numbers} -> {layers} ({spec.activation}{extra})"

@@ -35,6 +35,7 @@ from ..files import versions, write_json_atomic
 from ..models import Ensemble, EnsembleSpec, MLPSpec
 from ..outputs import check_out_dir, clear_run_dir
 from ..runlock import hold_run_dir
+from ..tabm import TabMSpec
 from ..tune.ensemble import DEFAULT_ROUNDS, Selection, greedy_selection
 from .columns import Table
 from .config import load_toml, resolve_run_config
@@ -58,14 +59,14 @@ class EnsembleError(ValueError):
 
 
 def _load_members(run_dirs: Sequence[str | os.PathLike]) -> list[LoadedRun]:
-    """Each finished run, once (a directory named twice counts once); only MLP runs can be members."""
+    """Each finished run, once (a directory named twice counts once); only MLP and TabM runs can be members."""
     unique = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))
     if not unique:
         raise EnsembleError("build_ensemble: no run directories given.")
     runs = [load_run(d) for d in unique]  # NotARunError names a directory that is not a finished run
     for run in runs:
-        if not isinstance(getattr(run.model, "spec", None), MLPSpec):
-            raise EnsembleError(f"{run.path}: its model is a {type(run.model).__name__}, not an MLP run; an "
+        if not isinstance(getattr(run.model, "spec", None), (MLPSpec, TabMSpec)):
+            raise EnsembleError(f"{run.path}: its model is a {type(run.model).__name__}, not an MLP or TabM run; an "
                                 f"ensemble's members are `fitloop train` (or tune trial) runs.")
     return runs
 

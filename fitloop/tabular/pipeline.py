@@ -49,11 +49,12 @@ from ..devices import pick_device
 from ..distributed import is_main_process
 from ..distributed.group import barrier, init_from_env
 from ..files import atomic_write_bytes, write_json_atomic
-from ..models import build_mlp
+from ..models import build_model
 from ..outputs import OutputPathError, check_out_dir, clear_run_dir, is_run_dir
 from ..report.data import PREDICTIONS_FILE, target_distribution
 from ..report.summary import summary
 from ..runlock import RunLockedError, hold_run_dir, lock_holder
+from ..tabm import MembersLoss, TabM, fit_bins
 from ..trainer import Trainer, seed_everything
 from . import training
 from .config import CONFIG_HEADER, LEGACY_DEFAULTS, Budget, ConfigError, RunConfig, load_toml, resolve_run_config
@@ -215,8 +216,9 @@ def _leakage_notes(splits: dict[str, Any], guards: dict[str, Any] | bool) -> lis
 def _build_trainer(cfg: RunConfig, p: PreparedRun, run_dir: Path) -> None:
     """The model and Trainer of a run (as `plan_run` decided), checkpointing into `run_dir`."""
     seed_everything(cfg.train.seed)  # the initial weights follow the seed too
-    model = build_mlp(p.spec)
+    model = build_model(p.spec)
     X, y = p.splits["train"]
+    fit_bins(model, X)  # a TabM's piecewise-linear bins: quantiles of the training rows
     p.ridge = training.start_linear_path(cfg, model, p.task, p.info["classes"], X, y)  # model.linear_init
     p.callbacks.extend(training.length_callbacks(cfg, p.early_stopping))
     tcfg = cfg.train.trainer_config()
@@ -225,7 +227,8 @@ def _build_trainer(cfg: RunConfig, p: PreparedRun, run_dir: Path) -> None:
         tcfg.guards = {**tcfg.guards, "leakage": False, "unscaled": False}
     p.loggers = _loggers(cfg.train.log)
     p.first_step = training.FirstStep(p.t_command)
-    p.trainer = Trainer(model, loss=p.loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
+    loss = MembersLoss(p.loss) if isinstance(model, TabM) else p.loss  # each member learns on its own loss
+    p.trainer = Trainer(model, loss=loss, optimizer=cfg.train.optimizer, scheduler=cfg.train.scheduler,
                         callbacks=[*p.callbacks, *p.loggers, p.first_step, *p.user_callbacks], config=tcfg)
     training.start_early_stopping(cfg, p.trainer, p.callbacks, p.splits.get("val"), p.se_rows)  # a resume replaces it
 

@@ -18,13 +18,14 @@ import torch
 from ..data.splitting import split_counts, split_indices
 from ..distributed import world_size
 from ..models import MLPSpec
+from ..tabm import TabMSpec
 from .columns import Table
 from .config import Budget, ConfigError, RunConfig, training_budget
 from .errors import TableError
 from .preprocess import Preprocessor
 from .reading import signless_zero
 
-__all__ = ["RunPlan", "plan_run", "load_table", "IN_MEMORY"]
+__all__ = ["RunPlan", "plan_run", "load_table", "model_spec", "IN_MEMORY"]
 
 IN_MEMORY = "the in-memory table"  # how messages name rows given as a table, not a file
 
@@ -83,7 +84,7 @@ class RunPlan:
         table: the loaded `fitloop.tabular.columns.Table` (column kinds, task, classes, notes).
         rows: row indices of each non-empty split.
         preprocessor: the `Preprocessor` fitted on the training rows (kept and dropped columns).
-        spec: the `MLPSpec` of the model.
+        spec: the model's spec (`model_spec`: a `TabMSpec`, or an `MLPSpec`).
         loss: the loss name.
         early_stopping: the patience, or `None` when early stopping is off.
         notes: everything dropped, imputed or switched off, in words.
@@ -173,11 +174,25 @@ def plan_run(cfg: RunConfig, log: Callable[[str], None] | None = None, world: in
     budget = training_budget(cfg, len(rows["train"]), world)  # epochs, patience, checkpoints: from the data
     budget.apply(cfg)
     log(budget.describe() + ".")
-    spec = MLPSpec(n_features, hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
-                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
+    spec = model_spec(cfg, pre, classes)
     loss = cfg.train.loss or ("cross_entropy" if table.task == "classification" else "mse")
     patience = cfg.train.early_stopping or None
     if patience and "val" not in rows:
         patience = None
         notes.append("early stopping is off: there is no validation split")
     return RunPlan(table, rows, pre, spec, loss, patience, notes, table.load_seconds, t0, budget)
+
+
+def model_spec(cfg: RunConfig, pre: Preprocessor, classes: list[Any] | None) -> MLPSpec | TabMSpec:
+    """The model of a run: `[model] kind` with the sizes the data decides (the features, the classes, which
+    features are numbers to embed). A linear model (`hidden = []`) is an `MLPSpec` of either kind."""
+    m = cfg.model
+    out = len(classes) if classes else 1
+    hidden = list(m.hidden or [])
+    if m.kind == "mlp" or not hidden:
+        return MLPSpec(len(pre.feature_names), hidden=hidden, out_features=out, activation=m.activation,
+                       dropout=float(m.dropout or 0.0), skip=m.skip)
+    return TabMSpec(len(pre.feature_names), out_features=out, k=m.k, hidden=hidden, dropout=float(m.dropout or 0.0),
+                    activation=m.activation, numeric=pre.numeric_positions, embedding=m.embedding,
+                    d_embedding=m.d_embedding, n_bins=m.n_bins, skip=m.skip,
+                    average="probabilities" if classes else "outputs")

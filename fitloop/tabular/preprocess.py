@@ -123,6 +123,20 @@ class Preprocessor:
         return names
 
     @property
+    def numeric_positions(self) -> list[int]:
+        """The feature-matrix columns that hold a standardised number with more than two values (not a
+        missing flag, a one-hot slot or a true/false column): what a model's numeric embeddings take."""
+        positions, j = [], 0
+        for f in self.features:
+            if f["kind"] == "numeric":
+                if f.get("values") != "bool":
+                    positions.append(j)
+                j += 1 + f["missing"]
+            else:
+                j += len(f["categories"]) + 1 + f["missing"]
+        return positions
+
+    @property
     def num_classes(self) -> int | None:
         return len(self.classes) if self.classes is not None else None
 

@@ -33,7 +33,6 @@ from ..devices import pick_device
 from ..distributed import is_main_process, world_size
 from ..distributed.group import barrier, init_from_env
 from ..files import write_json_atomic
-from ..models import MLPSpec
 from ..outputs import clear_run_dir
 from ..report.summary import summary
 from ..runlock import hold_run_dir
@@ -41,6 +40,7 @@ from . import training
 from .config import ConfigError, RunConfig, load_toml, resolve_run_config, training_budget
 from .csv_cache import CACHE_DIR
 from .pipeline import PreparedRun, RunResult, build_trainer, check_out, default_out, merge_run_json, train_table
+from .plan import model_spec
 from .runs import baseline_outputs, check_run
 from .stream_fit import SPLIT_NAMES
 from .streaming import SAMPLE_ROWS, StreamedScore, StreamedTable, decide_streaming, open_streamed, row_groups
@@ -151,8 +151,7 @@ def _prepare(cfg: RunConfig, table: StreamedTable, log: Callable[[str], None]) -
     budget.apply(cfg)
     log(budget.describe() + ".")
     classes = fit.classes
-    spec = MLPSpec(len(pre.feature_names), hidden=cfg.model.hidden, out_features=len(classes) if classes else 1,
-                   activation=cfg.model.activation, dropout=cfg.model.dropout, skip=cfg.model.skip)
+    spec = model_spec(cfg, pre, classes)  # a TabM's bins: quantiles of the training sample
     loss = cfg.train.loss or ("cross_entropy" if table.task == "classification" else "mse")
     patience = cfg.train.early_stopping or None
     notes = table.sample.notes + pre.notes

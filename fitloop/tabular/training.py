@@ -21,7 +21,8 @@ import torch
 
 from ..callbacks import Callback, EarlyStopping, TimeLimit, VerdictReporter
 from ..diagnose.verdict import STANDARDISED, capacity_probe, rows_of, val_standard_error
-from ..models import MLPSpec, SkipMLP, build_mlp, fit_linear_path, fit_logistic_path
+from ..models import MLPSpec, SkipMLP, build_model, fit_linear_path, fit_logistic_path
+from ..tabm import TabM, TabMSpec, fit_bins
 from .config import Budget, RunConfig
 
 __all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "start_early_stopping",
@@ -37,14 +38,14 @@ PROBE_WIDEN, PROBE_WIDTH, PROBE_STEPS, PROBE_MAX_EPOCHS = 4, 128, 300, 60
 
 def start_linear_path(cfg: RunConfig, model: Any, task: str, classes: list[Any] | None, X: Any, y: Any
                       ) -> float | None:
-    """With `model.linear_init`, start a `SkipMLP`'s linear path at the ridge fit of the training rows
+    """With `model.linear_init`, start a `SkipMLP`'s or `TabM`'s linear path at the ridge fit of the training rows
     `X`, `y` (regression: the standardized target; classification: one-hot classes scaled to logits).
     Call after seeding: the hidden layers keep their seeded initial weights.
 
     Returns:
         The ridge penalty used (`model.ridge`, or the one GCV chose), or None when the model starts as built.
     """
-    if not (cfg.model.linear_init and isinstance(model, SkipMLP)):
+    if not (cfg.model.linear_init and isinstance(model, (SkipMLP, TabM)) and model.skip is not None):
         return None
     if task == "classification" and cfg.model.logistic_c is not None and \
             fit_logistic_path(model, X, y, cfg.model.logistic_c):
@@ -95,18 +96,23 @@ def prepare_verdict(cfg: RunConfig, trainer: Any) -> None:
 
 
 def capacity_probe_for(cfg: RunConfig) -> Any:
-    """The probe a table run's verdict calls on a plateau: the run's MLP, `PROBE_WIDEN` times wider (at
-    least `PROBE_WIDTH` units a layer; two layers for a linear model), without dropout or skip, trained
-    about `PROBE_STEPS` optimizer steps (at most `PROBE_MAX_EPOCHS` epochs) on the same rows. It returns
-    None (no probe) for a model that is not an MLP spec (nothing to widen) and for rows not in memory."""
+    """The probe a table run's verdict calls on a plateau: the run's model, larger and without dropout or
+    skip, trained about `PROBE_STEPS` optimizer steps (at most `PROBE_MAX_EPOCHS` epochs) on the same rows. An
+    MLP is made `PROBE_WIDEN` times wider (at least `PROBE_WIDTH` units a layer; two layers for a linear
+    model); a TabM twice as wide. It returns None (no probe) for a model without a spec (nothing to widen)
+    and for rows not in memory."""
 
     def probe(trainer: Any) -> dict[str, Any] | None:
         spec = getattr(trainer.model, "spec", None)
         train = rows_of(trainer.train_data)  # a streamed run's rows are not read again for a probe
-        if not isinstance(spec, MLPSpec) or train is None or rows_of(trainer.val_data) is None:
+        if not isinstance(spec, (MLPSpec, TabMSpec)) or train is None or rows_of(trainer.val_data) is None:
             return None
-        hidden = [max(PROBE_WIDTH, PROBE_WIDEN * width) for width in spec.hidden] or [PROBE_WIDTH, PROBE_WIDTH]
-        wider = build_mlp(dataclasses.replace(spec, hidden=hidden, dropout=0.0, skip=False))
+        if isinstance(spec, TabMSpec):
+            hidden = [2 * width for width in spec.hidden]
+        else:
+            hidden = [max(PROBE_WIDTH, PROBE_WIDEN * width) for width in spec.hidden] or [PROBE_WIDTH, PROBE_WIDTH]
+        wider = build_model(dataclasses.replace(spec, hidden=hidden, dropout=0.0, skip=False))
+        fit_bins(wider, train[0])
         rows = len(train[0])
         steps_per_epoch = max(1, math.ceil(rows / cfg.train.batch_size)) if cfg.train.batch_size else 1
         epochs = min(PROBE_MAX_EPOCHS, math.ceil(PROBE_STEPS / steps_per_epoch))

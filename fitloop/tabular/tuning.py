@@ -72,7 +72,7 @@ def trial_config(base: RunConfig, params: Mapping[str, Any]) -> RunConfig:
     resolves its flags: settings the user gave stay, the ones decided from the data are decided again."""
     settings = {k: v for k, v in params.items() if k not in _SIZES}
     if any(k in params for k in _SIZES):
-        hidden = base.model.hidden
+        hidden = base.model.hidden or []
         width = params.get("width", hidden[0] if hidden else 64)
         depth = params.get("depth", max(1, len(hidden)))
         settings["hidden"] = [int(width)] * int(depth)
