@@ -250,6 +250,8 @@ class MembersLoss(nn.Module):
         loss: a loss name (`fitloop.optim.LOSSES`) or a callable `(output, target) -> scalar`.
     """
 
+    matches_shapes = True  # `Trainer.compute_loss` leaves the shapes to `forward`
+
     def __init__(self, loss: str | Callable[..., torch.Tensor]) -> None:
         super().__init__()
         from .optim import make_loss  # optim imports the losses' modules; this module stays light

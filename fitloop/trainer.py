@@ -260,9 +260,12 @@ class Trainer:
 
     def compute_loss(self, out: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The loss in fp32. A target of shape (N,) against an output of shape (N, 1) is viewed
-        as (N, 1) rather than broadcast to (N, N), the classic silent bug."""
+        as (N, 1) rather than broadcast to (N, N), the classic silent bug. A loss with a true
+        `matches_shapes` attribute (`fitloop.tabm.MembersLoss`) matches the shapes itself."""
         if out.dtype != torch.float32 and out.is_floating_point() and self.autocast_dtype is not None:
             out = out.float()
+        if getattr(self.loss_fn, "matches_shapes", False):
+            return self.loss_fn(out, y)  # type: ignore[arg-type]
         if y is not None and out.shape != y.shape and y.is_floating_point() and out.numel() == y.numel():
             y = y.view_as(out)
         elif y is not None and out.shape != y.shape and y.is_floating_point() and out.ndim != y.ndim \
