@@ -50,7 +50,7 @@ examples:
 
 run.toml holds the same settings as the flags, in three sections:
   [data]   path, target, task, drop, id, split, seed, encoding, delimiter, decimal, max_categories
-  [model]  hidden, activation, dropout
+  [model]  kind, hidden, activation, dropout, k, embedding, d_embedding, n_bins, skip, linear_init, ...
   [train]  epochs, batch_size, lr, optimizer, loss, early_stopping, log, seed, device, ... (any TrainConfig field)
 precedence: defaults < --config file < flags < --set. The resolved config is saved as RUN_DIR/config.toml.
 """
@@ -231,9 +231,13 @@ def _train_options(t: argparse.ArgumentParser, dry_run: bool = True) -> None:
                    help="drop text columns with more distinct values (default 50)")
     _read_opts(d)
     m = t.add_argument_group("model")
-    m.add_argument("--hidden", metavar="N,N", help="hidden layer sizes (default 64,32; '' for linear)")
+    m.add_argument("--model", choices=("tabm", "mlp"),
+                   help="tabm: an 8-member ensemble MLP with numeric embeddings (the default); mlp: the plain "
+                        "MLP of fitloop 0.1")
+    m.add_argument("--hidden", metavar="N,N",
+                   help="hidden layer sizes (default 256,256 for tabm, 64,32 for mlp; '' for linear)")
     m.add_argument("--activation", help="relu, gelu, silu, tanh, ... (default relu)")
-    m.add_argument("--dropout", type=float)
+    m.add_argument("--dropout", type=float, help="dropout after each hidden layer (default 0.1 for tabm, 0 for mlp)")
     _training_options(t.add_argument_group("training"))
     _output_options(t.add_argument_group("config and output"), dry_run)
     add_launch_options(t)

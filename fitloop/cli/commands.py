@@ -26,7 +26,7 @@ FLAG_KEYS = {
     "split": "data.split", "encoding": "data.encoding", "delimiter": "data.delimiter",
     "decimal": "data.decimal",
     "max_categories": "data.max_categories",
-    "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
+    "model": "model.kind", "hidden": "model.hidden", "activation": "model.activation", "dropout": "model.dropout",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "optimizer": "train.optimizer",
     "loss": "train.loss", "seed": "train.seed", "early_stopping": "train.early_stopping",
     "device": "train.device", "max_time": "train.max_time", "checkpoint_every": "train.checkpoint_every_seconds",

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from ..tune.size_search import SizeSearchResult
 from ..tune.tuner import TuneResult
-from .config import ConfigError, RunConfig, load_toml, resolve_run_config, settings_overrides
+from .config import DEFAULT_DROPOUT, ConfigError, RunConfig, load_toml, resolve_run_config, settings_overrides
 from .decisions import DryRun, describe_plan
 from .pipeline import RunResult, check_out, default_out, merge_run_json, resume_run, train_table
 from .reading import in_memory
@@ -184,6 +184,21 @@ def size_search(data: Any = None, target: str | None = None, *, out: str | os.Pa
                             t_command=t_command)
 
 
+def plain_mlp(cfg: RunConfig) -> None:
+    """Make `cfg` a plain MLP's (`model.kind = "mlp"`, and its default dropout unless one was given): the size
+    search grows and shrinks an MLP's hidden layers.
+
+    Raises:
+        ConfigError: the settings ask for another kind of model.
+    """
+    if "model.kind" in cfg.explicit and cfg.model.kind != "mlp":
+        raise ConfigError(f"size-search grows and shrinks the plain MLP's hidden layers; model.kind (--model) is "
+                          f"{cfg.model.kind!r}. Drop --model (or set model.kind = \"mlp\"), or use fitloop train.")
+    cfg.model.kind = "mlp"
+    if "model.dropout" not in cfg.explicit:
+        cfg.model.dropout = DEFAULT_DROPOUT["mlp"]
+
+
 def search_and_train(cfg: RunConfig, options: SearchOptions, *, table: pa.Table | None = None,
                      out: str | os.PathLike | None = None, overwrite: bool = False, log: Log | None = None,
                      argv: list[str] | None = None, t_command: float | None = None) -> SizedRun:
@@ -201,6 +216,7 @@ def search_and_train(cfg: RunConfig, options: SearchOptions, *, table: pa.Table 
         t_command: The command's start time (`time.perf_counter()`), for `run.json`.
     """
     log = log or (lambda msg: None)
+    plain_mlp(cfg)
     run_dir = check_out(out if out is not None else default_out(cfg.data.target or "run"), overwrite,
                         cfg.data.path)  # before the search: a bad `out` fails in a second, not after it
     result = search_table(cfg, options, log, table)
