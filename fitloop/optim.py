@@ -12,7 +12,7 @@ from torch import nn
 
 from . import _fastpath
 
-__all__ = ["LOSSES", "make_loss", "make_optimizer", "optimizer_names", "make_scheduler", "task_of_loss",
+__all__ = ["LOSSES", "make_loss", "MembersLoss", "make_optimizer", "optimizer_names", "make_scheduler", "task_of_loss",
            "step_scheduler_epoch"]
 
 LOSSES: dict[str, Callable[[], nn.Module]] = {
@@ -265,3 +265,31 @@ def step_scheduler_epoch(scheduler: object, interval: str, logs: dict, default_m
         scheduler.step(float(logs[key]))
     else:
         scheduler.step()  # type: ignore[attr-defined]
+
+
+class MembersLoss(nn.Module):
+    """A loss for a model that trains k members at once: given the members' outputs `(batch, k, ...)` (a
+    `fitloop.tabm.TabM` in training mode) it is the mean of `loss` over the members, each scored against the same
+    targets, so every member learns on its own; given an ensemble's `(batch, ...)` (evaluation) it is `loss`.
+
+    Args:
+        loss: a loss name (`fitloop.optim.LOSSES`) or a callable `(output, target) -> scalar`.
+    """
+
+    matches_shapes = True  # `Trainer.compute_loss` leaves the shapes to `forward`
+
+    def __init__(self, loss: str | Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.base = make_loss(loss)
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if out.dim() == 3:  # (batch, k, out): the members of a model in training mode
+            k = out.shape[1]
+            flat = out.flatten(0, 1)
+            y = target.repeat_interleave(k, 0)
+            if y.is_floating_point() and y.numel() == flat.numel():
+                y = y.view_as(flat)
+            return self.base(flat, y)
+        if target.is_floating_point() and out.shape != target.shape and out.numel() == target.numel():
+            target = target.view_as(out)
+        return self.base(out, target)

@@ -14,13 +14,14 @@ output layer `head_i`; the hidden layers are shared, so k members cost about one
 MLP's matrix products on a k-times-larger batch.
 
 * Training (`model.train()`): the output is every member's, `(batch, k, out)`, and each member is trained
-  on its own loss: wrap the loss in `MembersLoss` (the table trainer does).
+  on its own loss: wrap the loss in `fitloop.optim.MembersLoss` (the table trainer does).
 * Evaluation (`model.eval()`): the output is the ensemble's, `(batch, out)`: the members' mean
   (regression), or the log of their mean probabilities (classification: softmax and argmax downstream
   read it as logits). Prediction, export (ONNX, torch.export) and serving see this module like an MLP.
 
 Example:
-    >>> from fitloop.tabm import TabM, TabMSpec, MembersLoss
+    >>> from fitloop.tabm import TabM, TabMSpec
+    >>> from fitloop.optim import MembersLoss
     >>> model = TabM(TabMSpec(10, out_features=3, numeric=[0, 1, 2], average="probabilities"))
     >>> trainer = fl.Trainer(model, loss=MembersLoss("cross_entropy"))
 """
@@ -28,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["TabMSpec", "TabM", "MembersLoss", "EMBEDDINGS", "fit_bins"]
+__all__ = ["TabMSpec", "TabM", "combine_members", "EMBEDDINGS", "fit_bins"]
 
 EMBEDDINGS = ("piecewise", "periodic", "none")
 AVERAGES = ("probabilities", "outputs")
@@ -239,36 +240,6 @@ def combine_members(out: torch.Tensor, average: str) -> torch.Tensor:
     probabilities = torch.softmax(out, -1).mean(1)
     # the smallest normal float keeps log finite where every member gives a class probability 0
     return torch.log(probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny))
-
-
-class MembersLoss(nn.Module):
-    """A loss for a model that trains k members at once: given the members' outputs `(batch, k, ...)` (a
-    `TabM` in training mode) it is the mean of `loss` over the members, each scored against the same
-    targets, so every member learns on its own; given an ensemble's `(batch, ...)` (evaluation) it is `loss`.
-
-    Args:
-        loss: a loss name (`fitloop.optim.LOSSES`) or a callable `(output, target) -> scalar`.
-    """
-
-    matches_shapes = True  # `Trainer.compute_loss` leaves the shapes to `forward`
-
-    def __init__(self, loss: str | Callable[..., torch.Tensor]) -> None:
-        super().__init__()
-        from .optim import make_loss  # optim imports the losses' modules; this module stays light
-
-        self.base = make_loss(loss)
-
-    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if out.dim() == 3:  # (batch, k, out): the members of a model in training mode
-            k = out.shape[1]
-            flat = out.flatten(0, 1)
-            y = target.repeat_interleave(k, 0)
-            if y.is_floating_point() and y.numel() == flat.numel():
-                y = y.view_as(flat)
-            return self.base(flat, y)
-        if target.is_floating_point() and out.shape != target.shape and out.numel() == target.numel():
-            target = target.view_as(out)
-        return self.base(out, target)
 
 
 def fit_bins(model: nn.Module, X: torch.Tensor) -> None:

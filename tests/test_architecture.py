@@ -36,7 +36,7 @@ LAYERS = {
     "step": 2, "_fastpath": 2, "optim": 2, "evaluation": 2, "bundle": 2,
     "data": 1, "distributed": 1,
     "_lazy": 0, "config": 0, "files": 0, "extras": 0, "runlock": 0, "outputs": 0, "mlp_checks": 0,
-    "devices": 0, "metrics": 0, "state": 0, "checkpoint_format": 0, "models": 0, "warn": 0,
+    "devices": 0, "metrics": 0, "state": 0, "checkpoint_format": 0, "models": 0, "tabm": 0, "warn": 0,
 }
 # Function-level imports: optional extras and platform modules anywhere (imported where they are used, so that
 # `import fitloop` stays light), and these modules' own lazy imports, each for the reason given.

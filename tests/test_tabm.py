@@ -11,13 +11,12 @@ import torch
 from tablefiles import write_rows
 
 import fitloop as fl
-
 from fitloop.metrics import MetricSet
 from fitloop.models import MLPSpec, fit_linear_path, fit_logistic_path, spec_from_dict
-from fitloop.tabm import MembersLoss, TabM, TabMSpec, combine_members, fit_bins
-from fitloop.tabular.config import resolve_run_config
+from fitloop.optim import MembersLoss
+from fitloop.tabm import TabM, TabMSpec, combine_members, fit_bins
+from fitloop.tabular.config import ConfigError, resolve_run_config
 from fitloop.tabular.pipeline import resume_run
-from fitloop.tabular.config import ConfigError
 
 
 def _model(out: int = 1, average: str = "outputs", **kw) -> TabM:

@@ -20,6 +20,7 @@ from ..data.checks import (
     warn,
 )
 from ..metrics import normalize_task
+from ..optim import MembersLoss
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -54,6 +55,8 @@ def first_step_checks(trainer: Trainer, out: torch.Tensor, y: torch.Tensor | Non
         return
     train = trainer.train_data if train is _FIT else train
     val = trainer.val_data if val is _FIT else val
+    if out.ndim == 3 and isinstance(trainer.loss_fn, MembersLoss):  # (batch, k, out): one member's output
+        out = out[:, 0]
     n_outputs = out.shape[1] if out.ndim >= 2 else 1
     task = normalize_task(trainer.task, n_outputs)
     if s["class_targets"] and task in ("multiclass", "binary"):

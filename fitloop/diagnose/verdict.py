@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.batches import in_memory
 from ..evaluation import resolved_task
+from ..optim import MembersLoss
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -520,7 +521,7 @@ def verdict_of(trainer: Trainer, error: BaseException | None = None, *, probe: d
     if trainer.task == "classification" and y is not None and not y.is_floating_point():
         task = "multiclass"
     fn = trainer.loss_fn  # only torch's own losses: a user's loss may count or log its calls
-    fn = getattr(fn, "base", fn) if type(fn).__module__ == "fitloop.tabm" else fn  # MembersLoss: the loss it wraps
+    fn = fn.base if isinstance(fn, MembersLoss) else fn  # the loss it wraps
     torch_loss = (getattr(fn, "__module__", None) or type(fn).__module__).startswith("torch.nn")
     base = baseline_loss(trainer.compute_loss, y.to(trainer.device), task) if torch_loss and y is not None else None
     lr = trainer.config.lr or (trainer.history[0].get("lr") if trainer.history else None)

@@ -50,11 +50,12 @@ from ..distributed import is_main_process
 from ..distributed.group import barrier, init_from_env
 from ..files import atomic_write_bytes, write_json_atomic
 from ..models import build_model
+from ..optim import MembersLoss
 from ..outputs import OutputPathError, check_out_dir, clear_run_dir, is_run_dir
 from ..report.data import PREDICTIONS_FILE, target_distribution
 from ..report.summary import summary
 from ..runlock import RunLockedError, hold_run_dir, lock_holder
-from ..tabm import MembersLoss, TabM, fit_bins
+from ..tabm import TabM, fit_bins
 from ..trainer import Trainer, seed_everything
 from . import training
 from .config import CONFIG_HEADER, LEGACY_DEFAULTS, Budget, ConfigError, RunConfig, load_toml, resolve_run_config
