@@ -37,6 +37,9 @@ equality need. Evaluation and predict read everything in every process (no gathe
 `epoch(generator, start)` draws the same permutation and key, skips whole windows before batch `start`
 without reading them, and in the window where it resumes reads only the blocks holding rows still to come.
 `fingerprint()` (files, sizes, row counts, the settings the order depends on) tells a changed file set.
+As the order does not depend on the world size, a run may resume at another one (plain DDP): the position
+is a row of the order, `batch * global batch`; `ParquetSource.continue_at` has the new run's first epoch
+start there, in the rest of the new grid's batch holding that row (`fitloop.callbacks.resume`).
 
 **Prefetch.** A background thread reads, decodes and transforms the next windows into a bounded queue of
 `prefetch` windows while the step runs; one thread produces the windows in order, so it cannot change it.
