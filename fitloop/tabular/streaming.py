@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
@@ -263,16 +264,7 @@ def _input_batches(run: LoadedRun, data: str | os.PathLike, columns: list[str], 
     `batch_rows`, with those of `columns` it has."""
     text = str(data)
     if Path(text).is_dir() or text.lower().endswith(".parquet") or any(c in text for c in "*?["):
-        plan = ParquetSource(text, columns=[]).plan()
-        # file by file, a row group at a time: a dataset scan reads ahead, and `iter_batches` keeps buffers
-        # that grow with the file (10 MiB for 400k rows of 4 columns); one row group's columns at a time do not
-        for file in plan.files:
-            parquet = pq.ParquetFile(file)
-            present = [c for c in columns if c in parquet.schema_arrow.names]
-            for group in range(parquet.num_row_groups):
-                rows = parquet.read_row_group(group, columns=present)
-                for start in range(0, rows.num_rows, batch_rows):
-                    yield rows.slice(start, batch_rows)
+        yield from _parquet_batches(ParquetSource(text, columns=[]).plan(), columns, batch_rows)
         return
     sep = delimiter if delimiter is not None else run.info.get("delimiter")
     mark = decimal if decimal is not None else run.info.get("decimal")
@@ -284,6 +276,26 @@ def _input_batches(run: LoadedRun, data: str | os.PathLike, columns: list[str], 
             pending = []
     if pending:
         yield pa.Table.from_batches(pending)
+
+
+def _parquet_batches(plan: StreamPlan, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """The rows of a plan's files in batches of `batch_rows`, with those of `columns` they have: a hive
+    partition column (`year=2024/part.parquet`) as training read it (`ParquetSource`: the value of the
+    file's folder, of the type the directory's schema gives it)."""
+    # file by file, a row group at a time: a dataset scan reads ahead, and `iter_batches` keeps buffers
+    # that grow with the file (10 MiB for 400k rows of 4 columns); one row group's columns at a time do not
+    for fragment in plan.fragments:
+        parquet = pq.ParquetFile(fragment.path)
+        present = [c for c in columns if c in parquet.schema_arrow.names]
+        keys = pads.get_partition_keys(fragment.partition_expression)
+        partitions = {c: pa.scalar(keys.get(c), plan.schema.field(c).type) for c in columns
+                      if c not in present and c in plan.schema.names}
+        for group in range(parquet.num_row_groups):
+            rows = parquet.read_row_group(group, columns=present)
+            for name, value in partitions.items():
+                rows = rows.append_column(name, pa.repeat(value, rows.num_rows))
+            for start in range(0, rows.num_rows, batch_rows):
+                yield rows.slice(start, batch_rows)
 
 
 class _Notes:
