@@ -162,7 +162,7 @@ def test_numbers_are_never_silently_dropped(tmp_path):
     f = write(tmp_path / "s.csv", "x;z;y\n" + "".join(f"{1000 + i * 7:,}".replace(",", " ") + f";{i % 3};{i % 2}\n"
                                                       for i in range(120)))
     with pytest.raises(TableError, match=r"column 'x' holds numbers written in a format fitloop does not read "
-                                         r"\(like '1 000'\), so it would be dropped as text"):
+                                         r"\(like '1 000'\), so it would be read as text, not numbers"):
         Table.read(f, target="y").prepare(fractions=(0.8, 0.2))
     with pytest.raises(TableError, match=r"column 'x' has numbers written like '0,0', which do not read with "
                                          r"--decimal '\.'; pass `--decimal ,`"):

@@ -49,7 +49,7 @@ def test_dry_run_prints_every_decision_and_trains_nothing(tmp_path, capsys, monk
     assert "train 168, val 36, test 36" in flat and "stratified by class" in flat
     assert "categorical: 7 distinct strings in the training rows" in flat
     assert "one-hot (7 + <unknown>)" in flat
-    assert "dropped 168 distinct values in the training rows > max_categories=50" in flat  # comment: ID-like text
+    assert "dropped ID-like text: 168 distinct values in 168 non-missing training rows" in flat  # comment
     assert "dropped all values missing" in flat  # blank
     assert "dropped constant (7) in the training rows" in flat  # const
     assert "bool: true/false as 1/0" in flat and "a__missing indicator" in flat

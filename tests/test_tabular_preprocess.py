@@ -53,7 +53,7 @@ def test_constant_high_cardinality_drop_and_id(tmp_path):
     assert "dropped column 'kconst': constant ('k')" in notes
     assert "dropped columns as requested: ['v']" in notes
     prep = Table.read(p, target="y", id="id", max_categories=10).prepare(fractions=(0.5, 0.5))
-    assert "dropped column 'name': 30 distinct values in the training rows > max_categories=10" in " ".join(
+    assert "dropped column 'name': ID-like text: 30 distinct values in 30 non-missing training rows" in " ".join(
         prep.notes)
     assert prep.feature_names == ["v"] and prep.train.X.shape == (30, 1)
 

@@ -179,9 +179,7 @@ def _column_decision(name: str, table: Any, pre: Any, spec: dict[str, Any] | Non
     if spec is None:  # pragma: no cover - every feature column is kept or in pre.dropped
         return "dropped", "not used"
     if spec["kind"] == "categorical":
-        k = len(spec["categories"])
-        slots = f"{k} + <unknown>" + (" + <missing>" if spec["missing"] else "")
-        return f"one-hot ({slots})", f"categorical: {k} distinct strings in the training rows"
+        return _categorical_decision(spec)
     t = table.data.column(name).type
     why = ("bool: true/false as 1/0" if kind == "bool" else
            "numeric: text that parses as numbers" if is_text_type(t) else f"numeric: {t}")
@@ -189,6 +187,17 @@ def _column_decision(name: str, table: Any, pre: Any, spec: dict[str, Any] | Non
     if spec["missing"]:
         what += f"; missing -> train median {spec['median']:.4g} + {name}__missing indicator"
     return what, why
+
+
+def _categorical_decision(spec: dict[str, Any]) -> tuple[str, str]:
+    """A kept text column's one-hot slots, and why: all its training values, or its most frequent ones
+    (``others``: the values beyond them, which share the <unknown> slot)."""
+    k, others = len(spec["categories"]), int(spec.get("others") or 0)
+    slots = f"{k} + <unknown>" + (" + <missing>" if spec["missing"] else "")
+    if others:
+        return (f"one-hot ({slots}: the {k} most frequent values)",
+                f"categorical: kept the {k} most frequent of {k + others:,} values; the rest share one slot")
+    return f"one-hot ({slots})", f"categorical: {k} distinct strings in the training rows"
 
 
 # ------------------------------------------------------------------------------------------ the file

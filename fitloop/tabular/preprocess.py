@@ -5,7 +5,9 @@
     new = transform_table(Preprocessor.from_dict(pre.to_dict()), "new.csv")
 
 Numeric columns are standardized with train statistics (missing values: the train median plus a
-`COL__missing` indicator); categorical columns are one-hot with an `<unknown>` slot. The state is
+`COL__missing` indicator); categorical columns are one-hot with an `<unknown>` slot. A text column with more
+than `max_categories` values keeps its most frequent ones, the rest sharing the `<unknown>` slot, unless it
+is ID-like (dropped; see `categorical_spec_from_counts`). The state is
 plain JSON (`to_dict`/`from_dict`), never a pickle. The float32 feature matrix is preallocated and
 filled column by column.
 """
@@ -71,11 +73,14 @@ class Preprocessor:
             rows: Training row indices (all rows if None).
             classes: Class labels for classification; default: sorted labels seen in ``rows``.
             id: Id column name (excluded from features).
-            max_categories: Categorical columns with more distinct training values are dropped.
+            max_categories: Categorical columns with more distinct training values keep the
+                ``max_categories`` most frequent as categories (the rest share the ``<unknown>`` slot), or are
+                dropped when ID-like (`categorical_spec_from_counts` states the rule).
         """
         features: list[dict[str, Any]] = []
         dropped: dict[str, str] = {}  # column -> why: the notes, and `fitloop train --dry-run`'s table
         imputed: list[str] = []
+        cut: list[str] = []  # columns kept with their most frequent values only
         for name, kind in kinds.items():
             col = data.column(name)
             if kind in ("numeric", "bool"):
@@ -86,11 +91,13 @@ class Preprocessor:
                     imputed.append(f"{name}: {n_missing} (median {spec['median']:g})")
             else:
                 spec, why = _categorical_spec(name, col, rows, max_categories)
+                if spec is not None and why:
+                    cut.append(f"column {name!r}: {why}")
             if spec is None:
                 dropped[name] = why
             else:
                 features.append(spec)
-        notes = [f"dropped column {name!r}: {why}" for name, why in dropped.items()]
+        notes = [f"dropped column {name!r}: {why}" for name, why in dropped.items()] + cut
         if imputed:
             notes.append("imputed missing numeric values with the train median (+ COL__missing indicator): "
                          + ", ".join(imputed))
@@ -146,7 +153,8 @@ class Preprocessor:
         """Encode features as a C-contiguous float32 matrix ``(n_rows, len(feature_names))``.
 
         Unknown categories go to the column's ``<unknown>`` slot, with a warning (counts per column)
-        that is also appended to ``notes``.
+        that is also appended to ``notes``. A column cut to its most frequent values (``others`` in its spec)
+        sends its other values there by design, so it is not counted in that warning.
 
         Raises:
             TableError: Required columns are missing, or a numeric column contains junk.
@@ -256,7 +264,7 @@ class Preprocessor:
             isnull = codes == -2
             slot[isnull] = n_cats + 1
             n_unknown -= int(np.count_nonzero(isnull))
-        if n_unknown:
+        if n_unknown and not f.get("others"):  # a cut column's <unknown> slot holds its other values by design
             unknown.append(f"{f['name']}: {n_unknown}")
         out[np.arange(len(codes)), j + slot] = 1.0
 
@@ -399,20 +407,66 @@ def _statistics(valid: np.ndarray) -> tuple[float, float, float]:
     return float(scaled.mean()) * scale, float(scaled.std()) * scale, float(np.median(scaled)) * scale
 
 
+ID_LIKE_SHARE = 0.5  # a text column with more distinct training values than this share of its rows is ID-like
+
+
 def _categorical_spec(name: str, col: Any, rows: np.ndarray | None,
                       max_categories: int) -> tuple[dict[str, Any] | None, str]:
-    """A text column's spec (its categories in the training rows), or `(None, why it is dropped)`: more
-    than `max_categories` values (ID-like text; numbers in a format fitloop does not read raise), or constant."""
+    """A text column's spec from its training rows, or `(None, why it is dropped)`: the decision of
+    `categorical_spec_from_counts` on the column's exact value counts. A column with more than
+    `max_categories` values whose cells are numbers in a format fitloop does not read raises."""
     s = as_strings(col.take(rows) if rows is not None else col)
-    cats = sorted(v for v in pc.unique(s).to_pylist() if v is not None)
-    has_null = s.null_count > 0
-    if len(cats) > max_categories:
-        _refuse_dropping_numbers(name, s)
-        return None, (f"{len(cats)} distinct values in the training rows > max_categories={max_categories} "
-                      f"(text/ID-like); raise the limit to keep it")
-    if len(cats) + has_null <= 1:
-        return None, f"constant ({cats[0] if cats else None!r}) in the training rows"
-    return {"name": name, "kind": "categorical", "categories": cats, "missing": has_null}, ""
+    counted = pc.value_counts(s.drop_null() if s.null_count else s)
+    values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+    if len(values) > max_categories:
+        refuse_numbers_as_text(name, s)
+    return categorical_spec_from_counts(name, values, counts, missing=s.null_count, max_categories=max_categories)
+
+
+def categorical_spec_from_counts(name: str, values: Sequence[str], counts: Sequence[int], *, missing: int,
+                                 max_categories: int, distinct: int | None = None,
+                                 present: int | None = None) -> tuple[dict[str, Any] | None, str]:
+    """A text column's spec from its training values and their counts, or `(None, why it is dropped)`.
+
+    The rule (the in-memory and the streamed fit both decide here):
+
+    * at most `max_categories` distinct values: each is a category (one-hot, sorted by value);
+    * more, and ID-like: dropped. ID-like means more distinct values than half the column's non-missing
+      training rows (most values are seen once or twice: an id, a name, free text), so no value is frequent
+      enough to learn from;
+    * more, and not ID-like: the `max_categories` most frequent values are the categories (ties broken by
+      value, so the choice is deterministic); every other value, seen in training or not, shares the
+      ``<unknown>`` slot. The spec records how many values share it (``others``);
+    * a single value and no missing cell: dropped (constant).
+
+    Args:
+        name: The column.
+        values: Its distinct non-missing values (in any order).
+        counts: Each value's training rows (or a lower bound of them, from a streamed summary).
+        missing: Its missing training cells.
+        max_categories: The most categories kept.
+        distinct: The number of distinct values, when `values` holds only some of them (a summary).
+        present: The non-missing training rows, when `counts` do not add up to it (a summary).
+
+    Returns:
+        The spec (or None) and why: the drop reason, or for a column cut to its most frequent values, a
+        sentence that says so ("" otherwise).
+    """
+    distinct = len(values) if distinct is None else distinct
+    present = int(sum(counts)) if present is None else present
+    if distinct + (missing > 0) <= 1:
+        return None, f"constant ({values[0] if len(values) else None!r}) in the training rows"
+    if distinct <= max_categories:
+        return {"name": name, "kind": "categorical", "categories": sorted(values), "missing": missing > 0}, ""
+    if distinct > ID_LIKE_SHARE * present:
+        return None, (f"ID-like text: {distinct:,} distinct values in {present:,} non-missing training rows (more "
+                      f"than half as many values as rows, so most are too rare to learn from)")
+    top = sorted(zip(values, counts), key=lambda pair: (-pair[1], pair[0]))[:max_categories]
+    covered = sum(count for _, count in top) / max(present, 1)
+    spec = {"name": name, "kind": "categorical", "categories": sorted(value for value, _ in top),
+            "missing": missing > 0, "others": distinct - max_categories}
+    return spec, (f"kept the {max_categories} most frequent of {distinct:,} values ({covered:.0%} of the "
+                  f"non-missing training rows; max_categories={max_categories}); the rest share one slot")
 
 
 # Numbers in a format the reader does not parse ("1 234", "$3.50", "45%", "(12)"): never dropped as ID-like.
@@ -420,15 +474,17 @@ _NUMBERISH_RE = ("^\\s*[$€£¥]?\\s*[+\\-(]?[$€£¥]?(?:\\d{1,3}(?:[ .,'\u00
                  "\\s*[%)]?\\s*$")  # groups of 3: dates, phones stay text
 
 
-def _refuse_dropping_numbers(name: str, s: Any) -> None:
-    """Raise instead of dropping a high-cardinality text column whose cells are numbers in some format."""
+def refuse_numbers_as_text(name: str, s: Any) -> None:
+    """Raise instead of reading a high-cardinality text column whose cells are numbers in some format as text
+    (its most frequent values as categories, or dropped as ID-like)."""
     n_valid = len(s) - s.null_count
     hits = pc.fill_null(pc.match_substring_regex(s, _NUMBERISH_RE), False)
     if n_valid and int(pc.sum(hits).as_py() or 0) >= 0.9 * n_valid:
         example = s[int(pc.index(hits, True).as_py())].as_py()
         raise TableError(f"column {name!r} holds numbers written in a format fitloop does not read (like "
-                         f"{example!r}), so it would be dropped as text; write them as plain numbers (1234.5), "
-                         f"pass `--decimal ,` or `--decimal .` if that is the difference, or `--drop {name}`.")
+                         f"{example!r}), so it would be read as text, not numbers; write them as plain numbers "
+                         f"(1234.5), pass `--decimal ,` or `--decimal .` if that is the difference, or `--drop "
+                         f"{name}`.")
 
 
 @dataclass

@@ -18,15 +18,18 @@ Memory is bounded by the batch and by fixed-size summaries, not by the table:
   a column has at most `reservoir` values the sample is the whole column and the quantiles are exact.
   Beyond that, the rank of a sample quantile q has a standard error of sqrt(q (1 - q) / reservoir) of the
   rows: with the default 65,536 values, the median is within +-0.6 % of the rows' ranks (3 standard errors).
-* categorical columns: every distinct value with its count until there are more than `max_categories` (the
-  column is then dropped, by `Preprocessor.fit`'s rule), from then on only a bounded sample of its text, on
-  which the rule that refuses to drop numbers written as text (90 % look like numbers) is checked.
+* categorical columns: every distinct value with its count, exactly up to 64 x `max_categories` values (the
+  spec is then `Preprocessor.fit`'s), beyond that a heavy-hitters summary and a distinct-count sketch (see
+  `CategorySummary`: the most frequent values kept can then differ only by ties near the cut); and a
+  bounded sample of its text, on which the rule that refuses to read numbers written as text as text (90 %
+  look like numbers) is checked.
 * the target: its classes (over every row, as the in-memory `Table` collects them) or, for regression, the
   training rows' mean and standard deviation (the target scaling).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import TableError
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, categorical_spec_from_counts, refuse_numbers_as_text
 from .reading import as_strings, column_as_float64
 
 __all__ = ["RowSplit", "SplitMasks", "NumericSummary", "CategorySummary", "StreamFit", "fit_streamed", "position_hash",
@@ -44,7 +47,9 @@ __all__ = ["RowSplit", "SplitMasks", "NumericSummary", "CategorySummary", "Strea
 
 SPLIT_NAMES = ("train", "val", "test")
 RESERVOIR_SIZE = 1 << 16  # values kept per numeric column for its quantiles (512 KiB of float64)
-TEXT_SAMPLE_SIZE = 4096  # text values kept per dropped categorical column, for the numbers-as-text rule
+TEXT_SAMPLE_SIZE = 4096  # text values kept per categorical column, for the numbers-as-text rule
+SUMMARY_FACTOR = 64  # a text column's counts are exact up to 64 x max_categories distinct values
+DISTINCT_SKETCH = 4096  # hashes kept per summarised text column, to estimate its distinct values
 
 def _mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser on uint64 (wrapping arithmetic: the same bits on every machine)."""
@@ -246,31 +251,83 @@ class NumericSummary:
 
 
 class CategorySummary:
-    """A text column's distinct values and their counts, up to `max_categories` of them (then dropped)."""
+    """A text column's value counts in the training rows, over a stream of batches, in bounded memory.
 
-    def __init__(self, max_categories: int, seed: int = 0) -> None:
+    Up to `capacity` (default 64 x `max_categories`) distinct values the counts are exact, so the column's
+    spec is the one `Preprocessor.fit` makes. Beyond, they are a Misra-Gries summary in its mergeable form:
+    after merging a batch's counts, the (capacity + 1)-th largest count is subtracted from every counter and
+    the counters left at 0 or below are removed. Every value seen more than N / (capacity + 1) times of N keeps
+    a counter, and each count is low by at most that much; so the most frequent values kept may differ from
+    the in-memory fit's only among values whose counts are that close to the cut. From then on the number of
+    distinct values (the ID-like rule, the ``others`` count) is estimated from the `DISTINCT_SKETCH` smallest
+    of their 64-bit hashes (k minimum values: a relative error of about 1 / sqrt(4096) = 1.6 %).
+    """
+
+    def __init__(self, max_categories: int, seed: int = 0, capacity: int | None = None) -> None:
         self.max_categories = max_categories
-        self.counts: dict[str, int] | None = {}  # None once there are more than max_categories values
+        self.capacity = SUMMARY_FACTOR * max_categories if capacity is None else capacity
+        self.values: Any = pa.array([], pa.string())  # the counted values, and their counts
+        self.counts = np.empty(0, dtype=np.int64)
+        self.present = 0  # non-missing training cells
         self.missing = 0
+        self.hashes: np.ndarray | None = None  # the smallest distinct hashes, once the counts are a summary
         self.sample = np.empty(0, dtype=object)
         self.seen = 0
         self._rng = np.random.default_rng(seed)
+
+    @property
+    def summarised(self) -> bool:
+        """Whether the column had more than `capacity` distinct values (the counts are then a summary)."""
+        return self.hashes is not None
+
+    @property
+    def distinct(self) -> int:
+        """The number of distinct non-missing values: exact until summarised, then estimated."""
+        if self.hashes is None:
+            return len(self.counts)
+        if self.hashes.size < DISTINCT_SKETCH:  # every hash is in the sketch: exact (but for collisions)
+            return int(self.hashes.size)
+        estimate = round((DISTINCT_SKETCH - 1) / (float(self.hashes[-1]) / 2.0**64))
+        return min(estimate, self.present)  # never more values than cells
 
     def add(self, column: Any) -> None:
         """Add an Arrow column's values (any type: read as text, as `Preprocessor.fit` reads them)."""
         strings = as_strings(column)
         self.missing += strings.null_count
-        if self.counts is not None:
-            counted = pc.value_counts(strings.drop_null())
-            for value, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
-                self.counts[value] = self.counts.get(value, 0) + count
-            if len(self.counts) > self.max_categories:
-                self.counts = None
+        counted = pc.value_counts(strings.drop_null() if strings.null_count else strings)
+        values, counts = counted.field("values"), counted.field("counts").to_numpy().astype(np.int64)
+        self.present += int(counts.sum())
+        if self.hashes is not None:
+            self._sketch(values)
+        self._merge(values, counts)
         self._keep_text(strings)
 
+    def _merge(self, values: Any, counts: np.ndarray) -> None:
+        """Add a batch's value counts; beyond `capacity` counters, the Misra-Gries cut (class docstring)."""
+        merged = pa.table({"value": pa.concat_arrays([self.values, values.cast(pa.string())]),
+                           "count": np.concatenate([self.counts, counts])})
+        merged = merged.group_by("value").aggregate([("count", "sum")])
+        self.values = merged.column("value").combine_chunks()
+        self.counts = np.asarray(merged.column("count_sum").to_numpy(), dtype=np.int64)
+        excess = self.counts.size - self.capacity
+        if excess <= 0:
+            return
+        if self.hashes is None:  # every value seen so far has a counter still: the sketch starts complete
+            self.hashes = np.empty(0, dtype=np.uint64)
+            self._sketch(self.values)
+        cut = np.partition(self.counts, excess - 1)[excess - 1]  # the (capacity + 1)-th largest count
+        kept = self.counts > cut
+        self.values = self.values.filter(pa.array(kept))
+        self.counts = self.counts[kept] - cut
+
+    def _sketch(self, values: Any) -> None:
+        """Add values' hashes to the distinct-count sketch (the `DISTINCT_SKETCH` smallest distinct ones)."""
+        assert self.hashes is not None
+        self.hashes = np.unique(np.concatenate([self.hashes, text_hashes(values)]))[:DISTINCT_SKETCH]
+
     def _keep_text(self, strings: Any) -> None:
-        """A reservoir of the column's text (bounded), for the numbers-as-text check of a dropped column:
-        Algorithm R as in `NumericSummary`."""
+        """A reservoir of the column's text (bounded), for the numbers-as-text check of a column with more than
+        `max_categories` values: Algorithm R as in `NumericSummary`."""
         values = np.asarray(strings.drop_null().to_numpy(zero_copy_only=False), dtype=object)
         room = TEXT_SAMPLE_SIZE - self.sample.size
         if room > 0:
@@ -284,25 +341,39 @@ class CategorySummary:
             self.seen += values.size
 
     def spec(self, name: str) -> tuple[dict[str, Any] | None, str]:
-        """The column's `Preprocessor` feature spec, or None and why it is dropped (its in-memory rule)."""
-        if self.counts is None:
-            _check_numbers_as_text(name, self.sample, self.max_categories)
-            return None, (f"more than max_categories={self.max_categories} distinct values in the training rows "
-                          f"(text/ID-like); raise the limit to keep it")
-        categories = sorted(self.counts)
-        if len(categories) + (self.missing > 0) <= 1:
-            return None, f"constant ({categories[0] if categories else None!r}) in the training rows"
-        return {"name": name, "kind": "categorical", "categories": categories, "missing": self.missing > 0}, ""
+        """The column's `Preprocessor` feature spec, or None and why it is dropped: the in-memory rule
+        (`categorical_spec_from_counts`), on the counts; the numbers-as-text check runs on the text sample."""
+        if self.distinct > self.max_categories and self.sample.size:
+            refuse_numbers_as_text(name, pa.array(self.sample.tolist(), pa.string()))
+        return categorical_spec_from_counts(name, self.values.to_pylist(), self.counts.tolist(), missing=self.missing,
+                                            max_categories=self.max_categories, distinct=self.distinct,
+                                            present=self.present)
 
 
-def _check_numbers_as_text(name: str, sample: np.ndarray, max_categories: int) -> None:
-    """`Preprocessor.fit`'s refusal to drop a column of numbers written as text, applied to the column's
-    sample: fitting that sample with a limit it exceeds runs the same rule (it raises, or drops the column)."""
-    if not sample.size:
-        return
-    limit = min(max_categories, max(len(set(sample.tolist())) - 1, 0))
-    Preprocessor.fit(pa.table({name: pa.array(sample.tolist(), pa.string())}), target=name, task="regression",
-                     kinds={name: "categorical"}, max_categories=limit)
+_SHORT_TEXT = 64  # bytes: shorter values are hashed vectorised, longer ones one at a time
+
+
+def text_hashes(values: Any) -> np.ndarray:
+    """64-bit hashes of an Arrow string array's (non-missing) values, the same on every machine and in every
+    process (Python's own `hash` of a str is not): their UTF-8 bytes, 8 at a time, through splitmix64's
+    finaliser; values longer than 64 bytes through BLAKE2b."""
+    lengths = np.asarray(pc.binary_length(values).to_numpy(zero_copy_only=False), dtype=np.int64)
+    out = np.empty(lengths.size, dtype=np.uint64)
+    short = lengths <= _SHORT_TEXT
+    if short.any():
+        text = np.asarray(values.filter(pa.array(short)).to_numpy(zero_copy_only=False), dtype=np.str_)
+        padded = np.char.encode(text, "utf-8").astype(f"S{_SHORT_TEXT}")
+        words = np.frombuffer(padded.tobytes(), dtype="<u8").reshape(-1, _SHORT_TEXT // 8)
+        golden = np.uint64(0x9E3779B97F4A7C15)
+        with np.errstate(over="ignore"):
+            hashes = _mix(lengths[short].astype(np.uint64) + golden)
+            for word in words.T:  # the zero padding cannot collide: the length went in first
+                hashes = _mix(hashes ^ (word + golden))
+        out[short] = hashes
+    for i in np.flatnonzero(~short):
+        digest = hashlib.blake2b(str(values[int(i)].as_py()).encode(), digest_size=8).digest()
+        out[i] = np.uint64(int.from_bytes(digest, "little"))
+    return out
 
 
 @dataclass
@@ -318,7 +389,8 @@ class StreamFit:
         target_std: the training target's standard deviation, 1.0 when it is 0 (regression).
         dropped_target: rows left out because their target is missing.
         numeric: each numeric column's `NumericSummary` (quantiles for bins, counts).
-        categories: each kept categorical column's value counts in the training rows.
+        categories: each kept categorical column's training rows per category (a lower bound where its
+            counts were summarised: `CategorySummary`).
         class_counts: training rows per class, in `classes` order (classification).
     """
 
@@ -407,7 +479,8 @@ def fit_streamed(row_groups: Iterable[tuple[int, int, pa.Table]], *, target: str
         split: Which rows are training rows.
         classes: The class labels (default: every label seen in the target, as `Table` collects them).
         id: The id column (kept with predictions, never a feature).
-        max_categories: Text columns with more distinct training values are dropped.
+        max_categories: Text columns with more distinct training values keep their most frequent ones
+            (the others share one slot), or are dropped when ID-like, as `Preprocessor.fit` decides.
         reservoir: Values sampled per numeric column for its median (and quantiles).
         seed: Seed of the reservoir samples.
 
@@ -430,7 +503,7 @@ def fit_streamed(row_groups: Iterable[tuple[int, int, pa.Table]], *, target: str
     pre = _preprocessor(acc, target, task, kinds, classes, id)
     rows = {name: acc.rows[name] for name in SPLIT_NAMES if name in acc.rows}
     fit = StreamFit(pre, masks, rows, classes, dropped_target=acc.dropped_target, numeric=acc.numeric,
-                    categories={n: dict(c.counts) for n, c in acc.text.items() if c.counts is not None})
+                    categories=_kept_counts(acc, pre))
     if task == "classification":
         fit.class_counts = [acc.train_labels.get(c, 0) for c in classes or []]
         if sum(1 for n in fit.class_counts if n) < 2:
@@ -442,24 +515,38 @@ def fit_streamed(row_groups: Iterable[tuple[int, int, pa.Table]], *, target: str
     return fit
 
 
+def _kept_counts(acc: _Pass, pre: Preprocessor) -> dict[str, dict[str, int]]:
+    """Each kept text column's training rows per category (a lower bound once its counts were summarised)."""
+    out: dict[str, dict[str, int]] = {}
+    for spec in pre.features:
+        summary = acc.text.get(spec["name"])
+        if summary is not None:
+            counts = dict(zip(summary.values.to_pylist(), summary.counts.tolist()))
+            out[spec["name"]] = {value: counts.get(value, 0) for value in spec["categories"]}
+    return out
+
+
 def _preprocessor(acc: _Pass, target: str, task: str, kinds: Mapping[str, str], classes: list[Any] | None,
                   id: str | None) -> Preprocessor:
     """The `Preprocessor` from the pass's summaries: the specs, drops and notes `Preprocessor.fit` writes."""
     features: list[dict[str, Any]] = []
     dropped: dict[str, str] = {}
     imputed: list[str] = []
+    cut: list[str] = []  # text columns kept with their most frequent values only
     for name in kinds:
         numeric = acc.numeric.get(name)
         spec, why = numeric.spec(name) if numeric is not None else acc.text[name].spec(name)
         if spec is None:
             dropped[name] = why
             continue
+        if why:
+            cut.append(f"column {name!r}: {why}")
         if numeric is not None:  # what the column held, as `Preprocessor.fit` records it (serve's /schema)
             spec["values"] = "bool" if kinds[name] == "bool" else "number"
         features.append(spec)
         if numeric is not None and numeric.missing:
             imputed.append(f"{name}: {numeric.missing} (median {spec['median']:g})")
-    notes = [f"dropped column {name!r}: {why}" for name, why in dropped.items()]
+    notes = [f"dropped column {name!r}: {why}" for name, why in dropped.items()] + cut
     if imputed:
         notes.append("imputed missing numeric values with the train median (+ COL__missing indicator): "
                      + ", ".join(imputed))
