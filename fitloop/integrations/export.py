@@ -121,6 +121,14 @@ def _edge_rows(pre: Any, n: int = EDGE_ROWS, seed: int = 0) -> Any:
     rng = np.random.default_rng(seed)
     cols: dict[str, Any] = {}
     for j, f in enumerate(pre.features):
+        if "source" in f:  # a date column: dates around the training ones (its days part), some missing
+            if f["part"] == "days":
+                days = f["mean"] + f["std"] * rng.standard_normal(n)
+                mask = np.zeros(n, dtype=bool)
+                mask[[j % n, (j + 1) % n]] = True
+                cols[f["source"]] = pa.array(np.round(days * 86_400e6).astype(np.int64), pa.timestamp("us"),
+                                             mask=mask)
+            continue
         if f["kind"] == "numeric":
             v = f["mean"] + f["std"] * rng.standard_normal(n)
             v[[j % n, (j + 1) % n]] = [np.nan, np.inf]  # imputed, as a missing value

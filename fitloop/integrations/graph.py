@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
+from ..tabular.preprocess import DATE_MEANINGS, date_part_values
 from ..tabular.reading import TableError, as_strings, column_as_float64
 
 __all__ = ["build_graph", "input_matrix", "layout"]
@@ -126,6 +127,9 @@ def input_matrix(pre: Any, data: Any) -> np.ndarray:
         raise TableError(f"the table lacks {len(missing)} column(s) the model needs: {missing}.")
     out = np.empty((data.num_rows, len(pre.features)), dtype=np.float64)
     for j, f in enumerate(pre.features):
+        if "source" in f:  # one part of a date column (year, month...), computed as `transform` computes it
+            out[:, j] = date_part_values(data.column(f["source"]), f["part"], f["source"])
+            continue
         col = data.column(f["name"])
         if f["kind"] == "numeric":
             out[:, j] = column_as_float64(col, f["name"])
@@ -155,6 +159,8 @@ def layout(run_dir: Path, fmt: str, path: Path, pre: Any, info: dict[str, Any]) 
         if f["kind"] == "numeric":
             columns.append({"index": j, "name": f["name"], "kind": "numeric", "train_median": f["median"],
                             "train_mean": f["mean"], "train_std": f["std"]})
+            if "source" in f:  # the caller computes the part from the date column
+                columns[-1]["date"] = {"column": f["source"], "part": f["part"], "meaning": DATE_MEANINGS[f["part"]]}
         else:
             columns.append({"index": j, "name": f["name"], "kind": "categorical",
                             "codes": {c: i for i, c in enumerate(f["categories"])}})
@@ -173,7 +179,10 @@ def layout(run_dir: Path, fmt: str, path: Path, pre: Any, info: dict[str, Any]) 
             "name": "features", "dtype": "float64", "shape": ["batch", len(columns)], "columns": columns,
             "layout": "one column per entry of `columns`, in this order. numeric (and boolean, as 0/1): the raw "
                       "value; NaN or inf = missing (imputed with the train median, then standardized inside "
-                      "the model). categorical: the integer code from `codes`; any other code (e.g. -1) = an "
+                      "the model); a date column is several numeric entries, each with `date` naming the column "
+                      "and the part to compute from it (days since 1970-01-01 with the time of day as a "
+                      "fraction, year, month, weekday with Monday = 0, day of year from 1, hour). categorical: "
+                      "the integer code from `codes`; any other code (e.g. -1) = an "
                       "unseen category, NaN = missing.",
         },
         "outputs": outputs,

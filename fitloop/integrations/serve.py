@@ -26,6 +26,7 @@ thread hop costs more than the work, and one thread keeps the model's outputs de
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import gc
 import hashlib
@@ -101,9 +102,15 @@ class _Model:
 
     def _schema(self) -> dict[str, Any]:
         pre = self.pre
-        columns, example = [], {}
+        columns: list[dict[str, Any]] = []
+        example: dict[str, Any] = {}
         for f in pre.features:
-            if f["kind"] == "numeric" and is_bool_feature(f):  # true/false in training, 1/0 to the model
+            if "source" in f:  # a date column, turned into several numeric features: one input
+                if f["part"] == "days":
+                    columns.append({"name": f["source"], "type": "date", "missing_in_training": f["missing"],
+                                    "format": "ISO 8601 text: 2024-01-05 or 2024-01-05 10:30:00"})
+                    example[f["source"]] = _iso_date(f["median"])
+            elif f["kind"] == "numeric" and is_bool_feature(f):  # true/false in training, 1/0 to the model
                 columns.append({"name": f["name"], "type": "boolean", "missing_in_training": f["missing"],
                                 "train_fraction_true": f["mean"]})
                 example[f["name"]] = bool(f["median"])
@@ -143,6 +150,11 @@ class _Model:
         notes: list[str] = []
         X = torch.from_numpy(self.pre.encode(numbers, codes, notes))
         return predict_columns(self.run, X, proba=proba), notes
+
+
+def _iso_date(days: float) -> str:
+    """Days since 1970 as an ISO date (the schema's example of a date column)."""
+    return f"{datetime.date(1970, 1, 1) + datetime.timedelta(days=int(days // 1)):%Y-%m-%d}"
 
 
 def _thread_policy(model: Any) -> int:

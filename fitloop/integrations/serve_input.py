@@ -189,12 +189,15 @@ def records_table(records: Any, pre: Preprocessor, *,
         c, i = next((c, i) for c in needed for i, r in enumerate(records) if c not in r)
         raise RequestError(422, "missing_column", f"row {i} lacks required column {c!r}; send null for a "
                                                   f"missing value (it is imputed).", column=c, row=i) from None
-    columns = list(zip(*picked)) if len(needed) > 1 else [tuple(picked)]
-    numeric = [(f, values) for f, values in zip(pre.features, columns) if f["kind"] == "numeric"]
+    by_column = dict(zip(needed, list(zip(*picked)) if len(needed) > 1 else [tuple(picked)]))
+    features = [(f, by_column[f.get("source", f["name"])]) for f in pre.features]  # a date: several features
+    numeric = [(f, values) for f, values in features if f["kind"] == "numeric" and "source" not in f]
     block = _number_block(numeric) if numeric else np.empty((0, len(records)))
     if not len(block) and numeric:  # a bad cell somewhere: check each column alone, for the message
         block = np.array([_numbers(values, f["name"], f.get("values")) for f, values in numeric])
-    text = [(f["name"], values) for f, values in zip(pre.features, columns) if f["kind"] != "numeric"]
+    if len(numeric) < sum(f["kind"] == "numeric" for f in pre.features):
+        block = _with_dates(block, [(f, values) for f, values in features if f["kind"] == "numeric"])
+    text = [(f["name"], values) for f, values in features if f["kind"] != "numeric"]
     codes = [pre.category_codes(k, _texts(values, name)) for k, (name, values) in enumerate(text)]
     used = set(needed)
     ids = None
@@ -203,6 +206,38 @@ def records_table(records: Any, pre: Preprocessor, *,
         ids = [r.get(pre.id) for r in records]
     ignored = [c for c in seen if c not in used]
     return block.T, codes, InputInfo(len(records), ignored, ids)
+
+
+def _with_dates(block: Any, numeric: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> Any:
+    """The numeric block with the date columns' parts in their places (`numeric`: every numeric feature, in
+    order, with its column's JSON values; `block`: the plain numbers among them, already converted)."""
+    import numpy as np
+
+    out = np.empty((len(numeric), len(numeric[0][1])), dtype=np.float64)
+    plain = [i for i, (f, _) in enumerate(numeric) if "source" not in f]
+    out[plain] = block
+    for i, (f, values) in enumerate(numeric):
+        if "source" in f:
+            out[i] = _date_part(values, f["source"], f["part"])
+    return out
+
+
+def _date_part(values: Sequence[Any], name: str, part: str) -> Any:
+    """One part of a date column's JSON values (ISO 8601 text, ``"2024-01-05"``, or null), as float64."""
+    import pyarrow as pa
+
+    from ..tabular.errors import TableError
+    from ..tabular.preprocess import date_part_values
+
+    if not set(map(type, values)) <= _TEXT_TYPES:
+        i = _first(values, lambda v: type(v) not in _TEXT_TYPES)
+        raise RequestError(422, "wrong_type", f"column {name!r}, row {i}: expected a date as text (2024-01-05 or "
+                                              f"2024-01-05 10:30:00) or null, got a {json_kind(values[i])} "
+                                              f"{_show(values[i])}.", column=name, row=i)
+    try:
+        return date_part_values(pa.array(values, pa.string()), part, name)
+    except TableError as e:
+        raise RequestError(422, "wrong_type", str(e), column=name) from None
 
 
 def _first(values: Sequence[Any], bad: Any) -> int:
@@ -300,6 +335,17 @@ def _texts(values: Sequence[Any], name: str) -> Sequence[Any]:
 # --------------------------------------------------------------------------------------------- CSV text
 
 
+def _check_dates(col: Any, name: str) -> None:
+    """A CSV body's date column: dates, or text that reads as dates (else a 422 naming the column)."""
+    from ..tabular.errors import TableError
+    from ..tabular.preprocess import date_part_values
+
+    try:
+        date_part_values(col, "days", name)
+    except TableError as e:
+        raise RequestError(422, "wrong_type", str(e), column=name) from None
+
+
 def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int, decimal: str | None = None,
               delimiter: str | None = None) -> tuple[pa.Table, InputInfo]:
     """Parse a CSV body as `fitloop predict` parses a file, check it, keep the model's columns.
@@ -338,7 +384,9 @@ def csv_table(body: bytes, pre: Preprocessor, *, max_rows: int, decimal: str | N
                                                   f"{needed}. Empty cells are allowed (they are imputed).",
                            column=absent[0])
     for f in pre.features:
-        if f["kind"] != "numeric":
+        if f.get("part") == "days":  # a date column: its text must read as dates, as transform() reads them
+            _check_dates(data.column(f["source"]), f["source"])
+        if f["kind"] != "numeric" or "source" in f:
             continue
         name = f["name"]
         col = data.column(name)

@@ -54,7 +54,8 @@ MIN_ROWS_FOR_INDEX = 10  # below this, a column that happens to count 1, 2, 3 is
 
 
 def _infer_kind(name: str, col: Any) -> str:
-    """One of 'numeric', 'bool', 'categorical', 'empty', 'other'. Mostly-numeric text raises TableError."""
+    """One of 'numeric', 'bool', 'categorical', 'date', 'empty', 'other'. Mostly-numeric text raises TableError.
+    Dates and timestamps (what pyarrow reads from ISO text in a CSV) are 'date': numeric features."""
     t = col.type
     n_valid = len(col) - col.null_count
     if pa.types.is_floating(t):
@@ -65,6 +66,8 @@ def _infer_kind(name: str, col: Any) -> str:
         return "bool"
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         return "numeric"
+    if pa.types.is_date(t) or pa.types.is_timestamp(t):
+        return "date"
     if is_text_type(t):
         n_num = int(pc.sum(numeric_mask(col)).as_py() or 0)
         if n_num == n_valid:
@@ -139,7 +142,7 @@ class Table:
         task: ``classification`` or ``regression``, as given or inferred.
         id: The id column, as given (None: none).
         drop: The columns left out, as given.
-        kinds: Column -> ``numeric``/``bool``/``categorical``/``empty``/``other``.
+        kinds: Column -> ``numeric``/``bool``/``categorical``/``date``/``empty``/``other``.
         feature_columns: Columns used as features (before fit-time drops).
         classes: Sorted class labels over all rows (classification), else None.
         task_reason: Why the task is what it is (`infer_task`), e.g. "16 distinct integer values in 16 rows".
@@ -167,8 +170,8 @@ class Table:
         if self.drop:
             self.notes.append(f"dropped columns as requested: {list(self.drop)}")
         self.feature_columns = [c for c, k in self.kinds.items()
-                                if c != target and k in ("numeric", "bool", "categorical")]
-        if self.kinds[target] == "other":
+                                if c != target and k in ("numeric", "bool", "categorical", "date")]
+        if self.kinds[target] in ("other", "date"):
             raise TableError(f"{source}: target {target!r} has unsupported type {data.column(target).type}.")
         self.data = self._with_target(data)
         self.task_reason = ""

@@ -40,6 +40,7 @@ from .config import (
     tomllib_module,
 )
 from .plan import RunPlan, plan_run
+from .preprocess import date_note
 from .reading import is_text_type
 
 __all__ = ["DryRun", "describe_plan", "commented_toml", "check_round_trip"]
@@ -176,6 +177,8 @@ def _column_decision(name: str, table: Any, pre: Any, spec: dict[str, Any] | Non
         return "dropped", f"unsupported type {table.data.column(name).type}"
     if name in pre.dropped:
         return "dropped", pre.dropped[name]
+    if kind == "date":
+        return _date_decision(name, pre)
     if spec is None:  # pragma: no cover - every feature column is kept or in pre.dropped
         return "dropped", "not used"
     if spec["kind"] == "categorical":
@@ -187,6 +190,17 @@ def _column_decision(name: str, table: Any, pre: Any, spec: dict[str, Any] | Non
     if spec["missing"]:
         what += f"; missing -> train median {spec['median']:.4g} + {name}__missing indicator"
     return what, why
+
+
+def _date_decision(name: str, pre: Any) -> tuple[str, str]:
+    """A date column's numeric features (`fitloop.tabular.preprocess.date_specs`), and why."""
+    parts = [f for f in pre.features if f.get("source") == name]
+    if not parts:  # pragma: no cover - a date column is kept or in pre.dropped
+        return "dropped", "not used"
+    what = f"{len(parts)} numbers (" + ", ".join(f["part"] for f in parts) + "), standardized"
+    if parts[0]["missing"]:
+        what += f"; missing -> train median + {parts[0]['name']}__missing indicator"
+    return what, "date: " + date_note(name, parts).split(": ", 2)[2]
 
 
 def _categorical_decision(spec: dict[str, Any]) -> tuple[str, str]:

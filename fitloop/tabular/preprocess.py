@@ -7,13 +7,16 @@
 Numeric columns are standardized with train statistics (missing values: the train median plus a
 `COL__missing` indicator); categorical columns are one-hot with an `<unknown>` slot. A text column with more
 than `max_categories` values keeps its most frequent ones, the rest sharing the `<unknown>` slot, unless it
-is ID-like (dropped; see `categorical_spec_from_counts`). The state is
-plain JSON (`to_dict`/`from_dict`), never a pickle. The float32 feature matrix is preallocated and
-filled column by column.
+is ID-like (dropped; see `categorical_spec_from_counts`). A date or timestamp column becomes numeric
+features (`DATE_PARTS`: days since 1970, year, month, day of week, day of year, and the hour of a timestamp),
+each imputed and standardised as a number; their specs name the column in ``source`` and the part in
+``part``. The state is plain JSON (`to_dict`/`from_dict`), never a pickle. The float32 feature matrix is
+preallocated and filled column by column.
 """
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -27,7 +30,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..warn import warn_user
-from .reading import TableError, as_strings, column_as_float64, read_table, sorted_unique
+from .reading import TableError, as_strings, column_as_float64, is_text_type, read_table, sorted_unique
 
 if TYPE_CHECKING:  # pragma: no cover - a Table is accepted by duck typing (columns.py imports this module)
     from .columns import Table
@@ -35,6 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover - a Table is accepted by duck typing (colu
 __all__ = ["Preprocessor", "PreparedTable", "TableSplit", "transform_table"]
 
 _HUGE = 1e300  # a column whose mean or spread is above this is standardised in an order that cannot overflow
+DATE_PARTS = ("days", "year", "month", "weekday", "yearday")  # the numbers a date column becomes
+TIME_PARTS = ("hour",)  # and a timestamp column, beside them (a part constant in training is left out)
+DATE_MEANINGS = {"days": "days since 1970", "year": "year", "month": "month",
+                 "weekday": "day of week (0 = Monday)", "yearday": "day of year", "hour": "hour"}
 
 
 class Preprocessor:
@@ -69,7 +76,7 @@ class Preprocessor:
             data: Full table (only ``rows`` are looked at).
             target: Target column name.
             task: ``"classification"`` or ``"regression"``.
-            kinds: Feature column name -> kind (``numeric``/``bool``/``categorical``), in output order.
+            kinds: Feature column name -> kind (``numeric``/``bool``/``categorical``/``date``), in output order.
             rows: Training row indices (all rows if None).
             classes: Class labels for classification; default: sorted labels seen in ``rows``.
             id: Id column name (excluded from features).
@@ -89,6 +96,15 @@ class Preprocessor:
                     spec["values"] = "bool" if kind == "bool" else "number"
                 if spec is not None and n_missing:
                     imputed.append(f"{name}: {n_missing} (median {spec['median']:g})")
+            elif kind == "date":
+                specs, why, n_missing = date_specs(name, [(part, *_numeric_spec(f"{name}__{part}", values))
+                                                          for part, values in _date_columns(name, col, rows)])
+                features += specs
+                if specs:
+                    cut.append(date_note(name, specs))
+                    imputed += [date_imputed(name, specs[0], n_missing)] if n_missing else []
+                    continue
+                spec = None
             else:
                 spec, why = _categorical_spec(name, col, rows, max_categories)
                 if spec is not None and why:
@@ -115,7 +131,7 @@ class Preprocessor:
     @property
     def input_columns(self) -> list[str]:
         """Columns a table must have at transform time."""
-        return [f["name"] for f in self.features]
+        return list(dict.fromkeys(f.get("source", f["name"]) for f in self.features))  # a date: several features
 
     @property
     def feature_names(self) -> list[str]:
@@ -175,8 +191,10 @@ class Preprocessor:
         for b in range(0, len(names_num), per_block):
             part = slice(b, b + per_block)
             V = np.empty((n, len(names_num[part])), dtype=np.float64)
-            for i, name in enumerate(names_num[part]):
-                V[:, i] = column_as_float64(data.column(pos[name]), name, rows)
+            for i, (source, date_part) in enumerate(plan["sources"][part]):
+                col = data.column(pos[source])
+                V[:, i] = (column_as_float64(col, source, rows) if date_part is None
+                           else date_part_values(col, date_part, source, rows))
             self._numbers_into(out, V, part)
         unknown: list[str] = []
         for k, (f, _, value_set) in enumerate(plan["categorical"]):
@@ -296,6 +314,7 @@ class Preprocessor:
                 categorical.append((f, j, pa.array(f["categories"], pa.string())))
                 j += len(f["categories"]) + 1 + f["missing"]
         plan = {"width": j, "numeric": [f["name"] for f in num], "categorical": categorical,
+                "sources": [(f.get("source", f["name"]), f.get("part")) for f in num],
                 "median": np.array([f["median"] for f in num], dtype=np.float64),
                 "mean": np.array([f["mean"] for f in num], dtype=np.float64),
                 "std": np.array([f["std"] for f in num], dtype=np.float64),
@@ -378,10 +397,11 @@ def _check_finite_target(target: str, y: np.ndarray, rows: np.ndarray | None) ->
                          f"{row + 1}: {y[at]:g}); a model cannot fit them. Fix those cells, or delete those rows.")
 
 
-def _numeric_spec(name: str, col: Any, rows: np.ndarray | None) -> tuple[dict[str, Any] | None, str, int]:
+def _numeric_spec(name: str, col: Any, rows: np.ndarray | None = None) -> tuple[dict[str, Any] | None, str, int]:
     """A numeric (or bool) column's spec from the training rows (statistics, whether values are missing),
-    or None and why it is dropped (all missing, or constant); and how many values are missing."""
-    v = column_as_float64(col, name, rows)
+    or None and why it is dropped (all missing, or constant); and how many values are missing. `col` may be
+    the training rows' values already, as float64 (a date's part)."""
+    v = col if isinstance(col, np.ndarray) else column_as_float64(col, name, rows)
     ok = np.isfinite(v)
     n_missing = int(v.size - np.count_nonzero(ok))
     valid = v[ok] if n_missing else v
@@ -405,6 +425,96 @@ def _statistics(valid: np.ndarray) -> tuple[float, float, float]:
     scale = float(np.abs(valid).max())
     scaled = valid / scale
     return float(scaled.mean()) * scale, float(scaled.std()) * scale, float(np.median(scaled)) * scale
+
+
+def date_parts_of(data_type: Any) -> tuple[str, ...]:
+    """The parts a date column of this Arrow type becomes: `DATE_PARTS`, and the hour of a timestamp."""
+    return DATE_PARTS + (TIME_PARTS if pa.types.is_timestamp(data_type) else ())
+
+
+def date_part_values(col: Any, part: str, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """One part of a date column as float64 (NaN where missing): ``days`` since 1970 (with the time of day as
+    a fraction), ``year``, ``month``, ``weekday`` (0 = Monday), ``yearday`` (1-366) or ``hour``.
+
+    The column may hold dates or timestamps, or text in ISO 8601 (``2024-01-05``, ``2024-01-05 10:30:00``:
+    what a request's JSON sends, or a file whose column was not read as dates).
+
+    Raises:
+        TableError: text that is not a date, or a column of another type.
+    """
+    if rows is not None:
+        col = col.take(rows)
+    stamps = pc.cast(_as_timestamps(col, name), pa.timestamp("us"))
+    if part == "days":
+        values = pc.divide(pc.cast(pc.cast(stamps, pa.int64()), pa.float64()), 86_400e6)
+    else:
+        values = {"year": pc.year, "month": pc.month, "weekday": pc.day_of_week, "yearday": pc.day_of_year,
+                  "hour": pc.hour}[part](stamps)
+    filled = pc.fill_null(pc.cast(values, pa.float64()), math.nan)
+    return np.asarray(filled.to_numpy() if hasattr(filled, "to_numpy") else filled, dtype=np.float64)
+
+
+def _as_timestamps(col: Any, name: str) -> Any:
+    """A date column as Arrow dates or timestamps; ISO text parsed (a timezone-aware one in UTC)."""
+    if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type) or pa.types.is_null(col.type):
+        return col
+    if not is_text_type(col.type):
+        raise TableError(f"column {name!r} was a date column in training; it holds {col.type} here. Send dates "
+                         f"as text (2024-01-05 or 2024-01-05 10:30:00).")
+    for stamp_type in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):  # local time, or with a zone (Z, +02:00)
+        try:
+            return pc.cast(col, stamp_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    bad = next((v for v in as_strings(col).to_pylist() if v is not None and not _is_iso_date(v)), None)
+    raise TableError(f"column {name!r} was a date column in training; {bad!r} is not a date. Write dates as "
+                     f"2024-01-05 or 2024-01-05 10:30:00 (or leave the cell empty).")
+
+
+def _is_iso_date(text: str) -> bool:
+    for stamp_type in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
+        try:
+            pc.cast(pa.array([text]), stamp_type)
+            return True
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return False
+
+
+def _date_columns(name: str, col: Any, rows: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
+    """A date column's parts over the training rows, as float64 columns (NaN where missing)."""
+    if rows is not None:
+        col = col.take(rows)
+    return [(part, date_part_values(col, part, name)) for part in date_parts_of(col.type)]
+
+
+def date_specs(name: str, parts: Sequence[tuple[str, dict[str, Any] | None, str, int]]
+               ) -> tuple[list[dict[str, Any]], str, int]:
+    """A date column's feature specs from its parts' numeric specs (`_numeric_spec` of each part, or a streamed
+    summary's): the parts that vary in training, the missing-value indicator on the first only (all parts are
+    missing together). None vary: no spec, and why (the days part's reason: all missing, or constant).
+
+    Returns:
+        ``(specs, why dropped, missing training values)``.
+    """
+    specs: list[dict[str, Any]] = []
+    for part, spec, _, _ in parts:
+        if spec is not None:
+            spec.update(source=name, part=part, values="date", missing=bool(spec["missing"]) and not specs)
+            specs.append(spec)
+    days_why = parts[0][2] if parts else "no values"
+    return specs, ("" if specs else days_why), (parts[0][3] if parts else 0)
+
+
+def date_note(name: str, specs: Sequence[dict[str, Any]]) -> str:
+    """The note of a date column turned into numbers."""
+    return f"column {name!r}: a date, as numbers: " + ", ".join(DATE_MEANINGS[f["part"]] for f in specs)
+
+
+def date_imputed(name: str, days: dict[str, Any], n_missing: int) -> str:
+    """The imputation note's entry of a date column: how many are missing, the median date."""
+    median = datetime.datetime(1970, 1, 1) + datetime.timedelta(days=days["median"])
+    return f"{name}: {n_missing} (median date {median:%Y-%m-%d})"
 
 
 ID_LIKE_SHARE = 0.5  # a text column with more distinct training values than this share of its rows is ID-like

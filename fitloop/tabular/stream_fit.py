@@ -39,7 +39,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import TableError
-from .preprocess import Preprocessor, categorical_spec_from_counts, refuse_numbers_as_text
+from .preprocess import (
+    Preprocessor,
+    categorical_spec_from_counts,
+    date_imputed,
+    date_note,
+    date_part_values,
+    date_parts_of,
+    date_specs,
+    refuse_numbers_as_text,
+)
 from .reading import as_strings, column_as_float64
 
 __all__ = ["RowSplit", "SplitMasks", "NumericSummary", "CategorySummary", "StreamFit", "fit_streamed", "position_hash",
@@ -415,7 +424,10 @@ class _Pass:
         self.numeric = {n: NumericSummary(reservoir, seed + i) for i, (n, k) in enumerate(kinds.items())
                         if k in ("numeric", "bool")}
         self.text = {n: CategorySummary(max_categories, seed + i) for i, (n, k) in enumerate(kinds.items())
-                     if k not in ("numeric", "bool")}
+                     if k not in ("numeric", "bool", "date")}
+        self.dates: dict[str, dict[str, NumericSummary]] = {}  # date column -> part -> summary (first batch on)
+        self._date_seeds = {n: seed + i for i, (n, k) in enumerate(kinds.items()) if k == "date"}
+        self.reservoir = reservoir
         self.rows: dict[str, int] = {}
         self.labels: set[Any] = set()
         self.train_labels: dict[Any, int] = {}  # class -> training rows (the class prior)
@@ -447,6 +459,12 @@ class _Pass:
             summary.add(column_as_float64(rows.column(name), name))
         for name, categories in self.text.items():
             categories.add(rows.column(name))
+        for name, date_seed in self._date_seeds.items():
+            column = rows.column(name)
+            parts = self.dates.setdefault(name, {part: NumericSummary(self.reservoir, date_seed)
+                                                 for part in date_parts_of(column.type)})
+            for part, summary in parts.items():
+                summary.add(date_part_values(column, part, name))
         if self.task == "regression":
             self.target_summary.add(column_as_float64(rows.column(self.target), self.target))
         else:
@@ -534,6 +552,17 @@ def _preprocessor(acc: _Pass, target: str, task: str, kinds: Mapping[str, str], 
     imputed: list[str] = []
     cut: list[str] = []  # text columns kept with their most frequent values only
     for name in kinds:
+        if name in acc.dates:  # as `Preprocessor.fit` turns a date column into numbers
+            parts = [(part, *summary.spec(f"{name}__{part}"), summary.missing)
+                     for part, summary in acc.dates[name].items()]
+            specs, why, n_missing = date_specs(name, parts)
+            features += specs
+            if not specs:
+                dropped[name] = why
+                continue
+            cut.append(date_note(name, specs))
+            imputed += [date_imputed(name, specs[0], n_missing)] if n_missing else []
+            continue
         numeric = acc.numeric.get(name)
         spec, why = numeric.spec(name) if numeric is not None else acc.text[name].spec(name)
         if spec is None:
