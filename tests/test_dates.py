@@ -158,3 +158,13 @@ def test_serve_takes_dates_as_text(tmp_path: Path):
         assert refused.status_code == 422 and "'tomorrow' is not a date" in refused.text
         csv = http.post("/predict_csv", content=b"day,stamp,x\n2024-01-05,2024-01-05 10:30:00,0.5\n")
         assert csv.status_code == 200, csv.text
+
+
+def test_onnx_export_takes_date_parts(tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    pcsv.write_csv(dated_table(300), tmp_path / "t.csv")
+    assert main(["train", str(tmp_path / "t.csv"), "--target", "y", "--epochs", "1", "--hidden", "8",
+                 "--out", str(tmp_path / "run"), "-q"]) == 0
+    result = fl.export(tmp_path / "run", format="onnx")  # verified against fitloop predict, on dated rows
+    assert result.max_abs_diff <= 1e-5 and result.rows_checked > 64

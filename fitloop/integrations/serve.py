@@ -121,11 +121,15 @@ class _Model:
             else:
                 columns.append({"name": f["name"], "type": "string", "missing_in_training": f["missing"],
                                 "categories": f["categories"]})
+                if f.get("others"):  # cut to its most frequent values: the others share the <unknown> slot
+                    columns[-1]["other_values_in_training"] = f["others"]
                 example[f["name"]] = f["categories"][0]
         return {"target": pre.target, "task": pre.task, "classes": pre.classes, "id": pre.id, "columns": columns,
                 "missing_values": "JSON null or an empty CSV cell: imputed as in training (numbers: the train "
                                   "median; text: its own slot). NaN/Infinity are refused.",
-                "unknown_categories": "mapped to the column's <unknown> slot, and reported in the notes",
+                "unknown_categories": "mapped to the column's <unknown> slot, and reported in the notes; a column "
+                                      "with other_values_in_training kept only its most frequent values, and "
+                                      "its other values share that slot without a note",
                 "limits": {"max_rows": self.max_rows, "max_body_bytes": self.max_body}, "example": [example]}
 
     def _check_proba(self, proba: bool) -> None:
