@@ -44,9 +44,10 @@ def test_config_file_set_and_flags_are_one_path(tmp_path, capsys):
                            "model.dropout=0.1", "--out", out)
     assert code == 0, err
     saved = tomllib.loads((out / "config.toml").read_text())
-    assert saved["train"]["lr"] == 0.01 and saved["model"] == {"hidden": [16], "activation": "relu", "dropout": 0.1,
-                                                      "skip": True, "linear_init": True,
-                                                      "ridge": "gcv", "logistic_c": 1.0}
+    assert saved["train"]["lr"] == 0.01 and saved["model"] == {"kind": "tabm", "hidden": [16], "activation": "relu",
+                                                      "dropout": 0.1, "k": 8, "embedding": "piecewise",
+                                                      "d_embedding": 8, "n_bins": 16, "skip": True,
+                                                      "linear_init": True, "ridge": "gcv", "logistic_c": 1.0}
     assert saved["data"]["drop"] == ["row_id"]
     # the same settings as flags resolve to the same config
     out2 = tmp_path / "b"

@@ -128,9 +128,9 @@ def test_the_cli_keeps_the_linear_start_on_a_noise_table(tmp_path):
     run = json.loads((r.run_dir / "run.json").read_text())
     assert run["best_epoch"] == 0 and "(the initial model)" in run["stop_reason"]
     assert run["linear_init_ridge"] >= 1.0  # GCV shrinks noise towards the mean
-    # the kept model is the ridge start: its MLP output layer is still zero
+    # the kept model is the ridge start: every member's output layer is still zero
     bundle = fl.bundle.load(r.run_dir / "model")
-    assert float(bundle.mlp[-1].weight.detach().abs().max()) == 0.0
+    assert float(bundle.head_weight.detach().abs().max()) == 0.0
     from fitloop.report.data import from_run_dir
 
     assert from_run_dir(r.run_dir).best_epoch == 0  # the report says so too (not the lowest trained epoch)

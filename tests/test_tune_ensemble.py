@@ -59,8 +59,9 @@ def tables(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ensemble")
     cls_csv, reg_csv = _tables(tmp)
     out = {}
-    for name, data, target in (("cls", cls_csv, "label"), ("reg", reg_csv, "price")):
-        members = [_train(data, target, tmp / f"{name}-{k}", seed=k + 1) for k in range(MEMBERS)]
+    # classification: plain MLP runs (a mix of differently seeded MLPs); regression: TabM runs, the default
+    for name, data, target, kind in (("cls", cls_csv, "label", "mlp"), ("reg", reg_csv, "price", "tabm")):
+        members = [_train(data, target, tmp / f"{name}-{k}", k + 1, "--model", kind) for k in range(MEMBERS)]
         ensemble = build_ensemble(members, tmp / f"{name}-ensemble")
         out[name] = (data, members, ensemble)
     return out
@@ -207,7 +208,7 @@ def test_refuses_runs_that_do_not_share_their_preprocessing(tables, tmp_path):
 
 def test_an_ensemble_is_not_a_member(tables, tmp_path):
     _, members, ensemble = tables["cls"]
-    with pytest.raises(EnsembleError, match="not an MLP run"):
+    with pytest.raises(EnsembleError, match="not an MLP or TabM run"):
         build_ensemble([*members, ensemble], tmp_path / "nested")
 
 
