@@ -147,7 +147,7 @@ def test_fitloop_train_defaults_to_tabm_and_model_mlp_gives_the_previous_mlp(tmp
         assert spec["kind"] == kind
         assert f'kind = "{kind}"' in (out / "config.toml").read_text()
     tabm = json.loads((tmp_path / "run-tabm" / "model" / "fitloop.json").read_text())["spec"]
-    assert tabm["numeric"] == [0, 1] and tabm["hidden"] == [256, 256] and tabm["dropout"] == 0.1  # not c's one-hot
+    assert tabm["numeric"] == [0, 1] and tabm["hidden"] == [128, 128] and tabm["dropout"] == 0.1  # not c's one-hot
     mlp = json.loads((tmp_path / "run-mlp" / "model" / "fitloop.json").read_text())["spec"]
     assert mlp["hidden"] == [64, 32] and mlp["dropout"] == 0.0
 
@@ -180,7 +180,9 @@ def test_model_settings_are_checked_and_size_search_keeps_the_mlp():
 
     cfg = resolve_run_config({})
     plain_mlp(cfg)
-    assert (cfg.model.kind, cfg.model.dropout) == ("mlp", 0.0)
+    assert (cfg.model.kind, cfg.model.dropout, cfg.train.batch_size, cfg.train.lr) == ("mlp", 0.0, 64, 1e-3)
+    tabm = resolve_run_config({"train.lr": 0.01})
+    assert (tabm.train.batch_size, tabm.train.lr, tabm.train.early_stopping_rel_delta) == (256, 0.01, 0.0)
     with pytest.raises(ConfigError, match=r"size-search grows and shrinks the plain MLP"):
         plain_mlp(resolve_run_config({"model.kind": "tabm"}))
 

@@ -14,6 +14,7 @@ functions: only FSDP runs need them, they load much of torch.distributed, and so
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +30,10 @@ __all__ = ["save_sharded", "load_sharded", "full_state_dict", "plain_class"]
 
 
 def _dtensor() -> Any:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch without distributed support
-        return None
-    return DTensor
+    """DTensor, or None when no tensor can be one: sharding imports `torch.distributed.tensor`, so a process that
+    has not imported it holds no DTensor (and a plain run saves without that 1-2 s import)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 def _map_tensors(obj: Any, fn: Any) -> Any:

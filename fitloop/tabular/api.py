@@ -24,7 +24,16 @@ import pyarrow as pa
 
 from ..tune.size_search import SizeSearchResult
 from ..tune.tuner import TuneResult
-from .config import DEFAULT_DROPOUT, ConfigError, RunConfig, load_toml, resolve_run_config, settings_overrides
+from .config import (
+    DEFAULT_DROPOUT,
+    RECIPES,
+    ConfigError,
+    RunConfig,
+    TrainSection,
+    load_toml,
+    resolve_run_config,
+    settings_overrides,
+)
 from .decisions import DryRun, describe_plan
 from .pipeline import RunResult, check_out, default_out, merge_run_json, resume_run, train_table
 from .reading import in_memory
@@ -197,6 +206,11 @@ def plain_mlp(cfg: RunConfig) -> None:
     cfg.model.kind = "mlp"
     if "model.dropout" not in cfg.explicit:
         cfg.model.dropout = DEFAULT_DROPOUT["mlp"]
+    defaults = TrainSection()
+    for key in RECIPES["tabm"]:  # the MLP trains with the [train] defaults
+        if key not in cfg.explicit:
+            name = key.partition(".")[2]
+            setattr(cfg.train, name, getattr(defaults, name))
 
 
 def search_and_train(cfg: RunConfig, options: SearchOptions, *, table: pa.Table | None = None,

@@ -52,13 +52,16 @@ from .stream_fit import RowSplit, StreamFit, fit_streamed
 
 __all__ = ["decide_streaming", "parse_size", "available_memory", "estimated_memory", "StreamedTable",
            "open_streamed", "row_groups", "predict_stream", "evaluate_stream", "StreamedScore",
-           "DEFAULT_MEMORY_FRACTION", "MEMORY_FACTOR", "SAMPLE_ROWS", "PREDICT_ROWS", "WINDOW_BYTES"]
+           "DEFAULT_MEMORY_FRACTION", "MEMORY_FACTOR", "SAMPLE_ROWS", "PREDICT_ROWS", "MODEL_ROWS", "WINDOW_BYTES"]
 
 DEFAULT_MEMORY_FRACTION = 0.5
 MEMORY_FACTOR = 4.0
 GZIP_RATIO = 4.0
 SAMPLE_ROWS = 100_000
-PREDICT_ROWS = 65_536  # rows per batch of a streamed predict or evaluate
+PREDICT_ROWS = 65_536  # rows per batch of a streamed predict or evaluate (read, encoded, written)
+# rows per forward pass of a streamed predict or evaluate: the activations are the peak (the default TabM,
+# k=8 members: about 17 KiB a row, 870 MiB for 50k rows at once; 8192 rows: about 140 MiB)
+MODEL_ROWS = 8192
 # A streamed training source's shuffle window, in bytes of rows: the reader, the transform and the prefetch
 # queue hold a few windows at once, so peak memory is a small multiple of this (bench/stream.py measures it)
 WINDOW_BYTES = 16 << 20
@@ -282,20 +285,24 @@ def _parquet_batches(plan: StreamPlan, columns: list[str], batch_rows: int) -> I
     """The rows of a plan's files in batches of `batch_rows`, with those of `columns` they have: a hive
     partition column (`year=2024/part.parquet`) as training read it (`ParquetSource`: the value of the
     file's folder, of the type the directory's schema gives it)."""
-    # file by file, a row group at a time: a dataset scan reads ahead, and `iter_batches` keeps buffers
-    # that grow with the file (10 MiB for 400k rows of 4 columns); one row group's columns at a time do not
+    # File by file, a row group at a time, decoded `batch_rows` rows at a time: a dataset scan reads ahead,
+    # `iter_batches` over a whole file keeps buffers that grow with it, and a whole row group decoded at once
+    # is as large as the writer made it (pyarrow writes row groups of a million rows). The footer already
+    # parsed for the plan is reused, not read a second time (it grows with the row groups).
     for fragment in plan.fragments:
-        parquet = pq.ParquetFile(fragment.path)
+        parquet = pq.ParquetFile(fragment.path, metadata=fragment.metadata)
         present = [c for c in columns if c in parquet.schema_arrow.names]
         keys = pads.get_partition_keys(fragment.partition_expression)
         partitions = {c: pa.scalar(keys.get(c), plan.schema.field(c).type) for c in columns
                       if c not in present and c in plan.schema.names}
         for group in range(parquet.num_row_groups):
-            rows = parquet.read_row_group(group, columns=present)
-            for name, value in partitions.items():
-                rows = rows.append_column(name, pa.repeat(value, rows.num_rows))
-            for start in range(0, rows.num_rows, batch_rows):
-                yield rows.slice(start, batch_rows)
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=present,
+                                              use_threads=False):
+                rows = pa.Table.from_batches([batch])
+                for name, value in partitions.items():
+                    rows = rows.append_column(name, pa.repeat(value, rows.num_rows))
+                yield rows
+            pa.default_memory_pool().release_unused()  # the row group's column chunks: back to the system
 
 
 class _Notes:
@@ -390,8 +397,11 @@ def run_predict(run: LoadedRun, batch: pa.Table, proba: bool) -> tuple[pa.Table,
     pid = run.info.get("id")
     if pid and pid in batch.schema.names:
         cols[pid] = batch.column(pid)
-    for name, values in predict_columns(run, X, proba=proba).items():
-        cols[name] = pa.array(values)
+    parts = [predict_columns(run, X[start: start + MODEL_ROWS], proba=proba)  # an empty batch: its empty columns
+             for start in range(0, max(len(X), 1), MODEL_ROWS)]
+    for name in parts[0]:
+        chunks = [pa.array(part[name]) for part in parts]
+        cols[name] = chunks[0] if len(chunks) == 1 else pa.chunked_array(chunks)
     return pa.table(cols), notes
 
 
@@ -420,7 +430,8 @@ def evaluate_stream(run: LoadedRun, data: str | os.PathLike, *, encoding: str = 
         X = torch.from_numpy(pre.transform(batch, None, found))
         notes.add(found)
         y = torch.from_numpy(pre.encode_target(signless_zero(batch, pre.target)))
-        model.add(run.outputs(X), y)
+        for start in range(0, len(X), MODEL_ROWS):  # the forward pass's activations grow with its rows
+            model.add(run.outputs(X[start: start + MODEL_ROWS]), y[start: start + MODEL_ROWS])
         baseline.add(baseline_outputs(run.task, info, len(y)), y)
     if model.rows == 0:
         raise TableError(f"target column {pre.target!r} is empty in this file; evaluate needs labels.")
