@@ -228,7 +228,8 @@ def _train_options(t: argparse.ArgumentParser, dry_run: bool = True) -> None:
     d.add_argument("--id", metavar="COL", help="row-id column: not a feature, copied into predictions")
     d.add_argument("--split", metavar="F,F,F", help="train,val,test fractions (default 0.7,0.15,0.15)")
     d.add_argument("--max-categories", type=int, metavar="N",
-                   help="drop text columns with more distinct values (default 50)")
+                   help="text columns with more distinct values keep the N most frequent (default 50); "
+                        "ID-like ones are dropped")
     _read_opts(d)
     m = t.add_argument_group("model")
     m.add_argument("--model", choices=("tabm", "mlp"),

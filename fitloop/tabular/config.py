@@ -69,7 +69,8 @@ class DataSection:
         encoding: text encoding of CSV/TSV files.
         delimiter: field separator; `None` detects `,` `;` tab or `|` from the first lines.
         decimal: decimal mark (`","` or `"."`) of numbers written as text; `None` detects it.
-        max_categories: text columns with more distinct values are dropped (ID-like).
+        max_categories: text columns with more distinct values keep their `max_categories` most frequent (the
+            rest share one slot); ID-like ones (more distinct values than half their rows) are dropped.
     """
 
     path: str | None = None
