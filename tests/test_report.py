@@ -355,7 +355,7 @@ def test_train_prints_the_verdict_and_the_model_summary(tmp_path, capsys):
     assert code == 0, err
     assert "\nVerdict: " in out and "\nSuggestion: " in out
     assert "TabM: input [N, 13] -> output [N, 3]" in out  # the CLI's default model
-    assert "parameters: 3,114 total, 3,114 trainable, 0 frozen" in out
+    assert "parameters: 35,687 total, 35,687 trainable, 0 frozen" in out
 
 
 # ----------------------------------------------------------------------------------------- Chromium

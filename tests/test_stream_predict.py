@@ -1,12 +1,19 @@
-"""Streamed predict and evaluate (fitloop.tabular.streaming): hive partition columns as training read them."""
+"""Streamed predict and evaluate (fitloop.tabular.streaming): hive partition columns as training read them,
+memory constant in the file's length."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_hive_partition_column_is_a_feature_in_streamed_predict_and_evaluate(tmp_path):
@@ -24,7 +31,8 @@ def test_a_hive_partition_column_is_a_feature_in_streamed_predict_and_evaluate(t
         table = pa.table({"row": np.arange(n) + (year - 2023) * n, "x1": x1,
                           "y": x1 + shift + 0.1 * rng.normal(size=n)})
         pq.write_table(table, data / f"year={year}" / "part.parquet", row_group_size=500)
-    result = ft.train(str(data), target="y", out=tmp_path / "run", id="row", epochs=4, quiet=True)
+    result = ft.train(str(data), target="y", out=tmp_path / "run", id="row", epochs=4, quiet=True,
+                      **{"model.kind": "mlp"})  # the quicker model: the test is about the columns
     assert result.inputs == 2 and result.metrics["r2"] > 0.9  # x1 and the year: the year explains most of y
     run = ft.load_run(result.run_dir)
     whole = pads.dataset(data, format="parquet", partitioning="hive").to_table()  # the year as training read it
@@ -40,3 +48,54 @@ def test_a_hive_partition_column_is_a_feature_in_streamed_predict_and_evaluate(t
     assert report["rows"] == 3000 and report["notes"] == []
     assert report["metrics"]["r2"] == pytest.approx(run.evaluate(whole)["metrics"]["r2"], rel=1e-5)
     assert report["metrics"]["r2"] > 0.9
+
+
+PEAK_CHILD = """
+import sys
+from fitloop.tabular.runs import load_run
+from fitloop.tabular.streaming import predict_stream
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+run = load_run(sys.argv[1])
+before = status("VmRSS")  # torch and the model loaded
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the high-water mark starts again from here (ru_maxrss would keep the imports' peak)
+predict_stream(run, sys.argv[2], sys.argv[3])
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status (Linux only)")
+def test_streamed_predict_memory_is_constant_in_the_files_length(tmp_path):
+    """Peak RSS (VmHWM in a fresh process, beyond what loading the run took) of the streamed predict, at its
+    default batch sizes, on 50k and on 500k wide rows in row groups of 65,536: within a few MiB (it grew by
+    53 MiB before the row groups were decoded a batch at a time and the forward pass was cut in chunks)."""
+    import fitloop.tabular as ft
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    x1, city = rng.normal(size=n), rng.choice(["a", "b", "c"], n)
+    pq.write_table(pa.table({"row": np.arange(n), "x1": x1, "city": city,
+                             "y": np.where(x1 + (city == "a") > 0.5, "yes", "no")}), tmp_path / "train.parquet")
+    result = ft.train(str(tmp_path / "train.parquet"), target="y", out=tmp_path / "run", id="row", epochs=2,
+                      quiet=True, **{"model.kind": "mlp"})  # a small model: the test is about the data's memory
+    n = 500_000
+    wide = {f"pad{i}": rng.normal(size=n) for i in range(16)}  # columns predict ignores make the rows wide
+    big = pa.table({"row": np.arange(n), "x1": rng.normal(size=n), "city": pa.array(rng.choice(["a", "b", "c"], n)),
+                    **wide})
+    pq.write_table(big, tmp_path / "big.parquet", row_group_size=65_536)
+    pq.write_table(big.slice(0, 50_000), tmp_path / "small.parquet", row_group_size=65_536)
+
+    def growth(name: str) -> int:
+        out = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(result.run_dir), str(tmp_path / name),
+                              str(tmp_path / f"{name}.out.parquet")], capture_output=True, text=True, check=True,
+                             cwd=ROOT)
+        return int(out.stdout.strip().splitlines()[-1])  # KiB
+
+    small, large = growth("small.parquet"), growth("big.parquet")
+    assert large - small < 24 * 1024, (small, large)
+    assert pq.read_metadata(tmp_path / "big.parquet.out.parquet").num_rows == n

@@ -45,10 +45,10 @@ def test_train_table_result_and_run_directory(wine_run):
     assert r.epochs_run == r.max_epochs == 5 and r.eval_split == "test" and r.baseline_kind == "majority class"
     assert set(r.metrics) == set(r.baseline) == {"loss", "accuracy", "precision", "recall", "f1", "confusion_matrix"}
     # the default TabM: 13 numbers embedded (16 bins -> 8 each, with a bias), 8 members' input scalings,
-    # 256, 256 hidden, 8 heads, and the linear skip path (13 x 3, no bias)
+    # 128, 128 hidden, 8 heads, and the linear skip path (13 x 3, no bias)
     embedded = 13 * 8
-    assert r.parameters == (13 * 16 * 8 + 13 * 8) + 8 * embedded + (embedded * 256 + 256) + (256 * 256 + 256) + \
-        8 * (256 * 3 + 3) + 13 * 3
+    assert r.parameters == (13 * 16 * 8 + 13 * 8) + 8 * embedded + (embedded * 128 + 128) + (128 * 128 + 128) + \
+        8 * (128 * 3 + 3) + 13 * 3
     assert {"load", "preprocess", "train", "total"} <= set(r.timings)
     assert logs and logs[0].startswith(f"Loaded {demo_data_path()}: 178 rows, 14 columns")
     assert {p.name for p in r.run_dir.iterdir()} >= RUN_FILES
