@@ -1,6 +1,6 @@
 """Streamed tables, measured (issue 22 parts 6-7): `python -m bench.stream [--quick] [--json OUT]`.
 
-Two studies, each in fresh processes so that one cannot hide another's memory:
+Three studies, each in fresh processes so that one cannot hide another's memory:
 
 **Throughput** on a table that fits in memory (`--rows` rows of `--cols` float32 columns and a target, in
 row groups of 64k rows): samples per second of
@@ -22,6 +22,10 @@ by batch) in a child process. The child reports its resident memory after the im
 (`base`); this process then polls the child's `VmRSS` every 20 ms and SIGKILLs it, failing the benchmark,
 when it exceeds `base + --limit-mb`. The table is at least 4x the limit (checked). Reported: the peak RSS
 above `base` (the child's `VmHWM`, reset to `base` before the data is touched) and the samples per second.
+
+**Streamed predict against the file's length** (`--only predict`): `predict_stream` of tables of
+`--predict-rows` rows (10k, 400k, 2M) with a small MLP run, each in a child under the same watchdog; the
+peak above `base` should not grow with the rows.
 """
 
 from __future__ import annotations
@@ -208,8 +212,18 @@ def memory(tmp: Path, table_gb: float, limit_mb: int, batch: int) -> dict[str, o
         f"in {time.perf_counter() - t0:.0f}s")
     if size < 4 * limit_mb * 2**20:
         raise SystemExit(f"the table ({size / 2**20:.0f} MiB) must be at least 4x the limit ({limit_mb} MiB)")
-    child = subprocess.Popen([sys.executable, "-m", "bench.stream", "--child-memory", str(path), str(batch)],
-                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    result, peak_mib = _watched(["--child-memory", str(path), str(batch)], limit_mb)
+    return {**result, "table_gib": size / 2**30, "limit_mib": limit_mb, "watchdog_peak_above_base_mib": peak_mib,
+            "rows": rows}
+
+
+def _watched(child_args: list[str], limit_mb: int) -> tuple[dict[str, object], float]:
+    """Run `python -m bench.stream CHILD_ARGS` under the watchdog: the child prints `BASE <KiB>` once its
+    imports are done, then its result as a JSON line; it is SIGKILLed (and the benchmark fails) when its
+    resident memory exceeds that base plus `limit_mb`. Returns the result and the highest RSS seen above
+    the base, in MiB."""
+    child = subprocess.Popen([sys.executable, "-m", "bench.stream", *child_args], stdout=subprocess.PIPE, text=True,
+                             cwd=ROOT)
     assert child.stdout is not None
     base = int(child.stdout.readline().split()[1])
     limit_kib = base + limit_mb * 1024
@@ -229,8 +243,47 @@ def memory(tmp: Path, table_gb: float, limit_mb: int, batch: int) -> dict[str, o
     result = json.loads(child.stdout.read().strip().splitlines()[-1])
     if child.wait() != 0:
         raise SystemExit(f"FAILED: the child exited {child.returncode}")
-    return {**result, "table_gib": size / 2**30, "limit_mib": limit_mb, "watchdog_peak_above_base_mib":
-            (highest - base) / 1024, "rows": rows}
+    return result, (highest - base) / 1024
+
+
+# -------------------------------------------------------------------------------------------- predict
+
+
+def predict_child(run: str, path: str, out: str) -> None:
+    """`fitloop.tabular.streaming.predict_stream` of `path` with the run at `run` (the watched child)."""
+    from fitloop.tabular.runs import load_run
+    from fitloop.tabular.streaming import predict_stream
+
+    loaded = load_run(run)
+    base = _status_kib("self", "VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM from here on: what the data adds
+    print(f"BASE {base}", flush=True)
+    t0 = time.perf_counter()
+    rows, _ = predict_stream(loaded, path, out)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"rows": rows, "peak_above_base_kib": _status_kib("self", "VmHWM") - base, "seconds": seconds,
+                      "rows_per_s": rows / seconds}), flush=True)
+
+
+def predict_memory(tmp: Path, sizes: list[int], cols: int, limit_mb: int) -> dict[str, object]:
+    """Streamed predict's peak memory against the file's length: a small MLP run (trained here on 20,000
+    rows; the model's own memory is not the study's), then `predict_stream` on tables of `sizes` rows of
+    `cols` float32 columns in 64k-row row groups, each in a watched child."""
+    import fitloop.tabular as ft
+
+    write_table(tmp / "train.parquet", 20_000, cols)
+    run = ft.train(str(tmp / "train.parquet"), target="y", out=tmp / "run", epochs=1, quiet=True,
+                   **{"model.kind": "mlp"}).run_dir
+    results: dict[str, object] = {}
+    for rows in sizes:
+        path = tmp / f"predict-{rows}.parquet"
+        write_table(path, rows, cols)
+        result, peak_mib = _watched(["--child-predict", str(run), str(path), str(tmp / "out.parquet")], limit_mb)
+        results[str(rows)] = {**result, "watchdog_peak_above_base_mib": peak_mib}
+        log(f"predict {rows:,} rows: peak {float(result['peak_above_base_kib']) / 1024:.1f} MiB above base")
+        path.unlink()
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -244,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "--child-memory":
         memory_child(args[1], int(args[2]))
         return 0
+    if args and args[0] == "--child-predict":
+        predict_child(args[1], args[2], args[3])
+        return 0
     parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller table and one round")
     parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the throughput table")
@@ -252,20 +308,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--table-gb", type=float, default=1.5, help="the memory study's table, GiB in memory")
     parser.add_argument("--limit-mb", type=int, default=384, help="memory allowed above the child's base")
-    parser.add_argument("--only", choices=("throughput", "memory"))
+    parser.add_argument("--predict-rows", default="10000,400000,2000000",
+                        help="the streamed predict study's table sizes (comma-separated rows)")
+    parser.add_argument("--only", choices=("throughput", "memory", "predict"))
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     opts = parser.parse_args(args)
     if opts.quick:
         opts.rows, opts.rounds, opts.table_gb, opts.limit_mb = 500_000, 1, 0.4, 96
     results: dict[str, object] = {"batch": opts.batch}
     with tempfile.TemporaryDirectory() as tmp:
-        if opts.only != "memory":
+        if opts.only in (None, "throughput"):
             speed = throughput(Path(tmp), opts.rows, opts.cols, opts.batch, opts.rounds)
             results["throughput_rows_per_s"] = speed
             results["streamed_vs_raw"] = speed["streamed train"] / speed["raw scan"]
             results["streamed_vs_in_memory"] = speed["streamed train"] / speed["in-memory train"]
-        if opts.only != "throughput":
+        if opts.only in (None, "memory"):
             results["memory"] = memory(Path(tmp), opts.table_gb, opts.limit_mb, max(opts.batch, 4096))
+        if opts.only in (None, "predict"):
+            sizes = [int(rows) for rows in opts.predict_rows.split(",")]
+            results["predict_memory"] = predict_memory(Path(tmp), sizes, opts.cols, opts.limit_mb)
     print(json.dumps(results, indent=2))
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
