@@ -36,7 +36,8 @@ lowest validation loss stands in.
 4. **The starting fit** (`kept_epoch == 0`): early stopping kept the model the run started from (a
    table run's linear fit): no epoch of training beat it by the margin early stopping asks for. That is
    said in one line, as healthy.
-5. **healthy**: the training loss fell, and the validation loss fell too.
+5. **healthy**: the training loss fell, and the validation loss fell too; or the first epoch's validation
+   loss, already clearly below the baseline's, stayed the lowest within the noise (learnt in one epoch).
 
 Anything else (a single epoch, a loss that did not fall) is **inconclusive**, naming why. Without
 validation data, rules 3, 4 and 5's validation half cannot be decided: the verdict says so in
@@ -233,6 +234,8 @@ def _trend(epochs: int, loss: list[float], val: list[float], baseline_loss: floa
                 "Check the learning rate (try fitloop's lr_find) and that the targets match the loss.")
     if val and _rose_and_kept(facts):
         return _rose_and_kept(facts)  # type: ignore[return-value]
+    if val and min(val) >= val[0] and baseline_loss is not None and val[0] < baseline_loss - facts["margin"]:
+        return _learnt_at_once(loss, val, baseline_loss, facts)
     if val and min(val) >= val[0]:
         return ("inconclusive", f"the training loss fell ({loss[0]:.4g} -> {loss[-1]:.4g}) but the "
                 f"validation loss did not ({val[0]:.4g} -> {val[-1]:.4g}).",
@@ -247,6 +250,19 @@ def _trend(epochs: int, loss: list[float], val: list[float], baseline_loss: floa
             reason += f" and stayed within {GAP_SHARE:g} x {scale:.4g} of it"
     return ("healthy", reason + ".", "Nothing to fix. To go further, try more epochs or a bigger model, "
             "and watch that the validation loss keeps up.")
+
+
+def _learnt_at_once(loss: list[float], val: list[float], baseline_loss: float,
+                    facts: dict[str, Any]) -> tuple[str, str, str]:
+    """Rule 5 when the first epoch's validation loss, already clearly below the trivial baseline's, was the
+    lowest and later epochs stayed within the noise of it (rule 3 did not hold): what the rows allow was
+    learnt in the first epoch, and the training loss's further fall did not carry over to new rows."""
+    return ("healthy", f"the validation loss was lowest after the first epoch ({val[0]:.4g}; the trivial "
+            f"baseline's is {baseline_loss:.4g}) and later epochs stayed within the noise of it (the last, "
+            f"{val[-1]:.4g}, is within {_margin_words(facts)}); the training loss fell further ({loss[0]:.4g} -> "
+            f"{loss[-1]:.4g}) without improving it: the model learnt what these rows allow in its first epoch.",
+            "Nothing to fix: the model kept is as good on the validation rows as any epoch of the run. More "
+            "informative features or more rows could lower the validation loss further.")
 
 
 def _rose_and_kept(facts: dict[str, Any]) -> tuple[str, str, str] | None:
