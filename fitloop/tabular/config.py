@@ -493,6 +493,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {"model.kind": "mlp", "model.skip": False, "mo
 # without a better val_loss (at least MIN_PATIENCE epochs) end the run. It used to be a quarter of the
 # epochs, which on a 125-row table (2 steps an epoch, 1500 epochs) waited 375 epochs to keep epoch 0.
 MIN_EPOCHS, MAX_EPOCHS, MIN_PATIENCE, PATIENCE_STEPS = 10, 2000, 10, 100
+# A TabM's recipe batch (256) on a table too small for MIN_STEPS_PER_EPOCH of them is cut to about a quarter of the
+# training rows (at least MIN_BATCH): an epoch of one step costs a validation pass per step.
+MIN_STEPS_PER_EPOCH, MIN_BATCH = 4, 32
 CHECKPOINTS_PER_RUN = 10  # about this many epoch checkpoints by default (each costs 5-50 ms of fsyncs)
 
 
@@ -542,6 +545,7 @@ class Budget:
         t = cfg.train
         t.epochs, t.early_stopping, t.checkpoint_every_epochs = self.epochs, self.patience or 0, \
             self.checkpoint_every_epochs
+        t.batch_size = self.batch_size
 
 
 def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
@@ -554,7 +558,8 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
     that changed nothing): a run ends once its validation loss has stopped improving
     for that long, whatever its maximum; `train.max_time` bounds the wall time. Settings the user gave (`--epochs`,
     `--early-stopping`, `--batch-size`, `train.checkpoint_every_epochs`, in flags, TOML or `--set`)
-    are kept as they are.
+    are kept as they are. A TabM's recipe batch is cut to about a quarter of the training rows (at least
+    `MIN_BATCH`) when the table is too small for `MIN_STEPS_PER_EPOCH` batches.
 
     Args:
         cfg: the resolved configuration (`cfg.explicit` names what the user set).
@@ -567,9 +572,14 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
     """
     t, given = cfg.train, cfg.explicit
     bs = t.batch_size
+    decided: list[str] = []
+    if bs and "train.batch_size" not in given and cfg.model.kind == "tabm":  # the recipe's batch, not the user's
+        fewer = max(MIN_BATCH, math.ceil(train_rows / (MIN_STEPS_PER_EPOCH * max(1, world))))
+        if fewer < bs:
+            bs = fewer
+            decided.append("train.batch_size")
     batches = math.ceil(train_rows / (bs * max(1, world))) if bs else 1
     steps_per_epoch = max(1, math.ceil(batches / t.accumulate))
-    decided: list[str] = []
     epochs = t.epochs
     if "train.epochs" not in given:
         epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(t.budget_steps / steps_per_epoch)))
