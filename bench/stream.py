@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW_GROUP = 1 << 16
@@ -273,15 +274,15 @@ def predict_memory(tmp: Path, sizes: list[int], cols: int, limit_mb: int) -> dic
     import fitloop.tabular as ft
 
     write_table(tmp / "train.parquet", 20_000, cols)
-    run = ft.train(str(tmp / "train.parquet"), target="y", out=tmp / "run", epochs=1, quiet=True,
-                   **{"model.kind": "mlp"}).run_dir
+    settings: dict[str, Any] = {"model.kind": "mlp"}
+    run = ft.train(str(tmp / "train.parquet"), target="y", out=tmp / "run", epochs=1, quiet=True, **settings).run_dir
     results: dict[str, object] = {}
     for rows in sizes:
         path = tmp / f"predict-{rows}.parquet"
         write_table(path, rows, cols)
         result, peak_mib = _watched(["--child-predict", str(run), str(path), str(tmp / "out.parquet")], limit_mb)
         results[str(rows)] = {**result, "watchdog_peak_above_base_mib": peak_mib}
-        log(f"predict {rows:,} rows: peak {float(result['peak_above_base_kib']) / 1024:.1f} MiB above base")
+        log(f"predict {rows:,} rows: peak {int(str(result['peak_above_base_kib'])) / 1024:.1f} MiB above base")
         path.unlink()
     return results
 
