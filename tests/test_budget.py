@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (1_000_000, 15625, MIN_EPOCHS),  # a large one: at least MIN_EPOCHS
 ])
 def test_default_budget_counts_optimizer_steps(rows, spe, epochs):
-    cfg = resolve_run_config({})
+    cfg = resolve_run_config({"model.kind": "mlp"})  # the plain MLP's recipe: batch 64 whatever the rows
     b = training_budget(cfg, rows)
     assert (b.steps_per_epoch, b.epochs) == (spe, epochs)
     # patience: about PATIENCE_STEPS optimizer steps without a better val_loss (issue 24: not a quarter of the
@@ -54,11 +54,30 @@ def test_default_budget_counts_optimizer_steps(rows, spe, epochs):
     assert f"{epochs} epochs x {spe} steps" in b.describe()
 
 
+@pytest.mark.parametrize("rows, world, batch, spe, epochs", [
+    (125, 1, 32, 4, 750),         # the wine table: at least 32 rows a batch
+    (210, 1, 53, 4, 750),         # a quarter of the rows
+    (1000, 1, 250, 4, 750),
+    (100_000, 1, 256, 391, 10),   # the recipe's 256
+    (1000, 2, 125, 4, 750),       # each of 2 processes takes a batch a step
+])
+def test_tabm_cuts_its_recipe_batch_on_small_tables(rows, world, batch, spe, epochs):
+    cfg = resolve_run_config({})
+    b = training_budget(cfg, rows, world)
+    assert (b.batch_size, b.steps_per_epoch, b.epochs) == (batch, spe, epochs)
+    assert ("train.batch_size" in b.decided) == (batch != 256)
+    b.apply(cfg)
+    assert cfg.train.batch_size == batch
+    given = training_budget(resolve_run_config({"train.batch_size": 256}), rows, world)  # the user's batch stays
+    assert given.batch_size == 256 and "train.batch_size" not in given.decided
+
+
 def test_budget_follows_budget_steps_accumulation_and_batch_size():
-    assert training_budget(resolve_run_config({"train.budget_steps": 600}), 210).epochs == 150
+    mlp = {"model.kind": "mlp"}
+    assert training_budget(resolve_run_config({**mlp, "train.budget_steps": 600}), 210).epochs == 150
     # accumulation: optimizer steps, not batches, are counted
-    assert training_budget(resolve_run_config({"train.accumulate": 2}), 256).steps_per_epoch == 2
-    # a batch size the user gave changes the steps per epoch, and the epochs with them
+    assert training_budget(resolve_run_config({**mlp, "train.accumulate": 2}), 256).steps_per_epoch == 2
+    # a batch size the user gave changes the steps per epoch, and the epochs with them (either kind)
     b = training_budget(resolve_run_config({"train.batch_size": 32}), 210)
     assert (b.steps_per_epoch, b.epochs) == (7, 429)
     full = training_budget(resolve_run_config(parse_set(["train.batch_size=none"])), 210)
@@ -68,13 +87,13 @@ def test_budget_follows_budget_steps_accumulation_and_batch_size():
 def test_the_budget_counts_the_steps_of_every_process():
     """Under --nproc N each step takes batch_size rows on each of N processes: N times fewer steps an epoch,
     and the epochs scale up so the run still makes about budget_steps optimizer steps."""
-    one, two = (training_budget(resolve_run_config({}), 1400, world) for world in (1, 2))
+    one, two = (training_budget(resolve_run_config({"model.kind": "mlp"}), 1400, world) for world in (1, 2))
     assert (one.steps_per_epoch, one.epochs) == (22, 137) and (two.steps_per_epoch, two.epochs) == (11, 273)
     assert "batch 64 x 2 processes, 1400 training rows" in two.describe()
 
 
 def test_settings_the_user_gave_always_win(tmp_path):
-    flags = {"train.epochs": 50, "train.early_stopping": 5}
+    flags = {"train.epochs": 50, "train.early_stopping": 5, "train.batch_size": 64}
     b = training_budget(resolve_run_config(flags), 210)
     assert (b.epochs, b.patience, b.decided) == (50, 5, ["train.checkpoint_every_epochs"])
     assert "(as set)" in b.describe()
@@ -82,7 +101,7 @@ def test_settings_the_user_gave_always_win(tmp_path):
     assert off.patience is None and off.epochs == 750 and "no early stopping" in off.describe()
     # from a TOML file or --set just as from a flag; a saved config.toml therefore reruns the same budget
     toml = tmp_path / "run.toml"
-    toml.write_text("[train]\nepochs = 40\ncheckpoint_every_epochs = 3\n")
+    toml.write_text("[train]\nepochs = 40\ncheckpoint_every_epochs = 3\nbatch_size = 64\n")
     from fitloop.tabular.config import load_toml
 
     b = training_budget(resolve_run_config(load_toml(str(toml)), parse_set(["train.early_stopping=7"])), 210)

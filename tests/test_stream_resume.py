@@ -14,8 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from test_stream_source import _env, _Ids, write_files
@@ -116,6 +120,37 @@ def test_sigkill_in_one_process_then_resume_in_two_delivers_the_same_rows_in_the
     history = ranks[0]["history"]
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
     assert all(torch.isfinite(torch.as_tensor(entry["loss"])) for entry in history)
+
+
+@pytest.mark.slow
+def test_cli_resumes_a_streamed_run_of_one_process_with_two(tmp_path):
+    """`fitloop train DIR` (one process) SIGKILLed mid-epoch after its first checkpoint, then `fitloop resume
+    RUN --nproc 2`: the run finishes under DDP from the checkpoint's row of the stream."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for part in range(2):
+        x1, x2 = rng.normal(size=2500), rng.normal(size=2500)
+        pq.write_table(pa.table({"x1": x1, "x2": x2, "y": np.sin(3 * x1) + x2 ** 2 + 0.1 * rng.normal(size=2500)}),
+                       data / f"p{part}.parquet", row_group_size=500)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "fitloop", "train", str(data), "--target", "y", "--epochs", "3",
+               "--batch-size", "16", "--out", str(run), "--set", "train.checkpoint_every_steps=10", "--quiet"]
+    child = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("ckpt-*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    first = sorted((run / "checkpoints").glob("ckpt-*"))[0]
+    assert "-e0-" in first.name and load_checkpoint(first)["train_state"]["batch"] > 0  # mid-epoch 1
+    resumed = subprocess.run([sys.executable, "-m", "fitloop", "resume", str(run), "--nproc", "2"], env=_env(),
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Distributed: 2 processes (DDP" in resumed.stdout
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs"] == 3
+    assert json.loads((run / "metrics.json").read_text())["rows"] > 0
 
 
 def _linear(run: Path, strategy: str = "auto") -> fl.Trainer:

@@ -193,3 +193,17 @@ def test_a_linear_model_is_an_mlp_spec_of_either_kind(tmp_path):
     data = _table(tmp_path)
     plan = plan_run(resolve_run_config({"data.path": str(data), "data.target": "y", "model.hidden": []}))
     assert isinstance(plan.spec, MLPSpec) and plan.spec.hidden == []
+
+
+def test_the_one_standard_error_margin_is_measured_for_a_tabm():
+    from fitloop.diagnose.verdict import val_standard_error
+
+    torch.manual_seed(0)
+    X, y = torch.randn(300, 5), torch.randn(300)
+    model = _model()
+    trainer = fl.Trainer(model, loss=MembersLoss("mse"), epochs=1, quiet=True)
+    trainer.fit((X[:200], y[:200]))
+    with torch.no_grad():
+        per_row = (model.eval()(X[200:])[:, 0] - y[200:]) ** 2
+    se = val_standard_error(trainer, (X[200:], y[200:]))
+    assert se > 0 and math.isclose(se, float(per_row.double().std() / 10), rel_tol=1e-5)

@@ -474,8 +474,10 @@ def rows_of(data: Any) -> tuple[Any, Any] | None:
 def val_standard_error(trainer: Trainer, rows: Any) -> float:
     """The standard error of the mean validation loss over its rows (`rows`: in-memory `(X, y)`): the
     per-row losses' standard deviation over the square root of the row count, with the trainer's model as
-    it is. For losses with a `reduction` (mse, cross-entropy, ...); 0 for others or fewer than 2 rows."""
+    it is. For losses with a `reduction` (mse, cross-entropy, ...; a `MembersLoss` by the loss it wraps); 0 for
+    others or fewer than 2 rows."""
     fn: Any = trainer.loss_fn  # a torch loss module when it has a `reduction`
+    fn = fn.base if isinstance(fn, MembersLoss) else fn  # scored on the ensemble's output (eval mode)
     X, y = rows
     if not isinstance(getattr(fn, "reduction", None), str) or len(X) < 2:
         return 0.0
