@@ -54,12 +54,11 @@ def load_for_resume(run_dir: Path, trainer: Trainer, train: Any, val: Any, *, ch
     """
     ck = load_checkpoint(checkpoint) if checkpoint is not None else load_latest(run_dir)
     where = str(ck.get("_path"))
-    if int(ck.get("world_size", 1)) != world_size():
-        if not _world_free(ck, trainer, train):
-            raise ResumeMismatchError(f"Cannot resume from {where}: it was written by {ck.get('world_size', 1)} "
-                                      f"process(es), this run has {world_size()}; resume with as many (the shards "
-                                      "and the global batch depend on it).")
-        _rebase(ck, trainer, train)
+    other_world = int(ck.get("world_size", 1)) != world_size()
+    if other_world and not _world_free(ck, trainer, train):
+        raise ResumeMismatchError(f"Cannot resume from {where}: it was written by {ck.get('world_size', 1)} "
+                                  f"process(es), this run has {world_size()}; resume with as many (the shards "
+                                  "and the global batch depend on it).")
     if "dcp" in ck:  # FSDP: every rank reads its shards of the model and optimizer states
         load_sharded(trainer, ck)
     check_state_shapes(unwrap_model(trainer.model), ck["model"], where=where)
@@ -71,6 +70,8 @@ def load_for_resume(run_dir: Path, trainer: Trainer, train: Any, val: Any, *, ch
         if not force:
             raise ResumeMismatchError(msg)
         warn_user(msg.replace("Cannot resume", "Resuming despite changes,"), CheckpointWarning)
+    if other_world:  # last: nothing is changed for a resume refused above
+        _rebase(ck, trainer, train)
     return ck
 
 
