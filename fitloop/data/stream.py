@@ -361,8 +361,9 @@ class StreamBatches:
         prepare: converts each window's targets (None: as the transform gives them).
         rank: this process.
         world: the number of processes.
-        continue_at: the row of the global order the first epoch started at its batch (`row // global
-            batch`) starts at (`ParquetSource.continue_at`: a resume at another world size); None: the grid.
+        continue_at: a row of the global order: the first epoch started at batch `row // global batch`
+            starts at that row (`ParquetSource.continue_at`: a resume at another world size); None: every
+            epoch on the grid of global batches.
     """
 
     def __init__(self, source: ParquetSource, plan: StreamPlan, *, batch_size: int | None, shuffle: bool,
