@@ -38,7 +38,8 @@ from torch import nn
 
 from .mlp_checks import ACTIVATION_CLASSES, check_mlp
 
-__all__ = ["TabMSpec", "TabM", "combine_members", "EMBEDDINGS", "fit_bins"]
+__all__ = ["TabMSpec", "TabM", "PiecewiseLinearEmbeddings", "PeriodicEmbeddings", "combine_members", "EMBEDDINGS",
+           "fit_bins"]
 
 EMBEDDINGS = ("piecewise", "periodic", "none")
 AVERAGES = ("probabilities", "outputs")
@@ -112,7 +113,7 @@ class TabMSpec:
         return cls(**{k: v for k, v in d.items() if k != "kind"})
 
 
-class _PiecewiseLinear(nn.Module):
+class PiecewiseLinearEmbeddings(nn.Module):
     """Piecewise-linear encoding of each numeric feature on its bins, then a linear layer per feature and
     a ReLU. The bins are a buffer: `fit_bins` sets them from the training rows (quantiles), and they are
     saved with the weights. Component t of a value x is `(x - left_t) / width_t`, clipped to [0, 1] (the first
@@ -144,7 +145,7 @@ class _PiecewiseLinear(nn.Module):
         return torch.relu(torch.einsum("bnt,ntd->bnd", encoded, self.weight) + self.bias)
 
 
-class _Periodic(nn.Module):
+class PeriodicEmbeddings(nn.Module):
     """Periodic embeddings (PLR): `relu(linear_j([cos(2 pi c_j x), sin(2 pi c_j x)]))` for feature j, with
     learnt frequencies `c_j` (initially normal with standard deviation `scale`)."""
 
@@ -182,9 +183,9 @@ class TabM(nn.Module):
         self.register_buffer("other", torch.tensor(others, dtype=torch.long), persistent=False)
         self.embedding: nn.Module | None = None
         if spec.embedded and spec.embedding == "piecewise":
-            self.embedding = _PiecewiseLinear(n_numeric, spec.n_bins, spec.d_embedding)
+            self.embedding = PiecewiseLinearEmbeddings(n_numeric, spec.n_bins, spec.d_embedding)
         elif spec.embedded:
-            self.embedding = _Periodic(n_numeric, spec.n_bins, spec.d_embedding, spec.frequency_scale)
+            self.embedding = PeriodicEmbeddings(n_numeric, spec.n_bins, spec.d_embedding, spec.frequency_scale)
         width = len(others) + n_numeric * spec.d_embedding
         # TabM's initialisation: each member scales the input by its own random signs
         self.r = nn.Parameter(torch.randint(0, 2, (spec.k, width)).float() * 2 - 1)
@@ -247,7 +248,7 @@ def fit_bins(model: nn.Module, X: torch.Tensor) -> None:
     (its numeric columns): equal-frequency bins, the encoding of Gorishniy et al. (2022). A column with few
     distinct values gets repeated edges; their bins are a step at that value. Nothing to do for other models."""
     embedding = getattr(model, "embedding", None)
-    if not isinstance(embedding, _PiecewiseLinear):
+    if not isinstance(embedding, PiecewiseLinearEmbeddings):
         return
     with torch.no_grad():
         values = X[:, model.numeric].double()  # type: ignore[index]  # a TabM: its embedding says so

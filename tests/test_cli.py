@@ -342,7 +342,7 @@ def test_train_with_the_compiled_step(tmp_path, capsys):
     data = sklearn_csv(tmp_path, "wine")
     out = tmp_path / "run"
     code, stdout, err = run_cli(capsys, "train", data, "--target", "target", "--epochs", "15", "--lr", "0.01",
-                                "--compile", "step", "--out", out)
+                                "--batch-size", "64", "--compile", "step", "--out", out)
     assert code == 0, err
     assert 'compile = "step"' in (out / "config.toml").read_text()
     assert "compiled the training step for batches of 64 rows in" in stdout and "compiling the step" in stdout

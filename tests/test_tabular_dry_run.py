@@ -54,7 +54,7 @@ def test_dry_run_prints_every_decision_and_trains_nothing(tmp_path, capsys, monk
     assert "dropped constant (7) in the training rows" in flat  # const
     assert "bool: true/false as 1/0" in flat and "a__missing indicator" in flat
     assert "TabM, 8 members: 11 inputs (" in flat and "-> 16 -> 2 (relu, dropout 0.1)" in flat
-    assert "batch 256 (1 steps/epoch)" in flat and "loss cross_entropy" in flat
+    assert "batch 42 (4 steps/epoch)" in flat and "loss cross_entropy" in flat  # a quarter of 168 rows
     assert "fitloop train --config config.toml --out runs/t" in flat
     assert not (tmp_path / "runs").exists()  # nothing trained, no run directory
     text = (tmp_path / "config.toml").read_text()

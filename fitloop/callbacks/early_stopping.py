@@ -6,6 +6,9 @@ import copy
 import math
 from typing import TYPE_CHECKING, Any
 
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from .._fastpath import unwrap_model
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -94,7 +97,7 @@ class EarlyStopping(Callback):
         self.from_start, self.start_margin = True, abs(float(margin))
         self.start_logs = dict(logs or {})
         if self.restore_best_weights:
-            self._best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._best_weights = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.monitor not in logs:
@@ -104,7 +107,8 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
-                self._best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+                model = unwrap_model(trainer.model)  # the same keys with or without DDP/FSDP, at any world size
+                self._best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -119,7 +123,7 @@ class EarlyStopping(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.restore_best_weights and self._best_weights is not None and self.best_epoch != trainer.epoch:
             # best_epoch 0: the weights `start_from` recorded, before any training
-            trainer.model.load_state_dict(self._best_weights)
+            unwrap_model(trainer.model).load_state_dict(self._best_weights)
             trainer.log(f"Restored the weights of epoch {self.best_epoch} ({self.monitor}={self.best:.6g}).")
 
     def state_dict(self) -> dict[str, Any]:
@@ -135,4 +139,8 @@ class EarlyStopping(Callback):
         self.from_start = bool(state.get("from_start", False))
         self.start_margin = float(state.get("start_margin", 0.0))
         self.start_logs = dict(state.get("start_logs") or {})  # checkpoints before issue 24 have none
-        self._best_weights = state.get("best_weights")
+        weights = state.get("best_weights")
+        if weights is not None:  # checkpoints of DDP runs before the weights were kept unwrapped: "module." keys
+            weights = dict(weights)
+            consume_prefix_in_state_dict_if_present(weights, "module.")
+        self._best_weights = weights

@@ -236,7 +236,7 @@ def _train_options(t: argparse.ArgumentParser, dry_run: bool = True) -> None:
                    help="tabm: an 8-member ensemble MLP with numeric embeddings (the default); mlp: the plain "
                         "MLP of fitloop 0.1")
     m.add_argument("--hidden", metavar="N,N",
-                   help="hidden layer sizes (default 256,256 for tabm, 64,32 for mlp; '' for linear)")
+                   help="hidden layer sizes (default 128,128 for tabm, 64,32 for mlp; '' for linear)")
     m.add_argument("--activation", help="relu, gelu, silu, tanh, ... (default relu)")
     m.add_argument("--dropout", type=float, help="dropout after each hidden layer (default 0.1 for tabm, 0 for mlp)")
     _training_options(t.add_argument_group("training"))
@@ -249,8 +249,10 @@ def _training_options(tr: argparse._ArgumentGroup) -> None:
     """How the run trains: each flag is the `[train]` setting of the same name (`commands.FLAG_KEYS`)."""
     tr.add_argument("--epochs", type=int,
                     help="maximum epochs (default: from the data, about train.budget_steps=3000 optimizer steps)")
-    tr.add_argument("--batch-size", metavar="N", help="rows per step and process (default 64; 'none' = full batch)")
-    tr.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    tr.add_argument("--batch-size", metavar="N",
+                    help="rows per step and process (default 256 for tabm, cut to a quarter of the training rows on "
+                         "small tables; 64 for mlp; 'none' = full batch)")
+    tr.add_argument("--lr", type=float, help="learning rate (default 2e-3 for tabm, 1e-3 for mlp)")
     tr.add_argument("--optimizer", help="any torch.optim name (default adam)")
     tr.add_argument("--max-time", metavar="SECONDS",
                     help="stop after the epoch in which training reached SECONDS (default 600; 'none' = no limit)")

@@ -68,8 +68,9 @@ def _print_plan(console: Any, plan: tabular.DryRun, target: Path, next_cmd: str,
               + f" (fractions {cfg.data.split}, seed {cfg.data.seed if cfg.data.seed is not None else cfg.train.seed}"
               + (", stratified by class)" if plan.stratified else ")"))
     t.add_row("model", f"{plan.model}, {plan.parameters:,} parameters")
+    steps = f"{plan.steps_per_epoch:,} step{'s' if plan.steps_per_epoch != 1 else ''}/epoch"
     t.add_row("training", f"{cfg.train.epochs} epochs max, batch {cfg.train.batch_size} "
-                          f"({plan.steps_per_epoch:,} steps/epoch), {cfg.train.optimizer} lr {cfg.train.lr}, "
+                          f"({steps}), {cfg.train.optimizer} lr {cfg.train.lr}, "
                           f"loss {plan.loss}, early stopping "
                           + (f"patience {plan.early_stopping}" if plan.early_stopping else "off")
                           + f", seed {cfg.train.seed}, device {plan.device}"

@@ -169,13 +169,20 @@ def _output_shapes(net: torch.nn.Module, input: Any, batch_size: int, shape: lis
 
 
 def _layer_rows(net: torch.nn.Module, shapes: dict[str, str]) -> list[LayerRow]:
-    """A row per leaf module and per container that owns parameters; shared parameters counted once."""
+    """A row per leaf module and per container that owns parameters (the model itself included, named by its
+    own parameters, e.g. TabM's `r, head_weight, head_bias`); shared parameters counted once."""
     from ..distributed.fsdp import plain_class  # imports torch
 
     seen: set[int] = set()
     rows = []
     for name, mod in net.named_modules():
         if not name:
+            top = [(key, p) for key, p in mod.named_parameters(recurse=False)]
+            if top:
+                seen.update(id(p) for _, p in top)
+                rows.append(LayerRow(", ".join(key for key, _ in top), f"{plain_class(mod).__name__} (own)", "-",
+                                     sum(p.numel() for _, p in top),
+                                     sum(p.numel() for _, p in top if p.requires_grad), 1))
             continue
         own = [p for p in mod.parameters(recurse=False) if id(p) not in seen]
         seen.update(id(p) for p in own)

@@ -277,7 +277,8 @@ class Table:
             drop: Columns to exclude from the features.
             id: Row-id column, excluded from features but returned with each split.
             encoding: Text encoding for CSV/TSV.
-            max_categories: Categorical columns with more distinct values are dropped.
+            max_categories: Categorical columns with more distinct values keep that many of their most
+                frequent values (the rest share one slot); ID-like ones are dropped.
             delimiter: Field separator; sniffed from the first lines when None.
             decimal: Decimal mark (``","`` or ``"."``) of numbers written as text; detected when None.
 

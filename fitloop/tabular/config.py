@@ -536,7 +536,8 @@ class Budget:
         stop = f"early stopping after {self.patience} epochs without a better val_loss" if self.patience \
             else "no early stopping"
         limit = f", at most {self.max_time:g}s" if self.max_time else ""
-        return (f"budget ({how}): {self.epochs} epochs x {self.steps_per_epoch} steps = {self.steps} steps "
+        per = f"{self.steps_per_epoch} step{'s' if self.steps_per_epoch != 1 else ''}"
+        return (f"budget ({how}): {self.epochs} epochs x {per} = {self.steps} steps "
                 f"(batch {self.batch_size or 'full'}{f' x {self.world} processes' if self.world > 1 else ''}, "
                 f"{self.rows} training rows); {stop}{limit}")
 
