@@ -63,6 +63,9 @@ class EarlyStopping(Callback):
         self.stopped_epoch = 0
         self.reason: str | None = None
         self._best_weights: dict[str, Any] | None = None
+        self.confirm: Any = None  # `start_from`'s check that the kept epoch really beats the start
+        self.start_value = math.nan
+        self._start_weights: dict[str, Any] | None = None
 
     def _margin(self) -> float:
         """How much better than the best so far an epoch must be to count as better."""
@@ -77,7 +80,8 @@ class EarlyStopping(Callback):
             return value < self.best - margin
         return value > self.best + margin
 
-    def start_from(self, value: float, model: Any, margin: float = 0.0, logs: dict[str, Any] | None = None) -> None:
+    def start_from(self, value: float, model: Any, margin: float = 0.0, logs: dict[str, Any] | None = None,
+                   confirm: Any = None) -> None:
         """Count the model as it is now (before any training) as "epoch 0" with `monitor` at `value`.
 
         Later epochs must then beat it (by the same margins, and by `margin`) to count as better, and
@@ -92,8 +96,15 @@ class EarlyStopping(Callback):
                 error of `value`: the one-standard-error rule keeps the simpler start on a statistical tie).
             logs: the start's other validation scores (`{"val_accuracy": ...}`), kept in `start_logs` so
                 that a run that keeps the start can show them (`fitloop runs`' best-validation column).
+            confirm: `confirm(trainer, start_weights) -> bool`, called at the end of fit with the kept epoch's
+                weights in the model: False puts the start back (e.g. the kept epoch is not better than the
+                start by one standard error of their paired per-row differences:
+                `fitloop.tabular.training.paired_confirm`). The start's weights are kept (and checkpointed) for it.
         """
         self.best, self.best_epoch, self.wait = float(value), 0, 0
+        self.confirm, self.start_value = confirm, float(value)
+        if confirm is not None:
+            self._start_weights = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
         self.from_start, self.start_margin = True, abs(float(margin))
         self.start_logs = dict(logs or {})
         if self.restore_best_weights:
@@ -125,12 +136,20 @@ class EarlyStopping(Callback):
             # best_epoch 0: the weights `start_from` recorded, before any training
             unwrap_model(trainer.model).load_state_dict(self._best_weights)
             trainer.log(f"Restored the weights of epoch {self.best_epoch} ({self.monitor}={self.best:.6g}).")
+        if self.confirm is not None and self.from_start and self.best_epoch and self._start_weights is not None \
+                and not self.confirm(trainer, self._start_weights):
+            unwrap_model(trainer.model).load_state_dict(self._start_weights)
+            trainer.log(f"Kept the initial model instead: epoch {self.best_epoch}'s {self.monitor} "
+                        f"({self.best:.6g}) is not better than its {self.start_value:.6g} by one standard error of "
+                        f"their per-row differences.")
+            self.best_epoch, self.best = 0, self.start_value
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
                 "stopped_epoch": self.stopped_epoch, "reason": self.reason, "from_start": self.from_start,
                 "start_margin": self.start_margin, "start_logs": dict(self.start_logs),
-                "best_weights": copy.copy(self._best_weights)}
+                "best_weights": copy.copy(self._best_weights), "start_value": self.start_value,
+                "start_weights": copy.copy(self._start_weights)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
@@ -139,6 +158,8 @@ class EarlyStopping(Callback):
         self.from_start = bool(state.get("from_start", False))
         self.start_margin = float(state.get("start_margin", 0.0))
         self.start_logs = dict(state.get("start_logs") or {})  # checkpoints before issue 24 have none
+        self.start_value = float(state.get("start_value", math.nan))
+        self._start_weights = state.get("start_weights")
         weights = state.get("best_weights")
         if weights is not None:  # checkpoints of DDP runs before the weights were kept unwrapped: "module." keys
             weights = dict(weights)

@@ -67,7 +67,8 @@ from ..optim import MembersLoss
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-__all__ = ["Verdict", "judge", "verdict_of", "baseline_loss", "targets_of", "val_standard_error", "rows_of",
+__all__ = ["Verdict", "judge", "verdict_of", "baseline_loss", "targets_of", "val_standard_error", "per_row_losses",
+           "rows_of",
            "capacity_probe", "KINDS",
            "PROBLEMS", "DIVERGE_RATIO", "DIVERGE_SHARE", "NOISE_SHARE", "UNDERFIT_SHARE", "PLATEAU_FALL",
            "PLATEAU_HIGH", "STANDARDISED"]
@@ -476,19 +477,27 @@ def val_standard_error(trainer: Trainer, rows: Any) -> float:
     per-row losses' standard deviation over the square root of the row count, with the trainer's model as
     it is. For losses with a `reduction` (mse, cross-entropy, ...; a `MembersLoss` by the loss it wraps); 0 for
     others or fewer than 2 rows."""
+    losses = per_row_losses(trainer, rows)
+    if losses is None or len(losses) < 2:
+        return 0.0
+    return float(losses.std() / len(losses) ** 0.5)
+
+
+def per_row_losses(trainer: Trainer, rows: Any) -> torch.Tensor | None:
+    """The loss of each of the in-memory rows `(X, y)` (float64), with the trainer's model as it is, for losses
+    with a `reduction` (a `MembersLoss` by the loss it wraps, on the ensemble's output); None for others."""
     fn: Any = trainer.loss_fn  # a torch loss module when it has a `reduction`
     fn = fn.base if isinstance(fn, MembersLoss) else fn  # scored on the ensemble's output (eval mode)
     X, y = rows
-    if not isinstance(getattr(fn, "reduction", None), str) or len(X) < 2:
-        return 0.0
+    if not isinstance(getattr(fn, "reduction", None), str):
+        return None
     per_row = copy.copy(fn)
     per_row.reduction = "none"
     out = trainer.predict(X, output="raw")
     with torch.no_grad():
         target = y.to(out.device)
         target = target.view_as(out) if target.is_floating_point() and out.shape != target.shape else target
-        losses = per_row(out.float(), target).reshape(len(X), -1).sum(1).double()
-    return float(losses.std() / len(X) ** 0.5)
+        return per_row(out.float(), target).reshape(len(X), -1).sum(1).double().cpu()
 
 
 def _stopper(trainer: Trainer) -> Any:

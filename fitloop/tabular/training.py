@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 
+from .._fastpath import unwrap_model
 from ..callbacks import Callback, EarlyStopping, TimeLimit, VerdictReporter
-from ..diagnose.verdict import STANDARDISED, capacity_probe, rows_of, val_standard_error
+from ..diagnose.verdict import STANDARDISED, capacity_probe, per_row_losses, rows_of, val_standard_error
 from ..models import MLPSpec, SkipMLP, build_model, fit_linear_path, fit_logistic_path
 from ..tabm import TabM, TabMSpec, fit_bins
 from .config import Budget, RunConfig
 
 __all__ = ["LOGIT_SCALE", "start_linear_path", "length_callbacks", "start_early_stopping",
            "best_epoch", "still_improving", "budget_fields", "prepare_verdict",
-           "capacity_probe_for",
+           "capacity_probe_for", "paired_confirm",
            "FirstStep", "process_age"]
 
 # linear_init for classification: the one-hot targets the linear start fits, as logits (+-2 around the mean)
@@ -82,7 +83,30 @@ def start_early_stopping(cfg: RunConfig, trainer: Any, callbacks: list, val: Any
     rows = val if se_rows is None else se_rows
     margin = val_standard_error(trainer, rows) if cfg.train.early_stopping_se else 0.0
     logs = {f"val_{key}": value for key, value in scores.items() if isinstance(value, (int, float))}
-    stopper.start_from(float(scores["loss"]), trainer.model, margin, logs)
+    confirm = paired_confirm(rows) if cfg.train.early_stopping_paired else None
+    stopper.start_from(float(scores["loss"]), trainer.model, margin, logs, confirm)
+
+
+def paired_confirm(rows: Any) -> Any:
+    """Early stopping's end-of-fit check (`EarlyStopping.start_from(confirm=...)`): the kept epoch replaces the
+    initial model only when its validation loss is lower by more than one standard error of the per-row
+    differences `start_i - kept_i` over `rows` (in-memory `(X, y)`). Rows that both models find easy or hard
+    cancel out of a paired difference, so the rule tells a real gain from noise with far fewer rows than
+    the unpaired standard error of one model's loss. The model is left with the kept epoch's weights."""
+
+    def confirm(trainer: Any, start_weights: dict[str, Any]) -> bool:
+        kept = per_row_losses(trainer, rows)
+        if kept is None or len(kept) < 2:
+            return True
+        model = unwrap_model(trainer.model)
+        kept_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(start_weights)
+        start = per_row_losses(trainer, rows)
+        model.load_state_dict(kept_weights)
+        gain = start - kept  # type: ignore[operator]
+        return bool(gain.mean() > gain.std() / len(gain) ** 0.5)
+
+    return confirm
 
 
 def prepare_verdict(cfg: RunConfig, trainer: Any) -> None:
