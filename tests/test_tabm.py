@@ -207,3 +207,43 @@ def test_the_one_standard_error_margin_is_measured_for_a_tabm():
         per_row = (model.eval()(X[200:])[:, 0] - y[200:]) ** 2
     se = val_standard_error(trainer, (X[200:], y[200:]))
     assert se > 0 and math.isclose(se, float(per_row.double().std() / 10), rel_tol=1e-5)
+
+
+def test_early_stopping_puts_the_start_back_when_the_check_says_the_gain_is_noise():
+    torch.manual_seed(0)
+    X, y = torch.randn(200, 3), torch.randn(200)
+    model = fl.build_mlp(fl.MLPSpec(3, [8], 1))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def confirm(trainer, start_weights):
+        calls.append(trainer.epoch)
+        assert all(torch.equal(start_weights[k], v) for k, v in start.items())
+        return False
+
+    stopper = fl.EarlyStopping(patience=50)
+    trainer = fl.Trainer(model, loss="mse", epochs=5, lr=1e-2, quiet=True, callbacks=[stopper])
+    stopper.start_from(10.0, model, confirm=confirm)  # a start every epoch beats
+    trainer.fit((X[:150], y[:150]), (X[150:], y[150:]))
+    assert calls == [5] and stopper.best_epoch == 0 and stopper.best == 10.0
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
+    state = stopper.state_dict()  # checkpointed, for a resume to check the same start
+    assert state["start_value"] == 10.0 and all(torch.equal(state["start_weights"][k], v) for k, v in start.items())
+
+
+def test_the_paired_check_tells_a_real_gain_from_noise():
+    from fitloop.tabular.training import paired_confirm
+
+    torch.manual_seed(0)
+    X = torch.randn(400, 3)
+    y = X[:, 0] * 2 + 0.1 * torch.randn(400)
+    model = fl.build_mlp(fl.MLPSpec(3, [], 1))
+    trainer = fl.Trainer(model, loss="mse", epochs=1, quiet=True)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    confirm = paired_confirm((X, y))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[2.0, 0.0, 0.0]]))
+        model[0].bias.zero_()
+    assert confirm(trainer, start)  # the true weights beat a random start on every row
+    assert torch.equal(model[0].weight, torch.tensor([[2.0, 0.0, 0.0]]))  # left with the kept weights
+    assert not confirm(trainer, {k: v.clone() for k, v in model.state_dict().items()})  # no gain over itself
