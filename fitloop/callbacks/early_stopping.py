@@ -139,9 +139,11 @@ class EarlyStopping(Callback):
         if self.confirm is not None and self.from_start and self.best_epoch and self._start_weights is not None \
                 and not self.confirm(trainer, self._start_weights):
             unwrap_model(trainer.model).load_state_dict(self._start_weights)
-            trainer.log(f"Kept the initial model instead: epoch {self.best_epoch}'s {self.monitor} "
-                        f"({self.best:.6g}) is not better than its {self.start_value:.6g} by one standard error of "
-                        f"their per-row differences.")
+            why = (f"kept epoch 0 (the initial model): epoch {self.best_epoch}'s {self.monitor} ({self.best:.6g}) is "
+                   f"not better than its {self.start_value:.6g} by one standard error of their per-row differences")
+            trainer.log(why[0].upper() + why[1:] + ".")
+            if trainer.stop_reason:
+                trainer.stop_reason = self.reason = f"{trainer.stop_reason}; {why}"
             self.best_epoch, self.best = 0, self.start_value
 
     def state_dict(self) -> dict[str, Any]:
