@@ -98,3 +98,17 @@ def test_response_from_the_first_model_formula():
     assert bench24.response_from_examples("### Examples\n    lm(cbind(a, b) ~ c)\n")[0] is None
     assert bench24.response_from_examples("### Examples\n    glm(y ~ x, weights = n)\n")[0] is None
     assert bench24.response_from_examples("### Description\n no examples\n")[0] is None
+
+
+def test_the_ablation_scores_each_arm_against_the_main_runs_anchors():
+    from bench.studies import ablation24
+
+    main = _hand_made()
+    arm = [{**r, "arms": {"fitloop": {**r["arms"]["fitloop"], "score": 0.70, "best_epoch": 0}}}
+           for r in main if r["table"] == "r"]  # the regression table only, now above linear
+    swapped = ablation24.swap_arm(main, arm)
+    assert [r["table"] for r in swapped] == ["r"] * 3 and swapped[0]["arms"]["catboost"]["score"] == 0.51
+    assert main[-1]["arms"]["fitloop"]["score"] == 0.50  # the main run is left as it was
+    summary = ablation24.arm_summary(swapped)
+    assert (summary["wins"], summary["ties"], summary["losses"]) == (1, 0, 0)
+    assert summary["floor"] == "0 of 1 below" and summary["kept_start"] == 3 and summary["scores"] == {"r": 0.70}
