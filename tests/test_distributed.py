@@ -221,8 +221,8 @@ def test_cli_nproc_restarts_after_a_death_resumes_and_predicts(tmp_path):
     csv, env = _table(tmp_path), _dying_rank_1(tmp_path, first_try_only=True)
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "fitloop", "train", str(csv), "--target", "y", "--epochs", "4",
-                           "--out", str(run), "--nproc", "2", "--max-restarts", "1", "--dist-timeout", "3"],
-                          env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                           "--batch-size", "64", "--out", str(run), "--nproc", "2", "--max-restarts", "1",
+                           "--dist-timeout", "3"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "global batch 128" in proc.stdout
     assert proc.stdout.count("Epoch 2/4") == 1 and proc.stdout.count("Epoch 3/4") == 1  # resumed, not restarted

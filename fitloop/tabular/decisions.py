@@ -153,8 +153,11 @@ def _linear_start(cfg: RunConfig, plan: RunPlan) -> str:
         where = "the ridge fit, " + ("penalty by GCV on the training rows" if m.ridge == "gcv"
                                      else f"ridge={float(m.ridge):g}")
     if t.early_stopping_from_start and plan.early_stopping:
-        where += "; early stopping's epoch 0" + (", replaced only by an epoch 1 standard error better"
-                                                 if t.early_stopping_se else "")
+        if t.early_stopping_paired:
+            rule = ", replaced only by an epoch better by 1 standard error of the per-row differences"
+        else:
+            rule = ", replaced only by an epoch 1 standard error better" if t.early_stopping_se else ""
+        where += "; early stopping's epoch 0" + rule
     return where
 
 
