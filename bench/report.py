@@ -266,7 +266,8 @@ def render(res) -> str:
                   "studies/SERVE.md",  # fitloop serve vs a minimal FastAPI app (python -m bench.studies.serve)
                   "TUNE.md",  # fitloop tune: tuned, ensembled, pruning, jobs (python -m bench.tune)
                   "STREAM.md",  # streaming: throughput and memory (python -m bench.stream)
-                  "studies/TABLES24.md"):  # the 27-table benchmark of the default run (bench.studies.tables24)
+                  "studies/TABLES24.md",  # the 27-table benchmark of the default run (bench.studies.tables24)
+                  "studies/DEFAULT_MODEL.md"):  # the default model and its ablation (bench.studies.ablation24)
         path = Path(__file__).parent / extra
         if path.is_file():
             L.append(path.read_text().rstrip() + "\n")
