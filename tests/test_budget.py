@@ -51,7 +51,7 @@ def test_default_budget_counts_optimizer_steps(rows, spe, epochs):
     assert b.decided == ["train.epochs", "train.early_stopping", "train.checkpoint_every_epochs"]
     b.apply(cfg)
     assert (cfg.train.epochs, cfg.train.early_stopping) == (epochs, b.patience)
-    assert f"{epochs} epochs x {spe} steps" in b.describe()
+    assert f"{epochs} epochs x {spe} step{'s' if spe > 1 else ''} = " in b.describe()
 
 
 @pytest.mark.parametrize("rows, world, batch, spe, epochs", [

@@ -273,8 +273,8 @@ def test_cli_resume_keeps_logging_to_the_same_runs(tmp_path, monkeypatch, mlflow
 
     with monkeypatch.context() as m:
         m.setattr(training, "FirstStep", crashing)
-        code = main(["train", WINE, "--target", "cultivar", "--epochs", "5", "--quiet", "--out", str(out),
-                     "--log", "tensorboard,mlflow", "--set", "train.checkpoint_every_epochs=2"])
+        code = main(["train", WINE, "--target", "cultivar", "--epochs", "5", "--batch-size", "64", "--quiet",
+                     "--out", str(out), "--log", "tensorboard,mlflow", "--set", "train.checkpoint_every_epochs=2"])
     assert code == 1 and "simulated crash" in capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
     assert main(["resume", str(out), "--quiet"]) == 0, capsys.readouterr().err
