@@ -41,3 +41,29 @@ def params_of(model):
 def exactly(message):
     """A `pytest.raises(match=...)` pattern that matches `message` and nothing else."""
     return "^" + re.escape(message) + "$"
+
+
+# A child process's peak memory of predicting a run on a Parquet file (argv: RUN_DIR DATA OUT MODE [BATCH_ROWS]):
+# VmHWM beyond what loading the run took, in KiB. MODE "stream": `predict_stream` (BATCH_ROWS when given), else
+# the in-memory `LoadedRun.predict`.
+PEAK_PREDICT_CHILD = """
+import sys
+from fitloop.tabular.runs import load_run
+from fitloop.tabular.streaming import predict_stream
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+run = load_run(sys.argv[1])
+before = status("VmRSS")  # torch and the model loaded
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the high-water mark starts again from here (ru_maxrss would keep the imports' peak)
+if sys.argv[4] == "stream":
+    rows = {"batch_rows": int(sys.argv[5])} if len(sys.argv) > 5 else {}
+    predict_stream(run, sys.argv[2], sys.argv[3], **rows)
+else:
+    import pyarrow.parquet as pq
+    pq.write_table(run.predict(sys.argv[2]), sys.argv[3])
+print(status("VmHWM") - before)
+"""

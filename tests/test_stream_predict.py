@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from helpers import PEAK_PREDICT_CHILD
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,23 +51,6 @@ def test_a_hive_partition_column_is_a_feature_in_streamed_predict_and_evaluate(t
     assert report["metrics"]["r2"] > 0.9
 
 
-PEAK_CHILD = """
-import sys
-from fitloop.tabular.runs import load_run
-from fitloop.tabular.streaming import predict_stream
-
-def status(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-run = load_run(sys.argv[1])
-before = status("VmRSS")  # torch and the model loaded
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the high-water mark starts again from here (ru_maxrss would keep the imports' peak)
-predict_stream(run, sys.argv[2], sys.argv[3])
-print(status("VmHWM") - before)
-"""
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status (Linux only)")
@@ -91,9 +75,9 @@ def test_streamed_predict_memory_is_constant_in_the_files_length(tmp_path):
     pq.write_table(big.slice(0, 50_000), tmp_path / "small.parquet", row_group_size=65_536)
 
     def growth(name: str) -> int:
-        out = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(result.run_dir), str(tmp_path / name),
-                              str(tmp_path / f"{name}.out.parquet")], capture_output=True, text=True, check=True,
-                             cwd=ROOT)
+        out = subprocess.run([sys.executable, "-c", PEAK_PREDICT_CHILD, str(result.run_dir), str(tmp_path / name),
+                              str(tmp_path / f"{name}.out.parquet"), "stream"], capture_output=True, text=True,
+                             check=True, cwd=ROOT)
         return int(out.stdout.strip().splitlines()[-1])  # KiB
 
     small, large = growth("small.parquet"), growth("big.parquet")

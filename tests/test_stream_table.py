@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from helpers import PEAK_PREDICT_CHILD
 
 from fitloop.tabular.columns import Table
 from fitloop.tabular.csv_cache import parquet_cache
@@ -266,27 +267,6 @@ def test_evaluate_stream_equals_the_in_memory_evaluate(trained):
                 assert got[key][name] == pytest.approx(value, rel=1e-5), (key, name)
 
 
-PEAK_CHILD = """
-import sys
-from fitloop.tabular.runs import load_run
-from fitloop.tabular.streaming import predict_stream
-
-def status(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-run = load_run(sys.argv[1])
-before = status("VmRSS")  # torch and the model loaded
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the high-water mark starts again from here (ru_maxrss would keep the imports' peak)
-if sys.argv[4] == "stream":
-    predict_stream(run, sys.argv[2], sys.argv[3], batch_rows=8192)
-else:
-    import pyarrow.parquet as pq
-    pq.write_table(run.predict(sys.argv[2]), sys.argv[3])
-print(status("VmHWM") - before)
-"""
-
 
 def test_streamed_predict_memory_does_not_grow_with_the_file(trained, tmp_path):
     """Peak RSS (VmHWM in a fresh process, beyond what loading the run took) of the streamed predict on
@@ -301,8 +281,8 @@ def test_streamed_predict_memory_does_not_grow_with_the_file(trained, tmp_path):
     pq.write_table(big.slice(0, 10_000), tmp_path / "small.parquet", row_group_size=8192)
 
     def growth(name: str, how: str) -> int:
-        out = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(run.path), str(tmp_path / name),
-                              str(tmp_path / f"{name}.{how}.parquet"), how],
+        out = subprocess.run([sys.executable, "-c", PEAK_PREDICT_CHILD, str(run.path), str(tmp_path / name),
+                              str(tmp_path / f"{name}.{how}.parquet"), how, "8192"],
                              capture_output=True, text=True, check=True, cwd=ROOT)
         return int(out.stdout.strip().splitlines()[-1])  # KiB (Linux)
 

@@ -164,8 +164,9 @@ def test_torchrun_one_trial_on_two_ranks(tmp_path):
     assert len(trials) == 2 and proc.stdout.count("trial ") >= 2  # rank 0 alone prints and tells the study
     for trial in trials:
         info = json.loads((Path(trial.user_attrs["run_dir"]) / "run.json").read_text())
-        assert info["status"] == "finished"  # both ranks trained it: a step takes 64 rows on each of 2 processes
-        assert info["budget"]["steps_per_epoch"] == math.ceil(info["rows"]["train"] / (64 * 2))
+        assert info["status"] == "finished"  # both ranks trained it: a step takes a batch on each of 2 processes
+        budget = info["budget"]
+        assert budget["steps_per_epoch"] == math.ceil(info["rows"]["train"] / (budget["batch_size"] * 2))
     predicted = subprocess.run([sys.executable, "-m", "fitloop", "predict", str(out / "best"), str(csv)], env=_env(),
                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 401
