@@ -66,6 +66,8 @@ def test_tabm_cuts_its_recipe_batch_on_small_tables(rows, world, batch, spe, epo
     b = training_budget(cfg, rows, world)
     assert (b.batch_size, b.steps_per_epoch, b.epochs) == (batch, spe, epochs)
     assert ("train.batch_size" in b.decided) == (batch != 256)
+    # the patience: about 100 steps, at least 10 epochs, but that minimum at most about 1,000 steps
+    assert b.patience == (3 if rows == 100_000 else 25)  # ceil(1000 / 391); else ceil(100 / 4)
     b.apply(cfg)
     assert cfg.train.batch_size == batch
     given = training_budget(resolve_run_config({"train.batch_size": 256}), rows, world)  # the user's batch stays

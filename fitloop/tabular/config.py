@@ -500,6 +500,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {"model.kind": "mlp", "model.skip": False, "mo
 # without a better val_loss (at least MIN_PATIENCE epochs) end the run. It used to be a quarter of the
 # epochs, which on a 125-row table (2 steps an epoch, 1500 epochs) waited 375 epochs to keep epoch 0.
 MIN_EPOCHS, MAX_EPOCHS, MIN_PATIENCE, PATIENCE_STEPS = 10, 2000, 10, 100
+# A TabM's minimum patience of MIN_PATIENCE epochs is cut to about this many steps on a table whose epoch has more
+# than 100 steps (over 25,600 training rows at batch 256): 10 epochs of a 100,000-row table were 2,740 steps.
+MAX_PATIENCE_STEPS = 1000
 # A TabM's recipe batch (256) on a table too small for MIN_STEPS_PER_EPOCH of them is cut to about a quarter of the
 # training rows (at least MIN_BATCH): an epoch of one step costs a validation pass per step.
 MIN_STEPS_PER_EPOCH, MIN_BATCH = 4, 32
@@ -595,6 +598,9 @@ def training_budget(cfg: RunConfig, train_rows: int, world: int = 1) -> Budget:
     patience = t.early_stopping or None
     if "train.early_stopping" not in given:
         patience = max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / steps_per_epoch))
+        if cfg.model.kind == "tabm":  # a large table's epoch is many steps: the minimum stops at MAX_PATIENCE_STEPS
+            patience = max(math.ceil(PATIENCE_STEPS / steps_per_epoch),
+                           min(patience, math.ceil(MAX_PATIENCE_STEPS / steps_per_epoch)))
         decided.append("train.early_stopping")
     every = t.checkpoint_every_epochs
     if "train.checkpoint_every_epochs" not in given:
