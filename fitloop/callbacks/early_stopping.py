@@ -104,11 +104,11 @@ class EarlyStopping(Callback):
         self.best, self.best_epoch, self.wait = float(value), 0, 0
         self.confirm, self.start_value = confirm, float(value)
         if confirm is not None:
-            self._start_weights = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
+            self._start_weights = _weights(model)
         self.from_start, self.start_margin = True, abs(float(margin))
         self.start_logs = dict(logs or {})
         if self.restore_best_weights:
-            self._best_weights = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
+            self._best_weights = _weights(model)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.monitor not in logs:
@@ -118,8 +118,7 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
-                model = unwrap_model(trainer.model)  # the same keys with or without DDP/FSDP, at any world size
-                self._best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                self._best_weights = _weights(trainer.model)
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -167,3 +166,8 @@ class EarlyStopping(Callback):
             weights = dict(weights)
             consume_prefix_in_state_dict_if_present(weights, "module.")
         self._best_weights = weights
+
+
+def _weights(model: Any) -> dict[str, Any]:
+    """A copy of the unwrapped model's state dict: the same keys with or without DDP/FSDP, at any world size."""
+    return {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
