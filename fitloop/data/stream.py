@@ -41,8 +41,11 @@ As the order does not depend on the world size, a run may resume at another one 
 is a row of the order, `batch * global batch`; `ParquetSource.continue_at` has the new run's first epoch
 start there, in the rest of the new grid's batch holding that row (`fitloop.callbacks.resume`).
 
-**Prefetch.** A background thread reads, decodes and transforms the next windows into a bounded queue of
-`prefetch` windows while the step runs; one thread produces the windows in order, so it cannot change it.
+**Prefetch.** Background threads (`workers`, 2 by default) read, decode, transform and gather the next windows,
+each window on one thread, at most `max(prefetch, workers)` windows ahead, while the step runs. The windows are
+handed to the training thread in the epoch's order, and a window's content depends only on the window, so the
+number of threads cannot change the order. Reading, Arrow's decoding and numpy's copies release the GIL: two
+threads reach about twice one thread's rate on two cores (bench/STREAM.md).
 
 **Shuffle quality** (measured: 200,000 rows in 50 files of 4 row groups of 1,000 rows, 5 epochs, batches of
 256). |rho| is Spearman's rank correlation between a row's position in the files and in the delivery (0: no
@@ -60,7 +63,7 @@ The block permutation removes the file order at any buffer size: what is left is
 random order of the blocks (about 0.8 / sqrt(blocks)), which finer blocks (`block_rows`) lower. The buffer
 decides how mixed a batch is: a batch draws from about `buffer_rows / rows per block` blocks, so a buffer of
 a few hundred blocks' rows makes batches as mixed as a full shuffle. Memory: each process holds about
-`(prefetch + 2) * buffer_rows` rows of its needed blocks, decoded.
+`(max(prefetch, workers) + 2) * buffer_rows` rows of its needed blocks, decoded.
 
 **Throughput** (measured: 2,000,000 rows of 16 float32 features in 8 files of 65,536-row row groups, batches
 of 1,024, `nn.Linear(16, 1)`, one thread, on a shared 2-core machine; rows per CPU-second, best of 2): a raw
@@ -72,11 +75,13 @@ rows first). With so small a model the step, not the reading, bounds training.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import ctypes
+import functools
 import glob
 import hashlib
 import os
-import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -100,8 +105,8 @@ RowFilter = Callable[[int, int, np.ndarray], np.ndarray]
 Transform = Callable[[pa.Table], tuple[torch.Tensor, "torch.Tensor | None"]]
 """A table of rows (the `columns` and the `target`) -> `(X, y)` tensors, one row per row (`y` None)."""
 
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]  # (X, y) of some rows
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 _E = TypeVar("_E", bound=Exception)
 
@@ -110,22 +115,29 @@ class StreamError(ValueError):
     """A streamed file that cannot be read as asked: the message names the file (and the row group)."""
 
 
-def return_freed_memory() -> None:
-    """Have glibc's malloc give freed memory back to the system (`mallopt(M_TRIM_THRESHOLD, 1 MiB)`).
-
-    A stream frees a window of rows for each one it reads. By default glibc raises its mmap threshold to
-    32 MiB after such frees, so that the windows' arrays come from the heaps, where the training step's small
-    allocations between them keep the freed space from going back: the process grew with the table (1 GiB
-    above its start for a 1.5 GiB table, bench/stream.py) instead of staying near the buffers' size (about
-    100 MiB). Fixed thresholds (arrays over 128 KiB mapped and unmapped, heaps trimmed above 1 MiB free) keep
-    it there. Process-wide and idempotent; a no-op where the C library is not glibc.
-    """
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: its allocator's own policy applies
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 17)  # back to glibc's initial 128 KiB: a window's arrays are mapped
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 20)
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator's own policy applies
+        return None
+
+
+def return_freed_memory() -> None:
+    """Give the memory this process has freed back to the system, now (glibc's `malloc_trim(0)`).
+
+    A stream frees a window of rows for each one it reads. glibc keeps freed memory in its heaps for reuse,
+    and the step's and the transform's smaller allocations between the windows' arrays keep the freed space
+    from being given back: the process grew with the table (1 GiB above its start for a 1.5 GiB table,
+    bench/stream.py) instead of staying near the buffers' size. `malloc_trim(0)` also releases the free pages
+    inside the heaps, so the stream calls it once per window, and streamed predict once per batch: the resident
+    memory stays near the buffers' size. (Fixing malloc's thresholds instead, `mallopt` with arrays over 128 KiB
+    mapped, bounded the memory too, but made every training step map, fault in and unmap its activations:
+    training on the stream was 1.4-1.6x slower, bench/STREAM.md.) A no-op where the C library is not glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @dataclass
@@ -144,7 +156,9 @@ class ParquetSource:
         block_rows: the most rows of one block (a slice of a row group); None: whole row groups.
         buffer_rows: the shuffle buffer: rows are shuffled within windows of consecutive blocks of at
             most this many rows (at least one block).
-        prefetch: windows read ahead by the background thread (0: read in the training thread).
+        prefetch: windows read ahead by the background threads (0: read in the training thread).
+        workers: the background threads reading windows (each window on one; the order does not depend
+            on their number).
     """
 
     path: str | os.PathLike | Sequence[str | os.PathLike]
@@ -156,6 +170,7 @@ class ParquetSource:
     block_rows: int | None = None
     buffer_rows: int = 1 << 18
     prefetch: int = 2
+    workers: int = 2
     _plan: StreamPlan | None = field(default=None, init=False, repr=False, compare=False)
     _continue_at: int | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -165,7 +180,8 @@ class ParquetSource:
                             f"({self.columns!r}); pass [{self.columns!r}].")
         self.columns = list(self.columns)
         for name, value, low in (("batch_size", self.batch_size, 1), ("block_rows", self.block_rows, 1),
-                                 ("buffer_rows", self.buffer_rows, 1), ("prefetch", self.prefetch, 0)):
+                                 ("buffer_rows", self.buffer_rows, 1), ("prefetch", self.prefetch, 0),
+                                 ("workers", self.workers, 1)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"ParquetSource: {name} must be an integer >= {low}, got {value!r}.")
         if self.target is not None and self.target in self.columns:
@@ -379,7 +395,6 @@ class StreamBatches:
         self._filler: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._continue_at = continue_at  # pending until the epoch it applies to starts
         self._first_row: int | None = None  # this epoch's: the row its batch `_first_row // G` starts at
-        return_freed_memory()
 
     def __len__(self) -> int:
         return -(-self.n // self.global_batch)
@@ -477,7 +492,7 @@ class StreamBatches:
         return self._epoch(self.windows(generator), start)
 
     def _epoch(self, windows: list[Window], start: int) -> Iterator[tuple]:
-        with _prefetched(self._chunks(windows, start), self.source.prefetch) as ready:
+        with _prefetched(self._chunks(windows, start), self.source.prefetch, self.source.workers) as ready:
             pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
             held = 0
             for size in self._sizes(start):
@@ -494,18 +509,26 @@ class StreamBatches:
                 held -= size
                 yield batch
 
-    def _chunks(self, windows: list[Window], start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """This rank's rows of each window still to come, converted, in delivery order (runs in the reader
-        thread). Windows before batch `start` and blocks holding none of this rank's rows are not read."""
-        reader = _BlockReader(self.source, self.plan)
+    def _chunks(self, windows: list[Window], start: int) -> Iterator[Callable[[], Batch]]:
+        """One job per window still to come: it reads this rank's rows of the window and converts them, in
+        delivery order (the jobs run on the reader threads). Windows before batch `start` and blocks holding
+        none of this rank's rows are not read."""
+        readers = threading.local()  # a reader per thread: its cache of sliced row groups is not shared
         for window in windows:
             if window.first + window.rows <= self._batch_start(start):
                 continue
             positions = self._positions(window, start)
             if len(positions):
-                parts, order = reader.window_rows(window, _window_order(window, positions))
-                in_order = window.seed is None and len(order) == window.rows  # the whole window, unshuffled
-                yield self._convert(parts, None if in_order else order)
+                yield functools.partial(self._window_rows, readers, window, positions)
+
+    def _window_rows(self, readers: threading.local, window: Window, positions: np.ndarray) -> Batch:
+        return_freed_memory()  # the windows consumed since: their pages go back before this one is read
+        reader = getattr(readers, "reader", None)
+        if reader is None:
+            reader = readers.reader = _BlockReader(self.source, self.plan)
+        parts, order = reader.window_rows(window, _window_order(window, positions))
+        in_order = window.seed is None and len(order) == window.rows  # the whole window, unshuffled
+        return self._convert(parts, None if in_order else order)
 
     def _convert(self, parts: list[tuple[int, pa.Table]], order: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -522,8 +545,7 @@ class StreamBatches:
         ys = [y for _, y in converted]
         y = None if ys[0] is None else ys[0] if len(ys) == 1 else torch.cat(ys)  # type: ignore[arg-type]
         if order is not None:
-            index = torch.from_numpy(order)
-            x, y = x[index], (None if y is None else y[index])
+            x, y = gather_rows(x, order), (None if y is None else gather_rows(y, order))
         return self._prepared(x, y)
 
     def _transform(self, block: int, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -572,6 +594,8 @@ def _window_order(window: Window, positions: np.ndarray) -> np.ndarray:
     if window.seed is None:
         return positions
     permutation = np.random.default_rng(window.seed).permutation(window.rows)
+    if len(positions) == window.rows:  # every position, in order (one process): the permutation itself
+        return permutation
     return permutation[positions]
 
 
@@ -597,18 +621,24 @@ def _take_front(parts: list[tuple[torch.Tensor, torch.Tensor | None]], size: int
 def default_transform(table: pa.Table, columns: Sequence[str], target: str | None, order: np.ndarray | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows `order` of `table` (None: all): the columns as a float32 matrix and the target as stored (a 1-D
-    tensor), or None without one. Each column is gathered on its own (a column fits the cache, the whole
-    window may not), then the matrix is transposed once; in order, each chunk is copied straight in."""
-    if order is None:
-        return _in_order(table, columns), _target(table, target, order)
-    x = np.empty((len(columns), len(order)), dtype=np.float32)
-    for j, name in enumerate(columns):
-        values = _numeric(table.column(name), name)
-        if values.dtype == np.float32:
-            np.take(values, order, out=x[j])  # no temporary
+    tensor), or None without one. The columns are copied chunk by chunk into a row-major matrix in file
+    order, then its rows are gathered once (`gather_rows`)."""
+    x = _in_order(table, columns)
+    return (x if order is None else gather_rows(x, order)), _target(table, target, order)
+
+
+def gather_rows(x: torch.Tensor, order: np.ndarray) -> torch.Tensor:
+    """Rows `order` of `x`, a new tensor. A row-major CPU tensor goes through `np.take(axis=0)`, which copies
+    whole rows: 2.5-5x faster than torch's indexing or a column-by-column gather on a window of 262,144 x 16
+    float32 (bench/STREAM.md); anything else (another device, a dtype numpy lacks) is indexed by torch."""
+    if x.device.type == "cpu" and x.is_contiguous() and not x.requires_grad:
+        try:
+            values = x.numpy()
+        except TypeError:  # bfloat16 and other dtypes numpy has no type for
+            pass
         else:
-            x[j] = values[order]
-    return torch.from_numpy(x).T.contiguous(), _target(table, target, order)
+            return torch.from_numpy(np.take(values, order, axis=0))
+    return x[torch.from_numpy(order).to(x.device)]
 
 
 def _in_order(table: pa.Table, columns: Sequence[str]) -> torch.Tensor:
@@ -627,7 +657,7 @@ def _target(table: pa.Table, target: str | None, order: np.ndarray | None) -> to
     if target is None:
         return None
     values = _numeric(table.column(target), target)
-    return torch.from_numpy(values[order] if order is not None else np.array(values))  # a copy: writable
+    return torch.from_numpy(np.take(values, order) if order is not None else np.array(values))  # a copy: writable
 
 
 def _numeric(column: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -698,54 +728,35 @@ class _BlockReader:
 
 
 class _prefetched:
-    """`with _prefetched(chunks, depth) as ready:` iterates `chunks` in a background thread, at most
-    `depth` items ahead (0: in this thread); the thread stops when the block ends, however it ends."""
+    """`with _prefetched(jobs, depth, workers) as ready:` runs the `jobs` (callables) on `workers` background
+    threads, at most `max(depth, workers)` ahead of the one being consumed, and yields their results in the
+    jobs' order (depth 0: each job in this thread, when its result is wanted). A job's error is raised
+    where its result would have been yielded. The threads stop when the block ends, however it ends: the
+    jobs not started are cancelled and the running ones finish."""
 
-    def __init__(self, chunks: Iterator[Any], depth: int):
-        self.chunks, self.depth = chunks, depth
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(depth, 1))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self, jobs: Iterator[Callable[[], Any]], depth: int, workers: int = 1):
+        self.jobs, self.depth, self.workers = jobs, depth, max(1, workers)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Iterator[Any]:
         if self.depth == 0:
-            return iter(self.chunks)
-        self._thread = threading.Thread(target=self._produce, name="fitloop-stream-reader", daemon=True)
-        self._thread.start()
-        return self._consume()
+            return (job() for job in self.jobs)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="fitloop-stream-reader")
+        return self._consume(self._pool)
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            while self._thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    self._thread.join(0.01)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _produce(self) -> None:
-        try:
-            for item in self.chunks:
-                if not self._put(("item", item)):
-                    return
-            self._put(("end", None))
-        except BaseException as error:  # handed to the training thread, which raises it
-            self._put(("error", error))
-
-    def _put(self, message: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _consume(self) -> Iterator[Any]:
+    def _consume(self, pool: concurrent.futures.ThreadPoolExecutor) -> Iterator[Any]:
+        ahead: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+        jobs = iter(self.jobs)
         while True:
-            kind, value = self._queue.get()
-            if kind == "end":
+            while len(ahead) < max(self.depth, self.workers) + 1:
+                job = next(jobs, None)
+                if job is None:
+                    break
+                ahead.append(pool.submit(job))
+            if not ahead:
                 return
-            if kind == "error":
-                raise value
-            yield value
+            yield ahead.popleft().result()

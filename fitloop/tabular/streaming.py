@@ -215,7 +215,6 @@ class StreamedTable:
     def source(self, split: str, batch_size: int | None, *, shuffle_rows: int | None = None) -> ParquetSource:
         """The `ParquetSource` of one split's rows; its shuffle buffer holds `shuffle_rows` rows (default: about
         `WINDOW_BYTES` of encoded and decoded rows, at least one row group: what bounds the memory)."""
-        return_freed_memory()
         if shuffle_rows is None:
             row_bytes = 4 * len(self.preprocessor.feature_names) + 8 * len(self.columns) + 8  # float32 X, float64 in
             shuffle_rows = min(max(WINDOW_BYTES // row_bytes, 1 << 12), 1 << 18)
@@ -366,13 +365,13 @@ def _predict_batches(run: LoadedRun, data: str | os.PathLike, path: Path | None,
                      encoding: str, delimiter: str | None, decimal: str | None,
                      batch_rows: int) -> tuple[int, list[str]]:
     """Write each batch's predictions to `path` (in `name`'s format), or as CSV to stdout (`path` None)."""
-    return_freed_memory()
     pre = run.preprocessor
     wanted = [*pre.input_columns, *([pre.id] if pre.id else [])]
     writer, schema, rows, notes = None, None, 0, _Notes()
     try:
         for batch in _input_batches(run, data, wanted, encoding=encoding, delimiter=delimiter, decimal=decimal,
                                     batch_rows=batch_rows):
+            return_freed_memory()  # the batches written since: their pages go back
             table, found = run_predict(run, batch, proba)
             notes.add(found)
             if writer is None:
@@ -415,7 +414,6 @@ def evaluate_stream(run: LoadedRun, data: str | os.PathLike, *, encoding: str = 
     Raises:
         TableError: the file has no target column, or no labelled row.
     """
-    return_freed_memory()
     pre, info = run.preprocessor, run.info
     wanted = [*pre.input_columns, pre.target]
     scaling = info.get("target_scaling")
@@ -423,6 +421,7 @@ def evaluate_stream(run: LoadedRun, data: str | os.PathLike, *, encoding: str = 
     notes = _Notes()
     for batch in _input_batches(run, data, wanted, encoding=encoding, delimiter=delimiter, decimal=decimal,
                                 batch_rows=batch_rows):
+        return_freed_memory()  # the batches scored since: their pages go back
         if pre.target not in batch.schema.names:
             raise TableError(f"the file has no target column {pre.target!r}, so there is nothing to evaluate "
                              f"against; use `fitloop predict` for unlabelled data.")
