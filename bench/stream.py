@@ -10,7 +10,8 @@ row groups of 64k rows): samples per second of
 * `source`: a `fitloop.data.stream.ParquetSource` epoch (global two-level shuffle, prefetch thread,
   the default transform), no model;
 * `streamed train`: `Trainer.fit` for one epoch on that source, a small MLP (`--cols` -> 32 -> 1, Adam);
-* `in-memory train`: the same `Trainer.fit` on the same rows as tensors (fitloop's in-memory path).
+* `in-memory train`: the same `Trainer.fit` on the same rows as tensors (fitloop's in-memory path);
+* `streamed train (linear)`, `in-memory train (linear)`: the same two with the smallest model, `nn.Linear(--cols, 1)`.
 
 The issue's targets: streamed train >= 80 % of the raw scan with a small model, and >= 0.8x the in-memory
 train. Each arm runs `--rounds` times, interleaved; the best round counts (the machine is shared).
@@ -99,13 +100,14 @@ def _source_epoch(path: str, columns: list[str], batch: int) -> float:
     return rows / (time.perf_counter() - t0)
 
 
-def _train(data: object, cols: int, batch: int, rows: int) -> float:
+def _train(data: object, cols: int, batch: int, rows: int, linear: bool = False) -> float:
     import torch
 
     from fitloop import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(cols, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    model = torch.nn.Linear(cols, 1) if linear else \
+        torch.nn.Sequential(torch.nn.Linear(cols, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
     trainer = Trainer(model, loss="mse", optimizer="adam",
                       config=TrainConfig(epochs=1, batch_size=batch, quiet=True, guards=False, train_metrics=False))
     t0 = time.perf_counter()
@@ -126,12 +128,13 @@ def throughput_arm(arm: str, path: str, cols: int, batch: int) -> float:
         return _raw_scan(path, columns)
     if arm == "source":
         return _source_epoch(path, columns, batch)
-    if arm == "streamed train":
-        return _train(ParquetSource(path, columns=columns, target="y", batch_size=batch), cols, batch, rows)
+    linear = arm.endswith("(linear)")
+    if arm.startswith("streamed train"):
+        return _train(ParquetSource(path, columns=columns, target="y", batch_size=batch), cols, batch, rows, linear)
     table = pq.read_table(path)
     X = torch.from_numpy(_matrix(table, columns))
     y = torch.from_numpy(table.column("y").to_numpy().copy())
-    return _train((X, y), cols, batch, rows)
+    return _train((X, y), cols, batch, rows, linear)
 
 
 def _matrix(table: object, columns: list[str]) -> object:
@@ -143,7 +146,8 @@ def _matrix(table: object, columns: list[str]) -> object:
     return out
 
 
-ARMS = ("raw scan", "source", "streamed train", "in-memory train")
+ARMS = ("raw scan", "source", "streamed train", "in-memory train", "streamed train (linear)",
+        "in-memory train (linear)")
 
 
 def throughput(tmp: Path, rows: int, cols: int, batch: int, rounds: int) -> dict[str, float]:
@@ -323,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             results["throughput_rows_per_s"] = speed
             results["streamed_vs_raw"] = speed["streamed train"] / speed["raw scan"]
             results["streamed_vs_in_memory"] = speed["streamed train"] / speed["in-memory train"]
+            results["source_vs_raw"] = speed["source"] / speed["raw scan"]
+            results["linear_streamed_vs_raw"] = speed["streamed train (linear)"] / speed["raw scan"]
+            results["linear_streamed_vs_in_memory"] = (speed["streamed train (linear)"]
+                                                       / speed["in-memory train (linear)"])
         if opts.only in (None, "memory"):
             results["memory"] = memory(Path(tmp), opts.table_gb, opts.limit_mb, max(opts.batch, 4096))
         if opts.only in (None, "predict"):

@@ -31,7 +31,7 @@ from fitloop.callbacks.checkpoint import RunInterrupted
 from fitloop.callbacks.fingerprints import data_fingerprint
 from fitloop.checkpoint_format import ResumeMismatchError, load_checkpoint, serialize
 from fitloop.data.batches import make_batches
-from fitloop.data.stream import ParquetSource, StreamBatches, StreamError, _BlockReader
+from fitloop.data.stream import ParquetSource, StreamBatches, StreamError, _BlockReader, gather_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -172,14 +172,45 @@ def test_every_row_once_per_epoch_in_an_order_independent_of_the_world_size(data
     assert epochs[0] != epochs[1]
 
 
-def test_the_order_does_not_depend_on_the_batch_size_or_the_prefetch(data):
+def test_the_order_does_not_depend_on_the_batch_size_the_prefetch_or_the_reader_threads(data):
     orders = []
-    for batch_size, prefetch in ((10, 0), (64, 1), (333, 3)):
-        source = ParquetSource(data, columns=["id"], batch_size=batch_size, buffer_rows=250, prefetch=prefetch)
+    for batch_size, prefetch, workers in ((10, 0, 1), (64, 1, 1), (333, 3, 2), (7, 1, 4)):
+        source = ParquetSource(data, columns=["id"], batch_size=batch_size, buffer_rows=250, prefetch=prefetch,
+                               workers=workers)
         orders.append(sum(ids_of(batches(source).epoch(torch.Generator().manual_seed(3))), []))
-    assert orders[0] == orders[1] == orders[2]
+    assert orders[0] == orders[1] == orders[2] == orders[3]
+    assert sorted(orders[0]) == list(range(1000))
     windows = batches(ParquetSource(data, columns=["id"], buffer_rows=250)).windows(torch.Generator().manual_seed(3))
     assert all(w.rows <= 250 or len(w.blocks) == 1 for w in windows)  # bounded (a bigger block: alone)
+
+
+def test_gather_rows_takes_whole_rows_in_order_whatever_the_dtype():
+    x = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    order = np.array([5, 0, 3, 3, 1])
+    assert torch.equal(gather_rows(x, order), x[torch.from_numpy(order)])  # np.take(axis=0)
+    assert torch.equal(gather_rows(x.to(torch.bfloat16), order), x.to(torch.bfloat16)[torch.from_numpy(order)])
+    assert torch.equal(gather_rows(x.T, np.array([3, 0, 2])), x.T[[3, 0, 2]])  # not row-major: torch's indexing
+    assert torch.equal(gather_rows(torch.arange(6), order), torch.tensor([5, 0, 3, 3, 1]))  # a 1-D target
+    taken = gather_rows(x, order)
+    taken[0, 0] = -1.0  # a new tensor, not a view of x
+    assert x[5, 0] == 20.0
+
+
+def test_a_reader_threads_error_is_raised_in_the_training_thread_at_its_window(data):
+    calls = []
+
+    def transform(table: pa.Table) -> tuple[torch.Tensor, None]:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise ValueError("bad value in the third block")
+        return torch.from_numpy(table.column("id").to_numpy().astype(np.float32)[:, None]), None
+
+    source = ParquetSource(data, columns=["id"], batch_size=10, buffer_rows=100, transform=transform, workers=2)
+    with pytest.raises(ValueError, match=r"part-.*\.parquet: row group \d+: bad value in the third block"):
+        for _ in batches(source).epoch(torch.Generator().manual_seed(0)):
+            pass
+    assert all(name.startswith("fitloop-stream-reader") for name in calls)
+    assert not any(t.name.startswith("fitloop-stream-reader") for t in threading.enumerate())
 
 
 def test_the_reader_thread_stops_when_the_epoch_is_left_early(data):
