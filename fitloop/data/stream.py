@@ -45,7 +45,7 @@ start there, in the rest of the new grid's batch holding that row (`fitloop.call
 each window on one thread, at most `max(prefetch, workers)` windows ahead, while the step runs. The windows are
 handed to the training thread in the epoch's order, and a window's content depends only on the window, so the
 number of threads cannot change the order. Reading, Arrow's decoding and numpy's copies release the GIL: two
-threads reach about twice one thread's rate on two cores (bench/STREAM.md).
+threads delivered 1.3-1.5x one thread's rate on two cores, where the copies compete for memory (bench/STREAM.md).
 
 **Shuffle quality** (measured: 200,000 rows in 50 files of 4 row groups of 1,000 rows, 5 epochs, batches of
 256). |rho| is Spearman's rank correlation between a row's position in the files and in the delivery (0: no
