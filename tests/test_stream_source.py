@@ -31,7 +31,8 @@ from fitloop.callbacks.checkpoint import RunInterrupted
 from fitloop.callbacks.fingerprints import data_fingerprint
 from fitloop.checkpoint_format import ResumeMismatchError, load_checkpoint, serialize
 from fitloop.data.batches import make_batches
-from fitloop.data.stream import ParquetSource, StreamBatches, StreamError, _BlockReader, gather_rows
+from fitloop.data.gather import gather_rows
+from fitloop.data.stream import ParquetSource, StreamBatches, StreamError, _BlockReader
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

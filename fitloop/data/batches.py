@@ -39,6 +39,7 @@ from torch.utils.data import (
 
 from ..metrics import normalize_task
 from .checks import guard_settings, warn
+from .gather import gather_rows
 from .sharding import DistributedEpochSampler, ShardedBatches
 from .splitting import Split
 from .stream import ParquetSource, StreamBatches
@@ -84,13 +85,13 @@ class TensorBatches:
             nbytes = X.nbytes + (0 if y is None else y.nbytes)
             if nbytes <= COPY_LIMIT:
                 perm = perm[start * b:]  # resuming mid-epoch: only the rows still to come
-                X, y = X[perm], (None if y is None else y[perm])
+                X, y = gather_rows(X, perm), (None if y is None else gather_rows(y, perm))
                 for i in range(0, len(self) - start):
                     yield X[i * b: (i + 1) * b], (None if y is None else y[i * b: (i + 1) * b])
                 return
             for i in range(start, len(self)):
                 idx = perm[i * b: (i + 1) * b]
-                yield X[idx], (None if y is None else y[idx])
+                yield gather_rows(X, idx), (None if y is None else gather_rows(y, idx))
         else:  # no shuffle, or one full batch (its row order does not change the step)
             for i in range(start, len(self)):
                 yield X[i * b: (i + 1) * b], (None if y is None else y[i * b: (i + 1) * b])

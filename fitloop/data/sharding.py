@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from ..distributed.group import Collective
+from .gather import gather_rows
 
 __all__ = ["ShardedBatches", "DistributedEpochSampler", "shard_bounds"]
 
@@ -89,7 +90,7 @@ class ShardedBatches:
             order = torch.arange(self.n)
         idx, sizes = self._rows(order, self.rank)
         idx = idx.to(self.X.device, non_blocking=True)
-        X, y = self.X[idx], (None if self.y is None else self.y[idx])  # one gather per epoch
+        X, y = gather_rows(self.X, idx), (None if self.y is None else gather_rows(self.y, idx))  # one per epoch
         pos = sum(sizes[:start])
         for size in sizes[start:]:
             yield X[pos: pos + size], (None if y is None else y[pos: pos + size])

@@ -92,6 +92,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
 
+from .gather import gather_rows
 from .sharding import shard_bounds
 
 __all__ = ["ParquetSource", "StreamBatches", "StreamError", "RowFilter", "Transform", "return_freed_memory"]
@@ -623,20 +624,6 @@ def default_transform(table: pa.Table, columns: Sequence[str], target: str | Non
     order, then its rows are gathered once (`gather_rows`)."""
     x = _in_order(table, columns)
     return (x if order is None else gather_rows(x, order)), _target(table, target, order)
-
-
-def gather_rows(x: torch.Tensor, order: np.ndarray) -> torch.Tensor:
-    """Rows `order` of `x`, a new tensor. A row-major CPU tensor goes through `np.take(axis=0)`, which copies
-    whole rows: 2.5-5x faster than torch's indexing or a column-by-column gather on a window of 262,144 x 16
-    float32 (bench/STREAM.md); anything else (another device, a dtype numpy lacks) is indexed by torch."""
-    if x.device.type == "cpu" and x.is_contiguous() and not x.requires_grad:
-        try:
-            values = x.numpy()
-        except TypeError:  # bfloat16 and other dtypes numpy has no type for
-            pass
-        else:
-            return torch.from_numpy(np.take(values, order, axis=0))
-    return x[torch.from_numpy(order).to(x.device)]
 
 
 def _in_order(table: pa.Table, columns: Sequence[str]) -> torch.Tensor:
