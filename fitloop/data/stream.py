@@ -66,8 +66,8 @@ a few hundred blocks' rows makes batches as mixed as a full shuffle. Memory: eac
 `(max(prefetch, workers) + 2) * buffer_rows` rows of its needed blocks, decoded.
 
 **Throughput** (bench/STREAM.md: 2,000,000 rows of 16 float32 features in 65,536-row row groups, 2 cores):
-the source alone delivers 7.7-8.2 M rows a second, 0.42-0.44 of a raw pyarrow scan (the shuffle's row gather
-is the difference); `Trainer.fit` on it runs 1.1-1.7x as fast as on the same rows in memory, since the reader
+the source alone delivers 7.7-8.9 M rows a second, 0.42-0.50 of a raw pyarrow scan (the shuffle's row gather
+is the difference); `Trainer.fit` on it runs 1.3-1.7x as fast as on the same rows in memory, since the reader
 threads prepare the next windows while the step runs.
 """
 
