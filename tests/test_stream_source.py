@@ -192,6 +192,9 @@ def test_gather_rows_takes_whole_rows_in_order_whatever_the_dtype():
     assert torch.equal(gather_rows(x.to(torch.bfloat16), order), x.to(torch.bfloat16)[torch.from_numpy(order)])
     assert torch.equal(gather_rows(x.T, np.array([3, 0, 2])), x.T[[3, 0, 2]])  # not row-major: torch's indexing
     assert torch.equal(gather_rows(torch.arange(6), order), torch.tensor([5, 0, 3, 3, 1]))  # a 1-D target
+    z = torch.complex(x, x).conj()  # a conjugate view: numpy cannot take it, torch can
+    assert torch.equal(gather_rows(z, order), z[torch.from_numpy(order)])
+    assert torch.equal(gather_rows(x, torch.from_numpy(order)), x[torch.from_numpy(order)])  # a tensor index
     taken = gather_rows(x, order)
     taken[0, 0] = -1.0  # a new tensor, not a view of x
     assert x[5, 0] == 20.0
