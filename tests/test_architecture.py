@@ -54,6 +54,8 @@ FUNCTION_IMPORTS_ALLOWED = {
     "fitloop/_fastpath.py": "torch.optim's private module names are looked up only when the shortcut is on",
     "fitloop/trainer.py": "trainer.report(): the report package (matplotlib's caller) loads when asked for",
     "fitloop/distributed/__init__.py": "rank and world size are read torch-free on the CLI's start-up path",
+    "fitloop/data/stream.py": "pyarrow.dataset imports pandas where it is installed (0.3 s); the Trainer imports this",
+    "fitloop/tabular/streaming.py": "pyarrow.dataset (pandas where installed); `fitloop train` imports this module",
 }
 
 PRIVATE_TORCH_NAMES = {"_opt_called", "__wrapped__", "_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",

@@ -14,8 +14,8 @@ def gather_rows(x: torch.Tensor, order: np.ndarray | torch.Tensor) -> torch.Tens
 
     A row-major CPU tensor goes through `np.take(axis=0)`, which copies whole rows: on a window of 262,144 x 16
     float32 rows it took 5-9 ms where torch's indexing took 36 ms and numpy's fancy indexing 26 ms
-    (bench/STREAM.md). Anything else (another device, a strided view or a sparse tensor, a dtype numpy lacks such as bfloat16) is
-    indexed by torch.
+    (bench/STREAM.md). Anything else (another device, a strided view or a sparse tensor, a conjugate view, a
+    dtype numpy lacks such as bfloat16) is indexed by torch.
     """
     if x.device.type == "cpu" and x.layout == torch.strided and x.is_contiguous() and not x.requires_grad:
         try:

@@ -85,15 +85,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import torch
 
 from .gather import gather_rows
 from .sharding import shard_bounds
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
 
 __all__ = ["ParquetSource", "StreamBatches", "StreamError", "RowFilter", "Transform", "return_freed_memory"]
 
@@ -276,6 +278,8 @@ class StreamPlan:
 
     @classmethod
     def build(cls, source: ParquetSource) -> StreamPlan:
+        import pyarrow.dataset as pads  # here, not at the top: it imports pandas where pandas is installed (0.3 s)
+
         dataset = _open_dataset(source.path)
         fragments = sorted(dataset.get_fragments(), key=lambda fragment: fragment.path)
         if not fragments:
@@ -295,6 +299,8 @@ class StreamPlan:
 
 def _open_dataset(path: Any) -> pads.Dataset:
     """A pyarrow dataset of `path`: a file, a directory (hive partitioning), a glob or a list of files."""
+    import pyarrow.dataset as pads
+
     if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
         try:
             return pads.dataset(str(path), format="parquet", partitioning="hive")

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
@@ -288,6 +287,8 @@ def _parquet_batches(plan: StreamPlan, columns: list[str], batch_rows: int) -> I
     # `iter_batches` over a whole file keeps buffers that grow with it, and a whole row group decoded at once
     # is as large as the writer made it (pyarrow writes row groups of a million rows). The footer already
     # parsed for the plan is reused, not read a second time (it grows with the row groups).
+    import pyarrow.dataset as pads  # only here: it imports pandas where installed (0.2 s of every `fitloop train`)
+
     for fragment in plan.fragments:
         parquet = pq.ParquetFile(fragment.path, metadata=fragment.metadata)
         present = [c for c in columns if c in parquet.schema_arrow.names]
