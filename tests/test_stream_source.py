@@ -118,6 +118,8 @@ def test_errors_name_the_file_and_the_row_group(data, tmp_path):
         ParquetSource(data, columns="a")
     with pytest.raises(ValueError, match="buffer_rows must be an integer >= 1, got 0"):
         ParquetSource(data, columns=["a"], buffer_rows=0)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        ParquetSource(data, columns=["a"], workers=0)
     holes = tmp_path / "holes"
     holes.mkdir()
     pq.write_table(pa.table({"a": [1.0, 2.0, 3.0, None], "y": [0.0] * 4}), holes / "h.parquet", row_group_size=2)
