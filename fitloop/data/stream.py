@@ -42,7 +42,7 @@ is a row of the order, `batch * global batch`; `ParquetSource.continue_at` has t
 start there, in the rest of the new grid's batch holding that row (`fitloop.callbacks.resume`).
 
 **Prefetch.** Background threads (`workers`, 2 by default) read, decode, transform and gather the next windows,
-each window on one thread, at most `max(prefetch, workers)` windows ahead, while the step runs. The windows are
+each window on one thread, at most `max(prefetch, workers) + 1` windows ahead, while the step runs. The windows are
 handed to the training thread in the epoch's order, and a window's content depends only on the window, so the
 number of threads cannot change the order. Reading, Arrow's decoding and numpy's copies release the GIL: two
 threads delivered 1.3-1.5x one thread's rate on two cores, where the copies compete for memory (bench/STREAM.md).
@@ -723,7 +723,7 @@ class _BlockReader:
 
 class _prefetched:
     """`with _prefetched(jobs, depth, workers) as ready:` runs the `jobs` (callables) on `workers` background
-    threads, at most `max(depth, workers)` ahead of the one being consumed, and yields their results in the
+    threads, at most `max(depth, workers) + 1` ahead of the one being consumed, and yields their results in the
     jobs' order (depth 0: each job in this thread, when its result is wanted). A job's error is raised
     where its result would have been yielded. The threads stop when the block ends, however it ends: the
     jobs not started are cancelled and the running ones finish."""
